@@ -1,0 +1,250 @@
+//! The command line: one binary, `baton`, with SPEC.md's commands.
+
+use crate::config::Config;
+use crate::control::{RestartEvent, client};
+use crate::status::Snapshot;
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use http::Method;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "baton", version, about = "Keeps a web application up while it is replaced")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Which running baton a client command talks to.
+#[derive(Args, Debug, Clone)]
+#[group(multiple = false)]
+pub struct Target {
+    /// The app's config; its control socket is found from it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The control socket itself.
+    #[arg(long, value_name = "SOCKET")]
+    pub control: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the manager in the foreground (systemd's ExecStart).
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Show workers, generation, queue, restart progress and resistance mode.
+    Status {
+        /// Print SPEC.md's JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Start a restart (rolling by default when the config enables it).
+    Restart {
+        #[arg(long, conflicts_with = "blocking")]
+        rolling: bool,
+        #[arg(long)]
+        blocking: bool,
+        /// Block until the restart ends; exit non-zero when it did not succeed.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Leave resistance mode: the old workers keep serving, spawning and idle cleaning resume.
+    Resume {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Check a config and say exactly what is wrong with it.
+    CheckConfig {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run a bundled demo app with 4 workers on 127.0.0.1:8080 (process backend).
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// How long each demo worker takes to boot.
+        #[arg(long, default_value = "1s")]
+        boot_time: String,
+    },
+    /// The demo app itself (what `baton demo` runs as its workers).
+    #[command(hide = true)]
+    DemoApp {
+        #[arg(long, env = "PORT")]
+        port: u16,
+        #[arg(long, default_value = "1s")]
+        boot_time: String,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("baton: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("baton: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn socket_of(target: &Target) -> anyhow::Result<PathBuf> {
+    match (&target.control, &target.config) {
+        (Some(s), _) => Ok(s.clone()),
+        (None, Some(c)) => Ok(Config::load(c)?.control_socket()),
+        (None, None) => bail!("say which app: --config FILE or --control SOCKET"),
+    }
+}
+
+async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Cmd::Run { config } => {
+            crate::journal::init();
+            let config = Config::load(&config)?;
+            crate::manager::run(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::CheckConfig { config } => {
+            let c = Config::load(&config)?;
+            println!(
+                "{}: OK (app {:?}, {} workers, {} restarts)",
+                config.display(),
+                c.name.as_str(),
+                c.workers.target(),
+                if c.restart.rolling { "rolling" } else { "blocking" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { json, target } => {
+            let socket = socket_of(&target)?;
+            let reply = client::request(&socket, Method::GET, "/status").await?;
+            let body = reply.text().await.context("reading status")?;
+            let snap: Snapshot = serde_json::from_str(&body)
+                .with_context(|| format!("unexpected status answer: {body}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&snap)?);
+            } else {
+                print!("{}", snap.render(std::io::stdout().is_terminal()));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Restart {
+            rolling,
+            blocking,
+            wait,
+            target,
+        } => {
+            let socket = socket_of(&target)?;
+            let mode = if rolling {
+                "rolling"
+            } else if blocking {
+                "blocking"
+            } else {
+                "default"
+            };
+            let path = format!("/restart?mode={mode}&wait={}", u8::from(wait));
+            let mut reply = client::request(&socket, Method::POST, &path).await?;
+            if !reply.status.is_success() {
+                let status = reply.status;
+                let body = reply.text().await.unwrap_or_default();
+                bail!("restart refused ({status}): {}", body.trim());
+            }
+            if !wait {
+                println!("restart started; `baton status` shows its progress");
+                return Ok(ExitCode::SUCCESS);
+            }
+            follow_restart(&mut reply).await
+        }
+        Cmd::Resume { target } => {
+            let socket = socket_of(&target)?;
+            let reply = client::request(&socket, Method::POST, "/resume").await?;
+            let body = reply.text().await?;
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            println!("{}", v["message"].as_str().unwrap_or(body.trim()));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo {
+            listen,
+            workers,
+            boot_time,
+        } => {
+            crate::journal::init();
+            let control = crate::demo::demo_control_socket();
+            let text = crate::demo::demo_config(&listen, workers, &boot_time, &control);
+            let config = Config::parse(&text, std::path::Path::new("<demo>"))?;
+            eprintln!(
+                "baton demo: {workers} workers behind http://{listen}/\n  try:  curl http://{listen}/\n        baton status --control {c}\n        baton restart --wait --control {c}\n  Ctrl-C stops it.",
+                c = control.display()
+            );
+            crate::manager::run(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::DemoApp { port, boot_time } => {
+            let boot: crate::config::Duration = boot_time
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--boot-time: {e}"))?;
+            crate::demo::run_app(port, boot.get()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Print a waiting restart's progress; the exit code tells its outcome.
+async fn follow_restart(reply: &mut client::Reply) -> anyhow::Result<ExitCode> {
+    let tty = std::io::stderr().is_terminal();
+    let mut buf = Vec::new();
+    let mut shown = false;
+    while let Some(line) = reply.next_line(&mut buf).await {
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<RestartEvent>(&line) {
+            Ok(RestartEvent::Progress(p)) => {
+                let text = format!(
+                    "{} restart to generation {}: worker {} of {} ({})",
+                    p.mode, p.generation, (p.done + 1).min(p.total), p.total, p.waiting_on
+                );
+                let mut err = std::io::stderr();
+                if tty {
+                    let _ = write!(err, "\r\x1b[2K{text}");
+                    shown = true;
+                } else {
+                    let _ = writeln!(err, "{text}");
+                }
+            }
+            Ok(RestartEvent::Outcome(o)) => {
+                if shown {
+                    eprintln!();
+                }
+                if o.ok {
+                    println!("{}", o.message);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                eprintln!("baton: restart failed: {}", o.message);
+                for l in &o.output {
+                    eprintln!("  | {l}");
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+            Err(_) => eprintln!("{line}"),
+        }
+    }
+    eprintln!("baton: the manager closed the connection before the restart ended");
+    Ok(ExitCode::FAILURE)
+}

@@ -1,0 +1,431 @@
+//! The app's configuration: SPEC.md's TOML, parsed with serde, checked, and given defaults.
+//!
+//! Every error names the file, line, column and key, because an operator reads it in
+//! `journalctl` or in the output of `systemctl reload` and must find the line at once.
+
+mod units;
+
+pub use units::{ByteSize, Duration};
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {}{message}", key_prefix(.key))]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        /// Dotted key, e.g. `workers.count`; empty for a syntax error outside any key.
+        key: String,
+        message: String,
+    },
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() || key == "." {
+        String::new()
+    } else {
+        format!("key `{key}`: ")
+    }
+}
+
+/// The name of the app: part of unit names, journal fields and socket paths, so it is kept to
+/// characters that need no escaping anywhere.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct AppName(String);
+
+impl TryFrom<String> for AppName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            && !s.starts_with(['-', '.']);
+        if ok {
+            Ok(AppName(s))
+        } else {
+            Err(format!(
+                "invalid app name {s:?}: use 1 to 64 letters, digits, '-', '_' or '.', not starting with '-' or '.'"
+            ))
+        }
+    }
+}
+
+impl AppName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AppName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where baton listens when systemd passes no socket.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ListenAddress {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl TryFrom<String> for ListenAddress {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.starts_with('/') {
+                return Ok(ListenAddress::Unix(PathBuf::from(path)));
+            }
+            return Err(format!("invalid address {s:?}: a Unix socket path must be absolute, e.g. \"unix:/run/myapp.sock\""));
+        }
+        s.parse::<SocketAddr>().map(ListenAddress::Tcp).map_err(|_| {
+            format!("invalid address {s:?}: write \"127.0.0.1:8080\", \"[::1]:8080\" or \"unix:/run/myapp.sock\"")
+        })
+    }
+}
+
+impl fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddress::Tcp(a) => write!(f, "{a}"),
+            ListenAddress::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// The app's argv; `{port}` in any argument is replaced by the worker's port.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Vec<String>")]
+pub struct Command(Vec<String>);
+
+impl TryFrom<Vec<String>> for Command {
+    type Error = String;
+    fn try_from(v: Vec<String>) -> Result<Self, String> {
+        match v.first() {
+            None => Err("the command is empty: give at least the program, e.g. [\"node\", \"main.js\"]".into()),
+            Some(p) if p.is_empty() => Err("the program (first element of command) is empty".into()),
+            Some(_) => Ok(Command(v)),
+        }
+    }
+}
+
+impl Command {
+    pub fn new(argv: Vec<String>) -> Result<Self, String> {
+        Self::try_from(argv)
+    }
+    /// The argv with `{port}` substituted.
+    pub fn argv_for_port(&self, port: u16) -> Vec<String> {
+        let p = port.to_string();
+        self.0.iter().map(|a| a.replace("{port}", &p)).collect()
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    pub address: Option<ListenAddress>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub command: Command,
+    pub directory: Option<PathBuf>,
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConfig {
+    pub count: Option<NonZeroUsize>,
+    pub min: Option<usize>,
+    pub max: Option<NonZeroUsize>,
+    pub concurrency: usize,
+    pub max_queue: usize,
+    pub idle_timeout: Duration,
+    pub max_requests: u64,
+    pub memory_limit: ByteSize,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            count: None,
+            min: None,
+            max: None,
+            concurrency: 1,
+            max_queue: 100,
+            idle_timeout: Duration::from_secs(300),
+            max_requests: 0,
+            memory_limit: ByteSize(0),
+        }
+    }
+}
+
+/// Workers kept when neither `count` nor `min`/`max` is given.
+pub const DEFAULT_WORKER_COUNT: usize = 2;
+
+impl WorkersConfig {
+    /// The number of workers the pool keeps running.
+    pub fn target(&self) -> usize {
+        match (self.count, self.min, self.max) {
+            (Some(c), _, _) => c.get(),
+            (None, Some(min), _) => min.max(1),
+            (None, None, Some(max)) => max.get().min(DEFAULT_WORKER_COUNT),
+            (None, None, None) => DEFAULT_WORKER_COUNT,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadinessConfig {
+    pub http_path: Option<String>,
+    pub timeout: Duration,
+}
+
+impl Default for ReadinessConfig {
+    fn default() -> Self {
+        ReadinessConfig {
+            http_path: None,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartConfig {
+    pub rolling: bool,
+    pub max_surge: NonZeroUsize,
+    pub resist_deployment_errors: bool,
+    pub drain_timeout: Duration,
+    pub stop_timeout: Duration,
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        RestartConfig {
+            rolling: true,
+            max_surge: NonZeroUsize::MIN,
+            resist_deployment_errors: true,
+            drain_timeout: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Which backend runs the workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Auto,
+    Systemd,
+    Process,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnerConfig {
+    #[serde(default)]
+    pub backend: Backend,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    pub socket: Option<PathBuf>,
+    pub group: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub address: Option<SocketAddr>,
+}
+
+/// One app's whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub name: AppName,
+    #[serde(default)]
+    pub listen: ListenConfig,
+    pub app: AppConfig,
+    #[serde(default)]
+    pub workers: WorkersConfig,
+    #[serde(default)]
+    pub readiness: ReadinessConfig,
+    #[serde(default)]
+    pub restart: RestartConfig,
+    #[serde(default)]
+    pub spawner: SpawnerConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+impl Config {
+    /// Read and check the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse and check config text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |span: Option<std::ops::Range<usize>>, key: String, message: String| {
+            let (line, column) = line_col(text, span.map_or(0, |s| s.start));
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                key,
+                message,
+            }
+        };
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| invalid(e.span(), String::new(), e.message().to_owned()))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            invalid(inner.span(), key, inner.message().to_owned())
+        })?;
+        config
+            .check()
+            .map_err(|(key, message)| invalid(find_key(text, &key), key, message))?;
+        Ok(config)
+    }
+
+    /// Rules that span several keys; returns the key to blame and the message.
+    fn check(&self) -> Result<(), (String, String)> {
+        let w = &self.workers;
+        if w.count.is_some() && (w.min.is_some() || w.max.is_some()) {
+            return Err((
+                "workers.count".into(),
+                "set either `count` or `min`/`max`, not both".into(),
+            ));
+        }
+        if let (Some(min), Some(max)) = (w.min, w.max)
+            && min > max.get()
+        {
+            return Err((
+                "workers.min".into(),
+                format!("min ({min}) is greater than max ({max})"),
+            ));
+        }
+        if let Some(p) = &self.readiness.http_path
+            && !p.starts_with('/')
+        {
+            return Err((
+                "readiness.http_path".into(),
+                format!("{p:?} must start with '/'"),
+            ));
+        }
+        if self.readiness.timeout.get().is_zero() {
+            return Err(("readiness.timeout".into(), "must be longer than 0s".into()));
+        }
+        for key in self.app.environment.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err((
+                    format!("app.environment.{key}"),
+                    format!("invalid environment variable name {key:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The control socket: the config's, else `$RUNTIME_DIRECTORY/control.sock`, else
+    /// `/run/baton/<name>.sock`.
+    pub fn control_socket(&self) -> PathBuf {
+        if let Some(p) = &self.control.socket {
+            return p.clone();
+        }
+        if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY") {
+            // systemd may pass several directories separated by ':'; the first is ours.
+            let dir = dir.to_string_lossy().split(':').next().unwrap_or("").to_owned();
+            if !dir.is_empty() {
+                return Path::new(&dir).join("control.sock");
+            }
+        }
+        PathBuf::from(format!("/run/baton/{}.sock", self.name))
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, column)
+}
+
+/// Best-effort span of a dotted key (`table.key`) for errors found after parsing.
+fn find_key(text: &str, dotted: &str) -> Option<std::ops::Range<usize>> {
+    let (table, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
+    let mut in_table = table.is_empty();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        if let Some(header) = t.strip_prefix('[') {
+            let name = header.split(']').next().unwrap_or("").trim();
+            in_table = name == table;
+        } else if in_table {
+            let k = t.split('=').next().unwrap_or("").trim().trim_matches('"');
+            if k == key && t.contains('=') {
+                let start = offset + (line.len() - t.len());
+                return Some(start..start + key.len());
+            }
+        }
+        offset += line.len();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "name = \"app\"\n[listen]\naddress = \"127.0.0.1:8080\"\n[app]\ncommand = [\"node\", \"main.js\"]\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL, Path::new("a.toml")).unwrap();
+        assert_eq!(c.workers.target(), DEFAULT_WORKER_COUNT);
+        assert!(c.restart.rolling);
+        assert_eq!(c.restart.max_surge.get(), 1);
+        assert_eq!(c.readiness.timeout.get(), std::time::Duration::from_secs(60));
+        assert_eq!(c.control_socket(), PathBuf::from("/run/baton/app.sock"));
+    }
+
+    #[test]
+    fn argv_gets_port() {
+        let c = Command::new(vec!["x".into(), "--port={port}".into()]).unwrap();
+        assert_eq!(c.argv_for_port(81), vec!["x", "--port=81"]);
+    }
+}

@@ -1,0 +1,245 @@
+//! The control API: HTTP + JSON over a Unix socket (mode 0600, or 0660 with `[control] group`).
+//!
+//! `GET /status`, `POST /restart?mode=rolling|blocking&wait=1`, `POST /resume`, `GET /metrics`.
+//! With `wait=1` the restart answer streams one JSON object per line: `{"progress": ...}` while
+//! the roll runs, then `{"outcome": ...}`; `baton restart --wait` prints them. `curl
+//! --unix-socket` works too.
+
+pub mod client;
+
+use crate::restart::{Command, Handle, Outcome, RestartMode};
+use crate::status::{RollingJson, Snapshot};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+type Body = BoxBody<Bytes, Infallible>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: another baton answers there")]
+    InUse { path: String },
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: unknown group {group:?} ([control] group)")]
+    UnknownGroup { path: String, group: String },
+}
+
+/// Create the control socket with its permissions set before anyone can connect.
+pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, ControlError> {
+    let p = path.display().to_string();
+    let io = |source| ControlError::Io {
+        path: p.clone(),
+        source,
+    };
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ControlError::InUse { path: p });
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    // Bind under a tight umask so the socket is never reachable with looser permissions.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = std::os::unix::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.map_err(io)?;
+    if let Some(g) = group {
+        let gid = nix::unistd::Group::from_name(g)
+            .ok()
+            .flatten()
+            .ok_or_else(|| ControlError::UnknownGroup {
+                path: p.clone(),
+                group: g.to_owned(),
+            })?
+            .gid;
+        nix::unistd::chown(path, None, Some(gid)).map_err(|e| io(e.into()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+    }
+    listener.set_nonblocking(true).map_err(io)?;
+    UnixListener::from_std(listener).map_err(io)
+}
+
+/// Serve the control API until the process ends.
+pub async fn serve(listener: UnixListener, handle: Handle) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!("control socket accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| route(req, handle.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+pub fn snapshot(handle: &Handle) -> Snapshot {
+    let ctx = &handle.context;
+    Snapshot::new(
+        ctx.config.name.as_str(),
+        ctx.spawner.name(),
+        ctx.target(),
+        &ctx.state(),
+        &ctx.pool.workers(),
+        ctx.pool.queue_len(),
+    )
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    let mut text = serde_json::to_vec_pretty(value).unwrap_or_default();
+    text.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(text)).boxed());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+fn query<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then_some(v)
+    })
+}
+
+async fn route(req: Request<Incoming>, handle: Handle) -> Result<Response<Body>, Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/status") => json(StatusCode::OK, &snapshot(&handle)),
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(&snapshot(&handle)))).boxed());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        (&Method::POST, "/restart") => {
+            let mode = match query(&req, "mode") {
+                None | Some("") | Some("default") => None,
+                Some("rolling") => Some(RestartMode::Rolling),
+                Some("blocking") => Some(RestartMode::Blocking),
+                Some(other) => {
+                    return Ok(error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("unknown mode {other:?}: use rolling or blocking"),
+                    ));
+                }
+            };
+            let wait = matches!(query(&req, "wait"), Some("1" | "true" | ""));
+            restart(handle, mode, wait).await
+        }
+        (&Method::POST, "/resume") => {
+            let (tx, rx) = oneshot::channel();
+            if !handle.send(Command::Resume(tx)).await {
+                error(StatusCode::SERVICE_UNAVAILABLE, "the manager is shutting down")
+            } else {
+                let was = rx.await.unwrap_or(false);
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "resumed": was, "message": if was {
+                        "left resistance mode: spawning and idle cleaning resume; the old workers keep serving"
+                    } else {
+                        "not in resistance mode"
+                    }}),
+                )
+            }
+        }
+        (_, "/status" | "/metrics" | "/restart" | "/resume") => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "wrong method")
+        }
+        _ => error(StatusCode::NOT_FOUND, "unknown path; try /status, /restart, /resume, /metrics"),
+    };
+    Ok(resp)
+}
+
+/// One line of a waiting restart's answer.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartEvent {
+    Progress(RollingJson),
+    Outcome(Outcome),
+}
+
+async fn restart(handle: Handle, mode: Option<RestartMode>, wait: bool) -> Response<Body> {
+    let (tx, mut rx) = oneshot::channel();
+    if !handle.send(Command::Restart { mode, reply: Some(tx) }).await {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the manager is shutting down");
+    }
+    if !wait {
+        return json(StatusCode::ACCEPTED, &serde_json::json!({ "started": true }));
+    }
+    let (lines, body_rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let mut last: Option<RollingJson> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                outcome = &mut rx => {
+                    let outcome = outcome.unwrap_or(Outcome {
+                        ok: false,
+                        generation: 0,
+                        message: "the manager stopped before the restart ended".into(),
+                        output: Vec::new(),
+                    });
+                    let _ = lines.send(line(&RestartEvent::Outcome(outcome))).await;
+                    return;
+                }
+                _ = tick.tick() => {
+                    let now = snapshot(&handle).rolling_restart;
+                    if now.is_some() && now != last {
+                        last = now.clone();
+                        if let Some(p) = now
+                            && lines.send(line(&RestartEvent::Progress(p))).await.is_err()
+                        {
+                            // The client left; the restart goes on.
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(body_rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    let mut r = Response::new(StreamBody::new(stream).boxed());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/x-ndjson"),
+    );
+    r
+}
+
+fn line(ev: &RestartEvent) -> Bytes {
+    let mut v = serde_json::to_vec(ev).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}

@@ -1,0 +1,167 @@
+//! `baton demo` and the bundled demo app it runs (also the app the tests use).
+//!
+//! The demo app is a tiny HTTP server inside the baton binary (`baton demo-app`, hidden), so
+//! the demo and the tests need nothing outside the repository. What it does at boot is read
+//! from the file `demo-mode` in its working directory (the release directory), so a test can
+//! make a "broken release" the way an operator would: by deploying a different directory.
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::path::Path;
+use std::time::Duration;
+
+/// The config `baton demo` runs: 4 workers of the demo app on 127.0.0.1:8080.
+pub fn demo_config(listen: &str, workers: usize, boot_time: &str, control: &Path) -> String {
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "baton".into());
+    format!(
+        r#"name = "demo"
+
+[listen]
+address = "{listen}"
+
+[app]
+command = ["{exe}", "demo-app", "--port", "{{port}}", "--boot-time", "{boot_time}"]
+
+[workers]
+count = {workers}
+concurrency = 0
+
+[readiness]
+http_path = "/"
+timeout = "30s"
+
+[restart]
+drain_timeout = "10s"
+stop_timeout = "5s"
+
+[spawner]
+backend = "process"
+
+[control]
+socket = "{control}"
+"#,
+        control = control.display()
+    )
+}
+
+/// Where `baton demo` puts its control socket: /run/baton when root, else a private dir.
+pub fn demo_control_socket() -> std::path::PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return "/run/baton/demo.sock".into();
+    }
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    dir.join("baton-demo.sock")
+}
+
+/// The demo app's behaviour, from `./demo-mode` (default: serve).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Serve,
+    /// Exit with status 1 at boot, as a release with a bad config would.
+    Exit,
+    /// Start but never listen: never ready.
+    Hang,
+}
+
+fn read_mode() -> Mode {
+    match std::fs::read_to_string("demo-mode").map(|s| s.trim().to_owned()) {
+        Ok(m) if m == "exit" => Mode::Exit,
+        Ok(m) if m == "hang" => Mode::Hang,
+        _ => Mode::Serve,
+    }
+}
+
+/// Run the demo app: serve `/` (hello), `/sleep/MS`, `/hang`, `/crash`, `/echo` (POST), and
+/// `/upgrade` (101, then echo bytes).
+pub async fn run_app(port: u16, boot_time: Duration) -> anyhow::Result<()> {
+    let mode = read_mode();
+    let release = std::env::current_dir()
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    tokio::time::sleep(boot_time).await;
+    match mode {
+        Mode::Exit => {
+            eprintln!("demo-app: cannot start: this release is broken (demo-mode = exit)");
+            std::process::exit(1);
+        }
+        Mode::Hang => {
+            eprintln!("demo-app: hanging at boot (demo-mode = hang)");
+            std::future::pending::<()>().await;
+        }
+        Mode::Serve => {}
+    }
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    eprintln!("demo-app: release {release:?} listening on 127.0.0.1:{port}");
+    let release: &'static str = Box::leak(release.into_boxed_str());
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| app(req, release));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn text(status: StatusCode, s: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(s)).map_err(|n| match n {}).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+async fn app(mut req: Request<Incoming>, release: &'static str) -> Result<Response<Body>, Infallible> {
+    let pid = std::process::id();
+    let path = req.uri().path().to_owned();
+    let resp = if let Some(ms) = path.strip_prefix("/sleep/") {
+        let ms: u64 = ms.parse().unwrap_or(100);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        text(StatusCode::OK, format!("slept {ms} ms in {release} pid {pid}\n"))
+    } else if path == "/hang" {
+        std::future::pending::<()>().await;
+        text(StatusCode::OK, String::new())
+    } else if path == "/crash" {
+        std::process::exit(3);
+    } else if path == "/echo" {
+        let (parts, body) = req.into_parts();
+        let _ = parts;
+        Response::new(body.boxed())
+    } else if path == "/upgrade" {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut r = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
+        r.headers_mut().insert(http::header::UPGRADE, http::HeaderValue::from_static("echo"));
+        r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        r
+    } else {
+        let fwd = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        text(
+            StatusCode::OK,
+            format!("hello from release {release} pid {pid} (x-forwarded-for {fwd})\n"),
+        )
+    };
+    Ok(resp)
+}

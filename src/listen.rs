@@ -1,0 +1,123 @@
+//! The listening sockets: the ones systemd passes (socket activation), else `[listen] address`.
+//!
+//! With systemd's sockets a restart of baton itself refuses no connection: the kernel keeps
+//! queueing them on the socket that systemd holds while baton starts again.
+
+use crate::config::{Config, ListenAddress};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("systemd passed socket {index} ({name}), which is neither a TCP nor a Unix stream socket")]
+    BadPassedSocket { index: usize, name: String },
+    #[error("no socket was passed by systemd (LISTEN_FDS) and the config has no [listen] address")]
+    NoAddress,
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "tcp".into()),
+            Listener::Unix(l) => l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
+                .unwrap_or_else(|| "unix".into()),
+        }
+    }
+}
+
+/// Open the listeners for `config`.
+pub fn open(config: &Config) -> Result<Vec<Listener>, ListenError> {
+    let passed = from_systemd()?;
+    if !passed.is_empty() {
+        return Ok(passed);
+    }
+    match &config.listen.address {
+        None => Err(ListenError::NoAddress),
+        Some(address) => bind(address).map(|l| vec![l]),
+    }
+}
+
+fn bind(address: &ListenAddress) -> Result<Listener, ListenError> {
+    let err = |source| ListenError::Bind {
+        address: address.to_string(),
+        source,
+    };
+    match address {
+        ListenAddress::Tcp(a) => {
+            let l = std::net::TcpListener::bind(a).map_err(err)?;
+            l.set_nonblocking(true).map_err(err)?;
+            tokio::net::TcpListener::from_std(l)
+                .map(Listener::Tcp)
+                .map_err(err)
+        }
+        ListenAddress::Unix(path) => {
+            remove_stale_socket(path);
+            let l = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
+            l.set_nonblocking(true).map_err(err)?;
+            tokio::net::UnixListener::from_std(l)
+                .map(Listener::Unix)
+                .map_err(err)
+        }
+    }
+}
+
+/// A socket file left by a process that is gone blocks bind(); one that answers is in use.
+pub fn remove_stale_socket(path: &Path) {
+    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn from_systemd() -> Result<Vec<Listener>, ListenError> {
+    let names: Vec<String> = sd_notify::listen_fds_with_names()
+        .map(|it| it.map(|(_, n)| n).collect())
+        .unwrap_or_default();
+    let mut fds = listenfd::ListenFd::from_env();
+    let mut out = Vec::new();
+    for index in 0..fds.len() {
+        let name = names.get(index).cloned().unwrap_or_else(|| "unknown".into());
+        let bad = || ListenError::BadPassedSocket {
+            index,
+            name: name.clone(),
+        };
+        let listener = if let Ok(Some(l)) = fds.take_tcp_listener(index) {
+            l.set_nonblocking(true).map_err(|_| bad())?;
+            no_inherit(&l);
+            Listener::Tcp(tokio::net::TcpListener::from_std(l).map_err(|_| bad())?)
+        } else if let Ok(Some(l)) = fds.take_unix_listener(index) {
+            l.set_nonblocking(true).map_err(|_| bad())?;
+            no_inherit(&l);
+            Listener::Unix(tokio::net::UnixListener::from_std(l).map_err(|_| bad())?)
+        } else {
+            return Err(bad());
+        };
+        tracing::info!("listening on {} (socket {name:?} from systemd)", listener.describe());
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+/// systemd passes sockets without close-on-exec; workers must not inherit them, or a worker
+/// would keep the app's port open after baton let it go.
+fn no_inherit(fd: &impl AsRawFd) {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    // SAFETY: the fd is owned by the listener passed in and stays open for this call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd.as_raw_fd()) };
+    let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+}

@@ -1,0 +1,367 @@
+//! The HTTP/1.1 reverse proxy: every client request goes to a ready worker chosen by the pool.
+//!
+//! Client connections (and their keep-alive) belong to baton; connections to workers are pooled
+//! separately, so draining a worker never closes a client's connection. Bodies stream both ways.
+//! A request that could not reach a worker is retried once on another worker when that is safe
+//! (idempotent method, no body).
+
+use crate::listen::Listener;
+use crate::pool::{Lease, Pool, Rejected};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// How long a client may take to send its request headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Proxy {
+    pool: Arc<Pool>,
+    client: Client<HttpConnector, ProxyBody>,
+}
+
+impl Proxy {
+    pub fn new(pool: Arc<Pool>) -> Arc<Proxy> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Arc::new(Proxy { pool, client })
+    }
+
+    /// Accept connections until `stop` fires; each is tracked so shutdown can wait for it.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: Listener,
+        stop: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return,
+                a = accept(&listener) => a,
+            };
+            match accepted {
+                Ok(Accepted::Tcp(stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tracker.spawn(self.clone().connection(stream, Some(peer), stop.clone()));
+                }
+                Ok(Accepted::Unix(stream)) => {
+                    tracker.spawn(self.clone().connection(stream, None, stop.clone()));
+                }
+                Err(e) => {
+                    // EMFILE and friends: pause rather than spin, keep serving the others.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn connection<S>(self: Arc<Self>, stream: S, peer: Option<SocketAddr>, stop: CancellationToken)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let proxy = self.clone();
+        let svc = service_fn(move |req| proxy.clone().handle(req, peer));
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), svc)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = stop.cancelled() => {
+                // Finish the request in flight, answer it with `Connection: close`, then close.
+                conn.as_mut().graceful_shutdown();
+                conn.as_mut().await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!("client connection ended: {e}");
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        Ok(match self.forward(req, peer).await {
+            Ok(resp) => resp,
+            Err(resp) => resp,
+        })
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+        let upgrade = wants_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        add_forwarded(&mut parts.headers, peer);
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into());
+        let retryable = !upgrade && is_idempotent(&parts.method) && has_no_body(&body);
+
+        let lease = self.lease(None).await?;
+        let build = |addr: SocketAddr, body: ProxyBody| {
+            let uri: Uri = format!("http://{addr}{path}")
+                .parse()
+                .map_err(|_| error_response(StatusCode::BAD_REQUEST, "baton: bad request target"))?;
+            let mut r = Request::new(body);
+            *r.method_mut() = parts.method.clone();
+            *r.uri_mut() = uri;
+            *r.headers_mut() = parts.headers.clone();
+            Ok::<_, Response<ProxyBody>>(r)
+        };
+        let first = self.client.request(build(lease.addr, body.boxed())?).await;
+        let (resp, lease) = match first {
+            Ok(resp) => (resp, lease),
+            Err(e) if retryable => {
+                tracing::warn!(worker = lease.worker.0, "request to worker {} failed ({e}); retrying on another worker", lease.worker);
+                let failed = lease.worker;
+                drop(lease);
+                let lease = self.lease(Some(failed)).await?;
+                let empty = Empty::<Bytes>::new().map_err(|n| match n {}).boxed();
+                match self.client.request(build(lease.addr, empty)?).await {
+                    Ok(resp) => (resp, lease),
+                    Err(e) => return Err(bad_gateway(&lease, &e)),
+                }
+            }
+            Err(e) => return Err(bad_gateway(&lease, &e)),
+        };
+
+        let mut resp = resp;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let upstream = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_upgrade, upstream, lease));
+            let mut switched = Response::new(Empty::new().map_err(|n| match n {}).boxed());
+            *switched.status_mut() = resp.status();
+            *switched.headers_mut() = resp.headers().clone();
+            return Ok(switched);
+        }
+        let (mut rparts, rbody) = resp.into_parts();
+        strip_hop_by_hop(&mut rparts.headers, false);
+        Ok(Response::from_parts(
+            rparts,
+            LeasedBody {
+                inner: rbody,
+                _lease: lease,
+            }
+            .boxed(),
+        ))
+    }
+
+    async fn lease(&self, exclude: Option<crate::spawn::WorkerId>) -> Result<Lease, Response<ProxyBody>> {
+        self.pool.acquire(exclude).await.map_err(|e| match e {
+            Rejected::QueueFull(_) => {
+                let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, &format!("baton: {e}"));
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                r
+            }
+            Rejected::ShuttingDown => error_response(StatusCode::SERVICE_UNAVAILABLE, "baton: shutting down"),
+        })
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
+    match listener {
+        Listener::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
+        Listener::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    }
+}
+
+/// Copy bytes both ways after a protocol switch (WebSocket); the lease is held meanwhile.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, lease: Lease) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(worker = lease.worker.0, "upgrade failed: {e}");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    drop(lease);
+}
+
+fn bad_gateway(lease: &Lease, e: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
+    let mut cause = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        cause = format!("{cause}: {s}");
+        src = s.source();
+    }
+    tracing::warn!(worker = lease.worker.0, "worker {} failed to answer: {cause}", lease.worker);
+    error_response(
+        StatusCode::BAD_GATEWAY,
+        &format!("baton: worker {} failed to answer: {cause}", lease.worker),
+    )
+}
+
+pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(format!("{message}\n")))
+            .map_err(|n| match n {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn has_no_body(body: &Incoming) -> bool {
+    body.is_end_stream() || body.size_hint().exact() == Some(0)
+}
+
+fn wants_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 7.6.1).
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            h.remove(name);
+        }
+    }
+    for name in [
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        h.remove(name);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    }
+}
+
+fn add_forwarded(h: &mut HeaderMap, peer: Option<SocketAddr>) {
+    if let Some(peer) = peer {
+        let ip = peer.ip().to_string();
+        let value = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert("x-forwarded-for", v);
+        }
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+}
+
+/// A worker's response body that returns the worker's lease when the body ends or is dropped.
+struct LeasedBody {
+    inner: Incoming,
+    _lease: Lease,
+}
+
+impl Body for LeasedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::HOST, HeaderValue::from_static("example"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::HOST));
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        add_forwarded(&mut h, Some("192.0.2.7:5000".parse().unwrap()));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+}

@@ -1,0 +1,559 @@
+//! The supervisor: spawns the pool, replaces dead workers, and runs rolling and blocking
+//! restarts, resisting deployment errors (see ARCHITECTURE.md for the state machine).
+//!
+//! One task, [`Supervisor::run`], owns every decision about which workers exist. Commands
+//! (restart, resume, shutdown) and events (a worker died, a replacement or a roll ended) reach it
+//! through channels, so decisions are taken one at a time. The long jobs it starts (a roll, a
+//! replacement) are tasks with a cancellation token; they report back with an event.
+
+mod roll;
+mod worker;
+
+pub use roll::RestartMode;
+
+use crate::config::Config;
+use crate::journal;
+use crate::notify::Notifier;
+use crate::pool::{Pool, WorkerState};
+use crate::spawn::{Generation, Spawner, WorkerId};
+use roll::RollResult;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+pub use worker::SpawnFailure;
+
+/// How a restart ended, as `baton restart --wait` reports it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Outcome {
+    pub ok: bool,
+    pub generation: u64,
+    pub message: String,
+    /// The failed worker's last output lines, when a worker failed.
+    #[serde(default)]
+    pub output: Vec<String>,
+}
+
+/// A roll in progress, as status shows it.
+#[derive(Clone, Debug)]
+pub struct RollProgress {
+    pub mode: RestartMode,
+    pub generation: Generation,
+    pub done: usize,
+    pub total: usize,
+    pub waiting_on: String,
+}
+
+/// Resistance mode, as status shows it.
+#[derive(Clone, Debug)]
+pub struct Resistance {
+    pub since: SystemTime,
+    pub reason: String,
+    pub generation: Generation,
+    pub output: Vec<String>,
+}
+
+/// What the supervisor publishes for status; written only by the supervisor and its roll.
+#[derive(Clone, Debug, Default)]
+pub struct RestartState {
+    /// The generation new replacement workers come from (the last one rolled out).
+    pub generation: Generation,
+    pub rolling: Option<RollProgress>,
+    pub resisting: Option<Resistance>,
+    /// The last spawn failure outside a roll, retried with backoff.
+    pub last_spawn_failure: Option<(SystemTime, String)>,
+    pub started: bool,
+}
+
+impl Default for Generation {
+    fn default() -> Self {
+        Generation(0)
+    }
+}
+
+/// A request to the supervisor.
+pub enum Command {
+    Restart {
+        mode: Option<RestartMode>,
+        reply: Option<oneshot::Sender<Outcome>>,
+    },
+    /// Leave resistance mode; answers whether it was in force.
+    Resume(oneshot::Sender<bool>),
+    /// Stop every worker; answers when they are gone.
+    Shutdown(oneshot::Sender<()>),
+}
+
+enum Event {
+    WorkerDied {
+        id: WorkerId,
+        generation: Generation,
+        reason: String,
+    },
+    ReplacementDone(Result<WorkerId, worker::SpawnError>),
+    RollDone(RollResult),
+}
+
+/// What every supervisor task shares.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub pool: Arc<Pool>,
+    pub spawner: Arc<dyn Spawner>,
+    pub notifier: Arc<Notifier>,
+    state: Mutex<RestartState>,
+    next_worker: AtomicU64,
+    /// Each generation's pinned release directory.
+    directories: Mutex<BTreeMap<Generation, Option<PathBuf>>>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Context {
+    pub fn state(&self) -> RestartState {
+        self.lock_state().clone()
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, RestartState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut RestartState)) {
+        f(&mut self.lock_state());
+        self.publish();
+    }
+
+    /// Tell systemd the one-line state.
+    pub fn publish(&self) {
+        let line = crate::status::status_line(
+            &self.lock_state(),
+            &self.pool.workers(),
+            self.target(),
+        );
+        self.notifier.status(&line);
+    }
+
+    /// Workers the pool keeps.
+    pub fn target(&self) -> usize {
+        self.config.workers.target()
+    }
+
+    fn next_worker_id(&self) -> WorkerId {
+        WorkerId(self.next_worker.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Resolve the release directory once for a new generation and pin it.
+    fn pin_generation(&self, generation: Generation) -> Result<(), String> {
+        let dir = match &self.config.app.directory {
+            None => None,
+            Some(d) => Some(std::fs::canonicalize(d).map_err(|e| {
+                format!("cannot resolve app.directory {}: {e}", d.display())
+            })?),
+        };
+        let mut dirs = self.directories.lock().unwrap_or_else(|e| e.into_inner());
+        dirs.insert(generation, dir);
+        Ok(())
+    }
+
+    fn directory(&self, generation: Generation) -> Option<PathBuf> {
+        let dirs = self.directories.lock().unwrap_or_else(|e| e.into_inner());
+        dirs.get(&generation).cloned().flatten()
+    }
+}
+
+/// A handle to send commands to a running supervisor.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    pub context: Arc<Context>,
+}
+
+impl Handle {
+    pub async fn send(&self, cmd: Command) -> bool {
+        self.tx.send(cmd).await.is_ok()
+    }
+}
+
+/// Retry delays for spawns outside a roll: no storm when a proven release fails for a while.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn delay(&self) -> Duration {
+        match self.failures {
+            0 => Duration::ZERO,
+            n => Duration::from_millis(500u64 << (n - 1).min(7)).min(Duration::from_secs(60)),
+        }
+    }
+}
+
+struct ActiveRoll {
+    cancel: CancellationToken,
+    generation: Generation,
+    mode: RestartMode,
+    waiters: Vec<oneshot::Sender<Outcome>>,
+    started: Instant,
+}
+
+pub struct Supervisor {
+    ctx: Arc<Context>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::UnboundedReceiver<Event>,
+    roll: Option<ActiveRoll>,
+    /// A restart asked for while a roll was being cancelled.
+    next_restart: Option<(Option<RestartMode>, Vec<oneshot::Sender<Outcome>>)>,
+    replacements: CancellationToken,
+    pending_replacements: usize,
+    backoff: Backoff,
+    highest_generation: Generation,
+    shutting_down: bool,
+}
+
+impl Supervisor {
+    pub fn new(
+        config: Arc<Config>,
+        pool: Arc<Pool>,
+        spawner: Arc<dyn Spawner>,
+        notifier: Arc<Notifier>,
+    ) -> (Supervisor, Handle) {
+        let (tx, commands) = mpsc::channel(16);
+        let (etx, events) = mpsc::unbounded_channel();
+        let ctx = Arc::new(Context {
+            config,
+            pool,
+            spawner,
+            notifier,
+            state: Mutex::new(RestartState::default()),
+            next_worker: AtomicU64::new(1),
+            directories: Mutex::new(BTreeMap::new()),
+            events: etx,
+        });
+        let sup = Supervisor {
+            ctx: ctx.clone(),
+            commands,
+            events,
+            roll: None,
+            next_restart: None,
+            replacements: CancellationToken::new(),
+            pending_replacements: 0,
+            backoff: Backoff::default(),
+            highest_generation: Generation(0),
+            shutting_down: false,
+        };
+        (sup, Handle { tx, context: ctx })
+    }
+
+    /// Start generation 1 and supervise until shutdown.
+    pub async fn run(mut self) {
+        let first = Generation(1);
+        self.highest_generation = first;
+        if let Err(e) = self.ctx.pin_generation(first) {
+            // Retried by every replacement attempt below, with backoff, until it resolves.
+            tracing::error!(app = %self.ctx.config.name, "{e}");
+        }
+        self.ctx.update(|s| s.generation = first);
+        self.reconcile();
+        loop {
+            tokio::select! {
+                Some(cmd) = self.commands.recv() => {
+                    if let Some(done) = self.command(cmd) {
+                        self.shutdown().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                }
+                Some(ev) = self.events.recv() => self.event(ev),
+                else => return,
+            }
+            self.reconcile();
+            self.check_started();
+            self.ctx.publish();
+        }
+    }
+
+    fn command(&mut self, cmd: Command) -> Option<oneshot::Sender<()>> {
+        match cmd {
+            Command::Restart { mode, reply } => {
+                let waiters: Vec<_> = reply.into_iter().collect();
+                if self.shutting_down {
+                    return None;
+                }
+                if let Some(roll) = &self.roll {
+                    tracing::info!(
+                        app = %self.ctx.config.name,
+                        generation = roll.generation.0,
+                        "a new restart supersedes the one in progress"
+                    );
+                    roll.cancel.cancel();
+                    let (_, pending) = self.next_restart.get_or_insert((mode, Vec::new()));
+                    pending.extend(waiters);
+                    if let Some(entry) = self.next_restart.as_mut() {
+                        entry.0 = mode;
+                    }
+                } else {
+                    self.start_restart(mode, waiters);
+                }
+            }
+            Command::Resume(reply) => {
+                let was = self.leave_resistance("baton resume");
+                let _ = reply.send(was);
+            }
+            Command::Shutdown(done) => return Some(done),
+        }
+        None
+    }
+
+    fn event(&mut self, ev: Event) {
+        match ev {
+            Event::WorkerDied {
+                id,
+                generation,
+                reason,
+            } => {
+                tracing::warn!(
+                    app = %self.ctx.config.name, worker = id.0, generation = generation.0,
+                    "worker {id} {reason}; replacing it"
+                );
+            }
+            Event::ReplacementDone(result) => {
+                self.pending_replacements = self.pending_replacements.saturating_sub(1);
+                match result {
+                    Ok(_) => self.backoff.failures = 0,
+                    Err(worker::SpawnError::Cancelled) => {}
+                    Err(worker::SpawnError::Failed(f)) => {
+                        self.backoff.failures += 1;
+                        let delay = self.backoff.delay();
+                        tracing::error!(
+                            app = %self.ctx.config.name, worker = f.worker.0,
+                            message_id = journal::MSG_SPAWN_FAILED,
+                            "spawn failed: {f}; retrying in {}", humantime::format_duration(delay)
+                        );
+                        self.ctx.update(|s| {
+                            s.last_spawn_failure = Some((SystemTime::now(), f.to_string()))
+                        });
+                    }
+                }
+            }
+            Event::RollDone(result) => self.finish_roll(result),
+        }
+    }
+
+    fn start_restart(&mut self, mode: Option<RestartMode>, waiters: Vec<oneshot::Sender<Outcome>>) {
+        let mode = mode.unwrap_or(if self.ctx.config.restart.rolling {
+            RestartMode::Rolling
+        } else {
+            RestartMode::Blocking
+        });
+        self.leave_resistance("a new restart");
+        // Replacements in flight would add workers of the old generation behind the roll's back.
+        self.replacements.cancel();
+        self.replacements = CancellationToken::new();
+        self.highest_generation = Generation(self.highest_generation.0 + 1);
+        let generation = self.highest_generation;
+        let total = self.ctx.target();
+        tracing::info!(
+            app = %self.ctx.config.name, generation = generation.0,
+            message_id = journal::MSG_ROLL_STARTED,
+            "{} restart to generation {generation} started ({total} workers)", mode.as_str()
+        );
+        self.ctx.notifier.reloading();
+        self.ctx.update(|s| {
+            s.rolling = Some(RollProgress {
+                mode,
+                generation,
+                done: 0,
+                total,
+                waiting_on: "starting".into(),
+            })
+        });
+        let cancel = CancellationToken::new();
+        let ctx = self.ctx.clone();
+        let token = cancel.clone();
+        tokio::spawn(async move {
+            let result = roll::run(&ctx, generation, mode, &token).await;
+            let _ = ctx.events.send(Event::RollDone(result));
+        });
+        self.roll = Some(ActiveRoll {
+            cancel,
+            generation,
+            mode,
+            waiters,
+            started: Instant::now(),
+        });
+    }
+
+    fn finish_roll(&mut self, result: RollResult) {
+        let Some(roll) = self.roll.take() else { return };
+        let app = &self.ctx.config.name;
+        let generation = roll.generation;
+        let took = roll.started.elapsed();
+        let outcome = match result {
+            RollResult::Cancelled => {
+                let (mode, mut waiters) = self.next_restart.take().unwrap_or((None, Vec::new()));
+                waiters.extend(roll.waiters);
+                self.ctx.update(|s| s.rolling = None);
+                if self.shutting_down {
+                    return;
+                }
+                // Whoever waited for the superseded restart now waits for the one that replaces
+                // it: it deploys the newer release, which is what they asked for.
+                self.start_restart(mode, waiters);
+                return;
+            }
+            RollResult::Done => {
+                self.ctx.update(|s| {
+                    s.rolling = None;
+                    s.generation = generation;
+                });
+                let message = format!(
+                    "{} restart to generation {generation} finished: {} workers replaced in {:.1}s",
+                    roll.mode.as_str(),
+                    self.ctx.target(),
+                    took.as_secs_f64()
+                );
+                tracing::info!(app = %app, generation = generation.0, message_id = journal::MSG_ROLL_FINISHED, "{message}");
+                Outcome {
+                    ok: true,
+                    generation: generation.0,
+                    message,
+                    output: Vec::new(),
+                }
+            }
+            RollResult::Resisting(failure) => {
+                let reason = failure.to_string();
+                tracing::error!(
+                    app = %app, generation = generation.0, worker = failure.worker.0,
+                    message_id = journal::MSG_RESISTANCE_ENTERED,
+                    "resisting deployment error: {reason}; the workers of generation {} keep serving",
+                    self.ctx.state().generation
+                );
+                for line in &failure.output {
+                    tracing::error!(app = %app, worker = failure.worker.0, "worker {}: {line}", failure.worker);
+                }
+                self.ctx.update(|s| {
+                    s.rolling = None;
+                    s.resisting = Some(Resistance {
+                        since: SystemTime::now(),
+                        reason: reason.clone(),
+                        generation,
+                        output: failure.output.clone(),
+                    });
+                });
+                let message = format!("resisting deployment error: {reason}");
+                tracing::error!(app = %app, generation = generation.0, message_id = journal::MSG_ROLL_FINISHED,
+                    "restart to generation {generation} failed: {message}");
+                Outcome {
+                    ok: false,
+                    generation: generation.0,
+                    message,
+                    output: failure.output,
+                }
+            }
+            RollResult::Failed { message, output } => {
+                self.ctx.update(|s| {
+                    s.rolling = None;
+                    s.generation = generation;
+                });
+                tracing::error!(app = %app, generation = generation.0, message_id = journal::MSG_ROLL_FINISHED,
+                    "restart to generation {generation} failed: {message}");
+                Outcome {
+                    ok: false,
+                    generation: generation.0,
+                    message,
+                    output,
+                }
+            }
+        };
+        // READY=1 ends the reload in systemd's eyes, whatever the outcome.
+        self.ctx.notifier.ready();
+        for w in roll.waiters {
+            let _ = w.send(outcome.clone());
+        }
+    }
+
+    fn leave_resistance(&mut self, why: &str) -> bool {
+        let was = self.ctx.lock_state().resisting.take();
+        if let Some(r) = &was {
+            tracing::info!(
+                app = %self.ctx.config.name, generation = r.generation.0,
+                message_id = journal::MSG_RESISTANCE_LEFT,
+                "left resistance mode ({why}); it was: {}", r.reason
+            );
+            self.ctx.publish();
+        }
+        was.is_some()
+    }
+
+    /// Keep the pool at its size when no roll is running: replace what died, from the
+    /// current generation, with backoff after failures.
+    fn reconcile(&mut self) {
+        if self.shutting_down || self.roll.is_some() {
+            return;
+        }
+        let ready = self
+            .ctx
+            .pool
+            .workers()
+            .iter()
+            .filter(|w| w.state == WorkerState::Ready)
+            .count();
+        let missing = self
+            .ctx
+            .target()
+            .saturating_sub(ready + self.pending_replacements);
+        let generation = self.ctx.state().generation;
+        for _ in 0..missing {
+            self.pending_replacements += 1;
+            let ctx = self.ctx.clone();
+            let cancel = self.replacements.child_token();
+            let delay = self.backoff.delay();
+            tokio::spawn(async move {
+                let result = tokio::select! {
+                    _ = cancel.cancelled() => Err(worker::SpawnError::Cancelled),
+                    _ = tokio::time::sleep(delay) => worker::spawn(&ctx, generation, &cancel).await,
+                };
+                let _ = ctx.events.send(Event::ReplacementDone(result));
+            });
+        }
+    }
+
+    /// READY=1 once the first generation is complete.
+    fn check_started(&mut self) {
+        if self.ctx.lock_state().started {
+            return;
+        }
+        let ready = self
+            .ctx
+            .pool
+            .workers()
+            .iter()
+            .filter(|w| w.state == WorkerState::Ready)
+            .count();
+        if ready >= self.ctx.target() {
+            self.ctx.lock_state().started = true;
+            tracing::info!(app = %self.ctx.config.name, "{ready} workers ready");
+            self.ctx.notifier.ready();
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        self.shutting_down = true;
+        self.ctx.notifier.stopping();
+        self.replacements.cancel();
+        if let Some(roll) = &self.roll {
+            roll.cancel.cancel();
+            // Let the roll clean up its spawning workers before the rest are stopped.
+            while let Some(ev) = self.events.recv().await {
+                if let Event::RollDone(r) = ev {
+                    self.finish_roll(r);
+                    break;
+                }
+            }
+        }
+        let ids: Vec<_> = self.ctx.pool.workers().iter().map(|w| w.id).collect();
+        futures_util::future::join_all(ids.into_iter().map(|id| worker::stop(&self.ctx, id))).await;
+        tracing::info!(app = %self.ctx.config.name, "all workers stopped");
+    }
+}

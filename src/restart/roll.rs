@@ -1,0 +1,220 @@
+//! One restart: rolling (spawn new, wait ready, drain old, stop old; `max_surge` at a time) or
+//! blocking (stop all, spawn all).
+//!
+//! A roll converges on "`target` ready workers of the new generation and none older", reading
+//! the pool afresh at every step, so a worker that dies mid-roll or a worker left by a
+//! superseded roll is simply one more to replace.
+
+use super::worker::{self, SpawnError, SpawnFailure};
+use super::Context;
+use crate::pool::{WorkerState, WorkerView};
+use crate::spawn::{Generation, WorkerId};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartMode {
+    Rolling,
+    Blocking,
+}
+
+impl RestartMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartMode::Rolling => "rolling",
+            RestartMode::Blocking => "blocking",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum RollResult {
+    Done,
+    /// A new worker failed and resistance is on: the old workers keep serving.
+    Resisting(SpawnFailure),
+    Failed {
+        message: String,
+        output: Vec<String>,
+    },
+    Cancelled,
+}
+
+pub async fn run(
+    ctx: &Arc<Context>,
+    generation: Generation,
+    mode: RestartMode,
+    cancel: &CancellationToken,
+) -> RollResult {
+    if let Err(reason) = ctx.pin_generation(generation) {
+        let failure = SpawnFailure {
+            worker: WorkerId(0),
+            reason,
+            output: Vec::new(),
+        };
+        return match (mode, ctx.config.restart.resist_deployment_errors) {
+            (RestartMode::Rolling, true) => RollResult::Resisting(failure),
+            _ => RollResult::Failed {
+                message: failure.reason,
+                output: Vec::new(),
+            },
+        };
+    }
+    match mode {
+        RestartMode::Rolling => rolling(ctx, generation, cancel).await,
+        RestartMode::Blocking => blocking(ctx, generation, cancel).await,
+    }
+}
+
+fn progress(ctx: &Context, generation: Generation, waiting_on: String) {
+    let done = ctx
+        .pool
+        .workers()
+        .iter()
+        .filter(|w| w.generation == generation && w.state == WorkerState::Ready)
+        .count();
+    ctx.update(|s| {
+        if let Some(p) = s.rolling.as_mut() {
+            p.done = done.min(p.total);
+            p.waiting_on = waiting_on;
+        }
+    });
+}
+
+fn is_alive(w: &WorkerView) -> bool {
+    matches!(w.state, WorkerState::Spawning | WorkerState::Ready)
+}
+
+async fn rolling(
+    ctx: &Arc<Context>,
+    generation: Generation,
+    cancel: &CancellationToken,
+) -> RollResult {
+    let target = ctx.target();
+    let surge = ctx.config.restart.max_surge.get();
+    let resist = ctx.config.restart.resist_deployment_errors;
+    // Old workers kept because their replacement failed (only without resistance).
+    let mut kept: BTreeSet<WorkerId> = BTreeSet::new();
+    let mut failures: Vec<SpawnFailure> = Vec::new();
+    loop {
+        if cancel.is_cancelled() {
+            return RollResult::Cancelled;
+        }
+        let workers = ctx.pool.workers();
+        let new_alive = workers
+            .iter()
+            .filter(|w| w.generation == generation && is_alive(w))
+            .count();
+        let mut old: Vec<&WorkerView> = workers
+            .iter()
+            .filter(|w| w.generation != generation && is_alive(w) && !kept.contains(&w.id))
+            .collect();
+        // Oldest generation first, then the least busy.
+        old.sort_by_key(|w| (w.generation, w.in_flight, w.id));
+        if old.is_empty() && new_alive + kept.len() >= target {
+            break;
+        }
+        let alive = workers.iter().filter(|w| is_alive(w)).count();
+        let want = target.saturating_sub(new_alive + kept.len());
+        let room = (target + surge).saturating_sub(alive);
+        let batch = want.min(room);
+        if batch == 0 {
+            let Some(w) = old.first() else { break };
+            progress(ctx, generation, format!("draining worker {}", w.id));
+            worker::drain_and_stop(ctx, w.id).await;
+            continue;
+        }
+        progress(
+            ctx,
+            generation,
+            format!("spawning {} worker{} of generation {generation}", batch, if batch == 1 { "" } else { "s" }),
+        );
+        let results = futures_util::future::join_all(
+            (0..batch).map(|_| worker::spawn(ctx, generation, cancel)),
+        )
+        .await;
+        let mut ready = 0;
+        for r in results {
+            match r {
+                Ok(_) => ready += 1,
+                Err(SpawnError::Cancelled) => return RollResult::Cancelled,
+                Err(SpawnError::Failed(f)) => failures.push(f),
+            }
+        }
+        if let Some(f) = failures.last()
+            && resist
+        {
+            return RollResult::Resisting(f.clone());
+        }
+        // Each failure keeps one old worker serving in place of the new one that is missing.
+        let failed_now = batch - ready;
+        for w in old.iter().take(failed_now) {
+            kept.insert(w.id);
+        }
+        for w in old.iter().skip(failed_now).take(ready) {
+            if cancel.is_cancelled() {
+                return RollResult::Cancelled;
+            }
+            progress(ctx, generation, format!("draining worker {}", w.id));
+            worker::drain_and_stop(ctx, w.id).await;
+        }
+        if old.is_empty() && failed_now > 0 {
+            // Nothing left to keep in its place: the supervisor retries it with backoff.
+            break;
+        }
+    }
+    progress(ctx, generation, "done".into());
+    match failures.last() {
+        None => RollResult::Done,
+        Some(last) => RollResult::Failed {
+            message: format!(
+                "{} of {target} workers could not be replaced; the last: {last}",
+                failures.len().min(target)
+            ),
+            output: last.output.clone(),
+        },
+    }
+}
+
+async fn blocking(
+    ctx: &Arc<Context>,
+    generation: Generation,
+    cancel: &CancellationToken,
+) -> RollResult {
+    let target = ctx.target();
+    let old: Vec<WorkerId> = ctx.pool.workers().iter().map(|w| w.id).collect();
+    progress(ctx, generation, format!("stopping {} workers", old.len()));
+    // Mark them all first so that no request goes to any of them meanwhile: requests queue.
+    for id in &old {
+        ctx.pool.set_state(*id, WorkerState::Draining);
+    }
+    futures_util::future::join_all(old.iter().map(|id| worker::drain_and_stop(ctx, *id))).await;
+    if cancel.is_cancelled() {
+        return RollResult::Cancelled;
+    }
+    progress(ctx, generation, format!("spawning {target} workers of generation {generation}"));
+    let results = futures_util::future::join_all(
+        (0..target).map(|_| worker::spawn(ctx, generation, cancel)),
+    )
+    .await;
+    let mut failures = Vec::new();
+    for r in results {
+        match r {
+            Ok(_) => {}
+            Err(SpawnError::Cancelled) => return RollResult::Cancelled,
+            Err(SpawnError::Failed(f)) => failures.push(f),
+        }
+    }
+    progress(ctx, generation, "done".into());
+    match failures.last() {
+        None => RollResult::Done,
+        Some(last) => RollResult::Failed {
+            message: format!(
+                "{} of {target} workers failed to start (they are retried with backoff); the last: {last}",
+                failures.len()
+            ),
+            output: last.output.clone(),
+        },
+    }
+}

@@ -1,0 +1,186 @@
+//! Starting one worker until it is ready, and draining and stopping one.
+
+use super::{Context, Event};
+use crate::journal;
+use crate::pool::{Worker, WorkerState};
+use crate::readiness;
+use crate::spawn::{Generation, WorkerId, WorkerSpec, free_port};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// A worker that did not come up: which, why, and what it last wrote.
+#[derive(Clone, Debug)]
+pub struct SpawnFailure {
+    pub worker: WorkerId,
+    pub reason: String,
+    pub output: Vec<String>,
+}
+
+impl fmt::Display for SpawnFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "worker {} {}", self.worker, self.reason)
+    }
+}
+
+#[derive(Debug)]
+pub enum SpawnError {
+    Failed(SpawnFailure),
+    /// The job that asked for the worker was cancelled; the worker was stopped.
+    Cancelled,
+}
+
+/// Start a worker of `generation` and wait until it is ready. On failure or cancellation the
+/// worker is stopped and gone from the pool before this returns.
+pub async fn spawn(
+    ctx: &Arc<Context>,
+    generation: Generation,
+    cancel: &CancellationToken,
+) -> Result<WorkerId, SpawnError> {
+    let id = ctx.next_worker_id();
+    let app = &ctx.config.name;
+    let fail = |reason: String, output: Vec<String>| {
+        SpawnError::Failed(SpawnFailure {
+            worker: id,
+            reason,
+            output,
+        })
+    };
+    if ctx.directory(generation).is_none() && ctx.config.app.directory.is_some() {
+        // The first generation's directory could not be pinned at start; try again now.
+        ctx.pin_generation(generation)
+            .map_err(|e| fail(format!("could not start: {e}"), Vec::new()))?;
+    }
+    let port = free_port().map_err(|e| fail(format!("could not get a port: {e}"), Vec::new()))?;
+    let mut environment = ctx.config.app.environment.clone();
+    environment.insert("PORT".into(), port.to_string());
+    let spec = WorkerSpec {
+        app: ctx.config.name.clone(),
+        id,
+        generation,
+        argv: ctx.config.app.command.argv_for_port(port),
+        directory: ctx.directory(generation),
+        environment,
+        user: ctx.config.app.user.clone(),
+        group: ctx.config.app.group.clone(),
+        port,
+    };
+    let started_at = Instant::now();
+    let process = ctx
+        .spawner
+        .start(&spec)
+        .await
+        .map_err(|e| fail(format!("could not start: {e}"), Vec::new()))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    tracing::info!(
+        app = %app, worker = id.0, generation = generation.0, pid = process.pid,
+        unit = process.unit.as_deref(), "spawning worker {id} on {addr}"
+    );
+    ctx.pool.insert(Worker {
+        id,
+        generation,
+        state: WorkerState::Spawning,
+        addr,
+        process: process.clone(),
+        in_flight: 0,
+        processed: 0,
+        spawned_at: started_at,
+        last_used: None,
+        busy_since: None,
+        cpu_percent: 0.0,
+        memory_bytes: 0,
+    });
+    watch_exit(ctx, id, generation, process.clone());
+
+    let ready = tokio::select! {
+        _ = cancel.cancelled() => None,
+        r = readiness::wait_ready(
+            addr,
+            ctx.config.readiness.http_path.as_deref(),
+            &process,
+            ctx.config.readiness.timeout.get(),
+        ) => Some(r),
+    };
+    match ready {
+        Some(Ok(())) => {
+            ctx.pool.set_state(id, WorkerState::Ready);
+            tracing::info!(
+                app = %app, worker = id.0, generation = generation.0, pid = process.pid,
+                unit = process.unit.as_deref(),
+                "worker {id} ready after {:.2}s", started_at.elapsed().as_secs_f64()
+            );
+            Ok(id)
+        }
+        None => {
+            stop(ctx, id).await;
+            Err(SpawnError::Cancelled)
+        }
+        Some(Err(why)) => {
+            stop(ctx, id).await;
+            let output = process.output.lines();
+            tracing::error!(
+                app = %app, worker = id.0, generation = generation.0, pid = process.pid,
+                unit = process.unit.as_deref(), message_id = journal::MSG_SPAWN_FAILED,
+                "worker {id} {why}{}", last_line_suffix(&output)
+            );
+            Err(fail(why.to_string(), output))
+        }
+    }
+}
+
+fn last_line_suffix(output: &[String]) -> String {
+    output
+        .last()
+        .map(|l| format!("; its last output: {l}"))
+        .unwrap_or_default()
+}
+
+/// Report a worker's death to the supervisor unless someone is already stopping it.
+fn watch_exit(
+    ctx: &Arc<Context>,
+    id: WorkerId,
+    generation: Generation,
+    process: crate::spawn::StartedWorker,
+) {
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let reason = process.wait_exit().await;
+        if ctx.pool.remove_if_unexpected(id).is_some() {
+            let _ = ctx.events.send(Event::WorkerDied {
+                id,
+                generation,
+                reason: reason.to_string(),
+            });
+        }
+    });
+}
+
+/// Stop a worker now (SIGTERM, then SIGKILL after `stop_timeout`) and take it out of the pool.
+pub async fn stop(ctx: &Context, id: WorkerId) {
+    ctx.pool.set_state(id, WorkerState::Stopping);
+    if let Some(process) = ctx.pool.process(id) {
+        ctx.spawner
+            .stop(id, &process, ctx.config.restart.stop_timeout.get())
+            .await;
+    }
+    ctx.pool.remove(id);
+}
+
+/// Give a worker no new requests, wait for its in-flight ones (up to `drain_timeout`), stop it.
+pub async fn drain_and_stop(ctx: &Context, id: WorkerId) {
+    ctx.pool.set_state(id, WorkerState::Draining);
+    let limit = ctx.config.restart.drain_timeout.get();
+    if !ctx.pool.wait_idle(id, limit).await
+        && let Some(w) = ctx.pool.get(id)
+    {
+        tracing::warn!(
+            app = %ctx.config.name, worker = id.0, generation = w.generation.0, pid = w.pid,
+            unit = w.unit.as_deref(),
+            "worker {id} still has {} requests in flight after drain_timeout ({}); stopping it anyway",
+            w.in_flight, humantime::format_duration(limit)
+        );
+    }
+    stop(ctx, id).await;
+}

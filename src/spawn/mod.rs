@@ -1,0 +1,204 @@
+//! Spawn backends: how a worker process is started, watched and stopped.
+//!
+//! The pool and the restart logic only see the [`Spawner`] trait, so they never know whether a
+//! worker is a child process (the [`process`] backend, which runs anywhere) or a transient
+//! systemd unit. A backend starts the process and reports when it is gone; readiness, routing
+//! and replacement are decided above it.
+
+pub mod process;
+
+use crate::config::AppName;
+use async_trait::async_trait;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A worker's number, unique for the life of the manager.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct WorkerId(pub u64);
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A generation: every restart creates the next one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Generation(pub u64);
+
+impl fmt::Display for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Everything a backend needs to start one worker.
+#[derive(Clone, Debug)]
+pub struct WorkerSpec {
+    pub app: AppName,
+    pub id: WorkerId,
+    pub generation: Generation,
+    /// The argv, `{port}` already substituted.
+    pub argv: Vec<String>,
+    /// The generation's pinned release directory (symlinks resolved).
+    pub directory: Option<PathBuf>,
+    /// The config's environment plus `PORT`.
+    pub environment: BTreeMap<String, String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub port: u16,
+}
+
+/// How a worker ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The process exited with this status.
+    Exited(i32),
+    /// The process was killed by this signal.
+    Signaled(i32),
+    /// The backend saw it fail in another way (e.g. a unit's `Result=`).
+    Failed(String),
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitReason::Exited(code) => write!(f, "exited with status {code}"),
+            ExitReason::Signaled(sig) => {
+                let name = nix::sys::signal::Signal::try_from(*sig)
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_else(|_| format!("signal {sig}"));
+                write!(f, "was killed by {name}")
+            }
+            ExitReason::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The last lines a worker wrote, kept so that a spawn failure can say why.
+#[derive(Clone, Debug, Default)]
+pub struct OutputTail(Arc<Mutex<VecDeque<String>>>);
+
+impl OutputTail {
+    const LINES: usize = 20;
+
+    pub fn push(&self, line: String) {
+        if let Ok(mut q) = self.0.lock() {
+            if q.len() == Self::LINES {
+                q.pop_front();
+            }
+            q.push_back(line);
+        }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().map(|q| q.iter().cloned().collect()).unwrap_or_default()
+    }
+}
+
+/// A worker that a backend started.
+#[derive(Clone, Debug)]
+pub struct StartedWorker {
+    pub pid: Option<u32>,
+    /// The systemd unit, when the backend runs workers as units.
+    pub unit: Option<String>,
+    /// Becomes `Some` once the worker is gone.
+    pub exited: watch::Receiver<Option<ExitReason>>,
+    pub output: OutputTail,
+}
+
+impl StartedWorker {
+    /// Wait until the worker is gone.
+    pub async fn wait_exit(&self) -> ExitReason {
+        let mut rx = self.exited.clone();
+        match rx.wait_for(|e| e.is_some()).await {
+            Ok(e) => e.clone().unwrap_or(ExitReason::Failed("gone".into())),
+            // The watcher is gone without a verdict: the backend lost track of it.
+            Err(_) => ExitReason::Failed("lost track of the process".into()),
+        }
+    }
+
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.exited.borrow().clone()
+    }
+}
+
+/// CPU time and memory of a worker, as the backend sees them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    /// Total CPU time used, user + system.
+    pub cpu_time: Duration,
+    pub memory_bytes: u64,
+}
+
+/// Errors of a backend, each naming the worker (and its unit, where there is one).
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("worker {worker}: cannot start {program:?}: {source}")]
+    Start {
+        worker: WorkerId,
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("worker {worker}: unknown user or group {name:?}")]
+    UnknownUser { worker: WorkerId, name: String },
+    #[error("worker {worker}: {message}")]
+    Backend { worker: WorkerId, message: String },
+}
+
+/// A way of running workers.
+#[async_trait]
+pub trait Spawner: Send + Sync + 'static {
+    /// Short name for logs and status: "process" or "systemd".
+    fn name(&self) -> &'static str;
+
+    /// Start the worker's process. Returns once it is started, not once it is ready.
+    async fn start(&self, spec: &WorkerSpec) -> Result<StartedWorker, SpawnError>;
+
+    /// Stop the worker: SIGTERM, then SIGKILL after `timeout`. Returns once it is gone.
+    async fn stop(&self, id: WorkerId, worker: &StartedWorker, timeout: Duration);
+
+    /// CPU and memory of the worker, if the backend can tell.
+    fn usage(&self, worker: &StartedWorker) -> Option<Usage> {
+        worker.pid.and_then(proc_usage)
+    }
+}
+
+/// Usage from /proc/PID (the fallback where no cgroup accounting is at hand).
+pub fn proc_usage(pid: u32) -> Option<Usage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
+    let ticks = clock_ticks();
+    let page = page_size();
+    Some(Usage {
+        cpu_time: Duration::from_secs_f64((utime + stime) as f64 / ticks as f64),
+        memory_bytes: rss_pages * page,
+    })
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as u64 } else { 4096 }
+}
+
+/// A free loopback port for a new worker.
+pub fn free_port() -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(l.local_addr()?.port())
+}

@@ -1,0 +1,271 @@
+//! What `baton status` shows: the JSON object of SPEC.md, the passenger-status-like table, and
+//! the one-line STATUS= for systemd.
+
+use crate::pool::{WorkerState, WorkerView};
+use crate::restart::RestartState;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Snapshot {
+    pub app: String,
+    pub generation: u64,
+    pub backend: String,
+    /// Workers the pool keeps.
+    pub target: usize,
+    pub rolling_restart: Option<RollingJson>,
+    pub resisting_deployment_error: Option<ResistingJson>,
+    pub last_spawn_failure: Option<String>,
+    pub queue: usize,
+    pub workers: Vec<WorkerJson>,
+    /// The one line that systemd's STATUS= also shows.
+    pub status_line: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RollingJson {
+    pub mode: String,
+    pub generation: u64,
+    pub done: usize,
+    pub total: usize,
+    pub waiting_on: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ResistingJson {
+    pub since: String,
+    pub reason: String,
+    pub generation: u64,
+    #[serde(default)]
+    pub output: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WorkerJson {
+    pub id: u64,
+    pub pid: Option<u32>,
+    pub generation: u64,
+    pub state: String,
+    pub sessions: usize,
+    pub processed: u64,
+    pub uptime_s: u64,
+    pub cpu_percent: f64,
+    pub memory_bytes: u64,
+    pub last_used_s: Option<u64>,
+    pub unit: Option<String>,
+    pub address: String,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl Snapshot {
+    pub fn new(
+        app: &str,
+        backend: &str,
+        target: usize,
+        state: &RestartState,
+        workers: &[WorkerView],
+        queue: usize,
+    ) -> Snapshot {
+        Snapshot {
+            app: app.to_owned(),
+            generation: state.generation.0,
+            backend: backend.to_owned(),
+            target,
+            rolling_restart: state.rolling.as_ref().map(|r| RollingJson {
+                mode: r.mode.as_str().to_owned(),
+                generation: r.generation.0,
+                done: r.done,
+                total: r.total,
+                waiting_on: waiting_on(&r.waiting_on, workers),
+            }),
+            resisting_deployment_error: state.resisting.as_ref().map(|r| ResistingJson {
+                since: rfc3339(r.since),
+                reason: r.reason.clone(),
+                generation: r.generation.0,
+                output: r.output.clone(),
+            }),
+            last_spawn_failure: state
+                .last_spawn_failure
+                .as_ref()
+                .map(|(t, m)| format!("{} at {}", m, rfc3339(*t))),
+            queue,
+            workers: workers
+                .iter()
+                .map(|w| WorkerJson {
+                    id: w.id.0,
+                    pid: w.pid,
+                    generation: w.generation.0,
+                    state: w.state.as_str().to_owned(),
+                    sessions: w.in_flight,
+                    processed: w.processed,
+                    uptime_s: w.uptime.as_secs(),
+                    cpu_percent: (w.cpu_percent * 10.0).round() / 10.0,
+                    memory_bytes: w.memory_bytes,
+                    last_used_s: w.last_used.map(|d| d.as_secs()),
+                    unit: w.unit.clone(),
+                    address: w.addr.to_string(),
+                })
+                .collect(),
+            status_line: status_line(state, workers, target),
+        }
+    }
+
+    /// The table `baton status` prints.
+    pub fn render(&self, colour: bool) -> String {
+        let (bold, red, yellow, green, reset) = if colour {
+            ("\x1b[1m", "\x1b[31m", "\x1b[33m", "\x1b[32m", "\x1b[0m")
+        } else {
+            ("", "", "", "", "")
+        };
+        let mut out = String::new();
+        let _ = writeln!(out, "{bold}App:{reset} {}  ({} backend)", self.app, self.backend);
+        let _ = writeln!(out, "{bold}Generation:{reset} {}", self.generation);
+        let _ = writeln!(out, "{bold}Workers:{reset} {} (target {})", self.workers.len(), self.target);
+        let _ = writeln!(out, "{bold}Requests in queue:{reset} {}", self.queue);
+        if let Some(r) = &self.rolling_restart {
+            let _ = writeln!(
+                out,
+                "{yellow}Rolling restarting... ({}/{}) to generation {}: {}{reset}",
+                r.done, r.total, r.generation, r.waiting_on
+            );
+        }
+        if let Some(r) = &self.resisting_deployment_error {
+            let _ = writeln!(
+                out,
+                "{red}{bold}Resisting deployment error:{reset}{red} {} since {} (generation {}){reset}",
+                r.reason, r.since, r.generation
+            );
+            for line in &r.output {
+                let _ = writeln!(out, "{red}  | {line}{reset}");
+            }
+            let _ = writeln!(out, "  Fix the release and restart, or run `baton resume`.");
+        }
+        if let Some(f) = &self.last_spawn_failure {
+            let _ = writeln!(out, "{yellow}Last spawn failure:{reset} {f}");
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{bold}{:>4} {:>8} {:>4} {:<9} {:>8} {:>10} {:>8} {:>6} {:>9} {:>9}{reset}",
+            "ID", "PID", "GEN", "STATE", "SESSIONS", "PROCESSED", "UPTIME", "CPU", "MEMORY", "LAST USED"
+        );
+        for w in &self.workers {
+            let state_colour = match w.state.as_str() {
+                "ready" => green,
+                "spawning" | "draining" => yellow,
+                _ => red,
+            };
+            let _ = writeln!(
+                out,
+                "{:>4} {:>8} {:>4} {state_colour}{:<9}{reset} {:>8} {:>10} {:>8} {:>5.1}% {:>9} {:>9}",
+                w.id,
+                w.pid.map_or("-".into(), |p| p.to_string()),
+                w.generation,
+                w.state,
+                w.sessions,
+                w.processed,
+                short_duration(w.uptime_s),
+                w.cpu_percent,
+                short_bytes(w.memory_bytes),
+                w.last_used_s.map_or("never".into(), |s| format!("{} ago", short_duration(s))),
+            );
+            if let Some(unit) = &w.unit {
+                let _ = writeln!(out, "{:>14} unit {unit}", "");
+            }
+        }
+        out
+    }
+}
+
+/// Adds what a draining worker is waiting for, e.g. "draining worker 3: 2 requests, oldest 12s".
+fn waiting_on(base: &str, workers: &[WorkerView]) -> String {
+    if let Some(id) = base.strip_prefix("draining worker ")
+        && let Some(w) = workers.iter().find(|w| w.id.0.to_string() == id)
+        && w.in_flight > 0
+    {
+        let oldest = w.busy_for.map(|d| d.as_secs()).unwrap_or(0);
+        return format!("{base}: {} request{}, oldest {oldest} s", w.in_flight, if w.in_flight == 1 { "" } else { "s" });
+    }
+    base.to_owned()
+}
+
+/// The one-line state for STATUS= and the top of `baton status`.
+pub fn status_line(state: &RestartState, workers: &[WorkerView], target: usize) -> String {
+    if let Some(r) = &state.resisting {
+        let since = humantime::format_rfc3339_seconds(r.since).to_string();
+        // "2026-11-21T10:02:00Z" -> "10:02" keeps the line short; the date is in the journal.
+        let hhmm = since.get(11..16).unwrap_or(&since);
+        return format!("RESISTING DEPLOYMENT ERROR since {hhmm}: {}", r.reason);
+    }
+    if let Some(r) = &state.rolling {
+        return format!(
+            "{} restart {}/{} to generation {}",
+            r.mode.as_str(),
+            r.done,
+            r.total,
+            r.generation
+        );
+    }
+    let ready = workers.iter().filter(|w| w.state == WorkerState::Ready).count();
+    let mut line = format!("{ready}/{target} workers ready, generation {}", state.generation);
+    if ready < target
+        && let Some((_, why)) = &state.last_spawn_failure
+    {
+        let _ = write!(line, "; last spawn failure: {why}");
+    }
+    line
+}
+
+fn short_duration(s: u64) -> String {
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        3600..=86399 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+fn short_bytes(b: u64) -> String {
+    const M: u64 = 1 << 20;
+    if b >= 1 << 30 {
+        format!("{:.1}G", b as f64 / (1u64 << 30) as f64)
+    } else if b >= M {
+        format!("{}M", b / M)
+    } else {
+        format!("{}K", b / 1024)
+    }
+}
+
+/// Sample CPU and memory of every worker every couple of seconds.
+pub async fn sample_usage(ctx: std::sync::Arc<crate::restart::Context>) {
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+    let mut last: HashMap<crate::spawn::WorkerId, (Instant, Duration)> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let workers = ctx.pool.workers();
+        last.retain(|id, _| workers.iter().any(|w| w.id == *id));
+        for w in workers {
+            let Some(process) = ctx.pool.process(w.id) else { continue };
+            let Some(usage) = ctx.spawner.usage(&process) else { continue };
+            let now = Instant::now();
+            let cpu = match last.insert(w.id, (now, usage.cpu_time)) {
+                Some((then, before)) => {
+                    let wall = now.duration_since(then).as_secs_f64();
+                    if wall > 0.0 {
+                        usage.cpu_time.saturating_sub(before).as_secs_f64() / wall * 100.0
+                    } else {
+                        0.0
+                    }
+                }
+                None => 0.0,
+            };
+            ctx.pool.set_usage(w.id, cpu, usage.memory_bytes);
+        }
+    }
+}
