@@ -96,10 +96,29 @@ alive() {
   [[ -z ${2:-} || $st == "$2" ]]
 }
 
-wait_dead() { # PID START TIMEOUT_SECONDS
-  local deadline=$((SECONDS + $3))
+# During shutdown systemd (and systemd-shutdown) SIGSTOP every process in the
+# container's PID namespace before signalling it. nsenter (used by `exec`) lives
+# outside that namespace, sees its child stop and stops itself too, waiting for a
+# SIGCONT that never comes from inside: its child, once killed, is then never
+# reaped, and the zombie keeps the container's PID 1 from ever exiting. So while
+# a container goes down, wake up any stopped parent (outside the namespace) of a
+# process inside it.
+unfreeze_nsenters() { # PIDNS_INODE
+  [[ -n ${1:-} ]] && command -v ps >/dev/null || return 0
+  local p
+  for p in $(ps -e -o pid=,ppid=,stat=,pidns= 2>/dev/null | awk -v ns="$1" '
+      { ppid[$1] = $2; stat[$1] = $3; pidns[$1] = $4 }
+      END { for (p in ppid) { q = ppid[p]
+              if (pidns[p] == ns && (q in stat) && pidns[q] != ns && stat[q] ~ /^T/) print q } }'); do
+    kill -CONT "$p" 2>/dev/null || true
+  done
+}
+
+wait_dead() { # PID START TIMEOUT_SECONDS [PIDNS_INODE]
+  local deadline=$((SECONDS + $3)) i=0
   while alive "$1" "$2"; do
     ((SECONDS < deadline)) || return 1
+    (( i++ % 5 == 0 )) && unfreeze_nsenters "${4:-}"
     sleep 0.1
   done
 }
@@ -484,6 +503,7 @@ cmd_boot() {
   done
   echo "$init_pid" >"$d/init.pid"
   proc_start "$init_pid" >"$d/init.start" || fail_boot "init died immediately"
+  stat -L -c %i "/proc/$init_pid/ns/pid" >"$d/pidns" || fail_boot "init died immediately"
 
   # is-system-running --wait fails outright until PID 1 listens on its private bus,
   # so poll; once it answers, --wait blocks until startup has finished.
@@ -551,28 +571,29 @@ cmd_stop() {
   local name=$1
   valid_name "$name"; need_root
   local d; d=$(rundir "$name")
-  local nspawn_pid nspawn_start init_pid init_start
+  local nspawn_pid nspawn_start init_pid init_start pidns
   nspawn_pid=$(cat "$d/nspawn.pid" 2>/dev/null || true)
   nspawn_start=$(cat "$d/nspawn.start" 2>/dev/null || true)
   init_pid=$(cat "$d/init.pid" 2>/dev/null || true)
   init_start=$(cat "$d/init.start" 2>/dev/null || true)
+  pidns=$(cat "$d/pidns" 2>/dev/null || true)
   local timeout=${BATON_E2E_STOP_TIMEOUT:-20}
 
   if alive "$nspawn_pid" "$nspawn_start"; then
     # SIGTERM makes nspawn ask the container's systemd to halt (SIGRTMIN+3): an
     # orderly shutdown, so units stop the way they would on a real machine.
     kill -TERM "$nspawn_pid" 2>/dev/null || true
-    if ! wait_dead "$nspawn_pid" "$nspawn_start" "$timeout"; then
+    if ! wait_dead "$nspawn_pid" "$nspawn_start" "$timeout" "$pidns"; then
       log "warning: '$name' did not shut down within ${timeout}s; killing it"
       # Killing PID 1 of the namespace takes every process in it down too.
       alive "$init_pid" "$init_start" && kill -KILL "$init_pid" 2>/dev/null || true
       kill -KILL "$nspawn_pid" 2>/dev/null || true
-      wait_dead "$nspawn_pid" "$nspawn_start" 10 || log "warning: nspawn pid $nspawn_pid will not die"
+      wait_dead "$nspawn_pid" "$nspawn_start" 10 "$pidns" || log "warning: nspawn pid $nspawn_pid will not die"
     fi
   fi
   if alive "$init_pid" "$init_start"; then
     kill -KILL "$init_pid" 2>/dev/null || true
-    wait_dead "$init_pid" "$init_start" 10 || log "warning: init pid $init_pid will not die"
+    wait_dead "$init_pid" "$init_start" 10 "$pidns" || log "warning: init pid $init_pid will not die"
   fi
   if [[ -f $d/cgroups ]]; then
     local cgdirs=()

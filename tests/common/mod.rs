@@ -1,0 +1,410 @@
+//! Test harness: a real `baton run` (process backend) managing the bundled demo app, a real
+//! HTTP load generator with keep-alive connections, and release directories the tests deploy
+//! by swapping a `current` symlink, as an operator would.
+#![allow(dead_code)]
+
+use baton::control::client;
+use baton::status::Snapshot;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub const BATON: &str = env!("CARGO_BIN_EXE_baton");
+
+/// Tests that put load on the machine run one at a time, so timings stay meaningful on 2 cores.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How a release behaves at boot (the demo app reads `demo-mode` in its directory).
+#[derive(Clone, Copy, Debug)]
+pub enum Release {
+    Good,
+    ExitsAtBoot,
+    NeverReady,
+}
+
+pub struct Baton {
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub control: PathBuf,
+    pub config: PathBuf,
+    pub child: Child,
+    releases: u32,
+}
+
+impl Baton {
+    /// Start `baton run` with `workers` demo workers taking `boot` to boot, plus extra config
+    /// sections (TOML) appended as given, and wait until all workers are ready.
+    pub fn start(workers: usize, boot: &str, extra: &str) -> Baton {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let control = dir.path().join("control.sock");
+        let config = dir.path().join("app.toml");
+        let mut b = Baton {
+            dir,
+            addr,
+            control: control.clone(),
+            config: config.clone(),
+            child: Command::new("true").spawn().unwrap(),
+            releases: 0,
+        };
+        b.deploy(Release::Good);
+        let has_workers = extra.contains("[workers]");
+        let workers_section = if has_workers {
+            String::new()
+        } else {
+            format!("[workers]\ncount = {workers}\nconcurrency = 0\n")
+        };
+        let text = format!(
+            r#"name = "test"
+[listen]
+address = "{addr}"
+[app]
+command = ["{BATON}", "demo-app", "--port", "{{port}}", "--boot-time", "{boot}"]
+directory = "{current}"
+[control]
+socket = "{control}"
+{workers_section}{extra}
+"#,
+            current = b.dir.path().join("current").display(),
+            control = control.display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        b.child = Command::new(BATON)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(b.dir.path().join("baton.log")).unwrap())
+            .spawn()
+            .unwrap();
+        b.wait_until(Duration::from_secs(30), |s| {
+            s.workers.iter().filter(|w| w.state == "ready").count() == workers
+        });
+        b
+    }
+
+    /// Make a new release directory and point `current` at it.
+    pub fn deploy(&mut self, release: Release) {
+        self.releases += 1;
+        let rel = self.dir.path().join(format!("releases/r{}", self.releases));
+        std::fs::create_dir_all(&rel).unwrap();
+        match release {
+            Release::Good => {}
+            Release::ExitsAtBoot => std::fs::write(rel.join("demo-mode"), "exit").unwrap(),
+            Release::NeverReady => std::fs::write(rel.join("demo-mode"), "hang").unwrap(),
+        }
+        let link = self.dir.path().join("current");
+        let tmp = self.dir.path().join("current.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&rel, &tmp).unwrap();
+        std::fs::rename(&tmp, &link).unwrap();
+    }
+
+    pub fn release_name(&self) -> String {
+        format!("r{}", self.releases)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("baton.log")).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> Snapshot {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(status_async(&self.control))
+            .unwrap_or_else(|e| panic!("status: {e}\nbaton log:\n{}", self.log()))
+    }
+
+    pub fn wait_until(&self, limit: Duration, mut f: impl FnMut(&Snapshot) -> bool) -> Snapshot {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(code)) = self.child_status() {
+                panic!("baton exited ({code}) while waiting\nlog:\n{}", self.log());
+            }
+            if let Ok(s) = self.try_status()
+                && f(&s)
+            {
+                return s;
+            }
+            if start.elapsed() > limit {
+                panic!(
+                    "condition not met within {limit:?}; last status: {:#?}\nlog:\n{}",
+                    self.try_status().ok(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn child_status(&self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        // try_wait needs &mut; peek through /proc instead.
+        let pid = self.child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        Ok(if stat.contains(") Z ") {
+            Some(std::os::unix::process::ExitStatusExt::from_raw(0))
+        } else {
+            None
+        })
+    }
+
+    pub fn try_status(&self) -> Result<Snapshot, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(status_async(&self.control))
+    }
+
+    /// Run a baton client command against this instance (e.g. `["restart", "--wait"]`).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BATON)
+            .args(args)
+            .arg("--control")
+            .arg(&self.control)
+            .output()
+            .unwrap()
+    }
+
+    /// Worker processes alive right now (children of baton), counted from /proc.
+    pub fn child_processes(&self) -> usize {
+        children_of(self.child.id())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Baton {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn status_async(control: &Path) -> Result<Snapshot, String> {
+    let reply = client::request(control, http::Method::GET, "/status")
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = reply.text().await.map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))
+}
+
+pub fn children_of(pid: u32) -> usize {
+    let mut n = 0;
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            if fields.get(1) == Some(&pid.to_string().as_str()) && fields.first() != Some(&"Z") {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// What the load generator saw.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub failed: u64,
+    pub errors: Vec<String>,
+    /// Bodies seen, to tell which release answered.
+    pub bodies_with: Vec<(String, u64)>,
+}
+
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<LoadReport>>,
+}
+
+impl Load {
+    /// `connections` keep-alive connections, each sending GET `path` back to back; a request
+    /// fails on a transport error, a non-200 answer, or no answer within `timeout`.
+    pub fn start(addr: SocketAddr, connections: usize, path: &str, timeout: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles = (0..connections)
+            .map(|_| {
+                let stop = stop.clone();
+                let path = path.to_owned();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(connection_loop(addr, path, stop, timeout))
+                })
+            })
+            .collect();
+        Load { stop, handles }
+    }
+
+    pub fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut total = LoadReport::default();
+        for h in self.handles {
+            let r = h.join().unwrap();
+            total.ok += r.ok;
+            total.failed += r.failed;
+            total.errors.extend(r.errors);
+        }
+        total
+    }
+}
+
+async fn connection_loop(
+    addr: SocketAddr,
+    path: String,
+    stop: Arc<AtomicBool>,
+    timeout: Duration,
+) -> LoadReport {
+    let mut report = LoadReport::default();
+    let mut sender: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> = None;
+    while !stop.load(Ordering::SeqCst) {
+        if sender.is_none() {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(s) => match hyper::client::conn::http1::handshake(TokioIo::new(s)).await {
+                    Ok((tx, conn)) => {
+                        tokio::spawn(conn);
+                        sender = Some(tx);
+                    }
+                    Err(e) => {
+                        report.failed += 1;
+                        report.errors.push(format!("handshake: {e}"));
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    report.failed += 1;
+                    report.errors.push(format!("connect: {e}"));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(tx) = sender.as_mut() else { continue };
+        if tx.ready().await.is_err() {
+            // The server closed an idle keep-alive connection: a real client would see this.
+            report.failed += 1;
+            report.errors.push("keep-alive connection closed by the server".into());
+            sender = None;
+            continue;
+        }
+        let req = hyper::Request::get(path.as_str())
+            .header("host", addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let attempt = async {
+            let resp = tx.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("body: {e}"))?
+                .to_bytes();
+            if status != 200 {
+                return Err(format!("status {status}: {}", String::from_utf8_lossy(&body).trim()));
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(())) => report.ok += 1,
+            Ok(Err(e)) => {
+                report.failed += 1;
+                if report.errors.len() < 20 {
+                    report.errors.push(e);
+                }
+                sender = None;
+            }
+            Err(_) => {
+                report.failed += 1;
+                report.errors.push(format!("no answer within {timeout:?}"));
+                sender = None;
+            }
+        }
+    }
+    report
+}
+
+/// Sample the number of worker processes in the background, keeping the peak.
+pub struct PeakSampler {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<usize>,
+}
+
+impl PeakSampler {
+    pub fn start(baton_pid: u32) -> PeakSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !s.load(Ordering::SeqCst) {
+                peak = peak.max(children_of(baton_pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        });
+        PeakSampler { stop, handle }
+    }
+
+    pub fn stop(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().unwrap()
+    }
+}
+
+/// One GET, returning status and body.
+pub fn get(url: &str) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let uri: hyper::Uri = url.parse().unwrap();
+        let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
+        let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get(uri.path())
+            .header("host", addr)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = tx.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    })
+}
