@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "baton", version, about = "Keeps a web application up while it is replaced")]
+#[command(
+    name = "baton",
+    version,
+    about = "Keeps a web application up while it is replaced"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Cmd,
@@ -88,7 +92,10 @@ pub enum Cmd {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("baton: cannot start the async runtime: {e}");
@@ -127,7 +134,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 config.display(),
                 c.name.as_str(),
                 c.workers.target(),
-                if c.restart.rolling { "rolling" } else { "blocking" }
+                if c.restart.rolling {
+                    "rolling"
+                } else {
+                    "blocking"
+                }
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -218,7 +229,11 @@ async fn follow_restart(reply: &mut client::Reply) -> anyhow::Result<ExitCode> {
             Ok(RestartEvent::Progress(p)) => {
                 let text = format!(
                     "{} restart to generation {}: worker {} of {} ({})",
-                    p.mode, p.generation, (p.done + 1).min(p.total), p.total, p.waiting_on
+                    p.mode,
+                    p.generation,
+                    (p.done + 1).min(p.total),
+                    p.total,
+                    p.waiting_on
                 );
                 let mut err = std::io::stderr();
                 if tty {

@@ -123,13 +123,19 @@ fn text(status: StatusCode, s: String) -> Response<Body> {
     r
 }
 
-async fn app(mut req: Request<Incoming>, release: &'static str) -> Result<Response<Body>, Infallible> {
+async fn app(
+    mut req: Request<Incoming>,
+    release: &'static str,
+) -> Result<Response<Body>, Infallible> {
     let pid = std::process::id();
     let path = req.uri().path().to_owned();
     let resp = if let Some(ms) = path.strip_prefix("/sleep/") {
         let ms: u64 = ms.parse().unwrap_or(100);
         tokio::time::sleep(Duration::from_millis(ms)).await;
-        text(StatusCode::OK, format!("slept {ms} ms in {release} pid {pid}\n"))
+        text(
+            StatusCode::OK,
+            format!("slept {ms} ms in {release} pid {pid}\n"),
+        )
     } else if path == "/hang" {
         std::future::pending::<()>().await;
         text(StatusCode::OK, String::new())
@@ -148,8 +154,14 @@ async fn app(mut req: Request<Incoming>, release: &'static str) -> Result<Respon
             }
         });
         let mut r = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
-        r.headers_mut().insert(http::header::UPGRADE, http::HeaderValue::from_static("echo"));
-        r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        r.headers_mut().insert(
+            http::header::UPGRADE,
+            http::HeaderValue::from_static("echo"),
+        );
+        r.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
         r
     } else {
         let fwd = req

@@ -24,7 +24,10 @@ pub fn init() {
     // with fields, rather than as flat text lines.
     let journald = std::env::var_os("JOURNAL_STREAM")
         .and_then(|_| tracing_journald::layer().ok())
-        .map(|l| l.with_field_prefix(None).with_syslog_identifier("baton".into()));
+        .map(|l| {
+            l.with_field_prefix(None)
+                .with_syslog_identifier("baton".into())
+        });
     let registry = tracing_subscriber::registry().with(filter);
     let result = match journald {
         Some(layer) => registry.with(layer).try_init(),
@@ -32,6 +35,7 @@ pub fn init() {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .with_target(false),
             )
             .try_init(),

@@ -9,14 +9,16 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
-    #[error("systemd passed socket {index} ({name}), which is neither a TCP nor a Unix stream socket")]
+    #[error(
+        "systemd passed socket {index} ({name}), which is neither a TCP nor a Unix stream socket"
+    )]
     BadPassedSocket { index: usize, name: String },
     #[error("no socket was passed by systemd (LISTEN_FDS) and the config has no [listen] address")]
     NoAddress,
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}: {error}")]
     Bind {
         address: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -54,9 +56,9 @@ pub fn open(config: &Config) -> Result<Vec<Listener>, ListenError> {
 }
 
 fn bind(address: &ListenAddress) -> Result<Listener, ListenError> {
-    let err = |source| ListenError::Bind {
+    let err = |error| ListenError::Bind {
         address: address.to_string(),
-        source,
+        error,
     };
     match address {
         ListenAddress::Tcp(a) => {
@@ -91,7 +93,10 @@ fn from_systemd() -> Result<Vec<Listener>, ListenError> {
     let mut fds = listenfd::ListenFd::from_env();
     let mut out = Vec::new();
     for index in 0..fds.len() {
-        let name = names.get(index).cloned().unwrap_or_else(|| "unknown".into());
+        let name = names
+            .get(index)
+            .cloned()
+            .unwrap_or_else(|| "unknown".into());
         let bad = || ListenError::BadPassedSocket {
             index,
             name: name.clone(),
@@ -107,7 +112,10 @@ fn from_systemd() -> Result<Vec<Listener>, ListenError> {
         } else {
             return Err(bad());
         };
-        tracing::info!("listening on {} (socket {name:?} from systemd)", listener.describe());
+        tracing::info!(
+            "listening on {} (socket {name:?} from systemd)",
+            listener.describe()
+        );
         out.push(listener);
     }
     Ok(out)

@@ -37,8 +37,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let notifier = Arc::new(Notifier::default());
     let control_path = config.control_socket();
     let control = crate::control::bind(&control_path, config.control.group.as_deref())?;
-    let (supervisor, handle) =
-        Supervisor::new(config.clone(), pool.clone(), spawner.clone(), notifier.clone());
+    let (supervisor, handle) = Supervisor::new(
+        config.clone(),
+        pool.clone(),
+        spawner.clone(),
+        notifier.clone(),
+    );
     let supervisor = tokio::spawn(supervisor.run());
     tokio::spawn(crate::control::serve(control, handle.clone()));
     tokio::spawn(crate::status::sample_usage(handle.context.clone()));
@@ -59,7 +63,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for l in listeners {
         tracing::info!(app = %app, backend = spawner.name(), "serving {} with {} workers; control socket {}",
             l.describe(), config.workers.target(), control_path.display());
-        tokio::spawn(proxy.clone().serve(l, stop_accepting.clone(), connections.clone()));
+        tokio::spawn(
+            proxy
+                .clone()
+                .serve(l, stop_accepting.clone(), connections.clone()),
+        );
     }
 
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
@@ -81,7 +89,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     stop_accepting.cancel();
     connections.close();
     let drain = config.restart.drain_timeout.get() + Duration::from_secs(1);
-    if tokio::time::timeout(drain, connections.wait()).await.is_err() {
+    if tokio::time::timeout(drain, connections.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(app = %app, "requests still in flight after drain_timeout; cutting them");
     }
     pool.close();

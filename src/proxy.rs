@@ -7,6 +7,7 @@
 
 use crate::listen::Listener;
 use crate::pool::{Lease, Pool, Rejected};
+use crate::spawn::WorkerId;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -76,8 +77,12 @@ impl Proxy {
         }
     }
 
-    async fn connection<S>(self: Arc<Self>, stream: S, peer: Option<SocketAddr>, stop: CancellationToken)
-    where
+    async fn connection<S>(
+        self: Arc<Self>,
+        stream: S,
+        peer: Option<SocketAddr>,
+        stop: CancellationToken,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let proxy = self.clone();
@@ -108,7 +113,7 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, Infallible> {
         Ok(match self.forward(req, peer).await {
             Ok(resp) => resp,
-            Err(resp) => resp,
+            Err(e) => e.into_response(),
         })
     }
 
@@ -116,7 +121,7 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         peer: Option<SocketAddr>,
-    ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let upgrade = wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -133,28 +138,32 @@ impl Proxy {
         let build = |addr: SocketAddr, body: ProxyBody| {
             let uri: Uri = format!("http://{addr}{path}")
                 .parse()
-                .map_err(|_| error_response(StatusCode::BAD_REQUEST, "baton: bad request target"))?;
+                .map_err(|_| ProxyError::BadTarget)?;
             let mut r = Request::new(body);
             *r.method_mut() = parts.method.clone();
             *r.uri_mut() = uri;
             *r.headers_mut() = parts.headers.clone();
-            Ok::<_, Response<ProxyBody>>(r)
+            Ok::<_, ProxyError>(r)
         };
         let first = self.client.request(build(lease.addr, body.boxed())?).await;
         let (resp, lease) = match first {
             Ok(resp) => (resp, lease),
             Err(e) if retryable => {
-                tracing::warn!(worker = lease.worker.0, "request to worker {} failed ({e}); retrying on another worker", lease.worker);
+                tracing::warn!(
+                    worker = lease.worker.0,
+                    "request to worker {} failed ({e}); retrying on another worker",
+                    lease.worker
+                );
                 let failed = lease.worker;
                 drop(lease);
                 let lease = self.lease(Some(failed)).await?;
                 let empty = Empty::<Bytes>::new().map_err(|n| match n {}).boxed();
                 match self.client.request(build(lease.addr, empty)?).await {
                     Ok(resp) => (resp, lease),
-                    Err(e) => return Err(bad_gateway(&lease, &e)),
+                    Err(e) => return Err(ProxyError::bad_gateway(&lease, &e)),
                 }
             }
-            Err(e) => return Err(bad_gateway(&lease, &e)),
+            Err(e) => return Err(ProxyError::bad_gateway(&lease, &e)),
         };
 
         let mut resp = resp;
@@ -180,15 +189,56 @@ impl Proxy {
         ))
     }
 
-    async fn lease(&self, exclude: Option<crate::spawn::WorkerId>) -> Result<Lease, Response<ProxyBody>> {
-        self.pool.acquire(exclude).await.map_err(|e| match e {
-            Rejected::QueueFull(_) => {
-                let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, &format!("baton: {e}"));
-                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                r
-            }
-            Rejected::ShuttingDown => error_response(StatusCode::SERVICE_UNAVAILABLE, "baton: shutting down"),
-        })
+    async fn lease(&self, exclude: Option<WorkerId>) -> Result<Lease, ProxyError> {
+        self.pool
+            .acquire(exclude)
+            .await
+            .map_err(ProxyError::NoWorker)
+    }
+}
+
+/// Why a request got no answer from a worker; each becomes a plain-text error response.
+#[derive(Debug, thiserror::Error)]
+enum ProxyError {
+    #[error("baton: {0}")]
+    NoWorker(Rejected),
+    #[error("baton: bad request target")]
+    BadTarget,
+    #[error("baton: worker {worker} failed to answer: {cause}")]
+    BadGateway { worker: WorkerId, cause: String },
+}
+
+impl ProxyError {
+    fn bad_gateway(lease: &Lease, e: &hyper_util::client::legacy::Error) -> ProxyError {
+        let mut cause = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(s) = src {
+            cause = format!("{cause}: {s}");
+            src = s.source();
+        }
+        tracing::warn!(
+            worker = lease.worker.0,
+            "worker {} failed to answer: {cause}",
+            lease.worker
+        );
+        ProxyError::BadGateway {
+            worker: lease.worker,
+            cause,
+        }
+    }
+
+    fn into_response(self) -> Response<ProxyBody> {
+        let status = match &self {
+            ProxyError::NoWorker(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BadTarget => StatusCode::BAD_REQUEST,
+            ProxyError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+        };
+        let mut r = error_response(status, &self.to_string());
+        if matches!(self, ProxyError::NoWorker(Rejected::QueueFull(_))) {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
     }
 }
 
@@ -205,7 +255,11 @@ async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
 }
 
 /// Copy bytes both ways after a protocol switch (WebSocket); the lease is held meanwhile.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, lease: Lease) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    lease: Lease,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -217,20 +271,6 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     let mut upstream = TokioIo::new(upstream);
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     drop(lease);
-}
-
-fn bad_gateway(lease: &Lease, e: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
-    let mut cause = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        cause = format!("{cause}: {s}");
-        src = s.source();
-    }
-    tracing::warn!(worker = lease.worker.0, "worker {} failed to answer: {cause}", lease.worker);
-    error_response(
-        StatusCode::BAD_GATEWAY,
-        &format!("baton: worker {} failed to answer: {cause}", lease.worker),
-    )
 }
 
 pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
@@ -347,7 +387,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::HOST, HeaderValue::from_static("example"));

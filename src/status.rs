@@ -122,9 +122,18 @@ impl Snapshot {
             ("", "", "", "", "")
         };
         let mut out = String::new();
-        let _ = writeln!(out, "{bold}App:{reset} {}  ({} backend)", self.app, self.backend);
+        let _ = writeln!(
+            out,
+            "{bold}App:{reset} {}  ({} backend)",
+            self.app, self.backend
+        );
         let _ = writeln!(out, "{bold}Generation:{reset} {}", self.generation);
-        let _ = writeln!(out, "{bold}Workers:{reset} {} (target {})", self.workers.len(), self.target);
+        let _ = writeln!(
+            out,
+            "{bold}Workers:{reset} {} (target {})",
+            self.workers.len(),
+            self.target
+        );
         let _ = writeln!(out, "{bold}Requests in queue:{reset} {}", self.queue);
         if let Some(r) = &self.rolling_restart {
             let _ = writeln!(
@@ -151,7 +160,16 @@ impl Snapshot {
         let _ = writeln!(
             out,
             "{bold}{:>4} {:>8} {:>4} {:<9} {:>8} {:>10} {:>8} {:>6} {:>9} {:>9}{reset}",
-            "ID", "PID", "GEN", "STATE", "SESSIONS", "PROCESSED", "UPTIME", "CPU", "MEMORY", "LAST USED"
+            "ID",
+            "PID",
+            "GEN",
+            "STATE",
+            "SESSIONS",
+            "PROCESSED",
+            "UPTIME",
+            "CPU",
+            "MEMORY",
+            "LAST USED"
         );
         for w in &self.workers {
             let state_colour = match w.state.as_str() {
@@ -171,7 +189,8 @@ impl Snapshot {
                 short_duration(w.uptime_s),
                 w.cpu_percent,
                 short_bytes(w.memory_bytes),
-                w.last_used_s.map_or("never".into(), |s| format!("{} ago", short_duration(s))),
+                w.last_used_s
+                    .map_or("never".into(), |s| format!("{} ago", short_duration(s))),
             );
             if let Some(unit) = &w.unit {
                 let _ = writeln!(out, "{:>14} unit {unit}", "");
@@ -188,7 +207,11 @@ fn waiting_on(base: &str, workers: &[WorkerView]) -> String {
         && w.in_flight > 0
     {
         let oldest = w.busy_for.map(|d| d.as_secs()).unwrap_or(0);
-        return format!("{base}: {} request{}, oldest {oldest} s", w.in_flight, if w.in_flight == 1 { "" } else { "s" });
+        return format!(
+            "{base}: {} request{}, oldest {oldest} s",
+            w.in_flight,
+            if w.in_flight == 1 { "" } else { "s" }
+        );
     }
     base.to_owned()
 }
@@ -210,8 +233,14 @@ pub fn status_line(state: &RestartState, workers: &[WorkerView], target: usize) 
             r.generation
         );
     }
-    let ready = workers.iter().filter(|w| w.state == WorkerState::Ready).count();
-    let mut line = format!("{ready}/{target} workers ready, generation {}", state.generation);
+    let ready = workers
+        .iter()
+        .filter(|w| w.state == WorkerState::Ready)
+        .count();
+    let mut line = format!(
+        "{ready}/{target} workers ready, generation {}",
+        state.generation
+    );
     if ready < target
         && let Some((_, why)) = &state.last_spawn_failure
     {
@@ -251,8 +280,12 @@ pub async fn sample_usage(ctx: std::sync::Arc<crate::restart::Context>) {
         let workers = ctx.pool.workers();
         last.retain(|id, _| workers.iter().any(|w| w.id == *id));
         for w in workers {
-            let Some(process) = ctx.pool.process(w.id) else { continue };
-            let Some(usage) = ctx.spawner.usage(&process) else { continue };
+            let Some(process) = ctx.pool.process(w.id) else {
+                continue;
+            };
+            let Some(usage) = ctx.spawner.usage(&process) else {
+                continue;
+            };
             let now = Instant::now();
             let cpu = match last.insert(w.id, (now, usage.cpu_time)) {
                 Some((then, before)) => {

@@ -15,7 +15,8 @@ fn pids(s: &baton::status::Snapshot) -> BTreeSet<u32> {
 
 fn assert_no_failures(report: &LoadReport, baton: &Baton) {
     assert_eq!(
-        report.failed, 0,
+        report.failed,
+        0,
         "failed requests: {:?}\nbaton log:\n{}",
         report.errors,
         baton.log()
@@ -46,19 +47,30 @@ fn rolling_restart_under_load_fails_no_request() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("finished"));
     assert_no_failures(&report, &baton);
-    assert!(report.ok > 1000, "too little load to prove anything: {report:?}");
+    assert!(
+        report.ok > 1000,
+        "too little load to prove anything: {report:?}"
+    );
     let after = baton.status();
     assert_eq!(after.generation, 2);
     assert!(after.rolling_restart.is_none());
     assert_eq!(after.workers.len(), WORKERS);
-    assert!(after.workers.iter().all(|w| w.generation == 2 && w.state == "ready"));
+    assert!(
+        after
+            .workers
+            .iter()
+            .all(|w| w.generation == 2 && w.state == "ready")
+    );
     assert!(pids(&after).is_disjoint(&old_pids), "every worker is new");
     assert!(
         peak <= WORKERS + SURGE,
         "{peak} worker processes at once; at most {} allowed",
         WORKERS + SURGE
     );
-    assert!(peak > WORKERS, "the sampler never saw the surge worker (peak {peak})");
+    assert!(
+        peak > WORKERS,
+        "the sampler never saw the surge worker (peak {peak})"
+    );
 }
 
 fn resist(release: Release, expected_reason: &str) {
@@ -72,7 +84,10 @@ fn resist(release: Release, expected_reason: &str) {
     std::thread::sleep(Duration::from_millis(300));
     let report = load.stop();
 
-    assert!(!out.status.success(), "restart --wait must fail on a broken release");
+    assert!(
+        !out.status.success(),
+        "restart --wait must fail on a broken release"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("baton: restart failed: resisting deployment error: worker ")
@@ -91,35 +106,64 @@ fn resist(release: Release, expected_reason: &str) {
     assert_eq!(r.generation, 2);
     assert_eq!(s.generation, 1, "the old generation keeps serving");
     assert_eq!(pids(&s), old_pids, "the old workers are untouched");
-    assert!(s.workers.iter().all(|w| w.state == "ready" && w.generation == 1));
-    assert!(s.status_line.starts_with("RESISTING DEPLOYMENT ERROR since "), "{}", s.status_line);
+    assert!(
+        s.workers
+            .iter()
+            .all(|w| w.state == "ready" && w.generation == 1)
+    );
+    assert!(
+        s.status_line
+            .starts_with("RESISTING DEPLOYMENT ERROR since "),
+        "{}",
+        s.status_line
+    );
     let table = String::from_utf8_lossy(&baton.cli(&["status"]).stdout).into_owned();
-    assert!(table.contains("Resisting deployment error: worker "), "{table}");
+    assert!(
+        table.contains("Resisting deployment error: worker "),
+        "{table}"
+    );
 
     // A good release and a new restart recover fully.
     baton.deploy(Release::Good);
     let load = Load::start(baton.addr, 8, "/", Duration::from_secs(10));
     let out = baton.cli(&["restart", "--wait"]);
     let report = load.stop();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_no_failures(&report, &baton);
     let s = baton.status();
     assert!(s.resisting_deployment_error.is_none());
     assert_eq!(s.generation, 3);
     assert_eq!(s.workers.len(), WORKERS);
-    assert!(s.workers.iter().all(|w| w.generation == 3 && w.state == "ready"));
+    assert!(
+        s.workers
+            .iter()
+            .all(|w| w.generation == 3 && w.state == "ready")
+    );
     let (_, body) = get(&baton.url("/"));
-    assert!(body.contains(&format!("release {}", baton.release_name())), "{body}");
+    assert!(
+        body.contains(&format!("release {}", baton.release_name())),
+        "{body}"
+    );
 }
 
 #[test]
 fn release_that_exits_at_boot_is_resisted() {
-    resist(Release::ExitsAtBoot, "exited with status 1 before it was ready");
+    resist(
+        Release::ExitsAtBoot,
+        "exited with status 1 before it was ready",
+    );
 }
 
 #[test]
 fn release_that_never_becomes_ready_is_resisted() {
-    resist(Release::NeverReady, "was not ready within 3s (readiness.timeout)");
+    resist(
+        Release::NeverReady,
+        "was not ready within 3s (readiness.timeout)",
+    );
 }
 
 #[test]
@@ -146,10 +190,16 @@ fn an_old_worker_that_dies_while_resisting_is_replaced_from_the_old_release() {
     baton.deploy(Release::ExitsAtBoot);
     assert!(!baton.cli(&["restart", "--wait"]).status.success());
     let victim = baton.status().workers[0].pid.unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let s = baton.wait_until(Duration::from_secs(10), |s| {
         s.workers.len() == 2
-            && s.workers.iter().all(|w| w.state == "ready" && w.pid != Some(victim))
+            && s.workers
+                .iter()
+                .all(|w| w.state == "ready" && w.pid != Some(victim))
     });
     assert!(s.resisting_deployment_error.is_some(), "still resisting");
     assert!(s.workers.iter().all(|w| w.generation == 1));
@@ -172,12 +222,18 @@ fn a_restart_during_a_restart_supersedes_it() {
     });
     let second = baton.cli(&["restart", "--wait"]);
     let report = load.stop();
-    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     assert_no_failures(&report, &baton);
     let s = baton.status();
     assert_eq!(s.generation, 3);
     assert!(
-        s.workers.iter().all(|w| w.generation == 3 && w.state == "ready"),
+        s.workers
+            .iter()
+            .all(|w| w.generation == 3 && w.state == "ready"),
         "no worker of a stale generation survives: {:?}",
         s.workers
     );

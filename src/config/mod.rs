@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read config: {source}")]
+    #[error("{path}: cannot read config: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {}{message}", key_prefix(.key))]
     Invalid {
@@ -52,7 +52,8 @@ impl TryFrom<String> for AppName {
     fn try_from(s: String) -> Result<Self, String> {
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
             && !s.starts_with(['-', '.']);
         if ok {
             Ok(AppName(s))
@@ -91,7 +92,9 @@ impl TryFrom<String> for ListenAddress {
             if path.starts_with('/') {
                 return Ok(ListenAddress::Unix(PathBuf::from(path)));
             }
-            return Err(format!("invalid address {s:?}: a Unix socket path must be absolute, e.g. \"unix:/run/myapp.sock\""));
+            return Err(format!(
+                "invalid address {s:?}: a Unix socket path must be absolute, e.g. \"unix:/run/myapp.sock\""
+            ));
         }
         s.parse::<SocketAddr>().map(ListenAddress::Tcp).map_err(|_| {
             format!("invalid address {s:?}: write \"127.0.0.1:8080\", \"[::1]:8080\" or \"unix:/run/myapp.sock\"")
@@ -117,8 +120,13 @@ impl TryFrom<Vec<String>> for Command {
     type Error = String;
     fn try_from(v: Vec<String>) -> Result<Self, String> {
         match v.first() {
-            None => Err("the command is empty: give at least the program, e.g. [\"node\", \"main.js\"]".into()),
-            Some(p) if p.is_empty() => Err("the program (first element of command) is empty".into()),
+            None => Err(
+                "the command is empty: give at least the program, e.g. [\"node\", \"main.js\"]"
+                    .into(),
+            ),
+            Some(p) if p.is_empty() => {
+                Err("the program (first element of command) is empty".into())
+            }
             Some(_) => Ok(Command(v)),
         }
     }
@@ -288,9 +296,9 @@ pub struct Config {
 impl Config {
     /// Read and check the config at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::parse(&text, path)
     }
@@ -367,7 +375,12 @@ impl Config {
         }
         if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY") {
             // systemd may pass several directories separated by ':'; the first is ours.
-            let dir = dir.to_string_lossy().split(':').next().unwrap_or("").to_owned();
+            let dir = dir
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_owned();
             if !dir.is_empty() {
                 return Path::new(&dir).join("control.sock");
             }
@@ -419,7 +432,10 @@ mod tests {
         assert_eq!(c.workers.target(), DEFAULT_WORKER_COUNT);
         assert!(c.restart.rolling);
         assert_eq!(c.restart.max_surge.get(), 1);
-        assert_eq!(c.readiness.timeout.get(), std::time::Duration::from_secs(60));
+        assert_eq!(
+            c.readiness.timeout.get(),
+            std::time::Duration::from_secs(60)
+        );
         assert_eq!(c.control_socket(), PathBuf::from("/run/baton/app.sock"));
     }
 

@@ -30,7 +30,9 @@ impl std::str::FromStr for Duration {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         humantime::parse_duration(s.trim())
             .map(Duration)
-            .map_err(|e| format!("invalid duration {s:?} ({e}); write it like \"30s\" or \"500ms\""))
+            .map_err(|e| {
+                format!("invalid duration {s:?} ({e}); write it like \"30s\" or \"500ms\"")
+            })
     }
 }
 
@@ -108,8 +110,14 @@ mod tests {
 
     #[test]
     fn durations_and_sizes_parse() {
-        assert_eq!("30s".parse::<Duration>().unwrap().get(), StdDuration::from_secs(30));
-        assert_eq!("500ms".parse::<Duration>().unwrap().get(), StdDuration::from_millis(500));
+        assert_eq!(
+            "30s".parse::<Duration>().unwrap().get(),
+            StdDuration::from_secs(30)
+        );
+        assert_eq!(
+            "500ms".parse::<Duration>().unwrap().get(),
+            StdDuration::from_millis(500)
+        );
         assert!("thirty".parse::<Duration>().is_err());
         assert_eq!("512MiB".parse::<ByteSize>().unwrap(), ByteSize(512 << 20));
         assert_eq!("0".parse::<ByteSize>().unwrap(), ByteSize(0));

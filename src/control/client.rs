@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach baton at {path}: {source} (is `baton run` running for this app, and may you use its socket?)")]
+    #[error(
+        "cannot reach baton at {path}: {error} (is `baton run` running for this app, and may you use its socket?)"
+    )]
     Connect {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("control socket {path}: {message}")]
     Protocol { path: PathBuf, message: String },
@@ -30,9 +32,9 @@ pub async fn request(socket: &Path, method: Method, path: &str) -> Result<Reply,
     };
     let stream = tokio::net::UnixStream::connect(socket)
         .await
-        .map_err(|source| ClientError::Connect {
+        .map_err(|error| ClientError::Connect {
             path: socket.to_owned(),
-            source,
+            error,
         })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

@@ -28,11 +28,8 @@ type Body = BoxBody<Bytes, Infallible>;
 pub enum ControlError {
     #[error("control socket {path}: another baton answers there")]
     InUse { path: String },
-    #[error("control socket {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("control socket {path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("control socket {path}: unknown group {group:?} ([control] group)")]
     UnknownGroup { path: String, group: String },
 }
@@ -40,9 +37,9 @@ pub enum ControlError {
 /// Create the control socket with its permissions set before anyone can connect.
 pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, ControlError> {
     let p = path.display().to_string();
-    let io = |source| ControlError::Io {
+    let io = |error| ControlError::Io {
         path: p.clone(),
-        source,
+        error,
     };
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -112,8 +109,10 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     text.push(b'\n');
     let mut r = Response::new(Full::new(Bytes::from(text)).boxed());
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -132,7 +131,9 @@ async fn route(req: Request<Incoming>, handle: Handle) -> Result<Response<Body>,
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/status") => json(StatusCode::OK, &snapshot(&handle)),
         (&Method::GET, "/metrics") => {
-            let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(&snapshot(&handle)))).boxed());
+            let mut r = Response::new(
+                Full::new(Bytes::from(crate::metrics::render(&snapshot(&handle)))).boxed(),
+            );
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -157,7 +158,10 @@ async fn route(req: Request<Incoming>, handle: Handle) -> Result<Response<Body>,
         (&Method::POST, "/resume") => {
             let (tx, rx) = oneshot::channel();
             if !handle.send(Command::Resume(tx)).await {
-                error(StatusCode::SERVICE_UNAVAILABLE, "the manager is shutting down")
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the manager is shutting down",
+                )
             } else {
                 let was = rx.await.unwrap_or(false);
                 json(
@@ -173,7 +177,10 @@ async fn route(req: Request<Incoming>, handle: Handle) -> Result<Response<Body>,
         (_, "/status" | "/metrics" | "/restart" | "/resume") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "wrong method")
         }
-        _ => error(StatusCode::NOT_FOUND, "unknown path; try /status, /restart, /resume, /metrics"),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "unknown path; try /status, /restart, /resume, /metrics",
+        ),
     };
     Ok(resp)
 }
@@ -188,11 +195,23 @@ pub enum RestartEvent {
 
 async fn restart(handle: Handle, mode: Option<RestartMode>, wait: bool) -> Response<Body> {
     let (tx, mut rx) = oneshot::channel();
-    if !handle.send(Command::Restart { mode, reply: Some(tx) }).await {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the manager is shutting down");
+    if !handle
+        .send(Command::Restart {
+            mode,
+            reply: Some(tx),
+        })
+        .await
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the manager is shutting down",
+        );
     }
     if !wait {
-        return json(StatusCode::ACCEPTED, &serde_json::json!({ "started": true }));
+        return json(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({ "started": true }),
+        );
     }
     let (lines, body_rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {

@@ -68,12 +68,6 @@ pub struct RestartState {
     pub started: bool,
 }
 
-impl Default for Generation {
-    fn default() -> Self {
-        Generation(0)
-    }
-}
-
 /// A request to the supervisor.
 pub enum Command {
     Restart {
@@ -125,11 +119,8 @@ impl Context {
 
     /// Tell systemd the one-line state.
     pub fn publish(&self) {
-        let line = crate::status::status_line(
-            &self.lock_state(),
-            &self.pool.workers(),
-            self.target(),
-        );
+        let line =
+            crate::status::status_line(&self.lock_state(), &self.pool.workers(), self.target());
         self.notifier.status(&line);
     }
 
@@ -146,9 +137,10 @@ impl Context {
     fn pin_generation(&self, generation: Generation) -> Result<(), String> {
         let dir = match &self.config.app.directory {
             None => None,
-            Some(d) => Some(std::fs::canonicalize(d).map_err(|e| {
-                format!("cannot resolve app.directory {}: {e}", d.display())
-            })?),
+            Some(d) => Some(
+                std::fs::canonicalize(d)
+                    .map_err(|e| format!("cannot resolve app.directory {}: {e}", d.display()))?,
+            ),
         };
         let mut dirs = self.directories.lock().unwrap_or_else(|e| e.into_inner());
         dirs.insert(generation, dir);

@@ -5,8 +5,8 @@
 //! the pool afresh at every step, so a worker that dies mid-roll or a worker left by a
 //! superseded roll is simply one more to replace.
 
-use super::worker::{self, SpawnError, SpawnFailure};
 use super::Context;
+use super::worker::{self, SpawnError, SpawnFailure};
 use crate::pool::{WorkerState, WorkerView};
 use crate::spawn::{Generation, WorkerId};
 use std::collections::BTreeSet;
@@ -128,7 +128,11 @@ async fn rolling(
         progress(
             ctx,
             generation,
-            format!("spawning {} worker{} of generation {generation}", batch, if batch == 1 { "" } else { "s" }),
+            format!(
+                "spawning {} worker{} of generation {generation}",
+                batch,
+                if batch == 1 { "" } else { "s" }
+            ),
         );
         let results = futures_util::future::join_all(
             (0..batch).map(|_| worker::spawn(ctx, generation, cancel)),
@@ -193,11 +197,14 @@ async fn blocking(
     if cancel.is_cancelled() {
         return RollResult::Cancelled;
     }
-    progress(ctx, generation, format!("spawning {target} workers of generation {generation}"));
-    let results = futures_util::future::join_all(
-        (0..target).map(|_| worker::spawn(ctx, generation, cancel)),
-    )
-    .await;
+    progress(
+        ctx,
+        generation,
+        format!("spawning {target} workers of generation {generation}"),
+    );
+    let results =
+        futures_util::future::join_all((0..target).map(|_| worker::spawn(ctx, generation, cancel)))
+            .await;
     let mut failures = Vec::new();
     for r in results {
         match r {

@@ -27,7 +27,7 @@ impl fmt::Display for WorkerId {
 }
 
 /// A generation: every restart creates the next one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct Generation(pub u64);
 
 impl fmt::Display for Generation {
@@ -96,7 +96,10 @@ impl OutputTail {
     }
 
     pub fn lines(&self) -> Vec<String> {
-        self.0.lock().map(|q| q.iter().cloned().collect()).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -138,11 +141,11 @@ pub struct Usage {
 /// Errors of a backend, each naming the worker (and its unit, where there is one).
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    #[error("worker {worker}: cannot start {program:?}: {source}")]
+    #[error("worker {worker}: cannot start {program:?}: {error}")]
     Start {
         worker: WorkerId,
         program: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("worker {worker}: unknown user or group {name:?}")]
     UnknownUser { worker: WorkerId, name: String },

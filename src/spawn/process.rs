@@ -65,10 +65,10 @@ impl Spawner for ProcessSpawner {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|source| SpawnError::Start {
+        let mut child = cmd.spawn().map_err(|error| SpawnError::Start {
             worker: spec.id,
             program: program.clone(),
-            source,
+            error,
         })?;
         let pid = child.id();
         let output = OutputTail::default();
@@ -106,8 +106,15 @@ impl Spawner for ProcessSpawner {
         let group = Pid::from_raw(pid as i32);
         // ESRCH only means it is already gone, which the exit watcher reports.
         let _ = killpg(group, Signal::SIGTERM);
-        if tokio::time::timeout(timeout, worker.wait_exit()).await.is_err() {
-            tracing::warn!(worker = id.0, pid, "worker did not stop within {timeout:?} of SIGTERM; sending SIGKILL");
+        if tokio::time::timeout(timeout, worker.wait_exit())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                worker = id.0,
+                pid,
+                "worker did not stop within {timeout:?} of SIGTERM; sending SIGKILL"
+            );
             let _ = killpg(group, Signal::SIGKILL);
             worker.wait_exit().await;
         } else {

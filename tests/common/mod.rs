@@ -224,8 +224,12 @@ pub fn children_of(pid: u32) -> usize {
     let mut n = 0;
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
-            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
-            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+                continue;
+            };
             let fields: Vec<&str> = rest.split_whitespace().collect();
             if fields.get(1) == Some(&pid.to_string().as_str()) && fields.first() != Some(&"Z") {
                 n += 1;
@@ -318,7 +322,9 @@ async fn connection_loop(
         if tx.ready().await.is_err() {
             // The server closed an idle keep-alive connection: a real client would see this.
             report.failed += 1;
-            report.errors.push("keep-alive connection closed by the server".into());
+            report
+                .errors
+                .push("keep-alive connection closed by the server".into());
             sender = None;
             continue;
         }
@@ -327,7 +333,10 @@ async fn connection_loop(
             .body(Empty::<Bytes>::new())
             .unwrap();
         let attempt = async {
-            let resp = tx.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+            let resp = tx
+                .send_request(req)
+                .await
+                .map_err(|e| format!("request: {e}"))?;
             let status = resp.status();
             let body = resp
                 .into_body()
@@ -336,7 +345,10 @@ async fn connection_loop(
                 .map_err(|e| format!("body: {e}"))?
                 .to_bytes();
             if status != 200 {
-                return Err(format!("status {status}: {}", String::from_utf8_lossy(&body).trim()));
+                return Err(format!(
+                    "status {status}: {}",
+                    String::from_utf8_lossy(&body).trim()
+                ));
             }
             Ok(())
         };
@@ -396,7 +408,9 @@ pub fn get(url: &str) -> (u16, String) {
         let uri: hyper::Uri = url.parse().unwrap();
         let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
         let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .unwrap();
         tokio::spawn(conn);
         let req = hyper::Request::get(uri.path())
             .header("host", addr)

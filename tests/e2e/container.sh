@@ -114,6 +114,21 @@ unfreeze_nsenters() { # PIDNS_INODE
   done
 }
 
+# Processes that `exec` put into the container (children of an nsenter outside it,
+# so: in the namespace, parent not, and not the container's PID 1). They belong to
+# no unit, so the container's shutdown would only reach them in its final killing
+# spree, and systemd-shutdown notices the exit of a non-child only every ~10 s.
+# Killing them first keeps `stop` fast.
+kill_exec_procs() { # PIDNS_INODE INIT_PID
+  [[ -n ${1:-} ]] && command -v ps >/dev/null || return 0
+  local p
+  for p in $(ps -e -o pid=,ppid=,pidns= 2>/dev/null | awk -v ns="$1" -v init="${2:-0}" '
+      { ppid[$1] = $2; pidns[$1] = $3 }
+      END { for (p in ppid) if (pidns[p] == ns && p != init && pidns[ppid[p]] != ns) print p }'); do
+    kill -KILL "$p" 2>/dev/null || true
+  done
+}
+
 wait_dead() { # PID START TIMEOUT_SECONDS [PIDNS_INODE]
   local deadline=$((SECONDS + $3)) i=0
   while alive "$1" "$2"; do
@@ -283,12 +298,24 @@ cmd_ensure_rootfs() {
   # ROOTFS either does not exist or is complete.
   tmp=$(mktemp -d "$ROOTFS.tmp.XXXXXX")
   # shellcheck disable=SC2064
-  trap "safe_rm '$tmp'" EXIT
+  DBS_PID=""
+  # On any exit before the rename: stop debootstrap (and its dpkg/chroot children),
+  # then remove the partial tree, including the /proc etc. it mounted inside.
+  # shellcheck disable=SC2064
+  trap "[[ -n \$DBS_PID ]] && kill -TERM -- -\$DBS_PID 2>/dev/null && { wait \$DBS_PID || true; }; safe_rm '$tmp'" EXIT
   trap 'exit 130' INT TERM
   mkdir -p "$CACHE/debs"
   log "building $SUITE rootfs with debootstrap from $mirror (a few minutes)"
-  if ! debootstrap --variant=minbase --include="$(packages)" --components=main \
-      --cache-dir="$CACHE/debs" "$SUITE" "$tmp" "$mirror" >"$CACHE/debootstrap.log" 2>&1; then
+  # In the background, in its own process group, and waited for: bash runs a signal
+  # trap only after a foreground command ends, so a SIGTERM would otherwise wait for
+  # the whole build, and the group lets the trap stop all of it at once.
+  setsid debootstrap --variant=minbase --include="$(packages)" --components=main \
+      --cache-dir="$CACHE/debs" "$SUITE" "$tmp" "$mirror" </dev/null >"$CACHE/debootstrap.log" 2>&1 &
+  DBS_PID=$!
+  local rc=0
+  wait "$DBS_PID" || rc=$?
+  DBS_PID=""
+  if ((rc != 0)); then
     tail -n 30 "$CACHE/debootstrap.log" >&2
     [[ -f $tmp/debootstrap/debootstrap.log ]] && tail -n 30 "$tmp/debootstrap/debootstrap.log" >&2
     die "debootstrap failed (full log: $CACHE/debootstrap.log)"
@@ -580,6 +607,7 @@ cmd_stop() {
   local timeout=${BATON_E2E_STOP_TIMEOUT:-20}
 
   if alive "$nspawn_pid" "$nspawn_start"; then
+    alive "$init_pid" "$init_start" && kill_exec_procs "$pidns" "$init_pid"
     # SIGTERM makes nspawn ask the container's systemd to halt (SIGRTMIN+3): an
     # orderly shutdown, so units stop the way they would on a real machine.
     kill -TERM "$nspawn_pid" 2>/dev/null || true

@@ -1,0 +1,145 @@
+//! Bad configs: `baton check-config` and `baton run` name the file, line, column and key.
+
+mod common;
+
+use common::BATON;
+use std::process::Command;
+
+const BASE: &str = "name = \"app\"\n[listen]\naddress = \"127.0.0.1:8080\"\n[app]\ncommand = [\"node\", \"main.js\"]\n";
+
+fn check(text: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BATON)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let p = path.display().to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(&p, "FILE");
+    (out.status.success(), stderr.trim_end().to_owned(), p)
+}
+
+fn assert_error(text: &str, expected: &str) {
+    let (ok, stderr, _) = check(text);
+    assert!(!ok, "{text:?} must be rejected");
+    assert_eq!(stderr, expected);
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    assert_error(
+        &format!("{BASE}[workers]\ncont = 4\n"),
+        "baton: FILE:7:1: key `workers.cont`: unknown field `cont`, expected one of `count`, `min`, `max`, `concurrency`, `max_queue`, `idle_timeout`, `max_requests`, `memory_limit`",
+    );
+}
+
+#[test]
+fn wrong_type() {
+    assert_error(
+        &format!("{BASE}[workers]\ncount = \"four\"\n"),
+        "baton: FILE:7:9: key `workers.count`: invalid type: string \"four\", expected a nonzero usize",
+    );
+}
+
+#[test]
+fn zero_workers() {
+    assert_error(
+        &format!("{BASE}[workers]\ncount = 0\n"),
+        "baton: FILE:7:9: key `workers.count`: invalid value: integer `0`, expected a nonzero usize",
+    );
+}
+
+#[test]
+fn bad_duration() {
+    assert_error(
+        &format!("{BASE}[restart]\ndrain_timeout = \"30 parsecs\"\n"),
+        "baton: FILE:7:17: key `restart.drain_timeout`: invalid duration \"30 parsecs\" (unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); write it like \"30s\" or \"500ms\"",
+    );
+}
+
+#[test]
+fn missing_command() {
+    assert_error(
+        "name = \"app\"\n[app]\ndirectory = \"/srv\"\n",
+        "baton: FILE:2:1: key `app`: missing field `command`",
+    );
+}
+
+#[test]
+fn bad_listen_address() {
+    assert_error(
+        "name = \"app\"\n[listen]\naddress = \"localhost:80\"\n[app]\ncommand = [\"x\"]\n",
+        "baton: FILE:3:11: key `listen.address`: invalid address \"localhost:80\": write \"127.0.0.1:8080\", \"[::1]:8080\" or \"unix:/run/myapp.sock\"",
+    );
+}
+
+#[test]
+fn toml_syntax_error() {
+    assert_error(
+        &format!("{BASE}[workers\ncount = 1"),
+        "baton: FILE:6:9: unclosed table, expected `]`",
+    );
+}
+
+#[test]
+fn min_above_max() {
+    assert_error(
+        &format!("{BASE}[workers]\nmin = 5\nmax = 2\n"),
+        "baton: FILE:7:1: key `workers.min`: min (5) is greater than max (2)",
+    );
+}
+
+#[test]
+fn unknown_backend() {
+    assert_error(
+        &format!("{BASE}[spawner]\nbackend = \"docker\"\n"),
+        "baton: FILE:7:11: key `spawner.backend`: unknown variant `docker`, expected one of `auto`, `systemd`, `process`",
+    );
+}
+
+#[test]
+fn bad_app_name() {
+    assert_error(
+        "name = \"my app\"\n[app]\ncommand = [\"x\"]\n",
+        "baton: FILE:1:8: key `name`: invalid app name \"my app\": use 1 to 64 letters, digits, '-', '_' or '.', not starting with '-' or '.'",
+    );
+}
+
+#[test]
+fn missing_file() {
+    let out = Command::new(BATON)
+        .args(["check-config", "--config", "/nonexistent/app.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "baton: /nonexistent/app.toml: cannot read config: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn minimal_config_is_accepted() {
+    let (ok, stderr, _) = check(BASE);
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn run_refuses_a_bad_config_with_the_same_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.toml");
+    std::fs::write(&path, format!("{BASE}[workers]\ncount = 0\n")).unwrap();
+    let out = Command::new(BATON)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "FILE");
+    assert!(
+        stderr.contains("baton: FILE:7:9: key `workers.count`: invalid value: integer `0`, expected a nonzero usize"),
+        "{stderr}"
+    );
+}
