@@ -80,6 +80,19 @@ pub enum Cmd {
         #[arg(long, default_value = "1s")]
         boot_time: String,
     },
+    /// Print (or write to /etc/systemd/system) a NAME.service + NAME.socket pair.
+    Unit {
+        name: String,
+        /// Write the files to /etc/systemd/system instead of printing them.
+        #[arg(long)]
+        install: bool,
+    },
+    /// Write the man page and shell completions (used by packaging/dist.sh).
+    #[command(hide = true)]
+    GenerateAssets {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// The demo app itself (what `baton demo` runs as its workers).
     #[command(hide = true)]
     DemoApp {
@@ -206,6 +219,29 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             crate::manager::run(config).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Unit { name, install } => {
+            crate::config::AppName::try_from(name.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if install {
+                let dir = std::path::Path::new("/etc/systemd/system");
+                let written = crate::units::install(&name, dir)
+                    .with_context(|| format!("writing units to {}", dir.display()))?;
+                for p in written {
+                    println!("wrote {}", p.display());
+                }
+                println!(
+                    "next: put the config in /etc/baton/{name}.toml, set ListenStream= in {name}.socket, then\n  systemctl daemon-reload && systemctl enable --now {name}.socket"
+                );
+            } else {
+                for (file, text) in crate::units::render(&name) {
+                    println!("# {file}\n{text}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::GenerateAssets { out } => {
+            generate_assets(&out)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::DemoApp { port, boot_time } => {
             let boot: crate::config::Duration = boot_time
                 .parse()
@@ -262,4 +298,31 @@ async fn follow_restart(reply: &mut client::Reply) -> anyhow::Result<ExitCode> {
     }
     eprintln!("baton: the manager closed the connection before the restart ended");
     Ok(ExitCode::FAILURE)
+}
+
+/// The man page baton(1) and completions for bash, zsh and fish, from the clap definitions.
+fn generate_assets(out: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let completions = out.join("completions");
+    std::fs::create_dir_all(&completions)
+        .with_context(|| format!("creating {}", completions.display()))?;
+    let cmd = Cli::command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+    std::fs::write(out.join("baton.1"), page)?;
+    for (shell, file) in [
+        (clap_complete::Shell::Bash, "baton.bash"),
+        (clap_complete::Shell::Zsh, "_baton"),
+        (clap_complete::Shell::Fish, "baton.fish"),
+    ] {
+        let mut buf = Vec::new();
+        clap_complete::generate(shell, &mut cmd.clone(), "baton", &mut buf);
+        std::fs::write(completions.join(file), buf)?;
+    }
+    println!(
+        "wrote {}/baton.1 and {}/",
+        out.display(),
+        completions.display()
+    );
+    Ok(())
 }

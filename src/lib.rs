@@ -17,3 +17,4 @@ pub mod readiness;
 pub mod restart;
 pub mod spawn;
 pub mod status;
+pub mod units;

@@ -6,7 +6,7 @@ use crate::notify::Notifier;
 use crate::pool::{Limits, Pool};
 use crate::proxy::Proxy;
 use crate::restart::{Command, Supervisor};
-use crate::spawn::{Spawner, process::ProcessSpawner};
+use crate::spawn::{Spawner, process::ProcessSpawner, systemd::SystemdSpawner};
 use anyhow::Context as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,12 +15,21 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-fn spawner(config: &Config) -> anyhow::Result<Arc<dyn Spawner>> {
+/// `auto` picks systemd when baton runs under a service manager with a reachable bus.
+async fn spawner(config: &Config) -> anyhow::Result<Arc<dyn Spawner>> {
+    let under_systemd = std::env::var_os("INVOCATION_ID").is_some()
+        && std::path::Path::new("/run/systemd/system").exists();
     match config.spawner.backend {
-        Backend::Process | Backend::Auto => Ok(Arc::new(ProcessSpawner)),
-        Backend::Systemd => anyhow::bail!(
-            "[spawner] backend = \"systemd\" is not available in this build; use \"process\" or \"auto\""
-        ),
+        Backend::Process => Ok(Arc::new(ProcessSpawner)),
+        Backend::Systemd => Ok(Arc::new(SystemdSpawner::connect(config).await?)),
+        Backend::Auto if under_systemd => match SystemdSpawner::connect(config).await {
+            Ok(s) => Ok(Arc::new(s)),
+            Err(e) => {
+                tracing::warn!("{e}; falling back to the process backend");
+                Ok(Arc::new(ProcessSpawner))
+            }
+        },
+        Backend::Auto => Ok(Arc::new(ProcessSpawner)),
     }
 }
 
@@ -29,7 +38,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let app = config.name.clone();
     let listeners = crate::listen::open(&config)?;
-    let spawner = spawner(&config)?;
+    let spawner = spawner(&config).await?;
     let pool = Pool::new(Limits {
         concurrency: config.workers.concurrency,
         max_queue: config.workers.max_queue,

@@ -283,7 +283,7 @@ pub async fn sample_usage(ctx: std::sync::Arc<crate::restart::Context>) {
             let Some(process) = ctx.pool.process(w.id) else {
                 continue;
             };
-            let Some(usage) = ctx.spawner.usage(&process) else {
+            let Some(usage) = ctx.spawner.usage(&process).await else {
                 continue;
             };
             let now = Instant::now();

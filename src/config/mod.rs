@@ -251,11 +251,59 @@ pub enum Backend {
     Process,
 }
 
+/// `ProtectSystem=` of the worker units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtectSystem {
+    No,
+    Yes,
+    Full,
+    Strict,
+}
+
+impl ProtectSystem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtectSystem::No => "no",
+            ProtectSystem::Yes => "yes",
+            ProtectSystem::Full => "full",
+            ProtectSystem::Strict => "strict",
+        }
+    }
+}
+
+/// A CPU quota like `"150%"` (1.5 CPUs), as systemd's `CPUQuota=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct CpuQuota {
+    pub percent: u32,
+}
+
+impl TryFrom<String> for CpuQuota {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.trim()
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .filter(|n| *n > 0)
+            .map(|percent| CpuQuota { percent })
+            .ok_or_else(|| format!("invalid CPU quota {s:?}: write a percentage like \"150%\""))
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpawnerConfig {
     #[serde(default)]
     pub backend: Backend,
+    /// systemd backend: the worker unit's `MemoryMax=`.
+    pub memory_max: Option<ByteSize>,
+    /// systemd backend: the worker unit's `CPUQuota=`.
+    pub cpu_quota: Option<CpuQuota>,
+    /// systemd backend: the worker unit's `NoNewPrivileges=`.
+    pub no_new_privileges: Option<bool>,
+    /// systemd backend: the worker unit's `ProtectSystem=`.
+    pub protect_system: Option<ProtectSystem>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -246,6 +246,7 @@ impl Supervisor {
             tracing::error!(app = %self.ctx.config.name, "{e}");
         }
         self.ctx.update(|s| s.generation = first);
+        self.adopt().await;
         self.reconcile();
         loop {
             tokio::select! {
@@ -530,6 +531,49 @@ impl Supervisor {
         }
     }
 
+    /// Take over the workers a previous baton left running, if they still answer; stop the rest.
+    async fn adopt(&mut self) {
+        let mut found = self.ctx.spawner.adopt().await;
+        if found.is_empty() {
+            return;
+        }
+        // Newest generation first: those are the ones to keep when there are too many.
+        found.sort_by_key(|a| std::cmp::Reverse((a.generation, a.id)));
+        let target = self.ctx.target();
+        let mut kept = 0;
+        let mut newest = None;
+        for a in found {
+            self.ctx
+                .next_worker
+                .fetch_max(a.id.0 + 1, Ordering::Relaxed);
+            if self.highest_generation < a.generation {
+                self.highest_generation = a.generation;
+            }
+            let ok = kept < target && worker::adopt(&self.ctx, &a).await;
+            if ok {
+                kept += 1;
+                newest = newest.max(Some(a.generation));
+                let mut dirs = self
+                    .ctx
+                    .directories
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                dirs.entry(a.generation).or_insert(a.directory.clone());
+            } else {
+                tracing::info!(app = %self.ctx.config.name, worker = a.id.0, unit = a.process.unit.as_deref(),
+                    "stopping stray worker {} left by a previous baton", a.id);
+                self.ctx
+                    .spawner
+                    .stop(a.id, &a.process, self.ctx.config.restart.stop_timeout.get())
+                    .await;
+            }
+        }
+        if let Some(g) = newest {
+            tracing::info!(app = %self.ctx.config.name, generation = g.0, "adopted {kept} running workers");
+            self.ctx.update(|s| s.generation = g);
+        }
+    }
+
     async fn shutdown(&mut self) {
         self.shutting_down = true;
         self.ctx.notifier.stopping();
@@ -543,6 +587,12 @@ impl Supervisor {
                     break;
                 }
             }
+        }
+        if self.ctx.spawner.workers_outlive_manager() {
+            // systemd stops the worker units after baton on `systemctl stop` and keeps them
+            // for the next baton on `systemctl restart`.
+            tracing::info!(app = %self.ctx.config.name, "leaving the worker units to systemd");
+            return;
         }
         let ids: Vec<_> = self.ctx.pool.workers().iter().map(|w| w.id).collect();
         futures_util::future::join_all(ids.into_iter().map(|id| worker::stop(&self.ctx, id))).await;

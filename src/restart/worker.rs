@@ -137,6 +137,49 @@ fn last_line_suffix(output: &[String]) -> String {
         .unwrap_or_default()
 }
 
+/// Take over a worker a previous baton started, if it answers now.
+pub async fn adopt(ctx: &Arc<Context>, a: &crate::spawn::Adopted) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], a.port));
+    ctx.pool.insert(Worker {
+        id: a.id,
+        generation: a.generation,
+        state: WorkerState::Spawning,
+        addr,
+        process: a.process.clone(),
+        in_flight: 0,
+        processed: 0,
+        spawned_at: Instant::now(),
+        last_used: None,
+        busy_since: None,
+        cpu_percent: 0.0,
+        memory_bytes: 0,
+    });
+    watch_exit(ctx, a.id, a.generation, a.process.clone());
+    let limit = ctx
+        .config
+        .readiness
+        .timeout
+        .get()
+        .min(std::time::Duration::from_secs(10));
+    let http_path = ctx.config.readiness.http_path.as_deref();
+    match readiness::wait_ready(addr, http_path, &a.process, limit).await {
+        Ok(()) => {
+            ctx.pool.set_state(a.id, WorkerState::Ready);
+            tracing::info!(
+                app = %ctx.config.name, worker = a.id.0, generation = a.generation.0,
+                pid = a.process.pid, unit = a.process.unit.as_deref(),
+                "adopted worker {} on {addr}", a.id
+            );
+            true
+        }
+        Err(why) => {
+            tracing::warn!(app = %ctx.config.name, worker = a.id.0, "not adopting worker {}: it {why}", a.id);
+            ctx.pool.remove(a.id);
+            false
+        }
+    }
+}
+
 /// Report a worker's death to the supervisor unless someone is already stopping it.
 fn watch_exit(
     ctx: &Arc<Context>,

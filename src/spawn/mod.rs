@@ -6,6 +6,7 @@
 //! and replacement are decided above it.
 
 pub mod process;
+pub mod systemd;
 
 use crate::config::AppName;
 use async_trait::async_trait;
@@ -166,9 +167,30 @@ pub trait Spawner: Send + Sync + 'static {
     async fn stop(&self, id: WorkerId, worker: &StartedWorker, timeout: Duration);
 
     /// CPU and memory of the worker, if the backend can tell.
-    fn usage(&self, worker: &StartedWorker) -> Option<Usage> {
+    async fn usage(&self, worker: &StartedWorker) -> Option<Usage> {
         worker.pid.and_then(proc_usage)
     }
+
+    /// Workers a previous baton left running (systemd units survive a restart of baton).
+    async fn adopt(&self) -> Vec<Adopted> {
+        Vec::new()
+    }
+
+    /// Whether workers outlive the manager: then stopping baton leaves them to the service
+    /// manager (which stops them on `systemctl stop` and keeps them on `systemctl restart`).
+    fn workers_outlive_manager(&self) -> bool {
+        false
+    }
+}
+
+/// A running worker found at start, to be taken over if it is ready.
+#[derive(Debug)]
+pub struct Adopted {
+    pub id: WorkerId,
+    pub generation: Generation,
+    pub port: u16,
+    pub directory: Option<PathBuf>,
+    pub process: StartedWorker,
 }
 
 /// Usage from /proc/PID (the fallback where no cgroup accounting is at hand).

@@ -172,14 +172,15 @@ ensure_tools() {
   command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
   command -v debootstrap >/dev/null || missing+=(debootstrap)
   command -v nsenter >/dev/null || missing+=(util-linux)
+  command -v ps >/dev/null || missing+=(procps)   # stop needs it, see unfreeze_nsenters
   ((${#missing[@]} == 0)) && return 0
   command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   # A clean CI machine may never have fetched package lists.
-  if ! apt-get install -y -q "${missing[@]}" >&2; then
+  if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; then
     apt-get update -q >&2
-    apt-get install -y -q "${missing[@]}" >&2
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
   fi
 }
 
@@ -297,7 +298,6 @@ cmd_ensure_rootfs() {
   # Build next to the final location (same file system) so the final rename is atomic:
   # ROOTFS either does not exist or is complete.
   tmp=$(mktemp -d "$ROOTFS.tmp.XXXXXX")
-  # shellcheck disable=SC2064
   DBS_PID=""
   # On any exit before the rename: stop debootstrap (and its dpkg/chroot children),
   # then remove the partial tree, including the /proc etc. it mounted inside.
@@ -450,7 +450,8 @@ cmd_boot() {
   [[ -e $d ]] && cmd_stop "$name"
   mkdir -p "$d"
   # If we fail or are interrupted before the container is up, leave nothing behind.
-  trap 'cmd_stop "$name" || true' EXIT
+  BOOTING=$name
+  trap 'cmd_stop "$BOOTING" || true' EXIT
   trap 'exit 130' INT TERM
 
   local t0=$SECONDS
@@ -466,7 +467,8 @@ cmd_boot() {
     --console=read-only
     # Keep the container's journal to itself (no /var/log/journal linking on the host).
     --link-journal=no)
-  local env_args=()
+  # TERM=dumb reaches the container's PID 1 only: a plain, colourless console log.
+  local env_args=(TERM=dumb)
   local cgmode=${BATON_E2E_CGROUP:-unified}
   # On a hybrid (v1 + v2) host nspawn would mirror the host's hybrid layout. A pure
   # cgroup-v2 guest matches what baton meets on current distributions, so force it.
@@ -578,12 +580,14 @@ cmd_copy_in() {
   # exist only inside are handled, and absolute symlinks resolve inside.
   if [[ -d $src ]]; then
     # Directory: its contents go into DST (created if needed), modes preserved.
+    # shellcheck disable=SC2016  # expanded by the shell inside the container
     tar -C "$src" -cf - . | in_container "$INIT_PID" sh -c 'mkdir -p "$1" && tar -C "$1" --no-same-owner -xf -' sh "$dst"
   else
     local mode
     mode=$(stat -c %a "$src")
     # File: like cp, DST may be an existing directory (or end in /). Written to a
     # temporary name then renamed, so a running program never sees a partial file.
+    # shellcheck disable=SC2016,SC2094  # expanded inside; $src is only read
     in_container "$INIT_PID" sh -c '
       dst=$1; mode=$2; base=$3
       case $dst in */) dst=$dst$base ;; *) [ -d "$dst" ] && dst=$dst/$base ;; esac
