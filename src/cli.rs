@@ -127,7 +127,7 @@ pub fn main() -> ExitCode {
 fn socket_of(target: &Target) -> anyhow::Result<PathBuf> {
     match (&target.control, &target.config) {
         (Some(s), _) => Ok(s.clone()),
-        (None, Some(c)) => Ok(Config::load(c)?.control_socket()),
+        (None, Some(c)) => Ok(Config::load(c)?.control_socket_for_client()),
         (None, None) => bail!("say which app: --config FILE or --control SOCKET"),
     }
 }

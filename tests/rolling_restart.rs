@@ -15,6 +15,10 @@ fn pids(s: &baton::status::Snapshot) -> BTreeSet<u32> {
 
 fn assert_no_failures(report: &LoadReport, baton: &Baton) {
     assert_eq!(
+        report.closed_by_server, 0,
+        "a worker restart must never close a client's keep-alive connection"
+    );
+    assert_eq!(
         report.failed,
         0,
         "failed requests: {:?}\nbaton log:\n{}",

@@ -437,6 +437,20 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Where a client looks for a running baton's control socket: the config's, else the
+    /// server's default as seen from the client's environment, else the packaged unit's
+    /// `RuntimeDirectory=baton/<name>` (an operator's shell has no `$RUNTIME_DIRECTORY`).
+    pub fn control_socket_for_client(&self) -> PathBuf {
+        let primary = self.control_socket();
+        if self.control.socket.is_some() || primary.exists() {
+            return primary;
+        }
+        let packaged = PathBuf::from(format!("/run/baton/{}/control.sock", self.name));
+        if packaged.exists() { packaged } else { primary }
+    }
+}
+
 /// 1-based line and column of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());

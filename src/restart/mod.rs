@@ -248,6 +248,8 @@ impl Supervisor {
         self.ctx.update(|s| s.generation = first);
         self.adopt().await;
         self.reconcile();
+        self.check_started();
+        self.ctx.publish();
         loop {
             tokio::select! {
                 Some(cmd) = self.commands.recv() => {

@@ -162,13 +162,16 @@ impl SystemdSpawner {
             .await
     }
 
-    /// Follow a started unit until it is gone; the watch turns `Some` then.
+    /// Follow a unit until it is gone; the watch turns `Some` then. `running` says whether the
+    /// unit was already running when `changes` was set up (adoption): otherwise the stream also
+    /// holds the signals of the unit's creation, whose "inactive" is not an end.
     fn follow(
         &self,
         unit: String,
         path: OwnedObjectPath,
         mut changes: zbus::fdo::PropertiesChangedStream,
         pid: Option<u32>,
+        running: bool,
     ) -> StartedWorker {
         let (tx, rx) = watch::channel(None);
         let output = OutputTail::default();
@@ -176,28 +179,34 @@ impl SystemdSpawner {
         let conn = self.conn.clone();
         let name = unit.clone();
         tokio::spawn(async move {
-            let mut last = UnitEnd::default();
-            // It may have ended between the start job and this task: look once before waiting.
+            let mut last = UnitEnd {
+                started: running,
+                ..UnitEnd::default()
+            };
+            // It may have ended between its start job and now: look once before waiting.
             let unit_proxy = UnitProxy::builder(&conn)
                 .path(path.clone())
                 .cache_properties(zbus::proxy::CacheProperties::No)
                 .build()
                 .await;
-            last.active_state = Some(match unit_proxy {
+            let now = match unit_proxy {
                 Ok(p) => p.active_state().await.unwrap_or_else(|_| "inactive".into()),
                 // Collected already: it is gone.
                 Err(_) => "inactive".into(),
-            });
-            if !last.is_over() {
-                while let Some(signal) = changes.next().await {
-                    let Ok(args) = signal.args() else { continue };
-                    for (name, value) in args.changed_properties() {
-                        last.update(name, value);
-                    }
-                    if last.is_over() {
-                        break;
-                    }
+            };
+            let mut over = matches!(now.as_str(), "inactive" | "failed");
+            if over {
+                last.active_state = Some(now);
+            }
+            while !over {
+                let Some(signal) = changes.next().await else {
+                    break;
+                };
+                let Ok(args) = signal.args() else { continue };
+                for (name, value) in args.changed_properties() {
+                    last.update(name, value);
                 }
+                over = last.is_over();
             }
             for line in journal_tail(&name).await {
                 tail.push(line);
@@ -216,6 +225,8 @@ impl SystemdSpawner {
 /// What is known about how a unit ended, from its PropertiesChanged signals.
 #[derive(Default, Debug)]
 struct UnitEnd {
+    /// Seen activating or running: from then on, "inactive" means it ended.
+    started: bool,
     active_state: Option<String>,
     result: Option<String>,
     exec_main_code: Option<i32>,
@@ -225,7 +236,15 @@ struct UnitEnd {
 impl UnitEnd {
     fn update(&mut self, name: &str, value: &Variant<'_>) {
         match name {
-            "ActiveState" => self.active_state = String::try_from(value.clone()).ok(),
+            "ActiveState" => {
+                self.active_state = String::try_from(value.clone()).ok();
+                if matches!(
+                    self.active_state.as_deref(),
+                    Some("activating" | "active" | "deactivating" | "reloading")
+                ) {
+                    self.started = true;
+                }
+            }
             "Result" => self.result = String::try_from(value.clone()).ok(),
             "ExecMainCode" => self.exec_main_code = i32::try_from(value.clone()).ok(),
             "ExecMainStatus" => self.exec_main_status = i32::try_from(value.clone()).ok(),
@@ -234,7 +253,7 @@ impl UnitEnd {
     }
 
     fn is_over(&self) -> bool {
-        matches!(self.active_state.as_deref(), Some("inactive" | "failed"))
+        self.started && matches!(self.active_state.as_deref(), Some("inactive" | "failed"))
     }
 
     fn reason(&self, unit: &str) -> ExitReason {
@@ -270,6 +289,8 @@ async fn journal_tail(unit: &str) -> Vec<String> {
         Duration::from_secs(2),
         tokio::process::Command::new("journalctl")
             .args(["--no-pager", "-o", "cat", "-n", "10", "-u", unit])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
             .output(),
     )
     .await;
@@ -432,7 +453,7 @@ impl Spawner for SystemdSpawner {
             Ok(s) => s.main_pid().await.ok().filter(|p| *p > 0),
             Err(_) => None,
         };
-        let worker = self.follow(unit.clone(), path, changes, pid);
+        let worker = self.follow(unit.clone(), path, changes, pid, false);
         if result != "done" {
             // The follower reports how it ended (Type=exec fails the job when exec fails).
             let reason = tokio::time::timeout(Duration::from_secs(5), worker.wait_exit())
@@ -549,7 +570,7 @@ impl Spawner for SystemdSpawner {
                 .ok()
                 .filter(|d| !d.is_empty())
                 .map(PathBuf::from);
-            let process = self.follow(unit, path, changes, pid);
+            let process = self.follow(unit, path, changes, pid, true);
             adopted.push(Adopted {
                 id: WorkerId(id),
                 generation: super::Generation(generation),

@@ -1,0 +1,419 @@
+//! baton under a real systemd 252, booted in a container, installed from its own .deb and
+//! driven with `systemctl` and `journalctl` the way an operator does; the load comes from the
+//! host (the container shares its network).
+//!
+//! Needs root and systemd-nspawn (tests/e2e/container.sh installs it). Where the machine cannot
+//! run it the test says so loudly and passes; with BATON_E2E_REQUIRED=1 (set by .ci/run) it fails.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/container.sh");
+const APP: &str = "demo";
+const WORKERS: usize = 4;
+
+struct Container {
+    name: String,
+}
+
+impl Container {
+    fn boot(name: &str) -> Container {
+        let _ = Command::new(SCRIPT).args(["stop", name]).output();
+        let out = Command::new(SCRIPT).args(["boot", name]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "boot failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Container { name: name.into() }
+    }
+
+    fn exec(&self, args: &[&str]) -> Output {
+        Command::new(SCRIPT)
+            .args(["exec", &self.name, "--"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Run a shell line inside; panics with its output when it fails.
+    fn sh(&self, script: &str) -> String {
+        let out = self.exec(&["sh", "-c", script]);
+        assert!(
+            out.status.success(),
+            "`{script}` failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn copy_in(&self, host: &Path, path: &str) {
+        let out = Command::new(SCRIPT)
+            .args(["copy-in", &self.name])
+            .arg(host)
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn journal(&self, unit: &str) -> String {
+        self.sh(&format!("journalctl --no-pager -u {unit}"))
+    }
+
+    /// Worker units that are loaded and not inactive, by name.
+    fn worker_units(&self) -> BTreeSet<String> {
+        let out = self.exec(&[
+            "systemctl",
+            "list-units",
+            "--no-legend",
+            "--plain",
+            "--all",
+            &format!("baton-{APP}-w*.service"),
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 3 && f[2] != "inactive" && f[2] != "failed").then(|| f[0].to_owned())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new(SCRIPT).args(["stop", &self.name]).output();
+    }
+}
+
+/// Sample the number of live worker units while something happens.
+struct UnitSampler {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<usize>,
+}
+
+impl UnitSampler {
+    fn start(name: &str) -> UnitSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let c = Container { name: name.into() };
+        let handle = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !s.load(Ordering::SeqCst) {
+                peak = peak.max(c.worker_units().len());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            std::mem::forget(c); // not ours to stop
+            peak
+        });
+        UnitSampler { stop, handle }
+    }
+
+    fn stop(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().unwrap()
+    }
+}
+
+fn can_run() -> bool {
+    let out = Command::new(SCRIPT).arg("can-run").output().unwrap();
+    if out.status.success() {
+        return true;
+    }
+    let why =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    if std::env::var_os("BATON_E2E_REQUIRED").is_some() {
+        panic!("the systemd end-to-end test must run here but cannot: {why}");
+    }
+    eprintln!(
+        "\n!!!!! SKIPPING the systemd end-to-end test: {why}!!!!! (set BATON_E2E_REQUIRED=1 to make this an error)\n"
+    );
+    false
+}
+
+/// Build the .deb with `packaging/dist.sh` (or take BATON_E2E_DEB) at the given version.
+fn build_deb(version: &str) -> PathBuf {
+    if version == "default"
+        && let Some(p) = std::env::var_os("BATON_E2E_DEB")
+    {
+        return PathBuf::from(p);
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut cmd = Command::new(format!("{root}/packaging/dist.sh"));
+    cmd.arg("--deb-only");
+    if version != "default" {
+        cmd.args(["--version", version]);
+    }
+    let out = cmd.current_dir(root).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "packaging/dist.sh failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.split_whitespace().find(|w| w.ends_with(".deb")))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no .deb path in dist.sh output:\n{stdout}"))
+}
+
+fn config(port: u16) -> String {
+    format!(
+        r#"name = "{APP}"
+[app]
+command = ["/usr/bin/baton", "demo-app", "--port", "{{port}}", "--boot-time", "2s"]
+directory = "/srv/{APP}/current"
+[workers]
+count = {WORKERS}
+concurrency = 0
+[readiness]
+http_path = "/"
+timeout = "8s"
+[spawner]
+backend = "systemd"
+# listen address for runs outside systemd; under systemd the socket unit's {port} is used
+[listen]
+address = "127.0.0.1:{port}"
+"#
+    )
+}
+
+fn deploy(c: &Container, release: &str, mode: Option<&str>) {
+    let dir = format!("/srv/{APP}/releases/{release}");
+    let mode = mode
+        .map(|m| format!("echo {m} > {dir}/demo-mode && "))
+        .unwrap_or_default();
+    c.sh(&format!(
+        "mkdir -p {dir} && {mode}ln -sfn {dir} /srv/{APP}/current.new && mv -T /srv/{APP}/current.new /srv/{APP}/current"
+    ));
+}
+
+fn assert_clean(report: &LoadReport, what: &str, c: &Container) {
+    assert_eq!(
+        report.failed,
+        0,
+        "{what}: failed requests {:?}\njournal:\n{}",
+        report.errors,
+        c.journal(&format!("baton@{APP}.service"))
+    );
+    assert!(report.ok > 200, "{what}: too little load: {report:?}");
+}
+
+#[test]
+fn baton_under_systemd_from_its_deb() {
+    if !can_run() {
+        return;
+    }
+    let _serial = serial();
+    let deb = build_deb("default");
+    let c = Container::boot("baton-e2e");
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let unit = format!("baton@{APP}.service");
+
+    // Install as an operator does: the package, a config, the socket's address.
+    c.copy_in(&deb, "/tmp/baton.deb");
+    c.sh("dpkg -i /tmp/baton.deb");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("demo.toml"), config(port)).unwrap();
+    std::fs::write(
+        tmp.path().join("listen.conf"),
+        format!("[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n"),
+    )
+    .unwrap();
+    c.copy_in(
+        &tmp.path().join("demo.toml"),
+        &format!("/etc/baton/{APP}.toml"),
+    );
+    c.sh(&format!(
+        "mkdir -p /etc/systemd/system/baton@{APP}.socket.d"
+    ));
+    c.copy_in(
+        &tmp.path().join("listen.conf"),
+        &format!("/etc/systemd/system/baton@{APP}.socket.d/listen.conf"),
+    );
+    deploy(&c, "r1", None);
+    c.sh("systemctl daemon-reload");
+    c.sh(&format!("systemctl start baton@{APP}.socket"));
+    assert_eq!(
+        c.exec(&["systemctl", "is-active", &unit]).stdout,
+        b"inactive\n",
+        "socket activation: the service waits for the first connection"
+    );
+
+    // The first request starts the service; each worker is its own unit, cgroup and journal.
+    let (status, body) = get(&format!("http://{addr}/"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("hello from release r1"), "{body}");
+    assert!(
+        c.sh(&format!("systemctl show -p StatusText --value {unit}"))
+            .contains("4/4 workers ready, generation 1")
+    );
+    let first = c.worker_units();
+    assert_eq!(first.len(), WORKERS, "{first:?}");
+    for u in &first {
+        let cgroup = c.sh(&format!("systemctl show -p ControlGroup --value {u}"));
+        assert_eq!(cgroup.trim(), format!("/baton.slice/baton-{APP}.slice/{u}"));
+        assert!(
+            c.journal(u)
+                .contains("demo-app: release \"r1\" listening on"),
+            "journal of {u}"
+        );
+    }
+
+    // 1. A rolling reload under load: zero failed requests, every worker unit new.
+    deploy(&c, "r2", None);
+    let load = Load::start(addr, 16, "/", Duration::from_secs(20));
+    let sampler = UnitSampler::start(&c.name);
+    std::thread::sleep(Duration::from_millis(500));
+    let reload = c.exec(&["systemctl", "reload", &unit]);
+    let peak = sampler.stop();
+    let report = load.stop();
+    assert!(
+        reload.status.success(),
+        "reload failed: {}",
+        String::from_utf8_lossy(&reload.stderr)
+    );
+    assert_clean(&report, "rolling reload", &c);
+    let second = c.worker_units();
+    assert_eq!(second.len(), WORKERS);
+    assert!(
+        second.is_disjoint(&first),
+        "every worker unit is new: {first:?} -> {second:?}"
+    );
+    assert!(
+        peak <= WORKERS + 1,
+        "{peak} worker units at once; at most {} allowed",
+        WORKERS + 1
+    );
+    assert!(get(&format!("http://{addr}/")).1.contains("release r2"));
+
+    // 2. A broken release: the reload fails, nobody notices, systemd and the journal say why.
+    deploy(&c, "bad", Some("exit"));
+    let load = Load::start(addr, 16, "/", Duration::from_secs(20));
+    let reload = c.exec(&["systemctl", "reload", &unit]);
+    let report = load.stop();
+    assert!(
+        !reload.status.success(),
+        "a reload onto a broken release must fail"
+    );
+    assert_clean(&report, "broken reload", &c);
+    assert_eq!(c.worker_units(), second, "the old workers keep serving");
+    let status = c.exec(&["systemctl", "status", "--no-pager", &unit]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("Status: \"RESISTING DEPLOYMENT ERROR since ")
+            && status.contains("exited with status 1"),
+        "{status}"
+    );
+    let failures = c.sh("journalctl --no-pager MESSAGE_ID=7d1b3a9e2c5f4e8a9b0c6d2e4f1a3b5c");
+    assert!(
+        failures.contains("exited with status 1 before it was ready"),
+        "{failures}"
+    );
+    let resisting = c.sh("journalctl --no-pager MESSAGE_ID=a3f04c2b8e1d4d6f9c7b5e2a1d0c8f36");
+    assert!(
+        resisting.contains("resisting deployment error"),
+        "{resisting}"
+    );
+    let explained = c.sh("journalctl --no-pager -x MESSAGE_ID=a3f04c2b8e1d4d6f9c7b5e2a1d0c8f36");
+    assert!(
+        explained.len() > resisting.len(),
+        "the catalog explains the entry (journalctl -x)"
+    );
+    let baton_status = c.sh(&format!("baton status --config /etc/baton/{APP}.toml"));
+    assert!(
+        baton_status.contains("Resisting deployment error: worker "),
+        "{baton_status}"
+    );
+
+    // A good release recovers fully.
+    deploy(&c, "r3", None);
+    let reload = c.exec(&["systemctl", "reload", &unit]);
+    assert!(
+        reload.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reload.stderr)
+    );
+    let third = c.worker_units();
+    assert!(third.is_disjoint(&second) && third.len() == WORKERS);
+    assert!(
+        c.sh(&format!("systemctl show -p StatusText --value {unit}"))
+            .contains("4/4 workers ready")
+    );
+
+    // 3. `systemctl restart` of baton under load: no connection refused, the workers untouched.
+    let load = Load::start_resending(addr, 16, "/", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    c.sh(&format!("systemctl restart {unit}"));
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+    assert_clean(&report, "restart of baton", &c);
+    assert_eq!(
+        c.worker_units(),
+        third,
+        "the worker units survive a restart of baton"
+    );
+    assert!(
+        c.journal(&unit)
+            .contains(&format!("adopted {WORKERS} running workers"))
+    );
+
+    // 4. An upgrade to a newer package under load: no failed request, the socket never closes.
+    let socket_since = c.sh(&format!(
+        "systemctl show -p ActiveEnterTimestampMonotonic --value baton@{APP}.socket"
+    ));
+    let newer = build_deb("99.0.0");
+    c.copy_in(&newer, "/tmp/baton-new.deb");
+    let load = Load::start_resending(addr, 16, "/", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    c.sh("dpkg -i /tmp/baton-new.deb");
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+    assert_clean(&report, "package upgrade", &c);
+    assert!(
+        c.sh("dpkg-query -W -f '${Version}' baton")
+            .starts_with("99.0.0")
+    );
+    assert_eq!(
+        c.sh(&format!(
+            "systemctl show -p ActiveEnterTimestampMonotonic --value baton@{APP}.socket"
+        )),
+        socket_since,
+        "the listening socket was never restarted"
+    );
+    assert_eq!(
+        c.sh(&format!("systemctl is-active {unit}")).trim(),
+        "active"
+    );
+
+    // 5. Stop: no worker unit left.
+    c.sh(&format!("systemctl stop baton@{APP}.socket {unit}"));
+    assert!(c.worker_units().is_empty(), "{:?}", c.worker_units());
+
+    // 6. Remove and purge leave nothing running.
+    c.sh(&format!(
+        "systemctl start baton@{APP}.socket && systemctl start {unit}"
+    ));
+    assert_eq!(c.worker_units().len(), WORKERS);
+    c.sh("dpkg --purge baton");
+    assert!(c.worker_units().is_empty());
+    let left = c.sh("systemctl list-units --no-legend --plain 'baton*'");
+    assert!(left.trim().is_empty(), "units left after purge: {left}");
+}
