@@ -375,6 +375,27 @@ fn baton_under_systemd_from_its_deb() {
             .contains(&format!("adopted {WORKERS} running workers"))
     );
 
+    // Passenger's restart.txt, the systemd way: touching the file reloads the app.
+    c.sh(&format!("systemctl start baton-restart@{APP}.path"));
+    c.sh(&format!("touch /srv/{APP}/restart.txt"));
+    let mut rolled = false;
+    for _ in 0..100 {
+        let line = c.sh(&format!("systemctl show -p StatusText --value {unit}"));
+        if line.contains("4/4 workers ready, generation") && c.worker_units().is_disjoint(&third) {
+            rolled = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(rolled, "touching restart.txt rolled the workers\n{}", c.journal(&unit));
+    c.sh(&format!("systemctl stop baton-restart@{APP}.path"));
+
+    // `baton unit NAME --install` for operators who prefer NAME.service to baton@NAME.
+    c.sh("baton unit shop --install && systemctl daemon-reload");
+    let reload = c.sh("systemctl show -p ExecReload --value shop.service");
+    assert!(reload.contains("/usr/bin/baton restart --wait --config /etc/baton/shop.toml"), "{reload}");
+    assert!(c.sh("systemctl show -p Requires --value shop.service").contains("shop.socket"));
+
     // 4. An upgrade to a newer package under load: no failed request, the socket never closes.
     let socket_since = c.sh(&format!(
         "systemctl show -p ActiveEnterTimestampMonotonic --value baton@{APP}.socket"
