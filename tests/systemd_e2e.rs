@@ -387,14 +387,24 @@ fn baton_under_systemd_from_its_deb() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(rolled, "touching restart.txt rolled the workers\n{}", c.journal(&unit));
+    assert!(
+        rolled,
+        "touching restart.txt rolled the workers\n{}",
+        c.journal(&unit)
+    );
     c.sh(&format!("systemctl stop baton-restart@{APP}.path"));
 
     // `baton unit NAME --install` for operators who prefer NAME.service to baton@NAME.
     c.sh("baton unit shop --install && systemctl daemon-reload");
     let reload = c.sh("systemctl show -p ExecReload --value shop.service");
-    assert!(reload.contains("/usr/bin/baton restart --wait --config /etc/baton/shop.toml"), "{reload}");
-    assert!(c.sh("systemctl show -p Requires --value shop.service").contains("shop.socket"));
+    assert!(
+        reload.contains("/usr/bin/baton restart --wait --config /etc/baton/shop.toml"),
+        "{reload}"
+    );
+    assert!(
+        c.sh("systemctl show -p Requires --value shop.service")
+            .contains("shop.socket")
+    );
 
     // 4. An upgrade to a newer package under load: no failed request, the socket never closes.
     let socket_since = c.sh(&format!(
