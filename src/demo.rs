@@ -70,12 +70,15 @@ enum Mode {
     Exit,
     /// Start but never listen: never ready.
     Hang,
+    /// Serve, then crash half a second later, as a release with a fatal bug on first use would.
+    CrashAfterReady,
 }
 
 fn read_mode() -> Mode {
     match std::fs::read_to_string("demo-mode").map(|s| s.trim().to_owned()) {
         Ok(m) if m == "exit" => Mode::Exit,
         Ok(m) if m == "hang" => Mode::Hang,
+        Ok(m) if m == "crash" => Mode::CrashAfterReady,
         _ => Mode::Serve,
     }
 }
@@ -97,6 +100,13 @@ pub async fn run_app(port: u16, boot_time: Duration) -> anyhow::Result<()> {
         Mode::Hang => {
             eprintln!("demo-app: hanging at boot (demo-mode = hang)");
             std::future::pending::<()>().await;
+        }
+        Mode::CrashAfterReady => {
+            tokio::spawn(async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                eprintln!("demo-app: crashing (demo-mode = crash)");
+                std::process::exit(2);
+            });
         }
         Mode::Serve => {}
     }

@@ -66,7 +66,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
 
-    let proxy = Proxy::new(pool.clone());
+    let proxy = Proxy::new(pool.clone(), &config.listen);
     let stop_accepting = CancellationToken::new();
     let connections = TaskTracker::new();
     for l in listeners {

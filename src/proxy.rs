@@ -28,16 +28,17 @@ use tokio_util::task::TaskTracker;
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// How long a client may take to send its request headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 pub struct Proxy {
     pool: Arc<Pool>,
     client: Client<HttpConnector, ProxyBody>,
+    header_timeout: Duration,
+    max_header_size: usize,
+    /// One permit per open client connection (`[listen] max_connections`).
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl Proxy {
-    pub fn new(pool: Arc<Pool>) -> Arc<Proxy> {
+    pub fn new(pool: Arc<Pool>, listen: &crate::config::ListenConfig) -> Arc<Proxy> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -45,7 +46,13 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Arc::new(Proxy { pool, client })
+        Arc::new(Proxy {
+            pool,
+            client,
+            header_timeout: listen.header_timeout.get(),
+            max_header_size: usize::try_from(listen.max_header_size.0).unwrap_or(usize::MAX),
+            connections: Arc::new(tokio::sync::Semaphore::new(listen.max_connections.get())),
+        })
     }
 
     /// Accept connections until `stop` fires; each is tracked so shutdown can wait for it.
@@ -56,6 +63,15 @@ impl Proxy {
         tracker: TaskTracker,
     ) {
         loop {
+            // At the connection limit, stop accepting: new clients wait in the kernel's backlog
+            // rather than being refused, and everyone already connected keeps full speed.
+            let permit = tokio::select! {
+                _ = stop.cancelled() => return,
+                p = self.connections.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
             let accepted = tokio::select! {
                 _ = stop.cancelled() => return,
                 a = accept(&listener) => a,
@@ -63,10 +79,18 @@ impl Proxy {
             match accepted {
                 Ok(Accepted::Tcp(stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tracker.spawn(self.clone().connection(stream, Some(peer), stop.clone()));
+                    let conn = self.clone().connection(stream, Some(peer), stop.clone());
+                    tracker.spawn(async move {
+                        conn.await;
+                        drop(permit);
+                    });
                 }
                 Ok(Accepted::Unix(stream)) => {
-                    tracker.spawn(self.clone().connection(stream, None, stop.clone()));
+                    let conn = self.clone().connection(stream, None, stop.clone());
+                    tracker.spawn(async move {
+                        conn.await;
+                        drop(permit);
+                    });
                 }
                 Err(e) => {
                     // EMFILE and friends: pause rather than spin, keep serving the others.
@@ -89,7 +113,9 @@ impl Proxy {
         let svc = service_fn(move |req| proxy.clone().handle(req, peer));
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(self.header_timeout)
+            // hyper's read buffer bounds memory; the exact limit is checked per request below.
+            .max_buf_size(self.max_header_size.saturating_mul(2).max(8192))
             .serve_connection(TokioIo::new(stream), svc)
             .with_upgrades();
         tokio::pin!(conn);
@@ -122,6 +148,21 @@ impl Proxy {
         mut req: Request<Incoming>,
         peer: Option<SocketAddr>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let uri = req.uri();
+        let uri_len = uri.path_and_query().map_or(1, |p| p.as_str().len())
+            + uri.authority().map_or(0, |a| a.as_str().len());
+        if uri_len > self.max_header_size {
+            return Err(ProxyError::UriTooLong(uri_len, self.max_header_size));
+        }
+        let head: usize = uri_len
+            + req
+                .headers()
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                .sum::<usize>();
+        if head > self.max_header_size {
+            return Err(ProxyError::HeadTooLarge(head, self.max_header_size));
+        }
         let upgrade = wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -148,6 +189,7 @@ impl Proxy {
         let first = self.client.request(build(lease.addr, body.boxed())?).await;
         let (resp, lease) = match first {
             Ok(resp) => (resp, lease),
+            Err(_) if lease.was_cut() => return Err(ProxyError::Cut(lease.worker)),
             Err(e) if retryable => {
                 tracing::warn!(
                     worker = lease.worker.0,
@@ -206,6 +248,14 @@ enum ProxyError {
     BadTarget,
     #[error("baton: worker {worker} failed to answer: {cause}")]
     BadGateway { worker: WorkerId, cause: String },
+    #[error(
+        "baton: worker {0} was stopped by a restart after drain_timeout while this request was in flight"
+    )]
+    Cut(WorkerId),
+    #[error("baton: the request target is {0} bytes; the limit is {1} (listen.max_header_size)")]
+    UriTooLong(usize, usize),
+    #[error("baton: the request head is {0} bytes; the limit is {1} (listen.max_header_size)")]
+    HeadTooLarge(usize, usize),
 }
 
 impl ProxyError {
@@ -231,7 +281,9 @@ impl ProxyError {
         let status = match &self {
             ProxyError::NoWorker(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadTarget => StatusCode::BAD_REQUEST,
-            ProxyError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UriTooLong(..) => StatusCode::URI_TOO_LONG,
+            ProxyError::HeadTooLarge(..) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::BadGateway { .. } | ProxyError::Cut(_) => StatusCode::BAD_GATEWAY,
         };
         let mut r = error_response(status, &self.to_string());
         if matches!(self, ProxyError::NoWorker(Rejected::QueueFull(_))) {

@@ -143,10 +143,27 @@ impl Command {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
     pub address: Option<ListenAddress>,
+    /// Client connections open at once; beyond, new ones wait in the kernel's backlog.
+    pub max_connections: NonZeroUsize,
+    /// How long a client may take to send its request headers (slow clients are cut off).
+    pub header_timeout: Duration,
+    /// Largest request head (request line + headers) accepted; beyond: 431 (or 414 for the URI).
+    pub max_header_size: ByteSize,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            address: None,
+            max_connections: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
+            header_timeout: Duration::from_secs(30),
+            max_header_size: ByteSize(64 << 10),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -399,6 +416,12 @@ impl Config {
             return Err((
                 "readiness.http_path".into(),
                 format!("{p:?} must start with '/'"),
+            ));
+        }
+        if self.listen.max_header_size.0 < 8192 {
+            return Err((
+                "listen.max_header_size".into(),
+                "must be at least 8KiB".into(),
             ));
         }
         if self.readiness.timeout.get().is_zero() {

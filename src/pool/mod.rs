@@ -9,6 +9,7 @@ use crate::spawn::{Generation, StartedWorker, WorkerId};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, oneshot};
@@ -54,6 +55,8 @@ pub struct Worker {
     pub busy_since: Option<Instant>,
     pub cpu_percent: f64,
     pub memory_bytes: u64,
+    /// Set when baton stops the worker with requests still in flight (drain_timeout passed).
+    pub cut: Arc<AtomicBool>,
 }
 
 /// A copy of one worker's figures, taken under the lock.
@@ -86,6 +89,7 @@ pub enum Rejected {
 struct Grant {
     worker: WorkerId,
     addr: SocketAddr,
+    cut: Arc<AtomicBool>,
 }
 
 struct Waiter {
@@ -121,6 +125,15 @@ pub struct Lease {
     pool: Arc<Pool>,
     pub worker: WorkerId,
     pub addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+}
+
+impl Lease {
+    /// Whether baton stopped this worker with the request in flight (after drain_timeout):
+    /// such a request was deliberately cut and is not retried elsewhere.
+    pub fn was_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Lease {
@@ -201,6 +214,7 @@ impl Pool {
             pool: self.clone(),
             worker: g.worker,
             addr: g.addr,
+            cut: g.cut,
         }
     }
 
@@ -219,6 +233,13 @@ impl Pool {
         drop(inner);
         if notify {
             self.changed.notify_waiters();
+        }
+    }
+
+    /// Mark a worker whose in-flight requests baton is about to cut.
+    pub fn mark_cut(&self, id: WorkerId) {
+        if let Some(w) = self.lock().workers.get(&id) {
+            w.cut.store(true, Ordering::SeqCst);
         }
     }
 
@@ -344,6 +365,7 @@ impl Inner {
         Some(Grant {
             worker: id,
             addr: w.addr,
+            cut: w.cut.clone(),
         })
     }
 
@@ -421,6 +443,7 @@ mod tests {
             busy_since: None,
             cpu_percent: 0.0,
             memory_bytes: 0,
+            cut: Arc::default(),
         }
     }
 

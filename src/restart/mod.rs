@@ -85,6 +85,10 @@ enum Event {
         id: WorkerId,
         generation: Generation,
         reason: String,
+        /// How long it had run.
+        lived: Duration,
+        pid: Option<u32>,
+        unit: Option<String>,
     },
     ReplacementDone(Result<WorkerId, worker::SpawnError>),
     RollDone(RollResult),
@@ -165,6 +169,9 @@ impl Handle {
         self.tx.send(cmd).await.is_ok()
     }
 }
+
+/// A worker that dies within this time of its start is treated as a crash loop.
+const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(10);
 
 /// Retry delays for spawns outside a roll: no storm when a proven release fails for a while.
 #[derive(Default)]
@@ -306,16 +313,39 @@ impl Supervisor {
                 id,
                 generation,
                 reason,
+                lived,
+                pid,
+                unit,
             } => {
-                tracing::warn!(
-                    app = %self.ctx.config.name, worker = id.0, generation = generation.0,
-                    "worker {id} {reason}; replacing it"
-                );
+                // A worker that dies soon after it became ready counts as a failed spawn, so a
+                // release that crashes again and again is respawned with backoff, not in a storm.
+                if lived < CRASH_LOOP_WINDOW {
+                    self.backoff.failures += 1;
+                    let message = format!(
+                        "worker {id} {reason} {:.1}s after it started",
+                        lived.as_secs_f64()
+                    );
+                    tracing::error!(
+                        app = %self.ctx.config.name, worker = id.0, generation = generation.0,
+                        pid, unit = unit.as_deref(), message_id = journal::MSG_SPAWN_FAILED,
+                        "{message}; replacing it in {}", humantime::format_duration(self.backoff.delay())
+                    );
+                    self.ctx
+                        .update(|s| s.last_spawn_failure = Some((SystemTime::now(), message)));
+                } else {
+                    self.backoff.failures = 0;
+                    tracing::warn!(
+                        app = %self.ctx.config.name, worker = id.0, generation = generation.0,
+                        pid, unit = unit.as_deref(),
+                        "worker {id} {reason}; replacing it"
+                    );
+                }
             }
             Event::ReplacementDone(result) => {
                 self.pending_replacements = self.pending_replacements.saturating_sub(1);
                 match result {
-                    Ok(_) => self.backoff.failures = 0,
+                    // Backoff is reset only once a worker has lived past CRASH_LOOP_WINDOW.
+                    Ok(_) => {}
                     Err(worker::SpawnError::Cancelled) => {}
                     Err(worker::SpawnError::Failed(f)) => {
                         self.backoff.failures += 1;

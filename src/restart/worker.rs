@@ -91,6 +91,7 @@ pub async fn spawn(
         busy_since: None,
         cpu_percent: 0.0,
         memory_bytes: 0,
+        cut: Default::default(),
     });
     watch_exit(ctx, id, generation, process.clone());
 
@@ -153,6 +154,7 @@ pub async fn adopt(ctx: &Arc<Context>, a: &crate::spawn::Adopted) -> bool {
         busy_since: None,
         cpu_percent: 0.0,
         memory_bytes: 0,
+        cut: Default::default(),
     });
     watch_exit(ctx, a.id, a.generation, a.process.clone());
     let limit = ctx
@@ -190,11 +192,14 @@ fn watch_exit(
     let ctx = ctx.clone();
     tokio::spawn(async move {
         let reason = process.wait_exit().await;
-        if ctx.pool.remove_if_unexpected(id).is_some() {
+        if let Some(w) = ctx.pool.remove_if_unexpected(id) {
             let _ = ctx.events.send(Event::WorkerDied {
                 id,
                 generation,
                 reason: reason.to_string(),
+                lived: w.spawned_at.elapsed(),
+                pid: w.process.pid,
+                unit: w.process.unit.clone(),
             });
         }
     });
@@ -224,6 +229,7 @@ pub async fn drain_and_stop(ctx: &Context, id: WorkerId) {
             "worker {id} still has {} requests in flight after drain_timeout ({}); stopping it anyway",
             w.in_flight, humantime::format_duration(limit)
         );
+        ctx.pool.mark_cut(id);
     }
     stop(ctx, id).await;
 }

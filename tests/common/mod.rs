@@ -37,6 +37,8 @@ pub enum Release {
     Good,
     ExitsAtBoot,
     NeverReady,
+    /// Serves, then crashes half a second later.
+    CrashesAfterReady,
 }
 
 pub struct Baton {
@@ -52,6 +54,18 @@ impl Baton {
     /// Start `baton run` with `workers` demo workers taking `boot` to boot, plus extra config
     /// sections (TOML) appended as given, and wait until all workers are ready.
     pub fn start(workers: usize, boot: &str, extra: &str) -> Baton {
+        Self::start_release(workers, boot, extra, Release::Good, true)
+    }
+
+    /// Like `start`, with the first release of the given kind; waits for all workers to be
+    /// ready only when `wait` is set.
+    pub fn start_release(
+        workers: usize,
+        boot: &str,
+        extra: &str,
+        release: Release,
+        wait: bool,
+    ) -> Baton {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -65,18 +79,28 @@ impl Baton {
             child: Command::new("true").spawn().unwrap(),
             releases: 0,
         };
-        b.deploy(Release::Good);
+        b.deploy(release);
         let has_workers = extra.contains("[workers]");
         let workers_section = if has_workers {
             String::new()
         } else {
             format!("[workers]\ncount = {workers}\nconcurrency = 0\n")
         };
+        // A [listen] section in `extra` gets the address; otherwise one is added here.
+        let (listen_section, extra) = if extra.contains("[listen]\n") {
+            (
+                String::new(),
+                extra.replace("[listen]\n", &format!("[listen]\naddress = \"{addr}\"\n")),
+            )
+        } else {
+            (
+                format!("[listen]\naddress = \"{addr}\"\n"),
+                extra.to_owned(),
+            )
+        };
         let text = format!(
             r#"name = "test"
-[listen]
-address = "{addr}"
-[app]
+{listen_section}[app]
 command = ["{BATON}", "demo-app", "--port", "{{port}}", "--boot-time", "{boot}"]
 directory = "{current}"
 [control]
@@ -95,9 +119,13 @@ socket = "{control}"
             .stderr(std::fs::File::create(b.dir.path().join("baton.log")).unwrap())
             .spawn()
             .unwrap();
-        b.wait_until(Duration::from_secs(30), |s| {
-            s.workers.iter().filter(|w| w.state == "ready").count() == workers
-        });
+        if wait {
+            b.wait_until(Duration::from_secs(30), |s| {
+                s.workers.iter().filter(|w| w.state == "ready").count() == workers
+            });
+        } else {
+            b.wait_until(Duration::from_secs(30), |_| true);
+        }
         b
     }
 
@@ -110,6 +138,7 @@ socket = "{control}"
             Release::Good => {}
             Release::ExitsAtBoot => std::fs::write(rel.join("demo-mode"), "exit").unwrap(),
             Release::NeverReady => std::fs::write(rel.join("demo-mode"), "hang").unwrap(),
+            Release::CrashesAfterReady => std::fs::write(rel.join("demo-mode"), "crash").unwrap(),
         }
         let link = self.dir.path().join("current");
         let tmp = self.dir.path().join("current.tmp");
