@@ -142,11 +142,16 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::CheckConfig { config } => {
             let c = Config::load(&config)?;
+            let (min, max) = (c.workers.min(), c.workers.max());
+            let workers = if min == max {
+                format!("{min} workers")
+            } else {
+                format!("{min} to {max} workers")
+            };
             println!(
-                "{}: OK (app {:?}, {} workers, {} restarts)",
+                "{}: OK (app {:?}, {workers}, {} restarts)",
                 config.display(),
                 c.name.as_str(),
-                c.workers.target(),
                 if c.restart.rolling {
                     "rolling"
                 } else {

@@ -83,8 +83,8 @@ fn read_mode() -> Mode {
     }
 }
 
-/// Run the demo app: serve `/` (hello), `/sleep/MS`, `/hang`, `/crash`, `/echo` (POST), and
-/// `/upgrade` (101, then echo bytes).
+/// Run the demo app: serve `/` (hello), `/sleep/MS`, `/hang`, `/crash`, `/alloc/MB`, `/echo`
+/// (POST), and `/upgrade` (101, then echo bytes).
 pub async fn run_app(port: u16, boot_time: Duration) -> anyhow::Result<()> {
     let mode = read_mode();
     let release = std::env::current_dir()
@@ -145,6 +145,20 @@ async fn app(
         text(
             StatusCode::OK,
             format!("slept {ms} ms in {release} pid {pid}\n"),
+        )
+    } else if let Some(mb) = path.strip_prefix("/alloc/") {
+        // Grow (and keep) this much memory, touched so that it counts in RSS: for memory_limit.
+        let mb: usize = mb.parse().unwrap_or(1);
+        let block = vec![1u8; mb << 20];
+        let total = {
+            static HELD: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+            let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+            held.push(block);
+            held.iter().map(Vec::len).sum::<usize>() >> 20
+        };
+        text(
+            StatusCode::OK,
+            format!("holding {total} MiB in pid {pid}\n"),
         )
     } else if path == "/hang" {
         std::future::pending::<()>().await;

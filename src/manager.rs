@@ -46,12 +46,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let notifier = Arc::new(Notifier::default());
     let control_path = config.control_socket();
     let control = crate::control::bind(&control_path, config.control.group.as_deref())?;
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let (supervisor, handle) = Supervisor::new(
         config.clone(),
         pool.clone(),
         spawner.clone(),
         notifier.clone(),
+        metrics.clone(),
     );
+    if let Some(addr) = config.metrics.address {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on [metrics] address {addr}"))?;
+        tokio::spawn(crate::metrics::serve_tcp(l, handle.clone()));
+    }
     let supervisor = tokio::spawn(supervisor.run());
     tokio::spawn(crate::control::serve(control, handle.clone()));
     tokio::spawn(crate::status::sample_usage(handle.context.clone()));
@@ -66,12 +74,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
 
-    let proxy = Proxy::new(pool.clone(), &config.listen);
+    let proxy = Proxy::new(pool.clone(), &config.listen, metrics);
     let stop_accepting = CancellationToken::new();
     let connections = TaskTracker::new();
     for l in listeners {
-        tracing::info!(app = %app, backend = spawner.name(), "serving {} with {} workers; control socket {}",
-            l.describe(), config.workers.target(), control_path.display());
+        tracing::info!(app = %app, backend = spawner.name(), "serving {} with {}..{} workers; control socket {}",
+            l.describe(), config.workers.min(), config.workers.max(), control_path.display());
         tokio::spawn(
             proxy
                 .clone()

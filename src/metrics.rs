@@ -1,52 +1,222 @@
-//! Prometheus text format, served at `/metrics` on the control socket.
+//! Prometheus metrics: counters the proxy and the supervisor update, rendered with the status
+//! snapshot in the text format at `/metrics` on the control socket (and on `[metrics] address`).
 
 use crate::status::Snapshot;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
-pub fn render(s: &Snapshot) -> String {
-    let mut out = String::new();
-    let app = &s.app;
-    let _ = writeln!(
-        out,
-        "# HELP baton_generation The generation new workers come from."
-    );
-    let _ = writeln!(out, "# TYPE baton_generation gauge");
-    let _ = writeln!(out, "baton_generation{{app=\"{app}\"}} {}", s.generation);
-    let _ = writeln!(
-        out,
-        "# HELP baton_queue Requests waiting for a free worker."
-    );
-    let _ = writeln!(out, "# TYPE baton_queue gauge");
-    let _ = writeln!(out, "baton_queue{{app=\"{app}\"}} {}", s.queue);
-    let _ = writeln!(
-        out,
-        "# HELP baton_resisting 1 while resisting a deployment error."
-    );
-    let _ = writeln!(out, "# TYPE baton_resisting gauge");
-    let _ = writeln!(
-        out,
-        "baton_resisting{{app=\"{app}\"}} {}",
-        u8::from(s.resisting_deployment_error.is_some())
-    );
-    let _ = writeln!(out, "# HELP baton_workers Workers by state.");
-    let _ = writeln!(out, "# TYPE baton_workers gauge");
-    for state in ["spawning", "ready", "draining", "stopping"] {
-        let n = s.workers.iter().filter(|w| w.state == state).count();
-        let _ = writeln!(out, "baton_workers{{app=\"{app}\",state=\"{state}\"}} {n}");
+/// Upper bounds of the request latency histogram, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// How a restart ended, for `baton_restarts_total{outcome=...}`.
+#[derive(Clone, Copy, Debug)]
+pub enum RestartOutcome {
+    Succeeded,
+    Resisted,
+    Failed,
+    Superseded,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    /// Requests answered, by status class 1xx..5xx.
+    by_class: [AtomicU64; 5],
+    buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+    restarts: [AtomicU64; 4],
+}
+
+impl Metrics {
+    /// One request answered with `status` after `took` (time to the response head).
+    pub fn request(&self, status: u16, took: Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].fetch_add(1, Relaxed);
+        let secs = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.latency_count.fetch_add(1, Relaxed);
+        self.latency_sum_us
+            .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
     }
-    let _ = writeln!(
-        out,
-        "# HELP baton_in_flight Requests being served by workers."
-    );
-    let _ = writeln!(out, "# TYPE baton_in_flight gauge");
-    let in_flight: usize = s.workers.iter().map(|w| w.sessions).sum();
-    let _ = writeln!(out, "baton_in_flight{{app=\"{app}\"}} {in_flight}");
-    let _ = writeln!(
-        out,
-        "# HELP baton_processed_total Requests served by the current workers."
-    );
-    let _ = writeln!(out, "# TYPE baton_processed_total counter");
-    let processed: u64 = s.workers.iter().map(|w| w.processed).sum();
-    let _ = writeln!(out, "baton_processed_total{{app=\"{app}\"}} {processed}");
-    out
+
+    pub fn restart(&self, outcome: RestartOutcome) {
+        self.restarts[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// The whole exposition: these counters plus the gauges of `s`.
+    pub fn render(&self, s: &Snapshot) -> String {
+        let mut out = String::new();
+        let app = &s.app;
+        let mut gauge = |name: &str, help: &str, lines: Vec<(String, String)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (labels, value) in lines {
+                let _ = writeln!(out, "{name}{{app=\"{app}\"{labels}}} {value}");
+            }
+        };
+        gauge(
+            "baton_generation",
+            "The generation new workers come from.",
+            vec![(String::new(), s.generation.to_string())],
+        );
+        gauge(
+            "baton_queue",
+            "Requests waiting for a free worker.",
+            vec![(String::new(), s.queue.to_string())],
+        );
+        gauge(
+            "baton_resisting",
+            "1 while resisting a deployment error.",
+            vec![(
+                String::new(),
+                u8::from(s.resisting_deployment_error.is_some()).to_string(),
+            )],
+        );
+        gauge(
+            "baton_rolling",
+            "1 while a restart is in progress.",
+            vec![(
+                String::new(),
+                u8::from(s.rolling_restart.is_some()).to_string(),
+            )],
+        );
+        let mut by_state = Vec::new();
+        let mut gens: Vec<u64> = s.workers.iter().map(|w| w.generation).collect();
+        gens.sort_unstable();
+        gens.dedup();
+        for state in ["spawning", "ready", "draining", "stopping"] {
+            for g in &gens {
+                let n = s
+                    .workers
+                    .iter()
+                    .filter(|w| w.state == state && w.generation == *g)
+                    .count();
+                if n > 0 {
+                    by_state.push((
+                        format!(",state=\"{state}\",generation=\"{g}\""),
+                        n.to_string(),
+                    ));
+                }
+            }
+        }
+        gauge(
+            "baton_workers",
+            "Workers by state and generation.",
+            by_state,
+        );
+        let in_flight: usize = s.workers.iter().map(|w| w.sessions).sum();
+        gauge(
+            "baton_in_flight",
+            "Requests being served by workers.",
+            vec![(String::new(), in_flight.to_string())],
+        );
+        let drain_age = s
+            .workers
+            .iter()
+            .filter(|w| w.state == "draining")
+            .filter_map(|w| w.oldest_request_s)
+            .max()
+            .unwrap_or(0);
+        gauge(
+            "baton_drain_oldest_request_seconds",
+            "Age of the oldest request a draining worker still serves.",
+            vec![(String::new(), drain_age.to_string())],
+        );
+
+        let _ = writeln!(
+            out,
+            "# HELP baton_requests_total Requests answered, by status class.\n# TYPE baton_requests_total counter"
+        );
+        for (i, c) in self.by_class.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "baton_requests_total{{app=\"{app}\",class=\"{}xx\"}} {}",
+                i + 1,
+                c.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP baton_request_duration_seconds Time to the response head.\n# TYPE baton_request_duration_seconds histogram"
+        );
+        let mut cumulative = 0;
+        for (b, c) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += c.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "baton_request_duration_seconds_bucket{{app=\"{app}\",le=\"{b}\"}} {cumulative}"
+            );
+        }
+        let count = self.latency_count.load(Relaxed);
+        let _ = writeln!(
+            out,
+            "baton_request_duration_seconds_bucket{{app=\"{app}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "baton_request_duration_seconds_sum{{app=\"{app}\"}} {}",
+            self.latency_sum_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "baton_request_duration_seconds_count{{app=\"{app}\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP baton_restarts_total Restarts, by outcome.\n# TYPE baton_restarts_total counter"
+        );
+        for (name, i) in [
+            ("succeeded", 0),
+            ("resisted", 1),
+            ("failed", 2),
+            ("superseded", 3),
+        ] {
+            let _ = writeln!(
+                out,
+                "baton_restarts_total{{app=\"{app}\",outcome=\"{name}\"}} {}",
+                self.restarts[i].load(Relaxed)
+            );
+        }
+        out
+    }
+}
+
+/// Serve `GET /metrics` on a TCP address (`[metrics] address`).
+pub async fn serve_tcp(listener: tokio::net::TcpListener, handle: crate::restart::Handle) {
+    use hyper::service::service_fn;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let handle = handle.clone();
+                async move {
+                    let (status, body) = if req.uri().path() == "/metrics" {
+                        let snap = crate::control::snapshot(&handle);
+                        (200, handle.context.metrics.render(&snap))
+                    } else {
+                        (404, "try /metrics\n".to_owned())
+                    };
+                    let mut r =
+                        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+                    r.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
 }

@@ -35,10 +35,15 @@ pub struct Proxy {
     max_header_size: usize,
     /// One permit per open client connection (`[listen] max_connections`).
     connections: Arc<tokio::sync::Semaphore>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Proxy {
-    pub fn new(pool: Arc<Pool>, listen: &crate::config::ListenConfig) -> Arc<Proxy> {
+    pub fn new(
+        pool: Arc<Pool>,
+        listen: &crate::config::ListenConfig,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Proxy> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -52,6 +57,7 @@ impl Proxy {
             header_timeout: listen.header_timeout.get(),
             max_header_size: usize::try_from(listen.max_header_size.0).unwrap_or(usize::MAX),
             connections: Arc::new(tokio::sync::Semaphore::new(listen.max_connections.get())),
+            metrics,
         })
     }
 
@@ -137,10 +143,14 @@ impl Proxy {
         req: Request<Incoming>,
         peer: Option<SocketAddr>,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        Ok(match self.forward(req, peer).await {
+        let started = std::time::Instant::now();
+        let resp = match self.forward(req, peer).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
-        })
+        };
+        self.metrics
+            .request(resp.status().as_u16(), started.elapsed());
+        Ok(resp)
     }
 
     async fn forward(

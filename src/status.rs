@@ -55,6 +55,9 @@ pub struct WorkerJson {
     pub last_used_s: Option<u64>,
     pub unit: Option<String>,
     pub address: String,
+    /// Age of its oldest request in flight.
+    #[serde(default)]
+    pub oldest_request_s: Option<u64>,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -108,6 +111,7 @@ impl Snapshot {
                     last_used_s: w.last_used.map(|d| d.as_secs()),
                     unit: w.unit.clone(),
                     address: w.addr.to_string(),
+                    oldest_request_s: w.busy_for.map(|d| d.as_secs()),
                 })
                 .collect(),
             status_line: status_line(state, workers, target),

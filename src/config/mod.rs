@@ -209,14 +209,39 @@ impl Default for WorkersConfig {
 pub const DEFAULT_WORKER_COUNT: usize = 2;
 
 impl WorkersConfig {
-    /// The number of workers the pool keeps running.
-    pub fn target(&self) -> usize {
+    /// Workers always kept running (idle cleaning stops here).
+    pub fn min(&self) -> usize {
         match (self.count, self.min, self.max) {
             (Some(c), _, _) => c.get(),
-            (None, Some(min), _) => min.max(1),
-            (None, None, Some(max)) => max.get().min(DEFAULT_WORKER_COUNT),
+            (None, Some(min), _) => min,
+            (None, None, Some(_)) => 1,
             (None, None, None) => DEFAULT_WORKER_COUNT,
         }
+    }
+
+    /// Workers at most, spawning on demand when requests queue.
+    pub fn max(&self) -> usize {
+        match (self.count, self.min, self.max) {
+            (Some(c), _, _) => c.get(),
+            (None, _, Some(max)) => max.get(),
+            (None, Some(min), None) => min.max(DEFAULT_WORKER_COUNT),
+            (None, None, None) => DEFAULT_WORKER_COUNT,
+        }
+    }
+
+    /// The request count after which a worker is recycled: `max_requests` plus up to 10 %,
+    /// different per worker, so that workers started together do not all recycle together.
+    pub fn request_limit(&self, worker: u64) -> Option<u64> {
+        if self.max_requests == 0 {
+            return None;
+        }
+        let spread = self.max_requests / 10 + 1;
+        // A fixed mix of the id (splitmix64): spread evenly, no random source needed.
+        let mut z = worker.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        Some(self.max_requests + z % spread)
     }
 }
 
@@ -514,7 +539,8 @@ mod tests {
     #[test]
     fn minimal_config_gets_defaults() {
         let c = Config::parse(MINIMAL, Path::new("a.toml")).unwrap();
-        assert_eq!(c.workers.target(), DEFAULT_WORKER_COUNT);
+        assert_eq!(c.workers.min(), DEFAULT_WORKER_COUNT);
+        assert_eq!(c.workers.max(), DEFAULT_WORKER_COUNT);
         assert!(c.restart.rolling);
         assert_eq!(c.restart.max_surge.get(), 1);
         assert_eq!(

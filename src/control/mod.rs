@@ -94,12 +94,13 @@ pub async fn serve(listener: UnixListener, handle: Handle) {
 
 pub fn snapshot(handle: &Handle) -> Snapshot {
     let ctx = &handle.context;
+    let workers = ctx.pool.workers();
     Snapshot::new(
         ctx.config.name.as_str(),
         ctx.spawner.name(),
-        ctx.target(),
+        ctx.desired(&workers),
         &ctx.state(),
-        &ctx.pool.workers(),
+        &workers,
         ctx.pool.queue_len(),
     )
 }
@@ -132,7 +133,10 @@ async fn route(req: Request<Incoming>, handle: Handle) -> Result<Response<Body>,
         (&Method::GET, "/status") => json(StatusCode::OK, &snapshot(&handle)),
         (&Method::GET, "/metrics") => {
             let mut r = Response::new(
-                Full::new(Bytes::from(crate::metrics::render(&snapshot(&handle)))).boxed(),
+                Full::new(Bytes::from(
+                    handle.context.metrics.render(&snapshot(&handle)),
+                ))
+                .boxed(),
             );
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

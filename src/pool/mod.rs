@@ -117,6 +117,8 @@ pub struct Pool {
     inner: Mutex<Inner>,
     /// Woken whenever a worker's state or load changes in a way a waiter may care about.
     changed: Notify,
+    /// Woken when a request starts waiting for a worker (on-demand spawning).
+    demand: Notify,
     limits: Limits,
 }
 
@@ -164,6 +166,7 @@ impl Pool {
         Arc::new(Pool {
             inner: Mutex::new(Inner::default()),
             changed: Notify::new(),
+            demand: Notify::new(),
             limits,
         })
     }
@@ -193,6 +196,7 @@ impl Pool {
             }
             let (tx, rx) = oneshot::channel();
             inner.waiters.push_back(Waiter { tx, exclude });
+            self.demand.notify_one();
             rx
         };
         let mut queued = QueuedRequest {
@@ -241,6 +245,11 @@ impl Pool {
         if let Some(w) = self.lock().workers.get(&id) {
             w.cut.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// Resolves when a request has started waiting for a worker.
+    pub async fn demand(&self) {
+        self.demand.notified().await
     }
 
     /// Requests waiting for a worker.

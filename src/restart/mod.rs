@@ -13,6 +13,7 @@ pub use roll::RestartMode;
 
 use crate::config::Config;
 use crate::journal;
+use crate::metrics::RestartOutcome;
 use crate::notify::Notifier;
 use crate::pool::{Pool, WorkerState};
 use crate::spawn::{Generation, Spawner, WorkerId};
@@ -91,6 +92,7 @@ enum Event {
         unit: Option<String>,
     },
     ReplacementDone(Result<WorkerId, worker::SpawnError>),
+    RecycleDone(Result<WorkerId, worker::SpawnError>),
     RollDone(RollResult),
 }
 
@@ -100,6 +102,7 @@ pub struct Context {
     pub pool: Arc<Pool>,
     pub spawner: Arc<dyn Spawner>,
     pub notifier: Arc<Notifier>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     state: Mutex<RestartState>,
     next_worker: AtomicU64,
     /// Each generation's pinned release directory.
@@ -123,14 +126,20 @@ impl Context {
 
     /// Tell systemd the one-line state.
     pub fn publish(&self) {
-        let line =
-            crate::status::status_line(&self.lock_state(), &self.pool.workers(), self.target());
+        let workers = self.pool.workers();
+        let line = crate::status::status_line(&self.lock_state(), &workers, self.desired(&workers));
         self.notifier.status(&line);
     }
 
-    /// Workers the pool keeps.
-    pub fn target(&self) -> usize {
-        self.config.workers.target()
+    /// Workers the pool should have now: at least `min`, as many as are alive when on-demand
+    /// spawning went beyond it, at most `max`.
+    pub fn desired(&self, workers: &[crate::pool::WorkerView]) -> usize {
+        let alive = workers
+            .iter()
+            .filter(|w| matches!(w.state, WorkerState::Spawning | WorkerState::Ready))
+            .count();
+        let w = &self.config.workers;
+        alive.clamp(w.min(), w.max().max(w.min()))
     }
 
     fn next_worker_id(&self) -> WorkerId {
@@ -190,6 +199,8 @@ impl Backoff {
 
 struct ActiveRoll {
     cancel: CancellationToken,
+    /// Workers of the new generation the roll ends with.
+    total: usize,
     generation: Generation,
     mode: RestartMode,
     waiters: Vec<oneshot::Sender<Outcome>>,
@@ -205,6 +216,8 @@ pub struct Supervisor {
     next_restart: Option<(Option<RestartMode>, Vec<oneshot::Sender<Outcome>>)>,
     replacements: CancellationToken,
     pending_replacements: usize,
+    /// The worker being recycled, if any (one at a time).
+    recycling: Option<WorkerId>,
     backoff: Backoff,
     highest_generation: Generation,
     shutting_down: bool,
@@ -216,6 +229,7 @@ impl Supervisor {
         pool: Arc<Pool>,
         spawner: Arc<dyn Spawner>,
         notifier: Arc<Notifier>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> (Supervisor, Handle) {
         let (tx, commands) = mpsc::channel(16);
         let (etx, events) = mpsc::unbounded_channel();
@@ -224,6 +238,7 @@ impl Supervisor {
             pool,
             spawner,
             notifier,
+            metrics,
             state: Mutex::new(RestartState::default()),
             next_worker: AtomicU64::new(1),
             directories: Mutex::new(BTreeMap::new()),
@@ -237,6 +252,7 @@ impl Supervisor {
             next_restart: None,
             replacements: CancellationToken::new(),
             pending_replacements: 0,
+            recycling: None,
             backoff: Backoff::default(),
             highest_generation: Generation(0),
             shutting_down: false,
@@ -257,6 +273,9 @@ impl Supervisor {
         self.reconcile();
         self.check_started();
         self.ctx.publish();
+        let pool = self.ctx.pool.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 Some(cmd) = self.commands.recv() => {
@@ -267,6 +286,9 @@ impl Supervisor {
                     }
                 }
                 Some(ev) = self.events.recv() => self.event(ev),
+                // A request started waiting: maybe spawn on demand (reconcile below).
+                _ = pool.demand() => {}
+                _ = tick.tick() => self.lifecycle(),
                 else => return,
             }
             self.reconcile();
@@ -361,6 +383,16 @@ impl Supervisor {
                     }
                 }
             }
+            Event::RecycleDone(result) => {
+                self.recycling = None;
+                if let Err(worker::SpawnError::Failed(f)) = result {
+                    tracing::error!(
+                        app = %self.ctx.config.name, worker = f.worker.0,
+                        message_id = journal::MSG_SPAWN_FAILED,
+                        "could not recycle: {f}; the old worker keeps serving"
+                    );
+                }
+            }
             Event::RollDone(result) => self.finish_roll(result),
         }
     }
@@ -377,7 +409,7 @@ impl Supervisor {
         self.replacements = CancellationToken::new();
         self.highest_generation = Generation(self.highest_generation.0 + 1);
         let generation = self.highest_generation;
-        let total = self.ctx.target();
+        let total = self.ctx.desired(&self.ctx.pool.workers());
         tracing::info!(
             app = %self.ctx.config.name, generation = generation.0,
             message_id = journal::MSG_ROLL_STARTED,
@@ -397,11 +429,12 @@ impl Supervisor {
         let ctx = self.ctx.clone();
         let token = cancel.clone();
         tokio::spawn(async move {
-            let result = roll::run(&ctx, generation, mode, &token).await;
+            let result = roll::run(&ctx, generation, mode, total, &token).await;
             let _ = ctx.events.send(Event::RollDone(result));
         });
         self.roll = Some(ActiveRoll {
             cancel,
+            total,
             generation,
             mode,
             waiters,
@@ -416,6 +449,7 @@ impl Supervisor {
         let took = roll.started.elapsed();
         let outcome = match result {
             RollResult::Cancelled => {
+                self.ctx.metrics.restart(RestartOutcome::Superseded);
                 let (mode, mut waiters) = self.next_restart.take().unwrap_or((None, Vec::new()));
                 waiters.extend(roll.waiters);
                 self.ctx.update(|s| s.rolling = None);
@@ -428,6 +462,7 @@ impl Supervisor {
                 return;
             }
             RollResult::Done => {
+                self.ctx.metrics.restart(RestartOutcome::Succeeded);
                 self.ctx.update(|s| {
                     s.rolling = None;
                     s.generation = generation;
@@ -435,7 +470,7 @@ impl Supervisor {
                 let message = format!(
                     "{} restart to generation {generation} finished: {} workers replaced in {:.1}s",
                     roll.mode.as_str(),
-                    self.ctx.target(),
+                    roll.total,
                     took.as_secs_f64()
                 );
                 tracing::info!(app = %app, generation = generation.0, message_id = journal::MSG_ROLL_FINISHED, "{message}");
@@ -447,6 +482,7 @@ impl Supervisor {
                 }
             }
             RollResult::Resisting(failure) => {
+                self.ctx.metrics.restart(RestartOutcome::Resisted);
                 let reason = failure.to_string();
                 tracing::error!(
                     app = %app, generation = generation.0, worker = failure.worker.0,
@@ -477,6 +513,7 @@ impl Supervisor {
                 }
             }
             RollResult::Failed { message, output } => {
+                self.ctx.metrics.restart(RestartOutcome::Failed);
                 self.ctx.update(|s| {
                     s.rolling = None;
                     s.generation = generation;
@@ -511,8 +548,9 @@ impl Supervisor {
         was.is_some()
     }
 
-    /// Keep the pool at its size when no roll is running: replace what died, from the
-    /// current generation, with backoff after failures.
+    /// Outside a roll, keep at least `min` ready workers (replacing what died) and spawn on
+    /// demand, one per queued request, up to `max`; from the current generation (in resistance
+    /// mode that is the old, pinned one), with backoff after failures.
     fn reconcile(&mut self) {
         if self.shutting_down || self.roll.is_some() {
             return;
@@ -524,10 +562,11 @@ impl Supervisor {
             .iter()
             .filter(|w| w.state == WorkerState::Ready)
             .count();
-        let missing = self
-            .ctx
-            .target()
-            .saturating_sub(ready + self.pending_replacements);
+        let w = &self.ctx.config.workers;
+        let (min, max) = (w.min(), w.max().max(w.min()));
+        let queued = self.ctx.pool.queue_len();
+        let wanted = min.max((ready + queued).min(max));
+        let missing = wanted.saturating_sub(ready + self.pending_replacements);
         let generation = self.ctx.state().generation;
         for _ in 0..missing {
             self.pending_replacements += 1;
@@ -544,6 +583,84 @@ impl Supervisor {
         }
     }
 
+    /// Between restarts: stop workers idle beyond `idle_timeout` (down to `min`, never while
+    /// resisting), and recycle one worker at a time that passed `max_requests` or
+    /// `memory_limit`: its replacement first, then drain it.
+    fn lifecycle(&mut self) {
+        if self.shutting_down || self.roll.is_some() {
+            return;
+        }
+        let workers = self.ctx.pool.workers();
+        let w = &self.ctx.config.workers;
+        let ready: Vec<_> = workers
+            .iter()
+            .filter(|v| v.state == WorkerState::Ready)
+            .collect();
+        let resisting = self.ctx.lock_state().resisting.is_some();
+        if !resisting && self.recycling.is_none() {
+            let idle_limit = w.idle_timeout.get();
+            let mut surplus = ready.len().saturating_sub(w.min());
+            for v in ready.iter().filter(|v| v.in_flight == 0) {
+                if surplus == 0 {
+                    break;
+                }
+                let idle = v.last_used.unwrap_or(v.uptime);
+                if idle >= idle_limit {
+                    surplus -= 1;
+                    // Draining at once keeps the next tick from counting it as ready.
+                    self.ctx.pool.set_state(v.id, WorkerState::Draining);
+                    tracing::info!(
+                        app = %self.ctx.config.name, worker = v.id.0, generation = v.generation.0,
+                        pid = v.pid, unit = v.unit.as_deref(),
+                        "worker {} idle for {}; stopping it", v.id, humantime::format_duration(Duration::from_secs(idle.as_secs()))
+                    );
+                    let ctx = self.ctx.clone();
+                    let id = v.id;
+                    tokio::spawn(async move { worker::drain_and_stop(&ctx, id).await });
+                }
+            }
+        }
+        if self.recycling.is_some() {
+            return;
+        }
+        let memory_limit = w.memory_limit.0;
+        let candidate = ready.iter().find_map(|v| {
+            if let Some(limit) = w.request_limit(v.id.0)
+                && v.processed >= limit
+            {
+                return Some((v, format!("served {} requests (max_requests)", v.processed)));
+            }
+            if memory_limit > 0 && v.memory_bytes > memory_limit {
+                return Some((
+                    v,
+                    format!(
+                        "uses {} MiB (memory_limit {} MiB)",
+                        v.memory_bytes >> 20,
+                        memory_limit >> 20
+                    ),
+                ));
+            }
+            None
+        });
+        let Some((old, why)) = candidate else { return };
+        tracing::info!(
+            app = %self.ctx.config.name, worker = old.id.0, generation = old.generation.0,
+            pid = old.pid, unit = old.unit.as_deref(),
+            "recycling worker {}: it {why}", old.id
+        );
+        let ctx = self.ctx.clone();
+        let cancel = self.replacements.child_token();
+        let (old_id, generation) = (old.id, self.ctx.state().generation);
+        self.recycling = Some(old_id);
+        tokio::spawn(async move {
+            let result = worker::spawn(&ctx, generation, &cancel).await;
+            if result.is_ok() {
+                worker::drain_and_stop(&ctx, old_id).await;
+            }
+            let _ = ctx.events.send(Event::RecycleDone(result));
+        });
+    }
+
     /// READY=1 once the first generation is complete.
     fn check_started(&mut self) {
         if self.ctx.lock_state().started {
@@ -556,7 +673,7 @@ impl Supervisor {
             .iter()
             .filter(|w| w.state == WorkerState::Ready)
             .count();
-        if ready >= self.ctx.target() {
+        if ready >= self.ctx.config.workers.min() {
             self.ctx.lock_state().started = true;
             tracing::info!(app = %self.ctx.config.name, "{ready} workers ready");
             self.ctx.notifier.ready();
@@ -571,7 +688,7 @@ impl Supervisor {
         }
         // Newest generation first: those are the ones to keep when there are too many.
         found.sort_by_key(|a| std::cmp::Reverse((a.generation, a.id)));
-        let target = self.ctx.target();
+        let target = self.ctx.config.workers.max();
         let mut kept = 0;
         let mut newest = None;
         for a in found {

@@ -45,6 +45,7 @@ pub async fn run(
     ctx: &Arc<Context>,
     generation: Generation,
     mode: RestartMode,
+    target: usize,
     cancel: &CancellationToken,
 ) -> RollResult {
     if let Err(reason) = ctx.pin_generation(generation) {
@@ -62,8 +63,8 @@ pub async fn run(
         };
     }
     match mode {
-        RestartMode::Rolling => rolling(ctx, generation, cancel).await,
-        RestartMode::Blocking => blocking(ctx, generation, cancel).await,
+        RestartMode::Rolling => rolling(ctx, generation, target, cancel).await,
+        RestartMode::Blocking => blocking(ctx, generation, target, cancel).await,
     }
 }
 
@@ -89,9 +90,9 @@ fn is_alive(w: &WorkerView) -> bool {
 async fn rolling(
     ctx: &Arc<Context>,
     generation: Generation,
+    target: usize,
     cancel: &CancellationToken,
 ) -> RollResult {
-    let target = ctx.target();
     let surge = ctx.config.restart.max_surge.get();
     let resist = ctx.config.restart.resist_deployment_errors;
     // Old workers kept because their replacement failed (only without resistance).
@@ -184,9 +185,9 @@ async fn rolling(
 async fn blocking(
     ctx: &Arc<Context>,
     generation: Generation,
+    target: usize,
     cancel: &CancellationToken,
 ) -> RollResult {
-    let target = ctx.target();
     let old: Vec<WorkerId> = ctx.pool.workers().iter().map(|w| w.id).collect();
     progress(ctx, generation, format!("stopping {} workers", old.len()));
     // Mark them all first so that no request goes to any of them meanwhile: requests queue.
