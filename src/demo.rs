@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -72,13 +73,20 @@ enum Mode {
     Hang,
     /// Serve, then crash half a second later, as a release with a fatal bug on first use would.
     CrashAfterReady,
+    /// Leave the port to a stray process of another process group (which serves it for 20 s)
+    /// and never listen: what answers on the port is not the worker.
+    StrayOnPort,
 }
 
 fn read_mode() -> Mode {
-    match std::fs::read_to_string("demo-mode").map(|s| s.trim().to_owned()) {
+    let mode = std::env::var("BATON_DEMO_MODE")
+        .or_else(|_| std::fs::read_to_string("demo-mode"))
+        .map(|s| s.trim().to_owned());
+    match mode {
         Ok(m) if m == "exit" => Mode::Exit,
         Ok(m) if m == "hang" => Mode::Hang,
         Ok(m) if m == "crash" => Mode::CrashAfterReady,
+        Ok(m) if m == "stray" => Mode::StrayOnPort,
         _ => Mode::Serve,
     }
 }
@@ -108,7 +116,26 @@ pub async fn run_app(port: u16, boot_time: Duration) -> anyhow::Result<()> {
                 std::process::exit(2);
             });
         }
+        Mode::StrayOnPort => {
+            let exe = std::env::current_exe()?;
+            std::process::Command::new(exe)
+                .args(["demo-app", "--port", &port.to_string(), "--boot-time", "0s"])
+                .env("BATON_DEMO_MODE", "serve")
+                .env("BATON_DEMO_EXIT_AFTER", "20s")
+                .process_group(0)
+                .spawn()?;
+            std::future::pending::<()>().await;
+        }
         Mode::Serve => {}
+    }
+    if let Some(after) = std::env::var("BATON_DEMO_EXIT_AFTER")
+        .ok()
+        .and_then(|v| v.parse::<crate::config::Duration>().ok())
+    {
+        tokio::spawn(async move {
+            tokio::time::sleep(after.get()).await;
+            std::process::exit(0);
+        });
     }
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     eprintln!("demo-app: release {release:?} listening on 127.0.0.1:{port}");

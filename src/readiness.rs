@@ -16,12 +16,26 @@ use tokio::net::TcpStream;
 pub enum NotReady {
     Exited(ExitReason),
     Timeout(Duration),
+    /// Another process listens on the worker's port.
+    PortTaken {
+        port: u16,
+        owner: u32,
+    },
 }
 
 impl std::fmt::Display for NotReady {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NotReady::Exited(r) => write!(f, "{r} before it was ready"),
+            NotReady::PortTaken { port, owner } => {
+                let name = std::fs::read_to_string(format!("/proc/{owner}/comm"))
+                    .map(|s| s.trim().to_owned())
+                    .unwrap_or_default();
+                write!(
+                    f,
+                    "could not have its port {port}: process {owner} ({name}) already listens there"
+                )
+            }
             NotReady::Timeout(t) => write!(
                 f,
                 "was not ready within {} (readiness.timeout)",
@@ -83,4 +97,68 @@ async fn probe_once(addr: SocketAddr, http_path: Option<&str>) -> bool {
         tokio::time::timeout(Duration::from_secs(2), attempt).await,
         Ok(Some(true))
     )
+}
+
+/// Which process holds the listening TCP socket on 127.0.0.1:`port` (or the wildcard address),
+/// from /proc. `None` when it cannot be told (no such listener, or /proc unreadable).
+pub fn port_owner(port: u16) -> Option<u32> {
+    let inode = listening_inode(port)?;
+    let needle = format!("socket:[{inode}]");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == needle.as_str()) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+fn listening_inode(port: u16) -> Option<u64> {
+    const LISTEN: &str = "0A";
+    let wanted = format!("{port:04X}");
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let Some((addr, p)) = local.rsplit_once(':') else {
+                continue;
+            };
+            // 127.0.0.1 is 0100007F in the table's byte order; the wildcard is all zeros.
+            let ours = addr == "0100007F" || addr.chars().all(|c| c == '0');
+            if *state == LISTEN && p == wanted && ours {
+                return inode.parse().ok();
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_process_that_listens_on_a_port() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(port_owner(port), Some(std::process::id()));
+        drop(l);
+        assert_eq!(port_owner(port), None);
+    }
 }

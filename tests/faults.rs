@@ -209,3 +209,26 @@ fn the_control_socket_is_for_root_only_and_status_hides_the_environment() {
         assert!(stderr.contains("Permission denied"), "{stderr}");
     }
 }
+
+#[test]
+fn a_stray_process_on_a_workers_port_is_not_taken_for_the_worker() {
+    let _serial = serial();
+    let mut baton = Baton::start(2, "200ms", "[readiness]\ntimeout = \"3s\"\n");
+    baton.deploy(Release::StrayOnPort);
+    let load = Load::start(baton.addr, 4, "/", Duration::from_secs(10));
+    let out = baton.cli(&["restart", "--wait"]);
+    let report = load.stop();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("could not have its port ") && stderr.contains("already listens there"),
+        "{stderr}"
+    );
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    // Every answer came from the real workers of the old release, never from the stray.
+    for _ in 0..5 {
+        let (status, body) = get(&baton.url("/"));
+        assert_eq!(status, 200);
+        assert!(body.contains("release r1"), "{body}");
+    }
+}

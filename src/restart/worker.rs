@@ -104,6 +104,16 @@ pub async fn spawn(
             ctx.config.readiness.timeout.get(),
         ) => Some(r),
     };
+    // What answers must be the worker, not a stray that holds its port.
+    let ready = match ready {
+        Some(Ok(())) => match readiness::port_owner(port) {
+            Some(owner) if !ctx.spawner.owns(&process, owner) => {
+                Some(Err(readiness::NotReady::PortTaken { port, owner }))
+            }
+            _ => Some(Ok(())),
+        },
+        other => other,
+    };
     match ready {
         Some(Ok(())) => {
             ctx.pool.set_state(id, WorkerState::Ready);

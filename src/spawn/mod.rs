@@ -171,6 +171,15 @@ pub trait Spawner: Send + Sync + 'static {
         worker.pid.and_then(proc_usage)
     }
 
+    /// Whether process `pid` belongs to the worker (the worker itself or a process it started),
+    /// to make sure that what answers on the worker's port is the worker and not a stray.
+    fn owns(&self, worker: &StartedWorker, pid: u32) -> bool {
+        // The process backend starts each worker as the leader of its own process group.
+        worker
+            .pid
+            .is_some_and(|leader| pid == leader || process_group(pid) == Some(leader))
+    }
+
     /// Workers a previous baton left running (systemd units survive a restart of baton).
     async fn adopt(&self) -> Vec<Adopted> {
         Vec::new()
@@ -220,6 +229,21 @@ fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if p > 0 { p as u64 } else { 4096 }
+}
+
+/// The process group of `pid`, from /proc.
+pub fn process_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// The cgroup of `pid` (the cgroup v2 line of /proc/PID/cgroup).
+pub fn cgroup_of(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
 }
 
 /// A free loopback port for a new worker.

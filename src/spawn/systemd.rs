@@ -582,6 +582,14 @@ impl Spawner for SystemdSpawner {
         adopted
     }
 
+    fn owns(&self, worker: &StartedWorker, pid: u32) -> bool {
+        // Everything the unit runs is in the unit's cgroup.
+        match (&worker.unit, super::cgroup_of(pid)) {
+            (Some(unit), Some(cgroup)) => cgroup.ends_with(&format!("/{unit}")),
+            _ => worker.pid == Some(pid),
+        }
+    }
+
     fn workers_outlive_manager(&self) -> bool {
         self.own_unit.is_some()
     }

@@ -39,6 +39,8 @@ pub enum Release {
     NeverReady,
     /// Serves, then crashes half a second later.
     CrashesAfterReady,
+    /// Hands its port to a stray process in another process group.
+    StrayOnPort,
 }
 
 pub struct Baton {
@@ -139,6 +141,7 @@ socket = "{control}"
             Release::ExitsAtBoot => std::fs::write(rel.join("demo-mode"), "exit").unwrap(),
             Release::NeverReady => std::fs::write(rel.join("demo-mode"), "hang").unwrap(),
             Release::CrashesAfterReady => std::fs::write(rel.join("demo-mode"), "crash").unwrap(),
+            Release::StrayOnPort => std::fs::write(rel.join("demo-mode"), "stray").unwrap(),
         }
         let link = self.dir.path().join("current");
         let tmp = self.dir.path().join("current.tmp");
