@@ -187,6 +187,10 @@ http_path = "/"
 timeout = "8s"
 [spawner]
 backend = "systemd"
+memory_max = "512MiB"
+cpu_quota = "150%"
+no_new_privileges = true
+protect_system = "full"
 # listen address for runs outside systemd; under systemd the socket unit's {port} is used
 [listen]
 address = "127.0.0.1:{port}"
@@ -248,6 +252,13 @@ fn baton_under_systemd_from_its_deb() {
         &tmp.path().join("listen.conf"),
         &format!("/etc/systemd/system/baton@{APP}.socket.d/listen.conf"),
     );
+    // A watchdog that kills baton unless it pings (WATCHDOG=1) every 3 s, all test long.
+    std::fs::write(tmp.path().join("watchdog.conf"), "[Service]\nWatchdogSec=3s\n").unwrap();
+    c.sh(&format!("mkdir -p /etc/systemd/system/baton@{APP}.service.d"));
+    c.copy_in(
+        &tmp.path().join("watchdog.conf"),
+        &format!("/etc/systemd/system/baton@{APP}.service.d/watchdog.conf"),
+    );
     deploy(&c, "r1", None);
     c.sh("systemctl daemon-reload");
     c.sh(&format!("systemctl start baton@{APP}.socket"));
@@ -268,6 +279,18 @@ fn baton_under_systemd_from_its_deb() {
     let first = c.worker_units();
     assert_eq!(first.len(), WORKERS, "{first:?}");
     for u in &first {
+        let props = c.sh(&format!(
+            "systemctl show -p MemoryMax -p CPUQuotaPerSecUSec -p NoNewPrivileges -p ProtectSystem -p Slice -p CollectMode {u}"
+        ));
+        for want in [
+            "MemoryMax=536870912",
+            "CPUQuotaPerSecUSec=1.500000s",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=full",
+            "CollectMode=inactive-or-failed",
+        ] {
+            assert!(props.contains(want), "{u}: {want} not in\n{props}");
+        }
         let cgroup = c.sh(&format!("systemctl show -p ControlGroup --value {u}"));
         assert_eq!(cgroup.trim(), format!("/baton.slice/baton-{APP}.slice/{u}"));
         assert!(
@@ -433,6 +456,14 @@ fn baton_under_systemd_from_its_deb() {
         c.sh(&format!("systemctl is-active {unit}")).trim(),
         "active"
     );
+
+    // The watchdog never fired: baton pinged it all along.
+    assert!(
+        !c.journal(&unit).contains("Watchdog timeout"),
+        "{}",
+        c.journal(&unit)
+    );
+    assert_eq!(c.sh(&format!("systemctl show -p NRestarts --value {unit}")).trim(), "0");
 
     // 5. Stop: no worker unit left.
     c.sh(&format!("systemctl stop baton@{APP}.socket {unit}"));
