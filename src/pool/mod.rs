@@ -59,6 +59,32 @@ pub struct Worker {
     pub cut: Arc<AtomicBool>,
 }
 
+impl Worker {
+    /// A worker just started (state `Spawning`), with no history.
+    pub fn new(
+        id: WorkerId,
+        generation: Generation,
+        addr: SocketAddr,
+        process: StartedWorker,
+    ) -> Worker {
+        Worker {
+            id,
+            generation,
+            state: WorkerState::Spawning,
+            addr,
+            process,
+            in_flight: 0,
+            processed: 0,
+            spawned_at: Instant::now(),
+            last_used: None,
+            busy_since: None,
+            cpu_percent: 0.0,
+            memory_bytes: 0,
+            cut: Arc::default(),
+        }
+    }
+}
+
 /// A copy of one worker's figures, taken under the lock.
 #[derive(Clone, Debug)]
 pub struct WorkerView {
@@ -252,6 +278,15 @@ impl Pool {
         self.demand.notified().await
     }
 
+    /// Workers that take requests now.
+    pub fn ready_count(&self) -> usize {
+        self.lock()
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Ready)
+            .count()
+    }
+
     /// Requests waiting for a worker.
     pub fn queue_len(&self) -> usize {
         let mut inner = self.lock();
@@ -434,26 +469,16 @@ mod tests {
 
     fn worker(id: u64, generation: u64, state: WorkerState) -> Worker {
         let (_tx, rx) = watch::channel(None);
-        Worker {
-            id: WorkerId(id),
-            generation: Generation(generation),
-            state,
-            addr: SocketAddr::from(([127, 0, 0, 1], 1000 + id as u16)),
-            process: StartedWorker {
-                pid: None,
-                unit: None,
-                exited: rx,
-                output: OutputTail::default(),
-            },
-            in_flight: 0,
-            processed: 0,
-            spawned_at: Instant::now(),
-            last_used: None,
-            busy_since: None,
-            cpu_percent: 0.0,
-            memory_bytes: 0,
-            cut: Arc::default(),
-        }
+        let process = StartedWorker {
+            pid: None,
+            unit: None,
+            exited: rx,
+            output: OutputTail::default(),
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1000 + id as u16));
+        let mut w = Worker::new(WorkerId(id), Generation(generation), addr, process);
+        w.state = state;
+        w
     }
 
     #[tokio::test]

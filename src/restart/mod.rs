@@ -555,13 +555,7 @@ impl Supervisor {
         if self.shutting_down || self.roll.is_some() {
             return;
         }
-        let ready = self
-            .ctx
-            .pool
-            .workers()
-            .iter()
-            .filter(|w| w.state == WorkerState::Ready)
-            .count();
+        let ready = self.ctx.pool.ready_count();
         let w = &self.ctx.config.workers;
         let (min, max) = (w.min(), w.max().max(w.min()));
         let queued = self.ctx.pool.queue_len();
@@ -666,13 +660,7 @@ impl Supervisor {
         if self.ctx.lock_state().started {
             return;
         }
-        let ready = self
-            .ctx
-            .pool
-            .workers()
-            .iter()
-            .filter(|w| w.state == WorkerState::Ready)
-            .count();
+        let ready = self.ctx.pool.ready_count();
         if ready >= self.ctx.config.workers.min() {
             self.ctx.lock_state().started = true;
             tracing::info!(app = %self.ctx.config.name, "{ready} workers ready");

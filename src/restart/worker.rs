@@ -78,21 +78,9 @@ pub async fn spawn(
         app = %app, worker = id.0, generation = generation.0, pid = process.pid,
         unit = process.unit.as_deref(), "spawning worker {id} on {addr}"
     );
-    ctx.pool.insert(Worker {
-        id,
-        generation,
-        state: WorkerState::Spawning,
-        addr,
-        process: process.clone(),
-        in_flight: 0,
-        processed: 0,
-        spawned_at: started_at,
-        last_used: None,
-        busy_since: None,
-        cpu_percent: 0.0,
-        memory_bytes: 0,
-        cut: Default::default(),
-    });
+    let mut w = Worker::new(id, generation, addr, process.clone());
+    w.spawned_at = started_at;
+    ctx.pool.insert(w);
     watch_exit(ctx, id, generation, process.clone());
 
     let ready = tokio::select! {
@@ -151,21 +139,8 @@ fn last_line_suffix(output: &[String]) -> String {
 /// Take over a worker a previous baton started, if it answers now.
 pub async fn adopt(ctx: &Arc<Context>, a: &crate::spawn::Adopted) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], a.port));
-    ctx.pool.insert(Worker {
-        id: a.id,
-        generation: a.generation,
-        state: WorkerState::Spawning,
-        addr,
-        process: a.process.clone(),
-        in_flight: 0,
-        processed: 0,
-        spawned_at: Instant::now(),
-        last_used: None,
-        busy_since: None,
-        cpu_percent: 0.0,
-        memory_bytes: 0,
-        cut: Default::default(),
-    });
+    ctx.pool
+        .insert(Worker::new(a.id, a.generation, addr, a.process.clone()));
     watch_exit(ctx, a.id, a.generation, a.process.clone());
     let limit = ctx
         .config
