@@ -253,8 +253,14 @@ fn baton_under_systemd_from_its_deb() {
         &format!("/etc/systemd/system/baton@{APP}.socket.d/listen.conf"),
     );
     // A watchdog that kills baton unless it pings (WATCHDOG=1) every 3 s, all test long.
-    std::fs::write(tmp.path().join("watchdog.conf"), "[Service]\nWatchdogSec=3s\n").unwrap();
-    c.sh(&format!("mkdir -p /etc/systemd/system/baton@{APP}.service.d"));
+    std::fs::write(
+        tmp.path().join("watchdog.conf"),
+        "[Service]\nWatchdogSec=3s\n",
+    )
+    .unwrap();
+    c.sh(&format!(
+        "mkdir -p /etc/systemd/system/baton@{APP}.service.d"
+    ));
     c.copy_in(
         &tmp.path().join("watchdog.conf"),
         &format!("/etc/systemd/system/baton@{APP}.service.d/watchdog.conf"),
@@ -463,7 +469,11 @@ fn baton_under_systemd_from_its_deb() {
         "{}",
         c.journal(&unit)
     );
-    assert_eq!(c.sh(&format!("systemctl show -p NRestarts --value {unit}")).trim(), "0");
+    assert_eq!(
+        c.sh(&format!("systemctl show -p NRestarts --value {unit}"))
+            .trim(),
+        "0"
+    );
 
     // 5. Stop: no worker unit left.
     c.sh(&format!("systemctl stop baton@{APP}.socket {unit}"));
@@ -481,4 +491,76 @@ fn baton_under_systemd_from_its_deb() {
         "systemctl list-units --no-legend --plain 'baton*.service' 'baton*.socket' 'baton*.path'",
     );
     assert!(left.trim().is_empty(), "units left after purge: {left}");
+}
+
+/// `systemd --user`: baton as a user service talks to the session bus and its workers are
+/// transient units of the user manager.
+#[test]
+fn baton_under_a_user_manager() {
+    if !can_run() {
+        return;
+    }
+    let _serial = serial();
+    let c = Container::boot("baton-e2e-user");
+    let port = free_port();
+    c.copy_in(Path::new(BATON), "/usr/bin/baton");
+    c.sh("useradd -m app && loginctl enable-linger app");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("udemo.toml"),
+        format!(
+            "name = \"udemo\"\n[listen]\naddress = \"127.0.0.1:{port}\"\n[app]\ncommand = [\"/usr/bin/baton\", \"demo-app\", \"--port\", \"{{port}}\", \"--boot-time\", \"200ms\"]\n[workers]\ncount = 2\n[spawner]\nbackend = \"systemd\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("udemo.service"),
+        "[Service]\nType=notify\nExecStart=/usr/bin/baton run --config /home/app/udemo.toml\nExecReload=/usr/bin/baton restart --wait --config /home/app/udemo.toml\nRuntimeDirectory=baton/udemo\n",
+    )
+    .unwrap();
+    c.sh("mkdir -p /home/app/.config/systemd/user");
+    c.copy_in(&tmp.path().join("udemo.toml"), "/home/app/udemo.toml");
+    c.copy_in(
+        &tmp.path().join("udemo.service"),
+        "/home/app/.config/systemd/user/udemo.service",
+    );
+    c.sh("chown -R app:app /home/app");
+    // The user manager starts with the linger; wait for its bus.
+    let mut up = false;
+    for _ in 0..50 {
+        if c.exec(&["systemctl", "--user", "-M", "app@", "is-system-running"])
+            .status
+            .code()
+            != Some(1)
+        {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(up, "the user manager of app did not come up");
+    let user = |cmd: &str| c.sh(&format!("systemctl --user -M app@ {cmd}"));
+    user("daemon-reload");
+    user("start udemo.service");
+    assert!(
+        user("show -p StatusText --value udemo.service")
+            .contains("2/2 workers ready, generation 1")
+    );
+    let units = user("list-units --no-legend --plain 'baton-udemo-w*'");
+    assert_eq!(units.lines().count(), 2, "{units}");
+    assert!(units.contains("baton-udemo-w1.service"), "{units}");
+    assert_eq!(get(&format!("http://127.0.0.1:{port}/")).0, 200);
+    user("reload udemo.service");
+    let units = user("list-units --no-legend --plain 'baton-udemo-w*'");
+    assert!(
+        units.contains("generation 2") && units.lines().count() == 2,
+        "{units}"
+    );
+    user("stop udemo.service");
+    // Stopping the service leaves no worker unit behind.
+    assert!(
+        user("list-units --no-legend --plain 'baton-udemo-w*'")
+            .trim()
+            .is_empty()
+    );
 }
