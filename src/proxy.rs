@@ -178,11 +178,14 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
         add_forwarded(&mut parts.headers, peer);
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".into());
+        // Only origin-form ("/path") and absolute-form targets reach a worker; anything else
+        // (e.g. "*") would make a URI without the worker's port.
+        let path = match parts.uri.path_and_query().map(|p| p.as_str()) {
+            Some(p) if p.starts_with('/') => p.to_owned(),
+            None => "/".to_owned(),
+            Some("*") if parts.method == Method::OPTIONS => return Ok(server_options()),
+            Some(_) => return Err(ProxyError::BadTarget),
+        };
         let retryable = !upgrade && is_idempotent(&parts.method) && has_no_body(&body);
 
         let lease = self.lease(None).await?;
@@ -190,6 +193,9 @@ impl Proxy {
             let uri: Uri = format!("http://{addr}{path}")
                 .parse()
                 .map_err(|_| ProxyError::BadTarget)?;
+            if uri.port_u16() != Some(addr.port()) {
+                return Err(ProxyError::BadTarget);
+            }
             let mut r = Request::new(body);
             *r.method_mut() = parts.method.clone();
             *r.uri_mut() = uri;
@@ -333,6 +339,16 @@ async fn tunnel(
     let mut upstream = TokioIo::new(upstream);
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     drop(lease);
+}
+
+/// `OPTIONS *`: a question about the server, answered by baton itself.
+fn server_options() -> Response<ProxyBody> {
+    let mut r = Response::new(Empty::new().map_err(|n| match n {}).boxed());
+    r.headers_mut().insert(
+        header::ALLOW,
+        HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"),
+    );
+    r
 }
 
 pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {

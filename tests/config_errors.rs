@@ -60,6 +60,14 @@ fn bad_duration() {
 }
 
 #[test]
+fn absurd_duration() {
+    assert_error(
+        &format!("{BASE}[restart]\ndrain_timeout = \"18446744073709551615s\"\n"),
+        "baton: FILE:7:17: key `restart.drain_timeout`: duration \"18446744073709551615s\" is too long: at most 365 days",
+    );
+}
+
+#[test]
 fn missing_command() {
     assert_error(
         "name = \"app\"\n[app]\ndirectory = \"/srv\"\n",

@@ -133,6 +133,14 @@ fn oversized_and_malformed_requests_get_clear_statuses() {
         raw(baton.addr, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
             .starts_with("HTTP/1.1 400")
     );
+    // Asterisk-form never reaches a worker (it once made a URI without the worker's port).
+    assert!(raw(baton.addr, b"GET * HTTP/1.1\r\nHost: x\r\n\r\n").starts_with("HTTP/1.1 400"));
+    let options = raw(baton.addr, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(options.starts_with("HTTP/1.1 200"), "{options}");
+    assert!(
+        options.to_ascii_lowercase().contains("allow: get"),
+        "{options}"
+    );
     // The manager is still there and serves everyone else.
     assert_eq!(get(&baton.url("/")).0, 200);
 }

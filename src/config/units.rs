@@ -119,6 +119,7 @@ mod tests {
             StdDuration::from_millis(500)
         );
         assert!("thirty".parse::<Duration>().is_err());
+        assert!("18446744073709551615s".parse::<Duration>().is_err());
         assert_eq!("512MiB".parse::<ByteSize>().unwrap(), ByteSize(512 << 20));
         assert_eq!("0".parse::<ByteSize>().unwrap(), ByteSize(0));
         assert!("12 parsecs".parse::<ByteSize>().is_err());

@@ -1,0 +1,301 @@
+//! `request`: arbitrary bytes written raw to a new client connection of a real baton proxy.
+//!
+//! Once per process this starts, on a current-thread tokio runtime that only runs while an
+//! input is being tried: a tiny in-process HTTP/1.1 worker on 127.0.0.1, a real `Pool` with two
+//! ready workers that both point at it (so that a retry has somewhere to go), and a real
+//! `Proxy` serving a loopback TCP listener. Each input is then written to a new connection and
+//! the first bytes of the answer are read.
+//!
+//! The worker's behaviour depends on the request path, so the fuzzer can reach the proxy's
+//! paths beyond a plain 200: `/echo…` streams the request body back, `/stream…` answers with a
+//! chunked body, `/status/NNN` answers with that status, `/drop…` closes the worker connection
+//! without answering (retry, then 502), and a request with `Upgrade` gets `101` and an echo
+//! tunnel. Anything else: `200 ok`.
+//!
+//! Asserts: nothing panics, on any thread (libfuzzer-sys's panic hook aborts the process, so a
+//! panic in a tokio task is a crash too, not a swallowed task error); the proxy keeps accepting
+//! connections; every answer starts with an HTTP/1.x status line (`HTTP/1.1 `, or `HTTP/1.0 `,
+//! which hyper uses to answer an HTTP/1.0 request); and no answer is a 502 saying that the proxy
+//! could not connect to a worker (both always listen, so that would be a request sent to the
+//! wrong address).
+
+#![no_main]
+
+use baton::config::{ByteSize, ListenConfig};
+use baton::listen::Listener;
+use baton::metrics::Metrics;
+use baton::pool::{Limits, Pool, Worker, WorkerState};
+use baton::proxy::Proxy;
+use baton::spawn::{ExitReason, Generation, OutputTail, StartedWorker, WorkerId};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use libfuzzer_sys::fuzz_target;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long to wait for the first bytes of an answer. Answers come in well under a millisecond;
+/// this only bounds inputs that get none (the proxy is still waiting for the rest of a request).
+const ANSWER_WAIT: Duration = Duration::from_secs(2);
+
+struct Harness {
+    rt: tokio::runtime::Runtime,
+    proxy: SocketAddr,
+    /// Held so that the workers' `exited` watch never fires.
+    _exit: watch::Sender<Option<ExitReason>>,
+}
+
+fn harness() -> &'static Harness {
+    static H: OnceLock<Harness> = OnceLock::new();
+    H.get_or_init(|| {
+        // libFuzzer's C++ main, unlike a Rust main, leaves SIGPIPE fatal; baton's binary runs
+        // with it ignored (Rust's runtime does that), and so must its proxy here: a write to a
+        // client that left (hyper writes with writev, which has no MSG_NOSIGNAL) is an EPIPE.
+        // SAFETY: setting a signal's disposition to SIG_IGN, before any thread is started here.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let (proxy, exit) = rt.block_on(start());
+        Harness {
+            rt,
+            proxy,
+            _exit: exit,
+        }
+    })
+}
+
+async fn start() -> (SocketAddr, watch::Sender<Option<ExitReason>>) {
+    let worker = TcpListener::bind("127.0.0.1:0").await.expect("bind worker");
+    let worker_addr = worker.local_addr().expect("worker address");
+    tokio::spawn(serve_worker(worker));
+
+    let pool = Pool::new(Limits {
+        concurrency: 0,
+        max_queue: 4,
+    });
+    let (exit, exited) = watch::channel(None);
+    for id in 1..=2 {
+        pool.insert(Worker {
+            id: WorkerId(id),
+            generation: Generation(1),
+            state: WorkerState::Spawning,
+            addr: worker_addr,
+            process: StartedWorker {
+                pid: None,
+                unit: None,
+                exited: exited.clone(),
+                output: OutputTail::default(),
+            },
+            in_flight: 0,
+            processed: 0,
+            spawned_at: Instant::now(),
+            last_used: None,
+            busy_since: None,
+            cpu_percent: 0.0,
+            memory_bytes: 0,
+            cut: Arc::default(),
+        });
+        pool.set_state(WorkerId(id), WorkerState::Ready);
+    }
+
+    // The smallest head limit the config allows, so that the fuzzer reaches 414/431 cheaply.
+    let listen = ListenConfig {
+        max_header_size: ByteSize(8192),
+        header_timeout: baton::config::Duration(Duration::from_secs(5)),
+        ..ListenConfig::default()
+    };
+    let proxy = Proxy::new(pool, &listen, Arc::new(Metrics::default()));
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = l.local_addr().expect("proxy address");
+    tokio::spawn(proxy.serve(
+        Listener::Tcp(l),
+        CancellationToken::new(),
+        TaskTracker::new(),
+    ));
+    (addr, exit)
+}
+
+type WorkerBody = BoxBody<Bytes, hyper::Error>;
+
+async fn serve_worker(l: TcpListener) {
+    loop {
+        let Ok((s, _)) = l.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(s), service_fn(worker))
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+fn full(status: StatusCode, text: &'static str) -> Response<WorkerBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(text.as_bytes()))
+            .map_err(|n| match n {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+async fn worker(mut req: Request<Incoming>) -> Result<Response<WorkerBody>, std::io::Error> {
+    let path = req.uri().path().to_owned();
+    if let Some(proto) = req.headers().get(header::UPGRADE).cloned() {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(u) = on.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(u));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut r = full(StatusCode::SWITCHING_PROTOCOLS, "");
+        r.headers_mut().insert(header::UPGRADE, proto);
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        return Ok(r);
+    }
+    if path.starts_with("/drop") {
+        return Err(std::io::Error::other("the worker drops this connection"));
+    }
+    if path.starts_with("/echo") {
+        return Ok(Response::new(req.into_body().boxed()));
+    }
+    if path.starts_with("/stream") {
+        let frames = ["one\n", "two\n", "three\n"]
+            .map(|s| Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(s.as_bytes()))));
+        return Ok(Response::new(
+            StreamBody::new(futures_util::stream::iter(frames)).boxed(),
+        ));
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        let status = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .filter(|s| !s.is_informational())
+            .unwrap_or(StatusCode::OK);
+        return Ok(full(status, "status\n"));
+    }
+    Ok(full(StatusCode::OK, "ok\n"))
+}
+
+/// Whether the input holds a whole, valid request head: then the client keeps its write side
+/// open while it waits for the answer (hyper drops a request whose client half-closes). For
+/// any other input it shuts the write side after the input, so the proxy answers what it can
+/// (400, 431) and then sees the client leave instead of waiting for more. (hyper 1.12 does not
+/// reject every bad head at once: one longer than its first 8 KiB read that ends in a bad
+/// header line waits for more bytes, until `header_timeout`.)
+fn head_is_complete(data: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 100];
+    matches!(
+        httparse::Request::new(&mut headers).parse(data),
+        Ok(httparse::Status::Complete(_))
+    )
+}
+
+/// The first 9 bytes (the status line's version) are enough, but for a 502, whose body says
+/// why the worker could not be reached: then the head and the body's one line.
+fn answer_is_enough(answer: &[u8]) -> bool {
+    if answer.len() < 12 {
+        return false;
+    }
+    if &answer[9..12] != b"502" {
+        return true;
+    }
+    let text = String::from_utf8_lossy(answer);
+    text.split_once("\r\n\r\n")
+        .is_some_and(|(_, body)| body.contains('\n'))
+}
+
+/// Write `data` on a new connection; return the first bytes of the answer (see
+/// `answer_is_enough`) unless the connection ended first, or None when none came within
+/// ANSWER_WAIT.
+async fn exchange(proxy: SocketAddr, data: &[u8]) -> Option<Vec<u8>> {
+    let stream = TcpStream::connect(proxy)
+        .await
+        .expect("the proxy no longer accepts connections");
+    let complete = head_is_complete(data);
+    let (mut r, mut w) = stream.into_split();
+    let write = async {
+        // The proxy may answer (431, 400) and close before it read everything: not an error.
+        let _ = w.write_all(data).await;
+        if !complete {
+            let _ = w.shutdown().await;
+        }
+    };
+    let read = async {
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 512];
+        while !answer_is_enough(&answer) {
+            match r.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        answer
+    };
+    let (_, answer) = tokio::join!(write, tokio::time::timeout(ANSWER_WAIT, read));
+    if answer.is_err() {
+        NO_ANSWER.fetch_add(1, Relaxed);
+    }
+    // Dropping both halves closes the connection, whatever the proxy is still doing with it.
+    answer.ok()
+}
+
+static RUNS: AtomicU64 = AtomicU64::new(0);
+static NO_ANSWER: AtomicU64 = AtomicU64::new(0);
+static CLOSED: AtomicU64 = AtomicU64::new(0);
+
+fuzz_target!(|data: &[u8]| {
+    let h = harness();
+    let answer = h.rt.block_on(exchange(h.proxy, data));
+    let runs = RUNS.fetch_add(1, Relaxed) + 1;
+    if std::env::var_os("BATON_FUZZ_VERBOSE").is_some() {
+        eprintln!(
+            "request: answer {:?}",
+            answer.as_deref().map(String::from_utf8_lossy)
+        );
+    }
+    if let Some(answer) = answer {
+        if answer.is_empty() {
+            CLOSED.fetch_add(1, Relaxed);
+        }
+        let n = answer.len().min(9);
+        let ok = [&b"HTTP/1.1 "[..], b"HTTP/1.0 "]
+            .iter()
+            .any(|line| answer[..n] == line[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            ok,
+            "the answer does not start with an HTTP/1.x status line: {text:?}"
+        );
+        // Both workers always listen: a 502 may say that the worker closed the connection
+        // (`/drop`) or that the request body failed, never that the proxy could not connect.
+        assert!(
+            !(text.get(9..12) == Some("502") && text.contains("(Connect)")),
+            "the proxy could not connect to a worker that is listening (wrong address?): {text:?}"
+        );
+    }
+    if std::env::var_os("BATON_FUZZ_STATS").is_some() && runs.is_power_of_two() {
+        eprintln!(
+            "request: {runs} inputs, {} closed without an answer, {} no answer within {ANSWER_WAIT:?}",
+            CLOSED.load(Relaxed),
+            NO_ANSWER.load(Relaxed)
+        );
+    }
+});
