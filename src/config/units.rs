@@ -25,14 +25,20 @@ impl fmt::Display for Duration {
     }
 }
 
+/// The longest duration a config may give: beyond it, clock arithmetic could overflow, and no
+/// timeout of a web service needs more.
+pub const MAX_DURATION: StdDuration = StdDuration::from_secs(365 * 24 * 3600);
+
 impl std::str::FromStr for Duration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        humantime::parse_duration(s.trim())
-            .map(Duration)
-            .map_err(|e| {
-                format!("invalid duration {s:?} ({e}); write it like \"30s\" or \"500ms\"")
-            })
+        let d = humantime::parse_duration(s.trim()).map_err(|e| {
+            format!("invalid duration {s:?} ({e}); write it like \"30s\" or \"500ms\"")
+        })?;
+        if d > MAX_DURATION {
+            return Err(format!("duration {s:?} is too long: at most 365 days"));
+        }
+        Ok(Duration(d))
     }
 }
 
