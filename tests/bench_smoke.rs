@@ -101,7 +101,7 @@ fn short_benchmark_measures_every_figure_and_fails_no_request_in_a_roll() {
     }
 
     // Restarts under load.
-    for window in ["steady", "rolling", "blocking"] {
+    for window in ["steady", "rolling", "steady_after", "blocking"] {
         for f in [
             "requests",
             "rps",
@@ -118,11 +118,14 @@ fn short_benchmark_measures_every_figure_and_fails_no_request_in_a_roll() {
         }
         assert!(number(&r, &format!("restart.{window}.requests")) > 0.0);
     }
+    number(&r, "restart.steady_p99_us");
+    number(&r, "restart.rolling_p99_ratio");
     number(&r, "restart.rolling.restart_ms");
     number(&r, "restart.rolling.overhead_per_worker_ms");
     number(&r, "restart.blocking.restart_ms");
     number(&r, "restart.blocking.overhead_ms");
     assert!(number(&r, "manager_rss_bytes.peak") > 0.0);
+    number(&r, "meta.other_cpu_share");
     assert!(
         number(&r, "restart.rolling.peak_workers") >= 4.0,
         "the sampler never saw the pool"

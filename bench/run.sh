@@ -1,0 +1,487 @@
+#!/usr/bin/env bash
+# What the proxy costs and what a restart costs, side by side with nginx.
+#
+#   bench/run.sh [--short] [--out FILE] [--workers N] [--keep]
+#
+# 1. Steady state: requests/s and p50/p99/max latency at concurrency 1, 16, 64 for wrk straight
+#    to one demo worker ("direct"), nginx proxy_pass (upstream keepalive) to N workers, and baton
+#    with N workers. The three are measured in turn, 3 rounds; the round with the median
+#    requests/s is reported (the machine is noisy).
+# 2. A rolling restart under load (16 connections): failed requests, p99/max in the restart
+#    window vs steady state, roll time per worker above the app's boot time, peak worker count,
+#    manager RSS.
+# 3. A blocking restart under the same load, for contrast.
+# Prints a table (figures with their targets, PASS/MISS) and writes JSON (bench/results.json or
+# --out). Targets are reported, never enforced: the exit status is 0 whenever every figure was
+# measured. --short (CI, tests/bench_smoke.rs): 1 round of 2 s per figure, concurrency 1 and 16,
+# boot 200ms. Installs wrk, nginx, jq and curl with apt-get when missing (needs root then).
+# --keep keeps the work directory (configs, logs, raw wrk output). See bench/README.md.
+set -euo pipefail
+export LC_ALL=C
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH="$ROOT/bench"
+SHORT=0
+OUT=""
+N=4
+KEEP=0
+
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --short) SHORT=1 ;;
+        --out) OUT=${2:?--out needs a file}; shift ;;
+        --out=*) OUT=${1#--out=} ;;
+        --workers) N=${2:?--workers needs a number}; shift ;;
+        --keep) KEEP=1 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "bench/run.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+OUT=${OUT:-$BENCH/results.json}
+case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac
+
+if [ "$SHORT" = 1 ]; then
+    DUR=2; ROUNDS=1; CONCS=(1 16); BOOT=200ms; BOOT_MS=200
+else
+    DUR=5; ROUNDS=3; CONCS=(1 16 64); BOOT=1s; BOOT_MS=1000
+fi
+RESTART_CONC=16
+WRK_TIMEOUT=10s # a request slower than this counts as a wrk timeout (a failure)
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'bench/run.sh: %s\n' "$*" >&2; exit 1; }
+
+# --- tools -------------------------------------------------------------------------------
+nginx_bin() { command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true; }
+have_tools() { command -v wrk >/dev/null && [ -n "$(nginx_bin)" ] && command -v jq >/dev/null && command -v curl >/dev/null; }
+if ! have_tools; then
+    missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    [ -n "$(nginx_bin)" ] || missing+=(nginx)
+    command -v jq >/dev/null || missing+=(jq)
+    command -v curl >/dev/null || missing+=(curl)
+    [ "$(id -u)" = 0 ] || die "missing ${missing[*]} and not root: apt-get install ${missing[*]}, or run as root"
+    log "installing ${missing[*]} (apt-get)"
+    # Where no policy-rc.d forbids it, Debian starts the packaged nginx on port 80; harmless here.
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y --no-install-recommends "${missing[@]}" >"/tmp/baton-bench-apt.log" 2>&1; then
+        apt-get update >>"/tmp/baton-bench-apt.log" 2>&1 || true
+        apt-get install -y --no-install-recommends "${missing[@]}" >>"/tmp/baton-bench-apt.log" 2>&1 ||
+            die "apt-get install ${missing[*]} failed (see /tmp/baton-bench-apt.log)"
+    fi
+    have_tools || die "still missing tools after apt-get install ${missing[*]}"
+fi
+NGINX=$(nginx_bin)
+
+log "building: cargo build --release --locked"
+(cd "$ROOT" && cargo build --release --locked --quiet) || die "build failed"
+BATON="$ROOT/target/release/baton"
+
+# --- processes ---------------------------------------------------------------------------
+WORK=$(mktemp -d /tmp/baton-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [ "$KEEP" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Stop one process we started and forget it.
+stop_pid() {
+    local p=$1 q keep=()
+    kill -TERM "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+    for q in "${PIDS[@]}"; do [ "$q" = "$p" ] || keep+=("$q"); done
+    PIDS=("${keep[@]}")
+}
+
+# A free port below the ephemeral range, so it cannot collide with a worker's port: sets PORT.
+USED_PORTS=" "
+free_port() {
+    while :; do
+        PORT=$((20000 + RANDOM % 12000))
+        case "$USED_PORTS" in *" $PORT "*) continue ;; esac
+        if [ -z "$(ss -Htln "sport = :$PORT" 2>/dev/null)" ]; then
+            USED_PORTS+="$PORT "
+            return
+        fi
+    done
+}
+
+wait_http() { # URL: wait up to 10 s for a 200
+    local _
+    for _ in $(seq 1 200); do
+        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    die "$1 did not answer"
+}
+
+# CPU time (clock ticks, user + system) used so far by the given processes, all threads.
+cpu_ticks() {
+    local p t=0 s
+    for p in "$@"; do
+        s=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null) || s=0
+        t=$((t + s))
+    done
+    echo "$t"
+}
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
+# run_wrk CONNECTIONS SECONDS URL -> one JSON object on stdout
+run_wrk() {
+    local c=$1 d=$2 url=$3 t out
+    t=$((c < 2 ? 1 : 2))
+    out=$(wrk -t"$t" -c"$c" -d"${d}s" --timeout "$WRK_TIMEOUT" -s "$BENCH/report.lua" "$url") ||
+        die "wrk failed against $url"
+    printf '%s\n' "$out" | sed -n 's/^WRKJSON //p' | grep . || die "no figures from wrk: $out"
+}
+
+start_demo_worker() { # PORT; sets WORKER_PID
+    "$BATON" demo-app --port "$1" --boot-time 0s >>"$WORK/workers.log" 2>&1 &
+    WORKER_PID=$!
+    PIDS+=("$WORKER_PID")
+}
+
+# baton: write a config, run it, wait for N ready workers. NAME BOOT; sets BATON_PID,
+# BATON_PORT, BATON_SOCK.
+status_json() { curl -fsS --max-time 2 --unix-socket "$BATON_SOCK" http://baton/status; }
+start_baton() {
+    local name=$1 boot=$2 ready _
+    free_port
+    BATON_PORT=$PORT
+    BATON_SOCK="$WORK/$name.sock"
+    cat >"$WORK/$name.toml" <<EOF
+name = "$name"
+
+[listen]
+address = "127.0.0.1:$BATON_PORT"
+
+[app]
+command = ["$BATON", "demo-app", "--port", "{port}", "--boot-time", "$boot"]
+
+[workers]
+count = $N
+concurrency = 0
+
+[readiness]
+http_path = "/"
+
+[spawner]
+backend = "process"
+
+[control]
+socket = "$BATON_SOCK"
+EOF
+    RUST_LOG=${RUST_LOG:-warn} "$BATON" run --config "$WORK/$name.toml" >>"$WORK/$name.log" 2>&1 &
+    BATON_PID=$!
+    PIDS+=("$BATON_PID")
+    for _ in $(seq 1 300); do
+        ready=$(status_json 2>/dev/null | jq '[.workers[] | select(.state == "ready")] | length' 2>/dev/null) || true
+        [ "$ready" = "$N" ] && return 0
+        kill -0 "$BATON_PID" 2>/dev/null || { tail -n 20 "$WORK/$name.log" >&2; die "baton run exited"; }
+        sleep 0.1
+    done
+    tail -n 20 "$WORK/$name.log" >&2
+    die "baton did not get $N ready workers within 30 s"
+}
+vm_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; } # PID VmRSS|VmHWM
+
+# How much CPU others used meanwhile: the machine's busy time (/proc/stat: user, nice, system,
+# irq, softirq) minus our own (this shell and every descendant, all reaped by the end).
+machine_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+own_cpu() { awk '{ print $14 + $15 + $16 + $17 }' "/proc/$$/stat"; }
+BUSY0=$(machine_busy) OWN0=$(own_cpu) T0=$EPOCHREALTIME
+
+# --- 1. steady state -----------------------------------------------------------------------
+log "starting: one direct worker; nginx with $N workers; baton with $N workers"
+free_port
+DIRECT_URL="http://127.0.0.1:$PORT/"
+start_demo_worker "$PORT"
+DIRECT_PID=$WORKER_PID
+wait_http "$DIRECT_URL"
+
+NGINX_WORKERS=()
+UPSTREAMS=""
+for _ in $(seq 1 "$N"); do
+    free_port
+    start_demo_worker "$PORT"
+    NGINX_WORKERS+=("$WORKER_PID")
+    UPSTREAMS+="        server 127.0.0.1:$PORT;"$'\n'
+    wait_http "http://127.0.0.1:$PORT/"
+done
+free_port
+NGINX_URL="http://127.0.0.1:$PORT/"
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+# As an operator would write it: one worker process per core, upstream keepalive, and the
+# forwarding headers baton sets too.
+user root;
+worker_processes auto;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+daemon off;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx/body;
+    proxy_temp_path $WORK/nginx/proxy;
+    fastcgi_temp_path $WORK/nginx/fastcgi;
+    uwsgi_temp_path $WORK/nginx/uwsgi;
+    scgi_temp_path $WORK/nginx/scgi;
+    upstream app {
+        least_conn;
+$UPSTREAMS        keepalive 128;
+    }
+    server {
+        listen 127.0.0.1:$PORT;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }
+}
+EOF
+"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+wait_http "$NGINX_URL"
+
+start_baton steady 0s
+BATON_URL="http://127.0.0.1:$BATON_PORT/"
+STEADY_BATON_PID=$BATON_PID
+
+# The processes whose CPU time counts as "proxy" and as "app" for each target.
+proxy_pids() {
+    case $1 in
+        direct) ;;
+        nginx) echo "$NGINX_PID" $(pgrep -P "$NGINX_PID") ;;
+        baton) echo "$STEADY_BATON_PID" ;;
+    esac
+}
+app_pids() {
+    case $1 in
+        direct) echo "$DIRECT_PID" ;;
+        nginx) echo "${NGINX_WORKERS[@]}" ;;
+        baton) pgrep -P "$STEADY_BATON_PID" ;;
+    esac
+}
+url_of() { case $1 in direct) echo "$DIRECT_URL" ;; nginx) echo "$NGINX_URL" ;; baton) echo "$BATON_URL" ;; esac; }
+
+STEADY_RUNS="$WORK/steady-runs.jsonl"
+: >"$STEADY_RUNS"
+for t in direct nginx baton; do run_wrk 16 1 "$(url_of "$t")" >/dev/null; done # warm-up
+for c in "${CONCS[@]}"; do
+    for round in $(seq 1 "$ROUNDS"); do
+        for t in direct nginx baton; do
+            # shellcheck disable=SC2046 # word splitting of the pid lists is intended
+            p0=$(cpu_ticks $(proxy_pids "$t")) a0=$(cpu_ticks $(app_pids "$t"))
+            fig=$(run_wrk "$c" "$DUR" "$(url_of "$t")")
+            # shellcheck disable=SC2046
+            p1=$(cpu_ticks $(proxy_pids "$t")) a1=$(cpu_ticks $(app_pids "$t"))
+            jq -c --arg t "$t" --argjson c "$c" --argjson r "$round" \
+                --argjson pus "$(((p1 - p0) * TICK_US))" --argjson aus "$(((a1 - a0) * TICK_US))" '
+                {target: $t, concurrency: $c, round: $r} + .
+                + {proxy_cpu_us_per_request: ($pus / .requests * 10 | round / 10),
+                   app_cpu_us_per_request: ($aus / .requests * 10 | round / 10)}' <<<"$fig" >>"$STEADY_RUNS"
+            log "$(tail -n1 "$STEADY_RUNS" | jq -r '"\(.target) c=\(.concurrency) round \(.round): \(.rps | floor) req/s, p50 \(.p50_us)us p99 \(.p99_us)us max \(.max_us)us, proxy CPU \(.proxy_cpu_us_per_request)us/req"')"
+        done
+    done
+done
+STEADY_HWM_KIB=$(vm_kib "$STEADY_BATON_PID" VmHWM)
+stop_pid "$STEADY_BATON_PID"
+stop_pid "$NGINX_PID"
+for p in "$DIRECT_PID" "${NGINX_WORKERS[@]}"; do stop_pid "$p"; done
+
+# --- 2, 3. restarts under load ---------------------------------------------------------------
+log "restarts: baton with $N workers booting in $BOOT, $RESTART_CONC connections"
+start_baton restart "$BOOT"
+URL="http://127.0.0.1:$BATON_PORT/"
+run_wrk "$RESTART_CONC" 1 "$URL" >/dev/null # warm-up
+
+# Sample the manager every 50 ms: workers in `baton status --json`, its child processes, its
+# VmRSS (KiB). Kept light (one fork per sample besides sleep: the status client, ~2 ms of CPU),
+# since it shares the 2 cores with the load it watches.
+sampler() { # FILE
+    local s rest n procs rss f kids k v _
+    while :; do
+        s=$("$BATON" status --json --control "$BATON_SOCK" 2>/dev/null) || s=""
+        rest=${s//\"address\":/}
+        n=$(((${#s} - ${#rest}) / 10)) # one "address": per worker
+        procs=0
+        for f in /proc/"$BATON_PID"/task/*/children; do
+            kids=()
+            read -ra kids <"$f" 2>/dev/null || true
+            procs=$((procs + ${#kids[@]}))
+        done
+        rss=0
+        while read -r k v _; do [ "$k" = VmRSS: ] && rss=$v; done <"/proc/$BATON_PID/status"
+        echo "$n $procs $rss" >>"$1"
+        sleep 0.05
+    done
+}
+
+# under_load MODE (steady|rolling|blocking) -> one JSON object on stdout. wrk runs from just
+# before the restart until just after it ends (SIGINT makes wrk print its figures), with the
+# sampler running; "steady" runs the same way for DUR seconds without a restart, so that both
+# windows are measured under the same conditions.
+under_load() {
+    local mode=$1 samples="$WORK/samples-$1" wout="$WORK/wrk-$1.out" wpid spid t0 t1 rc=0 fig
+    : >"$samples"
+    sampler "$samples" &
+    spid=$!
+    wrk -t2 -c"$RESTART_CONC" -d600s --timeout "$WRK_TIMEOUT" -s "$BENCH/report.lua" "$URL" >"$wout" &
+    wpid=$!
+    sleep 0.3 # connections up
+    t0=$EPOCHREALTIME
+    if [ "$mode" = steady ]; then
+        sleep "$DUR"
+    else
+        "$BATON" restart "--$mode" --wait --control "$BATON_SOCK" >"$WORK/restart-$mode.log" 2>&1 || rc=$?
+    fi
+    t1=$EPOCHREALTIME
+    sleep 0.1
+    kill -INT "$wpid"
+    wait "$wpid" || true
+    kill "$spid" 2>/dev/null || true
+    wait "$spid" 2>/dev/null || true
+    [ "$rc" = 0 ] || { cat "$WORK/restart-$mode.log" >&2; die "baton restart --$mode --wait failed ($rc)"; }
+    fig=$(sed -n 's/^WRKJSON //p' "$wout" | grep .) || die "no figures from wrk: $(cat "$wout")"
+    awk -v t0="$t0" -v t1="$t1" -v n="$N" -v boot="$BOOT_MS" -v mode="$mode" '
+        { if ($1 > w) w = $1; if ($2 > p) p = $2; if ($3 > r) r = $3 }
+        END {
+            ms = (t1 - t0) * 1000
+            printf "{\"window_ms\":%.1f,\"peak_workers\":%d,\"peak_worker_processes\":%d,", ms, w, p
+            printf "\"peak_rss_bytes\":%d", r * 1024
+            # rolling: the new workers boot one after another; blocking: all at once.
+            if (mode == "rolling") printf ",\"restart_ms\":%.1f,\"overhead_per_worker_ms\":%.1f", ms, (ms - n * boot) / n
+            if (mode == "blocking") printf ",\"restart_ms\":%.1f,\"overhead_ms\":%.1f", ms, ms - boot
+            print "}"
+        }' "$samples" |
+        jq -c --argjson w "$fig" '$w + . + {failed_requests: ($w.errors_connect + $w.errors_read
+            + $w.errors_write + $w.errors_status + $w.errors_timeout)}'
+}
+summary() { jq -r '"\(.failed_requests) failed of \(.requests), p50 \(.p50_us)us p99 \(.p99_us)us max \(.max_us)us, window \(.window_ms | floor)ms, peak \(.peak_workers) workers"'; }
+
+# Steady windows before and after the rolling restart bracket it in time: the reference p99 is
+# their mean, so that a noisy neighbour during one window skews the comparison less.
+RSTEADY=$(under_load steady)
+log "steady: $(summary <<<"$RSTEADY")"
+ROLLING=$(under_load rolling)
+log "rolling: $(summary <<<"$ROLLING")"
+RSTEADY2=$(under_load steady)
+log "steady after: $(summary <<<"$RSTEADY2")"
+BLOCKING=$(under_load blocking)
+log "blocking: $(summary <<<"$BLOCKING")"
+RESTART_HWM_KIB=$(vm_kib "$BATON_PID" VmHWM)
+stop_pid "$BATON_PID"
+BUSY1=$(machine_busy) OWN1=$(own_cpu) T1=$EPOCHREALTIME
+OTHER_CPU=$(awk -v b="$((BUSY1 - BUSY0))" -v o="$((OWN1 - OWN0))" -v t0="$T0" -v t1="$T1" \
+    -v n="$(nproc)" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { x = (b - o) / ((t1 - t0) * n * hz); if (x < 0) x = 0; printf "%.3f", x }')
+
+# --- results -------------------------------------------------------------------------------
+mkdir -p "$(dirname "$OUT")"
+jq -n \
+    --slurpfile runs "$STEADY_RUNS" \
+    --argjson rsteady "$RSTEADY" \
+    --argjson rsteady2 "$RSTEADY2" \
+    --argjson rolling "$ROLLING" \
+    --argjson blocking "$BLOCKING" \
+    --argjson short "$([ "$SHORT" = 1 ] && echo true || echo false)" \
+    --argjson n "$N" --argjson dur "$DUR" --argjson rounds "$ROUNDS" --argjson boot_ms "$BOOT_MS" \
+    --argjson rconc "$RESTART_CONC" \
+    --argjson steady_hwm "$((STEADY_HWM_KIB * 1024))" \
+    --argjson restart_hwm "$((RESTART_HWM_KIB * 1024))" \
+    --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    --arg commit "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(
+        [ -z "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ] || echo "+changes")" \
+    --arg cpu "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" \
+    --argjson cpus "$(nproc)" \
+    --argjson other_cpu "$OTHER_CPU" \
+    --arg kernel "$(uname -r)" \
+    --arg wrk "$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')" \
+    --arg nginx "$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')" '
+# The round with the median requests/s stands for each (target, concurrency).
+def median_run($t; $c): [$runs[] | select(.target == $t and .concurrency == $c)] | sort_by(.rps)
+  | .[(length - 1) / 2 | floor];
+def t($name; $value; $op; $limit; $unit; $ref):
+  {name: $name, value: $value, op: $op, limit: $limit, unit: $unit, nginx: $ref,
+   pass: (if $op == ">=" then $value >= $limit elif $op == "<=" then $value <= $limit
+          elif $op == "<" then $value < $limit else $value == $limit end)};
+def t($name; $value; $op; $limit; $unit): t($name; $value; $op; $limit; $unit; null);
+($runs | map(.concurrency) | unique) as $concs
+| [$concs[] as $c | ("direct", "nginx", "baton") as $t | median_run($t; $c)] as $steady
+| def fig($t; $c): first($steady[] | select(.target == $t and .concurrency == $c));
+  ([$steady_hwm, $restart_hwm, $rsteady.peak_rss_bytes, $rolling.peak_rss_bytes,
+    $rsteady2.peak_rss_bytes, $blocking.peak_rss_bytes] | max) as $rss
+| (($rsteady.p99_us + $rsteady2.p99_us) / 2) as $ref_p99
+| {
+  meta: {date: $date, commit: $commit, short: $short, workers: $n, duration_s: $dur,
+         rounds: $rounds, boot_ms: $boot_ms, restart_connections: $rconc, cpus: $cpus,
+         cpu: $cpu, kernel: $kernel, wrk: $wrk, nginx: $nginx,
+         other_cpu_share: $other_cpu},
+  steady: $steady,
+  added_p50_us: [ $concs[] as $c
+                  | {concurrency: $c,
+                     nginx: (fig("nginx"; $c).p50_us - fig("direct"; $c).p50_us),
+                     baton: (fig("baton"; $c).p50_us - fig("direct"; $c).p50_us)} ],
+  restart: {steady: $rsteady, rolling: $rolling, steady_after: $rsteady2, blocking: $blocking,
+            steady_p99_us: $ref_p99, rolling_p99_ratio: ($rolling.p99_us / $ref_p99 * 100 | round / 100)},
+  manager_rss_bytes: {steady_peak: $steady_hwm, restart_peak: $restart_hwm, peak: $rss},
+  targets: (
+    [ $concs[] as $c | t("baton req/s >= nginx req/s (c=\($c))";
+        fig("baton"; $c).rps; ">="; fig("nginx"; $c).rps; "req/s") ]
+    + [ $concs[] as $c | t("baton p50 - direct p50 < 100us (c=\($c))";
+        fig("baton"; $c).p50_us - fig("direct"; $c).p50_us; "<"; 100; "us";
+        fig("nginx"; $c).p50_us - fig("direct"; $c).p50_us) ]
+    + [ t("rolling restart: failed requests = 0"; $rolling.failed_requests; "=="; 0; ""),
+        t("rolling restart: p99 <= 1.5 x steady p99"; $rolling.p99_us; "<=";
+          1.5 * $ref_p99; "us"),
+        t("rolling restart: time per worker beyond boot < 50ms";
+          $rolling.overhead_per_worker_ms; "<"; 50; "ms"),
+        t("rolling restart: peak workers <= N + max_surge"; $rolling.peak_workers; "<=";
+          $n + 1; ""),
+        t("manager RSS < 20MB with \($n) workers"; $rss / 1000000; "<"; 20; "MB") ]
+  ),
+  steady_runs: $runs
+}' >"$OUT.tmp"
+mv "$OUT.tmp" "$OUT"
+
+# --- table ---------------------------------------------------------------------------------
+jq -r '
+def us: if . >= 10000 then "\(. / 1000 | round)ms" elif . >= 1000 then "\(. / 100 | round / 10)ms" else "\(.)us" end;
+def ms: "\(. | round)ms";
+def num: . * 10 | round / 10 | tostring;
+def pad($n): tostring | if length >= $n then . else . + (" " * ($n - length)) end;
+def lpad($n): tostring | if length >= $n then . else (" " * ($n - length)) + . end;
+def failed: .errors_connect + .errors_read + .errors_write + .errors_status + .errors_timeout;
+"baton benchmark, \(.meta.date), commit \(.meta.commit), \(.meta.cpus) CPUs, \(.meta.workers) workers\(if .meta.short then " (--short)" else "" end)",
+"Other processes used \(.meta.other_cpu_share * 100 | round)% of the CPU during the run\(if .meta.other_cpu_share > 0.05 then ": WARNING, these figures are disturbed; run again on a quiet machine" else "" end)",
+"",
+"Steady state: wrk -> target, keep-alive; median of \(.meta.rounds) round(s) of \(.meta.duration_s)s",
+"  \("target" | pad(7)) \("conc" | lpad(4)) \("req/s" | lpad(8)) \("p50" | lpad(7)) \("p99" | lpad(7)) \("max" | lpad(7)) \("failed" | lpad(6)) \("proxy CPU/req" | lpad(13)) \("app CPU/req" | lpad(11))",
+(.steady[] | "  \(.target | pad(7)) \(.concurrency | lpad(4)) \(.rps | floor | lpad(8)) \(.p50_us | us | lpad(7)) \(.p99_us | us | lpad(7)) \(.max_us | us | lpad(7)) \(failed | lpad(6)) \(if .target == "direct" then "-" else "\(.proxy_cpu_us_per_request | num)us" end | lpad(13)) \("\(.app_cpu_us_per_request | num)us" | lpad(11))"),
+"",
+"Restarts under load: \(.meta.restart_connections) connections, \(.meta.workers) workers, app boot \(.meta.boot_ms)ms",
+"  \("window" | pad(8)) \("length" | lpad(7)) \("req/s" | lpad(7)) \("failed" | lpad(6)) \("p50" | lpad(7)) \("p99" | lpad(7)) \("p99.9" | lpad(7)) \("max" | lpad(7)) \("beyond boot" | lpad(14)) \("peak workers" | lpad(12))",
+(.restart as $r | ("steady", "rolling", "steady_after", "blocking") as $k | $r[$k] |
+  "  \($k | sub("steady_after"; "steady") | pad(8)) \(.window_ms | ms | lpad(7)) \(.rps | floor | lpad(7)) \(.failed_requests | lpad(6)) \(.p50_us | us | lpad(7)) \(.p99_us | us | lpad(7)) \(.p999_us | us | lpad(7)) \(.max_us | us | lpad(7)) \(if .overhead_per_worker_ms then "\(.overhead_per_worker_ms | ms)/worker" elif .overhead_ms then "\(.overhead_ms | ms) total" else "-" end | lpad(14)) \(.peak_workers | lpad(12))"),
+"",
+"  rolling p99 / mean steady p99: \(.restart.rolling_p99_ratio)",
+"",
+"Manager RSS, peak: \(.manager_rss_bytes.peak / 1048576 | num) MiB",
+"",
+"Targets (reported, not enforced)",
+(.targets[] | "  \(if .pass then "PASS" else "MISS" end)  \(.name | pad(52)) \(.value | num) \(.op) \(.limit | num)\(if .unit == "" then "" else " " + .unit end)\(if .nginx then "  (nginx: \(.nginx | num))" else "" end)")
+' "$OUT"
+echo
+log "results: $OUT"
