@@ -10,6 +10,7 @@ use crate::pool::{Lease, Pool, Rejected};
 use crate::spawn::WorkerId;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -116,7 +117,9 @@ impl Proxy {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let proxy = self.clone();
-        let svc = service_fn(move |req| proxy.clone().handle(req, peer));
+        // The X-Forwarded-For value for this connection's requests, made once.
+        let peer_ip = peer.and_then(|p| HeaderValue::try_from(p.ip().to_string()).ok());
+        let svc = service_fn(move |req| proxy.clone().handle(req, peer_ip.clone()));
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_timeout)
@@ -141,7 +144,7 @@ impl Proxy {
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: Option<SocketAddr>,
+        peer: Option<HeaderValue>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = std::time::Instant::now();
         let resp = match self.forward(req, peer).await {
@@ -156,7 +159,7 @@ impl Proxy {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        peer: Option<SocketAddr>,
+        peer: Option<HeaderValue>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let uri = req.uri();
         let uri_len = uri.path_and_query().map_or(1, |p| p.as_str().len())
@@ -180,29 +183,35 @@ impl Proxy {
         add_forwarded(&mut parts.headers, peer);
         // Only origin-form ("/path") and absolute-form targets reach a worker; anything else
         // (e.g. "*") would make a URI without the worker's port.
-        let path = match parts.uri.path_and_query().map(|p| p.as_str()) {
-            Some(p) if p.starts_with('/') => p.to_owned(),
-            None => "/".to_owned(),
-            Some("*") if parts.method == Method::OPTIONS => return Ok(server_options()),
+        let path = match parts.uri.path_and_query() {
+            Some(p) if p.as_str().starts_with('/') => p.clone(),
+            None => PathAndQuery::from_static("/"),
+            Some(p) if p.as_str() == "*" && parts.method == Method::OPTIONS => {
+                return Ok(server_options());
+            }
             Some(_) => return Err(ProxyError::BadTarget),
         };
         let retryable = !upgrade && is_idempotent(&parts.method) && has_no_body(&body);
 
         let lease = self.lease(None).await?;
-        let build = |addr: SocketAddr, body: ProxyBody| {
-            let uri: Uri = format!("http://{addr}{path}")
-                .parse()
-                .map_err(|_| ProxyError::BadTarget)?;
-            if uri.port_u16() != Some(addr.port()) {
-                return Err(ProxyError::BadTarget);
-            }
+        // The worker's own authority and the client's path: no formatting, no parsing, and no
+        // target can make a URI without the worker's port.
+        let build = |authority: &Authority, body: ProxyBody| {
+            let mut target = http::uri::Parts::default();
+            target.scheme = Some(Scheme::HTTP);
+            target.authority = Some(authority.clone());
+            target.path_and_query = Some(path.clone());
+            let uri = Uri::from_parts(target).map_err(|_| ProxyError::BadTarget)?;
             let mut r = Request::new(body);
             *r.method_mut() = parts.method.clone();
             *r.uri_mut() = uri;
             *r.headers_mut() = parts.headers.clone();
             Ok::<_, ProxyError>(r)
         };
-        let first = self.client.request(build(lease.addr, body.boxed())?).await;
+        let first = self
+            .client
+            .request(build(&lease.authority, body.boxed())?)
+            .await;
         let (resp, lease) = match first {
             Ok(resp) => (resp, lease),
             Err(_) if lease.was_cut() => return Err(ProxyError::Cut(lease.worker)),
@@ -216,7 +225,7 @@ impl Proxy {
                 drop(lease);
                 let lease = self.lease(Some(failed)).await?;
                 let empty = Empty::<Bytes>::new().map_err(|n| match n {}).boxed();
-                match self.client.request(build(lease.addr, empty)?).await {
+                match self.client.request(build(&lease.authority, empty)?).await {
                     Ok(resp) => (resp, lease),
                     Err(e) => return Err(ProxyError::bad_gateway(&lease, &e)),
                 }
@@ -387,6 +396,10 @@ fn wants_upgrade(h: &HeaderMap) -> bool {
 
 /// Headers that describe one hop, not the message (RFC 9110 7.6.1).
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Nearly always none is there: one pass over the names, rather than nine hash lookups.
+    if !keep_upgrade && !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -408,8 +421,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     ] {
         h.remove(name);
     }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
+    h.remove(KEEP_ALIVE);
+    h.remove(PROXY_CONNECTION);
     if keep_upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
@@ -418,18 +431,37 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-fn add_forwarded(h: &mut HeaderMap, peer: Option<SocketAddr>) {
-    if let Some(peer) = peer {
-        let ip = peer.ip().to_string();
-        let value = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    n == header::CONNECTION
+        || n == header::UPGRADE
+        || n == header::TE
+        || n == header::TRAILER
+        || n == header::TRANSFER_ENCODING
+        || n == header::PROXY_AUTHORIZATION
+        || n == header::PROXY_AUTHENTICATE
+        || n == KEEP_ALIVE
+        || n == PROXY_CONNECTION
+}
+
+/// `peer` is the client's IP as a header value (made once per connection).
+fn add_forwarded(h: &mut HeaderMap, peer: Option<HeaderValue>) {
+    if let Some(ip) = peer {
+        let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) => {
+                HeaderValue::try_from(format!("{prev}, {}", ip.to_str().unwrap_or_default())).ok()
+            }
+            None => Some(ip),
         };
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert("x-forwarded-for", v);
+        if let Some(v) = value {
+            h.insert(X_FORWARDED_FOR, v);
         }
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 }
 
 /// A worker's response body that returns the worker's lease when the body ends or is dropped.
@@ -481,7 +513,7 @@ mod tests {
     fn forwarded_for_is_appended() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, Some("192.0.2.7:5000".parse().unwrap()));
+        add_forwarded(&mut h, Some(HeaderValue::from_static("192.0.2.7")));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "http");
     }

@@ -53,13 +53,15 @@ pub async fn wait_ready(
     timeout: Duration,
 ) -> Result<(), NotReady> {
     let probe = async {
-        let mut pause = Duration::from_millis(20);
+        let mut pause = Duration::from_millis(5);
         loop {
             if probe_once(addr, http_path).await {
                 return;
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(250));
+            // A refused connect on loopback costs microseconds: poll often, so that a worker is
+            // seen ready within ~10 ms of listening (the roll waits on this for every worker).
+            pause = (pause * 2).min(Duration::from_millis(10));
         }
     };
     tokio::select! {

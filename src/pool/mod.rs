@@ -57,6 +57,8 @@ pub struct Worker {
     pub memory_bytes: u64,
     /// Set when baton stops the worker with requests still in flight (drain_timeout passed).
     pub cut: Arc<AtomicBool>,
+    /// `addr` as a URI authority, made once rather than per request.
+    pub authority: http::uri::Authority,
 }
 
 impl Worker {
@@ -81,6 +83,8 @@ impl Worker {
             cpu_percent: 0.0,
             memory_bytes: 0,
             cut: Arc::default(),
+            authority: http::uri::Authority::try_from(addr.to_string())
+                .expect("a socket address is a valid authority"),
         }
     }
 }
@@ -115,6 +119,7 @@ pub enum Rejected {
 struct Grant {
     worker: WorkerId,
     addr: SocketAddr,
+    authority: http::uri::Authority,
     cut: Arc<AtomicBool>,
 }
 
@@ -153,6 +158,7 @@ pub struct Lease {
     pool: Arc<Pool>,
     pub worker: WorkerId,
     pub addr: SocketAddr,
+    pub authority: http::uri::Authority,
     cut: Arc<AtomicBool>,
 }
 
@@ -244,6 +250,7 @@ impl Pool {
             pool: self.clone(),
             worker: g.worker,
             addr: g.addr,
+            authority: g.authority,
             cut: g.cut,
         }
     }
@@ -409,6 +416,7 @@ impl Inner {
         Some(Grant {
             worker: id,
             addr: w.addr,
+            authority: w.authority.clone(),
             cut: w.cut.clone(),
         })
     }
