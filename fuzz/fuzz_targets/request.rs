@@ -37,7 +37,7 @@ use libfuzzer_sys::fuzz_target;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -87,26 +87,13 @@ async fn start() -> (SocketAddr, watch::Sender<Option<ExitReason>>) {
     });
     let (exit, exited) = watch::channel(None);
     for id in 1..=2 {
-        pool.insert(Worker {
-            id: WorkerId(id),
-            generation: Generation(1),
-            state: WorkerState::Spawning,
-            addr: worker_addr,
-            process: StartedWorker {
-                pid: None,
-                unit: None,
-                exited: exited.clone(),
-                output: OutputTail::default(),
-            },
-            in_flight: 0,
-            processed: 0,
-            spawned_at: Instant::now(),
-            last_used: None,
-            busy_since: None,
-            cpu_percent: 0.0,
-            memory_bytes: 0,
-            cut: Arc::default(),
-        });
+        let process = StartedWorker {
+            pid: None,
+            unit: None,
+            exited: exited.clone(),
+            output: OutputTail::default(),
+        };
+        pool.insert(Worker::new(WorkerId(id), Generation(1), worker_addr, process));
         pool.set_state(WorkerId(id), WorkerState::Ready);
     }
 
