@@ -29,6 +29,11 @@ pub enum WorkerState {
 }
 
 impl WorkerState {
+    /// Counts toward the pool's size: started or serving, not on its way out.
+    pub fn is_alive(self) -> bool {
+        matches!(self, WorkerState::Spawning | WorkerState::Ready)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             WorkerState::Spawning => "spawning",

@@ -134,10 +134,7 @@ impl Context {
     /// Workers the pool should have now: at least `min`, as many as are alive when on-demand
     /// spawning went beyond it, at most `max`.
     pub fn desired(&self, workers: &[crate::pool::WorkerView]) -> usize {
-        let alive = workers
-            .iter()
-            .filter(|w| matches!(w.state, WorkerState::Spawning | WorkerState::Ready))
-            .count();
+        let alive = workers.iter().filter(|w| w.state.is_alive()).count();
         let w = &self.config.workers;
         alive.clamp(w.min(), w.max().max(w.min()))
     }

@@ -83,10 +83,6 @@ fn progress(ctx: &Context, generation: Generation, waiting_on: String) {
     });
 }
 
-fn is_alive(w: &WorkerView) -> bool {
-    matches!(w.state, WorkerState::Spawning | WorkerState::Ready)
-}
-
 async fn rolling(
     ctx: &Arc<Context>,
     generation: Generation,
@@ -105,18 +101,18 @@ async fn rolling(
         let workers = ctx.pool.workers();
         let new_alive = workers
             .iter()
-            .filter(|w| w.generation == generation && is_alive(w))
+            .filter(|w| w.generation == generation && w.state.is_alive())
             .count();
         let mut old: Vec<&WorkerView> = workers
             .iter()
-            .filter(|w| w.generation != generation && is_alive(w) && !kept.contains(&w.id))
+            .filter(|w| w.generation != generation && w.state.is_alive() && !kept.contains(&w.id))
             .collect();
         // Oldest generation first, then the least busy.
         old.sort_by_key(|w| (w.generation, w.in_flight, w.id));
         if old.is_empty() && new_alive + kept.len() >= target {
             break;
         }
-        let alive = workers.iter().filter(|w| is_alive(w)).count();
+        let alive = workers.iter().filter(|w| w.state.is_alive()).count();
         let want = target.saturating_sub(new_alive + kept.len());
         let room = (target + surge).saturating_sub(alive);
         let batch = want.min(room);

@@ -202,12 +202,17 @@ pub struct Adopted {
     pub process: StartedWorker,
 }
 
-/// Usage from /proc/PID (the fallback where no cgroup accounting is at hand).
-pub fn proc_usage(pid: u32) -> Option<Usage> {
+/// The fields of /proc/PID/stat after the command name, starting with the state (field 3).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Usage from /proc/PID (the fallback where no cgroup accounting is at hand).
+pub fn proc_usage(pid: u32) -> Option<Usage> {
+    let fields = stat_fields(pid)?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     let rss_pages: u64 = fields.get(21)?.parse().ok()?;
@@ -233,9 +238,7 @@ fn page_size() -> u64 {
 
 /// The process group of `pid`, from /proc.
 pub fn process_group(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(2)?.parse().ok()
+    stat_fields(pid)?.get(2)?.parse().ok()
 }
 
 /// The cgroup of `pid` (the cgroup v2 line of /proc/PID/cgroup).
