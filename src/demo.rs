@@ -71,8 +71,9 @@ enum Mode {
     Exit,
     /// Start but never listen: never ready.
     Hang,
-    /// Serve, then crash half a second later, as a release with a fatal bug on first use would.
-    CrashAfterReady,
+    /// Serve, then crash this long after listening (`crash` alone: half a second), as a release
+    /// with a fatal bug on first use would.
+    CrashAfterReady(Duration),
     /// Leave the port to a stray process of another process group (which serves it for 20 s)
     /// and never listen: what answers on the port is not the worker.
     StrayOnPort,
@@ -85,7 +86,13 @@ fn read_mode() -> Mode {
     match mode {
         Ok(m) if m == "exit" => Mode::Exit,
         Ok(m) if m == "hang" => Mode::Hang,
-        Ok(m) if m == "crash" => Mode::CrashAfterReady,
+        Ok(m) if m == "crash" => Mode::CrashAfterReady(Duration::from_millis(500)),
+        Ok(m) if m.starts_with("crash ") => Mode::CrashAfterReady(
+            m["crash ".len()..]
+                .parse::<crate::config::Duration>()
+                .map(|d| d.get())
+                .unwrap_or(Duration::from_millis(500)),
+        ),
         Ok(m) if m == "stray" => Mode::StrayOnPort,
         _ => Mode::Serve,
     }
@@ -109,9 +116,9 @@ pub async fn run_app(port: u16, boot_time: Duration) -> anyhow::Result<()> {
             eprintln!("demo-app: hanging at boot (demo-mode = hang)");
             std::future::pending::<()>().await;
         }
-        Mode::CrashAfterReady => {
-            tokio::spawn(async {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+        Mode::CrashAfterReady(after) => {
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
                 eprintln!("demo-app: crashing (demo-mode = crash)");
                 std::process::exit(2);
             });

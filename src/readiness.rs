@@ -19,23 +19,27 @@ pub enum NotReady {
     /// Another process listens on the worker's port.
     PortTaken {
         port: u16,
-        owner: u32,
+        uid: Option<u32>,
     },
+    /// It answered, then its process was gone before it could take requests.
+    DiedAfterProbe,
 }
 
 impl std::fmt::Display for NotReady {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NotReady::Exited(r) => write!(f, "{r} before it was ready"),
-            NotReady::PortTaken { port, owner } => {
-                let name = std::fs::read_to_string(format!("/proc/{owner}/comm"))
-                    .map(|s| s.trim().to_owned())
-                    .unwrap_or_default();
+            NotReady::PortTaken { port, uid } => {
                 write!(
                     f,
-                    "could not have its port {port}: process {owner} ({name}) already listens there"
-                )
+                    "could not have its port {port}: a process that is not the worker's already listens there"
+                )?;
+                match uid {
+                    Some(uid) => write!(f, " (uid {uid})"),
+                    None => Ok(()),
+                }
             }
+            NotReady::DiedAfterProbe => f.write_str("exited just after it answered its readiness probe"),
             NotReady::Timeout(t) => write!(
                 f,
                 "was not ready within {} (readiness.timeout)",
@@ -101,54 +105,185 @@ async fn probe_once(addr: SocketAddr, http_path: Option<&str>) -> bool {
     )
 }
 
-/// Which process holds the listening TCP socket on 127.0.0.1:`port` (or the wildcard address),
-/// from /proc. `None` when it cannot be told (no such listener, or /proc unreadable).
-pub fn port_owner(port: u16) -> Option<u32> {
-    let inode = listening_inode(port)?;
-    let needle = format!("socket:[{inode}]");
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == needle.as_str()) {
-                return Some(pid);
-            }
-        }
+/// Whether the TCP socket listening on `port` (loopback or wildcard) is held by one of `pids`:
+/// what answers on a worker's port must be the worker, not a stray. `None` when it cannot be
+/// told (no such listener, or sock_diag unavailable).
+///
+/// The listener is found with a sock_diag query for listening sockets only, so its cost does
+/// not grow with the machine's connections (a `/proc/net/tcp` read walks every TIME_WAIT socket:
+/// seconds under connection-per-request load); then only the worker's own processes' file
+/// descriptors are read. Blocking: call it from `spawn_blocking`.
+pub fn port_holder(port: u16, pids: &[u32]) -> PortHolder {
+    let sockets = match diag::listening(port) {
+        Ok(s) if !s.is_empty() => s,
+        _ => return PortHolder::Unknown,
+    };
+    let needles: Vec<String> = sockets
+        .iter()
+        .map(|(inode, _)| format!("socket:[{inode}]"))
+        .collect();
+    if pids.iter().any(|pid| holds(*pid, &needles)) {
+        return PortHolder::Worker;
     }
-    None
+    PortHolder::Other {
+        uid: sockets.first().map(|(_, uid)| *uid),
+    }
 }
 
-fn listening_inode(port: u16) -> Option<u64> {
-    const LISTEN: &str = "0A";
-    let wanted = format!("{port:04X}");
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
-                continue;
+/// Who holds a worker's port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortHolder {
+    /// One of the worker's processes.
+    Worker,
+    /// Someone else: a process of this uid.
+    Other { uid: Option<u32> },
+    /// It cannot be told.
+    Unknown,
+}
+
+fn holds(pid: u32, needles: &[String]) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|l| needles.iter().any(|n| l.as_os_str() == n.as_str()))
+    })
+}
+
+/// A minimal NETLINK_SOCK_DIAG client: the inodes of TCP sockets in LISTEN on a port.
+mod diag {
+    use std::io;
+
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const TCP_LISTEN: u32 = 10;
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct SockId {
+        sport: [u8; 2],
+        dport: [u8; 2],
+        src: [u32; 4],
+        dst: [u32; 4],
+        interface: u32,
+        cookie: [u32; 2],
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Request {
+        len: u32,
+        kind: u16,
+        flags: u16,
+        seq: u32,
+        pid: u32,
+        family: u8,
+        protocol: u8,
+        ext: u8,
+        pad: u8,
+        states: u32,
+        id: SockId,
+    }
+
+    /// inet_diag_msg, after the 16-byte nlmsghdr.
+    const MSG_HEAD: usize = 16;
+    const UID_AT: usize = 4 + std::mem::size_of::<SockId>() + 12;
+    const INODE_AT: usize = UID_AT + 4;
+
+    /// (inode, uid) of the listening sockets on `port`, IPv4 and IPv6.
+    pub fn listening(port: u16) -> io::Result<Vec<(u64, u32)>> {
+        let mut found = Vec::new();
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            // SAFETY: plain socket(2); the fd is owned below.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_NETLINK,
+                    libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                    libc::NETLINK_SOCK_DIAG,
+                )
             };
-            let Some((addr, p)) = local.rsplit_once(':') else {
-                continue;
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: fd is a fresh descriptor that nothing else owns.
+            let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+            let req = Request {
+                len: std::mem::size_of::<Request>() as u32,
+                kind: SOCK_DIAG_BY_FAMILY,
+                flags: (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+                seq: 1,
+                family: family as u8,
+                protocol: libc::IPPROTO_TCP as u8,
+                states: 1 << TCP_LISTEN,
+                ..Request::default()
             };
-            // 127.0.0.1 is 0100007F in the table's byte order; the wildcard is all zeros.
-            let ours = addr == "0100007F" || addr.chars().all(|c| c == '0');
-            if *state == LISTEN && p == wanted && ours {
-                return inode.parse().ok();
+            // SAFETY: req is a plain repr(C) value of the given size.
+            let sent = unsafe {
+                libc::send(
+                    raw,
+                    (&req as *const Request).cast(),
+                    std::mem::size_of::<Request>(),
+                    0,
+                )
+            };
+            if sent < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut buf = vec![0u8; 32 << 10];
+            'recv: loop {
+                // SAFETY: buf is writable for its length.
+                let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let mut msg = &buf[..n as usize];
+                if msg.is_empty() {
+                    break;
+                }
+                while msg.len() >= MSG_HEAD {
+                    let len = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize;
+                    let kind = u16::from_ne_bytes([msg[4], msg[5]]);
+                    if kind == NLMSG_DONE {
+                        break 'recv;
+                    }
+                    if kind == NLMSG_ERROR || len < MSG_HEAD || len > msg.len() {
+                        return Err(io::Error::other("sock_diag answered with an error"));
+                    }
+                    let body = &msg[MSG_HEAD..len];
+                    if body.len() >= INODE_AT + 4 {
+                        let sport = u16::from_be_bytes([body[4], body[5]]);
+                        if sport == port && local_is_ours(family, &body[8..24]) {
+                            let uid = u32::from_ne_bytes(
+                                body[UID_AT..UID_AT + 4].try_into().unwrap_or_default(),
+                            );
+                            let inode = u32::from_ne_bytes(
+                                body[INODE_AT..INODE_AT + 4].try_into().unwrap_or_default(),
+                            );
+                            found.push((u64::from(inode), uid));
+                        }
+                    }
+                    // Messages are 4-byte aligned.
+                    let step = (len + 3) & !3;
+                    msg = msg.get(step..).unwrap_or_default();
+                }
             }
         }
+        Ok(found)
     }
-    None
+
+    /// Loopback or wildcard: the addresses a worker listens on.
+    fn local_is_ours(family: i32, src: &[u8]) -> bool {
+        if family == libc::AF_INET {
+            src[..4] == [127, 0, 0, 1] || src[..4] == [0, 0, 0, 0]
+        } else {
+            let loopback: [u8; 16] = std::net::Ipv6Addr::LOCALHOST.octets();
+            src == loopback || src.iter().all(|b| *b == 0)
+        }
+    }
+
 }
 
 #[cfg(test)]
@@ -156,11 +291,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_the_process_that_listens_on_a_port() {
+    fn tells_whether_a_port_is_held_by_given_processes() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        assert_eq!(port_owner(port), Some(std::process::id()));
+        assert_eq!(port_holder(port, &[std::process::id()]), PortHolder::Worker);
+        assert!(matches!(port_holder(port, &[1]), PortHolder::Other { .. }));
         drop(l);
-        assert_eq!(port_owner(port), None);
+        assert_eq!(port_holder(port, &[std::process::id()]), PortHolder::Unknown);
     }
 }

@@ -245,18 +245,47 @@ impl WorkersConfig {
     }
 }
 
+/// How readiness is probed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Probe {
+    /// `GET http_path` must answer below 500: the app itself answers.
+    #[default]
+    Http,
+    /// A TCP connect is enough. Fooled by app servers whose master binds the port before it
+    /// loads the app (gunicorn, Puma, Unicorn): an explicit choice.
+    Tcp,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReadinessConfig {
-    pub http_path: Option<String>,
+    pub probe: Probe,
+    pub http_path: String,
     pub timeout: Duration,
+    /// A new worker that exits within this time of becoming ready is a deployment error (during
+    /// a roll) or a crash (outside one); a roll drains an old worker only after its replacement
+    /// has lived this long, and succeeds only once the last new worker has.
+    pub settle: Duration,
+}
+
+impl ReadinessConfig {
+    /// The path to GET, or `None` for TCP-only readiness.
+    pub fn http_path(&self) -> Option<&str> {
+        match self.probe {
+            Probe::Http => Some(&self.http_path),
+            Probe::Tcp => None,
+        }
+    }
 }
 
 impl Default for ReadinessConfig {
     fn default() -> Self {
         ReadinessConfig {
-            http_path: None,
+            probe: Probe::Http,
+            http_path: "/".into(),
             timeout: Duration::from_secs(60),
+            settle: Duration::from_secs(2),
         }
     }
 }
@@ -435,9 +464,8 @@ impl Config {
                 format!("min ({min}) is greater than max ({max})"),
             ));
         }
-        if let Some(p) = &self.readiness.http_path
-            && !p.starts_with('/')
-        {
+        let p = &self.readiness.http_path;
+        if !p.starts_with('/') {
             return Err((
                 "readiness.http_path".into(),
                 format!("{p:?} must start with '/'"),

@@ -58,6 +58,8 @@ pub struct Worker {
     pub last_used: Option<Instant>,
     /// Since when the oldest request still in flight has run, for drain reports.
     pub busy_since: Option<Instant>,
+    /// When it became ready (the start of its settle period).
+    pub ready_at: Option<Instant>,
     pub cpu_percent: f64,
     pub memory_bytes: u64,
     /// Set when baton stops the worker with requests still in flight (drain_timeout passed).
@@ -85,6 +87,7 @@ impl Worker {
             spawned_at: Instant::now(),
             last_used: None,
             busy_since: None,
+            ready_at: None,
             cpu_percent: 0.0,
             memory_bytes: 0,
             cut: Arc::default(),
@@ -323,6 +326,28 @@ impl Pool {
         }
         drop(inner);
         self.changed.notify_waiters();
+    }
+
+    /// Mark a spawning worker ready, unless its process is already gone: checked under the
+    /// pool's lock, so an exit is either seen here (and the worker never routed to) or seen
+    /// afterwards by its exit watcher, which then finds it `Ready` and removes it. No dead
+    /// process is ever listed as ready.
+    pub fn mark_ready(&self, id: WorkerId) -> bool {
+        let mut inner = self.lock();
+        let marked = match inner.workers.get_mut(&id) {
+            Some(w) if w.state == WorkerState::Spawning && w.process.exit_reason().is_none() => {
+                w.state = WorkerState::Ready;
+                w.ready_at = Some(Instant::now());
+                true
+            }
+            _ => false,
+        };
+        if marked {
+            inner.dispatch(self.limits.concurrency);
+        }
+        drop(inner);
+        self.changed.notify_waiters();
+        marked
     }
 
     /// Take a worker out of the pool.

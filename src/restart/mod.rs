@@ -336,6 +336,17 @@ impl Supervisor {
                 pid,
                 unit,
             } => {
+                // A new worker of the roll in progress is the roll's to judge (a death within
+                // readiness.settle is a deployment error, not a crash of a proven release).
+                if self.roll.as_ref().is_some_and(|r| r.generation == generation) {
+                    tracing::warn!(
+                        app = %self.ctx.config.name, worker = id.0, generation = generation.0,
+                        pid, unit = unit.as_deref(),
+                        "worker {id} of the new generation {reason} {:.1}s after it started",
+                        lived.as_secs_f64()
+                    );
+                    return;
+                }
                 // A worker that dies soon after it became ready counts as a failed spawn, so a
                 // release that crashes again and again is respawned with backoff, not in a storm.
                 if lived < CRASH_LOOP_WINDOW {
@@ -480,6 +491,8 @@ impl Supervisor {
             }
             RollResult::Resisting(failure) => {
                 self.ctx.metrics.restart(RestartOutcome::Resisted);
+                // The new release's failures say nothing of the old one, which now refills.
+                self.backoff.failures = 0;
                 let reason = failure.to_string();
                 tracing::error!(
                     app = %app, generation = generation.0, worker = failure.worker.0,
@@ -558,12 +571,20 @@ impl Supervisor {
         let queued = self.ctx.pool.queue_len();
         let wanted = min.max((ready + queued).min(max));
         let missing = wanted.saturating_sub(ready + self.pending_replacements);
-        let generation = self.ctx.state().generation;
+        let state = self.ctx.state();
+        let generation = state.generation;
+        // Resisting with fewer workers than `min`: capacity comes first, from the old, proven
+        // release, at once (its own failures still back off).
+        let short = state.resisting.is_some() && ready < min;
         for _ in 0..missing {
             self.pending_replacements += 1;
             let ctx = self.ctx.clone();
             let cancel = self.replacements.child_token();
-            let delay = self.backoff.delay();
+            let delay = if short && self.backoff.failures == 0 {
+                Duration::ZERO
+            } else {
+                self.backoff.delay()
+            };
             tokio::spawn(async move {
                 let result = tokio::select! {
                     _ = cancel.cancelled() => Err(worker::SpawnError::Cancelled),

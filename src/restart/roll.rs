@@ -135,14 +135,41 @@ async fn rolling(
             (0..batch).map(|_| worker::spawn(ctx, generation, cancel)),
         )
         .await;
-        let mut ready = 0;
+        let mut ready_ids = Vec::new();
         for r in results {
             match r {
-                Ok(_) => ready += 1,
+                Ok(id) => ready_ids.push(id),
                 Err(SpawnError::Cancelled) => return RollResult::Cancelled,
                 Err(SpawnError::Failed(f)) => failures.push(f),
             }
         }
+        // No old worker is drained before its replacement has proven itself: a new worker
+        // that dies within the settle period is a deployment error like one that never came up.
+        if !ready_ids.is_empty() {
+            progress(
+                ctx,
+                generation,
+                format!(
+                    "settling worker{} {} ({} readiness.settle)",
+                    if ready_ids.len() == 1 { "" } else { "s" },
+                    ready_ids
+                        .iter()
+                        .map(|id| id.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    humantime::format_duration(ctx.config.readiness.settle.get())
+                ),
+            );
+            match worker::settle(ctx, &ready_ids, cancel).await {
+                Err(SpawnError::Cancelled) => return RollResult::Cancelled,
+                Err(SpawnError::Failed(f)) => {
+                    ready_ids.retain(|id| ctx.pool.get(*id).is_some_and(|w| w.state == WorkerState::Ready));
+                    failures.push(f);
+                }
+                Ok(()) => {}
+            }
+        }
+        let ready = ready_ids.len();
         if let Some(f) = failures.last()
             && resist
         {

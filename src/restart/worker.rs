@@ -87,24 +87,26 @@ pub async fn spawn(
         _ = cancel.cancelled() => None,
         r = readiness::wait_ready(
             addr,
-            ctx.config.readiness.http_path.as_deref(),
+            ctx.config.readiness.http_path(),
             &process,
             ctx.config.readiness.timeout.get(),
         ) => Some(r),
     };
     // What answers must be the worker, not a stray that holds its port.
     let ready = match ready {
-        Some(Ok(())) => match readiness::port_owner(port) {
-            Some(owner) if !ctx.spawner.owns(&process, owner) => {
-                Some(Err(readiness::NotReady::PortTaken { port, owner }))
-            }
-            _ => Some(Ok(())),
-        },
+        Some(Ok(())) => Some(check_port(ctx, &process, port).await),
+        other => other,
+    };
+    // Marked ready only if its process still lives, checked under the pool's lock.
+    let ready = match ready {
+        Some(Ok(())) if !ctx.pool.mark_ready(id) => Some(Err(match process.exit_reason() {
+            Some(reason) => readiness::NotReady::Exited(reason),
+            None => readiness::NotReady::DiedAfterProbe,
+        })),
         other => other,
     };
     match ready {
         Some(Ok(())) => {
-            ctx.pool.set_state(id, WorkerState::Ready);
             tracing::info!(
                 app = %app, worker = id.0, generation = generation.0, pid = process.pid,
                 unit = process.unit.as_deref(),
@@ -129,6 +131,78 @@ pub async fn spawn(
     }
 }
 
+/// Wait out the settle period of workers that just became ready. The first that exits within
+/// it is a failure (with its exit and output); the others are left as they are.
+pub async fn settle(
+    ctx: &Arc<Context>,
+    ids: &[WorkerId],
+    cancel: &CancellationToken,
+) -> Result<(), SpawnError> {
+    let settle = ctx.config.readiness.settle.get();
+    let since = Instant::now();
+    let watched: Vec<_> = ids
+        .iter()
+        .filter_map(|id| ctx.pool.process(*id).map(|p| (*id, p)))
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    if watched.len() < ids.len() {
+        // Gone between ready and here: its exit watcher removed it.
+        let id = ids
+            .iter()
+            .find(|id| !watched.iter().any(|(w, _)| w == *id))
+            .copied()
+            .unwrap_or(WorkerId(0));
+        return Err(SpawnError::Failed(SpawnFailure {
+            worker: id,
+            reason: "exited just after it became ready".into(),
+            output: Vec::new(),
+        }));
+    }
+    let exits = futures_util::future::select_all(watched.iter().map(|(id, p)| {
+        Box::pin(async move { (*id, p.wait_exit().await, p.output.lines()) })
+    }));
+    tokio::select! {
+        _ = cancel.cancelled() => Err(SpawnError::Cancelled),
+        _ = tokio::time::sleep(settle) => Ok(()),
+        ((id, reason, output), _, _) = exits => {
+            let lived = since.elapsed();
+            let why = format!(
+                "{reason} {:.1}s after it became ready (within readiness.settle, {})",
+                lived.as_secs_f64(),
+                humantime::format_duration(settle)
+            );
+            tracing::error!(
+                app = %ctx.config.name, worker = id.0, message_id = journal::MSG_SPAWN_FAILED,
+                "worker {id} {why}{}", last_line_suffix(&output)
+            );
+            // Its exit watcher took it out of the pool; make sure, whatever its state was.
+            ctx.pool.remove(id);
+            Err(SpawnError::Failed(SpawnFailure { worker: id, reason: why, output }))
+        }
+    }
+}
+
+/// Whether the process that listens on the worker's port is one of the worker's own.
+async fn check_port(
+    ctx: &Arc<Context>,
+    process: &crate::spawn::StartedWorker,
+    port: u16,
+) -> Result<(), readiness::NotReady> {
+    let spawner = ctx.spawner.clone();
+    let process = process.clone();
+    let holder = tokio::task::spawn_blocking(move || {
+        readiness::port_holder(port, &spawner.processes(&process))
+    })
+    .await
+    .unwrap_or(readiness::PortHolder::Unknown);
+    match holder {
+        readiness::PortHolder::Other { uid } => Err(readiness::NotReady::PortTaken { port, uid }),
+        readiness::PortHolder::Worker | readiness::PortHolder::Unknown => Ok(()),
+    }
+}
+
 fn last_line_suffix(output: &[String]) -> String {
     output
         .last()
@@ -148,10 +222,9 @@ pub async fn adopt(ctx: &Arc<Context>, a: &crate::spawn::Adopted) -> bool {
         .timeout
         .get()
         .min(std::time::Duration::from_secs(10));
-    let http_path = ctx.config.readiness.http_path.as_deref();
+    let http_path = ctx.config.readiness.http_path();
     match readiness::wait_ready(addr, http_path, &a.process, limit).await {
-        Ok(()) => {
-            ctx.pool.set_state(a.id, WorkerState::Ready);
+        Ok(()) if ctx.pool.mark_ready(a.id) => {
             tracing::info!(
                 app = %ctx.config.name, worker = a.id.0, generation = a.generation.0,
                 pid = a.process.pid, unit = a.process.unit.as_deref(),
@@ -159,7 +232,11 @@ pub async fn adopt(ctx: &Arc<Context>, a: &crate::spawn::Adopted) -> bool {
             );
             true
         }
-        Err(why) => {
+        other => {
+            let why = match other {
+                Err(why) => why,
+                Ok(()) => readiness::NotReady::DiedAfterProbe,
+            };
             tracing::warn!(app = %ctx.config.name, worker = a.id.0, "not adopting worker {}: it {why}", a.id);
             ctx.pool.remove(a.id);
             false

@@ -171,13 +171,19 @@ pub trait Spawner: Send + Sync + 'static {
         worker.pid.and_then(proc_usage)
     }
 
-    /// Whether process `pid` belongs to the worker (the worker itself or a process it started),
-    /// to make sure that what answers on the worker's port is the worker and not a stray.
-    fn owns(&self, worker: &StartedWorker, pid: u32) -> bool {
-        // The process backend starts each worker as the leader of its own process group.
-        worker
-            .pid
-            .is_some_and(|leader| pid == leader || process_group(pid) == Some(leader))
+    /// The worker's processes (the worker itself and what it started), to make sure that what
+    /// answers on the worker's port is the worker and not a stray. Reads /proc or the cgroup
+    /// file system: blocking, call it from `spawn_blocking`.
+    fn processes(&self, worker: &StartedWorker) -> Vec<u32> {
+        // The process backend starts each worker as the leader of its own process group, and
+        // stops the group: what left the group is not the worker's.
+        let Some(leader) = worker.pid else {
+            return Vec::new();
+        };
+        descendants(leader)
+            .into_iter()
+            .filter(|p| *p == leader || process_group(*p) == Some(leader))
+            .collect()
     }
 
     /// Workers a previous baton left running (systemd units survive a restart of baton).
@@ -234,6 +240,31 @@ fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if p > 0 { p as u64 } else { 4096 }
+}
+
+/// `pid` and every process below it, from /proc/PID/task/TID/children.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() && all.len() < 100_000 {
+        let p = all[i];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+                    all.extend(text.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+                }
+            }
+        }
+        i += 1;
+    }
+    all
+}
+
+/// The processes of a cgroup (v2), from its `cgroup.procs`.
+pub fn cgroup_processes(cgroup: &str) -> Vec<u32> {
+    std::fs::read_to_string(format!("/sys/fs/cgroup{cgroup}/cgroup.procs"))
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 /// The process group of `pid`, from /proc.

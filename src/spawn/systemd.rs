@@ -582,11 +582,17 @@ impl Spawner for SystemdSpawner {
         adopted
     }
 
-    fn owns(&self, worker: &StartedWorker, pid: u32) -> bool {
+    fn processes(&self, worker: &StartedWorker) -> Vec<u32> {
         // Everything the unit runs is in the unit's cgroup.
+        let Some(pid) = worker.pid else {
+            return Vec::new();
+        };
         match (&worker.unit, super::cgroup_of(pid)) {
-            (Some(unit), Some(cgroup)) => cgroup.ends_with(&format!("/{unit}")),
-            _ => worker.pid == Some(pid),
+            (Some(unit), Some(cgroup)) if cgroup.ends_with(&format!("/{unit}")) => {
+                let procs = super::cgroup_processes(&cgroup);
+                if procs.is_empty() { vec![pid] } else { procs }
+            }
+            _ => super::descendants(pid),
         }
     }
 

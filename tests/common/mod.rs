@@ -41,6 +41,28 @@ pub enum Release {
     CrashesAfterReady,
     /// Hands its port to a stray process in another process group.
     StrayOnPort,
+    /// Serves, then crashes this many milliseconds after it started listening.
+    CrashesSoonAfterReady(u64),
+}
+
+/// Debian's gunicorn (installed here when missing: the test suite installs what it needs).
+pub fn gunicorn() -> String {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        if Command::new("gunicorn").arg("--version").output().is_ok() {
+            return;
+        }
+        let ok = Command::new("sh")
+            .args([
+                "-c",
+                "(apt-get install -y -qq gunicorn || (apt-get update -qq && apt-get install -y -qq gunicorn)) >/dev/null",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "could not install Debian's gunicorn package");
+    });
+    "gunicorn".into()
 }
 
 pub struct Baton {
@@ -68,6 +90,21 @@ impl Baton {
         release: Release,
         wait: bool,
     ) -> Baton {
+        let command = format!(
+            r#"["{BATON}", "demo-app", "--port", "{{port}}", "--boot-time", "{boot}"]"#
+        );
+        Self::start_command(workers, &command, extra, wait, |b| b.deploy(release))
+    }
+
+    /// `baton run` with `command` (a TOML array) as the app, the first release made by
+    /// `deploy`; waits until `workers` are ready when `wait` is set.
+    pub fn start_command(
+        workers: usize,
+        command: &str,
+        extra: &str,
+        wait: bool,
+        deploy: impl FnOnce(&mut Baton),
+    ) -> Baton {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -81,7 +118,7 @@ impl Baton {
             child: Command::new("true").spawn().unwrap(),
             releases: 0,
         };
-        b.deploy(release);
+        deploy(&mut b);
         let has_workers = extra.contains("[workers]");
         let workers_section = if has_workers {
             String::new()
@@ -103,7 +140,7 @@ impl Baton {
         let text = format!(
             r#"name = "test"
 {listen_section}[app]
-command = ["{BATON}", "demo-app", "--port", "{{port}}", "--boot-time", "{boot}"]
+command = {command}
 directory = "{current}"
 [control]
 socket = "{control}"
@@ -142,6 +179,24 @@ socket = "{control}"
             Release::NeverReady => std::fs::write(rel.join("demo-mode"), "hang").unwrap(),
             Release::CrashesAfterReady => std::fs::write(rel.join("demo-mode"), "crash").unwrap(),
             Release::StrayOnPort => std::fs::write(rel.join("demo-mode"), "stray").unwrap(),
+            Release::CrashesSoonAfterReady(ms) => {
+                std::fs::write(rel.join("demo-mode"), format!("crash {ms}ms")).unwrap()
+            }
+        }
+        let link = self.dir.path().join("current");
+        let tmp = self.dir.path().join("current.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&rel, &tmp).unwrap();
+        std::fs::rename(&tmp, &link).unwrap();
+    }
+
+    /// Make a new release directory holding `files` and point `current` at it.
+    pub fn deploy_files(&mut self, files: &[(&str, &str)]) {
+        self.releases += 1;
+        let rel = self.dir.path().join(format!("releases/r{}", self.releases));
+        std::fs::create_dir_all(&rel).unwrap();
+        for (name, text) in files {
+            std::fs::write(rel.join(name), text).unwrap();
         }
         let link = self.dir.path().join("current");
         let tmp = self.dir.path().join("current.tmp");

@@ -1,0 +1,165 @@
+//! A release that dies is never a success (process backend): an app server that binds before
+//! it loads the app (gunicorn) and a release that answers and then exits are both resisted with
+//! the default readiness, no dead process is ever listed as ready, and nobody sees an error.
+
+mod common;
+
+use common::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+const GOOD_APP: &str = r#"import os
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [("release " + os.path.basename(os.getcwd()) + "\n").encode()]
+"#;
+
+const BROKEN_APP: &str = "def app(environ, start_response)\n    return []\n";
+
+fn gunicorn_baton(workers: usize) -> Baton {
+    let command = format!(
+        r#"["{}", "--bind", "127.0.0.1:{{port}}", "--workers", "1", "app:app"]"#,
+        gunicorn()
+    );
+    // Default readiness and settle: what a new user gets.
+    let extra = format!("[workers]\ncount = {workers}\n");
+    Baton::start_command(workers, &command, &extra, true, |b| {
+        b.deploy_files(&[("app.py", GOOD_APP)])
+    })
+}
+
+fn assert_old_release_serves(baton: &Baton, workers: usize) {
+    let s = baton.status();
+    let ready: Vec<_> = s.workers.iter().filter(|w| w.state == "ready").collect();
+    assert_eq!(ready.len(), workers, "{s:#?}");
+    assert!(ready.iter().all(|w| w.generation == 1), "{s:#?}");
+    for w in ready {
+        assert!(alive(w.pid.unwrap()), "worker {} is listed ready but dead", w.id);
+    }
+    let (status, body) = get(&baton.url("/"));
+    assert_eq!(status, 200);
+    assert!(body.contains("release r1"), "{body}");
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// Polls status all along and records every moment a worker was listed ready while dead.
+struct ReadyDeadSampler {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl ReadyDeadSampler {
+    fn start(control: std::path::PathBuf) -> ReadyDeadSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut seen = Vec::new();
+            while !s.load(Ordering::SeqCst) {
+                if let Ok(snap) = rt.block_on(status_async(&control)) {
+                    for w in snap.workers.iter().filter(|w| w.state == "ready") {
+                        let pid = w.pid.unwrap_or(0);
+                        // Re-read status: the exit may have been noticed in between.
+                        if !alive(pid)
+                            && let Ok(again) = rt.block_on(status_async(&control))
+                            && again.workers.iter().any(|v| v.id == w.id && v.state == "ready")
+                        {
+                            seen.push(format!("worker {} (pid {pid}) ready but dead", w.id));
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        });
+        ReadyDeadSampler { stop, handle }
+    }
+
+    fn stop(self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().unwrap()
+    }
+}
+
+#[test]
+fn gunicorn_with_a_syntax_error_is_resisted_with_the_default_readiness() {
+    let _serial = serial();
+    let mut baton = gunicorn_baton(2);
+    // Gunicorn's master binds the port, then its worker fails to import the app and the master
+    // exits with status 3: a TCP probe would have passed.
+    baton.deploy_files(&[("app.py", BROKEN_APP)]);
+    let load = Load::start(baton.addr, 8, "/", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let out = baton.cli(&["restart", "--wait"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.stop();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}\n{}", baton.log());
+    assert!(
+        stderr.contains("resisting deployment error")
+            && stderr.contains("exited with status 3 before it was ready"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("SyntaxError"), "the worker's output is shown: {stderr}");
+    assert_eq!(report.failed, 0, "{:?}\n{}", report.errors, baton.log());
+    assert!(report.ok > 100, "too little load: {report:?}");
+    assert_old_release_serves(&baton, 2);
+    assert!(baton.status().resisting_deployment_error.is_some());
+
+    // A good release afterwards rolls out.
+    baton.deploy_files(&[("app.py", GOOD_APP)]);
+    let out = baton.cli(&["restart", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, body) = get(&baton.url("/"));
+    assert_eq!((status, body.trim()), (200, "release r3"));
+}
+
+#[test]
+fn a_release_that_answers_then_exits_is_resisted_under_load() {
+    let _serial = serial();
+    let mut baton = Baton::start(2, "200ms", "");
+    baton.deploy(Release::CrashesSoonAfterReady(400));
+    let sampler = ReadyDeadSampler::start(baton.control.clone());
+    let load = Load::start(baton.addr, 8, "/", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let out = baton.cli(&["restart", "--wait"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+    let dead_ready = sampler.stop();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}\n{}", baton.log());
+    assert!(
+        stderr.contains("exited with status 2") && stderr.contains("after it became ready"),
+        "{stderr}"
+    );
+    assert!(dead_ready.is_empty(), "{dead_ready:?}");
+    assert_eq!(report.failed, 0, "{:?}\n{}", report.errors, baton.log());
+    assert_old_release_serves(&baton, 2);
+}
+
+#[test]
+fn a_release_that_answers_then_exits_is_never_a_success_without_load() {
+    let _serial = serial();
+    let mut baton = Baton::start(2, "200ms", "");
+    baton.deploy(Release::CrashesSoonAfterReady(400));
+    let sampler = ReadyDeadSampler::start(baton.control.clone());
+    let out = baton.cli(&["restart", "--wait"]);
+    let dead_ready = sampler.stop();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        baton.log()
+    );
+    assert!(dead_ready.is_empty(), "{dead_ready:?}");
+    assert_old_release_serves(&baton, 2);
+}
