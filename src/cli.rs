@@ -137,11 +137,16 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Run { config } => {
             crate::journal::init();
             let config = Config::load(&config)?;
+            if let Err((key, message)) = config.check_host() {
+                // Not fatal: a release may be deployed after the service starts; spawning
+                // retries with backoff and says why in the journal.
+                tracing::error!(app = %config.name, "{key}: {message}");
+            }
             crate::manager::run(config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::CheckConfig { config } => {
-            let c = Config::load(&config)?;
+            let c = Config::load_checking_host(&config)?;
             let (min, max) = (c.workers.min(), c.workers.max());
             let workers = if min == max {
                 format!("{min} workers")

@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for how the modules fit together.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod control;

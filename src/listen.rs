@@ -69,7 +69,7 @@ fn bind(address: &ListenAddress) -> Result<Listener, ListenError> {
                 .map_err(err)
         }
         ListenAddress::Unix(path) => {
-            remove_stale_socket(path);
+            clear_stale_socket(path).map_err(err)?;
             let l = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
             l.set_nonblocking(true).map_err(err)?;
             tokio::net::UnixListener::from_std(l)
@@ -79,10 +79,25 @@ fn bind(address: &ListenAddress) -> Result<Listener, ListenError> {
     }
 }
 
-/// A socket file left by a process that is gone blocks bind(); one that answers is in use.
-pub fn remove_stale_socket(path: &Path) {
-    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
-        let _ = std::fs::remove_file(path);
+/// Make room for a Unix socket at `path`: a socket left by a process that is gone blocks
+/// bind() and is removed; one that answers is in use; anything that is not a socket is never
+/// touched (a typo in a config must not cost the operator a file).
+pub fn clear_stale_socket(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(m) if !m.file_type().is_socket() => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            crate::config::not_a_foreign_file(path)
+                .err()
+                .unwrap_or_else(|| "exists and is not a socket".into()),
+        )),
+        Ok(_) if std::os::unix::net::UnixStream::connect(path).is_ok() => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another process answers there",
+        )),
+        Ok(_) => std::fs::remove_file(path),
     }
 }
 

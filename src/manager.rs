@@ -16,20 +16,76 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// `auto` picks systemd when baton runs under a service manager with a reachable bus.
-async fn spawner(config: &Config) -> anyhow::Result<Arc<dyn Spawner>> {
+/// Call once the control socket is bound (the process backend's workers are marked with it).
+async fn spawner(config: &Config, control: &std::path::Path) -> anyhow::Result<Arc<dyn Spawner>> {
     let under_systemd = std::env::var_os("INVOCATION_ID").is_some()
         && std::path::Path::new("/run/systemd/system").exists();
     match config.spawner.backend {
-        Backend::Process => Ok(Arc::new(ProcessSpawner)),
+        Backend::Process => Ok(process_spawner(config, control).await),
         Backend::Systemd => Ok(Arc::new(SystemdSpawner::connect(config).await?)),
         Backend::Auto if under_systemd => match SystemdSpawner::connect(config).await {
             Ok(s) => Ok(Arc::new(s)),
             Err(e) => {
                 tracing::warn!("{e}; falling back to the process backend");
-                Ok(Arc::new(ProcessSpawner))
+                Ok(process_spawner(config, control).await)
             }
         },
-        Backend::Auto => Ok(Arc::new(ProcessSpawner)),
+        Backend::Auto => Ok(process_spawner(config, control).await),
+    }
+}
+
+/// The process backend, after stopping what a killed predecessor left running.
+async fn process_spawner(config: &Config, control: &std::path::Path) -> Arc<dyn Spawner> {
+    let spawner = Arc::new(ProcessSpawner::new(control));
+    let sweeper = spawner.clone();
+    let killed = tokio::task::spawn_blocking(move || sweeper.sweep_strays())
+        .await
+        .unwrap_or(0);
+    if killed > 0 {
+        tracing::warn!(app = %config.name, "stopped {killed} worker processes left by a previous baton of this app");
+    }
+    spawner
+}
+
+/// Descriptors kept for everything but client connections: workers' pipes, readiness probes,
+/// the control socket and metrics listeners (each bounded by `admin::MAX_CONNECTIONS`), the
+/// journal, D-Bus, temporary files.
+const RESERVED_FDS: u64 = 256 + 2 * crate::admin::MAX_CONNECTIONS as u64;
+
+/// Raise the soft descriptor limit to the hard one (systemd starts services at 1024 soft), and
+/// fit `max_connections` under it: each client connection may hold one upstream connection
+/// too, and what is left must keep the control socket answering during an incident.
+fn connection_budget(configured: usize, config: &Config) -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("cannot read the descriptor limit: {e}");
+            return configured;
+        }
+    };
+    let limit = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!("cannot raise the descriptor limit from {soft} to {hard}: {e}");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    let fits = usize::try_from(limit.saturating_sub(RESERVED_FDS) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if configured > fits {
+        tracing::warn!(
+            app = %config.name,
+            "listen.max_connections is {configured}, but the descriptor limit ({limit}) fits {fits} client connections with their worker connections; using {fits} (raise LimitNOFILE= to allow more)"
+        );
+        fits
+    } else {
+        configured
     }
 }
 
@@ -38,14 +94,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let app = config.name.clone();
     let listeners = crate::listen::open(&config)?;
-    let spawner = spawner(&config).await?;
+    let control_path = config.control_socket();
+    let control = crate::control::bind(&control_path, config.control.group.as_deref())?;
+    let spawner = spawner(&config, &control_path).await?;
     let pool = Pool::new(Limits {
         concurrency: config.workers.concurrency,
         max_queue: config.workers.max_queue,
     });
     let notifier = Arc::new(Notifier::default());
-    let control_path = config.control_socket();
-    let control = crate::control::bind(&control_path, config.control.group.as_deref())?;
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let (supervisor, handle) = Supervisor::new(
         config.clone(),
@@ -74,7 +130,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
 
-    let proxy = Proxy::new(pool.clone(), &config.listen, metrics);
+    let max_connections = connection_budget(config.listen.max_connections.get(), &config);
+    let proxy = Proxy::new(pool.clone(), &config.listen, max_connections, metrics);
     let stop_accepting = CancellationToken::new();
     let connections = TaskTracker::new();
     for l in listeners {
@@ -118,7 +175,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = rx.await;
     }
     let _ = supervisor.await;
-    let _ = std::fs::remove_file(&control_path);
+    // Only our own socket: never whatever might have been put there since.
+    if crate::config::not_a_foreign_file(&control_path).is_ok() {
+        let _ = std::fs::remove_file(&control_path);
+    }
     tracing::info!(app = %app, "stopped");
     Ok(())
 }

@@ -188,7 +188,11 @@ impl Metrics {
 /// Serve `GET /metrics` on a TCP address (`[metrics] address`).
 pub async fn serve_tcp(listener: tokio::net::TcpListener, handle: crate::restart::Handle) {
     use hyper::service::service_fn;
+    let gate = crate::admin::Gate::default();
     loop {
+        let Some(permit) = gate.enter().await else {
+            return;
+        };
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -214,9 +218,10 @@ pub async fn serve_tcp(listener: tokio::net::TcpListener, handle: crate::restart
                     Ok::<_, std::convert::Infallible>(r)
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = crate::admin::http1()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                 .await;
+            drop(permit);
         });
     }
 }

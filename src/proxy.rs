@@ -37,12 +37,17 @@ pub struct Proxy {
     /// One permit per open client connection (`[listen] max_connections`).
     connections: Arc<tokio::sync::Semaphore>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Peers whose forwarding headers are believed (`[listen] trusted_proxies`).
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Proxy {
+    /// `max_connections`: client connections at once (the config's, fitted to the descriptor
+    /// limit by the manager).
     pub fn new(
         pool: Arc<Pool>,
         listen: &crate::config::ListenConfig,
+        max_connections: usize,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Proxy> {
         let mut connector = HttpConnector::new();
@@ -57,8 +62,9 @@ impl Proxy {
             client,
             header_timeout: listen.header_timeout.get(),
             max_header_size: usize::try_from(listen.max_header_size.0).unwrap_or(usize::MAX),
-            connections: Arc::new(tokio::sync::Semaphore::new(listen.max_connections.get())),
+            connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
             metrics,
+            trusted_proxies: listen.trusted_proxies.clone(),
         })
     }
 
@@ -117,9 +123,15 @@ impl Proxy {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let proxy = self.clone();
-        // The X-Forwarded-For value for this connection's requests, made once.
-        let peer_ip = peer.and_then(|p| HeaderValue::try_from(p.ip().to_string()).ok());
-        let svc = service_fn(move |req| proxy.clone().handle(req, peer_ip.clone()));
+        // What this connection's requests say of their client, made once.
+        let peer = Peer {
+            ip: peer.and_then(|p| HeaderValue::try_from(p.ip().to_string()).ok()),
+            trusted: match peer {
+                Some(p) => self.trusted_proxies.iter().any(|n| n.contains(&p.ip())),
+                None => true,
+            },
+        };
+        let svc = service_fn(move |req| proxy.clone().handle(req, peer.clone()));
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_timeout)
@@ -144,10 +156,10 @@ impl Proxy {
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: Option<HeaderValue>,
+        peer: Peer,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = std::time::Instant::now();
-        let resp = match self.forward(req, peer).await {
+        let resp = match self.forward(req, &peer).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
         };
@@ -159,7 +171,7 @@ impl Proxy {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        peer: Option<HeaderValue>,
+        peer: &Peer,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let uri = req.uri();
         let uri_len = uri.path_and_query().map_or(1, |p| p.as_str().len())
@@ -167,7 +179,10 @@ impl Proxy {
         if uri_len > self.max_header_size {
             return Err(ProxyError::UriTooLong(uri_len, self.max_header_size));
         }
-        let head: usize = uri_len
+        // The whole request line counts: method, target and version.
+        let head: usize = req.method().as_str().len()
+            + uri_len
+            + " HTTP/1.1\r\n ".len()
             + req
                 .headers()
                 .iter()
@@ -176,22 +191,41 @@ impl Proxy {
         if head > self.max_header_size {
             return Err(ProxyError::HeadTooLarge(head, self.max_header_size));
         }
+        if req.method() == Method::CONNECT {
+            return Err(ProxyError::Connect);
+        }
+        // HTTP/1.1 needs exactly one Host (RFC 9112 3.2); HTTP/1.0 may go without.
+        let hosts = req.headers().get_all(header::HOST).iter().count();
+        if hosts > 1 || (hosts == 0 && req.version() == http::Version::HTTP_11) {
+            return Err(ProxyError::NoHost);
+        }
         let upgrade = wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers, upgrade);
-        add_forwarded(&mut parts.headers, peer);
-        // Only origin-form ("/path") and absolute-form targets reach a worker; anything else
-        // (e.g. "*") would make a URI without the worker's port.
+        // Only origin-form ("/path") and absolute-form ("http://host/path") targets reach a
+        // worker; anything else ("abc", "host:80", "*") would be guessed at.
         let path = match parts.uri.path_and_query() {
             Some(p) if p.as_str().starts_with('/') => p.clone(),
-            None => PathAndQuery::from_static("/"),
+            None if parts.uri.scheme().is_some() => PathAndQuery::from_static("/"),
             Some(p) if p.as_str() == "*" && parts.method == Method::OPTIONS => {
                 return Ok(server_options());
             }
-            Some(_) => return Err(ProxyError::BadTarget),
+            _ => return Err(ProxyError::BadTarget),
         };
-        let retryable = !upgrade && is_idempotent(&parts.method) && has_no_body(&body);
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        add_forwarded(&mut parts.headers, peer);
+        let has_body = !has_no_body(&body);
+        if has_body {
+            // A response reaches only the client that asked: a worker that leaves a body unread
+            // (a GET body it ignores, an early answer) would read the rest as a next request on
+            // the same connection, and its answer would go to whoever is sent there next. So a
+            // connection that carried a body is never reused: the worker closes it after this
+            // response.
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let retryable = !upgrade && is_idempotent(&parts.method) && !has_body;
 
         let lease = self.lease(None).await?;
         // The worker's own authority and the client's path: no formatting, no parsing, and no
@@ -269,8 +303,14 @@ impl Proxy {
 enum ProxyError {
     #[error("baton: {0}")]
     NoWorker(Rejected),
-    #[error("baton: bad request target")]
+    #[error(
+        "baton: bad request target (origin-form \"/path\" or absolute-form \"http://host/path\")"
+    )]
     BadTarget,
+    #[error("baton: a request needs exactly one Host header")]
+    NoHost,
+    #[error("baton: CONNECT is not supported (baton is a reverse proxy, not a forward proxy)")]
+    Connect,
     #[error("baton: worker {worker} failed to answer: {cause}")]
     BadGateway { worker: WorkerId, cause: String },
     #[error(
@@ -305,7 +345,8 @@ impl ProxyError {
     fn into_response(self) -> Response<ProxyBody> {
         let status = match &self {
             ProxyError::NoWorker(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::BadTarget => StatusCode::BAD_REQUEST,
+            ProxyError::BadTarget | ProxyError::NoHost => StatusCode::BAD_REQUEST,
+            ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::UriTooLong(..) => StatusCode::URI_TOO_LONG,
             ProxyError::HeadTooLarge(..) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadGateway { .. } | ProxyError::Cut(_) => StatusCode::BAD_GATEWAY,
@@ -408,7 +449,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
     for name in listed {
-        if !(keep_upgrade && name == header::UPGRADE) {
+        let kept = is_protected(&name) || (keep_upgrade && name == header::UPGRADE);
+        if !kept {
             h.remove(name);
         }
     }
@@ -435,6 +477,26 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// End-to-end headers that baton and the worker rely on: a client's `Connection:` list cannot
+/// remove them (`Connection: host` would hide the Host the client sent).
+fn is_protected(n: &HeaderName) -> bool {
+    n == header::HOST
+        || n == header::CONTENT_LENGTH
+        || n == header::CONTENT_TYPE
+        || n == header::CONTENT_ENCODING
+        || n == header::COOKIE
+        || n == header::AUTHORIZATION
+        || n == header::EXPECT
+        || n == X_FORWARDED_FOR
+        || n == X_FORWARDED_HOST
+        || n == X_FORWARDED_PROTO
+        || n == FORWARDED
+        || n == X_REAL_IP
+}
 
 fn is_hop_by_hop(n: &HeaderName) -> bool {
     n == header::CONNECTION
@@ -448,20 +510,65 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
         || n == PROXY_CONNECTION
 }
 
-/// `peer` is the client's IP as a header value (made once per connection).
-fn add_forwarded(h: &mut HeaderMap, peer: Option<HeaderValue>) {
-    if let Some(ip) = peer {
-        let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) => {
-                HeaderValue::try_from(format!("{prev}, {}", ip.to_str().unwrap_or_default())).ok()
+/// What baton knows of a client connection, worked out once per connection.
+#[derive(Clone, Debug)]
+struct Peer {
+    /// The client's IP as a header value; `None` on a Unix socket.
+    ip: Option<HeaderValue>,
+    /// A configured trusted proxy (`[listen] trusted_proxies`) or a local process on a Unix
+    /// socket: its forwarding headers are kept and extended; anyone else's are replaced.
+    trusted: bool,
+}
+
+/// Set the forwarding headers: what baton saw, never what an untrusted client claims.
+fn add_forwarded(h: &mut HeaderMap, peer: &Peer) {
+    let prior = if peer.trusted && h.contains_key(&X_FORWARDED_FOR) {
+        // Several X-Forwarded-For lines are one list (RFC 9110 5.3).
+        let joined: Vec<&str> = h
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        Some(joined.join(", "))
+    } else {
+        None
+    };
+    if !peer.trusted {
+        for name in [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_HOST,
+            &X_FORWARDED_PROTO,
+            &FORWARDED,
+            &X_REAL_IP,
+        ] {
+            if h.contains_key(name) {
+                h.remove(name);
             }
-            None => Some(ip),
-        };
-        if let Some(v) = value {
-            h.insert(X_FORWARDED_FOR, v);
         }
     }
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let value = match (prior, &peer.ip) {
+        (Some(prev), Some(ip)) => {
+            HeaderValue::try_from(format!("{prev}, {}", ip.to_str().unwrap_or_default())).ok()
+        }
+        (Some(prev), None) => HeaderValue::try_from(prev).ok(),
+        (None, ip) => ip.clone(),
+    };
+    match value {
+        Some(v) => {
+            h.insert(X_FORWARDED_FOR, v);
+        }
+        None => {
+            h.remove(&X_FORWARDED_FOR);
+        }
+    }
+    if !h.contains_key(&X_FORWARDED_HOST)
+        && let Some(host) = h.get(header::HOST).cloned()
+    {
+        h.insert(X_FORWARDED_HOST, host);
+    }
+    if !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
 }
 
 /// A worker's response body that returns the worker's lease when the body ends or is dropped.
@@ -510,11 +617,58 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_is_appended() {
+    fn connection_cannot_remove_end_to_end_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("host, cookie, authorization, x-other"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("example"));
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["host"], "example");
+        assert_eq!(h["cookie"], "a=1");
+        assert_eq!(h["authorization"], "Basic x");
+        assert!(!h.contains_key("x-other"));
+    }
+
+    fn client(trusted: bool) -> Peer {
+        Peer {
+            ip: Some(HeaderValue::from_static("192.0.2.7")),
+            trusted,
+        }
+    }
+
+    #[test]
+    fn a_trusted_proxys_forwarding_headers_are_merged_and_extended() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert(header::HOST, HeaderValue::from_static("example.org"));
+        add_forwarded(&mut h, &client(true));
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "example.org");
+    }
+
+    #[test]
+    fn an_untrusted_clients_forwarding_headers_are_replaced() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, Some(HeaderValue::from_static("192.0.2.7")));
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("forwarded", HeaderValue::from_static("for=10.0.0.1"));
+        h.insert("x-real-ip", HeaderValue::from_static("10.0.0.1"));
+        h.insert(header::HOST, HeaderValue::from_static("example.org"));
+        add_forwarded(&mut h, &client(false));
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-host"], "example.org");
         assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("forwarded"));
+        assert!(!h.contains_key("x-real-ip"));
     }
 }

@@ -39,7 +39,9 @@ impl std::fmt::Display for NotReady {
                     None => Ok(()),
                 }
             }
-            NotReady::DiedAfterProbe => f.write_str("exited just after it answered its readiness probe"),
+            NotReady::DiedAfterProbe => {
+                f.write_str("exited just after it answered its readiness probe")
+            }
             NotReady::Timeout(t) => write!(
                 f,
                 "was not ready within {} (readiness.timeout)",
@@ -283,7 +285,6 @@ mod diag {
             src == loopback || src.iter().all(|b| *b == 0)
         }
     }
-
 }
 
 #[cfg(test)]
@@ -297,6 +298,9 @@ mod tests {
         assert_eq!(port_holder(port, &[std::process::id()]), PortHolder::Worker);
         assert!(matches!(port_holder(port, &[1]), PortHolder::Other { .. }));
         drop(l);
-        assert_eq!(port_holder(port, &[std::process::id()]), PortHolder::Unknown);
+        assert_eq!(
+            port_holder(port, &[std::process::id()]),
+            PortHolder::Unknown
+        );
     }
 }

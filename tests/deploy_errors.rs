@@ -36,7 +36,11 @@ fn assert_old_release_serves(baton: &Baton, workers: usize) {
     assert_eq!(ready.len(), workers, "{s:#?}");
     assert!(ready.iter().all(|w| w.generation == 1), "{s:#?}");
     for w in ready {
-        assert!(alive(w.pid.unwrap()), "worker {} is listed ready but dead", w.id);
+        assert!(
+            alive(w.pid.unwrap()),
+            "worker {} is listed ready but dead",
+            w.id
+        );
     }
     let (status, body) = get(&baton.url("/"));
     assert_eq!(status, 200);
@@ -70,7 +74,10 @@ impl ReadyDeadSampler {
                         // Re-read status: the exit may have been noticed in between.
                         if !alive(pid)
                             && let Ok(again) = rt.block_on(status_async(&control))
-                            && again.workers.iter().any(|v| v.id == w.id && v.state == "ready")
+                            && again
+                                .workers
+                                .iter()
+                                .any(|v| v.id == w.id && v.state == "ready")
                         {
                             seen.push(format!("worker {} (pid {pid}) ready but dead", w.id));
                         }
@@ -102,13 +109,21 @@ fn gunicorn_with_a_syntax_error_is_resisted_with_the_default_readiness() {
     std::thread::sleep(Duration::from_millis(300));
     let report = load.stop();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}\n{}", baton.log());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stderr: {stderr}\n{}",
+        baton.log()
+    );
     assert!(
         stderr.contains("resisting deployment error")
             && stderr.contains("exited with status 3 before it was ready"),
         "{stderr}"
     );
-    assert!(stderr.contains("SyntaxError"), "the worker's output is shown: {stderr}");
+    assert!(
+        stderr.contains("SyntaxError"),
+        "the worker's output is shown: {stderr}"
+    );
     assert_eq!(report.failed, 0, "{:?}\n{}", report.errors, baton.log());
     assert!(report.ok > 100, "too little load: {report:?}");
     assert_old_release_serves(&baton, 2);
@@ -117,7 +132,11 @@ fn gunicorn_with_a_syntax_error_is_resisted_with_the_default_readiness() {
     // A good release afterwards rolls out.
     baton.deploy_files(&[("app.py", GOOD_APP)]);
     let out = baton.cli(&["restart", "--wait"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (status, body) = get(&baton.url("/"));
     assert_eq!((status, body.trim()), (200, "release r3"));
 }
@@ -135,7 +154,12 @@ fn a_release_that_answers_then_exits_is_resisted_under_load() {
     let report = load.stop();
     let dead_ready = sampler.stop();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}\n{}", baton.log());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stderr: {stderr}\n{}",
+        baton.log()
+    );
     assert!(
         stderr.contains("exited with status 2") && stderr.contains("after it became ready"),
         "{stderr}"

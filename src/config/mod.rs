@@ -137,6 +137,10 @@ impl Command {
         Self::try_from(argv)
     }
     /// The argv with `{port}` substituted.
+    pub fn argv(&self) -> &[String] {
+        &self.0
+    }
+
     pub fn argv_for_port(&self, port: u16) -> Vec<String> {
         let p = port.to_string();
         self.0.iter().map(|a| a.replace("{port}", &p)).collect()
@@ -153,6 +157,9 @@ pub struct ListenConfig {
     pub header_timeout: Duration,
     /// Largest request head (request line + headers) accepted; beyond: 431 (or 414 for the URI).
     pub max_header_size: ByteSize,
+    /// Peers (addresses or networks, e.g. a load balancer) whose `X-Forwarded-*` headers are
+    /// believed and extended; everyone else's are replaced by what baton sees.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ListenConfig {
@@ -162,6 +169,7 @@ impl Default for ListenConfig {
             max_connections: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
             header_timeout: Duration::from_secs(30),
             max_header_size: ByteSize(64 << 10),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -202,6 +210,65 @@ impl Default for WorkersConfig {
             max_requests: 0,
             memory_limit: ByteSize(0),
         }
+    }
+}
+
+/// The most workers one app may have.
+pub const MAX_WORKERS: u64 = 1024;
+/// The most client connections `[listen] max_connections` may allow.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+/// The largest `[listen] max_header_size`.
+pub const MAX_HEADER_SIZE: u64 = 1 << 20;
+
+/// A path where baton would put a socket must be free or hold a socket: baton never deletes
+/// anything else (a typo in a config must not cost the operator a file).
+pub fn not_a_foreign_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => Err(format!(
+            "{} exists and is not a socket; baton replaces only a stale socket of its own, so move it away or choose another path",
+            path.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `program` can be run: a path that is an executable file, or a name found on the
+/// PATH (the config's, else baton's).
+fn find_program(
+    program: &str,
+    directory: Option<&Path>,
+    environment: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = match directory {
+            Some(d) if !program.starts_with('/') => d.join(program),
+            _ => PathBuf::from(program),
+        };
+        return if executable(&path) {
+            Ok(())
+        } else {
+            Err(format!("{} is not an executable file", path.display()))
+        };
+    }
+    let path_var = environment
+        .get("PATH")
+        .cloned()
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    if path_var
+        .split(':')
+        .any(|d| !d.is_empty() && executable(&Path::new(d).join(program)))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program:?} was not found on the PATH ({path_var})"
+        ))
     }
 }
 
@@ -422,6 +489,24 @@ impl Config {
         Self::parse(&text, path)
     }
 
+    /// Like [`Config::load`], then the checks that look at the machine ([`Config::check_host`]),
+    /// with the same file:line:key errors: what `check-config` runs.
+    pub fn load_checking_host(path: &Path) -> Result<Config, ConfigError> {
+        let config = Self::load(path)?;
+        if let Err((key, message)) = config.check_host() {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let (line, column) = line_col(&text, find_key(&text, &key).map_or(0, |s| s.start));
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                key,
+                message,
+            });
+        }
+        Ok(config)
+    }
+
     /// Parse and check config text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let invalid = |span: Option<std::ops::Range<usize>>, key: String, message: String| {
@@ -480,14 +565,98 @@ impl Config {
         if self.readiness.timeout.get().is_zero() {
             return Err(("readiness.timeout".into(), "must be longer than 0s".into()));
         }
-        for key in self.app.environment.keys() {
+        self.check_limits()?;
+        for (key, value) in &self.app.environment {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return Err((
                     format!("app.environment.{key}"),
                     format!("invalid environment variable name {key:?}"),
                 ));
             }
+            if value.contains('\0') {
+                return Err((
+                    format!("app.environment.{key}"),
+                    format!("the value of {key} contains a NUL byte"),
+                ));
+            }
         }
+        if let Some(arg) = self.app.command.argv().iter().find(|a| a.contains('\0')) {
+            return Err((
+                "app.command".into(),
+                format!("argument {arg:?} contains a NUL byte"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every number has a ceiling, so that no configured value can exhaust memory or overflow.
+    fn check_limits(&self) -> Result<(), (String, String)> {
+        fn at_most(key: &str, value: u64, max: u64) -> Result<(), (String, String)> {
+            if value > max {
+                return Err((key.into(), format!("{value} is above the maximum, {max}")));
+            }
+            Ok(())
+        }
+        let w = &self.workers;
+        at_most(
+            "workers.count",
+            w.count.map_or(0, |c| c.get() as u64),
+            MAX_WORKERS,
+        )?;
+        at_most("workers.min", w.min.unwrap_or(0) as u64, MAX_WORKERS)?;
+        at_most(
+            "workers.max",
+            w.max.map_or(0, |c| c.get() as u64),
+            MAX_WORKERS,
+        )?;
+        at_most("workers.concurrency", w.concurrency as u64, 100_000)?;
+        at_most("workers.max_queue", w.max_queue as u64, 1_000_000)?;
+        at_most(
+            "restart.max_surge",
+            self.restart.max_surge.get() as u64,
+            MAX_WORKERS,
+        )?;
+        at_most(
+            "listen.max_connections",
+            self.listen.max_connections.get() as u64,
+            MAX_CONNECTIONS as u64,
+        )?;
+        if self.listen.max_header_size.0 > MAX_HEADER_SIZE {
+            return Err((
+                "listen.max_header_size".into(),
+                format!(
+                    "{} bytes is above the maximum, 1MiB",
+                    self.listen.max_header_size.0
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that look at the machine (`check-config` and start-up): the release directory,
+    /// the command, and socket paths that would have to be replaced. They can still fail later
+    /// (at spawn: then the backoff and the journal entry apply).
+    pub fn check_host(&self) -> Result<(), (String, String)> {
+        if let Some(dir) = &self.app.directory
+            && !dir.is_dir()
+        {
+            return Err((
+                "app.directory".into(),
+                format!("{} is not a directory (or does not exist)", dir.display()),
+            ));
+        }
+        let program = self.app.command.argv().first().cloned().unwrap_or_default();
+        if let Err(why) = find_program(
+            &program,
+            self.app.directory.as_deref(),
+            &self.app.environment,
+        ) {
+            return Err(("app.command".into(), why));
+        }
+        if let Some(ListenAddress::Unix(path)) = &self.listen.address {
+            not_a_foreign_file(path).map_err(|m| ("listen.address".into(), m))?;
+        }
+        not_a_foreign_file(&self.control_socket()).map_err(|m| ("control.socket".into(), m))?;
         Ok(())
     }
 

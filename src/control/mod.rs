@@ -41,11 +41,11 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, ControlErr
         path: p.clone(),
         error,
     };
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+    match crate::listen::clear_stale_socket(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
             return Err(ControlError::InUse { path: p });
         }
-        std::fs::remove_file(path).map_err(io)?;
+        other => other.map_err(io)?,
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
@@ -73,7 +73,11 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, ControlErr
 
 /// Serve the control API until the process ends.
 pub async fn serve(listener: UnixListener, handle: Handle) {
+    let gate = crate::admin::Gate::default();
     loop {
+        let Some(permit) = gate.enter().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
@@ -85,9 +89,10 @@ pub async fn serve(listener: UnixListener, handle: Handle) {
         let handle = handle.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| route(req, handle.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = crate::admin::http1()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
+            drop(permit);
         });
     }
 }

@@ -338,7 +338,11 @@ impl Supervisor {
             } => {
                 // A new worker of the roll in progress is the roll's to judge (a death within
                 // readiness.settle is a deployment error, not a crash of a proven release).
-                if self.roll.as_ref().is_some_and(|r| r.generation == generation) {
+                if self
+                    .roll
+                    .as_ref()
+                    .is_some_and(|r| r.generation == generation)
+                {
                     tracing::warn!(
                         app = %self.ctx.config.name, worker = id.0, generation = generation.0,
                         pid, unit = unit.as_deref(),

@@ -163,7 +163,11 @@ async fn rolling(
             match worker::settle(ctx, &ready_ids, cancel).await {
                 Err(SpawnError::Cancelled) => return RollResult::Cancelled,
                 Err(SpawnError::Failed(f)) => {
-                    ready_ids.retain(|id| ctx.pool.get(*id).is_some_and(|w| w.state == WorkerState::Ready));
+                    ready_ids.retain(|id| {
+                        ctx.pool
+                            .get(*id)
+                            .is_some_and(|w| w.state == WorkerState::Ready)
+                    });
                     failures.push(f);
                 }
                 Ok(()) => {}

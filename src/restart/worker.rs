@@ -160,9 +160,11 @@ pub async fn settle(
             output: Vec::new(),
         }));
     }
-    let exits = futures_util::future::select_all(watched.iter().map(|(id, p)| {
-        Box::pin(async move { (*id, p.wait_exit().await, p.output.lines()) })
-    }));
+    let exits = futures_util::future::select_all(
+        watched
+            .iter()
+            .map(|(id, p)| Box::pin(async move { (*id, p.wait_exit().await, p.output.lines()) })),
+    );
     tokio::select! {
         _ = cancel.cancelled() => Err(SpawnError::Cancelled),
         _ = tokio::time::sleep(settle) => Ok(()),

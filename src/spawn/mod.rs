@@ -251,7 +251,10 @@ pub fn descendants(pid: u32) -> Vec<u32> {
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
             for t in tasks.flatten() {
                 if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
-                    all.extend(text.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+                    all.extend(
+                        text.split_whitespace()
+                            .filter_map(|c| c.parse::<u32>().ok()),
+                    );
                 }
             }
         }

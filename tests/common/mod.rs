@@ -90,9 +90,8 @@ impl Baton {
         release: Release,
         wait: bool,
     ) -> Baton {
-        let command = format!(
-            r#"["{BATON}", "demo-app", "--port", "{{port}}", "--boot-time", "{boot}"]"#
-        );
+        let command =
+            format!(r#"["{BATON}", "demo-app", "--port", "{{port}}", "--boot-time", "{boot}"]"#);
         Self::start_command(workers, &command, extra, wait, |b| b.deploy(release))
     }
 
