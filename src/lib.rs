@@ -19,3 +19,4 @@ pub mod restart;
 pub mod spawn;
 pub mod status;
 pub mod units;
+pub mod upstream;

@@ -8,15 +8,15 @@
 use crate::listen::Listener;
 use crate::pool::{Lease, Pool, Rejected};
 use crate::spawn::WorkerId;
+use crate::upstream::{Conn, UpstreamError};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -31,7 +31,6 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 pub struct Proxy {
     pool: Arc<Pool>,
-    client: Client<HttpConnector, ProxyBody>,
     header_timeout: Duration,
     max_header_size: usize,
     /// One permit per open client connection (`[listen] max_connections`).
@@ -50,16 +49,8 @@ impl Proxy {
         max_connections: usize,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Proxy> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Arc::new(Proxy {
             pool,
-            client,
             header_timeout: listen.header_timeout.get(),
             max_header_size: usize::try_from(listen.max_header_size.0).unwrap_or(usize::MAX),
             connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
@@ -227,29 +218,19 @@ impl Proxy {
         }
         let retryable = !upgrade && is_idempotent(&parts.method) && !has_body;
 
+        // Only a request that may be sent again goes on a reused connection (see `upstream`).
+        let reusable = retryable;
+        // A copy of the head only when a retry may need it (a request that reached the worker
+        // and got no answer is gone with its connection).
+        let retry_head = retryable.then(|| request_head(&parts, &path));
+        let mut parts = parts;
+        parts.uri = Uri::from(path);
+        let first = Request::from_parts(parts, body.boxed());
         let lease = self.lease(None).await?;
-        // The worker's own authority and the client's path: no formatting, no parsing, and no
-        // target can make a URI without the worker's port.
-        let build = |authority: &Authority, body: ProxyBody| {
-            let mut target = http::uri::Parts::default();
-            target.scheme = Some(Scheme::HTTP);
-            target.authority = Some(authority.clone());
-            target.path_and_query = Some(path.clone());
-            let uri = Uri::from_parts(target).map_err(|_| ProxyError::BadTarget)?;
-            let mut r = Request::new(body);
-            *r.method_mut() = parts.method.clone();
-            *r.uri_mut() = uri;
-            *r.headers_mut() = parts.headers.clone();
-            Ok::<_, ProxyError>(r)
-        };
-        let first = self
-            .client
-            .request(build(&lease.authority, body.boxed())?)
-            .await;
-        let (resp, lease) = match first {
-            Ok(resp) => (resp, lease),
+        let (resp, conn, lease) = match send(&lease, reusable, first).await {
+            Ok((resp, conn)) => (resp, conn, lease),
             Err(_) if lease.was_cut() => return Err(ProxyError::Cut(lease.worker)),
-            Err(e) if retryable => {
+            Err((e, unsent)) if unsent.is_some() || retryable => {
                 tracing::warn!(
                     worker = lease.worker.0,
                     "request to worker {} failed ({e}); retrying on another worker",
@@ -258,13 +239,22 @@ impl Proxy {
                 let failed = lease.worker;
                 drop(lease);
                 let lease = self.lease(Some(failed)).await?;
-                let empty = Empty::<Bytes>::new().map_err(|n| match n {}).boxed();
-                match self.client.request(build(&lease.authority, empty)?).await {
-                    Ok(resp) => (resp, lease),
-                    Err(e) => return Err(ProxyError::bad_gateway(&lease, &e)),
+                // A request the worker never got goes again whole; a retryable one (no body)
+                // is made again from its head.
+                let again = match (unsent, retry_head) {
+                    (Some(req), _) => req,
+                    (None, Some(head)) => Request::from_parts(
+                        head,
+                        Empty::<Bytes>::new().map_err(|n| match n {}).boxed(),
+                    ),
+                    (None, None) => return Err(ProxyError::bad_gateway(&lease, &e)),
+                };
+                match send(&lease, reusable, again).await {
+                    Ok((resp, conn)) => (resp, conn, lease),
+                    Err((e, _)) => return Err(ProxyError::bad_gateway(&lease, &e)),
                 }
             }
-            Err(e) => return Err(ProxyError::bad_gateway(&lease, &e)),
+            Err((e, _)) => return Err(ProxyError::bad_gateway(&lease, &e)),
         };
 
         let mut resp = resp;
@@ -279,12 +269,15 @@ impl Proxy {
             return Ok(switched);
         }
         let (mut rparts, rbody) = resp.into_parts();
+        // The worker's own `Connection: close` means this connection ends with the response.
+        let keep = reusable && !connection_close(&rparts.headers);
         strip_hop_by_hop(&mut rparts.headers, false);
         Ok(Response::from_parts(
             rparts,
             LeasedBody {
                 inner: rbody,
-                _lease: lease,
+                conn: keep.then_some(conn),
+                lease,
             }
             .boxed(),
         ))
@@ -296,6 +289,41 @@ impl Proxy {
             .await
             .map_err(ProxyError::NoWorker)
     }
+}
+
+/// Send one request on one of the lease's worker connections. On failure, the request comes
+/// back when it never left baton (no connection could be made).
+async fn send(
+    lease: &Lease,
+    reuse: bool,
+    req: Request<ProxyBody>,
+) -> Result<(Response<Incoming>, Conn), (UpstreamError, Option<Request<ProxyBody>>)> {
+    let mut conn = match lease.conns.get(lease.addr, reuse).await {
+        Ok(c) => c,
+        Err(e) => return Err((e, Some(req))),
+    };
+    match conn.send(req).await {
+        Ok(resp) => Ok((resp, conn)),
+        Err(e) => Err((e, None)),
+    }
+}
+
+/// A copy of the head of the request to the worker: the client's method, target path and
+/// headers.
+fn request_head(parts: &http::request::Parts, path: &PathAndQuery) -> http::request::Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = parts.method.clone();
+    *r.uri_mut() = Uri::from(path.clone());
+    *r.headers_mut() = parts.headers.clone();
+    r.into_parts().0
+}
+
+fn connection_close(h: &HeaderMap) -> bool {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
 }
 
 /// Why a request got no answer from a worker; each becomes a plain-text error response.
@@ -324,7 +352,7 @@ enum ProxyError {
 }
 
 impl ProxyError {
-    fn bad_gateway(lease: &Lease, e: &hyper_util::client::legacy::Error) -> ProxyError {
+    fn bad_gateway(lease: &Lease, e: &UpstreamError) -> ProxyError {
         let mut cause = e.to_string();
         let mut src = std::error::Error::source(e);
         while let Some(s) = src {
@@ -571,10 +599,13 @@ fn add_forwarded(h: &mut HeaderMap, peer: &Peer) {
     }
 }
 
-/// A worker's response body that returns the worker's lease when the body ends or is dropped.
+/// A worker's response body that returns the worker's lease when the body ends or is dropped,
+/// and its connection to the worker's pool when the body was read to its end.
 struct LeasedBody {
     inner: Incoming,
-    _lease: Lease,
+    /// The connection, while it may be reused.
+    conn: Option<Conn>,
+    lease: Lease,
 }
 
 impl Body for LeasedBody {
@@ -585,7 +616,17 @@ impl Body for LeasedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => {
+                if let Some(conn) = self.conn.take() {
+                    self.lease.conns.put(conn);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.conn = None,
+            _ => {}
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {

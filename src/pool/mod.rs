@@ -6,6 +6,7 @@
 //! across an `.await`.
 
 use crate::spawn::{Generation, StartedWorker, WorkerId};
+use crate::upstream::Conns;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -64,8 +65,8 @@ pub struct Worker {
     pub memory_bytes: u64,
     /// Set when baton stops the worker with requests still in flight (drain_timeout passed).
     pub cut: Arc<AtomicBool>,
-    /// `addr` as a URI authority, made once rather than per request.
-    pub authority: http::uri::Authority,
+    /// Its idle keep-alive connections (see [`crate::upstream`]).
+    pub conns: Arc<Conns>,
 }
 
 impl Worker {
@@ -91,8 +92,7 @@ impl Worker {
             cpu_percent: 0.0,
             memory_bytes: 0,
             cut: Arc::default(),
-            authority: http::uri::Authority::try_from(addr.to_string())
-                .expect("a socket address is a valid authority"),
+            conns: Arc::default(),
         }
     }
 }
@@ -127,7 +127,7 @@ pub enum Rejected {
 struct Grant {
     worker: WorkerId,
     addr: SocketAddr,
-    authority: http::uri::Authority,
+    conns: Arc<Conns>,
     cut: Arc<AtomicBool>,
 }
 
@@ -166,7 +166,8 @@ pub struct Lease {
     pool: Arc<Pool>,
     pub worker: WorkerId,
     pub addr: SocketAddr,
-    pub authority: http::uri::Authority,
+    /// The worker's connections: a request takes one, and gives it back when reusable.
+    pub conns: Arc<Conns>,
     cut: Arc<AtomicBool>,
 }
 
@@ -258,7 +259,7 @@ impl Pool {
             pool: self.clone(),
             worker: g.worker,
             addr: g.addr,
-            authority: g.authority,
+            conns: g.conns,
             cut: g.cut,
         }
     }
@@ -278,6 +279,16 @@ impl Pool {
         drop(inner);
         if notify {
             self.changed.notify_waiters();
+        }
+    }
+
+    /// Stop routing to a worker (it drains): its idle connections are closed at once, and
+    /// those in use are not given back.
+    pub fn start_draining(&self, id: WorkerId) {
+        let conns = self.lock().workers.get(&id).map(|w| w.conns.clone());
+        self.set_state(id, WorkerState::Draining);
+        if let Some(c) = conns {
+            c.close_idle();
         }
     }
 
@@ -446,7 +457,7 @@ impl Inner {
         Some(Grant {
             worker: id,
             addr: w.addr,
-            authority: w.authority.clone(),
+            conns: w.conns.clone(),
             cut: w.cut.clone(),
         })
     }

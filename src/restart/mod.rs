@@ -624,7 +624,7 @@ impl Supervisor {
                 if idle >= idle_limit {
                     surplus -= 1;
                     // Draining at once keeps the next tick from counting it as ready.
-                    self.ctx.pool.set_state(v.id, WorkerState::Draining);
+                    self.ctx.pool.start_draining(v.id);
                     tracing::info!(
                         app = %self.ctx.config.name, worker = v.id.0, generation = v.generation.0,
                         pid = v.pid, unit = v.unit.as_deref(),

@@ -219,7 +219,7 @@ async fn blocking(
     progress(ctx, generation, format!("stopping {} workers", old.len()));
     // Mark them all first so that no request goes to any of them meanwhile: requests queue.
     for id in &old {
-        ctx.pool.set_state(*id, WorkerState::Draining);
+        ctx.pool.start_draining(*id);
     }
     futures_util::future::join_all(old.iter().map(|id| worker::drain_and_stop(ctx, *id))).await;
     if cancel.is_cancelled() {

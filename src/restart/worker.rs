@@ -282,7 +282,7 @@ pub async fn stop(ctx: &Context, id: WorkerId) {
 
 /// Give a worker no new requests, wait for its in-flight ones (up to `drain_timeout`), stop it.
 pub async fn drain_and_stop(ctx: &Context, id: WorkerId) {
-    ctx.pool.set_state(id, WorkerState::Draining);
+    ctx.pool.start_draining(id);
     let limit = ctx.config.restart.drain_timeout.get();
     if !ctx.pool.wait_idle(id, limit).await
         && let Some(w) = ctx.pool.get(id)

@@ -1,0 +1,263 @@
+//! Connections to one worker: a small pool of HTTP/1.1 keep-alive connections per worker,
+//! owned by the worker's pool entry and reached through its lease, so a request finds its
+//! connection without a shared lock or a hash, and a worker that leaves the pool takes exactly
+//! its own connections with it.
+//!
+//! Reuse is the safety rule of the proxy: a connection goes back to the pool only after a
+//! request that could be retried anywhere (idempotent, no body) got a whole response on it.
+//! Any other request gets a fresh connection that the worker closes after its answer, so
+//! nothing a worker leaves unread (a body it ignored) can be taken for a next request, and a
+//! request that must not be sent twice never meets a connection the worker has just closed.
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// What the proxy sends to a worker.
+pub type RequestBody = BoxBody<Bytes, hyper::Error>;
+
+/// How long a worker may take to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle connections older than this are not reused: app servers close idle keep-alive
+/// connections after a few seconds (gunicorn 2 s, Node 5 s), and one closed under a request is
+/// a retry. Idempotent body-less requests are retried anyway; this keeps that rare.
+const IDLE_REUSE: Duration = Duration::from_secs(2);
+/// Idle connections kept per worker.
+const MAX_IDLE: usize = 64;
+
+/// Why a worker could not be sent a request.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {0}: timed out")]
+    ConnectTimeout(SocketAddr),
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
+impl UpstreamError {
+    /// Whether the request certainly never reached the worker's app (safe to send elsewhere,
+    /// whatever its method).
+    pub fn before_sending(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_)
+        )
+    }
+}
+
+/// One connection to a worker, checked out for one request.
+pub struct Conn {
+    sender: SendRequest<RequestBody>,
+    /// Came from the idle pool (it may have been closed by the worker meanwhile).
+    pub reused: bool,
+}
+
+impl Conn {
+    pub async fn send(
+        &mut self,
+        req: http::Request<RequestBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        Ok(self.sender.send_request(req).await?)
+    }
+}
+
+/// The idle connections of one worker.
+#[derive(Default)]
+pub struct Conns {
+    idle: Mutex<Vec<(SendRequest<RequestBody>, Instant)>>,
+}
+
+impl std::fmt::Debug for Conns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Conns")
+    }
+}
+
+impl Conns {
+    /// A connection for one request: an idle one when `reuse` allows, else a new one.
+    pub async fn get(&self, addr: SocketAddr, reuse: bool) -> Result<Conn, UpstreamError> {
+        if reuse {
+            while let Some(mut sender) = self.pop() {
+                if sender.is_closed() {
+                    continue;
+                }
+                // Ready as soon as its task has seen the previous response end (at once, or
+                // after a moment); an error means the worker closed it.
+                if sender.ready().await.is_ok() {
+                    return Ok(Conn {
+                        sender,
+                        reused: true,
+                    });
+                }
+            }
+        }
+        connect(addr).await.map(|sender| Conn {
+            sender,
+            reused: false,
+        })
+    }
+
+    fn pop(&self) -> Option<SendRequest<RequestBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        while let Some((sender, since)) = idle.pop() {
+            if now.saturating_duration_since(since) < IDLE_REUSE {
+                return Some(sender);
+            }
+            // The rest are older still (pushed earlier): drop them all.
+            idle.clear();
+        }
+        None
+    }
+
+    /// Give back a connection whose response was read to its end.
+    pub fn put(&self, conn: Conn) {
+        if conn.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push((conn.sender, Instant::now()));
+        }
+    }
+
+    /// Close every idle connection (the worker is draining).
+    pub fn close_idle(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Result<SendRequest<RequestBody>, UpstreamError> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
+        Err(_) => return Err(UpstreamError::ConnectTimeout(addr)),
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(EarlyAnswer::new(stream)))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!("worker connection ended: {e}");
+        }
+    });
+    Ok(sender)
+}
+
+/// A worker's socket on which a failed write is not the end: a worker may answer before it has
+/// read the whole request body (a 404 or 413 to a large upload) and close its end, and then
+/// writing the rest of the body fails. The answer it sent is what the client must get, so the
+/// rest of the body is discarded and reading goes on: either the answer is there, or the read
+/// reports the closed connection.
+struct EarlyAnswer {
+    inner: TcpStream,
+    write_failed: bool,
+}
+
+impl EarlyAnswer {
+    fn new(inner: TcpStream) -> EarlyAnswer {
+        EarlyAnswer {
+            inner,
+            write_failed: false,
+        }
+    }
+
+    fn absorb(
+        &mut self,
+        r: Poll<std::io::Result<usize>>,
+        len: usize,
+    ) -> Poll<std::io::Result<usize>> {
+        match r {
+            Poll::Ready(Err(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                self.write_failed = true;
+                Poll::Ready(Ok(len))
+            }
+            other => other,
+        }
+    }
+}
+
+impl AsyncRead for EarlyAnswer {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for EarlyAnswer {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.write_failed {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.absorb(r, buf.len())
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let len = bufs.iter().map(|b| b.len()).sum();
+        if self.write_failed {
+            return Poll::Ready(Ok(len));
+        }
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.absorb(r, len)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.write_failed {
+            return Poll::Ready(Ok(()));
+        }
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Ready(Err(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                self.write_failed = true;
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_shutdown(cx) {
+            Poll::Ready(Err(_)) => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+}
