@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for how the modules fit together.
 
 pub mod admin;
+pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -131,7 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let max_connections = connection_budget(config.listen.max_connections.get(), &config);
-    let proxy = Proxy::new(pool.clone(), &config.listen, max_connections, metrics);
+    let proxy = Proxy::new(pool.clone(), &config, max_connections, metrics);
     let stop_accepting = CancellationToken::new();
     let connections = TaskTracker::new();
     for l in listeners {

@@ -5,6 +5,7 @@
 //! A request that could not reach a worker is retried once on another worker when that is safe
 //! (idempotent method, no body).
 
+use crate::buffer::{self, BodyError, BodyFailure};
 use crate::listen::Listener;
 use crate::pool::{Lease, Pool, Rejected};
 use crate::spawn::WorkerId;
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -27,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = UnsyncBoxBody<Bytes, BodyError>;
 
 pub struct Proxy {
     pool: Arc<Pool>,
@@ -38,6 +39,11 @@ pub struct Proxy {
     metrics: Arc<crate::metrics::Metrics>,
     /// Peers whose forwarding headers are believed (`[listen] trusted_proxies`).
     trusted_proxies: Vec<ipnet::IpNet>,
+    request_buffering: bool,
+    response_buffering: bool,
+    limits: buffer::Limits,
+    send_timeout: Duration,
+    tunnel_idle_timeout: Duration,
 }
 
 impl Proxy {
@@ -45,10 +51,11 @@ impl Proxy {
     /// limit by the manager).
     pub fn new(
         pool: Arc<Pool>,
-        listen: &crate::config::ListenConfig,
+        config: &crate::config::Config,
         max_connections: usize,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Proxy> {
+        let listen = &config.listen;
         Arc::new(Proxy {
             pool,
             header_timeout: listen.header_timeout.get(),
@@ -56,6 +63,11 @@ impl Proxy {
             connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
             metrics,
             trusted_proxies: listen.trusted_proxies.clone(),
+            request_buffering: listen.request_buffering,
+            response_buffering: listen.response_buffering,
+            limits: config.buffer_limits(),
+            send_timeout: listen.send_timeout.get(),
+            tunnel_idle_timeout: listen.tunnel_idle_timeout.get(),
         })
     }
 
@@ -128,7 +140,10 @@ impl Proxy {
             .header_read_timeout(self.header_timeout)
             // hyper's read buffer bounds memory; the exact limit is checked per request below.
             .max_buf_size(self.max_header_size.saturating_mul(2).max(8192))
-            .serve_connection(TokioIo::new(stream), svc)
+            .serve_connection(
+                TokioIo::new(buffer::SendTimeout::new(stream, self.send_timeout)),
+                svc,
+            )
             .with_upgrades();
         tokio::pin!(conn);
         let result = tokio::select! {
@@ -206,6 +221,9 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers, upgrade);
         add_forwarded(&mut parts.headers, peer);
         let has_body = !has_no_body(&body);
+        // Set when a streamed request body fails on the client's side (a malformed chunk, a
+        // stall): then the client, not the worker, is to blame.
+        let client_fault = buffer::Fault::default();
         if has_body {
             // A response reaches only the client that asked: a worker that leaves a body unread
             // (a GET body it ignores, an early answer) would read the rest as a next request on
@@ -223,13 +241,40 @@ impl Proxy {
         // A copy of the head only when a retry may need it (a request that reached the worker
         // and got no answer is gone with its connection).
         let retry_head = retryable.then(|| request_head(&parts, &path));
+        let body: ProxyBody = if !has_body {
+            body.map_err(BodyError::from).boxed_unsync()
+        } else if self.request_buffering {
+            // The whole body first: a client that trickles costs memory or a file, never a
+            // worker. Too large by its own account: 413 before reading (and before the
+            // `100 Continue` that hyper sends on the first read).
+            if content_length(&parts.headers).is_some_and(|n| n > self.limits.max_body) {
+                return Err(ProxyError::Body(BodyFailure::TooLarge(
+                    self.limits.max_body,
+                )));
+            }
+            let buffered = buffer::read_request_body(body, &self.limits)
+                .await
+                .map_err(ProxyError::Body)?;
+            // The worker gets the exact length, however the client framed it.
+            parts.headers.remove(header::TRANSFER_ENCODING);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(buffered.len()));
+            buffer::BufferedBody::new(buffered).boxed_unsync()
+        } else {
+            buffer::ClientBody::new(body, self.limits.body_timeout, client_fault.clone())
+                .boxed_unsync()
+        };
         let mut parts = parts;
         parts.uri = Uri::from(path);
-        let first = Request::from_parts(parts, body.boxed());
+        let first = Request::from_parts(parts, body);
         let lease = self.lease(None).await?;
         let (resp, conn, lease) = match send(&lease, reusable, first).await {
             Ok((resp, conn)) => (resp, conn, lease),
             Err(_) if lease.was_cut() => return Err(ProxyError::Cut(lease.worker)),
+            Err(_) if client_fault.is_set() => {
+                return Err(ProxyError::Body(client_fault.take()));
+            }
             Err((e, unsent)) if unsent.is_some() || retryable => {
                 tracing::warn!(
                     worker = lease.worker.0,
@@ -245,7 +290,7 @@ impl Proxy {
                     (Some(req), _) => req,
                     (None, Some(head)) => Request::from_parts(
                         head,
-                        Empty::<Bytes>::new().map_err(|n| match n {}).boxed(),
+                        Empty::<Bytes>::new().map_err(|n| match n {}).boxed_unsync(),
                     ),
                     (None, None) => return Err(ProxyError::bad_gateway(&lease, &e)),
                 };
@@ -262,8 +307,19 @@ impl Proxy {
             && let Some(client_upgrade) = client_upgrade
         {
             let upstream = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client_upgrade, upstream, lease));
-            let mut switched = Response::new(Empty::new().map_err(|n| match n {}).boxed());
+            let websocket = resp
+                .headers()
+                .get(header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+            tokio::spawn(tunnel(
+                client_upgrade,
+                upstream,
+                lease,
+                self.tunnel_idle_timeout,
+                websocket,
+            ));
+            let mut switched = Response::new(Empty::new().map_err(|n| match n {}).boxed_unsync());
             *switched.status_mut() = resp.status();
             *switched.headers_mut() = resp.headers().clone();
             return Ok(switched);
@@ -272,6 +328,29 @@ impl Proxy {
         // The worker's own `Connection: close` means this connection ends with the response.
         let keep = reusable && !connection_close(&rparts.headers);
         strip_hop_by_hop(&mut rparts.headers, false);
+        if rbody.is_end_stream() {
+            // No body (HEAD, 204, 304, an empty answer): the worker is free now.
+            if keep {
+                lease.conns.put(conn);
+            }
+            drop(lease);
+            return Ok(Response::from_parts(
+                rparts,
+                Empty::new().map_err(|n| match n {}).boxed_unsync(),
+            ));
+        }
+        if self.response_buffering {
+            // The worker's response is read as fast as it comes; its lease and connection go
+            // back when it ends, whatever the client's pace.
+            let finished = move |complete: bool| {
+                if complete && keep {
+                    lease.conns.put(conn);
+                }
+                drop(lease);
+            };
+            let body = buffer::spool(rbody, self.limits.clone(), finished);
+            return Ok(Response::from_parts(rparts, body.boxed_unsync()));
+        }
         Ok(Response::from_parts(
             rparts,
             LeasedBody {
@@ -279,7 +358,7 @@ impl Proxy {
                 conn: keep.then_some(conn),
                 lease,
             }
-            .boxed(),
+            .boxed_unsync(),
         ))
     }
 
@@ -349,6 +428,8 @@ enum ProxyError {
     UriTooLong(usize, usize),
     #[error("baton: the request head is {0} bytes; the limit is {1} (listen.max_header_size)")]
     HeadTooLarge(usize, usize),
+    #[error("baton: {0}")]
+    Body(BodyFailure),
 }
 
 impl ProxyError {
@@ -378,11 +459,27 @@ impl ProxyError {
             ProxyError::UriTooLong(..) => StatusCode::URI_TOO_LONG,
             ProxyError::HeadTooLarge(..) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadGateway { .. } | ProxyError::Cut(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Body(BodyFailure::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Body(BodyFailure::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Body(BodyFailure::Malformed(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::Body(BodyFailure::Io(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut r = error_response(status, &self.to_string());
-        if matches!(self, ProxyError::NoWorker(Rejected::QueueFull(_))) {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            ProxyError::NoWorker(Rejected::QueueFull(_)) => {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::Connect => {
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
+            }
+            // The rest of the body is not read: the connection cannot go on.
+            ProxyError::Body(_) => {
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         r
     }
@@ -400,11 +497,15 @@ async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
     }
 }
 
-/// Copy bytes both ways after a protocol switch (WebSocket); the lease is held meanwhile.
+/// Copy bytes both ways after a protocol switch (WebSocket); the lease is held meanwhile, so a
+/// tunnel that idles for `idle` is closed (a WebSocket with a close frame, 1001 "going away"),
+/// as is one whose worker baton stopped after `drain_timeout`.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     lease: Lease,
+    idle: Duration,
+    websocket: bool,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
@@ -413,19 +514,40 @@ async fn tunnel(
             return;
         }
     };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    let activity = buffer::Activity::default();
+    let mut client = buffer::Watched::new(TokioIo::new(client), activity.clone());
+    let mut upstream = buffer::Watched::new(TokioIo::new(upstream), activity.clone());
+    let idled = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => false,
+        _ = activity.idle_for(idle) => true,
+        _ = lease.cut() => false,
+    };
+    if websocket && (idled || lease.was_cut()) {
+        // A close frame from the server side (unmasked): code 1001, going away.
+        use tokio::io::AsyncWriteExt;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = client.write_all(&[0x88, 0x02, 0x03, 0xe9]).await;
+            let _ = client.shutdown().await;
+        })
+        .await;
+    }
+    if idled {
+        tracing::info!(
+            worker = lease.worker.0,
+            "closed an upgraded connection idle for {} (listen.tunnel_idle_timeout)",
+            humantime::format_duration(idle)
+        );
+    }
     drop(lease);
 }
 
+const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
+
 /// `OPTIONS *`: a question about the server, answered by baton itself.
 fn server_options() -> Response<ProxyBody> {
-    let mut r = Response::new(Empty::new().map_err(|n| match n {}).boxed());
-    r.headers_mut().insert(
-        header::ALLOW,
-        HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"),
-    );
+    let mut r = Response::new(Empty::new().map_err(|n| match n {}).boxed_unsync());
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
     r
 }
 
@@ -433,7 +555,7 @@ pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> 
     let mut r = Response::new(
         Full::new(Bytes::from(format!("{message}\n")))
             .map_err(|n| match n {})
-            .boxed(),
+            .boxed_unsync(),
     );
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -448,6 +570,15 @@ fn is_idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn has_no_body(body: &Incoming) -> bool {
@@ -610,13 +741,15 @@ struct LeasedBody {
 
 impl Body for LeasedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let r = Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(BodyError::from);
         match &r {
             Poll::Ready(None) => {
                 if let Some(conn) = self.conn.take() {

@@ -10,7 +10,7 @@
 //! request that must not be sent twice never meets a connection the worker has just closed.
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// What the proxy sends to a worker.
-pub type RequestBody = BoxBody<Bytes, hyper::Error>;
+pub type RequestBody = UnsyncBoxBody<Bytes, crate::buffer::BodyError>;
 
 /// How long a worker may take to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -160,6 +160,24 @@ pub struct ListenConfig {
     /// Peers (addresses or networks, e.g. a load balancer) whose `X-Forwarded-*` headers are
     /// believed and extended; everyone else's are replaced by what baton sees.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Receive a request body whole before a worker is leased.
+    pub request_buffering: bool,
+    /// Read a worker's response as fast as it comes, whatever the client's pace.
+    pub response_buffering: bool,
+    /// Largest request body (413 beyond).
+    pub max_body_size: ByteSize,
+    /// Longest wait between two reads of a request body (408).
+    pub client_body_timeout: Duration,
+    /// A client that takes no byte of its response for this long is closed.
+    pub send_timeout: Duration,
+    /// An upgraded connection (WebSocket) with no byte either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
+    /// Bytes of one body kept in memory before the rest goes to a temporary file.
+    pub buffer_memory: ByteSize,
+    /// Most of one response kept for a client that has not read it (then the worker waits).
+    pub max_response_buffer: ByteSize,
+    /// Where buffer files go (unlinked at once); default: the system's temporary directory.
+    pub buffer_directory: Option<PathBuf>,
 }
 
 impl Default for ListenConfig {
@@ -170,6 +188,15 @@ impl Default for ListenConfig {
             header_timeout: Duration::from_secs(30),
             max_header_size: ByteSize(64 << 10),
             trusted_proxies: Vec::new(),
+            request_buffering: true,
+            response_buffering: true,
+            max_body_size: ByteSize(1 << 30),
+            client_body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            tunnel_idle_timeout: Duration::from_secs(3600),
+            buffer_memory: ByteSize(64 << 10),
+            max_response_buffer: ByteSize(1 << 30),
+            buffer_directory: None,
         }
     }
 }
@@ -219,6 +246,8 @@ pub const MAX_WORKERS: u64 = 1024;
 pub const MAX_CONNECTIONS: usize = 1_000_000;
 /// The largest `[listen] max_header_size`.
 pub const MAX_HEADER_SIZE: u64 = 1 << 20;
+/// The largest body size or buffer a config may name.
+pub const MAX_BUFFER: u64 = 1 << 40;
 
 /// A path where baton would put a socket must be free or hold a socket: baton never deletes
 /// anything else (a typo in a config must not cost the operator a file).
@@ -621,6 +650,43 @@ impl Config {
             self.listen.max_connections.get() as u64,
             MAX_CONNECTIONS as u64,
         )?;
+        for (key, value) in [
+            ("listen.buffer_memory", self.listen.buffer_memory.0),
+            ("listen.max_body_size", self.listen.max_body_size.0),
+            (
+                "listen.max_response_buffer",
+                self.listen.max_response_buffer.0,
+            ),
+        ] {
+            if value > MAX_BUFFER {
+                return Err((
+                    key.into(),
+                    format!("{value} bytes is above the maximum, 1TiB"),
+                ));
+            }
+        }
+        if self.listen.buffer_memory.0 > 64 << 20 {
+            return Err((
+                "listen.buffer_memory".into(),
+                "is kept per request and per response: at most 64MiB".into(),
+            ));
+        }
+        for (key, d) in [
+            (
+                "listen.client_body_timeout",
+                self.listen.client_body_timeout,
+            ),
+            ("listen.send_timeout", self.listen.send_timeout),
+            (
+                "listen.tunnel_idle_timeout",
+                self.listen.tunnel_idle_timeout,
+            ),
+            ("listen.header_timeout", self.listen.header_timeout),
+        ] {
+            if d.get().is_zero() {
+                return Err((key.into(), "must be longer than 0s".into()));
+            }
+        }
         if self.listen.max_header_size.0 > MAX_HEADER_SIZE {
             return Err((
                 "listen.max_header_size".into(),
@@ -631,6 +697,21 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The buffering limits of the proxy.
+    pub fn buffer_limits(&self) -> crate::buffer::Limits {
+        let l = &self.listen;
+        crate::buffer::Limits {
+            memory: usize::try_from(l.buffer_memory.0).unwrap_or(usize::MAX),
+            max_body: l.max_body_size.0,
+            max_response: l.max_response_buffer.0,
+            body_timeout: l.client_body_timeout.get(),
+            directory: l
+                .buffer_directory
+                .clone()
+                .unwrap_or_else(std::env::temp_dir),
+        }
     }
 
     /// Checks that look at the machine (`check-config` and start-up): the release directory,

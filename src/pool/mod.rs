@@ -10,10 +10,10 @@ use crate::upstream::Conns;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
 
 /// The state a worker is in, as `baton status` shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -64,7 +64,7 @@ pub struct Worker {
     pub cpu_percent: f64,
     pub memory_bytes: u64,
     /// Set when baton stops the worker with requests still in flight (drain_timeout passed).
-    pub cut: Arc<AtomicBool>,
+    pub cut: CancellationToken,
     /// Its idle keep-alive connections (see [`crate::upstream`]).
     pub conns: Arc<Conns>,
 }
@@ -91,7 +91,7 @@ impl Worker {
             ready_at: None,
             cpu_percent: 0.0,
             memory_bytes: 0,
-            cut: Arc::default(),
+            cut: CancellationToken::new(),
             conns: Arc::default(),
         }
     }
@@ -128,7 +128,7 @@ struct Grant {
     worker: WorkerId,
     addr: SocketAddr,
     conns: Arc<Conns>,
-    cut: Arc<AtomicBool>,
+    cut: CancellationToken,
 }
 
 struct Waiter {
@@ -168,14 +168,20 @@ pub struct Lease {
     pub addr: SocketAddr,
     /// The worker's connections: a request takes one, and gives it back when reusable.
     pub conns: Arc<Conns>,
-    cut: Arc<AtomicBool>,
+    cut: CancellationToken,
 }
 
 impl Lease {
     /// Whether baton stopped this worker with the request in flight (after drain_timeout):
     /// such a request was deliberately cut and is not retried elsewhere.
     pub fn was_cut(&self) -> bool {
-        self.cut.load(Ordering::SeqCst)
+        self.cut.is_cancelled()
+    }
+
+    /// Resolves when baton is about to stop this worker with the request in flight: a tunnel
+    /// then closes its client side properly first.
+    pub async fn cut(&self) {
+        self.cut.cancelled().await
     }
 }
 
@@ -295,7 +301,7 @@ impl Pool {
     /// Mark a worker whose in-flight requests baton is about to cut.
     pub fn mark_cut(&self, id: WorkerId) {
         if let Some(w) = self.lock().workers.get(&id) {
-            w.cut.store(true, Ordering::SeqCst);
+            w.cut.cancel();
         }
     }
 
