@@ -7,8 +7,8 @@
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
@@ -194,6 +194,50 @@ async fn app(
             StatusCode::OK,
             format!("holding {total} MiB in pid {pid}\n"),
         )
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
+        // N bytes, produced as fast as they are taken: for response buffering.
+        let n: u64 = n.parse().unwrap_or(0);
+        let chunk = Bytes::from(vec![b'x'; 64 << 10]);
+        let stream = futures_util::stream::unfold(n, move |left| {
+            let chunk = chunk.clone();
+            async move {
+                (left > 0).then(|| {
+                    let take = left.min(chunk.len() as u64);
+                    (
+                        Ok::<_, hyper::Error>(Frame::data(chunk.slice(..take as usize))),
+                        left - take,
+                    )
+                })
+            }
+        });
+        let mut r = Response::new(StreamBody::new(stream).boxed());
+        r.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+        r
+    } else if let Some(n) = path.strip_prefix("/events/") {
+        // N server-sent events, 100 ms apart, each carrying when it was written (µs since the
+        // epoch): for stream latency through the proxy.
+        let n: u32 = n.parse().unwrap_or(10);
+        let stream = futures_util::stream::unfold(0u32, move |i| async move {
+            if i >= n {
+                return None;
+            }
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros();
+            let event = Bytes::from(format!("data: {now}\n\n"));
+            Some((Ok::<_, hyper::Error>(Frame::data(event)), i + 1))
+        });
+        let mut r = Response::new(StreamBody::new(stream).boxed());
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        r
     } else if path == "/hang" {
         std::future::pending::<()>().await;
         text(StatusCode::OK, String::new())
@@ -211,11 +255,13 @@ async fn app(
                 let _ = tokio::io::copy(&mut r, &mut w).await;
             }
         });
+        let protocol = req
+            .headers()
+            .get(http::header::UPGRADE)
+            .cloned()
+            .unwrap_or(http::HeaderValue::from_static("echo"));
         let mut r = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
-        r.headers_mut().insert(
-            http::header::UPGRADE,
-            http::HeaderValue::from_static("echo"),
-        );
+        r.headers_mut().insert(http::header::UPGRADE, protocol);
         r.headers_mut().insert(
             http::header::CONNECTION,
             http::HeaderValue::from_static("upgrade"),

@@ -485,8 +485,17 @@ fn the_control_socket_answers_when_the_descriptors_are_taken() {
 
 #[test]
 fn a_workers_early_answer_reaches_the_client() {
+    for buffering in [true, false] {
+        early_answers(buffering);
+    }
+}
+
+fn early_answers(request_buffering: bool) {
     let _serial = serial();
-    let baton = echo_baton(2, "");
+    let baton = echo_baton(
+        2,
+        &format!("[listen]\nrequest_buffering = {request_buffering}\n"),
+    );
     let body = vec![b'x'; 4 << 20];
     let mut statuses = std::collections::BTreeMap::new();
     for _ in 0..50 {
@@ -494,7 +503,7 @@ fn a_workers_early_answer_reaches_the_client() {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(
             s,
-            "POST /early HTTP/1.1\r\nHost: app\r\nContent-Length: {}\r\n\r\n",
+            "POST /early HTTP/1.1\r\nHost: app\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         )
         .unwrap();

@@ -22,7 +22,8 @@ fn rt() -> tokio::runtime::Runtime {
 #[test]
 fn bodies_stream_both_ways() {
     let _serial = serial();
-    let baton = Baton::start(1, "100ms", "");
+    // Without request buffering (the opt-out for streaming uploads).
+    let baton = Baton::start(1, "100ms", "[listen]\nrequest_buffering = false\n");
     let addr = baton.addr;
     rt().block_on(async move {
         let s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -1,0 +1,256 @@
+//! Slow clients never hold a worker (process backend, `concurrency = 1`): uploads that trickle
+//! and clients that never read cost baton memory or a temporary file; streams keep their
+//! latency; idle tunnels are closed with a close frame; bad bodies get their 4xx.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+fn single_threaded(workers: usize, extra: &str) -> Baton {
+    let extra = format!("[workers]\ncount = {workers}\nconcurrency = 1\n{extra}");
+    Baton::start(workers, "0s", &extra)
+}
+
+fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn slow_uploads_and_clients_that_never_read_hold_no_worker() {
+    let _serial = serial();
+    let baton = single_threaded(2, "");
+    // 8 uploads that send one byte a second.
+    let mut uploads: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = TcpStream::connect(baton.addr).unwrap();
+            s.write_all(b"POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 100\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    // 4 clients that ask for 10 MB and never read it.
+    let readers: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(baton.addr).unwrap();
+            s.write_all(b"GET /bytes/10000000 HTTP/1.1\r\nHost: app\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    // As many load connections as workers: a GET then waits only if a slow client holds one.
+    let load = Load::start(baton.addr, 2, "/", Duration::from_secs(5));
+    let mut max_queue = 0;
+    let mut sessions_freed = false;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        for u in &mut uploads {
+            let _ = u.write_all(b"x");
+        }
+        let s = baton.status();
+        // The first second: the 10 MB answers are being written (the workers' own time).
+        if start.elapsed() > Duration::from_secs(1) {
+            max_queue = max_queue.max(s.queue);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        let s = baton.status();
+        if start.elapsed() > Duration::from_secs(2) && s.workers.iter().all(|w| w.sessions == 0) {
+            sessions_freed = true;
+        }
+    }
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}\n{}", report.errors, baton.log());
+    assert!(report.ok > 100, "{report:?}");
+    assert_eq!(max_queue, 0, "a GET waited for a slow client");
+    // The load stopped: now nothing but slow clients is connected, and no worker is theirs.
+    std::thread::sleep(Duration::from_millis(300));
+    let s = baton.status();
+    assert!(
+        s.workers.iter().all(|w| w.sessions == 0),
+        "slow clients hold workers: {s:#?}"
+    );
+    assert!(sessions_freed);
+    drop(readers);
+    drop(uploads);
+}
+
+#[test]
+fn a_large_download_to_a_slow_reader_goes_to_a_file_and_frees_the_worker() {
+    let _serial = serial();
+    let baton = single_threaded(1, "[listen]\nbuffer_memory = \"1MiB\"\n");
+    let rss_before = rss_kb(baton.child.id());
+    let mut s = TcpStream::connect(baton.addr).unwrap();
+    s.write_all(b"GET /bytes/1000000000 HTTP/1.1\r\nHost: app\r\n\r\n")
+        .unwrap();
+    // The worker is free as soon as it has written its answer, long before the client reads it.
+    baton.wait_until(Duration::from_secs(60), |st| {
+        st.workers[0].processed >= 1 && st.workers[0].sessions == 0
+    });
+    let rss_after = rss_kb(baton.child.id());
+    assert!(
+        rss_after < rss_before + 20_000,
+        "baton grew from {rss_before} to {rss_after} kB for a 1 GB answer"
+    );
+    let (status, _) = get(&baton.url("/"));
+    assert_eq!(status, 200, "the worker serves others meanwhile");
+    // The slow reader still gets all of it.
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut head_done = false;
+    let mut head = Vec::new();
+    while total < 1_000_000_000 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {total} bytes");
+        if head_done {
+            total += n as u64;
+        } else {
+            head.extend_from_slice(&buf[..n]);
+            if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                head_done = true;
+                total += (head.len() - i - 4) as u64;
+            }
+        }
+    }
+    assert_eq!(total, 1_000_000_000);
+}
+
+#[test]
+fn server_sent_events_keep_their_latency() {
+    let _serial = serial();
+    let baton = single_threaded(1, "");
+    let mut s = TcpStream::connect(baton.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /events/10 HTTP/1.1\r\nHost: app\r\n\r\n")
+        .unwrap();
+    let mut seen = String::new();
+    let mut delays = Vec::new();
+    let mut buf = [0u8; 4096];
+    while delays.len() < 10 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros();
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        while let Some(i) = seen.find("data: ") {
+            let Some(end) = seen[i..].find("\n\n") else {
+                break;
+            };
+            let sent: u128 = seen[i + 6..i + end].trim().parse().unwrap();
+            delays.push(now.saturating_sub(sent));
+            seen.drain(..i + end + 2);
+        }
+    }
+    let worst = delays.iter().max().unwrap();
+    // Each event is written 100 ms after the one before: any buffering delay would show.
+    assert!(*worst < 20_000, "event delays (µs): {delays:?}");
+}
+
+#[test]
+fn an_idle_websocket_is_closed_with_a_close_frame_and_frees_its_worker() {
+    let _serial = serial();
+    let baton = single_threaded(1, "[listen]\ntunnel_idle_timeout = \"1s\"\n");
+    let mut s = TcpStream::connect(baton.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1);
+        head.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"));
+    assert_eq!(
+        baton.status().workers[0].sessions,
+        1,
+        "the tunnel holds its worker"
+    );
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(
+        rest,
+        [0x88, 0x02, 0x03, 0xe9],
+        "a close frame, 1001 going away"
+    );
+    baton.wait_until(Duration::from_secs(5), |st| st.workers[0].sessions == 0);
+    let (status, _) = get(&baton.url("/"));
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn bad_bodies_get_their_own_answers() {
+    let _serial = serial();
+    let baton = single_threaded(
+        1,
+        "[listen]\nmax_body_size = \"1KiB\"\nclient_body_timeout = \"1s\"\n",
+    );
+    let cases: &[(&[u8], &str)] = &[
+        (
+            b"POST /echo HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nxx\r\n0\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
+            "HTTP/1.1 413",
+        ),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n\r\nabc",
+            "HTTP/1.1 408",
+        ),
+    ];
+    for (request, expected) in cases {
+        let answer = raw(baton.addr, request);
+        assert!(
+            answer.starts_with(expected),
+            "{:?} -> {answer}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    // A chunked upload over the limit.
+    let mut chunked =
+        b"POST /echo HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..4 {
+        chunked.extend_from_slice(b"200\r\n");
+        chunked.extend_from_slice(&[b'y'; 512]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let answer = raw(baton.addr, &chunked);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // A buffered chunked upload reaches the worker whole, with its length.
+    let answer = raw(
+        baton.addr,
+        b"POST /echo HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello world"),
+        "{answer}"
+    );
+    // None of these is the worker's fault.
+    let metrics = baton.cli(&["status", "--json"]);
+    assert!(metrics.status.success());
+    assert!(!baton.log().contains("failed to answer"), "{}", baton.log());
+}
