@@ -5,7 +5,7 @@ mod common;
 use common::BATON;
 use std::process::Command;
 
-const BASE: &str = "name = \"app\"\n[listen]\naddress = \"127.0.0.1:8080\"\n[app]\ncommand = [\"node\", \"main.js\"]\n";
+const BASE: &str = "name = \"app\"\n[listen]\naddress = \"127.0.0.1:8080\"\n[app]\ncommand = [\"sh\", \"main.sh\"]\n";
 
 fn check(text: &str) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -149,5 +149,57 @@ fn run_refuses_a_bad_config_with_the_same_message() {
     assert!(
         stderr.contains("baton: FILE:7:9: key `workers.count`: invalid value: integer `0`, expected a nonzero usize"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn absurd_numbers_are_refused_before_they_cost_anything() {
+    assert_error(
+        &format!("{BASE}[workers]\ncount = 18446744073709551615\n"),
+        "baton: FILE:7:1: key `workers.count`: 18446744073709551615 is above the maximum, 1024",
+    );
+    assert_error(
+        "name = \"app\"\n[listen]\naddress = \"127.0.0.1:8080\"\nmax_connections = 9223372036854775807\n[app]\ncommand = [\"sh\"]\n",
+        "baton: FILE:4:1: key `listen.max_connections`: 9223372036854775807 is above the maximum, 1000000",
+    );
+    assert_error(
+        "name = \"app\"\n[listen]\naddress = \"127.0.0.1:8080\"\nmax_header_size = \"1TiB\"\n[app]\ncommand = [\"sh\"]\n",
+        "baton: FILE:4:1: key `listen.max_header_size`: 1099511627776 bytes is above the maximum, 1MiB",
+    );
+    assert_error(
+        &format!("{BASE}[workers]\nmax_queue = 100000000\n"),
+        "baton: FILE:7:1: key `workers.max_queue`: 100000000 is above the maximum, 1000000",
+    );
+}
+
+#[test]
+fn what_the_machine_lacks_is_a_config_error() {
+    assert_error(
+        "name = \"app\"\n[app]\ncommand = [\"sh\"]\ndirectory = \"/nonexistent/release\"\n",
+        "baton: FILE:4:1: key `app.directory`: /nonexistent/release is not a directory (or does not exist)",
+    );
+    let (ok, stderr, _) = check("name = \"app\"\n[app]\ncommand = [\"no-such-program-here\"]\n");
+    assert!(!ok);
+    assert!(
+        stderr.starts_with(
+            "baton: FILE:3:1: key `app.command`: \"no-such-program-here\" was not found on the PATH"
+        ),
+        "{stderr}"
+    );
+    assert_error(
+        "name = \"app\"\n[app]\ncommand = [\"/etc/passwd\"]\n",
+        "baton: FILE:3:1: key `app.command`: /etc/passwd is not an executable file",
+    );
+}
+
+#[test]
+fn environment_errors_name_the_variable_and_its_line() {
+    assert_error(
+        "name = \"app\"\n[app]\ncommand = [\"sh\"]\nenvironment = { SECRET = \"a\\u0000b\" }\n",
+        "baton: FILE:4:1: key `app.environment.SECRET`: the value of SECRET contains a NUL byte",
+    );
+    assert_error(
+        "name = \"app\"\n[app]\ncommand = [\"sh\"]\nenvironment = { \"A=B\" = \"1\" }\n",
+        "baton: FILE:4:17: key `app.environment.A=B`: invalid environment variable name \"A=B\"",
     );
 }

@@ -805,6 +805,14 @@ fn find_key(text: &str, dotted: &str) -> Option<std::ops::Range<usize>> {
         }
         offset += line.len();
     }
+    // A key inside an inline table (`environment = { "A=B" = "1" }`): the quoted key itself,
+    // else the key that holds the table.
+    if let Some(i) = text.find(&format!("\"{key}\"")) {
+        return Some(i..i + key.len() + 2);
+    }
+    if !table.is_empty() {
+        return find_key(text, table);
+    }
     None
 }
 
