@@ -105,10 +105,16 @@ pub enum Cmd {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One thread for everything but the proxy: the control plane (supervisor, readiness,
+    // control socket) runs here and never waits behind the data plane, which `baton run` gives
+    // a runtime of its own (see `manager`). The demo app is a worker: all cores for it.
+    let builder = if matches!(cli.command, Cmd::DemoApp { .. }) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let mut builder = builder;
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("baton: cannot start the async runtime: {e}");

@@ -180,6 +180,18 @@ async fn app(
             StatusCode::OK,
             format!("slept {ms} ms in {release} pid {pid}\n"),
         )
+    } else if let Some(ms) = path.strip_prefix("/burn/") {
+        // Spin the CPU this long, as a CPU-bound request of a single-threaded app server does.
+        let ms: u64 = ms.parse().unwrap_or(5);
+        let until = std::time::Instant::now() + Duration::from_millis(ms);
+        let mut x = 0u64;
+        while std::time::Instant::now() < until {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        text(
+            StatusCode::OK,
+            format!("burned {ms} ms in {release} pid {pid}\n"),
+        )
     } else if let Some(mb) = path.strip_prefix("/alloc/") {
         // Grow (and keep) this much memory, touched so that it counts in RSS: for memory_limit.
         let mb: usize = mb.parse().unwrap_or(1);

@@ -93,7 +93,23 @@ fn connection_budget(configured: usize, config: &Config) -> usize {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let app = config.name.clone();
-    let listeners = crate::listen::open(&config)?;
+    // The data plane gets its own runtime, one thread per core; this one (the caller's, a
+    // single thread) keeps the control plane. Under a load that saturates the machine, the
+    // supervisor's timers, readiness probes and the control socket then never queue behind
+    // client connections (they did: readiness seen seconds late, timeouts firing late).
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let data_plane = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .thread_name("baton-proxy")
+        .enable_all()
+        .build()
+        .context("cannot start the proxy's runtime")?;
+    // Opened on the data plane's runtime, so that its I/O driver, not this one, serves them.
+    let listen_config = config.clone();
+    let listeners = data_plane
+        .spawn(async move { crate::listen::open(&listen_config) })
+        .await
+        .context("opening the listeners")??;
     let control_path = config.control_socket();
     let control = crate::control::bind(&control_path, config.control.group.as_deref())?;
     let spawner = spawner(&config, &control_path).await?;
@@ -137,7 +153,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for l in listeners {
         tracing::info!(app = %app, backend = spawner.name(), "serving {} with {}..{} workers; control socket {}",
             l.describe(), config.workers.min(), config.workers.max(), control_path.display());
-        tokio::spawn(
+        data_plane.spawn(
             proxy
                 .clone()
                 .serve(l, stop_accepting.clone(), connections.clone()),
@@ -175,6 +191,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = rx.await;
     }
     let _ = supervisor.await;
+    // Whatever is left there (idle worker connections) ends with it.
+    data_plane.shutdown_background();
     // Only our own socket: never whatever might have been put there since.
     if crate::config::not_a_foreign_file(&control_path).is_ok() {
         let _ = std::fs::remove_file(&control_path);
