@@ -142,13 +142,14 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Run { config } => {
             crate::journal::init();
-            let config = Config::load(&config)?;
+            let path = config;
+            let config = Config::load(&path)?;
             if let Err((key, message)) = config.check_host() {
                 // Not fatal: a release may be deployed after the service starts; spawning
                 // retries with backoff and says why in the journal.
                 tracing::error!(app = %config.name, "{key}: {message}");
             }
-            crate::manager::run(config).await?;
+            crate::manager::run(config, Some(path)).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::CheckConfig { config } => {
@@ -232,7 +233,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 "baton demo: {workers} workers behind http://{listen}/\n  try:  curl http://{listen}/\n        baton status --control {c}\n        baton restart --wait --control {c}\n  Ctrl-C stops it.",
                 c = control.display()
             );
-            crate::manager::run(config).await?;
+            crate::manager::run(config, None).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Unit { name, install } => {

@@ -90,7 +90,9 @@ fn connection_budget(configured: usize, config: &Config) -> usize {
 }
 
 /// Run the manager until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// `config_path`: where the config came from, re-read by every restart (`None` for `baton
+/// demo`'s built-in one).
+pub async fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let app = config.name.clone();
     // The data plane gets its own runtime, one thread per core; this one (the caller's, a
@@ -121,6 +123,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let (supervisor, handle) = Supervisor::new(
         config.clone(),
+        config_path,
         pool.clone(),
         spawner.clone(),
         notifier.clone(),

@@ -21,6 +21,9 @@ pub struct Snapshot {
     pub workers: Vec<WorkerJson>,
     /// The one line that systemd's STATUS= also shows.
     pub status_line: String,
+    /// 1 at start, one more for every restart that applied an edited config file.
+    #[serde(default)]
+    pub config_generation: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -96,6 +99,7 @@ impl Snapshot {
                 .as_ref()
                 .map(|(t, m)| format!("{} at {}", m, rfc3339(*t))),
             queue,
+            config_generation: state.config_generation,
             workers: workers
                 .iter()
                 .map(|w| WorkerJson {
@@ -131,7 +135,11 @@ impl Snapshot {
             "{bold}App:{reset} {}  ({} backend)",
             self.app, self.backend
         );
-        let _ = writeln!(out, "{bold}Generation:{reset} {}", self.generation);
+        let _ = writeln!(
+            out,
+            "{bold}Generation:{reset} {}  (config generation {})",
+            self.generation, self.config_generation
+        );
         let _ = writeln!(
             out,
             "{bold}Workers:{reset} {} (target {})",

@@ -101,7 +101,7 @@ pub fn snapshot(handle: &Handle) -> Snapshot {
     let ctx = &handle.context;
     let workers = ctx.pool.workers();
     Snapshot::new(
-        ctx.config.name.as_str(),
+        ctx.config().name.as_str(),
         ctx.spawner.name(),
         ctx.desired(&workers),
         &ctx.state(),

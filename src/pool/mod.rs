@@ -136,11 +136,12 @@ struct Waiter {
     exclude: Option<WorkerId>,
 }
 
-#[derive(Default)]
 struct Inner {
     workers: BTreeMap<WorkerId, Worker>,
     waiters: VecDeque<Waiter>,
     closed: bool,
+    /// Changed only by a config reload.
+    limits: Limits,
 }
 
 /// How requests are spread over workers.
@@ -158,7 +159,6 @@ pub struct Pool {
     changed: Notify,
     /// Woken when a request starts waiting for a worker (on-demand spawning).
     demand: Notify,
-    limits: Limits,
 }
 
 /// The right to send one request to one worker; returned when dropped.
@@ -211,10 +211,14 @@ impl Drop for QueuedRequest {
 impl Pool {
     pub fn new(limits: Limits) -> Arc<Pool> {
         Arc::new(Pool {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                workers: BTreeMap::new(),
+                waiters: VecDeque::new(),
+                closed: false,
+                limits,
+            }),
             changed: Notify::new(),
             demand: Notify::new(),
-            limits,
         })
     }
 
@@ -233,12 +237,13 @@ impl Pool {
                 return Err(Rejected::ShuttingDown);
             }
             inner.waiters.retain(|w| !w.tx.is_closed());
+            let concurrency = inner.limits.concurrency;
             if inner.waiters.is_empty()
-                && let Some(g) = inner.grant(self.limits.concurrency, exclude)
+                && let Some(g) = inner.grant(concurrency, exclude)
             {
                 return Ok(self.lease(g));
             }
-            if inner.waiters.len() >= self.limits.max_queue {
+            if inner.waiters.len() >= inner.limits.max_queue {
                 return Err(Rejected::QueueFull(inner.waiters.len()));
             }
             let (tx, rx) = oneshot::channel();
@@ -281,7 +286,7 @@ impl Pool {
             w.busy_since = if w.in_flight == 0 { None } else { w.busy_since };
             notify = w.state != WorkerState::Ready && w.in_flight == 0;
         }
-        inner.dispatch(self.limits.concurrency);
+        inner.dispatch();
         drop(inner);
         if notify {
             self.changed.notify_waiters();
@@ -339,7 +344,7 @@ impl Pool {
             w.state = state;
         }
         if state == WorkerState::Ready {
-            inner.dispatch(self.limits.concurrency);
+            inner.dispatch();
         }
         drop(inner);
         self.changed.notify_waiters();
@@ -360,7 +365,7 @@ impl Pool {
             _ => false,
         };
         if marked {
-            inner.dispatch(self.limits.concurrency);
+            inner.dispatch();
         }
         drop(inner);
         self.changed.notify_waiters();
@@ -431,6 +436,13 @@ impl Pool {
         }
     }
 
+    /// New routing limits (a config reload); queued requests get freed capacity at once.
+    pub fn set_limits(&self, limits: Limits) {
+        let mut inner = self.lock();
+        inner.limits = limits;
+        inner.dispatch();
+    }
+
     /// Refuse new requests and fail the queued ones; used at shutdown.
     pub fn close(&self) {
         let mut inner = self.lock();
@@ -469,7 +481,8 @@ impl Inner {
     }
 
     /// Hand free capacity to queued requests, first come first served.
-    fn dispatch(&mut self, concurrency: usize) {
+    fn dispatch(&mut self) {
+        let concurrency = self.limits.concurrency;
         let mut i = 0;
         while i < self.waiters.len() {
             if self.waiters[i].tx.is_closed() {

@@ -67,6 +67,9 @@ pub struct RestartState {
     /// The last spawn failure outside a roll, retried with backoff.
     pub last_spawn_failure: Option<(SystemTime, String)>,
     pub started: bool,
+    /// How many configs have been in force: 1 at start, one more per restart that re-read an
+    /// edited file.
+    pub config_generation: u64,
 }
 
 /// A request to the supervisor.
@@ -98,7 +101,10 @@ enum Event {
 
 /// What every supervisor task shares.
 pub struct Context {
-    pub config: Arc<Config>,
+    /// The config in force: replaced (whole) by a restart that re-read the file.
+    config: Mutex<Arc<Config>>,
+    /// Where the config came from (`None`: built in, e.g. `baton demo`).
+    config_path: Option<PathBuf>,
     pub pool: Arc<Pool>,
     pub spawner: Arc<dyn Spawner>,
     pub notifier: Arc<Notifier>,
@@ -111,6 +117,14 @@ pub struct Context {
 }
 
 impl Context {
+    /// The config in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn state(&self) -> RestartState {
         self.lock_state().clone()
     }
@@ -135,7 +149,7 @@ impl Context {
     /// spawning went beyond it, at most `max`.
     pub fn desired(&self, workers: &[crate::pool::WorkerView]) -> usize {
         let alive = workers.iter().filter(|w| w.state.is_alive()).count();
-        let w = &self.config.workers;
+        let w = &self.config().workers;
         alive.clamp(w.min(), w.max().max(w.min()))
     }
 
@@ -145,7 +159,7 @@ impl Context {
 
     /// Resolve the release directory once for a new generation and pin it.
     fn pin_generation(&self, generation: Generation) -> Result<(), String> {
-        let dir = match &self.config.app.directory {
+        let dir = match &self.config().app.directory {
             None => None,
             Some(d) => Some(
                 std::fs::canonicalize(d)
@@ -202,6 +216,9 @@ struct ActiveRoll {
     mode: RestartMode,
     waiters: Vec<oneshot::Sender<Outcome>>,
     started: Instant,
+    /// What the config reload at its start said (what changed, what waits for a restart of
+    /// baton itself).
+    notes: Vec<String>,
 }
 
 pub struct Supervisor {
@@ -223,6 +240,7 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new(
         config: Arc<Config>,
+        config_path: Option<PathBuf>,
         pool: Arc<Pool>,
         spawner: Arc<dyn Spawner>,
         notifier: Arc<Notifier>,
@@ -231,12 +249,16 @@ impl Supervisor {
         let (tx, commands) = mpsc::channel(16);
         let (etx, events) = mpsc::unbounded_channel();
         let ctx = Arc::new(Context {
-            config,
+            config: Mutex::new(config),
+            config_path,
             pool,
             spawner,
             notifier,
             metrics,
-            state: Mutex::new(RestartState::default()),
+            state: Mutex::new(RestartState {
+                config_generation: 1,
+                ..RestartState::default()
+            }),
             next_worker: AtomicU64::new(1),
             directories: Mutex::new(BTreeMap::new()),
             events: etx,
@@ -263,7 +285,7 @@ impl Supervisor {
         self.highest_generation = first;
         if let Err(e) = self.ctx.pin_generation(first) {
             // Retried by every replacement attempt below, with backoff, until it resolves.
-            tracing::error!(app = %self.ctx.config.name, "{e}");
+            tracing::error!(app = %self.ctx.config().name, "{e}");
         }
         self.ctx.update(|s| s.generation = first);
         self.adopt().await;
@@ -303,7 +325,7 @@ impl Supervisor {
                 }
                 if let Some(roll) = &self.roll {
                     tracing::info!(
-                        app = %self.ctx.config.name,
+                        app = %self.ctx.config().name,
                         generation = roll.generation.0,
                         "a new restart supersedes the one in progress"
                     );
@@ -344,7 +366,7 @@ impl Supervisor {
                     .is_some_and(|r| r.generation == generation)
                 {
                     tracing::warn!(
-                        app = %self.ctx.config.name, worker = id.0, generation = generation.0,
+                        app = %self.ctx.config().name, worker = id.0, generation = generation.0,
                         pid, unit = unit.as_deref(),
                         "worker {id} of the new generation {reason} {:.1}s after it started",
                         lived.as_secs_f64()
@@ -360,7 +382,7 @@ impl Supervisor {
                         lived.as_secs_f64()
                     );
                     tracing::error!(
-                        app = %self.ctx.config.name, worker = id.0, generation = generation.0,
+                        app = %self.ctx.config().name, worker = id.0, generation = generation.0,
                         pid, unit = unit.as_deref(), message_id = journal::MSG_SPAWN_FAILED,
                         "{message}; replacing it in {}", humantime::format_duration(self.backoff.delay())
                     );
@@ -369,7 +391,7 @@ impl Supervisor {
                 } else {
                     self.backoff.failures = 0;
                     tracing::warn!(
-                        app = %self.ctx.config.name, worker = id.0, generation = generation.0,
+                        app = %self.ctx.config().name, worker = id.0, generation = generation.0,
                         pid, unit = unit.as_deref(),
                         "worker {id} {reason}; replacing it"
                     );
@@ -385,7 +407,7 @@ impl Supervisor {
                         self.backoff.failures += 1;
                         let delay = self.backoff.delay();
                         tracing::error!(
-                            app = %self.ctx.config.name, worker = f.worker.0,
+                            app = %self.ctx.config().name, worker = f.worker.0,
                             message_id = journal::MSG_SPAWN_FAILED,
                             "spawn failed: {f}; retrying in {}", humantime::format_duration(delay)
                         );
@@ -399,7 +421,7 @@ impl Supervisor {
                 self.recycling = None;
                 if let Err(worker::SpawnError::Failed(f)) = result {
                     tracing::error!(
-                        app = %self.ctx.config.name, worker = f.worker.0,
+                        app = %self.ctx.config().name, worker = f.worker.0,
                         message_id = journal::MSG_SPAWN_FAILED,
                         "could not recycle: {f}; the old worker keeps serving"
                     );
@@ -409,8 +431,103 @@ impl Supervisor {
         }
     }
 
+    /// Re-read the config file before a restart. `Ok(notes)` once the new config is in force
+    /// (notes: what changed, and what needs a restart of baton itself, whose old value stays);
+    /// `Err(message)` when the file is broken: then nothing changed.
+    fn reload_config(&mut self) -> Result<Vec<String>, String> {
+        let Some(path) = self.ctx.config_path.clone() else {
+            return Ok(Vec::new());
+        };
+        let mut new = Config::load(&path).map_err(|e| format!("{e}"))?;
+        let old = self.ctx.config();
+        let differs =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        // What only a new baton can take: its sockets, its backend, its name.
+        let mut fixed = Vec::new();
+        if differs(&old.name, &new.name) {
+            fixed.push("name");
+        }
+        if differs(&old.listen, &new.listen) {
+            fixed.push("[listen]");
+        }
+        if differs(&old.control, &new.control) {
+            fixed.push("[control]");
+        }
+        if differs(&old.spawner, &new.spawner) {
+            fixed.push("[spawner]");
+        }
+        if differs(&old.metrics, &new.metrics) {
+            fixed.push("[metrics]");
+        }
+        new.name = old.name.clone();
+        new.listen = old.listen.clone();
+        new.control = old.control.clone();
+        new.spawner = old.spawner.clone();
+        new.metrics = old.metrics.clone();
+        let mut changed = Vec::new();
+        if differs(&old.app, &new.app) {
+            changed.push("[app]");
+        }
+        if differs(&old.workers, &new.workers) {
+            changed.push("[workers]");
+        }
+        if differs(&old.readiness, &new.readiness) {
+            changed.push("[readiness]");
+        }
+        if differs(&old.restart, &new.restart) {
+            changed.push("[restart]");
+        }
+        let mut notes = Vec::new();
+        let app = old.name.clone();
+        if !changed.is_empty() {
+            notes.push(format!(
+                "{} applied from {}",
+                changed.join(", "),
+                path.display()
+            ));
+            self.ctx.pool.set_limits(crate::pool::Limits {
+                concurrency: new.workers.concurrency,
+                max_queue: new.workers.max_queue,
+            });
+            *self.ctx.config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+            self.ctx.update(|s| s.config_generation += 1);
+            tracing::info!(app = %app, "config reloaded: {}", notes.join("; "));
+        }
+        if !fixed.is_empty() {
+            let note = format!(
+                "{} changed, which takes a restart of baton itself (systemctl restart): the old values stay in force",
+                fixed.join(", ")
+            );
+            tracing::warn!(app = %app, "{note}");
+            notes.push(note);
+        }
+        Ok(notes)
+    }
+
     fn start_restart(&mut self, mode: Option<RestartMode>, waiters: Vec<oneshot::Sender<Outcome>>) {
-        let mode = mode.unwrap_or(if self.ctx.config.restart.rolling {
+        // The config first: a broken file fails the restart and changes nothing.
+        let notes = match self.reload_config() {
+            Ok(notes) => notes,
+            Err(e) => {
+                let message = format!("the config is invalid, nothing was changed: {e}");
+                tracing::error!(
+                    app = %self.ctx.config().name, message_id = journal::MSG_ROLL_FINISHED,
+                    "restart refused: {message}"
+                );
+                self.ctx.metrics.restart(RestartOutcome::Failed);
+                let generation = self.ctx.state().generation.0;
+                for w in waiters {
+                    let _ = w.send(Outcome {
+                        ok: false,
+                        generation,
+                        message: message.clone(),
+                        output: Vec::new(),
+                    });
+                }
+                return;
+            }
+        };
+        let mode = mode.unwrap_or(if self.ctx.config().restart.rolling {
             RestartMode::Rolling
         } else {
             RestartMode::Blocking
@@ -423,7 +540,7 @@ impl Supervisor {
         let generation = self.highest_generation;
         let total = self.ctx.desired(&self.ctx.pool.workers());
         tracing::info!(
-            app = %self.ctx.config.name, generation = generation.0,
+            app = %self.ctx.config().name, generation = generation.0,
             message_id = journal::MSG_ROLL_STARTED,
             "{} restart to generation {generation} started ({total} workers)", mode.as_str()
         );
@@ -451,12 +568,13 @@ impl Supervisor {
             mode,
             waiters,
             started: Instant::now(),
+            notes,
         });
     }
 
     fn finish_roll(&mut self, result: RollResult) {
         let Some(roll) = self.roll.take() else { return };
-        let app = &self.ctx.config.name;
+        let app = &self.ctx.config().name;
         let generation = roll.generation;
         let took = roll.started.elapsed();
         let outcome = match result {
@@ -542,6 +660,10 @@ impl Supervisor {
                 }
             }
         };
+        let mut outcome = outcome;
+        if !roll.notes.is_empty() {
+            outcome.message = format!("{} ({})", outcome.message, roll.notes.join("; "));
+        }
         // READY=1 ends the reload in systemd's eyes, whatever the outcome.
         self.ctx.notifier.ready();
         for w in roll.waiters {
@@ -553,7 +675,7 @@ impl Supervisor {
         let was = self.ctx.lock_state().resisting.take();
         if let Some(r) = &was {
             tracing::info!(
-                app = %self.ctx.config.name, generation = r.generation.0,
+                app = %self.ctx.config().name, generation = r.generation.0,
                 message_id = journal::MSG_RESISTANCE_LEFT,
                 "left resistance mode ({why}); it was: {}", r.reason
             );
@@ -570,7 +692,7 @@ impl Supervisor {
             return;
         }
         let ready = self.ctx.pool.ready_count();
-        let w = &self.ctx.config.workers;
+        let w = &self.ctx.config().workers;
         let (min, max) = (w.min(), w.max().max(w.min()));
         let queued = self.ctx.pool.queue_len();
         let wanted = min.max((ready + queued).min(max));
@@ -607,7 +729,7 @@ impl Supervisor {
             return;
         }
         let workers = self.ctx.pool.workers();
-        let w = &self.ctx.config.workers;
+        let w = &self.ctx.config().workers;
         let ready: Vec<_> = workers
             .iter()
             .filter(|v| v.state == WorkerState::Ready)
@@ -626,7 +748,7 @@ impl Supervisor {
                     // Draining at once keeps the next tick from counting it as ready.
                     self.ctx.pool.start_draining(v.id);
                     tracing::info!(
-                        app = %self.ctx.config.name, worker = v.id.0, generation = v.generation.0,
+                        app = %self.ctx.config().name, worker = v.id.0, generation = v.generation.0,
                         pid = v.pid, unit = v.unit.as_deref(),
                         "worker {} idle for {}; stopping it", v.id, humantime::format_duration(Duration::from_secs(idle.as_secs()))
                     );
@@ -660,7 +782,7 @@ impl Supervisor {
         });
         let Some((old, why)) = candidate else { return };
         tracing::info!(
-            app = %self.ctx.config.name, worker = old.id.0, generation = old.generation.0,
+            app = %self.ctx.config().name, worker = old.id.0, generation = old.generation.0,
             pid = old.pid, unit = old.unit.as_deref(),
             "recycling worker {}: it {why}", old.id
         );
@@ -683,9 +805,9 @@ impl Supervisor {
             return;
         }
         let ready = self.ctx.pool.ready_count();
-        if ready >= self.ctx.config.workers.min() {
+        if ready >= self.ctx.config().workers.min() {
             self.ctx.lock_state().started = true;
-            tracing::info!(app = %self.ctx.config.name, "{ready} workers ready");
+            tracing::info!(app = %self.ctx.config().name, "{ready} workers ready");
             self.ctx.notifier.ready();
         }
     }
@@ -698,7 +820,7 @@ impl Supervisor {
         }
         // Newest generation first: those are the ones to keep when there are too many.
         found.sort_by_key(|a| std::cmp::Reverse((a.generation, a.id)));
-        let target = self.ctx.config.workers.max();
+        let target = self.ctx.config().workers.max();
         let mut kept = 0;
         let mut newest = None;
         for a in found {
@@ -719,16 +841,20 @@ impl Supervisor {
                     .unwrap_or_else(|e| e.into_inner());
                 dirs.entry(a.generation).or_insert(a.directory.clone());
             } else {
-                tracing::info!(app = %self.ctx.config.name, worker = a.id.0, unit = a.process.unit.as_deref(),
+                tracing::info!(app = %self.ctx.config().name, worker = a.id.0, unit = a.process.unit.as_deref(),
                     "stopping stray worker {} left by a previous baton", a.id);
                 self.ctx
                     .spawner
-                    .stop(a.id, &a.process, self.ctx.config.restart.stop_timeout.get())
+                    .stop(
+                        a.id,
+                        &a.process,
+                        self.ctx.config().restart.stop_timeout.get(),
+                    )
                     .await;
             }
         }
         if let Some(g) = newest {
-            tracing::info!(app = %self.ctx.config.name, generation = g.0, "adopted {kept} running workers");
+            tracing::info!(app = %self.ctx.config().name, generation = g.0, "adopted {kept} running workers");
             self.ctx.update(|s| s.generation = g);
         }
     }
@@ -750,11 +876,11 @@ impl Supervisor {
         if self.ctx.spawner.workers_outlive_manager() {
             // systemd stops the worker units after baton on `systemctl stop` and keeps them
             // for the next baton on `systemctl restart`.
-            tracing::info!(app = %self.ctx.config.name, "leaving the worker units to systemd");
+            tracing::info!(app = %self.ctx.config().name, "leaving the worker units to systemd");
             return;
         }
         let ids: Vec<_> = self.ctx.pool.workers().iter().map(|w| w.id).collect();
         futures_util::future::join_all(ids.into_iter().map(|id| worker::stop(&self.ctx, id))).await;
-        tracing::info!(app = %self.ctx.config.name, "all workers stopped");
+        tracing::info!(app = %self.ctx.config().name, "all workers stopped");
     }
 }

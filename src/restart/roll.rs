@@ -54,7 +54,7 @@ pub async fn run(
             reason,
             output: Vec::new(),
         };
-        return match (mode, ctx.config.restart.resist_deployment_errors) {
+        return match (mode, ctx.config().restart.resist_deployment_errors) {
             (RestartMode::Rolling, true) => RollResult::Resisting(failure),
             _ => RollResult::Failed {
                 message: failure.reason,
@@ -89,8 +89,8 @@ async fn rolling(
     target: usize,
     cancel: &CancellationToken,
 ) -> RollResult {
-    let surge = ctx.config.restart.max_surge.get();
-    let resist = ctx.config.restart.resist_deployment_errors;
+    let surge = ctx.config().restart.max_surge.get();
+    let resist = ctx.config().restart.resist_deployment_errors;
     // Old workers kept because their replacement failed (only without resistance).
     let mut kept: BTreeSet<WorkerId> = BTreeSet::new();
     let mut failures: Vec<SpawnFailure> = Vec::new();
@@ -157,7 +157,7 @@ async fn rolling(
                         .map(|id| id.to_string())
                         .collect::<Vec<_>>()
                         .join(", "),
-                    humantime::format_duration(ctx.config.readiness.settle.get())
+                    humantime::format_duration(ctx.config().readiness.settle.get())
                 ),
             );
             match worker::settle(ctx, &ready_ids, cancel).await {

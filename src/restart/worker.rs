@@ -39,8 +39,9 @@ pub async fn spawn(
     generation: Generation,
     cancel: &CancellationToken,
 ) -> Result<WorkerId, SpawnError> {
+    let config = ctx.config();
     let id = ctx.next_worker_id();
-    let app = &ctx.config.name;
+    let app = &config.name;
     let fail = |reason: String, output: Vec<String>| {
         SpawnError::Failed(SpawnFailure {
             worker: id,
@@ -48,23 +49,23 @@ pub async fn spawn(
             output,
         })
     };
-    if ctx.directory(generation).is_none() && ctx.config.app.directory.is_some() {
+    if ctx.directory(generation).is_none() && config.app.directory.is_some() {
         // The first generation's directory could not be pinned at start; try again now.
         ctx.pin_generation(generation)
             .map_err(|e| fail(format!("could not start: {e}"), Vec::new()))?;
     }
     let port = free_port().map_err(|e| fail(format!("could not get a port: {e}"), Vec::new()))?;
-    let mut environment = ctx.config.app.environment.clone();
+    let mut environment = config.app.environment.clone();
     environment.insert("PORT".into(), port.to_string());
     let spec = WorkerSpec {
-        app: ctx.config.name.clone(),
+        app: config.name.clone(),
         id,
         generation,
-        argv: ctx.config.app.command.argv_for_port(port),
+        argv: config.app.command.argv_for_port(port),
         directory: ctx.directory(generation),
         environment,
-        user: ctx.config.app.user.clone(),
-        group: ctx.config.app.group.clone(),
+        user: config.app.user.clone(),
+        group: config.app.group.clone(),
         port,
     };
     let started_at = Instant::now();
@@ -87,9 +88,9 @@ pub async fn spawn(
         _ = cancel.cancelled() => None,
         r = readiness::wait_ready(
             addr,
-            ctx.config.readiness.http_path(),
+            config.readiness.http_path(),
             &process,
-            ctx.config.readiness.timeout.get(),
+            config.readiness.timeout.get(),
         ) => Some(r),
     };
     // What answers must be the worker, not a stray that holds its port.
@@ -138,7 +139,8 @@ pub async fn settle(
     ids: &[WorkerId],
     cancel: &CancellationToken,
 ) -> Result<(), SpawnError> {
-    let settle = ctx.config.readiness.settle.get();
+    let config = ctx.config();
+    let settle = config.readiness.settle.get();
     let since = Instant::now();
     let watched: Vec<_> = ids
         .iter()
@@ -176,7 +178,7 @@ pub async fn settle(
                 humantime::format_duration(settle)
             );
             tracing::error!(
-                app = %ctx.config.name, worker = id.0, message_id = journal::MSG_SPAWN_FAILED,
+                app = %config.name, worker = id.0, message_id = journal::MSG_SPAWN_FAILED,
                 "worker {id} {why}{}", last_line_suffix(&output)
             );
             // Its exit watcher took it out of the pool; make sure, whatever its state was.
@@ -214,21 +216,22 @@ fn last_line_suffix(output: &[String]) -> String {
 
 /// Take over a worker a previous baton started, if it answers now.
 pub async fn adopt(ctx: &Arc<Context>, a: &crate::spawn::Adopted) -> bool {
+    let config = ctx.config();
     let addr = SocketAddr::from(([127, 0, 0, 1], a.port));
     ctx.pool
         .insert(Worker::new(a.id, a.generation, addr, a.process.clone()));
     watch_exit(ctx, a.id, a.generation, a.process.clone());
     let limit = ctx
-        .config
+        .config()
         .readiness
         .timeout
         .get()
         .min(std::time::Duration::from_secs(10));
-    let http_path = ctx.config.readiness.http_path();
+    let http_path = config.readiness.http_path();
     match readiness::wait_ready(addr, http_path, &a.process, limit).await {
         Ok(()) if ctx.pool.mark_ready(a.id) => {
             tracing::info!(
-                app = %ctx.config.name, worker = a.id.0, generation = a.generation.0,
+                app = %config.name, worker = a.id.0, generation = a.generation.0,
                 pid = a.process.pid, unit = a.process.unit.as_deref(),
                 "adopted worker {} on {addr}", a.id
             );
@@ -239,7 +242,7 @@ pub async fn adopt(ctx: &Arc<Context>, a: &crate::spawn::Adopted) -> bool {
                 Err(why) => why,
                 Ok(()) => readiness::NotReady::DiedAfterProbe,
             };
-            tracing::warn!(app = %ctx.config.name, worker = a.id.0, "not adopting worker {}: it {why}", a.id);
+            tracing::warn!(app = %config.name, worker = a.id.0, "not adopting worker {}: it {why}", a.id);
             ctx.pool.remove(a.id);
             false
         }
@@ -271,10 +274,11 @@ fn watch_exit(
 
 /// Stop a worker now (SIGTERM, then SIGKILL after `stop_timeout`) and take it out of the pool.
 pub async fn stop(ctx: &Context, id: WorkerId) {
+    let config = ctx.config();
     ctx.pool.set_state(id, WorkerState::Stopping);
     if let Some(process) = ctx.pool.process(id) {
         ctx.spawner
-            .stop(id, &process, ctx.config.restart.stop_timeout.get())
+            .stop(id, &process, config.restart.stop_timeout.get())
             .await;
     }
     ctx.pool.remove(id);
@@ -282,13 +286,14 @@ pub async fn stop(ctx: &Context, id: WorkerId) {
 
 /// Give a worker no new requests, wait for its in-flight ones (up to `drain_timeout`), stop it.
 pub async fn drain_and_stop(ctx: &Context, id: WorkerId) {
+    let config = ctx.config();
     ctx.pool.start_draining(id);
-    let limit = ctx.config.restart.drain_timeout.get();
+    let limit = config.restart.drain_timeout.get();
     if !ctx.pool.wait_idle(id, limit).await
         && let Some(w) = ctx.pool.get(id)
     {
         tracing::warn!(
-            app = %ctx.config.name, worker = id.0, generation = w.generation.0, pid = w.pid,
+            app = %config.name, worker = id.0, generation = w.generation.0, pid = w.pid,
             unit = w.unit.as_deref(),
             "worker {id} still has {} requests in flight after drain_timeout ({}); stopping it anyway",
             w.in_flight, humantime::format_duration(limit)
