@@ -2,7 +2,7 @@
 //! the one-line STATUS= for systemd.
 
 use crate::pool::{WorkerState, WorkerView};
-use crate::restart::RestartState;
+use crate::restart::{RestartState, RollProgress, WaitingOn};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::time::SystemTime;
@@ -81,13 +81,7 @@ impl Snapshot {
             generation: state.generation.0,
             backend: backend.to_owned(),
             target,
-            rolling_restart: state.rolling.as_ref().map(|r| RollingJson {
-                mode: r.mode.as_str().to_owned(),
-                generation: r.generation.0,
-                done: r.done,
-                total: r.total,
-                waiting_on: waiting_on(&r.waiting_on, workers),
-            }),
+            rolling_restart: state.rolling.as_ref().map(|r| RollingJson::new(r, workers)),
             resisting_deployment_error: state.resisting.as_ref().map(|r| ResistingJson {
                 since: rfc3339(r.since),
                 reason: r.reason.clone(),
@@ -213,19 +207,31 @@ impl Snapshot {
 }
 
 /// Adds what a draining worker is waiting for, e.g. "draining worker 3: 2 requests, oldest 12s".
-fn waiting_on(base: &str, workers: &[WorkerView]) -> String {
-    if let Some(id) = base.strip_prefix("draining worker ")
-        && let Some(w) = workers.iter().find(|w| w.id.0.to_string() == id)
+impl RollingJson {
+    pub fn new(r: &RollProgress, workers: &[WorkerView]) -> RollingJson {
+        RollingJson {
+            mode: r.mode.as_str().to_owned(),
+            generation: r.generation.0,
+            done: r.done,
+            total: r.total,
+            waiting_on: waiting_on(&r.waiting_on, workers),
+        }
+    }
+}
+
+fn waiting_on(on: &WaitingOn, workers: &[WorkerView]) -> String {
+    if let WaitingOn::Draining(id) = on
+        && let Some(w) = workers.iter().find(|w| w.id == *id)
         && w.in_flight > 0
     {
         let oldest = w.busy_for.map(|d| d.as_secs()).unwrap_or(0);
         return format!(
-            "{base}: {} request{}, oldest {oldest} s",
+            "{on}: {} request{}, oldest {oldest} s",
             w.in_flight,
             if w.in_flight == 1 { "" } else { "s" }
         );
     }
-    base.to_owned()
+    on.to_string()
 }
 
 /// The one-line state for STATUS= and the top of `baton status`.

@@ -240,3 +240,34 @@ fn a_stray_process_on_a_workers_port_is_not_taken_for_the_worker() {
         assert!(body.contains("release r1"), "{body}");
     }
 }
+
+#[test]
+fn a_stop_that_escalates_is_reported_as_it_happens() {
+    let _serial = serial();
+    // A worker that ignores SIGTERM (as an app server busy in a request may), behind `sh -c`.
+    let command = format!(
+        r#"["sh", "-c", "trap '' TERM; exec \"{BATON}\" demo-app --port {{port}} --boot-time 0s"]"#
+    );
+    let extra = "[workers]\ncount = 1\n[readiness]\nsettle = \"100ms\"\n[restart]\ndrain_timeout = \"1s\"\nstop_timeout = \"1s\"\n";
+    let baton = Baton::start_command(1, &command, extra, true, |b| b.deploy(Release::Good));
+    let url = baton.url("/hang");
+    let hung = std::thread::spawn(move || get(&url));
+    baton.wait_until(Duration::from_secs(5), |s| {
+        s.workers.iter().any(|w| w.sessions == 1)
+    });
+    let out = baton.cli(&["restart", "--wait"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .contains("drain_timeout (1s) passed with 1 request in flight, cut; SIGTERM sent at "),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("still running 1s after SIGTERM (stop_timeout); SIGKILL sent at "),
+        "{stderr}"
+    );
+    let (status, body) = hung.join().unwrap();
+    assert_eq!(status, 502);
+    assert!(body.contains("after drain_timeout"), "{body}");
+}

@@ -223,9 +223,12 @@ async fn restart(handle: Handle, mode: Option<RestartMode>, wait: bool) -> Respo
         );
     }
     let (lines, body_rx) = mpsc::channel::<Bytes>(16);
+    // Every step as it happens, plus a refresh each second (a drain's "oldest N s").
+    let mut steps = handle.context.subscribe_progress();
     tokio::spawn(async move {
         let mut last: Option<RollingJson> = None;
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut open = true;
         loop {
             tokio::select! {
                 outcome = &mut rx => {
@@ -237,6 +240,25 @@ async fn restart(handle: Handle, mode: Option<RestartMode>, wait: bool) -> Respo
                     });
                     let _ = lines.send(line(&RestartEvent::Outcome(outcome))).await;
                     return;
+                }
+                step = steps.recv(), if open => {
+                    let p = match step {
+                        Ok(p) => p,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            open = false;
+                            continue;
+                        }
+                    };
+                    let now = Some(RollingJson::new(&p, &handle.context.pool.workers()));
+                    if now != last {
+                        last = now.clone();
+                        if let Some(p) = now
+                            && lines.send(line(&RestartEvent::Progress(p))).await.is_err()
+                        {
+                            return;
+                        }
+                    }
                 }
                 _ = tick.tick() => {
                     let now = snapshot(&handle).rolling_restart;

@@ -39,13 +39,108 @@ pub struct Outcome {
 }
 
 /// A roll in progress, as status shows it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RollProgress {
     pub mode: RestartMode,
     pub generation: Generation,
     pub done: usize,
     pub total: usize,
-    pub waiting_on: String,
+    pub waiting_on: WaitingOn,
+}
+
+/// What a roll waits on, as status and `restart --wait` show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WaitingOn {
+    Starting,
+    /// New workers being started, until ready.
+    Spawning {
+        count: usize,
+        generation: Generation,
+    },
+    /// Ready new workers proving themselves for `readiness.settle`.
+    Settling {
+        workers: Vec<WorkerId>,
+        settle: Duration,
+    },
+    /// An old worker finishing its requests (at most `drain_timeout`).
+    Draining(WorkerId),
+    /// An old worker being stopped, and how far the stop has escalated.
+    Stopping {
+        worker: WorkerId,
+        escalation: Escalation,
+    },
+    /// Old workers stopped all at once (a blocking restart).
+    StoppingAll(usize),
+    Done,
+}
+
+/// How hard baton had to push a worker out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Escalation {
+    /// `drain_timeout` passed with requests in flight: they were cut, SIGTERM sent.
+    DrainDeadline {
+        at: SystemTime,
+        in_flight: usize,
+        drain_timeout: Duration,
+    },
+    /// It did not exit within `stop_timeout` of SIGTERM: SIGKILL sent.
+    Killed {
+        at: SystemTime,
+        stop_timeout: Duration,
+    },
+}
+
+impl std::fmt::Display for WaitingOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        match self {
+            WaitingOn::Starting => f.write_str("starting"),
+            WaitingOn::Spawning { count, generation } => write!(
+                f,
+                "spawning {count} worker{} of generation {generation}",
+                plural(*count)
+            ),
+            WaitingOn::Settling { workers, settle } => write!(
+                f,
+                "settling worker{} {} ({} readiness.settle)",
+                plural(workers.len()),
+                workers
+                    .iter()
+                    .map(|w| w.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                humantime::format_duration(*settle)
+            ),
+            WaitingOn::Draining(w) => write!(f, "draining worker {w}"),
+            WaitingOn::Stopping { worker, escalation } => match escalation {
+                Escalation::DrainDeadline {
+                    at,
+                    in_flight,
+                    drain_timeout,
+                } => write!(
+                    f,
+                    "stopping worker {worker}: drain_timeout ({}) passed with {in_flight} request{} in flight, cut; SIGTERM sent at {}",
+                    humantime::format_duration(*drain_timeout),
+                    plural(*in_flight),
+                    clock(*at)
+                ),
+                Escalation::Killed { at, stop_timeout } => write!(
+                    f,
+                    "stopping worker {worker}: still running {} after SIGTERM (stop_timeout); SIGKILL sent at {}",
+                    humantime::format_duration(*stop_timeout),
+                    clock(*at)
+                ),
+            },
+            WaitingOn::StoppingAll(n) => write!(f, "stopping {n} workers"),
+            WaitingOn::Done => f.write_str("done"),
+        }
+    }
+}
+
+/// "10:02:03" (UTC) for progress lines; the journal has the full time.
+fn clock(t: SystemTime) -> String {
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    s.get(11..19).unwrap_or(&s).to_owned()
 }
 
 /// Resistance mode, as status shows it.
@@ -114,6 +209,8 @@ pub struct Context {
     /// Each generation's pinned release directory.
     directories: Mutex<BTreeMap<Generation, Option<PathBuf>>>,
     events: mpsc::UnboundedSender<Event>,
+    /// Every change of a roll's progress, as it happens (for `restart --wait`).
+    progress: tokio::sync::broadcast::Sender<RollProgress>,
 }
 
 impl Context {
@@ -133,9 +230,38 @@ impl Context {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Report how a worker's stop escalates, when the roll in progress waits on it.
+    fn note_stop(&self, worker: WorkerId, escalation: Escalation) {
+        self.update(|s| {
+            if let Some(r) = s.rolling.as_mut()
+                && matches!(&r.waiting_on,
+                    WaitingOn::Draining(w) | WaitingOn::Stopping { worker: w, .. } if *w == worker)
+            {
+                r.waiting_on = WaitingOn::Stopping { worker, escalation };
+            }
+        });
+    }
+
     fn update(&self, f: impl FnOnce(&mut RestartState)) {
-        f(&mut self.lock_state());
+        let changed = {
+            let mut s = self.lock_state();
+            let before = s.rolling.clone();
+            f(&mut s);
+            match (&before, &s.rolling) {
+                (b, Some(now)) if b.as_ref() != Some(now) => Some(now.clone()),
+                _ => None,
+            }
+        };
+        if let Some(p) = changed {
+            // Nobody listening is fine.
+            let _ = self.progress.send(p);
+        }
         self.publish();
+    }
+
+    /// Each change of a roll's progress from now on.
+    pub fn subscribe_progress(&self) -> tokio::sync::broadcast::Receiver<RollProgress> {
+        self.progress.subscribe()
     }
 
     /// Tell systemd the one-line state.
@@ -262,6 +388,7 @@ impl Supervisor {
             next_worker: AtomicU64::new(1),
             directories: Mutex::new(BTreeMap::new()),
             events: etx,
+            progress: tokio::sync::broadcast::channel(64).0,
         });
         let sup = Supervisor {
             ctx: ctx.clone(),
@@ -551,7 +678,7 @@ impl Supervisor {
                 generation,
                 done: 0,
                 total,
-                waiting_on: "starting".into(),
+                waiting_on: WaitingOn::Starting,
             })
         });
         let cancel = CancellationToken::new();

@@ -5,8 +5,8 @@
 //! the pool afresh at every step, so a worker that dies mid-roll or a worker left by a
 //! superseded roll is simply one more to replace.
 
-use super::Context;
 use super::worker::{self, SpawnError, SpawnFailure};
+use super::{Context, WaitingOn};
 use crate::pool::{WorkerState, WorkerView};
 use crate::spawn::{Generation, WorkerId};
 use std::collections::BTreeSet;
@@ -68,7 +68,7 @@ pub async fn run(
     }
 }
 
-fn progress(ctx: &Context, generation: Generation, waiting_on: String) {
+fn progress(ctx: &Context, generation: Generation, waiting_on: WaitingOn) {
     let done = ctx
         .pool
         .workers()
@@ -118,18 +118,17 @@ async fn rolling(
         let batch = want.min(room);
         if batch == 0 {
             let Some(w) = old.first() else { break };
-            progress(ctx, generation, format!("draining worker {}", w.id));
+            progress(ctx, generation, WaitingOn::Draining(w.id));
             worker::drain_and_stop(ctx, w.id).await;
             continue;
         }
         progress(
             ctx,
             generation,
-            format!(
-                "spawning {} worker{} of generation {generation}",
-                batch,
-                if batch == 1 { "" } else { "s" }
-            ),
+            WaitingOn::Spawning {
+                count: batch,
+                generation,
+            },
         );
         let results = futures_util::future::join_all(
             (0..batch).map(|_| worker::spawn(ctx, generation, cancel)),
@@ -149,16 +148,10 @@ async fn rolling(
             progress(
                 ctx,
                 generation,
-                format!(
-                    "settling worker{} {} ({} readiness.settle)",
-                    if ready_ids.len() == 1 { "" } else { "s" },
-                    ready_ids
-                        .iter()
-                        .map(|id| id.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    humantime::format_duration(ctx.config().readiness.settle.get())
-                ),
+                WaitingOn::Settling {
+                    workers: ready_ids.clone(),
+                    settle: ctx.config().readiness.settle.get(),
+                },
             );
             match worker::settle(ctx, &ready_ids, cancel).await {
                 Err(SpawnError::Cancelled) => return RollResult::Cancelled,
@@ -188,7 +181,7 @@ async fn rolling(
             if cancel.is_cancelled() {
                 return RollResult::Cancelled;
             }
-            progress(ctx, generation, format!("draining worker {}", w.id));
+            progress(ctx, generation, WaitingOn::Draining(w.id));
             worker::drain_and_stop(ctx, w.id).await;
         }
         if old.is_empty() && failed_now > 0 {
@@ -196,7 +189,7 @@ async fn rolling(
             break;
         }
     }
-    progress(ctx, generation, "done".into());
+    progress(ctx, generation, WaitingOn::Done);
     match failures.last() {
         None => RollResult::Done,
         Some(last) => RollResult::Failed {
@@ -216,7 +209,7 @@ async fn blocking(
     cancel: &CancellationToken,
 ) -> RollResult {
     let old: Vec<WorkerId> = ctx.pool.workers().iter().map(|w| w.id).collect();
-    progress(ctx, generation, format!("stopping {} workers", old.len()));
+    progress(ctx, generation, WaitingOn::StoppingAll(old.len()));
     // Mark them all first so that no request goes to any of them meanwhile: requests queue.
     for id in &old {
         ctx.pool.start_draining(*id);
@@ -228,7 +221,10 @@ async fn blocking(
     progress(
         ctx,
         generation,
-        format!("spawning {target} workers of generation {generation}"),
+        WaitingOn::Spawning {
+            count: target,
+            generation,
+        },
     );
     let results =
         futures_util::future::join_all((0..target).map(|_| worker::spawn(ctx, generation, cancel)))
@@ -241,7 +237,7 @@ async fn blocking(
             Err(SpawnError::Failed(f)) => failures.push(f),
         }
     }
-    progress(ctx, generation, "done".into());
+    progress(ctx, generation, WaitingOn::Done);
     match failures.last() {
         None => RollResult::Done,
         Some(last) => RollResult::Failed {

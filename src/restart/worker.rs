@@ -277,9 +277,23 @@ pub async fn stop(ctx: &Context, id: WorkerId) {
     let config = ctx.config();
     ctx.pool.set_state(id, WorkerState::Stopping);
     if let Some(process) = ctx.pool.process(id) {
-        ctx.spawner
-            .stop(id, &process, config.restart.stop_timeout.get())
-            .await;
+        let timeout = config.restart.stop_timeout.get();
+        let stopping = ctx.spawner.stop(id, &process, timeout);
+        tokio::pin!(stopping);
+        // The backend escalates to SIGKILL at `stop_timeout`: say so when it comes to that.
+        if tokio::time::timeout(timeout, stopping.as_mut())
+            .await
+            .is_err()
+        {
+            ctx.note_stop(
+                id,
+                super::Escalation::Killed {
+                    at: std::time::SystemTime::now(),
+                    stop_timeout: timeout,
+                },
+            );
+            stopping.await;
+        }
     }
     ctx.pool.remove(id);
 }
@@ -299,6 +313,14 @@ pub async fn drain_and_stop(ctx: &Context, id: WorkerId) {
             w.in_flight, humantime::format_duration(limit)
         );
         ctx.pool.mark_cut(id);
+        ctx.note_stop(
+            id,
+            super::Escalation::DrainDeadline {
+                at: std::time::SystemTime::now(),
+                in_flight: w.in_flight,
+                drain_timeout: limit,
+            },
+        );
     }
     stop(ctx, id).await;
 }
