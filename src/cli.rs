@@ -103,6 +103,30 @@ pub enum Cmd {
     },
 }
 
+/// Print to stdout; a reader that went away (`baton status | head`) is not an error.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Like `say!` without the newline.
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Print to stderr, whatever becomes of it.
+macro_rules! shout {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // One thread for everything but the proxy: the control plane (supervisor, readiness,
@@ -117,14 +141,14 @@ pub fn main() -> ExitCode {
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("baton: cannot start the async runtime: {e}");
+            shout!("baton: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("baton: {e:#}");
+            shout!("baton: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -160,7 +184,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             } else {
                 format!("{min} to {max} workers")
             };
-            println!(
+            say!(
                 "{}: OK (app {:?}, {workers}, {} restarts)",
                 config.display(),
                 c.name.as_str(),
@@ -179,9 +203,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let snap: Snapshot = serde_json::from_str(&body)
                 .with_context(|| format!("unexpected status answer: {body}"))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&snap)?);
+                say!("{}", serde_json::to_string_pretty(&snap)?);
             } else {
-                print!("{}", snap.render(std::io::stdout().is_terminal()));
+                say_raw!("{}", snap.render(std::io::stdout().is_terminal()));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -207,7 +231,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 bail!("restart refused ({status}): {}", body.trim());
             }
             if !wait {
-                println!("restart started; `baton status` shows its progress");
+                say!("restart started; `baton status` shows its progress");
                 return Ok(ExitCode::SUCCESS);
             }
             follow_restart(&mut reply).await
@@ -217,7 +241,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let reply = client::request(&socket, Method::POST, "/resume").await?;
             let body = reply.text().await?;
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            println!("{}", v["message"].as_str().unwrap_or(body.trim()));
+            say!("{}", v["message"].as_str().unwrap_or(body.trim()));
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo {
@@ -226,14 +250,20 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             boot_time,
         } => {
             crate::journal::init();
-            let control = crate::demo::demo_control_socket();
+            let (control, _private_dir) = crate::demo::demo_control_socket()
+                .context("cannot make a private directory for the demo's control socket")?;
             let text = crate::demo::demo_config(&listen, workers, &boot_time, &control);
             let config = Config::parse(&text, std::path::Path::new("<demo>"))?;
-            eprintln!(
-                "baton demo: {workers} workers behind http://{listen}/\n  try:  curl http://{listen}/\n        baton status --control {c}\n        baton restart --wait --control {c}\n  Ctrl-C stops it.",
+            // The commands to try, as they can be pasted: baton by its full path (after
+            // `cargo run` it is not on the PATH).
+            let exe = std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "baton".into());
+            let banner = format!(
+                "baton demo: {workers} workers behind http://{listen}/\n  try:  curl http://{listen}/\n        {exe} status --control {c}\n        {exe} restart --wait --control {c}\n  Ctrl-C stops it.",
                 c = control.display()
             );
-            crate::manager::run(config, None).await?;
+            crate::manager::run_announcing(config, None, Some(banner)).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Unit { name, install } => {
@@ -243,14 +273,14 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 let written = crate::units::install(&name, dir)
                     .with_context(|| format!("writing units to {}", dir.display()))?;
                 for p in written {
-                    println!("wrote {}", p.display());
+                    say!("wrote {}", p.display());
                 }
-                println!(
+                say!(
                     "next: put the config in /etc/baton/{name}.toml, set ListenStream= in {name}.socket, then\n  systemctl daemon-reload && systemctl enable --now {name}.socket"
                 );
             } else {
                 for (file, text) in crate::units::render(&name) {
-                    println!("# {file}\n{text}");
+                    say!("# {file}\n{text}");
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -298,22 +328,22 @@ async fn follow_restart(reply: &mut client::Reply) -> anyhow::Result<ExitCode> {
             }
             Ok(RestartEvent::Outcome(o)) => {
                 if shown {
-                    eprintln!();
+                    shout!();
                 }
                 if o.ok {
-                    println!("{}", o.message);
+                    say!("{}", o.message);
                     return Ok(ExitCode::SUCCESS);
                 }
-                eprintln!("baton: restart failed: {}", o.message);
+                shout!("baton: restart failed: {}", o.message);
                 for l in &o.output {
-                    eprintln!("  | {l}");
+                    shout!("  | {l}");
                 }
                 return Ok(ExitCode::FAILURE);
             }
-            Err(_) => eprintln!("{line}"),
+            Err(_) => shout!("{line}"),
         }
     }
-    eprintln!("baton: the manager closed the connection before the restart ended");
+    shout!("baton: the manager closed the connection before the restart ended");
     Ok(ExitCode::FAILURE)
 }
 
@@ -336,7 +366,7 @@ fn generate_assets(out: &std::path::Path) -> anyhow::Result<()> {
         clap_complete::generate(shell, &mut cmd.clone(), "baton", &mut buf);
         std::fs::write(completions.join(file), buf)?;
     }
-    println!(
+    say!(
         "wrote {}/baton.1 and {}/",
         out.display(),
         completions.display()

@@ -52,15 +52,23 @@ socket = "{control}"
     )
 }
 
-/// Where `baton demo` puts its control socket: /run/baton when root, else a private dir.
-pub fn demo_control_socket() -> std::path::PathBuf {
+/// Where `baton demo` puts its control socket: /run/baton when root, else
+/// `$XDG_RUNTIME_DIR`, else a new private directory (mode 0700) in the temporary directory —
+/// never a fixed name in a shared one, which another user could take first. The directory
+/// returned with it, if any, is removed when dropped.
+pub fn demo_control_socket() -> std::io::Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
     if nix::unistd::geteuid().is_root() {
-        return "/run/baton/demo.sock".into();
+        return Ok(("/run/baton/demo.sock".into(), None));
     }
-    let dir = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    dir.join("baton-demo.sock")
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        return Ok((std::path::PathBuf::from(dir).join("baton-demo.sock"), None));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("baton-demo-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()?;
+    Ok((dir.path().join("control.sock"), Some(dir)))
 }
 
 /// The demo app's behaviour, from `./demo-mode` (default: serve).

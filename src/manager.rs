@@ -16,6 +16,41 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// `auto` picks systemd when baton runs under a service manager with a reachable bus.
+/// The proxy's runtime. Dropped from async code (at the end of `run`, or on an early error),
+/// so it shuts down in the background: what is left there (idle worker connections) ends
+/// with it.
+struct DataPlane(Option<tokio::runtime::Runtime>);
+
+impl DataPlane {
+    fn handle(&self) -> DataPlaneHandle<'_> {
+        DataPlaneHandle(self)
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Spawning onto the data plane.
+struct DataPlaneHandle<'a>(&'a DataPlane);
+
+impl DataPlaneHandle<'_> {
+    fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.0.0 {
+            Some(rt) => rt.spawn(f),
+            None => tokio::spawn(f),
+        }
+    }
+}
+
 /// Call once the control socket is bound (the process backend's workers are marked with it).
 async fn spawner(config: &Config, control: &std::path::Path) -> anyhow::Result<Arc<dyn Spawner>> {
     let under_systemd = std::env::var_os("INVOCATION_ID").is_some()
@@ -93,6 +128,15 @@ fn connection_budget(configured: usize, config: &Config) -> usize {
 /// `config_path`: where the config came from, re-read by every restart (`None` for `baton
 /// demo`'s built-in one).
 pub async fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    run_announcing(config, config_path, None).await
+}
+
+/// Like [`run`], printing `banner` to stderr once baton serves (its sockets are bound).
+pub async fn run_announcing(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+    banner: Option<String>,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let app = config.name.clone();
     // The data plane gets its own runtime, one thread per core; this one (the caller's, a
@@ -100,12 +144,15 @@ pub async fn run(config: Config, config_path: Option<std::path::PathBuf>) -> any
     // supervisor's timers, readiness probes and the control socket then never queue behind
     // client connections (they did: readiness seen seconds late, timeouts firing late).
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let data_plane = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores)
-        .thread_name("baton-proxy")
-        .enable_all()
-        .build()
-        .context("cannot start the proxy's runtime")?;
+    let data_plane = DataPlane(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .thread_name("baton-proxy")
+            .enable_all()
+            .build()
+            .context("cannot start the proxy's runtime")?,
+    ));
+    let data_plane = data_plane.handle();
     // Opened on the data plane's runtime, so that its I/O driver, not this one, serves them.
     let listen_config = config.clone();
     let listeners = data_plane
@@ -163,6 +210,10 @@ pub async fn run(config: Config, config_path: Option<std::path::PathBuf>) -> any
         );
     }
 
+    if let Some(b) = banner {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "{b}");
+    }
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -194,8 +245,6 @@ pub async fn run(config: Config, config_path: Option<std::path::PathBuf>) -> any
         let _ = rx.await;
     }
     let _ = supervisor.await;
-    // Whatever is left there (idle worker connections) ends with it.
-    data_plane.shutdown_background();
     // Only our own socket: never whatever might have been put there since.
     if crate::config::not_a_foreign_file(&control_path).is_ok() {
         let _ = std::fs::remove_file(&control_path);
