@@ -254,3 +254,29 @@ fn bad_bodies_get_their_own_answers() {
     assert!(metrics.status.success());
     assert!(!baton.log().contains("failed to answer"), "{}", baton.log());
 }
+
+#[test]
+fn a_websocket_cut_by_a_restart_gets_a_close_frame() {
+    let _serial = serial();
+    let baton = single_threaded(
+        1,
+        "[readiness]\nsettle = \"100ms\"\n[restart]\ndrain_timeout = \"1s\"\n",
+    );
+    let mut s = TcpStream::connect(baton.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1);
+        head.push(byte[0]);
+    }
+    let out = baton.cli(&["restart", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert_eq!(rest, [0x88, 0x02, 0x03, 0xe9], "a close frame, 1001 going away");
+}
