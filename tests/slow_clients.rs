@@ -275,8 +275,16 @@ fn a_websocket_cut_by_a_restart_gets_a_close_frame() {
         head.push(byte[0]);
     }
     let out = baton.cli(&["restart", "--wait"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
-    assert_eq!(rest, [0x88, 0x02, 0x03, 0xe9], "a close frame, 1001 going away");
+    assert_eq!(
+        rest,
+        [0x88, 0x02, 0x03, 0xe9],
+        "a close frame, 1001 going away"
+    );
 }

@@ -387,6 +387,133 @@ fn baton_under_systemd_from_its_deb() {
             .contains("4/4 workers ready")
     );
 
+    // 2b. A release that answers, then dies 0.4 s later: resisted, never listed ready dead.
+    deploy(&c, "crashy", Some("crash 400ms"));
+    let load = Load::start(addr, 16, "/", Duration::from_secs(20));
+    let reload = c.exec(&["systemctl", "reload", &unit]);
+    let report = load.stop();
+    assert!(
+        !reload.status.success(),
+        "a release that dies is never a success"
+    );
+    assert_clean(
+        &report,
+        "reload onto a release that dies after answering",
+        &c,
+    );
+    assert_eq!(c.worker_units(), third, "the old workers keep serving");
+    let snap = c.sh(&format!(
+        "baton status --json --config /etc/baton/{APP}.toml"
+    ));
+    let snap: baton::status::Snapshot = serde_json::from_str(&snap).unwrap();
+    assert!(
+        snap.resisting_deployment_error
+            .as_ref()
+            .is_some_and(|r| r.reason.contains("after it became ready")),
+        "{snap:#?}"
+    );
+    assert!(
+        snap.workers
+            .iter()
+            .all(|w| w.state == "ready" && w.generation < snap.generation + 2)
+    );
+
+    // 2c. gunicorn (Debian's), the most common Python deployment, with the default readiness:
+    // the edited config is applied by the reload itself.
+    let gunicorn_config = config(port)
+        .replace(
+            r#"command = ["/usr/bin/baton", "demo-app", "--port", "{port}", "--boot-time", "2s"]"#,
+            r#"command = ["gunicorn", "--bind", "127.0.0.1:{port}", "--workers", "1", "app:app"]"#,
+        )
+        .replace("http_path = \"/\"\n", "");
+    assert!(gunicorn_config.contains("gunicorn") && !gunicorn_config.contains("http_path"));
+    std::fs::write(tmp.path().join("gunicorn.toml"), &gunicorn_config).unwrap();
+    c.copy_in(
+        &tmp.path().join("gunicorn.toml"),
+        &format!("/etc/baton/{APP}.toml"),
+    );
+    let app_py = "import os\ndef app(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [('hello from release ' + os.path.basename(os.getcwd()) + ' (gunicorn)\\n').encode()]\n";
+    deploy(&c, "py1", None);
+    std::fs::write(tmp.path().join("app.py"), app_py).unwrap();
+    c.copy_in(
+        &tmp.path().join("app.py"),
+        &format!("/srv/{APP}/releases/py1/app.py"),
+    );
+    let load = Load::start(addr, 16, "/", Duration::from_secs(20));
+    let reload = c.exec(&["systemctl", "reload", &unit]);
+    let report = load.stop();
+    assert!(
+        reload.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&reload.stderr),
+        c.journal(&unit)
+    );
+    assert_clean(&report, "reload to gunicorn with an edited config", &c);
+    assert!(
+        get(&format!("http://{addr}/"))
+            .1
+            .contains("release py1 (gunicorn)")
+    );
+    let python = c.worker_units();
+    // A syntax error: gunicorn binds, fails to import, exits 3. Resisted, nobody notices.
+    deploy(&c, "py-broken", None);
+    std::fs::write(
+        tmp.path().join("broken.py"),
+        "def app(environ, start_response)\n",
+    )
+    .unwrap();
+    c.copy_in(
+        &tmp.path().join("broken.py"),
+        &format!("/srv/{APP}/releases/py-broken/app.py"),
+    );
+    let load = Load::start(addr, 16, "/", Duration::from_secs(20));
+    let reload = c.exec(&["systemctl", "reload", &unit]);
+    let report = load.stop();
+    assert!(
+        !reload.status.success(),
+        "a gunicorn release with a syntax error is resisted"
+    );
+    assert_clean(&report, "reload onto a gunicorn syntax error", &c);
+    assert_eq!(c.worker_units(), python);
+    assert!(
+        get(&format!("http://{addr}/"))
+            .1
+            .contains("release py1 (gunicorn)")
+    );
+    // A broken config: the reload fails with the file's error and changes nothing.
+    let mut broken = gunicorn_config.clone();
+    broken.push_str("[restart]\nmax_surge = \"lots\"\n");
+    std::fs::write(tmp.path().join("broken.toml"), broken).unwrap();
+    c.copy_in(
+        &tmp.path().join("broken.toml"),
+        &format!("/etc/baton/{APP}.toml"),
+    );
+    let reload = c.exec(&["systemctl", "reload", &unit]);
+    assert!(!reload.status.success());
+    assert!(
+        c.journal(&unit).contains("restart.max_surge"),
+        "the journal names the bad key"
+    );
+    assert_eq!(c.worker_units(), python, "nothing changed");
+    assert_eq!(
+        c.sh(&format!("systemctl is-active {unit}")).trim(),
+        "active"
+    );
+    // Back to the demo app for the rest.
+    c.copy_in(
+        &tmp.path().join("demo.toml"),
+        &format!("/etc/baton/{APP}.toml"),
+    );
+    deploy(&c, "r3", None);
+    let reload = c.exec(&["systemctl", "reload", &unit]);
+    assert!(
+        reload.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reload.stderr)
+    );
+    let third = c.worker_units();
+    assert!(get(&format!("http://{addr}/")).1.contains("release r3"));
+
     // 3. `systemctl restart` of baton under load: no connection refused, the workers untouched.
     let load = Load::start_resending(addr, 16, "/", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(300));

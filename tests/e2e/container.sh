@@ -35,7 +35,7 @@ SUITE=bookworm
 # libpam-systemd + dbus-user-session: without them `systemd --user` cannot start
 # (pam_systemd sets XDG_RUNTIME_DIR) and a user manager has no D-Bus session bus,
 # which baton's --user mode needs for StartTransientUnit.
-BASE_PACKAGES="systemd,dbus,systemd-sysv,curl,procps,libpam-systemd,dbus-user-session"
+BASE_PACKAGES="systemd,dbus,systemd-sysv,curl,procps,libpam-systemd,dbus-user-session,gunicorn"
 # Bump when the in-rootfs setup below changes, so cached rootfs are rebuilt.
 SETUP_VERSION=4
 
