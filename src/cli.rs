@@ -1,4 +1,4 @@
-//! The command line: one binary, `baton`, with SPEC.md's commands.
+//! The command line: one binary, `baton`, with its subcommands.
 
 use crate::config::Config;
 use crate::control::{RestartEvent, client};
@@ -42,7 +42,7 @@ pub enum Cmd {
     },
     /// Show workers, generation, queue, restart progress and resistance mode.
     Status {
-        /// Print SPEC.md's JSON object instead of the table.
+        /// Print the status as one JSON object instead of the table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
