@@ -255,6 +255,9 @@ struct SpoolState {
     file_read: u64,
     file_written: u64,
     file_in_use: bool,
+    /// A chunk is on its way into the file (its bytes are not counted in `file_written` yet):
+    /// the reader must not take the file as caught up meanwhile.
+    file_writing: bool,
     /// The worker's body ended (with an error, if it failed).
     ended: Option<Result<(), String>>,
     /// The client side is gone.
@@ -343,7 +346,9 @@ async fn store(spool: &Arc<Spool>, data: Bytes) -> std::io::Result<bool> {
         if s.closed {
             return Ok(false);
         }
-        if !s.file_in_use && s.memory_bytes + len <= spool.limits.memory {
+        // One chunk is always let through memory (its size is bounded by the HTTP parser's
+        // read buffer): a fast client then never costs a file write.
+        if !s.file_in_use && (s.memory_bytes == 0 || s.memory_bytes + len <= spool.limits.memory) {
             s.memory_bytes += len;
             s.memory.push_back(data);
             if let Some(w) = s.reader.take() {
@@ -352,6 +357,7 @@ async fn store(spool: &Arc<Spool>, data: Bytes) -> std::io::Result<bool> {
             return Ok(true);
         }
         s.file_in_use = true;
+        s.file_writing = true;
         s.file_written
     };
     // Beyond `max_response` unread bytes the worker waits for the client.
@@ -375,8 +381,10 @@ async fn store(spool: &Arc<Spool>, data: Bytes) -> std::io::Result<bool> {
             f
         }
     };
-    write_at(&file, file_at, vec![data]).await?;
+    let written = write_at(&file, file_at, vec![data]).await;
     let mut s = spool.lock();
+    s.file_writing = false;
+    written?;
     s.file_written = file_at + len as u64;
     if let Some(w) = s.reader.take() {
         w.wake();
@@ -423,7 +431,7 @@ impl Body for SpooledBody {
                         Ok(b) => {
                             let mut s = this.spool.lock();
                             s.file_read += b.len() as u64;
-                            if s.file_read == s.file_written {
+                            if s.file_read == s.file_written && !s.file_writing {
                                 // Caught up: back to memory, and the file is reused from its start.
                                 s.file_in_use = false;
                                 s.file_read = 0;

@@ -65,10 +65,15 @@ pub enum Cmd {
         #[command(flatten)]
         target: Target,
     },
-    /// Check a config and say exactly what is wrong with it.
+    /// Check a config and say exactly what is wrong with it: the file, and what it names on
+    /// this machine (the release directory, the command, socket paths).
     CheckConfig {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Check the file alone, not what it names on this machine (e.g. a config written for
+        /// another host).
+        #[arg(long)]
+        file_only: bool,
     },
     /// Run a bundled demo app with 4 workers on 127.0.0.1:8080 (process backend).
     Demo {
@@ -176,8 +181,12 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             crate::manager::run(config, Some(path)).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::CheckConfig { config } => {
-            let c = Config::load_checking_host(&config)?;
+        Cmd::CheckConfig { config, file_only } => {
+            let c = if file_only {
+                Config::load(&config)?
+            } else {
+                Config::load_checking_host(&config)?
+            };
             let (min, max) = (c.workers.min(), c.workers.max());
             let workers = if min == max {
                 format!("{min} workers")

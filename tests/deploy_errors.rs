@@ -187,3 +187,26 @@ fn a_release_that_answers_then_exits_is_never_a_success_without_load() {
     assert!(dead_ready.is_empty(), "{dead_ready:?}");
     assert_old_release_serves(&baton, 2);
 }
+
+#[test]
+fn a_gunicorn_release_that_never_loads_its_app_is_resisted() {
+    let _serial = serial();
+    let command = format!(
+        r#"["{}", "--bind", "127.0.0.1:{{port}}", "--workers", "1", "--timeout", "600", "app:app"]"#,
+        gunicorn()
+    );
+    let extra = "[workers]\ncount = 2\n[readiness]\ntimeout = \"4s\"\n";
+    let mut baton = Baton::start_command(2, &command, extra, true, |b| {
+        b.deploy_files(&[("app.py", GOOD_APP)])
+    });
+    // The master binds and stays up; its worker hangs while importing the app.
+    baton.deploy_files(&[("app.py", "import time\ntime.sleep(3600)\n")]);
+    let load = Load::start(baton.addr, 4, "/", Duration::from_secs(10));
+    let out = baton.cli(&["restart", "--wait"]);
+    let report = load.stop();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("was not ready within 4s"), "{stderr}");
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert_old_release_serves(&baton, 2);
+}
