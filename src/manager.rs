@@ -228,6 +228,22 @@ pub async fn run_announcing(
         }
     }
 
+    // Lame duck: the health check says 503 at once, so load balancers take this host out
+    // before a single connection is refused; serving goes on for `shutdown_delay`.
+    handle.context.set_stopping();
+    let delay = config.listen.shutdown_delay.get();
+    if !delay.is_zero() {
+        tracing::info!(app = %app, "stopping in {}: health answers 503 meanwhile", humantime::format_duration(delay));
+        notifier.status(&format!(
+            "stopping in {}: health answers 503, still serving",
+            humantime::format_duration(delay)
+        ));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
     tracing::info!(app = %app, "stopping: finishing requests in flight");
     notifier.stopping();
     stop_accepting.cancel();

@@ -202,18 +202,28 @@ pub async fn serve_tcp(listener: tokio::net::TcpListener, handle: crate::restart
             let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let handle = handle.clone();
                 async move {
-                    let (status, body) = if req.uri().path() == "/metrics" {
-                        let snap = crate::control::snapshot(&handle);
-                        (200, handle.context.metrics.render(&snap))
-                    } else {
-                        (404, "try /metrics\n".to_owned())
+                    let (status, body, json) = match req.uri().path() {
+                        "/metrics" => {
+                            let snap = crate::control::snapshot(&handle);
+                            (200, handle.context.metrics.render(&snap), false)
+                        }
+                        "/health" => {
+                            let h = crate::control::health(&handle);
+                            let text = serde_json::to_string(&h).unwrap_or_default() + "\n";
+                            (h.http_status(), text, true)
+                        }
+                        _ => (404, "try /metrics or /health\n".to_owned(), false),
                     };
                     let mut r =
                         hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
                     *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
                     r.headers_mut().insert(
                         hyper::header::CONTENT_TYPE,
-                        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                        hyper::header::HeaderValue::from_static(if json {
+                            "application/json"
+                        } else {
+                            "text/plain; version=0.0.4"
+                        }),
                     );
                     Ok::<_, std::convert::Infallible>(r)
                 }

@@ -320,3 +320,52 @@ pub async fn sample_usage(ctx: std::sync::Arc<crate::restart::Context>) {
         }
     }
 }
+
+/// What `GET /health` answers, for load balancers: 200 while baton serves (at least one ready
+/// worker, not stopping), else 503; the body says why in a few fields.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Health {
+    /// "serving", "stopping" or "unavailable".
+    pub status: String,
+    /// "starting", "steady", "rolling" or "resisting".
+    pub phase: String,
+    pub ready_workers: usize,
+    pub generation: u64,
+    pub resisting: bool,
+}
+
+impl Health {
+    pub fn new(state: &RestartState, workers: &[WorkerView], stopping: bool) -> Health {
+        let ready = workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Ready)
+            .count();
+        let status = if stopping {
+            "stopping"
+        } else if ready == 0 {
+            "unavailable"
+        } else {
+            "serving"
+        };
+        let phase = if state.resisting.is_some() {
+            "resisting"
+        } else if state.rolling.is_some() {
+            "rolling"
+        } else if !state.started {
+            "starting"
+        } else {
+            "steady"
+        };
+        Health {
+            status: status.into(),
+            phase: phase.into(),
+            ready_workers: ready,
+            generation: state.generation.0,
+            resisting: state.resisting.is_some(),
+        }
+    }
+
+    pub fn http_status(&self) -> u16 {
+        if self.status == "serving" { 200 } else { 503 }
+    }
+}

@@ -105,3 +105,26 @@ fn readiness_and_its_timeout_keep_time_under_a_saturating_load() {
         );
     }
 }
+
+fn nice(pid: u32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split_whitespace().nth(16).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_booting_worker_runs_at_low_cpu_priority_until_it_is_ready() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: only a privileged baton can raise a worker's priority back");
+        return;
+    }
+    let _serial = serial();
+    let baton = Baton::start_release(1, "1500ms", "", Release::Good, false);
+    let spawning = baton.wait_until(Duration::from_secs(10), |s| {
+        s.workers.iter().any(|w| w.state == "spawning" && w.pid.is_some())
+    });
+    let pid = spawning.workers[0].pid.unwrap();
+    assert_eq!(nice(pid), 10, "boot_cpu_weight = \"low\" (the default) is nice 10");
+    baton.wait_until(Duration::from_secs(10), |s| s.workers.iter().all(|w| w.state == "ready"));
+    assert_eq!(nice(pid), 0, "a ready worker runs at normal priority");
+}

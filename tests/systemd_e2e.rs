@@ -286,7 +286,7 @@ fn baton_under_systemd_from_its_deb() {
     assert_eq!(first.len(), WORKERS, "{first:?}");
     for u in &first {
         let props = c.sh(&format!(
-            "systemctl show -p MemoryMax -p CPUQuotaPerSecUSec -p NoNewPrivileges -p ProtectSystem -p Slice -p CollectMode {u}"
+            "systemctl show -p MemoryMax -p CPUQuotaPerSecUSec -p NoNewPrivileges -p ProtectSystem -p Slice -p CollectMode -p CPUWeight {u}"
         ));
         for want in [
             "MemoryMax=536870912",
@@ -294,6 +294,8 @@ fn baton_under_systemd_from_its_deb() {
             "NoNewPrivileges=yes",
             "ProtectSystem=full",
             "CollectMode=inactive-or-failed",
+            // Booted at CPUWeight=20 (boot_cpu_weight = "low"), raised once ready.
+            "CPUWeight=100",
         ] {
             assert!(props.contains(want), "{u}: {want} not in\n{props}");
         }

@@ -178,6 +178,9 @@ pub struct ListenConfig {
     pub max_response_buffer: ByteSize,
     /// Where buffer files go (unlinked at once); default: the system's temporary directory.
     pub buffer_directory: Option<PathBuf>,
+    /// On SIGTERM: health answers 503 at once, serving goes on this long (lame duck), then
+    /// baton stops as usual.
+    pub shutdown_delay: Duration,
 }
 
 impl Default for ListenConfig {
@@ -197,6 +200,7 @@ impl Default for ListenConfig {
             buffer_memory: ByteSize(64 << 10),
             max_response_buffer: ByteSize(1 << 30),
             buffer_directory: None,
+            shutdown_delay: Duration::from_secs(0),
         }
     }
 }
@@ -386,10 +390,45 @@ impl Default for ReadinessConfig {
     }
 }
 
+/// How much CPU a booting worker may take from the serving ones, until it is ready.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootCpuWeight {
+    /// Nice 10 (process backend) or `CPUWeight=20` (systemd backend, default 100).
+    #[default]
+    Low,
+    /// Nice 19 or `CPUWeight=1`: boots only on spare CPU.
+    Idle,
+    /// No change.
+    Normal,
+}
+
+impl BootCpuWeight {
+    /// The nice value a booting worker starts with.
+    pub fn nice(self) -> i32 {
+        match self {
+            BootCpuWeight::Low => 10,
+            BootCpuWeight::Idle => 19,
+            BootCpuWeight::Normal => 0,
+        }
+    }
+
+    /// The `CPUWeight=` a booting worker's unit starts with (`None`: systemd's default).
+    pub fn cpu_weight(self) -> Option<u64> {
+        match self {
+            BootCpuWeight::Low => Some(20),
+            BootCpuWeight::Idle => Some(1),
+            BootCpuWeight::Normal => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RestartConfig {
     pub rolling: bool,
+    /// A booting worker runs at low CPU priority until it is ready.
+    pub boot_cpu_weight: BootCpuWeight,
     pub max_surge: NonZeroUsize,
     pub resist_deployment_errors: bool,
     pub drain_timeout: Duration,
@@ -400,6 +439,7 @@ impl Default for RestartConfig {
     fn default() -> Self {
         RestartConfig {
             rolling: true,
+            boot_cpu_weight: BootCpuWeight::Low,
             max_surge: NonZeroUsize::MIN,
             resist_deployment_errors: true,
             drain_timeout: Duration::from_secs(30),

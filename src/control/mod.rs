@@ -97,6 +97,11 @@ pub async fn serve(listener: UnixListener, handle: Handle) {
     }
 }
 
+pub fn health(handle: &Handle) -> crate::status::Health {
+    let ctx = &handle.context;
+    crate::status::Health::new(&ctx.state(), &ctx.pool.workers(), ctx.is_stopping())
+}
+
 pub fn snapshot(handle: &Handle) -> Snapshot {
     let ctx = &handle.context;
     let workers = ctx.pool.workers();
@@ -136,6 +141,11 @@ fn query<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
 async fn route(req: Request<Incoming>, handle: Handle) -> Result<Response<Body>, Infallible> {
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/status") => json(StatusCode::OK, &snapshot(&handle)),
+        (&Method::GET, "/health") => {
+            let h = health(&handle);
+            let status = StatusCode::from_u16(h.http_status()).unwrap_or(StatusCode::OK);
+            json(status, &h)
+        }
         (&Method::GET, "/metrics") => {
             let mut r = Response::new(
                 Full::new(Bytes::from(

@@ -211,6 +211,8 @@ pub struct Context {
     events: mpsc::UnboundedSender<Event>,
     /// Every change of a roll's progress, as it happens (for `restart --wait`).
     progress: tokio::sync::broadcast::Sender<RollProgress>,
+    /// Set at SIGTERM: health answers 503 from then on (lame duck), while serving goes on.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Context {
@@ -257,6 +259,15 @@ impl Context {
             let _ = self.progress.send(p);
         }
         self.publish();
+    }
+
+    /// Baton is stopping: load balancers are told so by the health check.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 
     /// Each change of a roll's progress from now on.
@@ -389,6 +400,7 @@ impl Supervisor {
             directories: Mutex::new(BTreeMap::new()),
             events: etx,
             progress: tokio::sync::broadcast::channel(64).0,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         let sup = Supervisor {
             ctx: ctx.clone(),

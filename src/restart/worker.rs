@@ -67,6 +67,7 @@ pub async fn spawn(
         user: config.app.user.clone(),
         group: config.app.group.clone(),
         port,
+        boot_cpu: config.restart.boot_cpu_weight,
     };
     let started_at = Instant::now();
     let process = ctx
@@ -108,6 +109,9 @@ pub async fn spawn(
     };
     match ready {
         Some(Ok(())) => {
+            if spec.boot_cpu != crate::config::BootCpuWeight::Normal {
+                ctx.spawner.booted(&process).await;
+            }
             tracing::info!(
                 app = %app, worker = id.0, generation = generation.0, pid = process.pid,
                 unit = process.unit.as_deref(),

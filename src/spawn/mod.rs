@@ -52,6 +52,8 @@ pub struct WorkerSpec {
     pub user: Option<String>,
     pub group: Option<String>,
     pub port: u16,
+    /// CPU priority until it is ready (raised by [`Spawner::booted`]).
+    pub boot_cpu: crate::config::BootCpuWeight,
 }
 
 /// How a worker ended.
@@ -165,6 +167,11 @@ pub trait Spawner: Send + Sync + 'static {
 
     /// Stop the worker: SIGTERM, then SIGKILL after `timeout`. Returns once it is gone.
     async fn stop(&self, id: WorkerId, worker: &StartedWorker, timeout: Duration);
+
+    /// The worker is ready: give it the normal CPU priority that it booted without.
+    async fn booted(&self, worker: &StartedWorker) {
+        let _ = worker;
+    }
 
     /// CPU and memory of the worker, if the backend can tell.
     async fn usage(&self, worker: &StartedWorker) -> Option<Usage> {

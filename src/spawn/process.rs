@@ -110,9 +110,21 @@ impl Spawner for ProcessSpawner {
                 })?;
             cmd.gid(g.gid.as_raw());
         }
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        // A booting worker runs at low priority; only a privileged baton can give it the normal
+        // priority back once it is ready (lowering a nice value needs CAP_SYS_NICE), so an
+        // unprivileged one leaves the priority alone.
+        let boot_nice = if nix::unistd::geteuid().is_root() {
+            spec.boot_cpu.nice()
+        } else {
+            0
+        };
+        // SAFETY: prctl and setpriority are async-signal-safe; nothing else runs between fork
+        // and exec.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                if boot_nice != 0 {
+                    libc::setpriority(libc::PRIO_PROCESS, 0, boot_nice);
+                }
                 // SIGKILL, not SIGTERM: a worker that ignores SIGTERM must not outlive a
                 // manager that was killed (nobody would escalate).
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -158,6 +170,16 @@ impl Spawner for ProcessSpawner {
             exited: rx,
             output,
         })
+    }
+
+    async fn booted(&self, worker: &StartedWorker) {
+        if let Some(pid) = worker.pid
+            && nix::unistd::geteuid().is_root()
+        {
+            // The whole group: what the worker forked while booting too.
+            // SAFETY: plain setpriority(2) on a process group id.
+            unsafe { libc::setpriority(libc::PRIO_PGRP, pid, 0) };
+        }
     }
 
     async fn stop(&self, id: WorkerId, worker: &StartedWorker, timeout: Duration) {

@@ -402,6 +402,10 @@ impl SystemdSpawner {
         if let Some(ps) = s.protect_system {
             props.push(prop("ProtectSystem", ps)?);
         }
+        if let Some(weight) = spec.boot_cpu.cpu_weight() {
+            // Raised to the default (100) by `booted`, so systemd's accounting shows it.
+            props.push(prop("CPUWeight", weight)?);
+        }
         if let Some(own) = &self.own_unit {
             props.push(prop("StopPropagatedFrom", vec![own.clone()])?);
             props.push(prop("Before", vec![own.clone()])?);
@@ -580,6 +584,20 @@ impl Spawner for SystemdSpawner {
             });
         }
         adopted
+    }
+
+    async fn booted(&self, worker: &StartedWorker) {
+        let Some(unit) = &worker.unit else { return };
+        let Ok(weight) = prop("CPUWeight", 100u64) else {
+            return;
+        };
+        if let Err(e) = self
+            .manager
+            .set_unit_properties(unit.clone(), true, vec![weight])
+            .await
+        {
+            tracing::warn!(unit = %unit, "cannot raise the CPU weight of {unit} now that it is ready: {e}");
+        }
     }
 
     fn processes(&self, worker: &StartedWorker) -> Vec<u32> {
