@@ -121,10 +121,18 @@ fn a_booting_worker_runs_at_low_cpu_priority_until_it_is_ready() {
     let _serial = serial();
     let baton = Baton::start_release(1, "1500ms", "", Release::Good, false);
     let spawning = baton.wait_until(Duration::from_secs(10), |s| {
-        s.workers.iter().any(|w| w.state == "spawning" && w.pid.is_some())
+        s.workers
+            .iter()
+            .any(|w| w.state == "spawning" && w.pid.is_some())
     });
     let pid = spawning.workers[0].pid.unwrap();
-    assert_eq!(nice(pid), 10, "boot_cpu_weight = \"low\" (the default) is nice 10");
-    baton.wait_until(Duration::from_secs(10), |s| s.workers.iter().all(|w| w.state == "ready"));
+    assert_eq!(
+        nice(pid),
+        10,
+        "boot_cpu_weight = \"low\" (the default) is nice 10"
+    );
+    baton.wait_until(Duration::from_secs(10), |s| {
+        s.workers.iter().all(|w| w.state == "ready")
+    });
     assert_eq!(nice(pid), 0, "a ready worker runs at normal priority");
 }

@@ -22,7 +22,13 @@ fn health_turns_503_at_sigterm_while_serving_goes_on_for_shutdown_delay() {
     assert_eq!(status, 200, "{body}");
     let h: baton::status::Health = serde_json::from_str(&body).unwrap();
     assert_eq!(
-        (h.status.as_str(), h.phase.as_str(), h.ready_workers, h.generation, h.resisting),
+        (
+            h.status.as_str(),
+            h.phase.as_str(),
+            h.ready_workers,
+            h.generation,
+            h.resisting
+        ),
         ("serving", "steady", 2, 1, false)
     );
 
@@ -47,5 +53,8 @@ fn health_turns_503_at_sigterm_while_serving_goes_on_for_shutdown_delay() {
     assert_eq!(report.failed, 0, "{:?}", report.errors);
     let exit = baton.child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
-    assert!(sent.elapsed() >= Duration::from_secs(2), "stopped before shutdown_delay");
+    assert!(
+        sent.elapsed() >= Duration::from_secs(2),
+        "stopped before shutdown_delay"
+    );
 }

@@ -7,6 +7,8 @@
 //! replacement) are tasks with a cancellation token; they report back with an event.
 
 mod roll;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 pub use roll::RestartMode;
