@@ -521,7 +521,7 @@ fn early_answers(request_buffering: bool) {
     }
     assert_eq!(
         statuses.keys().collect::<Vec<_>>(),
-        ["HTTP/1.1 413 Request Entity Too Large"],
+        ["HTTP/1.1 405 Method Not Allowed"],
         "every client gets the worker's own answer: {statuses:?}\n{}",
         baton.log()
     );
