@@ -847,6 +847,39 @@ mod tests {
         assert_eq!(collect(body).await, want);
     }
 
+    /// A worker that writes fast and a client that reads in fits and starts: memory, file,
+    /// back to memory, back-pressure at `max_response` — and every byte once, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_reader_gets_every_byte_once_in_order() {
+        for round in 0..5u64 {
+            let data: Vec<Bytes> = (0..2000u64)
+                .map(|i| {
+                    let len = 1 + ((i * 7919 + round * 31) % 3000) as usize;
+                    Bytes::from(
+                        (0..len)
+                            .map(|j| (i as usize + j) as u8)
+                            .collect::<Vec<u8>>(),
+                    )
+                })
+                .collect();
+            let want: Vec<u8> = data.concat();
+            let mut l = limits(4096);
+            l.max_response = 64 << 10;
+            let mut body = spool(stream(data), l, |_| {});
+            let mut got = Vec::with_capacity(want.len());
+            let mut n = 0u64;
+            while let Some(frame) = body.frame().await {
+                got.extend_from_slice(&frame.unwrap().into_data().unwrap());
+                n += 1;
+                if n % (3 + round) == 0 {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+            }
+            assert_eq!(got.len(), want.len(), "round {round}");
+            assert!(got == want, "round {round}: bytes differ");
+        }
+    }
+
     #[tokio::test]
     async fn a_small_response_passes_through_memory() {
         let body = spool(
