@@ -57,7 +57,6 @@ fn slow_uploads_and_clients_that_never_read_hold_no_worker() {
     // As many load connections as workers: a GET then waits only if a slow client holds one.
     let load = Load::start(baton.addr, 2, "/", Duration::from_secs(5));
     let mut max_queue = 0;
-    let mut sessions_freed = false;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(4) {
         for u in &mut uploads {
@@ -69,10 +68,6 @@ fn slow_uploads_and_clients_that_never_read_hold_no_worker() {
             max_queue = max_queue.max(s.queue);
         }
         std::thread::sleep(Duration::from_millis(250));
-        let s = baton.status();
-        if start.elapsed() > Duration::from_secs(2) && s.workers.iter().all(|w| w.sessions == 0) {
-            sessions_freed = true;
-        }
     }
     let report = load.stop();
     assert_eq!(report.failed, 0, "{:?}\n{}", report.errors, baton.log());
@@ -85,7 +80,6 @@ fn slow_uploads_and_clients_that_never_read_hold_no_worker() {
         s.workers.iter().all(|w| w.sessions == 0),
         "slow clients hold workers: {s:#?}"
     );
-    assert!(sessions_freed);
     drop(readers);
     drop(uploads);
 }
