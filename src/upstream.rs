@@ -176,11 +176,8 @@ impl EarlyAnswer {
         }
     }
 
-    fn absorb(
-        &mut self,
-        r: Poll<std::io::Result<usize>>,
-        len: usize,
-    ) -> Poll<std::io::Result<usize>> {
+    /// A write error that only says the worker closed its end becomes "written": `done`.
+    fn absorb<T>(&mut self, r: Poll<std::io::Result<T>>, done: T) -> Poll<std::io::Result<T>> {
         match r {
             Poll::Ready(Err(e))
                 if matches!(
@@ -189,7 +186,7 @@ impl EarlyAnswer {
                 ) =>
             {
                 self.write_failed = true;
-                Poll::Ready(Ok(len))
+                Poll::Ready(Ok(done))
             }
             other => other,
         }
@@ -240,18 +237,8 @@ impl AsyncWrite for EarlyAnswer {
         if self.write_failed {
             return Poll::Ready(Ok(()));
         }
-        match Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Ready(Err(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-                ) =>
-            {
-                self.write_failed = true;
-                Poll::Ready(Ok(()))
-            }
-            other => other,
-        }
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.absorb(r, ())
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
