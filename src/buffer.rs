@@ -871,7 +871,7 @@ mod tests {
             while let Some(frame) = body.frame().await {
                 got.extend_from_slice(&frame.unwrap().into_data().unwrap());
                 n += 1;
-                if n % (3 + round) == 0 {
+                if n.is_multiple_of(3 + round) {
                     tokio::time::sleep(Duration::from_micros(200)).await;
                 }
             }

@@ -278,9 +278,19 @@ fn baton_under_systemd_from_its_deb() {
     let (status, body) = get(&format!("http://{addr}/"));
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("hello from release r1"), "{body}");
+    // The first ready worker answered; the others are ready moments later.
+    let mut status_text = String::new();
+    for _ in 0..100 {
+        status_text = c.sh(&format!("systemctl show -p StatusText --value {unit}"));
+        if status_text.contains("4/4 workers ready, generation 1") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
-        c.sh(&format!("systemctl show -p StatusText --value {unit}"))
-            .contains("4/4 workers ready, generation 1")
+        status_text.contains("4/4 workers ready, generation 1"),
+        "{status_text}\n{}",
+        c.journal(&unit)
     );
     let first = c.worker_units();
     assert_eq!(first.len(), WORKERS, "{first:?}");

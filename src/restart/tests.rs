@@ -18,11 +18,14 @@ enum Release {
     DiesAfter(Duration),
 }
 
+/// A worker the fake started: its id, generation, and the switch that ends it.
+type FakeWorker = (WorkerId, u64, watch::Sender<Option<ExitReason>>);
+
 #[derive(Default)]
 struct Fake {
     releases: Mutex<HashMap<u64, Release>>,
     /// Every worker started, to kill or inspect.
-    started: Mutex<Vec<(WorkerId, u64, watch::Sender<Option<ExitReason>>)>>,
+    started: Mutex<Vec<FakeWorker>>,
 }
 
 impl Fake {
