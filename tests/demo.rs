@@ -122,7 +122,10 @@ fn without_a_runtime_directory_the_control_socket_is_private() {
     }
     let _serial = serial();
     let port = free_port();
+    use std::os::unix::process::CommandExt;
+    // Its own process group: runuser, and the demo it runs, are stopped together below.
     let mut child = Command::new("runuser")
+        .process_group(0)
         .args(["-u", "nobody", "--", "env", "-u", "XDG_RUNTIME_DIR", BATON])
         .args([
             "demo",
@@ -151,7 +154,19 @@ fn without_a_runtime_directory_the_control_socket_is_private() {
     let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
     assert_ne!(dir, std::env::temp_dir(), "{control}");
     assert_eq!(mode, 0o700, "{control}");
-    let _ = child.kill();
+    // SIGTERM to the whole group: the demo stops its workers and exits; nothing is left.
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = child.wait();
-    std::thread::sleep(Duration::from_millis(100));
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        std::fs::read_dir("/proc").unwrap().flatten().all(|e| {
+            std::fs::read_to_string(e.path().join("cmdline"))
+                .map(|c| !c.contains(&format!("127.0.0.1:{port}")))
+                .unwrap_or(true)
+        })
+    });
+    assert!(gone, "the demo run as nobody is still running");
 }
