@@ -168,6 +168,12 @@ const FILE_CHUNK: usize = 64 << 10;
 
 type ReadFuture = Pin<Box<dyn std::future::Future<Output = std::io::Result<Bytes>> + Send>>;
 
+/// Read back the next chunk (at most `FILE_CHUNK`) of the `left` bytes from `at` on.
+fn read_chunk(file: Arc<File>, at: u64, left: u64) -> ReadFuture {
+    let n = left.min(FILE_CHUNK as u64) as usize;
+    Box::pin(async move { read_at(&file, at, n).await })
+}
+
 /// A buffered request body sent on to a worker, with its exact length.
 pub struct BufferedBody {
     source: Buffered,
@@ -203,9 +209,7 @@ impl Body for BufferedBody {
                     if this.offset >= *len {
                         return Poll::Ready(None);
                     }
-                    let n = (*len - this.offset).min(FILE_CHUNK as u64) as usize;
-                    let (file, at) = (file.clone(), this.offset);
-                    this.reading = Some(Box::pin(async move { read_at(&file, at, n).await }));
+                    this.reading = Some(read_chunk(file.clone(), this.offset, *len - this.offset));
                 }
                 let Some(reading) = this.reading.as_mut() else {
                     return Poll::Ready(None);
@@ -456,9 +460,9 @@ impl Body for SpooledBody {
             && let Some(file) = s.file.clone()
         {
             let at = s.file_read;
-            let n = (s.file_written - at).min(FILE_CHUNK as u64) as usize;
+            let left = s.file_written - at;
             drop(s);
-            this.reading = Some(Box::pin(async move { read_at(&file, at, n).await }));
+            this.reading = Some(read_chunk(file, at, left));
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }

@@ -83,22 +83,18 @@ fn bind(address: &ListenAddress) -> Result<Listener, ListenError> {
 /// bind() and is removed; one that answers is in use; anything that is not a socket is never
 /// touched (a typo in a config must not cost the operator a file).
 pub fn clear_stale_socket(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-        Ok(m) if !m.file_type().is_socket() => Err(std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            crate::config::not_a_foreign_file(path)
-                .err()
-                .unwrap_or_else(|| "exists and is not a socket".into()),
-        )),
-        Ok(_) if std::os::unix::net::UnixStream::connect(path).is_ok() => Err(std::io::Error::new(
+    crate::config::not_a_foreign_file(path)
+        .map_err(|m| std::io::Error::new(std::io::ErrorKind::AlreadyExists, m))?;
+    if !path.exists() {
+        return Ok(());
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
             std::io::ErrorKind::AddrInUse,
             "another process answers there",
-        )),
-        Ok(_) => std::fs::remove_file(path),
+        ));
     }
+    std::fs::remove_file(path)
 }
 
 fn from_systemd() -> Result<Vec<Listener>, ListenError> {

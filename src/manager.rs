@@ -22,8 +22,15 @@ use tokio_util::task::TaskTracker;
 struct DataPlane(Option<tokio::runtime::Runtime>);
 
 impl DataPlane {
-    fn handle(&self) -> DataPlaneHandle<'_> {
-        DataPlaneHandle(self)
+    fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.0 {
+            Some(rt) => rt.spawn(f),
+            None => tokio::spawn(f),
+        }
     }
 }
 
@@ -31,22 +38,6 @@ impl Drop for DataPlane {
     fn drop(&mut self) {
         if let Some(rt) = self.0.take() {
             rt.shutdown_background();
-        }
-    }
-}
-
-/// Spawning onto the data plane.
-struct DataPlaneHandle<'a>(&'a DataPlane);
-
-impl DataPlaneHandle<'_> {
-    fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        match &self.0.0 {
-            Some(rt) => rt.spawn(f),
-            None => tokio::spawn(f),
         }
     }
 }
@@ -152,7 +143,6 @@ pub async fn run_announcing(
             .build()
             .context("cannot start the proxy's runtime")?,
     ));
-    let data_plane = data_plane.handle();
     // Opened on the data plane's runtime, so that its I/O driver, not this one, serves them.
     let listen_config = config.clone();
     let listeners = data_plane

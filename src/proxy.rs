@@ -398,11 +398,16 @@ fn request_head(parts: &http::request::Parts, path: &PathAndQuery) -> http::requ
 }
 
 fn connection_close(h: &HeaderMap) -> bool {
+    connection_options(h).any(|t| t.eq_ignore_ascii_case("close"))
+}
+
+/// The options a `Connection:` header lists, over all its lines.
+fn connection_options(h: &HeaderMap) -> impl Iterator<Item = &str> {
     h.get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+        .map(str::trim)
 }
 
 /// Why a request got no answer from a worker; each becomes a plain-text error response.
@@ -587,11 +592,7 @@ fn has_no_body(body: &Incoming) -> bool {
 
 fn wants_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE)
-        && h.get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && connection_options(h).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 /// Headers that describe one hop, not the message (RFC 9110 7.6.1).
@@ -600,12 +601,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     if !keep_upgrade && !h.keys().any(is_hop_by_hop) {
         return;
     }
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    let listed: Vec<HeaderName> = connection_options(h)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in listed {
         let kept = is_protected(&name) || (keep_upgrade && name == header::UPGRADE);

@@ -47,22 +47,9 @@ pub enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
-impl UpstreamError {
-    /// Whether the request certainly never reached the worker's app (safe to send elsewhere,
-    /// whatever its method).
-    pub fn before_sending(&self) -> bool {
-        matches!(
-            self,
-            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_)
-        )
-    }
-}
-
 /// One connection to a worker, checked out for one request.
 pub struct Conn {
     sender: SendRequest<RequestBody>,
-    /// Came from the idle pool (it may have been closed by the worker meanwhile).
-    pub reused: bool,
 }
 
 impl Conn {
@@ -97,17 +84,11 @@ impl Conns {
                 // Ready as soon as its task has seen the previous response end (at once, or
                 // after a moment); an error means the worker closed it.
                 if sender.ready().await.is_ok() {
-                    return Ok(Conn {
-                        sender,
-                        reused: true,
-                    });
+                    return Ok(Conn { sender });
                 }
             }
         }
-        connect(addr).await.map(|sender| Conn {
-            sender,
-            reused: false,
-        })
+        connect(addr).await.map(|sender| Conn { sender })
     }
 
     fn pop(&self) -> Option<SendRequest<RequestBody>> {
