@@ -18,6 +18,7 @@ pub mod proxy;
 pub mod readiness;
 pub mod restart;
 pub mod spawn;
+pub mod state;
 pub mod status;
 pub mod units;
 pub mod upstream;

@@ -170,11 +170,11 @@ pub async fn run_announcing(
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on [metrics] address {addr}"))?;
-        tokio::spawn(crate::metrics::serve_tcp(l, handle.clone()));
+        tokio::spawn(crate::control::serve_metrics(l, handle.clone()));
     }
     let supervisor = tokio::spawn(supervisor.run());
     tokio::spawn(crate::control::serve(control, handle.clone()));
-    tokio::spawn(crate::status::sample_usage(handle.context.clone()));
+    tokio::spawn(crate::restart::sample_usage(handle.context.clone()));
     if let Some(every) = sd_notify::watchdog_enabled() {
         let n = notifier.clone();
         tokio::spawn(async move {

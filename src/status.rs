@@ -2,7 +2,7 @@
 //! the one-line STATUS= for systemd.
 
 use crate::pool::{WorkerState, WorkerView};
-use crate::restart::{RestartState, RollProgress, WaitingOn};
+use crate::state::{RestartState, RollProgress, WaitingOn};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::time::SystemTime;
@@ -284,40 +284,6 @@ fn short_bytes(b: u64) -> String {
         format!("{}M", b / M)
     } else {
         format!("{}K", b / 1024)
-    }
-}
-
-/// Sample CPU and memory of every worker every couple of seconds.
-pub async fn sample_usage(ctx: std::sync::Arc<crate::restart::Context>) {
-    use std::collections::HashMap;
-    use std::time::{Duration, Instant};
-    let mut last: HashMap<crate::spawn::WorkerId, (Instant, Duration)> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tick.tick().await;
-        let workers = ctx.pool.workers();
-        last.retain(|id, _| workers.iter().any(|w| w.id == *id));
-        for w in workers {
-            let Some(process) = ctx.pool.process(w.id) else {
-                continue;
-            };
-            let Some(usage) = ctx.spawner.usage(&process).await else {
-                continue;
-            };
-            let now = Instant::now();
-            let cpu = match last.insert(w.id, (now, usage.cpu_time)) {
-                Some((then, before)) => {
-                    let wall = now.duration_since(then).as_secs_f64();
-                    if wall > 0.0 {
-                        usage.cpu_time.saturating_sub(before).as_secs_f64() / wall * 100.0
-                    } else {
-                        0.0
-                    }
-                }
-                None => 0.0,
-            };
-            ctx.pool.set_usage(w.id, cpu, usage.memory_bytes);
-        }
     }
 }
 

@@ -303,3 +303,54 @@ fn line(ev: &RestartEvent) -> Bytes {
     v.push(b'\n');
     Bytes::from(v)
 }
+
+/// Serve `GET /metrics` on a TCP address (`[metrics] address`).
+pub async fn serve_metrics(listener: tokio::net::TcpListener, handle: Handle) {
+    use hyper::service::service_fn;
+    let gate = crate::admin::Gate::default();
+    loop {
+        let Some(permit) = gate.enter().await else {
+            return;
+        };
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let handle = handle.clone();
+                async move {
+                    let (status, body, json) = match req.uri().path() {
+                        "/metrics" => {
+                            let snap = snapshot(&handle);
+                            (200, handle.context.metrics.render(&snap), false)
+                        }
+                        "/health" => {
+                            let h = health(&handle);
+                            let text = serde_json::to_string(&h).unwrap_or_default() + "\n";
+                            (h.http_status(), text, true)
+                        }
+                        _ => (404, "try /metrics or /health\n".to_owned(), false),
+                    };
+                    let mut r =
+                        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+                    r.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static(if json {
+                            "application/json"
+                        } else {
+                            "text/plain; version=0.0.4"
+                        }),
+                    );
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            let _ = crate::admin::http1()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            drop(permit);
+        });
+    }
+}

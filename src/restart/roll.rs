@@ -6,28 +6,12 @@
 //! superseded roll is simply one more to replace.
 
 use super::worker::{self, SpawnError, SpawnFailure};
-use super::{Context, WaitingOn};
+use super::{Context, RestartMode, WaitingOn};
 use crate::pool::{WorkerState, WorkerView};
 use crate::spawn::{Generation, WorkerId};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RestartMode {
-    Rolling,
-    Blocking,
-}
-
-impl RestartMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RestartMode::Rolling => "rolling",
-            RestartMode::Blocking => "blocking",
-        }
-    }
-}
 
 #[derive(Debug)]
 pub enum RollResult {
