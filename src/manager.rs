@@ -11,9 +11,7 @@ use anyhow::Context as _;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// `auto` picks systemd when baton runs under a service manager with a reachable bus.
 /// The proxy's runtime. Dropped from async code (at the end of `run`, or on an early error),
@@ -163,6 +161,7 @@ pub async fn run_announcing(
         config_path,
         pool.clone(),
         spawner.clone(),
+        Arc::new(crate::readiness::NetworkProbe),
         notifier.clone(),
         metrics.clone(),
     );
@@ -174,7 +173,6 @@ pub async fn run_announcing(
     }
     let supervisor = tokio::spawn(supervisor.run());
     tokio::spawn(crate::control::serve(control, handle.clone()));
-    tokio::spawn(crate::restart::sample_usage(handle.context.clone()));
     if let Some(every) = sd_notify::watchdog_enabled() {
         let n = notifier.clone();
         tokio::spawn(async move {
@@ -189,15 +187,11 @@ pub async fn run_announcing(
     let max_connections = connection_budget(config.listen.max_connections.get(), &config);
     let proxy = Proxy::new(pool.clone(), &config, max_connections, metrics);
     let stop_accepting = CancellationToken::new();
-    let connections = TaskTracker::new();
+    let connections = proxy.tasks().clone();
     for l in listeners {
         tracing::info!(app = %app, backend = spawner.name(), "serving {} with {}..{} workers; control socket {}",
             l.describe(), config.workers.min(), config.workers.max(), control_path.display());
-        data_plane.spawn(
-            proxy
-                .clone()
-                .serve(l, stop_accepting.clone(), connections.clone()),
-        );
+        data_plane.spawn(proxy.clone().serve(l, stop_accepting.clone()));
     }
 
     if let Some(b) = banner {
@@ -220,14 +214,10 @@ pub async fn run_announcing(
 
     // Lame duck: the health check says 503 at once, so load balancers take this host out
     // before a single connection is refused; serving goes on for `shutdown_delay`.
-    handle.context.set_stopping();
+    handle.begin_stop().await;
     let delay = config.listen.shutdown_delay.get();
     if !delay.is_zero() {
         tracing::info!(app = %app, "stopping in {}: health answers 503 meanwhile", humantime::format_duration(delay));
-        notifier.status(&format!(
-            "stopping in {}: health answers 503, still serving",
-            humantime::format_duration(delay)
-        ));
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = term.recv() => {}
@@ -235,7 +225,6 @@ pub async fn run_announcing(
         }
     }
     tracing::info!(app = %app, "stopping: finishing requests in flight");
-    notifier.stopping();
     stop_accepting.cancel();
     connections.close();
     let drain = config.restart.drain_timeout.get() + Duration::from_secs(1);
@@ -246,10 +235,7 @@ pub async fn run_announcing(
         tracing::warn!(app = %app, "requests still in flight after drain_timeout; cutting them");
     }
     pool.close();
-    let (tx, rx) = oneshot::channel();
-    if handle.send(Command::Shutdown(tx)).await {
-        let _ = rx.await;
-    }
+    handle.shutdown().await;
     let _ = supervisor.await;
     // Only our own socket: never whatever might have been put there since.
     if crate::config::not_a_foreign_file(&control_path).is_ok() {

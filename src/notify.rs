@@ -8,6 +8,7 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct Notifier {
     last_status: Mutex<String>,
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Notifier {
@@ -33,8 +34,14 @@ impl Notifier {
         }
     }
 
+    /// STOPPING=1, once: later calls do nothing.
     pub fn stopping(&self) {
-        self.send(&[NotifyState::Stopping]);
+        if !self
+            .stopping
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.send(&[NotifyState::Stopping]);
+        }
     }
 
     pub fn watchdog(&self) {

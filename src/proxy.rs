@@ -44,6 +44,8 @@ pub struct Proxy {
     limits: buffer::Limits,
     send_timeout: Duration,
     tunnel_idle_timeout: Duration,
+    /// Every connection and every upgraded tunnel, so that shutdown can wait for all of them.
+    tasks: TaskTracker,
 }
 
 impl Proxy {
@@ -68,16 +70,18 @@ impl Proxy {
             limits: config.buffer_limits(),
             send_timeout: listen.send_timeout.get(),
             tunnel_idle_timeout: listen.tunnel_idle_timeout.get(),
+            tasks: TaskTracker::new(),
         })
     }
 
+    /// The tracker of every connection and tunnel this proxy serves.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
     /// Accept connections until `stop` fires; each is tracked so shutdown can wait for it.
-    pub async fn serve(
-        self: Arc<Self>,
-        listener: Listener,
-        stop: CancellationToken,
-        tracker: TaskTracker,
-    ) {
+    pub async fn serve(self: Arc<Self>, listener: Listener, stop: CancellationToken) {
+        let tracker = self.tasks.clone();
         loop {
             // At the connection limit, stop accepting: new clients wait in the kernel's backlog
             // rather than being refused, and everyone already connected keeps full speed.
@@ -312,7 +316,7 @@ impl Proxy {
                 .get(header::UPGRADE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-            tokio::spawn(tunnel(
+            self.tasks.spawn(tunnel(
                 client_upgrade,
                 upstream,
                 lease,

@@ -51,6 +51,36 @@ impl std::fmt::Display for NotReady {
     }
 }
 
+/// How the supervisor learns that a worker is ready: the seam where its unit tests put a
+/// scripted probe, so the supervisor's logic runs on paused time without sockets.
+#[async_trait::async_trait]
+pub trait Probe: Send + Sync + 'static {
+    /// Wait until the worker at `addr` is ready, it exits, or `timeout` passes.
+    async fn ready(
+        &self,
+        addr: SocketAddr,
+        http_path: Option<&str>,
+        worker: &StartedWorker,
+        timeout: Duration,
+    ) -> Result<(), NotReady>;
+}
+
+/// The real probe: [`wait_ready`] over loopback.
+pub struct NetworkProbe;
+
+#[async_trait::async_trait]
+impl Probe for NetworkProbe {
+    async fn ready(
+        &self,
+        addr: SocketAddr,
+        http_path: Option<&str>,
+        worker: &StartedWorker,
+        timeout: Duration,
+    ) -> Result<(), NotReady> {
+        wait_ready(addr, http_path, worker, timeout).await
+    }
+}
+
 /// Wait until the worker at `addr` is ready, it exits, or `timeout` passes.
 pub async fn wait_ready(
     addr: SocketAddr,

@@ -137,17 +137,186 @@ pub struct Resistance {
     pub output: Vec<String>,
 }
 
-/// What the supervisor publishes for status; written only by the supervisor and its roll.
+/// Where the supervisor is. Exactly one at a time; only the supervisor task changes it, through
+/// [`RestartState::enter`], which refuses the moves that make no sense.
+///
+/// ```text
+///  Starting ──► Steady ◄──────────────┐
+///     │           │ ▲                 │ resume
+///     │  restart  ▼ │ done / failed   │
+///     └──────► Rolling ──────────► Resisting
+///                 ▲     new worker        │
+///                 └──── failed ───────────┘ restart
+///  any phase ──► Stopping (SIGTERM; final)
+/// ```
+#[derive(Clone, Debug, Default)]
+pub enum Phase {
+    /// The first generation (or workers adopted from a previous baton) coming up; READY=1 is
+    /// sent when it leaves this phase.
+    #[default]
+    Starting,
+    /// Serving; dead workers are replaced, on-demand workers spawned and idle ones stopped.
+    Steady,
+    /// A restart replaces the workers.
+    Rolling(RollProgress),
+    /// A new release failed during a roll: the old workers keep serving, no new generation is
+    /// spawned and no worker is idle-cleaned until a restart or `baton resume`.
+    Resisting(Resistance),
+    /// SIGTERM was heard: requests drain, no restart starts, the workers stop. Final.
+    Stopping,
+}
+
+impl Phase {
+    /// The phase's name, as `/health` and metrics show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Steady => "steady",
+            Phase::Rolling(_) => "rolling",
+            Phase::Resisting(_) => "resisting",
+            Phase::Stopping => "stopping",
+        }
+    }
+
+    pub fn rolling(&self) -> Option<&RollProgress> {
+        match self {
+            Phase::Rolling(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub fn resisting(&self) -> Option<&Resistance> {
+        match self {
+            Phase::Resisting(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        matches!(self, Phase::Stopping)
+    }
+}
+
+/// A move between phases that the state machine does not allow.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("the supervisor cannot go from {from} to {to}")]
+pub struct InvalidTransition {
+    pub from: &'static str,
+    pub to: &'static str,
+}
+
+/// What the supervisor publishes (through a `watch` channel: status, `STATUS=`, health,
+/// metrics and `restart --wait` subscribe to it); written only by the supervisor and its roll.
 #[derive(Clone, Debug, Default)]
 pub struct RestartState {
     /// The generation new replacement workers come from (the last one rolled out).
     pub generation: Generation,
-    pub rolling: Option<RollProgress>,
-    pub resisting: Option<Resistance>,
+    pub phase: Phase,
     /// The last spawn failure outside a roll, retried with backoff.
     pub last_spawn_failure: Option<(SystemTime, String)>,
-    pub started: bool,
     /// How many configs have been in force: 1 at start, one more per restart that re-read an
     /// edited file.
     pub config_generation: u64,
+}
+
+impl RestartState {
+    /// Move to `to` if the state machine allows it from the current phase. A roll's progress
+    /// may be replaced (same phase, new step); nothing leaves `Stopping`.
+    pub fn enter(&mut self, to: Phase) -> Result<(), InvalidTransition> {
+        use Phase::*;
+        let allowed = match (&self.phase, &to) {
+            (Stopping, _) => false,
+            (_, Stopping) => true,
+            (Starting, Steady) => true,
+            (Starting | Steady | Resisting(_) | Rolling(_), Rolling(_)) => true,
+            (Rolling(_), Steady | Resisting(_)) => true,
+            (Resisting(_), Steady) => true,
+            _ => false,
+        };
+        if !allowed {
+            return Err(InvalidTransition {
+                from: self.phase.name(),
+                to: to.name(),
+            });
+        }
+        self.phase = to;
+        Ok(())
+    }
+
+    /// The roll in progress, to update its step.
+    pub fn rolling_mut(&mut self) -> Option<&mut RollProgress> {
+        match &mut self.phase {
+            Phase::Rolling(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roll() -> Phase {
+        Phase::Rolling(RollProgress {
+            mode: RestartMode::Rolling,
+            generation: Generation(2),
+            done: 0,
+            total: 1,
+            waiting_on: WaitingOn::Starting,
+        })
+    }
+
+    fn resisting() -> Phase {
+        Phase::Resisting(Resistance {
+            since: SystemTime::UNIX_EPOCH,
+            reason: "worker 3 exited with status 1 before it was ready".into(),
+            generation: Generation(2),
+            output: Vec::new(),
+        })
+    }
+
+    fn at(phase: Phase) -> RestartState {
+        RestartState {
+            phase,
+            ..RestartState::default()
+        }
+    }
+
+    #[test]
+    fn the_allowed_moves() {
+        for (from, to) in [
+            (Phase::Starting, Phase::Steady),
+            (Phase::Starting, roll()),
+            (Phase::Steady, roll()),
+            (roll(), roll()),
+            (roll(), Phase::Steady),
+            (roll(), resisting()),
+            (resisting(), roll()),
+            (resisting(), Phase::Steady),
+            (Phase::Starting, Phase::Stopping),
+            (resisting(), Phase::Stopping),
+            (roll(), Phase::Stopping),
+        ] {
+            let name = (from.name(), to.name());
+            assert_eq!(at(from).enter(to), Ok(()), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn the_refused_moves() {
+        for (from, to) in [
+            (Phase::Steady, resisting()),
+            (Phase::Starting, resisting()),
+            (Phase::Steady, Phase::Starting),
+            (resisting(), Phase::Starting),
+            (Phase::Stopping, roll()),
+            (Phase::Stopping, Phase::Steady),
+            (Phase::Stopping, Phase::Stopping),
+        ] {
+            let mut s = at(from);
+            let before = s.phase.name();
+            assert!(s.enter(to).is_err());
+            assert_eq!(s.phase.name(), before, "a refused move changes nothing");
+        }
+    }
 }

@@ -81,8 +81,8 @@ impl Snapshot {
             generation: state.generation.0,
             backend: backend.to_owned(),
             target,
-            rolling_restart: state.rolling.as_ref().map(|r| RollingJson::new(r, workers)),
-            resisting_deployment_error: state.resisting.as_ref().map(|r| ResistingJson {
+            rolling_restart: state.phase.rolling().map(|r| RollingJson::new(r, workers)),
+            resisting_deployment_error: state.phase.resisting().map(|r| ResistingJson {
                 since: rfc3339(r.since),
                 reason: r.reason.clone(),
                 generation: r.generation.0,
@@ -236,13 +236,16 @@ fn waiting_on(on: &WaitingOn, workers: &[WorkerView]) -> String {
 
 /// The one-line state for STATUS= and the top of `baton status`.
 pub fn status_line(state: &RestartState, workers: &[WorkerView], target: usize) -> String {
-    if let Some(r) = &state.resisting {
+    if state.phase.is_stopping() {
+        return "stopping: /health answers 503, finishing requests in flight".into();
+    }
+    if let Some(r) = state.phase.resisting() {
         let since = humantime::format_rfc3339_seconds(r.since).to_string();
         // "2026-11-21T10:02:00Z" -> "10:02" keeps the line short; the date is in the journal.
         let hhmm = since.get(11..16).unwrap_or(&since);
         return format!("RESISTING DEPLOYMENT ERROR since {hhmm}: {}", r.reason);
     }
-    if let Some(r) = &state.rolling {
+    if let Some(r) = state.phase.rolling() {
         return format!(
             "{} restart {}/{} to generation {}",
             r.mode.as_str(),
@@ -293,7 +296,7 @@ fn short_bytes(b: u64) -> String {
 pub struct Health {
     /// "serving", "stopping" or "unavailable".
     pub status: String,
-    /// "starting", "steady", "rolling" or "resisting".
+    /// "starting", "steady", "rolling", "resisting" or "stopping" (see [`crate::state::Phase`]).
     pub phase: String,
     pub ready_workers: usize,
     pub generation: u64,
@@ -301,33 +304,24 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn new(state: &RestartState, workers: &[WorkerView], stopping: bool) -> Health {
+    pub fn new(state: &RestartState, workers: &[WorkerView]) -> Health {
         let ready = workers
             .iter()
             .filter(|w| w.state == WorkerState::Ready)
             .count();
-        let status = if stopping {
+        let status = if state.phase.is_stopping() {
             "stopping"
         } else if ready == 0 {
             "unavailable"
         } else {
             "serving"
         };
-        let phase = if state.resisting.is_some() {
-            "resisting"
-        } else if state.rolling.is_some() {
-            "rolling"
-        } else if !state.started {
-            "starting"
-        } else {
-            "steady"
-        };
         Health {
             status: status.into(),
-            phase: phase.into(),
+            phase: state.phase.name().into(),
             ready_workers: ready,
             generation: state.generation.0,
-            resisting: state.resisting.is_some(),
+            resisting: state.phase.resisting().is_some(),
         }
     }
 

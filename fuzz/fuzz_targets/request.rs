@@ -43,7 +43,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// How long to wait for the first bytes of an answer. Answers come in well under a millisecond;
 /// this only bounds inputs that get none (the proxy is still waiting for the rest of a request).
@@ -123,11 +122,7 @@ response_buffering = {buffering}
         let proxy = Proxy::new(pool.clone(), &config, 64, Arc::new(Metrics::default()));
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         addrs.push(l.local_addr().expect("proxy address"));
-        tokio::spawn(proxy.serve(
-            Listener::Tcp(l),
-            CancellationToken::new(),
-            TaskTracker::new(),
-        ));
+        tokio::spawn(proxy.serve(Listener::Tcp(l), CancellationToken::new()));
     }
     ([addrs[0], addrs[1]], exit)
 }

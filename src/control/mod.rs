@@ -99,7 +99,7 @@ pub async fn serve(listener: UnixListener, handle: Handle) {
 
 pub fn health(handle: &Handle) -> crate::status::Health {
     let ctx = &handle.context;
-    crate::status::Health::new(&ctx.state(), &ctx.pool.workers(), ctx.is_stopping())
+    crate::status::Health::new(&ctx.state(), &ctx.pool.workers())
 }
 
 pub fn snapshot(handle: &Handle) -> Snapshot {
@@ -213,6 +213,12 @@ pub enum RestartEvent {
 }
 
 async fn restart(handle: Handle, mode: Option<RestartMode>, wait: bool) -> Response<Body> {
+    if handle.context.state().phase.is_stopping() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            crate::restart::STOPPING_MESSAGE,
+        );
+    }
     let (tx, mut rx) = oneshot::channel();
     if !handle
         .send(Command::Restart {
@@ -234,7 +240,8 @@ async fn restart(handle: Handle, mode: Option<RestartMode>, wait: bool) -> Respo
     }
     let (lines, body_rx) = mpsc::channel::<Bytes>(16);
     // Every step as it happens, plus a refresh each second (a drain's "oldest N s").
-    let mut steps = handle.context.subscribe_progress();
+    let mut steps = handle.context.subscribe();
+    steps.mark_unchanged();
     tokio::spawn(async move {
         let mut last: Option<RollingJson> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -251,14 +258,13 @@ async fn restart(handle: Handle, mode: Option<RestartMode>, wait: bool) -> Respo
                     let _ = lines.send(line(&RestartEvent::Outcome(outcome))).await;
                     return;
                 }
-                step = steps.recv(), if open => {
-                    let p = match step {
-                        Ok(p) => p,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                            open = false;
-                            continue;
-                        }
+                changed = steps.changed(), if open => {
+                    if changed.is_err() {
+                        open = false;
+                        continue;
+                    }
+                    let Some(p) = steps.borrow_and_update().phase.rolling().cloned() else {
+                        continue;
                     };
                     let now = Some(RollingJson::new(&p, &handle.context.pool.workers()));
                     if now != last {

@@ -12,7 +12,7 @@ mod tests;
 mod worker;
 
 pub use crate::state::{
-    Escalation, Resistance, RestartMode, RestartState, RollProgress, WaitingOn,
+    Escalation, Phase, Resistance, RestartMode, RestartState, RollProgress, WaitingOn,
 };
 
 use crate::config::Config;
@@ -25,10 +25,12 @@ use roll::RollResult;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 pub use worker::SpawnFailure;
 
 /// How a restart ended, as `baton restart --wait` reports it.
@@ -50,9 +52,15 @@ pub enum Command {
     },
     /// Leave resistance mode; answers whether it was in force.
     Resume(oneshot::Sender<bool>),
-    /// Stop every worker; answers when they are gone.
+    /// SIGTERM: enter `Stopping` (cancel the roll and replacements, refuse restarts from now
+    /// on); answers once the phase is published.
+    Stop(oneshot::Sender<()>),
+    /// Stop every worker; answers when they are gone and every supervisor task has ended.
     Shutdown(oneshot::Sender<()>),
 }
+
+/// Why a restart was refused while baton stops.
+pub const STOPPING_MESSAGE: &str = "baton is stopping: no restart starts now";
 
 enum Event {
     WorkerDied {
@@ -77,17 +85,23 @@ pub struct Context {
     config_path: Option<PathBuf>,
     pub pool: Arc<Pool>,
     pub spawner: Arc<dyn Spawner>,
+    probe: Arc<dyn crate::readiness::Probe>,
     pub notifier: Arc<Notifier>,
     pub metrics: Arc<crate::metrics::Metrics>,
-    state: Mutex<RestartState>,
+    /// The published state: only the supervisor and its roll write it.
+    state: watch::Sender<RestartState>,
     next_worker: AtomicU64,
     /// Each generation's pinned release directory.
     directories: Mutex<BTreeMap<Generation, Option<PathBuf>>>,
     events: mpsc::UnboundedSender<Event>,
-    /// Every change of a roll's progress, as it happens (for `restart --wait`).
-    progress: tokio::sync::broadcast::Sender<RollProgress>,
-    /// Set at SIGTERM: health answers 503 from then on (lame duck), while serving goes on.
-    stopping: std::sync::atomic::AtomicBool,
+    /// Cancelled when baton starts stopping (SIGTERM): rolls, replacements, drains and the
+    /// waits of recycling end on it; every other token of the supervisor is its child.
+    stopping: CancellationToken,
+    /// Cancelled once the workers are stopped (or left to systemd): the exit watchers and the
+    /// usage sampler end on it.
+    closed: CancellationToken,
+    /// Every task the supervisor starts, so that shutdown can wait for all of them.
+    tasks: TaskTracker,
 }
 
 impl Context {
@@ -99,18 +113,21 @@ impl Context {
             .clone()
     }
 
+    /// The published state now.
     pub fn state(&self) -> RestartState {
-        self.lock_state().clone()
+        self.state.borrow().clone()
     }
 
-    fn lock_state(&self) -> MutexGuard<'_, RestartState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// Every change of the published state from now on (a `watch`: a slow reader sees the
+    /// latest, not every step).
+    pub fn subscribe(&self) -> watch::Receiver<RestartState> {
+        self.state.subscribe()
     }
 
     /// Report how a worker's stop escalates, when the roll in progress waits on it.
     fn note_stop(&self, worker: WorkerId, escalation: Escalation) {
         self.update(|s| {
-            if let Some(r) = s.rolling.as_mut()
+            if let Some(r) = s.rolling_mut()
                 && matches!(&r.waiting_on,
                     WaitingOn::Draining(w) | WaitingOn::Stopping { worker: w, .. } if *w == worker)
             {
@@ -119,41 +136,27 @@ impl Context {
         });
     }
 
+    /// Change the published state; subscribers and `STATUS=` hear of it.
     fn update(&self, f: impl FnOnce(&mut RestartState)) {
-        let changed = {
-            let mut s = self.lock_state();
-            let before = s.rolling.clone();
-            f(&mut s);
-            match (&before, &s.rolling) {
-                (b, Some(now)) if b.as_ref() != Some(now) => Some(now.clone()),
-                _ => None,
-            }
-        };
-        if let Some(p) = changed {
-            // Nobody listening is fine.
-            let _ = self.progress.send(p);
-        }
+        self.state.send_modify(f);
         self.publish();
     }
 
-    /// Baton is stopping: load balancers are told so by the health check.
-    pub fn set_stopping(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-    }
-
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-
-    /// Each change of a roll's progress from now on.
-    pub fn subscribe_progress(&self) -> tokio::sync::broadcast::Receiver<RollProgress> {
-        self.progress.subscribe()
+    /// Move to another phase, if the state machine allows it (a refused move is a bug: logged,
+    /// and the phase stays).
+    fn enter(&self, to: Phase) {
+        self.update(|s| {
+            if let Err(e) = s.enter(to) {
+                tracing::error!("{e}");
+            }
+        });
     }
 
     /// Tell systemd the one-line state.
     pub fn publish(&self) {
         let workers = self.pool.workers();
-        let line = crate::status::status_line(&self.lock_state(), &workers, self.desired(&workers));
+        let line =
+            crate::status::status_line(&self.state.borrow(), &workers, self.desired(&workers));
         self.notifier.status(&line);
     }
 
@@ -170,13 +173,13 @@ impl Context {
     }
 
     /// Resolve the release directory once for a new generation and pin it.
-    fn pin_generation(&self, generation: Generation) -> Result<(), String> {
+    fn pin_generation(&self, generation: Generation) -> Result<(), PinError> {
         let dir = match &self.config().app.directory {
             None => None,
-            Some(d) => Some(
-                std::fs::canonicalize(d)
-                    .map_err(|e| format!("cannot resolve app.directory {}: {e}", d.display()))?,
-            ),
+            Some(d) => Some(std::fs::canonicalize(d).map_err(|source| PinError {
+                directory: d.clone(),
+                source,
+            })?),
         };
         let mut dirs = self.directories.lock().unwrap_or_else(|e| e.into_inner());
         dirs.insert(generation, dir);
@@ -189,6 +192,15 @@ impl Context {
     }
 }
 
+/// A release directory that could not be resolved for a new generation.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot resolve app.directory {}: {source}", directory.display())]
+pub struct PinError {
+    pub directory: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// A handle to send commands to a running supervisor.
 #[derive(Clone)]
 pub struct Handle {
@@ -199,6 +211,23 @@ pub struct Handle {
 impl Handle {
     pub async fn send(&self, cmd: Command) -> bool {
         self.tx.send(cmd).await.is_ok()
+    }
+
+    /// SIGTERM: the supervisor enters `Stopping` before anything else happens (health answers
+    /// 503 from the moment this returns).
+    pub async fn begin_stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::Stop(tx)).await {
+            let _ = rx.await;
+        }
+    }
+
+    /// Stop every worker and wait for every supervisor task.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::Shutdown(tx)).await {
+            let _ = rx.await;
+        }
     }
 }
 
@@ -246,7 +275,8 @@ pub struct Supervisor {
     recycling: Option<WorkerId>,
     backoff: Backoff,
     highest_generation: Generation,
-    shutting_down: bool,
+    /// SIGTERM was heard (the published phase is `Stopping`).
+    stopping: bool,
 }
 
 impl Supervisor {
@@ -255,6 +285,7 @@ impl Supervisor {
         config_path: Option<PathBuf>,
         pool: Arc<Pool>,
         spawner: Arc<dyn Spawner>,
+        probe: Arc<dyn crate::readiness::Probe>,
         notifier: Arc<Notifier>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> (Supervisor, Handle) {
@@ -265,17 +296,20 @@ impl Supervisor {
             config_path,
             pool,
             spawner,
+            probe,
             notifier,
             metrics,
-            state: Mutex::new(RestartState {
+            state: watch::channel(RestartState {
                 config_generation: 1,
                 ..RestartState::default()
-            }),
+            })
+            .0,
             next_worker: AtomicU64::new(1),
             directories: Mutex::new(BTreeMap::new()),
             events: etx,
-            progress: tokio::sync::broadcast::channel(64).0,
-            stopping: std::sync::atomic::AtomicBool::new(false),
+            stopping: CancellationToken::new(),
+            closed: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         });
         let sup = Supervisor {
             ctx: ctx.clone(),
@@ -283,12 +317,12 @@ impl Supervisor {
             events,
             roll: None,
             next_restart: None,
-            replacements: CancellationToken::new(),
+            replacements: ctx.stopping.child_token(),
             pending_replacements: 0,
             recycling: None,
             backoff: Backoff::default(),
             highest_generation: Generation(0),
-            shutting_down: false,
+            stopping: false,
         };
         (sup, Handle { tx, context: ctx })
     }
@@ -302,6 +336,13 @@ impl Supervisor {
             tracing::error!(app = %self.ctx.config().name, "{e}");
         }
         self.ctx.update(|s| s.generation = first);
+        let sampler = self.ctx.clone();
+        self.ctx.tasks.spawn(async move {
+            tokio::select! {
+                _ = sample_usage(sampler.clone()) => {}
+                _ = sampler.closed.cancelled() => {}
+            }
+        });
         self.adopt().await;
         self.reconcile();
         self.check_started();
@@ -334,7 +375,17 @@ impl Supervisor {
         match cmd {
             Command::Restart { mode, reply } => {
                 let waiters: Vec<_> = reply.into_iter().collect();
-                if self.shutting_down {
+                if self.stopping {
+                    tracing::warn!(app = %self.ctx.config().name, "restart refused: {STOPPING_MESSAGE}");
+                    let generation = self.ctx.state().generation.0;
+                    for w in waiters {
+                        let _ = w.send(Outcome {
+                            ok: false,
+                            generation,
+                            message: STOPPING_MESSAGE.into(),
+                            output: Vec::new(),
+                        });
+                    }
                     return None;
                 }
                 if let Some(roll) = &self.roll {
@@ -357,9 +408,26 @@ impl Supervisor {
                 let was = self.leave_resistance("baton resume");
                 let _ = reply.send(was);
             }
+            Command::Stop(ack) => {
+                self.begin_stop();
+                let _ = ack.send(());
+            }
             Command::Shutdown(done) => return Some(done),
         }
         None
+    }
+
+    /// SIGTERM: from here on no restart starts; the roll in progress, pending replacements and
+    /// drains end (their workers keep serving until the shutdown stops them).
+    fn begin_stop(&mut self) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        tracing::info!(app = %self.ctx.config().name, "stopping: no restart starts from now on");
+        self.ctx.notifier.stopping();
+        self.ctx.stopping.cancel();
+        self.ctx.enter(Phase::Stopping);
     }
 
     fn event(&mut self, ev: Event) {
@@ -549,7 +617,7 @@ impl Supervisor {
         self.leave_resistance("a new restart");
         // Replacements in flight would add workers of the old generation behind the roll's back.
         self.replacements.cancel();
-        self.replacements = CancellationToken::new();
+        self.replacements = self.ctx.stopping.child_token();
         self.highest_generation = Generation(self.highest_generation.0 + 1);
         let generation = self.highest_generation;
         let total = self.ctx.desired(&self.ctx.pool.workers());
@@ -559,19 +627,17 @@ impl Supervisor {
             "{} restart to generation {generation} started ({total} workers)", mode.as_str()
         );
         self.ctx.notifier.reloading();
-        self.ctx.update(|s| {
-            s.rolling = Some(RollProgress {
-                mode,
-                generation,
-                done: 0,
-                total,
-                waiting_on: WaitingOn::Starting,
-            })
-        });
-        let cancel = CancellationToken::new();
+        self.ctx.enter(Phase::Rolling(RollProgress {
+            mode,
+            generation,
+            done: 0,
+            total,
+            waiting_on: WaitingOn::Starting,
+        }));
+        let cancel = self.ctx.stopping.child_token();
         let ctx = self.ctx.clone();
         let token = cancel.clone();
-        tokio::spawn(async move {
+        self.ctx.tasks.spawn(async move {
             let result = roll::run(&ctx, generation, mode, total, &token).await;
             let _ = ctx.events.send(Event::RollDone(result));
         });
@@ -596,8 +662,19 @@ impl Supervisor {
                 self.ctx.metrics.restart(RestartOutcome::Superseded);
                 let (mode, mut waiters) = self.next_restart.take().unwrap_or((None, Vec::new()));
                 waiters.extend(roll.waiters);
-                self.ctx.update(|s| s.rolling = None);
-                if self.shutting_down {
+                if self.stopping {
+                    let message = format!(
+                        "{STOPPING_MESSAGE}; the restart to generation {generation} was cancelled"
+                    );
+                    tracing::warn!(app = %app, generation = generation.0, message_id = journal::MSG_ROLL_FINISHED, "{message}");
+                    for w in waiters {
+                        let _ = w.send(Outcome {
+                            ok: false,
+                            generation: generation.0,
+                            message: message.clone(),
+                            output: Vec::new(),
+                        });
+                    }
                     return;
                 }
                 // Whoever waited for the superseded restart now waits for the one that replaces
@@ -607,10 +684,7 @@ impl Supervisor {
             }
             RollResult::Done => {
                 self.ctx.metrics.restart(RestartOutcome::Succeeded);
-                self.ctx.update(|s| {
-                    s.rolling = None;
-                    s.generation = generation;
-                });
+                self.end_roll(generation, Phase::Steady);
                 let message = format!(
                     "{} restart to generation {generation} finished: {} workers replaced in {:.1}s",
                     roll.mode.as_str(),
@@ -639,15 +713,16 @@ impl Supervisor {
                 for line in &failure.output {
                     tracing::error!(app = %app, worker = failure.worker.0, "worker {}: {line}", failure.worker);
                 }
-                self.ctx.update(|s| {
-                    s.rolling = None;
-                    s.resisting = Some(Resistance {
+                let old = self.ctx.state().generation;
+                self.end_roll(
+                    old,
+                    Phase::Resisting(Resistance {
                         since: SystemTime::now(),
                         reason: reason.clone(),
                         generation,
                         output: failure.output.clone(),
-                    });
-                });
+                    }),
+                );
                 let message = format!("resisting deployment error: {reason}");
                 tracing::error!(app = %app, generation = generation.0, message_id = journal::MSG_ROLL_FINISHED,
                     "restart to generation {generation} failed: {message}");
@@ -660,10 +735,7 @@ impl Supervisor {
             }
             RollResult::Failed { message, output } => {
                 self.ctx.metrics.restart(RestartOutcome::Failed);
-                self.ctx.update(|s| {
-                    s.rolling = None;
-                    s.generation = generation;
-                });
+                self.end_roll(generation, Phase::Steady);
                 tracing::error!(app = %app, generation = generation.0, message_id = journal::MSG_ROLL_FINISHED,
                     "restart to generation {generation} failed: {message}");
                 Outcome {
@@ -685,24 +757,36 @@ impl Supervisor {
         }
     }
 
+    /// The roll ended: new workers come from `generation` from now on, and the phase is `to`
+    /// (unless baton is stopping meanwhile: that phase is final).
+    fn end_roll(&self, generation: Generation, to: Phase) {
+        let stopping = self.stopping;
+        self.ctx.update(|s| {
+            s.generation = generation;
+            if !stopping && let Err(e) = s.enter(to) {
+                tracing::error!("{e}");
+            }
+        });
+    }
+
     fn leave_resistance(&mut self, why: &str) -> bool {
-        let was = self.ctx.lock_state().resisting.take();
-        if let Some(r) = &was {
-            tracing::info!(
-                app = %self.ctx.config().name, generation = r.generation.0,
-                message_id = journal::MSG_RESISTANCE_LEFT,
-                "left resistance mode ({why}); it was: {}", r.reason
-            );
-            self.ctx.publish();
-        }
-        was.is_some()
+        let Phase::Resisting(r) = self.ctx.state().phase else {
+            return false;
+        };
+        tracing::info!(
+            app = %self.ctx.config().name, generation = r.generation.0,
+            message_id = journal::MSG_RESISTANCE_LEFT,
+            "left resistance mode ({why}); it was: {}", r.reason
+        );
+        self.ctx.enter(Phase::Steady);
+        true
     }
 
     /// Outside a roll, keep at least `min` ready workers (replacing what died) and spawn on
     /// demand, one per queued request, up to `max`; from the current generation (in resistance
     /// mode that is the old, pinned one), with backoff after failures.
     fn reconcile(&mut self) {
-        if self.shutting_down || self.roll.is_some() {
+        if self.stopping || self.roll.is_some() {
             return;
         }
         let ready = self.ctx.pool.ready_count();
@@ -715,7 +799,7 @@ impl Supervisor {
         let generation = state.generation;
         // Resisting with fewer workers than `min`: capacity comes first, from the old, proven
         // release, at once (its own failures still back off).
-        let short = state.resisting.is_some() && ready < min;
+        let short = state.phase.resisting().is_some() && ready < min;
         for _ in 0..missing {
             self.pending_replacements += 1;
             let ctx = self.ctx.clone();
@@ -725,7 +809,7 @@ impl Supervisor {
             } else {
                 self.backoff.delay()
             };
-            tokio::spawn(async move {
+            self.ctx.tasks.spawn(async move {
                 let result = tokio::select! {
                     _ = cancel.cancelled() => Err(worker::SpawnError::Cancelled),
                     _ = tokio::time::sleep(delay) => worker::spawn(&ctx, generation, &cancel).await,
@@ -739,7 +823,7 @@ impl Supervisor {
     /// resisting), and recycle one worker at a time that passed `max_requests` or
     /// `memory_limit`: its replacement first, then drain it.
     fn lifecycle(&mut self) {
-        if self.shutting_down || self.roll.is_some() {
+        if self.stopping || self.roll.is_some() {
             return;
         }
         let workers = self.ctx.pool.workers();
@@ -748,7 +832,7 @@ impl Supervisor {
             .iter()
             .filter(|v| v.state == WorkerState::Ready)
             .collect();
-        let resisting = self.ctx.lock_state().resisting.is_some();
+        let resisting = self.ctx.state().phase.resisting().is_some();
         if !resisting && self.recycling.is_none() {
             let idle_limit = w.idle_timeout.get();
             let mut surplus = ready.len().saturating_sub(w.min());
@@ -768,7 +852,9 @@ impl Supervisor {
                     );
                     let ctx = self.ctx.clone();
                     let id = v.id;
-                    tokio::spawn(async move { worker::drain_and_stop(&ctx, id).await });
+                    self.ctx
+                        .tasks
+                        .spawn(async move { worker::drain_and_stop(&ctx, id).await });
                 }
             }
         }
@@ -804,7 +890,7 @@ impl Supervisor {
         let cancel = self.replacements.child_token();
         let (old_id, generation) = (old.id, self.ctx.state().generation);
         self.recycling = Some(old_id);
-        tokio::spawn(async move {
+        self.ctx.tasks.spawn(async move {
             let result = worker::spawn(&ctx, generation, &cancel).await;
             if result.is_ok() {
                 worker::drain_and_stop(&ctx, old_id).await;
@@ -815,12 +901,12 @@ impl Supervisor {
 
     /// READY=1 once the first generation is complete.
     fn check_started(&mut self) {
-        if self.ctx.lock_state().started {
+        if !matches!(self.ctx.state().phase, Phase::Starting) {
             return;
         }
         let ready = self.ctx.pool.ready_count();
         if ready >= self.ctx.config().workers.min() {
-            self.ctx.lock_state().started = true;
+            self.ctx.enter(Phase::Steady);
             tracing::info!(app = %self.ctx.config().name, "{ready} workers ready");
             self.ctx.notifier.ready();
         }
@@ -874,12 +960,10 @@ impl Supervisor {
     }
 
     async fn shutdown(&mut self) {
-        self.shutting_down = true;
-        self.ctx.notifier.stopping();
-        self.replacements.cancel();
-        if let Some(roll) = &self.roll {
-            roll.cancel.cancel();
-            // Let the roll clean up its spawning workers before the rest are stopped.
+        self.begin_stop();
+        if self.roll.is_some() {
+            // Cancelled by begin_stop: let the roll clean up its spawning workers before the
+            // rest are stopped.
             while let Some(ev) = self.events.recv().await {
                 if let Event::RollDone(r) = ev {
                     self.finish_roll(r);
@@ -891,18 +975,34 @@ impl Supervisor {
             // systemd stops the worker units after baton on `systemctl stop` and keeps them
             // for the next baton on `systemctl restart`.
             tracing::info!(app = %self.ctx.config().name, "leaving the worker units to systemd");
-            return;
+        } else {
+            let ids: Vec<_> = self.ctx.pool.workers().iter().map(|w| w.id).collect();
+            futures_util::future::join_all(ids.into_iter().map(|id| worker::stop(&self.ctx, id)))
+                .await;
+            tracing::info!(app = %self.ctx.config().name, "all workers stopped");
         }
-        let ids: Vec<_> = self.ctx.pool.workers().iter().map(|w| w.id).collect();
-        futures_util::future::join_all(ids.into_iter().map(|id| worker::stop(&self.ctx, id))).await;
-        tracing::info!(app = %self.ctx.config().name, "all workers stopped");
+        self.ctx.closed.cancel();
+        self.ctx.tasks.close();
+        // Every task ends on `stopping` or `closed`; a stop stuck in the backend is bounded by
+        // stop_timeout, so this bound is only a guard.
+        let bound = self.ctx.config().restart.stop_timeout.get() + Duration::from_secs(5);
+        if tokio::time::timeout(bound, self.ctx.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                app = %self.ctx.config().name,
+                "{} supervisor tasks still running at exit", self.ctx.tasks.len()
+            );
+        }
     }
 }
 
 /// Sample CPU and memory of every worker every couple of seconds.
 pub async fn sample_usage(ctx: Arc<Context>) {
     use std::collections::HashMap;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
+    use tokio::time::Instant;
     let mut last: HashMap<crate::spawn::WorkerId, (Instant, Duration)> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
@@ -913,7 +1013,16 @@ pub async fn sample_usage(ctx: Arc<Context>) {
             let Some(process) = ctx.pool.process(w.id) else {
                 continue;
             };
-            let Some(usage) = ctx.spawner.usage(&process).await else {
+            // The worker's whole process group (or unit cgroup), read on the blocking pool.
+            let spawner = ctx.spawner.clone();
+            let of = process.clone();
+            let measured = tokio::task::spawn_blocking(move || {
+                crate::spawn::group_usage(&spawner.processes(&of))
+            })
+            .await
+            .ok()
+            .flatten();
+            let Some(usage) = ctx.spawner.usage(&process, measured).await else {
                 continue;
             };
             let now = Instant::now();

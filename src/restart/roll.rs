@@ -32,10 +32,10 @@ pub async fn run(
     target: usize,
     cancel: &CancellationToken,
 ) -> RollResult {
-    if let Err(reason) = ctx.pin_generation(generation) {
+    if let Err(e) = ctx.pin_generation(generation) {
         let failure = SpawnFailure {
             worker: WorkerId(0),
-            reason,
+            reason: e.to_string(),
             output: Vec::new(),
         };
         return match (mode, ctx.config().restart.resist_deployment_errors) {
@@ -60,7 +60,7 @@ fn progress(ctx: &Context, generation: Generation, waiting_on: WaitingOn) {
         .filter(|w| w.generation == generation && w.state == WorkerState::Ready)
         .count();
     ctx.update(|s| {
-        if let Some(p) = s.rolling.as_mut() {
+        if let Some(p) = s.rolling_mut() {
             p.done = done.min(p.total);
             p.waiting_on = waiting_on;
         }
@@ -119,12 +119,16 @@ async fn rolling(
         )
         .await;
         let mut ready_ids = Vec::new();
+        let mut cancelled = false;
         for r in results {
             match r {
                 Ok(id) => ready_ids.push(id),
-                Err(SpawnError::Cancelled) => return RollResult::Cancelled,
+                Err(SpawnError::Cancelled) => cancelled = true,
                 Err(SpawnError::Failed(f)) => failures.push(f),
             }
+        }
+        if cancelled {
+            return abandon(ctx, &ready_ids).await;
         }
         // No old worker is drained before its replacement has proven itself: a new worker
         // that dies within the settle period is a deployment error like one that never came up.
@@ -138,7 +142,7 @@ async fn rolling(
                 },
             );
             match worker::settle(ctx, &ready_ids, cancel).await {
-                Err(SpawnError::Cancelled) => return RollResult::Cancelled,
+                Err(SpawnError::Cancelled) => return abandon(ctx, &ready_ids).await,
                 Err(SpawnError::Failed(f)) => {
                     ready_ids.retain(|id| {
                         ctx.pool
@@ -184,6 +188,21 @@ async fn rolling(
             output: last.output.clone(),
         },
     }
+}
+
+/// The roll was cancelled while new workers had not yet proven themselves (within
+/// `readiness.settle`): stop them. Left ready, the next roll would count them as capacity and
+/// drain proven workers for them, and a release that dies within its settle period would then
+/// take the whole pool down with it.
+async fn abandon(ctx: &Arc<Context>, unproven: &[WorkerId]) -> RollResult {
+    for id in unproven {
+        tracing::info!(
+            app = %ctx.config().name, worker = id.0,
+            "stopping worker {id}: its restart was cancelled before it proved itself"
+        );
+    }
+    futures_util::future::join_all(unproven.iter().map(|id| worker::stop(ctx, *id))).await;
+    RollResult::Cancelled
 }
 
 async fn blocking(

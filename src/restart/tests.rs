@@ -1,31 +1,60 @@
-//! The supervisor against an in-memory backend: workers are tasks of the test that answer HTTP
-//! on their port (readiness is real), die when the test says so, and behave per generation as
-//! a release would. Each scenario runs in well under a second.
+//! The supervisor against an in-memory backend, on paused time: workers are scripted per
+//! generation (how long they boot, whether they exit, what they print), readiness is a scripted
+//! probe, and tokio's clock jumps from one timer to the next, so a scenario that takes minutes
+//! of a real roll runs in milliseconds.
 
 use super::*;
+use crate::pool::{Lease, WorkerView};
+use crate::readiness::{NotReady, Probe};
 use crate::spawn::{ExitReason, OutputTail, SpawnError, StartedWorker, WorkerSpec};
 use async_trait::async_trait;
 use std::collections::HashMap;
-use tokio::sync::watch;
+use std::net::SocketAddr;
 
 /// How the workers of one generation behave.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Release {
-    Good,
-    /// Exit with status 1 before listening.
-    ExitsAtBoot,
-    /// Answer, then exit with status 2 this long after starting to listen.
-    DiesAfter(Duration),
+    /// Ready after this boot time.
+    Good(Duration),
+    /// Exit with this status this long after starting, before ready; print `output` first.
+    ExitsAtBoot {
+        after: Duration,
+        status: i32,
+        output: Vec<String>,
+    },
+    /// Never ready: runs until stopped.
+    NeverReady,
+    /// Ready after `boot`, then exit with status 2 this long after it became ready.
+    DiesAfter { boot: Duration, lived: Duration },
+    /// The backend cannot start it at all.
+    CannotStart,
 }
 
-/// A worker the fake started: its id, generation, and the switch that ends it.
-type FakeWorker = (WorkerId, u64, watch::Sender<Option<ExitReason>>);
+const BOOT: Duration = Duration::from_millis(200);
+
+/// One worker the fake started.
+struct FakeWorker {
+    id: WorkerId,
+    generation: u64,
+    port: u16,
+    release: Release,
+    exit: watch::Sender<Option<ExitReason>>,
+}
 
 #[derive(Default)]
 struct Fake {
+    /// Each generation's release: set by a test, or pinned from `deployed` at its first start
+    /// (as baton pins a release directory).
     releases: Mutex<HashMap<u64, Release>>,
-    /// Every worker started, to kill or inspect.
-    started: Mutex<Vec<FakeWorker>>,
+    /// What is "on disk" now: the release a new generation gets.
+    deployed: Mutex<Option<Release>>,
+    workers: Mutex<Vec<FakeWorker>>,
+    /// The most processes there ever were at once.
+    peak: Mutex<usize>,
+    /// When each start was asked for: (generation, time).
+    starts: Mutex<Vec<(u64, Instant)>>,
+    /// How long a stop takes (a worker that ignores SIGTERM until SIGKILL).
+    stop_takes: Mutex<Duration>,
 }
 
 impl Fake {
@@ -33,14 +62,73 @@ impl Fake {
         self.releases.lock().unwrap().insert(generation, r);
     }
 
-    /// Kill the workers of `generation` (as SIGKILL would).
-    fn kill_generation(&self, generation: u64) {
-        for (_, g, tx) in self.started.lock().unwrap().iter() {
-            if *g == generation {
-                let _ = tx.send(Some(ExitReason::Signaled(9)));
+    /// Put a release "on disk": the next generation started gets it.
+    fn deploy(&self, r: Release) {
+        *self.deployed.lock().unwrap() = Some(r);
+    }
+
+    fn release_of(&self, generation: u64) -> Release {
+        let deployed = self.deployed.lock().unwrap().clone();
+        self.releases
+            .lock()
+            .unwrap()
+            .entry(generation)
+            .or_insert_with(|| deployed.unwrap_or(Release::Good(BOOT)))
+            .clone()
+    }
+
+    /// End a worker as SIGKILL would.
+    fn kill(&self, id: WorkerId) {
+        for w in self.workers.lock().unwrap().iter() {
+            if w.id == id {
+                exit(&w.exit, ExitReason::Signaled(9));
             }
         }
     }
+
+    fn kill_generation(&self, generation: u64) {
+        for w in self.workers.lock().unwrap().iter() {
+            if w.generation == generation {
+                exit(&w.exit, ExitReason::Signaled(9));
+            }
+        }
+    }
+
+    fn peak(&self) -> usize {
+        *self.peak.lock().unwrap()
+    }
+
+    /// Processes running now: started and not exited.
+    fn live(&self) -> usize {
+        self.workers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|w| w.exit.borrow().is_none())
+            .count()
+    }
+
+    fn starts(&self, generation: u64) -> Vec<Instant> {
+        self.starts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, t)| *t)
+            .collect()
+    }
+}
+
+/// The first exit wins; later ones change nothing.
+fn exit(tx: &watch::Sender<Option<ExitReason>>, reason: ExitReason) {
+    tx.send_if_modified(|e| {
+        if e.is_none() {
+            *e = Some(reason);
+            true
+        } else {
+            false
+        }
+    });
 }
 
 #[async_trait]
@@ -50,270 +138,1193 @@ impl Spawner for Fake {
     }
 
     async fn start(&self, spec: &WorkerSpec) -> Result<StartedWorker, SpawnError> {
-        let release = self
-            .releases
+        let release = self.release_of(spec.generation.0);
+        self.starts
             .lock()
             .unwrap()
-            .get(&spec.generation.0)
-            .copied()
-            .unwrap_or(Release::Good);
+            .push((spec.generation.0, Instant::now()));
+        if let Release::CannotStart = release {
+            return Err(SpawnError::Backend {
+                worker: spec.id,
+                message: "no such program".into(),
+            });
+        }
         let (tx, rx) = watch::channel(None);
-        self.started
-            .lock()
-            .unwrap()
-            .push((spec.id, spec.generation.0, tx.clone()));
-        let port = spec.port;
-        let mut gone = rx.clone();
+        let output = OutputTail::default();
+        self.workers.lock().unwrap().push(FakeWorker {
+            id: spec.id,
+            generation: spec.generation.0,
+            port: spec.port,
+            release: release.clone(),
+            exit: tx.clone(),
+        });
+        let live = self.live();
+        let mut peak = self.peak.lock().unwrap();
+        *peak = (*peak).max(live);
+        drop(peak);
+        let (script_tx, script_out) = (tx.clone(), output.clone());
         tokio::spawn(async move {
-            if let Release::ExitsAtBoot = release {
-                let _ = tx.send(Some(ExitReason::Exited(1)));
-                return;
-            }
-            let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await else {
-                let _ = tx.send(Some(ExitReason::Exited(98)));
-                return;
-            };
-            let die = async {
-                match release {
-                    Release::DiesAfter(d) => tokio::time::sleep(d).await,
-                    _ => std::future::pending().await,
-                }
-            };
-            tokio::pin!(die);
-            loop {
-                tokio::select! {
-                    _ = &mut die => {
-                        let _ = tx.send(Some(ExitReason::Exited(2)));
-                        return;
+            match release {
+                Release::ExitsAtBoot {
+                    after,
+                    status,
+                    output,
+                } => {
+                    tokio::time::sleep(after).await;
+                    for l in output {
+                        script_out.push(l);
                     }
-                    // Killed by the test or stopped by the supervisor: stop listening.
-                    _ = gone.wait_for(|e| e.is_some()) => return,
-                    accepted = listener.accept() => {
-                        if let Ok((mut s, _)) = accepted {
-                            tokio::spawn(async move {
-                                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                                let mut buf = [0u8; 1024];
-                                let _ = s.read(&mut buf).await;
-                                let _ = s
-                                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-                                    .await;
-                            });
-                        }
-                    }
+                    exit(&script_tx, ExitReason::Exited(status));
                 }
+                Release::DiesAfter { boot, lived } => {
+                    tokio::time::sleep(boot + lived).await;
+                    exit(&script_tx, ExitReason::Exited(2));
+                }
+                _ => {}
             }
         });
         Ok(StartedWorker {
             pid: None,
             unit: None,
             exited: rx,
-            output: OutputTail::default(),
+            output,
         })
     }
 
     async fn stop(&self, id: WorkerId, _worker: &StartedWorker, _timeout: Duration) {
-        for (w, _, tx) in self.started.lock().unwrap().iter() {
-            if *w == id && tx.borrow().is_none() {
-                let _ = tx.send(Some(ExitReason::Signaled(15)));
-            }
+        let takes = *self.stop_takes.lock().unwrap();
+        if !takes.is_zero() {
+            tokio::time::sleep(takes).await;
+        }
+        let tx = self
+            .workers
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|w| w.id == id)
+            .map(|w| w.exit.clone());
+        if let Some(tx) = tx {
+            exit(&tx, ExitReason::Signaled(15));
         }
     }
 
     fn processes(&self, _worker: &StartedWorker) -> Vec<u32> {
-        // The workers' listeners are this process's.
-        vec![std::process::id()]
+        Vec::new()
     }
 }
 
+/// The scripted probe: a worker is ready once its release's boot time has passed.
+struct FakeProbe(Arc<Fake>);
+
+#[async_trait]
+impl Probe for FakeProbe {
+    async fn ready(
+        &self,
+        addr: SocketAddr,
+        _http_path: Option<&str>,
+        worker: &StartedWorker,
+        timeout: Duration,
+    ) -> Result<(), NotReady> {
+        let release = self
+            .0
+            .workers
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|w| w.port == addr.port())
+            .map(|w| w.release.clone());
+        let boot = match release {
+            Some(Release::Good(d)) | Some(Release::DiesAfter { boot: d, .. }) => Some(d),
+            _ => None,
+        };
+        tokio::select! {
+            biased;
+            reason = worker.wait_exit() => Err(NotReady::Exited(reason)),
+            _ = tokio::time::sleep(timeout) => Err(NotReady::Timeout(timeout)),
+            _ = async {
+                match boot {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            } => Ok(()),
+        }
+    }
+}
+
+/// A supervisor on the fake backend, and what the tests look at.
 struct Running {
     handle: Handle,
     fake: Arc<Fake>,
+    /// The config file, for the tests that edit it before a restart.
+    file: Option<tempfile::NamedTempFile>,
 }
 
-async fn start(workers: usize, extra: &str) -> Running {
-    let text = format!(
-        "name = \"t\"\n[app]\ncommand = [\"true\"]\n[workers]\ncount = {workers}\nconcurrency = 0\n[readiness]\ntimeout = \"2s\"\nsettle = \"300ms\"\n[restart]\nstop_timeout = \"1s\"\n{extra}"
-    );
+/// A config: `workers` and `restart` are lines added to those sections.
+fn config_text(workers: &str, restart: &str) -> String {
+    format!(
+        "name = \"t\"\n[app]\ncommand = [\"true\"]\n[workers]\n{workers}\n[readiness]\ntimeout = \"2s\"\nsettle = \"300ms\"\n[restart]\nstop_timeout = \"1s\"\ndrain_timeout = \"5s\"\n{restart}\n"
+    )
+}
+
+async fn start(workers: &str, restart: &str) -> Running {
+    start_with(Fake::default(), workers, restart, false).await
+}
+
+async fn start_with(fake: Fake, workers: &str, restart: &str, from_file: bool) -> Running {
+    let text = config_text(workers, restart);
     let config = Arc::new(Config::parse(&text, std::path::Path::new("t.toml")).unwrap());
-    let pool = Pool::new(crate::pool::Limits {
-        concurrency: 0,
-        max_queue: 10,
+    let file = from_file.then(|| {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), &text).unwrap();
+        f
     });
-    let fake = Arc::new(Fake::default());
+    let pool = Pool::new(crate::pool::Limits {
+        concurrency: config.workers.concurrency,
+        max_queue: config.workers.max_queue,
+    });
+    let fake = Arc::new(fake);
     let (sup, handle) = Supervisor::new(
         config,
-        None,
+        file.as_ref().map(|f| f.path().to_owned()),
         pool,
         fake.clone(),
+        Arc::new(FakeProbe(fake.clone())),
         Arc::new(Notifier::default()),
         Arc::new(crate::metrics::Metrics::default()),
     );
     tokio::spawn(sup.run());
-    let r = Running { handle, fake };
-    r.until(|w| w.iter().filter(|w| w.state == WorkerState::Ready).count() == workers)
+    let r = Running { handle, fake, file };
+    r.until("the first generation is up", |r| r.phase() == "steady")
         .await;
     r
 }
 
 impl Running {
-    async fn restart(&self) -> Outcome {
+    fn ctx(&self) -> &Arc<Context> {
+        &self.handle.context
+    }
+
+    fn phase(&self) -> &'static str {
+        self.ctx().state().phase.name()
+    }
+
+    fn generation(&self) -> u64 {
+        self.ctx().state().generation.0
+    }
+
+    /// Ask for a restart and return where its outcome will arrive.
+    async fn restart_later(&self, mode: Option<RestartMode>) -> oneshot::Receiver<Outcome> {
         let (tx, rx) = oneshot::channel();
         assert!(
             self.handle
                 .send(Command::Restart {
-                    mode: None,
+                    mode,
                     reply: Some(tx),
                 })
                 .await
         );
+        rx
+    }
+
+    async fn restart(&self) -> Outcome {
+        self.restart_later(None).await.await.unwrap()
+    }
+
+    async fn resume(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        assert!(self.handle.send(Command::Resume(tx)).await);
         rx.await.unwrap()
     }
 
-    fn workers(&self) -> Vec<crate::pool::WorkerView> {
-        self.handle.context.pool.workers()
+    fn workers(&self) -> Vec<WorkerView> {
+        self.ctx().pool.workers()
     }
 
-    async fn until(&self, f: impl Fn(&[crate::pool::WorkerView]) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !f(&self.workers()) {
+    fn ready(&self) -> Vec<WorkerView> {
+        self.workers()
+            .into_iter()
+            .filter(|w| w.state == WorkerState::Ready)
+            .collect()
+    }
+
+    /// The generations of the ready workers, in worker order.
+    fn ready_generations(&self) -> Vec<u64> {
+        self.ready().iter().map(|w| w.generation.0).collect()
+    }
+
+    fn resistance(&self) -> Option<Resistance> {
+        self.ctx().state().phase.resisting().cloned()
+    }
+
+    /// Wait (on the paused clock) until `f` holds; fail after five virtual minutes.
+    async fn until(&self, what: &str, f: impl Fn(&Running) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !f(self) {
             assert!(
                 Instant::now() < deadline,
-                "not reached: {:#?}",
+                "never happened: {what}; phase {}, workers {:#?}",
+                self.phase(),
                 self.workers()
             );
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
+    }
+
+    /// A lease on a ready worker, as a request in flight holds one.
+    async fn lease(&self) -> Lease {
+        self.ctx().pool.acquire(None).await.unwrap()
+    }
+
+    /// Sample the pool every millisecond until the returned guard is dropped: the fewest ready
+    /// and the most alive (spawning or ready) workers seen.
+    fn watch_pool(&self) -> PoolWatch {
+        let seen = Arc::new(Mutex::new((usize::MAX, 0usize)));
+        let pool = self.ctx().pool.clone();
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let w = pool.workers();
+                let ready = w.iter().filter(|w| w.state == WorkerState::Ready).count();
+                let alive = w.iter().filter(|w| w.state.is_alive()).count();
+                {
+                    let mut s = s.lock().unwrap();
+                    s.0 = s.0.min(ready);
+                    s.1 = s.1.max(alive);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        PoolWatch { seen, task }
+    }
+
+    /// Every step a roll reports, collected as it happens.
+    fn watch_steps(&self) -> Arc<Mutex<Vec<WaitingOn>>> {
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let mut rx = self.ctx().subscribe();
+        let s = steps.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let p = rx.borrow_and_update().phase.rolling().cloned();
+                if let Some(p) = p {
+                    let mut s = s.lock().unwrap();
+                    if s.last() != Some(&p.waiting_on) {
+                        s.push(p.waiting_on);
+                    }
+                }
+            }
+        });
+        steps
     }
 }
 
-#[tokio::test]
+struct PoolWatch {
+    seen: Arc<Mutex<(usize, usize)>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PoolWatch {
+    fn fewest_ready(&self) -> usize {
+        self.seen.lock().unwrap().0
+    }
+    fn most_alive(&self) -> usize {
+        self.seen.lock().unwrap().1
+    }
+}
+
+impl Drop for PoolWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn bad_boot() -> Release {
+    Release::ExitsAtBoot {
+        after: Duration::from_millis(100),
+        status: 1,
+        output: vec!["SyntaxError: invalid syntax".into()],
+    }
+}
+
+fn kind(w: &WaitingOn) -> &'static str {
+    match w {
+        WaitingOn::Starting => "starting",
+        WaitingOn::Spawning { .. } => "spawning",
+        WaitingOn::Settling { .. } => "settling",
+        WaitingOn::Draining(_) => "draining",
+        WaitingOn::Stopping { .. } => "stopping",
+        WaitingOn::StoppingAll(_) => "stopping all",
+        WaitingOn::Done => "done",
+    }
+}
+
+// ---- starting -------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn the_first_generation_comes_up_and_the_phase_is_steady() {
+    let r = start("count = 3", "").await;
+    assert_eq!(r.ready_generations(), [1, 1, 1]);
+    assert_eq!(r.generation(), 1);
+    assert_eq!(r.fake.peak(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_phase_is_starting_until_min_workers_are_ready() {
+    let fake = Fake::default();
+    fake.release(1, Release::Good(Duration::from_millis(1500)));
+    let fake = Arc::new(fake);
+    let config = Arc::new(Config::parse(&config_text("count = 2", ""), "t.toml".as_ref()).unwrap());
+    let (sup, handle) = Supervisor::new(
+        config,
+        None,
+        Pool::new(crate::pool::Limits {
+            concurrency: 0,
+            max_queue: 10,
+        }),
+        fake.clone(),
+        Arc::new(FakeProbe(fake.clone())),
+        Arc::new(Notifier::default()),
+        Arc::new(crate::metrics::Metrics::default()),
+    );
+    tokio::spawn(sup.run());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(handle.context.state().phase.name(), "starting");
+    let health =
+        crate::status::Health::new(&handle.context.state(), &handle.context.pool.workers());
+    assert_eq!(
+        (health.status.as_str(), health.http_status()),
+        ("unavailable", 503)
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(handle.context.state().phase.name(), "steady");
+}
+
+// ---- rolling restarts -----------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
 async fn a_roll_replaces_every_worker() {
-    let r = start(3, "").await;
+    let r = start("count = 3", "").await;
     let outcome = r.restart().await;
     assert!(outcome.ok, "{outcome:?}");
-    let w = r.workers();
-    assert_eq!(w.len(), 3);
+    assert_eq!(outcome.generation, 2);
     assert!(
-        w.iter()
-            .all(|w| w.generation == Generation(2) && w.state == WorkerState::Ready)
-    );
-}
-
-#[tokio::test]
-async fn a_release_that_dies_within_the_settle_period_is_resisted() {
-    let r = start(2, "").await;
-    r.fake
-        .release(2, Release::DiesAfter(Duration::from_millis(100)));
-    let outcome = r.restart().await;
-    assert!(!outcome.ok);
-    assert!(
-        outcome.message.contains("exited with status 2")
-            && outcome.message.contains("after it became ready"),
+        outcome
+            .message
+            .starts_with("rolling restart to generation 2 finished: 3 workers replaced"),
         "{outcome:?}"
     );
-    let state = r.handle.context.state();
-    assert!(state.resisting.is_some());
-    assert_eq!(state.generation, Generation(1));
-    // No old worker was drained for a new one that had not proven itself.
-    let w = r.workers();
-    assert_eq!(w.len(), 2, "{w:#?}");
+    assert_eq!(r.ready_generations(), [2, 2, 2]);
+    assert_eq!(r.workers().len(), 3);
+    assert_eq!((r.phase(), r.generation()), ("steady", 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_roll_keeps_every_worker_serving_and_at_most_max_surge_extra() {
+    let r = start("count = 4", "").await;
+    let pool = r.watch_pool();
+    assert!(r.restart().await.ok);
+    assert_eq!(pool.fewest_ready(), 4, "a roll never lowers capacity");
+    assert_eq!(pool.most_alive(), 5, "count + max_surge");
+    assert_eq!(r.fake.peak(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_surge_two_replaces_two_at_a_time() {
+    let r = start("count = 4", "max_surge = 2").await;
+    let pool = r.watch_pool();
+    let began = Instant::now();
+    assert!(r.restart().await.ok);
+    let took = began.elapsed();
+    assert_eq!(pool.most_alive(), 6);
+    assert_eq!(pool.fewest_ready(), 4);
+    // Two batches, each a boot and a settle: not four.
     assert!(
-        w.iter()
-            .all(|w| w.generation == Generation(1) && w.state == WorkerState::Ready)
+        took < 2 * (BOOT + Duration::from_millis(300)) + Duration::from_millis(100),
+        "{took:?}"
     );
 }
 
-#[tokio::test]
-async fn a_release_that_exits_at_boot_is_resisted_and_a_good_one_recovers() {
-    let r = start(2, "").await;
-    r.fake.release(2, Release::ExitsAtBoot);
+#[tokio::test(start_paused = true)]
+async fn progress_is_published_step_by_step() {
+    let r = start("count = 1", "").await;
+    let steps = r.watch_steps();
+    // A request in flight for a second, so the drain lasts long enough to be seen: a watch
+    // shows the latest state, and a step that takes no time at all is folded into the next.
+    let lease = r.lease().await;
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(lease);
+    });
+    assert!(r.restart().await.ok);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let kinds: Vec<&str> = steps.lock().unwrap().iter().map(kind).collect();
+    assert_eq!(
+        kinds,
+        ["starting", "spawning", "settling", "draining", "done"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_blocking_restart_stops_all_then_starts_all() {
+    let r = start("count = 3", "").await;
+    let pool = r.watch_pool();
+    let steps = r.watch_steps();
+    let outcome = r
+        .restart_later(Some(RestartMode::Blocking))
+        .await
+        .await
+        .unwrap();
+    assert!(outcome.ok, "{outcome:?}");
+    assert_eq!(r.ready_generations(), [2, 2, 2]);
+    assert_eq!(pool.most_alive(), 3, "never more than count");
+    assert_eq!(pool.fewest_ready(), 0, "requests queue meanwhile");
+    let kinds: Vec<&str> = steps.lock().unwrap().iter().map(kind).collect();
+    assert_eq!(kinds.last(), Some(&"done"), "{kinds:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_ignores_sigterm_is_reported_killed() {
+    let r = start("count = 1", "").await;
+    *r.fake.stop_takes.lock().unwrap() = Duration::from_secs(3);
+    let steps = r.watch_steps();
+    assert!(r.restart().await.ok);
+    let killed = steps.lock().unwrap().iter().any(|w| {
+        matches!(
+            w,
+            WaitingOn::Stopping {
+                escalation: Escalation::Killed { .. },
+                ..
+            }
+        )
+    });
+    assert!(killed, "{:?}", steps.lock().unwrap());
+}
+
+// ---- draining -------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_waits_for_the_request_in_flight() {
+    let r = start("count = 1", "").await;
+    let lease = r.lease().await;
+    let outcome = r.restart_later(None).await;
+    r.until("the old worker drains", |r| {
+        r.workers()
+            .iter()
+            .any(|w| w.generation.0 == 1 && w.state == WorkerState::Draining)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(r.phase(), "rolling", "still waiting for the request");
+    let began = Instant::now();
+    drop(lease);
+    assert!(outcome.await.unwrap().ok);
+    assert!(began.elapsed() < Duration::from_millis(50));
+    assert_eq!(r.ready_generations(), [2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_timeout_cuts_a_request_that_never_ends() {
+    let r = start("count = 1", "").await;
+    let lease = r.lease().await;
+    let steps = r.watch_steps();
+    *r.fake.stop_takes.lock().unwrap() = Duration::from_millis(100);
+    let began = Instant::now();
+    let outcome = r.restart().await;
+    assert!(outcome.ok, "{outcome:?}");
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(7),
+        "{took:?}"
+    );
+    assert!(lease.was_cut(), "the cut request is not retried elsewhere");
+    let deadline = steps.lock().unwrap().iter().any(|w| {
+        matches!(
+            w,
+            WaitingOn::Stopping {
+                escalation: Escalation::DrainDeadline { in_flight: 1, .. },
+                ..
+            }
+        )
+    });
+    assert!(deadline, "{:?}", steps.lock().unwrap());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_dies_while_draining_ends_its_drain() {
+    let r = start("count = 1", "").await;
+    let _lease = r.lease().await;
+    let outcome = r.restart_later(None).await;
+    r.until("the old worker drains", |r| {
+        r.workers()
+            .iter()
+            .any(|w| w.generation.0 == 1 && w.state == WorkerState::Draining)
+    })
+    .await;
+    let began = Instant::now();
+    r.fake.kill(WorkerId(1));
+    assert!(outcome.await.unwrap().ok);
+    assert!(
+        began.elapsed() < Duration::from_millis(50),
+        "not drain_timeout"
+    );
+    assert_eq!(r.ready_generations(), [2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_old_worker_dying_mid_roll_is_one_more_for_the_roll_to_replace() {
+    let r = start("count = 3", "").await;
+    r.fake.release(2, Release::Good(Duration::from_secs(1)));
+    let pool = r.watch_pool();
+    let outcome = r.restart_later(None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A worker the roll has not reached yet.
+    r.fake.kill(WorkerId(3));
+    let outcome = outcome.await.unwrap();
+    assert!(outcome.ok, "{outcome:?}");
+    assert_eq!(r.ready_generations(), [2, 2, 2]);
+    assert!(pool.most_alive() <= 4);
+}
+
+// ---- resistance -----------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_release_that_exits_at_boot_is_resisted_with_its_output() {
+    let r = start("count = 2", "").await;
+    r.fake.release(2, bad_boot());
+    let outcome = r.restart().await;
+    assert!(!outcome.ok);
+    assert_eq!(
+        outcome.message,
+        "resisting deployment error: worker 3 exited with status 1 before it was ready"
+    );
+    assert_eq!(outcome.output, ["SyntaxError: invalid syntax"]);
+    let resistance = r.resistance().expect("resisting");
+    assert_eq!(resistance.generation, Generation(2));
+    assert_eq!(resistance.output, ["SyntaxError: invalid syntax"]);
+    assert_eq!((r.phase(), r.generation()), ("resisting", 1));
+    assert_eq!(
+        r.ready_generations(),
+        [1, 1],
+        "the old workers keep serving"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_never_ready_is_resisted_at_readiness_timeout() {
+    let r = start("count = 2", "").await;
+    r.fake.release(2, Release::NeverReady);
+    let began = Instant::now();
+    let outcome = r.restart().await;
+    let took = began.elapsed();
+    assert_eq!(
+        outcome.message,
+        "resisting deployment error: worker 3 was not ready within 2s (readiness.timeout)"
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_millis(2100),
+        "{took:?}"
+    );
+    assert_eq!(r.ready_generations(), [1, 1]);
+    assert_eq!(
+        r.fake.live(),
+        2,
+        "the worker that never became ready was stopped"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_that_dies_within_the_settle_period_is_resisted() {
+    let r = start("count = 2", "").await;
+    r.fake.release(
+        2,
+        Release::DiesAfter {
+            boot: BOOT,
+            lived: Duration::from_millis(100),
+        },
+    );
     let outcome = r.restart().await;
     assert!(!outcome.ok);
     assert!(
         outcome
             .message
-            .contains("exited with status 1 before it was ready"),
+            .contains("exited with status 2 0.1s after it became ready")
+            && outcome.message.contains("within readiness.settle"),
         "{outcome:?}"
     );
-    let outcome = r.restart().await;
-    assert!(outcome.ok, "{outcome:?}");
-    assert!(r.handle.context.state().resisting.is_none());
-    assert!(r.workers().iter().all(|w| w.generation == Generation(3)));
+    assert_eq!(r.phase(), "resisting");
+    assert_eq!(r.ready_generations(), [1, 1], "no old worker was drained");
+    assert_eq!(r.workers().len(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
+async fn a_release_the_backend_cannot_start_is_resisted() {
+    let r = start("count = 2", "").await;
+    r.fake.release(2, Release::CannotStart);
+    let outcome = r.restart().await;
+    assert_eq!(
+        outcome.message,
+        "resisting deployment error: worker 3 could not start: worker 3: no such program"
+    );
+    assert_eq!(r.ready_generations(), [1, 1]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn resistance_refills_capacity_from_the_old_release_at_once() {
-    let r = start(2, "").await;
-    r.fake.release(2, Release::ExitsAtBoot);
+    let r = start("count = 2", "").await;
+    r.fake.release(2, bad_boot());
     assert!(!r.restart().await.ok);
-    // Every old worker dies: replaced from generation 1, without the crash-loop backoff.
-    let started = Instant::now();
+    // Proven workers (past the crash-loop window) die.
+    tokio::time::sleep(CRASH_LOOP_WINDOW).await;
+    let began = Instant::now();
     r.fake.kill_generation(1);
-    r.until(|w| {
-        w.iter()
-            .filter(|w| w.state == WorkerState::Ready && w.generation == Generation(1))
-            .count()
-            == 2
-            && w.iter().all(|w| w.id.0 > 2)
+    r.until("two old-release workers serve again", |r| {
+        r.ready_generations() == [1, 1] && r.ready().iter().all(|w| w.id.0 > 3)
     })
     .await;
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // One boot, no crash-loop backoff.
     assert!(
-        r.handle.context.state().resisting.is_some(),
-        "still resisting"
+        began.elapsed() < BOOT + Duration::from_millis(50),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(r.phase(), "resisting");
+    assert!(
+        r.fake.starts(2).len() == 1,
+        "no new-release worker was tried again"
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
+async fn a_new_restart_leaves_resistance_and_recovers() {
+    let r = start("count = 2", "").await;
+    r.fake.release(2, bad_boot());
+    assert!(!r.restart().await.ok);
+    let outcome = r.restart().await;
+    assert!(outcome.ok, "{outcome:?}");
+    assert_eq!((r.phase(), r.generation()), ("steady", 3));
+    assert_eq!(r.ready_generations(), [3, 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_during_resistance_can_resist_again() {
+    let r = start("count = 2", "").await;
+    r.fake.release(2, bad_boot());
+    assert!(!r.restart().await.ok);
+    r.fake.release(3, Release::NeverReady);
+    let outcome = r.restart().await;
+    assert!(
+        outcome.message.contains("was not ready within 2s"),
+        "{outcome:?}"
+    );
+    let resistance = r.resistance().expect("resisting");
+    assert_eq!(resistance.generation, Generation(3));
+    assert_eq!(r.ready_generations(), [1, 1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_leaves_resistance_and_the_old_workers_serve_on() {
+    let r = start("count = 2", "").await;
+    r.fake.release(2, bad_boot());
+    assert!(!r.restart().await.ok);
+    assert!(r.resume().await);
+    assert_eq!((r.phase(), r.generation()), ("steady", 1));
+    assert_eq!(r.ready_generations(), [1, 1]);
+    assert!(!r.resume().await, "no longer in resistance");
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_outside_resistance_changes_nothing() {
+    let r = start("count = 2", "").await;
+    assert!(!r.resume().await);
+    assert_eq!(r.phase(), "steady");
+}
+
+#[tokio::test(start_paused = true)]
 async fn without_resistance_a_failed_worker_keeps_its_old_one() {
-    let r = start(2, "resist_deployment_errors = false\n").await;
-    r.fake.release(2, Release::ExitsAtBoot);
+    let r = start("count = 2", "resist_deployment_errors = false").await;
+    r.fake.release(2, bad_boot());
     let outcome = r.restart().await;
     assert!(!outcome.ok);
     assert!(
         outcome.message.contains("could not be replaced"),
         "{outcome:?}"
     );
-    assert!(r.handle.context.state().resisting.is_none());
-    let ready = r
-        .workers()
-        .iter()
-        .filter(|w| w.state == WorkerState::Ready)
-        .count();
-    assert!(ready >= 1, "{:#?}", r.workers());
+    assert_eq!(r.phase(), "steady");
+    assert!(!r.ready().is_empty());
 }
 
-#[tokio::test]
-async fn progress_is_published_step_by_step() {
-    let r = start(1, "").await;
-    let mut steps = r.handle.context.subscribe_progress();
-    let outcome = r.restart().await;
-    assert!(outcome.ok);
-    let mut seen = Vec::new();
-    while let Ok(p) = steps.try_recv() {
-        seen.push(p.waiting_on);
+#[tokio::test(start_paused = true)]
+async fn health_says_serving_while_resisting() {
+    let r = start("count = 2", "").await;
+    r.fake.release(2, bad_boot());
+    assert!(!r.restart().await.ok);
+    let h = crate::status::Health::new(&r.ctx().state(), &r.workers());
+    assert_eq!(
+        (
+            h.status.as_str(),
+            h.phase.as_str(),
+            h.resisting,
+            h.http_status()
+        ),
+        ("serving", "resisting", true, 200)
+    );
+}
+
+// ---- superseding ----------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_during_a_roll_supersedes_it() {
+    let r = start("count = 2", "").await;
+    r.fake.release(2, Release::Good(Duration::from_secs(1)));
+    let pool = r.watch_pool();
+    let first = r.restart_later(None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = r.restart_later(None).await;
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    // Whoever waited for the superseded restart gets the outcome of the newer release.
+    assert!(first.ok && second.ok, "{first:?} {second:?}");
+    assert_eq!((first.generation, second.generation), (3, 3));
+    assert_eq!(r.ready_generations(), [3, 3]);
+    assert!(pool.most_alive() <= 3);
+    assert_eq!(pool.fewest_ready(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_superseded_roll_that_resisted_is_not_reported() {
+    let r = start("count = 1", "").await;
+    r.fake.release(
+        2,
+        Release::ExitsAtBoot {
+            after: Duration::from_secs(1),
+            status: 1,
+            output: Vec::new(),
+        },
+    );
+    let first = r.restart_later(None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = r.restart_later(None).await;
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert!(first.ok && second.ok, "{first:?} {second:?}");
+    assert_eq!(r.phase(), "steady");
+}
+
+// ---- replacements outside a roll ------------------------------------------------------------
+
+#[test]
+fn the_backoff_sequence_doubles_from_half_a_second_to_a_minute() {
+    let delays: Vec<u64> = (0..11)
+        .map(|failures| Backoff { failures }.delay().as_millis() as u64)
+        .collect();
+    assert_eq!(
+        delays,
+        [
+            0, 500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_looping_worker_is_replaced_with_growing_delays() {
+    let fake = Fake::default();
+    let lived = Duration::from_millis(100);
+    fake.release(1, Release::DiesAfter { boot: BOOT, lived });
+    let r = start_with(fake, "count = 1", "", false).await;
+    r.until("five starts", |r| r.fake.starts(1).len() >= 5)
+        .await;
+    let starts = r.fake.starts(1);
+    let waits: Vec<u64> = starts
+        .windows(2)
+        .map(|w| (w[1] - w[0] - BOOT - lived).as_millis() as u64)
+        .collect();
+    assert_eq!(waits, [500, 1000, 2000, 4000]);
+    assert_eq!(r.phase(), "steady", "a proven release is never resisted");
+    let failure = r.ctx().state().last_spawn_failure.expect("reported");
+    assert!(
+        failure
+            .1
+            .contains("exited with status 2 0.3s after it started"),
+        "{failure:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_lived_long_is_replaced_at_once() {
+    let fake = Fake::default();
+    let lived = Duration::from_secs(11);
+    fake.release(1, Release::DiesAfter { boot: BOOT, lived });
+    let r = start_with(fake, "count = 1", "", false).await;
+    r.until("three starts", |r| r.fake.starts(1).len() >= 3)
+        .await;
+    let starts = r.fake.starts(1);
+    for w in starts.windows(2) {
+        assert_eq!(w[1] - w[0], BOOT + lived, "no backoff after a long life");
     }
-    let kinds: Vec<&str> = seen
-        .iter()
-        .map(|w| match w {
-            WaitingOn::Starting => "starting",
-            WaitingOn::Spawning { .. } => "spawning",
-            WaitingOn::Settling { .. } => "settling",
-            WaitingOn::Draining(_) => "draining",
-            WaitingOn::Stopping { .. } => "stopping",
-            WaitingOn::StoppingAll(_) => "stopping all",
-            WaitingOn::Done => "done",
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spawn_failure_outside_a_roll_is_retried_not_resisted() {
+    let r = start("count = 2", "").await;
+    r.fake.release(1, bad_boot());
+    r.fake.kill_generation(1);
+    r.until("two failed replacements", |r| r.fake.starts(1).len() >= 5)
+        .await;
+    assert_eq!(r.phase(), "steady");
+    let failure = r.ctx().state().last_spawn_failure.expect("reported");
+    assert!(
+        failure
+            .1
+            .contains("exited with status 1 before it was ready"),
+        "{failure:?}"
+    );
+    r.fake.release(1, Release::Good(BOOT));
+    r.until("capacity is back", |r| r.ready().len() == 2).await;
+}
+
+// ---- on-demand workers, idle cleanup, recycling ---------------------------------------------
+
+/// Three ready workers of a `min = 1, max = 3` pool, each spawned on demand and idle now.
+async fn three_on_demand() -> Running {
+    let r = start(
+        "min = 1\nmax = 3\nconcurrency = 1\nidle_timeout = \"2s\"",
+        "",
+    )
+    .await;
+    assert_eq!(r.ready().len(), 1);
+    let first = r.lease().await;
+    let pool = r.ctx().pool.clone();
+    let queued: Vec<_> = (0..2)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.acquire(None).await.unwrap() })
         })
         .collect();
-    let mut steps: Vec<&str> = Vec::new();
-    for k in kinds {
-        if steps.last() != Some(&k) {
-            steps.push(k);
-        }
+    let mut leases = vec![first];
+    for q in queued {
+        leases.push(q.await.unwrap());
     }
+    assert_eq!(r.ready().len(), 3);
+    drop(leases);
+    r
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_requests_spawn_workers_up_to_max() {
+    let r = start("min = 1\nmax = 3\nconcurrency = 1", "").await;
+    let pool = r.watch_pool();
+    let _held = r.lease().await;
+    let p = r.ctx().pool.clone();
+    for _ in 0..6 {
+        let p = p.clone();
+        tokio::spawn(async move {
+            let lease = p.acquire(None).await;
+            std::future::pending::<()>().await;
+            drop(lease);
+        });
+    }
+    r.until("max workers", |r| r.ready().len() == 3).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(pool.most_alive(), 3, "never beyond max");
+    assert_eq!(r.ctx().pool.queue_len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_workers_are_stopped_down_to_min() {
+    let r = three_on_demand().await;
+    r.until("idle cleanup", |r| r.workers().len() == 1).await;
+    assert_eq!(r.ready().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_cleanup_is_frozen_while_resisting() {
+    let r = three_on_demand().await;
+    r.fake.release(2, bad_boot());
+    assert!(!r.restart().await.ok);
+    tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(
-        steps,
-        ["starting", "spawning", "settling", "draining", "done"],
-        "{seen:?}"
+        r.ready().len(),
+        3,
+        "no worker is idle-cleaned in resistance"
     );
+    assert!(r.resume().await);
+    r.until("idle cleanup resumes", |r| r.workers().len() == 1)
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_past_max_requests_is_recycled_replacement_first() {
+    let r = start("count = 2\nmax_requests = 3", "").await;
+    let pool = r.watch_pool();
+    for _ in 0..6 {
+        drop(r.lease().await);
+        // Least recently used first: let the clock tell them apart.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    r.until("both recycled", |r| {
+        let w = r.ready();
+        w.len() == 2 && w.iter().all(|w| w.id.0 > 2)
+    })
+    .await;
+    assert_eq!(pool.fewest_ready(), 2, "capacity kept while recycling");
+    assert_eq!(pool.most_alive(), 3, "one at a time");
+    assert_eq!(r.ready_generations(), [1, 1], "from the current release");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_above_memory_limit_is_recycled() {
+    let r = start("count = 1\nmemory_limit = \"512MiB\"", "").await;
+    r.ctx().pool.set_usage(WorkerId(1), 0.0, 600 << 20);
+    r.until("recycled", |r| {
+        r.ready().iter().map(|w| w.id.0).collect::<Vec<_>>() == [2]
+    })
+    .await;
+}
+
+// ---- config reloads -------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_applies_the_edited_config() {
+    let r = start_with(Fake::default(), "count = 2", "", true).await;
+    let path = r.file.as_ref().unwrap().path().to_owned();
+    std::fs::write(&path, config_text("count = 3", "")).unwrap();
+    let outcome = r.restart().await;
+    assert!(outcome.ok, "{outcome:?}");
+    assert!(
+        outcome.message.contains("[workers] applied from"),
+        "{outcome:?}"
+    );
+    assert_eq!(r.ready_generations(), [2, 2, 2]);
+    assert_eq!(r.ctx().state().config_generation, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_config_fails_the_restart_and_changes_nothing() {
+    let r = start_with(Fake::default(), "count = 2", "", true).await;
+    let path = r.file.as_ref().unwrap().path().to_owned();
+    std::fs::write(&path, "name = \"t\"\n[workers]\ncount = \"many\"\n").unwrap();
+    let outcome = r.restart().await;
+    assert!(!outcome.ok);
+    assert!(
+        outcome
+            .message
+            .starts_with("the config is invalid, nothing was changed:"),
+        "{outcome:?}"
+    );
+    assert_eq!((r.phase(), r.generation()), ("steady", 1));
+    assert!(r.fake.starts(2).is_empty());
+    assert_eq!(r.ctx().state().config_generation, 1);
+}
+
+// ---- stopping -------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_after_sigterm_is_refused() {
+    let r = start("count = 2", "").await;
+    r.handle.begin_stop().await;
+    assert_eq!(r.phase(), "stopping");
+    let h = crate::status::Health::new(&r.ctx().state(), &r.workers());
+    assert_eq!((h.status.as_str(), h.http_status()), ("stopping", 503));
+    let outcome = r.restart().await;
+    assert!(!outcome.ok);
+    assert_eq!(outcome.message, STOPPING_MESSAGE);
+    assert!(r.fake.starts(2).is_empty(), "no roll starts after SIGTERM");
+    assert_eq!(
+        r.ready_generations(),
+        [1, 1],
+        "serving goes on until shutdown"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn sigterm_during_a_roll_cancels_it_and_shutdown_stops_everything() {
+    let r = start("count = 2", "").await;
+    r.fake.release(2, Release::Good(Duration::from_secs(5)));
+    let outcome = r.restart_later(None).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    r.handle.begin_stop().await;
+    let outcome = outcome.await.unwrap();
+    assert!(!outcome.ok);
+    assert!(
+        outcome.message.starts_with(STOPPING_MESSAGE)
+            && outcome
+                .message
+                .contains("the restart to generation 2 was cancelled"),
+        "{outcome:?}"
+    );
+    assert_eq!(r.phase(), "stopping");
+    assert_eq!(r.ready_generations(), [1, 1]);
+    let began = Instant::now();
+    r.handle.shutdown().await;
+    assert!(
+        began.elapsed() < Duration::from_secs(1),
+        "no wait for the cancelled roll"
+    );
+    assert_eq!(r.fake.live(), 0, "every worker stopped");
+    assert!(r.ctx().tasks.is_empty(), "every supervisor task ended");
+}
+
+#[tokio::test(start_paused = true)]
+async fn sigterm_ends_a_drain_without_cutting_its_request() {
+    let r = start("count = 1", "").await;
+    let lease = r.lease().await;
+    let outcome = r.restart_later(None).await;
+    r.until("the old worker drains", |r| {
+        r.workers()
+            .iter()
+            .any(|w| w.generation.0 == 1 && w.state == WorkerState::Draining)
+    })
+    .await;
+    r.handle.begin_stop().await;
+    assert!(!outcome.await.unwrap().ok);
+    assert!(
+        !lease.was_cut(),
+        "the request runs on until the connections drain"
+    );
+    drop(lease);
+    r.handle.shutdown().await;
+    assert_eq!(r.fake.live(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_while_resisting_stops_every_worker() {
+    let r = start("count = 2", "").await;
+    r.fake.release(2, bad_boot());
+    assert!(!r.restart().await.ok);
+    r.handle.shutdown().await;
+    assert_eq!(r.fake.live(), 0);
+    assert_eq!(r.phase(), "stopping");
+}
+
+// ---- a property: random restarts, crashes and boot failures ---------------------------------
+
+/// xorshift64: a reproducible sequence per seed, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn random_restarts_crashes_and_boot_failures_keep_the_invariants() {
+    const COUNT: usize = 3;
+    let only: Option<u64> = std::env::var("SEED").ok().and_then(|s| s.parse().ok());
+    if only.is_some() {
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    }
+    for seed in 1..=40u64 {
+        if only.is_some_and(|o| o != seed) {
+            continue;
+        }
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let r = start(&format!("count = {COUNT}"), "").await;
+        // Invariants sampled every millisecond: never more than count + max_surge alive; never
+        // fewer than count ready, except after a kill until capacity is back.
+        let broken = Arc::new(Mutex::new(None::<String>));
+        // The worker killed last, until capacity is back without it.
+        let killed = Arc::new(Mutex::new(None::<WorkerId>));
+        let monitor = {
+            let (ctx, broken, killed) = (r.ctx().clone(), broken.clone(), killed.clone());
+            tokio::spawn(async move {
+                loop {
+                    let w = ctx.pool.workers();
+                    let ready = w.iter().filter(|w| w.state == WorkerState::Ready).count();
+                    // Capacity is back only with proven workers: not those of a roll in
+                    // progress, which may yet fail their settle period or be abandoned.
+                    let rolling = ctx.state().phase.rolling().map(|p| p.generation);
+                    let proven = w
+                        .iter()
+                        .filter(|w| w.state == WorkerState::Ready && Some(w.generation) != rolling)
+                        .count();
+                    let alive = w.iter().filter(|w| w.state.is_alive()).count();
+                    {
+                        let mut k = killed.lock().unwrap();
+                        if proven >= COUNT && k.is_some_and(|v| w.iter().all(|w| w.id != v)) {
+                            *k = None;
+                        }
+                    }
+                    let after_kill = killed.lock().unwrap().is_some();
+                    {
+                        let mut b = broken.lock().unwrap();
+                        if b.is_none() && alive > COUNT + 1 {
+                            *b = Some(format!("{alive} workers alive: {w:#?}"));
+                        }
+                        if b.is_none() && ready < COUNT && !after_kill {
+                            *b = Some(format!("{ready} ready without a kill: {w:#?}"));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        };
+        let mut answers = Vec::new();
+        let mut ops = Vec::new();
+        for _ in 0..8 {
+            let op = rng.below(7);
+            ops.push(op);
+            match op {
+                0..=3 => {
+                    let boot = Duration::from_millis(50 + rng.below(500));
+                    let release = match op {
+                        0 => Release::Good(boot),
+                        1 => Release::ExitsAtBoot {
+                            after: boot,
+                            status: 1,
+                            output: Vec::new(),
+                        },
+                        2 => Release::NeverReady,
+                        _ => Release::DiesAfter {
+                            boot,
+                            lived: Duration::from_millis(100),
+                        },
+                    };
+                    r.fake.deploy(release);
+                    answers.push(r.restart_later(None).await);
+                }
+                4 => {
+                    let alive: Vec<_> = r.ready();
+                    if !alive.is_empty() {
+                        let victim = alive[rng.below(alive.len() as u64) as usize].id;
+                        *killed.lock().unwrap() = Some(victim);
+                        r.fake.kill(victim);
+                    }
+                }
+                5 => {
+                    r.resume().await;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(rng.below(3000))).await,
+            }
+            tokio::time::sleep(Duration::from_millis(rng.below(400))).await;
+        }
+        // A good release at the end: every restart was answered, and it converges.
+        r.fake.deploy(Release::Good(BOOT));
+        let last = r.restart().await;
+        let generation = last.generation;
+        for a in answers {
+            a.await
+                .unwrap_or_else(|_| panic!("seed {seed} {ops:?}: a restart got no answer"));
+        }
+        assert!(last.ok, "seed {seed} {ops:?}: {last:?}");
+        r.until("capacity settles", |r| r.ready().len() == COUNT)
+            .await;
+        monitor.abort();
+        if let Some(b) = broken.lock().unwrap().take() {
+            panic!("seed {seed} {ops:?}: {b}");
+        }
+        assert_eq!(r.phase(), "steady", "seed {seed} {ops:?}");
+        assert_eq!(r.generation(), generation, "seed {seed} {ops:?}");
+        assert_eq!(
+            r.ready_generations(),
+            vec![generation; COUNT],
+            "seed {seed} {ops:?}"
+        );
+        assert_eq!(r.workers().len(), COUNT, "seed {seed} {ops:?}");
+        r.handle.shutdown().await;
+        assert_eq!(r.fake.live(), 0, "seed {seed} {ops:?}");
+    }
 }

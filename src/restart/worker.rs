@@ -8,7 +8,7 @@ use crate::spawn::{Generation, WorkerId, WorkerSpec, free_port};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// A worker that did not come up: which, why, and what it last wrote.
@@ -87,7 +87,7 @@ pub async fn spawn(
 
     let ready = tokio::select! {
         _ = cancel.cancelled() => None,
-        r = readiness::wait_ready(
+        r = ctx.probe.ready(
             addr,
             config.readiness.http_path(),
             &process,
@@ -232,7 +232,7 @@ pub async fn adopt(ctx: &Arc<Context>, a: &crate::spawn::Adopted) -> bool {
         .get()
         .min(std::time::Duration::from_secs(10));
     let http_path = config.readiness.http_path();
-    match readiness::wait_ready(addr, http_path, &a.process, limit).await {
+    match ctx.probe.ready(addr, http_path, &a.process, limit).await {
         Ok(()) if ctx.pool.mark_ready(a.id) => {
             tracing::info!(
                 app = %config.name, worker = a.id.0, generation = a.generation.0,
@@ -261,8 +261,13 @@ fn watch_exit(
     process: crate::spawn::StartedWorker,
 ) {
     let ctx = ctx.clone();
-    tokio::spawn(async move {
-        let reason = process.wait_exit().await;
+    let tasks = ctx.tasks.clone();
+    tasks.spawn(async move {
+        let reason = tokio::select! {
+            r = process.wait_exit() => r,
+            // Left to systemd at shutdown: nobody waits for its exit any more.
+            _ = ctx.closed.cancelled() => return,
+        };
         if let Some(w) = ctx.pool.remove_if_unexpected(id) {
             let _ = ctx.events.send(Event::WorkerDied {
                 id,
@@ -307,9 +312,13 @@ pub async fn drain_and_stop(ctx: &Context, id: WorkerId) {
     let config = ctx.config();
     ctx.pool.start_draining(id);
     let limit = config.restart.drain_timeout.get();
-    if !ctx.pool.wait_idle(id, limit).await
-        && let Some(w) = ctx.pool.get(id)
-    {
+    let idle = tokio::select! {
+        idle = ctx.pool.wait_idle(id, limit) => idle,
+        // Baton is stopping: the worker stays draining (no new requests), its requests run
+        // on, and the shutdown stops it with the others once the client connections drained.
+        _ = ctx.stopping.cancelled() => return,
+    };
+    if !idle && let Some(w) = ctx.pool.get(id) {
         tracing::warn!(
             app = %config.name, worker = id.0, generation = w.generation.0, pid = w.pid,
             unit = w.unit.as_deref(),

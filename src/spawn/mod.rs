@@ -173,9 +173,12 @@ pub trait Spawner: Send + Sync + 'static {
         let _ = worker;
     }
 
-    /// CPU and memory of the worker, if the backend can tell.
-    async fn usage(&self, worker: &StartedWorker) -> Option<Usage> {
-        worker.pid.and_then(proc_usage)
+    /// CPU and memory of the whole worker, if the backend can tell. `measured` is the sum over
+    /// the worker's [`processes`](Spawner::processes) from /proc, taken by the caller on the
+    /// blocking pool; a backend with its own accounting (a unit's cgroup) prefers that.
+    async fn usage(&self, worker: &StartedWorker, measured: Option<Usage>) -> Option<Usage> {
+        let _ = worker;
+        measured
     }
 
     /// The worker's processes (the worker itself and what it started), to make sure that what
@@ -221,6 +224,21 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     // The command name may hold spaces and parentheses: fields start after the last ')'.
     let rest = stat.get(stat.rfind(')')? + 2..)?;
     Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The usage of a set of processes (a worker's group: a gunicorn master and its workers), the
+/// sum of each one's CPU time and resident memory (pages shared between them count in each).
+/// `None` when none of them could be read. Reads /proc: blocking.
+pub fn group_usage(pids: &[u32]) -> Option<Usage> {
+    pids.iter()
+        .filter_map(|p| proc_usage(*p))
+        .fold(None, |sum: Option<Usage>, u| {
+            let s = sum.unwrap_or_default();
+            Some(Usage {
+                cpu_time: s.cpu_time + u.cpu_time,
+                memory_bytes: s.memory_bytes + u.memory_bytes,
+            })
+        })
 }
 
 /// Usage from /proc/PID (the fallback where no cgroup accounting is at hand).

@@ -11,7 +11,7 @@
 
 use super::{
     Adopted, ExitReason, OutputTail, SpawnError, Spawner, StartedWorker, Usage, WorkerId,
-    WorkerSpec, proc_usage,
+    WorkerSpec,
 };
 use crate::config::{AppName, Config};
 use async_trait::async_trait;
@@ -491,7 +491,7 @@ impl Spawner for SystemdSpawner {
         }
     }
 
-    async fn usage(&self, worker: &StartedWorker) -> Option<Usage> {
+    async fn usage(&self, worker: &StartedWorker, measured: Option<Usage>) -> Option<Usage> {
         let unit = worker.unit.as_deref()?;
         let path = OwnedObjectPath::try_from(unit_path(unit)).ok()?;
         let service = self.service(&path).await.ok()?;
@@ -505,8 +505,9 @@ impl Spawner for SystemdSpawner {
             .await
             .ok()
             .filter(|c| *c != u64::MAX);
-        // Accounting reads "[not set]" in some containers: fall back to /proc of MainPID.
-        let from_proc = worker.pid.and_then(proc_usage);
+        // Accounting reads "[not set]" in some containers: fall back to /proc of the unit's
+        // processes.
+        let from_proc = measured;
         Some(Usage {
             cpu_time: cpu
                 .map(Duration::from_nanos)
