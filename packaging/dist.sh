@@ -73,12 +73,12 @@ rm -rf "$assets"
 mkdir -p "$assets"
 say "$baton generate-assets --out $assets"
 "$baton" generate-assets --out "$assets" >&2
-for f in baton.1 completions/baton.bash completions/_baton completions/baton.fish; do
+for f in baton.1 baton-run.1 baton-restart.1 baton.toml.5 completions/baton.bash completions/_baton completions/baton.fish; do
     [ -s "$assets/$f" ] || die "baton generate-assets did not write $assets/$f"
 done
-# Every man page it wrote (baton.1, and baton-<command>.1 should it write those), gzipped.
+# Every man page it wrote (baton.1, baton-<command>.1, baton.toml.5), gzipped.
 mkdir -p "$assets/man"
-for page in "$assets"/*.1; do
+for page in "$assets"/*.1 "$assets"/*.5; do
     gzip -9 -n -c "$page" > "$assets/man/${page##*/}.gz"
 done
 # cargo-deb strips the binary it packages; cargo-generate-rpm does not, so the .rpm gets this copy.

@@ -522,15 +522,20 @@ pub struct ClientBody<B> {
     inner: B,
     timeout: Duration,
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// `max_body_size` holds for a streamed body too: bytes still allowed.
+    allowed: u64,
+    max_body: u64,
     fault: Fault,
 }
 
 impl<B> ClientBody<B> {
-    pub fn new(inner: B, timeout: Duration, fault: Fault) -> ClientBody<B> {
+    pub fn new(inner: B, timeout: Duration, max_body: u64, fault: Fault) -> ClientBody<B> {
         ClientBody {
             inner,
             timeout,
             stall: None,
+            allowed: max_body,
+            max_body,
             fault,
         }
     }
@@ -558,6 +563,18 @@ where
             }
             Poll::Ready(other) => {
                 this.stall = None;
+                if let Some(Ok(data)) = other.as_ref().map(|r| r.as_ref().map(Frame::data_ref))
+                    && let Some(data) = data
+                {
+                    let len = data.len() as u64;
+                    if len > this.allowed {
+                        let f = BodyFailure::TooLarge(this.max_body);
+                        let msg = f.to_string();
+                        this.fault.set(f);
+                        return Poll::Ready(Some(Err(msg.into())));
+                    }
+                    this.allowed -= len;
+                }
                 Poll::Ready(other.map(|r| r.map_err(|_| BodyError::from("unreachable"))))
             }
             Poll::Pending => {

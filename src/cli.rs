@@ -248,10 +248,19 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Resume { target } => {
             let socket = socket_of(&target)?;
             let reply = client::request(&socket, Method::POST, "/resume").await?;
+            let ok = reply.status.is_success();
             let body = reply.text().await?;
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            say!("{}", v["message"].as_str().unwrap_or(body.trim()));
-            Ok(ExitCode::SUCCESS)
+            match (ok, v["message"].as_str(), v["error"].as_str()) {
+                (true, Some(m), _) => say!("{m}"),
+                (false, _, Some(e)) => eprintln!("baton: {e}"),
+                _ => say!("{}", body.trim()),
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Demo {
             listen,
@@ -279,7 +288,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             crate::config::AppName::try_from(name.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
             if install {
                 let dir = std::path::Path::new("/etc/systemd/system");
-                let written = crate::units::install(&name, dir)
+                let written = crate::unit_files::install(&name, dir)
                     .with_context(|| format!("writing units to {}", dir.display()))?;
                 for p in written {
                     say!("wrote {}", p.display());
@@ -288,7 +297,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     "next: put the config in /etc/baton/{name}.toml, set ListenStream= in {name}.socket, then\n  systemctl daemon-reload && systemctl enable --now {name}.socket"
                 );
             } else {
-                for (file, text) in crate::units::render(&name) {
+                for (file, text) in crate::unit_files::render(&name) {
                     say!("# {file}\n{text}");
                 }
             }
@@ -356,7 +365,8 @@ async fn follow_restart(reply: &mut client::Reply) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
-/// The man page baton(1) and completions for bash, zsh and fish, from the clap definitions.
+/// The man pages baton(1), one baton-COMMAND(1) per subcommand and completions for bash, zsh
+/// and fish, from the clap definitions; baton.toml(5) from docs/config.md.
 fn generate_assets(out: &std::path::Path) -> anyhow::Result<()> {
     use clap::CommandFactory;
     let completions = out.join("completions");
@@ -366,6 +376,25 @@ fn generate_assets(out: &std::path::Path) -> anyhow::Result<()> {
     let mut page = Vec::new();
     clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
     std::fs::write(out.join("baton.1"), page)?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("baton-{}", sub.get_name());
+        let mut page = Vec::new();
+        clap_mangen::Man::new(
+            sub.clone()
+                .name(name.clone())
+                .bin_name(format!("baton {}", sub.get_name())),
+        )
+        .render(&mut page)?;
+        std::fs::write(out.join(format!("{name}.1")), page)?;
+    }
+    std::fs::write(
+        out.join("baton.toml.5"),
+        crate::manpage::config_page(
+            crate::manpage::CONFIG_REFERENCE,
+            "baton.toml",
+            env!("CARGO_PKG_VERSION"),
+        ),
+    )?;
     for (shell, file) in [
         (clap_complete::Shell::Bash, "baton.bash"),
         (clap_complete::Shell::Zsh, "_baton"),
@@ -376,7 +405,7 @@ fn generate_assets(out: &std::path::Path) -> anyhow::Result<()> {
         std::fs::write(completions.join(file), buf)?;
     }
     say!(
-        "wrote {}/baton.1 and {}/",
+        "wrote {0}/baton.1, {0}/baton-*.1, {0}/baton.toml.5 and {1}/",
         out.display(),
         completions.display()
     );

@@ -18,6 +18,8 @@ pub enum RestartOutcome {
     Resisted,
     Failed,
     Superseded,
+    /// Cancelled because baton stops (SIGTERM).
+    Cancelled,
 }
 
 #[derive(Default)]
@@ -27,7 +29,7 @@ pub struct Metrics {
     buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
-    restarts: [AtomicU64; 4],
+    restarts: [AtomicU64; 5],
 }
 
 impl Metrics {
@@ -174,6 +176,7 @@ impl Metrics {
             ("resisted", 1),
             ("failed", 2),
             ("superseded", 3),
+            ("cancelled", 4),
         ] {
             let _ = writeln!(
                 out,

@@ -130,6 +130,9 @@ impl Proxy {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let proxy = self.clone();
+        // An IPv4 client of a dual-stack socket arrives as ::ffff:a.b.c.d: compare and forward
+        // it as the IPv4 address it is.
+        let peer = peer.map(|p| SocketAddr::new(p.ip().to_canonical(), p.port()));
         // What this connection's requests say of their client, made once.
         let peer = Peer {
             ip: peer.and_then(|p| HeaderValue::try_from(p.ip().to_string()).ok()),
@@ -245,17 +248,18 @@ impl Proxy {
         // A copy of the head only when a retry may need it (a request that reached the worker
         // and got no answer is gone with its connection).
         let retry_head = retryable.then(|| request_head(&parts, &path));
+        // Too large by its own account: 413 before reading (and before the `100 Continue` that
+        // hyper sends on the first read), buffered or streamed.
+        if has_body && content_length(&parts.headers).is_some_and(|n| n > self.limits.max_body) {
+            return Err(ProxyError::Body(BodyFailure::TooLarge(
+                self.limits.max_body,
+            )));
+        }
         let body: ProxyBody = if !has_body {
             body.map_err(BodyError::from).boxed_unsync()
         } else if self.request_buffering {
             // The whole body first: a client that trickles costs memory or a file, never a
-            // worker. Too large by its own account: 413 before reading (and before the
-            // `100 Continue` that hyper sends on the first read).
-            if content_length(&parts.headers).is_some_and(|n| n > self.limits.max_body) {
-                return Err(ProxyError::Body(BodyFailure::TooLarge(
-                    self.limits.max_body,
-                )));
-            }
+            // worker.
             let buffered = buffer::read_request_body(body, &self.limits)
                 .await
                 .map_err(ProxyError::Body)?;
@@ -266,8 +270,14 @@ impl Proxy {
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(buffered.len()));
             buffer::BufferedBody::new(buffered).boxed_unsync()
         } else {
-            buffer::ClientBody::new(body, self.limits.body_timeout, client_fault.clone())
-                .boxed_unsync()
+            // Streamed: a chunked body that grows past max_body_size is cut with a 413.
+            buffer::ClientBody::new(
+                body,
+                self.limits.body_timeout,
+                self.limits.max_body,
+                client_fault.clone(),
+            )
+            .boxed_unsync()
         };
         let mut parts = parts;
         parts.uri = Uri::from(path);

@@ -1,4 +1,4 @@
-//! What `baton status` shows: the JSON object of SPEC.md, the passenger-status-like table, and
+//! What `baton status` shows: the JSON object of docs/status.md, the passenger-status-like table, and
 //! the one-line STATUS= for systemd.
 
 use crate::pool::{WorkerState, WorkerView};

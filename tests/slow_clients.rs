@@ -250,6 +250,42 @@ fn bad_bodies_get_their_own_answers() {
 }
 
 #[test]
+fn max_body_size_holds_for_streamed_bodies_too() {
+    let _serial = serial();
+    let baton = single_threaded(
+        1,
+        "[listen]\nrequest_buffering = false\nmax_body_size = \"1KiB\"\n",
+    );
+    let answer = raw(
+        baton.addr,
+        b"POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // A chunked body that says nothing of its length is cut once it passes the limit.
+    let mut chunked =
+        b"POST /echo HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..8 {
+        chunked.extend_from_slice(b"200\r\n");
+        chunked.extend_from_slice(&[b'y'; 512]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let answer = raw(baton.addr, &chunked);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // Within the limit, streamed as it came (and answered chunked: no length is known).
+    let answer = raw(
+        baton.addr,
+        b"POST /echo HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("hello") && answer.contains(" world"),
+        "{answer}"
+    );
+    let (status, _) = get(&baton.url("/"));
+    assert_eq!(status, 200, "the worker serves on");
+}
+
+#[test]
 fn a_websocket_cut_by_a_restart_gets_a_close_frame() {
     let _serial = serial();
     let baton = single_threaded(

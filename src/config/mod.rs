@@ -1,11 +1,11 @@
-//! The app's configuration: SPEC.md's TOML, parsed with serde, checked, and given defaults.
+//! The app's configuration: the TOML of docs/config.md, parsed with serde, checked, and given defaults.
 //!
 //! Every error names the file, line, column and key, because an operator reads it in
 //! `journalctl` or in the output of `systemctl reload` and must find the line at once.
 
-mod units;
+mod values;
 
-pub use units::{ByteSize, Duration};
+pub use values::{ByteSize, Duration};
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -114,9 +114,9 @@ impl fmt::Display for ListenAddress {
 /// The app's argv; `{port}` in any argument is replaced by the worker's port.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "Vec<String>")]
-pub struct Command(Vec<String>);
+pub struct AppCommand(Vec<String>);
 
-impl TryFrom<Vec<String>> for Command {
+impl TryFrom<Vec<String>> for AppCommand {
     type Error = String;
     fn try_from(v: Vec<String>) -> Result<Self, String> {
         match v.first() {
@@ -127,12 +127,12 @@ impl TryFrom<Vec<String>> for Command {
             Some(p) if p.is_empty() => {
                 Err("the program (first element of command) is empty".into())
             }
-            Some(_) => Ok(Command(v)),
+            Some(_) => Ok(AppCommand(v)),
         }
     }
 }
 
-impl Command {
+impl AppCommand {
     pub fn new(argv: Vec<String>) -> Result<Self, String> {
         Self::try_from(argv)
     }
@@ -208,7 +208,7 @@ impl Default for ListenConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
-    pub command: Command,
+    pub command: AppCommand,
     pub directory: Option<PathBuf>,
     #[serde(default)]
     pub environment: BTreeMap<String, String>,
@@ -878,7 +878,7 @@ mod tests {
 
     #[test]
     fn argv_gets_port() {
-        let c = Command::new(vec!["x".into(), "--port={port}".into()]).unwrap();
+        let c = AppCommand::new(vec!["x".into(), "--port={port}".into()]).unwrap();
         assert_eq!(c.argv_for_port(81), vec!["x", "--port=81"]);
     }
 }

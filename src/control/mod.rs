@@ -193,12 +193,12 @@ async fn route(req: Request<Incoming>, handle: Handle) -> Result<Response<Body>,
                 )
             }
         }
-        (_, "/status" | "/metrics" | "/restart" | "/resume") => {
+        (_, "/status" | "/health" | "/metrics" | "/restart" | "/resume") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "wrong method")
         }
         _ => error(
             StatusCode::NOT_FOUND,
-            "unknown path; try /status, /restart, /resume, /metrics",
+            "unknown path; try /status, /health, /restart, /resume, /metrics",
         ),
     };
     Ok(resp)

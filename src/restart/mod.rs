@@ -72,8 +72,8 @@ enum Event {
         pid: Option<u32>,
         unit: Option<String>,
     },
-    ReplacementDone(Result<WorkerId, worker::SpawnError>),
-    RecycleDone(Result<WorkerId, worker::SpawnError>),
+    ReplacementDone(Result<WorkerId, worker::BootError>),
+    RecycleDone(Result<WorkerId, worker::BootError>),
     RollDone(RollResult),
 }
 
@@ -484,12 +484,12 @@ impl Supervisor {
                 match result {
                     // Backoff is reset only once a worker has lived past CRASH_LOOP_WINDOW.
                     Ok(_) => {}
-                    Err(worker::SpawnError::Cancelled) => {}
-                    Err(worker::SpawnError::Failed(f)) => {
+                    Err(worker::BootError::Cancelled) => {}
+                    Err(worker::BootError::Failed(f)) => {
                         self.backoff.failures += 1;
                         let delay = self.backoff.delay();
                         tracing::error!(
-                            app = %self.ctx.config().name, worker = f.worker.0,
+                            app = %self.ctx.config().name, worker = f.worker.map(|w| w.0),
                             message_id = journal::MSG_SPAWN_FAILED,
                             "spawn failed: {f}; retrying in {}", humantime::format_duration(delay)
                         );
@@ -501,9 +501,9 @@ impl Supervisor {
             }
             Event::RecycleDone(result) => {
                 self.recycling = None;
-                if let Err(worker::SpawnError::Failed(f)) = result {
+                if let Err(worker::BootError::Failed(f)) = result {
                     tracing::error!(
-                        app = %self.ctx.config().name, worker = f.worker.0,
+                        app = %self.ctx.config().name, worker = f.worker.map(|w| w.0),
                         message_id = journal::MSG_SPAWN_FAILED,
                         "could not recycle: {f}; the old worker keeps serving"
                     );
@@ -592,12 +592,12 @@ impl Supervisor {
             Ok(notes) => notes,
             Err(e) => {
                 let message = format!("the config is invalid, nothing was changed: {e}");
+                let generation = self.ctx.state().generation.0;
                 tracing::error!(
-                    app = %self.ctx.config().name, message_id = journal::MSG_ROLL_FINISHED,
+                    app = %self.ctx.config().name, generation, message_id = journal::MSG_ROLL_FINISHED,
                     "restart refused: {message}"
                 );
                 self.ctx.metrics.restart(RestartOutcome::Failed);
-                let generation = self.ctx.state().generation.0;
                 for w in waiters {
                     let _ = w.send(Outcome {
                         ok: false,
@@ -659,10 +659,10 @@ impl Supervisor {
         let took = roll.started.elapsed();
         let outcome = match result {
             RollResult::Cancelled => {
-                self.ctx.metrics.restart(RestartOutcome::Superseded);
                 let (mode, mut waiters) = self.next_restart.take().unwrap_or((None, Vec::new()));
                 waiters.extend(roll.waiters);
                 if self.stopping {
+                    self.ctx.metrics.restart(RestartOutcome::Cancelled);
                     let message = format!(
                         "{STOPPING_MESSAGE}; the restart to generation {generation} was cancelled"
                     );
@@ -677,6 +677,7 @@ impl Supervisor {
                     }
                     return;
                 }
+                self.ctx.metrics.restart(RestartOutcome::Superseded);
                 // Whoever waited for the superseded restart now waits for the one that replaces
                 // it: it deploys the newer release, which is what they asked for.
                 self.start_restart(mode, waiters);
@@ -705,13 +706,16 @@ impl Supervisor {
                 self.backoff.failures = 0;
                 let reason = failure.to_string();
                 tracing::error!(
-                    app = %app, generation = generation.0, worker = failure.worker.0,
+                    app = %app, generation = generation.0, worker = failure.worker.map(|w| w.0),
                     message_id = journal::MSG_RESISTANCE_ENTERED,
                     "resisting deployment error: {reason}; the workers of generation {} keep serving",
                     self.ctx.state().generation
                 );
                 for line in &failure.output {
-                    tracing::error!(app = %app, worker = failure.worker.0, "worker {}: {line}", failure.worker);
+                    match failure.worker {
+                        Some(w) => tracing::error!(app = %app, worker = w.0, "worker {w}: {line}"),
+                        None => tracing::error!(app = %app, "{line}"),
+                    }
                 }
                 let old = self.ctx.state().generation;
                 self.end_roll(
@@ -811,7 +815,7 @@ impl Supervisor {
             };
             self.ctx.tasks.spawn(async move {
                 let result = tokio::select! {
-                    _ = cancel.cancelled() => Err(worker::SpawnError::Cancelled),
+                    _ = cancel.cancelled() => Err(worker::BootError::Cancelled),
                     _ = tokio::time::sleep(delay) => worker::spawn(&ctx, generation, &cancel).await,
                 };
                 let _ = ctx.events.send(Event::ReplacementDone(result));

@@ -5,7 +5,7 @@
 //! the pool afresh at every step, so a worker that dies mid-roll or a worker left by a
 //! superseded roll is simply one more to replace.
 
-use super::worker::{self, SpawnError, SpawnFailure};
+use super::worker::{self, BootError, SpawnFailure};
 use super::{Context, RestartMode, WaitingOn};
 use crate::pool::{WorkerState, WorkerView};
 use crate::spawn::{Generation, WorkerId};
@@ -34,8 +34,8 @@ pub async fn run(
 ) -> RollResult {
     if let Err(e) = ctx.pin_generation(generation) {
         let failure = SpawnFailure {
-            worker: WorkerId(0),
-            reason: e.to_string(),
+            worker: None,
+            reason: format!("generation {generation} could not start: {e}"),
             output: Vec::new(),
         };
         return match (mode, ctx.config().restart.resist_deployment_errors) {
@@ -123,8 +123,8 @@ async fn rolling(
         for r in results {
             match r {
                 Ok(id) => ready_ids.push(id),
-                Err(SpawnError::Cancelled) => cancelled = true,
-                Err(SpawnError::Failed(f)) => failures.push(f),
+                Err(BootError::Cancelled) => cancelled = true,
+                Err(BootError::Failed(f)) => failures.push(f),
             }
         }
         if cancelled {
@@ -142,8 +142,8 @@ async fn rolling(
                 },
             );
             match worker::settle(ctx, &ready_ids, cancel).await {
-                Err(SpawnError::Cancelled) => return abandon(ctx, &ready_ids).await,
-                Err(SpawnError::Failed(f)) => {
+                Err(BootError::Cancelled) => return abandon(ctx, &ready_ids).await,
+                Err(BootError::Failed(f)) => {
                     ready_ids.retain(|id| {
                         ctx.pool
                             .get(*id)
@@ -236,8 +236,8 @@ async fn blocking(
     for r in results {
         match r {
             Ok(_) => {}
-            Err(SpawnError::Cancelled) => return RollResult::Cancelled,
-            Err(SpawnError::Failed(f)) => failures.push(f),
+            Err(BootError::Cancelled) => return RollResult::Cancelled,
+            Err(BootError::Failed(f)) => failures.push(f),
         }
     }
     progress(ctx, generation, WaitingOn::Done);

@@ -14,19 +14,23 @@ use tokio_util::sync::CancellationToken;
 /// A worker that did not come up: which, why, and what it last wrote.
 #[derive(Clone, Debug)]
 pub struct SpawnFailure {
-    pub worker: WorkerId,
+    /// `None` when the roll failed before any worker was started (its release directory).
+    pub worker: Option<WorkerId>,
     pub reason: String,
     pub output: Vec<String>,
 }
 
 impl fmt::Display for SpawnFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "worker {} {}", self.worker, self.reason)
+        match self.worker {
+            Some(w) => write!(f, "worker {w} {}", self.reason),
+            None => f.write_str(&self.reason),
+        }
     }
 }
 
 #[derive(Debug)]
-pub enum SpawnError {
+pub enum BootError {
     Failed(SpawnFailure),
     /// The job that asked for the worker was cancelled; the worker was stopped.
     Cancelled,
@@ -38,13 +42,13 @@ pub async fn spawn(
     ctx: &Arc<Context>,
     generation: Generation,
     cancel: &CancellationToken,
-) -> Result<WorkerId, SpawnError> {
+) -> Result<WorkerId, BootError> {
     let config = ctx.config();
     let id = ctx.next_worker_id();
     let app = &config.name;
     let fail = |reason: String, output: Vec<String>| {
-        SpawnError::Failed(SpawnFailure {
-            worker: id,
+        BootError::Failed(SpawnFailure {
+            worker: Some(id),
             reason,
             output,
         })
@@ -121,7 +125,7 @@ pub async fn spawn(
         }
         None => {
             stop(ctx, id).await;
-            Err(SpawnError::Cancelled)
+            Err(BootError::Cancelled)
         }
         Some(Err(why)) => {
             stop(ctx, id).await;
@@ -142,7 +146,7 @@ pub async fn settle(
     ctx: &Arc<Context>,
     ids: &[WorkerId],
     cancel: &CancellationToken,
-) -> Result<(), SpawnError> {
+) -> Result<(), BootError> {
     let config = ctx.config();
     let settle = config.readiness.settle.get();
     let since = Instant::now();
@@ -160,8 +164,8 @@ pub async fn settle(
             .find(|id| !watched.iter().any(|(w, _)| w == *id))
             .copied()
             .unwrap_or(WorkerId(0));
-        return Err(SpawnError::Failed(SpawnFailure {
-            worker: id,
+        return Err(BootError::Failed(SpawnFailure {
+            worker: Some(id),
             reason: "exited just after it became ready".into(),
             output: Vec::new(),
         }));
@@ -172,7 +176,7 @@ pub async fn settle(
             .map(|(id, p)| Box::pin(async move { (*id, p.wait_exit().await, p.output.lines()) })),
     );
     tokio::select! {
-        _ = cancel.cancelled() => Err(SpawnError::Cancelled),
+        _ = cancel.cancelled() => Err(BootError::Cancelled),
         _ = tokio::time::sleep(settle) => Ok(()),
         ((id, reason, output), _, _) = exits => {
             let lived = since.elapsed();
@@ -187,7 +191,7 @@ pub async fn settle(
             );
             // Its exit watcher took it out of the pool; make sure, whatever its state was.
             ctx.pool.remove(id);
-            Err(SpawnError::Failed(SpawnFailure { worker: id, reason: why, output }))
+            Err(BootError::Failed(SpawnFailure { worker: Some(id), reason: why, output }))
         }
     }
 }
