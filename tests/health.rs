@@ -43,6 +43,14 @@ fn health_turns_503_at_sigterm_while_serving_goes_on_for_shutdown_delay() {
     let (status, body) = get(&health);
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("\"stopping\""), "{body}");
+    // No restart starts once baton stops, and whoever asks is told why.
+    let refused = baton.cli(&["restart", "--wait"]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("baton is stopping: no restart starts now"),
+        "{said}"
+    );
     // Still serving: the load balancer has time to notice.
     while sent.elapsed() < Duration::from_millis(1500) {
         let (status, _) = get(&baton.url("/"));
@@ -57,4 +65,33 @@ fn health_turns_503_at_sigterm_while_serving_goes_on_for_shutdown_delay() {
         sent.elapsed() >= Duration::from_secs(2),
         "stopped before shutdown_delay"
     );
+}
+
+#[test]
+fn sigterm_during_a_restart_fails_it_with_the_reason() {
+    let _serial = serial();
+    let baton = Baton::start(1, "3s", "[listen]\nshutdown_delay = \"1s\"\n");
+    let waiting = std::process::Command::new(BATON)
+        .args(["restart", "--wait", "--control"])
+        .arg(&baton.control)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    baton.wait_until(Duration::from_secs(5), |st| st.rolling_restart.is_some());
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(baton.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let out = waiting.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("baton is stopping")
+            && said.contains("the restart to generation 2 was cancelled"),
+        "{said}"
+    );
+    // The old worker served to the end; the new one never took over.
+    let (status, body) = get(&baton.url("/"));
+    assert_eq!(status, 200, "{body}");
 }
