@@ -68,10 +68,6 @@ impl Buffered {
             Buffered::Memory(_, n) | Buffered::File(_, n) => *n,
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Receive a whole request body within the limits.

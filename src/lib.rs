@@ -2,27 +2,27 @@
 //!
 //! See ARCHITECTURE.md for how the modules fit together.
 
-pub mod admin;
-pub mod buffer;
+pub(crate) mod admin;
+pub(crate) mod buffer;
 pub mod cli;
 pub mod config;
 pub mod control;
-pub mod demo;
-pub mod journal;
+pub(crate) mod demo;
+pub(crate) mod journal;
 pub mod listen;
-pub mod manager;
-pub mod manpage;
+pub(crate) mod manager;
+pub(crate) mod manpage;
 pub mod metrics;
-pub mod notify;
+pub(crate) mod notify;
 pub mod pool;
 pub mod proxy;
-pub mod readiness;
-pub mod restart;
+pub(crate) mod readiness;
+pub(crate) mod restart;
 pub mod spawn;
-pub mod state;
+pub(crate) mod state;
 pub mod status;
-pub mod unit_files;
-pub mod upstream;
+pub(crate) mod unit_files;
+pub(crate) mod upstream;
 
 /// The module layout shows the architecture only if imports go one way: no module of `src/`
 /// may reach, directly or through others, a module that reaches it back.
