@@ -277,6 +277,138 @@ impl Spool {
     }
 }
 
+/// What a worker's response body holds at the moment its head arrives.
+pub enum Ready<B: Body> {
+    /// All of it (a small answer that came with its head): sent as is, in one write with the
+    /// head, and the worker is free at once: no spool, no task, no copy.
+    Whole(Chunks),
+    /// Not all of it yet: what came so far, then the rest as it comes.
+    Partial(Prefixed<B>),
+}
+
+/// Take what `body` has ready now, without waiting, up to `limit` bytes (what the spool would
+/// hold in memory anyway). The common case of response buffering, made free.
+pub fn take_ready<B>(mut body: B, limit: usize) -> Ready<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut chunks = VecDeque::new();
+    let mut held = 0;
+    let mut stash = None;
+    while held <= limit {
+        if body.is_end_stream() {
+            return Ready::Whole(Chunks::new(chunks));
+        }
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(None) => return Ready::Whole(Chunks::new(chunks)),
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    held += data.len();
+                    chunks.push_back(data);
+                }
+                Err(other) => {
+                    stash = Some(Ok(other));
+                    break;
+                }
+            },
+            Poll::Ready(Some(Err(e))) => {
+                stash = Some(Err(e));
+                break;
+            }
+            Poll::Pending => break,
+        }
+    }
+    Ready::Partial(Prefixed {
+        chunks,
+        stash,
+        rest: body,
+    })
+}
+
+/// A body already in hand, as the chunks it came in.
+pub struct Chunks {
+    chunks: VecDeque<Bytes>,
+    len: u64,
+}
+
+impl Chunks {
+    fn new(chunks: VecDeque<Bytes>) -> Chunks {
+        let len = chunks.iter().map(|c| c.len() as u64).sum();
+        Chunks { chunks, len }
+    }
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let next = self.chunks.pop_front();
+        if let Some(c) = &next {
+            self.len -= c.len() as u64;
+        }
+        Poll::Ready(next.map(|c| Ok(Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len)
+    }
+}
+
+/// The chunks that were ready, then whatever else the body gives.
+pub struct Prefixed<B: Body> {
+    chunks: VecDeque<Bytes>,
+    /// The first frame that was not data (trailers, or an error), given after the chunks.
+    stash: Option<Result<Frame<Bytes>, B::Error>>,
+    rest: B,
+}
+
+impl<B> Body for Prefixed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        if let Some(c) = this.chunks.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(c))));
+        }
+        if let Some(s) = this.stash.take() {
+            return Poll::Ready(Some(s));
+        }
+        Pin::new(&mut this.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty() && self.stash.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let held: u64 = self.chunks.iter().map(|c| c.len() as u64).sum();
+        let rest = self.rest.size_hint();
+        let mut h = SizeHint::new();
+        h.set_lower(rest.lower() + held);
+        if let Some(u) = rest.upper() {
+            h.set_upper(u + held);
+        }
+        h
+    }
+}
+
 /// Read `body` from the worker as fast as it comes, buffering what the client has not taken;
 /// `finished(complete)` runs as soon as the worker's body has ended (`complete`: read to its
 /// end without error) — that is when the worker's lease goes back. Returns the client's body.
@@ -780,6 +912,59 @@ mod tests {
             body_timeout: Duration::from_millis(200),
             directory: std::env::temp_dir(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_response_that_came_whole_is_taken_as_is() {
+        let body = Bytes::from_static(b"hello world");
+        let ptr = body.as_ptr();
+        let Ready::Whole(mut whole) = take_ready(Full::new(body), 64 << 10) else {
+            panic!("a whole body was not taken");
+        };
+        assert_eq!(whole.size_hint().exact(), Some(11));
+        let frame = whole.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(frame.as_ptr(), ptr, "no copy");
+        assert!(whole.is_end_stream());
+        // Several chunks that are all there: taken, in order.
+        let Ready::Whole(whole) = take_ready(stream(chunks(3, 100)), 64 << 10) else {
+            panic!("three ready chunks were not taken");
+        };
+        let all = whole.collect().await.unwrap().to_bytes();
+        assert_eq!(all.len(), 300);
+        assert!(all.starts_with(&[b'a'; 100]) && all.ends_with(&[b'c'; 100]));
+    }
+
+    #[tokio::test]
+    async fn a_response_still_coming_keeps_what_came_and_the_rest() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"first "))))
+            .await
+            .unwrap();
+        let body = StreamBody::new(tokio_stream_like(rx));
+        let Ready::Partial(rest) = take_ready(body, 64 << 10) else {
+            panic!("a body still coming was taken as whole");
+        };
+        let later = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tx.send(Ok(Frame::data(Bytes::from_static(b"second"))))
+                .await
+                .unwrap();
+        });
+        let all = rest.collect().await.unwrap().to_bytes();
+        later.await.unwrap();
+        assert_eq!(&all[..], b"first second");
+        // Beyond the limit: not held here (the spool takes over, with its file).
+        let Ready::Partial(rest) = take_ready(stream(chunks(4, 1000)), 1500) else {
+            panic!("a body over the limit was taken whole");
+        };
+        assert_eq!(rest.collect().await.unwrap().to_bytes().len(), 4000);
+    }
+
+    /// A stream of what a channel receives (tokio's own adapter lives in tokio-stream).
+    fn tokio_stream_like<T>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> + Unpin {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 
     fn chunks(n: usize, size: usize) -> Vec<Bytes> {

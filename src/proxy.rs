@@ -354,8 +354,20 @@ impl Proxy {
             ));
         }
         if self.response_buffering {
-            // The worker's response is read as fast as it comes; its lease and connection go
-            // back when it ends, whatever the client's pace.
+            // The common case first: the whole answer came with its head. The worker is free
+            // now, and the head and body go to the client in one write.
+            let rbody = match buffer::take_ready(rbody, self.limits.memory) {
+                buffer::Ready::Whole(body) => {
+                    if keep {
+                        lease.conns.put(conn);
+                    }
+                    drop(lease);
+                    return Ok(Response::from_parts(rparts, body.boxed_unsync()));
+                }
+                buffer::Ready::Partial(rest) => rest,
+            };
+            // The rest of the worker's response is read as fast as it comes; its lease and
+            // connection go back when it ends, whatever the client's pace.
             let finished = move |complete: bool| {
                 if complete && keep {
                     lease.conns.put(conn);
