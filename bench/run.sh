@@ -11,6 +11,10 @@
 #    window vs steady state, roll time per worker above the app's boot time, peak worker count,
 #    manager RSS.
 # 3. A blocking restart under the same load, for contrast.
+# 4. A rolling restart whose app burns CPU while it boots (demo-app --boot-cpu), with
+#    [restart] boot_cpu_weight = "low" (the default) and "normal": the restart window's max and
+#    p99.9 against the steady state's p99 and p99.9.
+# 5. Manager RSS with 10,000 idle client connections open, and after they closed.
 # Prints a table (figures with their targets, PASS/MISS) and writes JSON (bench/results.json or
 # --out). Targets are reported, never enforced: the exit status is 0 whenever every figure was
 # measured. --short (CI, tests/bench_smoke.rs): 1 round of 2 s per figure, concurrency 1 and 16,
@@ -43,10 +47,14 @@ OUT=${OUT:-$BENCH/results.json}
 case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac
 
 if [ "$SHORT" = 1 ]; then
-    DUR=2; ROUNDS=1; CONCS=(1 16); BOOT=200ms; BOOT_MS=200; SETTLE_MS=100
+    DUR=2; ROUNDS=1; CONCS=(1 16); BOOT=200ms; BOOT_MS=200; SETTLE_MS=100; BOOT_CPU=300ms
+    IDLE_CONNS=2000
 else
-    DUR=5; ROUNDS=3; CONCS=(1 16 64); BOOT=1s; BOOT_MS=1000; SETTLE_MS=200
+    DUR=5; ROUNDS=3; CONCS=(1 16 64); BOOT=1s; BOOT_MS=1000; SETTLE_MS=200; BOOT_CPU=1s
+    IDLE_CONNS=10000
 fi
+# 10,000 idle client connections need descriptors: raise the limits where we may (root).
+ulimit -Hn 65536 2>/dev/null && ulimit -Sn 65536 2>/dev/null || true
 RESTART_CONC=16
 WRK_TIMEOUT=10s # a request slower than this counts as a wrk timeout (a failure)
 
@@ -151,8 +159,9 @@ start_demo_worker() { # PORT; sets WORKER_PID
 # baton: write a config, run it, wait for N ready workers. NAME BOOT; sets BATON_PID,
 # BATON_PORT, BATON_SOCK.
 status_json() { curl -fsS --max-time 2 --unix-socket "$BATON_SOCK" http://baton/status; }
-start_baton() {
-    local name=$1 boot=$2 ready _
+start_baton() { # NAME BOOT [RESTART_LINES] [APP_ARGS]
+    local name=$1 boot=$2 restart_lines=${3:-} app_args=${4:-} ready _ extra="" a
+    for a in $app_args; do extra+=", \"$a\""; done
     free_port
     BATON_PORT=$PORT
     BATON_SOCK="$WORK/$name.sock"
@@ -163,7 +172,7 @@ name = "$name"
 address = "127.0.0.1:$BATON_PORT"
 
 [app]
-command = ["$BATON", "demo-app", "--port", "{port}", "--boot-time", "$boot"]
+command = ["$BATON", "demo-app", "--port", "{port}", "--boot-time", "$boot"$extra]
 
 [workers]
 count = $N
@@ -174,6 +183,9 @@ http_path = "/"
 # Each new worker must live this long before its old one drains; the roll's overhead below is
 # what it costs beyond the app's boot and this period.
 settle = "${SETTLE_MS}ms"
+
+[restart]
+$restart_lines
 
 [spawner]
 backend = "process"
@@ -387,6 +399,31 @@ BLOCKING=$(under_load blocking)
 log "blocking: $(summary <<<"$BLOCKING")"
 RESTART_HWM_KIB=$(vm_kib "$BATON_PID" VmHWM)
 stop_pid "$BATON_PID"
+
+# --- 4. a CPU-heavy boot, with and without boot_cpu_weight -----------------------------------
+CPU_RUNS="$WORK/cpu-runs.jsonl"
+: >"$CPU_RUNS"
+for weight in low normal; do
+    log "restarts: $N workers that burn $BOOT_CPU of CPU while booting, boot_cpu_weight = $weight"
+    start_baton "cpu-$weight" 0s "boot_cpu_weight = \"$weight\"" "--boot-cpu $BOOT_CPU"
+    URL="http://127.0.0.1:$BATON_PORT/"
+    run_wrk "$RESTART_CONC" 1 "$URL" >/dev/null # warm-up
+    cs=$(under_load steady)
+    cr=$(under_load rolling)
+    log "cpu-heavy boot, $weight: steady $(summary <<<"$cs"); rolling $(summary <<<"$cr")"
+    jq -nc --arg w "$weight" --argjson s "$cs" --argjson r "$cr" '{weight: $w, steady: $s, rolling: $r}' >>"$CPU_RUNS"
+    stop_pid "$BATON_PID"
+done
+
+# --- 5. idle client connections: what they cost the manager, and that it gets it back -------
+log "idle connections: $IDLE_CONNS held open, then closed"
+start_baton idle 0s
+rss_before=$(vm_kib "$BATON_PID" VmRSS)
+IDLE_JSON=$(python3 "$BENCH/idle_connections.py" "$BATON_PORT" "$IDLE_CONNS" "$BATON_PID") ||
+    die "the idle-connection run failed"
+IDLE_JSON=$(jq -c --argjson b "$((rss_before * 1024))" '. + {rss_before_bytes: $b}' <<<"$IDLE_JSON")
+log "idle connections: $(jq -r '"before \(.rss_before_bytes / 1048576 | floor) MiB, with \(.connections) open \(.rss_held_bytes / 1048576 | floor) MiB, after \(.rss_after_bytes / 1048576 | floor) MiB"' <<<"$IDLE_JSON")"
+stop_pid "$BATON_PID"
 BUSY1=$(machine_busy) OWN1=$(own_cpu) T1=$EPOCHREALTIME
 OTHER_CPU=$(awk -v b="$((BUSY1 - BUSY0))" -v o="$((OWN1 - OWN0))" -v t0="$T0" -v t1="$T1" \
     -v n="$(nproc)" -v hz="$(getconf CLK_TCK)" \
@@ -400,6 +437,8 @@ jq -n \
     --argjson rsteady2 "$RSTEADY2" \
     --argjson rolling "$ROLLING" \
     --argjson blocking "$BLOCKING" \
+    --slurpfile cpu "$CPU_RUNS" \
+    --argjson idle "$IDLE_JSON" \
     --argjson short "$([ "$SHORT" = 1 ] && echo true || echo false)" \
     --argjson n "$N" --argjson dur "$DUR" --argjson rounds "$ROUNDS" --argjson boot_ms "$BOOT_MS" \
     --argjson rconc "$RESTART_CONC" \
@@ -440,6 +479,8 @@ def t($name; $value; $op; $limit; $unit): t($name; $value; $op; $limit; $unit; n
                      baton: (fig("baton"; $c).p50_us - fig("direct"; $c).p50_us)} ],
   restart: {steady: $rsteady, rolling: $rolling, steady_after: $rsteady2, blocking: $blocking,
             steady_p99_us: $ref_p99, rolling_p99_ratio: ($rolling.p99_us / $ref_p99 * 100 | round / 100)},
+  cpu_heavy_boot: $cpu,
+  idle_connections: $idle,
   manager_rss_bytes: {steady_peak: $steady_hwm, restart_peak: $restart_hwm, peak: $rss},
   targets: (
     [ $concs[] as $c | t("baton req/s >= nginx req/s (c=\($c))";
@@ -455,6 +496,15 @@ def t($name; $value; $op; $limit; $unit): t($name; $value; $op; $limit; $unit; n
         t("rolling restart: peak workers <= N + max_surge"; $rolling.peak_workers; "<=";
           $n + 1; ""),
         t("manager RSS < 20MB with \($n) workers"; $rss / 1000000; "<"; 20; "MB") ]
+    + [ first($cpu[] | select(.weight == "low")) as $low
+        | t("cpu-heavy boot, low weight: failed requests = 0"; $low.rolling.failed_requests; "=="; 0; ""),
+          t("cpu-heavy boot: window max <= 1.5 x steady p99"; $low.rolling.max_us; "<=";
+            1.5 * $low.steady.p99_us; "us"),
+          t("cpu-heavy boot: window p99.9 <= 1.5 x steady p99.9"; $low.rolling.p999_us; "<=";
+            1.5 * $low.steady.p999_us; "us") ]
+    + [ t("RSS after \($idle.connections) idle connections closed <= 1.1 x before";
+          $idle.rss_after_bytes / 1048576; "<="; 1.1 * $idle.rss_before_bytes / 1048576; "MiB"),
+        t("the last of \($idle.connections) idle connections is served"; (if $idle.last_answered then 1 else 0 end); "=="; 1; "") ]
   ),
   steady_runs: $runs
 }' >"$OUT.tmp"
@@ -481,6 +531,13 @@ def failed: .errors_connect + .errors_read + .errors_write + .errors_status + .e
   "  \($k | sub("steady_after"; "steady") | pad(8)) \(.window_ms | ms | lpad(7)) \(.rps | floor | lpad(7)) \(.failed_requests | lpad(6)) \(.p50_us | us | lpad(7)) \(.p99_us | us | lpad(7)) \(.p999_us | us | lpad(7)) \(.max_us | us | lpad(7)) \(if .overhead_per_worker_ms then "\(.overhead_per_worker_ms | ms)/worker" elif .overhead_ms then "\(.overhead_ms | ms) total" else "-" end | lpad(14)) \(.peak_workers | lpad(12))"),
 "",
 "  rolling p99 / mean steady p99: \(.restart.rolling_p99_ratio)",
+"",
+"A CPU-heavy boot (each new worker burns CPU before it listens), by boot_cpu_weight",
+"  \("weight" | pad(8)) \("window" | pad(8)) \("length" | lpad(7)) \("req/s" | lpad(7)) \("failed" | lpad(6)) \("p50" | lpad(7)) \("p99" | lpad(7)) \("p99.9" | lpad(7)) \("max" | lpad(7))",
+(.cpu_heavy_boot[] as $c | ("steady", "rolling") as $k | $c[$k] |
+  "  \($c.weight | pad(8)) \($k | pad(8)) \(.window_ms | ms | lpad(7)) \(.rps | floor | lpad(7)) \(.failed_requests | lpad(6)) \(.p50_us | us | lpad(7)) \(.p99_us | us | lpad(7)) \(.p999_us | us | lpad(7)) \(.max_us | us | lpad(7))"),
+"",
+"Idle client connections: \(.idle_connections.connections) open: manager RSS \(.idle_connections.rss_before_bytes / 1048576 | num) MiB before, \(.idle_connections.rss_held_bytes / 1048576 | num) MiB with them, \(.idle_connections.rss_after_bytes / 1048576 | num) MiB after they closed",
 "",
 "Manager RSS, peak: \(.manager_rss_bytes.peak / 1048576 | num) MiB",
 "",

@@ -105,6 +105,10 @@ pub enum Cmd {
         port: u16,
         #[arg(long, default_value = "1s")]
         boot_time: String,
+        /// CPU time to burn while booting, after --boot-time (an app whose boot is CPU-heavy:
+        /// Python, Ruby, the JVM).
+        #[arg(long, default_value = "0s")]
+        boot_cpu: String,
     },
 }
 
@@ -307,11 +311,18 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             generate_assets(&out)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::DemoApp { port, boot_time } => {
+        Cmd::DemoApp {
+            port,
+            boot_time,
+            boot_cpu,
+        } => {
             let boot: crate::config::Duration = boot_time
                 .parse()
                 .map_err(|e: String| anyhow::anyhow!("--boot-time: {e}"))?;
-            crate::demo::run_app(port, boot.get()).await?;
+            let cpu: crate::config::Duration = boot_cpu
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--boot-cpu: {e}"))?;
+            crate::demo::run_app(port, boot.get(), cpu.get()).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

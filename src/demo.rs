@@ -106,15 +106,36 @@ fn read_mode() -> Mode {
     }
 }
 
+/// Spin until this thread has used `cpu` of CPU time (not wall time: at a low priority, a
+/// CPU-heavy boot takes longer when others need the CPU, as a real one does).
+fn burn_cpu(cpu: Duration) {
+    use nix::time::{ClockId, clock_gettime};
+    let now = || {
+        clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+            .map(Duration::from)
+            .unwrap_or_default()
+    };
+    let start = now();
+    let mut x = 0u64;
+    while now().saturating_sub(start) < cpu {
+        for i in 0..10_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+    }
+}
+
 /// Run the demo app: serve `/` (hello), `/sleep/MS`, `/hang`, `/crash`, `/alloc/MB`, `/echo`
 /// (POST), and `/upgrade` (101, then echo bytes).
-pub async fn run_app(port: u16, boot_time: Duration) -> anyhow::Result<()> {
+pub async fn run_app(port: u16, boot_time: Duration, boot_cpu: Duration) -> anyhow::Result<()> {
     let mode = read_mode();
     let release = std::env::current_dir()
         .ok()
         .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_default();
     tokio::time::sleep(boot_time).await;
+    if !boot_cpu.is_zero() {
+        tokio::task::spawn_blocking(move || burn_cpu(boot_cpu)).await?;
+    }
     match mode {
         Mode::Exit => {
             eprintln!("demo-app: cannot start: this release is broken (demo-mode = exit)");

@@ -40,6 +40,30 @@ impl Drop for DataPlane {
     }
 }
 
+/// Give memory back after a burst of client connections: glibc keeps what thousands of
+/// connections' buffers used in its arenas after they close (8 MiB of RSS became 35 MiB, and
+/// stayed, after 2,000 idle connections). Once the open connections fall to half of the peak
+/// since the last trim (and that peak was a burst), `malloc_trim` returns the free pages.
+async fn trim_after_bursts(proxy: Arc<Proxy>) {
+    const BURST: usize = 1000;
+    let mut peak = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let open = proxy.open_connections();
+        peak = peak.max(open);
+        if peak >= BURST && open <= peak / 2 {
+            peak = open;
+            // It walks the heap: off the runtime's threads.
+            let _ = tokio::task::spawn_blocking(|| {
+                // SAFETY: malloc_trim has no preconditions; it only releases free memory.
+                unsafe { libc::malloc_trim(0) };
+            })
+            .await;
+        }
+    }
+}
+
 /// Call once the control socket is bound (the process backend's workers are marked with it).
 async fn spawner(config: &Config, control: &std::path::Path) -> anyhow::Result<Arc<dyn Spawner>> {
     let under_systemd = std::env::var_os("INVOCATION_ID").is_some()
@@ -186,6 +210,7 @@ pub async fn run_announcing(
 
     let max_connections = connection_budget(config.listen.max_connections.get(), &config);
     let proxy = Proxy::new(pool.clone(), &config, max_connections, metrics);
+    tokio::spawn(trim_after_bursts(proxy.clone()));
     let stop_accepting = CancellationToken::new();
     let connections = proxy.tasks().clone();
     for l in listeners {

@@ -36,6 +36,7 @@ pub struct Proxy {
     max_header_size: usize,
     /// One permit per open client connection (`[listen] max_connections`).
     connections: Arc<tokio::sync::Semaphore>,
+    max_connections: usize,
     metrics: Arc<crate::metrics::Metrics>,
     /// Peers whose forwarding headers are believed (`[listen] trusted_proxies`).
     trusted_proxies: Vec<ipnet::IpNet>,
@@ -63,6 +64,7 @@ impl Proxy {
             header_timeout: listen.header_timeout.get(),
             max_header_size: usize::try_from(listen.max_header_size.0).unwrap_or(usize::MAX),
             connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            max_connections,
             metrics,
             trusted_proxies: listen.trusted_proxies.clone(),
             request_buffering: listen.request_buffering,
@@ -72,6 +74,12 @@ impl Proxy {
             tunnel_idle_timeout: listen.tunnel_idle_timeout.get(),
             tasks: TaskTracker::new(),
         })
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.max_connections
+            .saturating_sub(self.connections.available_permits())
     }
 
     /// The tracker of every connection and tunnel this proxy serves.

@@ -139,6 +139,25 @@ fn short_benchmark_measures_every_figure_and_fails_no_request_in_a_roll() {
         r["restart"]["rolling"]
     );
 
+    // A CPU-heavy boot, with and without a low boot priority: measured, and no request failed.
+    for i in 0..2 {
+        for window in ["steady", "rolling"] {
+            number(&r, &format!("cpu_heavy_boot.{i}.{window}.max_us"));
+            number(&r, &format!("cpu_heavy_boot.{i}.{window}.p999_us"));
+        }
+        assert_eq!(
+            number(&r, &format!("cpu_heavy_boot.{i}.rolling.failed_requests")),
+            0.0,
+            "{}",
+            r["cpu_heavy_boot"][i]
+        );
+    }
+    // Idle connections: measured, and the manager still served the last one opened.
+    for f in ["rss_before_bytes", "rss_held_bytes", "rss_after_bytes"] {
+        assert!(number(&r, &format!("idle_connections.{f}")) > 0.0);
+    }
+    assert_eq!(r["idle_connections"]["last_answered"], true);
+
     // Targets are reported with their figures; whether they pass is not this test's business.
     let targets = r["targets"].as_array().expect("targets is an array");
     assert!(targets.len() >= 8, "targets: {targets:?}");
