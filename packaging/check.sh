@@ -299,9 +299,14 @@ common_files=(
     "usr/share/doc/baton/examples/example.toml 644"
     "usr/share/doc/baton/README.md 644"
     "usr/share/man/man1/baton.1.gz 644"
+    "usr/share/man/man1/baton-run.1.gz 644"
+    "usr/share/man/man1/baton-restart.1.gz 644"
+    "usr/share/man/man5/baton.toml.5.gz 644"
     "usr/share/bash-completion/completions/baton 644"
     "usr/share/fish/vendor_completions.d/baton.fish 644"
 )
+# The reference docs, as in the repository.
+for d in docs/*.md; do common_files+=("usr/share/doc/baton/$d 644"); done
 for u in "${units[@]}"; do common_files+=("usr/lib/systemd/system/$u 644"); done
 
 # The listing "<mode> <owner> <path>" (path without leading ./ or /) against the expected files.
@@ -429,7 +434,8 @@ dpkg-deb --contents "$deb" | awk '{
         m = substr($1, 2); mode = 0
         for (i = 1; i <= 9; i++) { mode = mode * 2 + (substr(m, i, 1) != "-") }
         printf "%s %s %s\n", (isdir ? "dir" : sprintf("%o", mode)), $2, path }' > "$tmp/deb.list"
-deb_files=("${common_files[@]}" "usr/share/doc/baton/copyright 644" "usr/share/zsh/vendor-completions/_baton 644")
+deb_files=("${common_files[@]}" "usr/share/doc/baton/copyright 644" "usr/share/doc/baton/changelog.Debian.gz 644"
+    "usr/share/lintian/overrides/baton 644" "usr/share/zsh/vendor-completions/_baton 644")
 check_listing deb "$tmp/deb.list" "${deb_files[@]}"
 if grep -qx 'dir root/root etc/baton' "$tmp/deb.list"; then ok "deb: owns the directory /etc/baton/"; else fail "deb: does not ship /etc/baton/"; fi
 mkdir -p "$tmp/debroot"
@@ -462,7 +468,8 @@ if [ -n "$rpm" ]; then
             m = substr($1, 2); mode = 0
             for (i = 1; i <= 9; i++) { mode = mode * 2 + (substr(m, i, 1) != "-") }
             printf "%s %s %s\n", (isdir ? "dir" : sprintf("%o", mode)), $2, path }' > "$tmp/rpm.list"
-    rpm_files=("${common_files[@]}" "usr/share/zsh/site-functions/_baton 644")
+    rpm_files=("${common_files[@]}" "usr/share/zsh/site-functions/_baton 644"
+        "usr/share/licenses/baton/LICENSE-MIT 644" "usr/share/licenses/baton/LICENSE-APACHE 644")
     check_listing rpm "$tmp/rpm.list" "${rpm_files[@]}"
     docs=$(q --docfiles | tr '\n' ' ')
     for d in /usr/share/doc/baton/README.md /usr/share/doc/baton/examples/example.toml /usr/share/man/man1/baton.1.gz; do
@@ -487,6 +494,34 @@ if [ -n "$rpm" ]; then
     else
         fail "rpm: could not install into the scratch root $rr"
     fi
+    fi
+fi
+
+# ------------------------------------------------------------------------------- the distributions' checkers
+# lintian and rpmlint, as a distribution maintainer runs them. Every finding is fixed or
+# overridden with its reason (packaging/debian/baton.lintian-overrides, packaging/rpmlint.toml).
+if have lintian; then
+    # --fail-on warning: an error or a warning fails; info and pedantic tags are printed.
+    if out=$(lintian --fail-on error,warning --info --display-info "$deb" 2>&1 | grep -v 'running with root privileges'; exit "${PIPESTATUS[0]}"); then
+        ok "deb: lintian: no errors or warnings${out:+ ($(grep -c '^[IP]:' <<<"$out") info/pedantic tags)}"
+        [ -z "$out" ] || printf '    %s\n' "${out//$'\n'/$'\n'    }"
+    else
+        fail "deb: lintian:"; printf '    %s\n' "${out//$'\n'/$'\n'    }"
+    fi
+else
+    skip "deb: lintian: not installed (apt-get install lintian)"
+fi
+if [ -n "$rpm" ]; then
+    if have rpmlint; then
+        out=$(rpmlint -c packaging/rpmlint.toml "$rpm" 2>&1) || true
+        summary=$(grep -E '[0-9]+ errors, [0-9]+ warnings' <<<"$out" || echo "no summary")
+        if [[ $summary == *" 0 errors, 0 warnings"* ]]; then
+            ok "rpm: rpmlint: $summary"
+        else
+            fail "rpm: rpmlint: $summary"; grep -E ': [EW]: ' <<<"$out" | sed 's/^/    /'
+        fi
+    else
+        skip "rpm: rpmlint: not installed (apt-get install rpmlint)"
     fi
 fi
 

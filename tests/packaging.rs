@@ -17,8 +17,8 @@ fn have(tool: &str) -> bool {
 fn packages_build_and_pass_their_checks() {
     let required = std::env::var_os("BATON_E2E_REQUIRED").is_some();
     let root = nix::unistd::geteuid().is_root();
-    // The checks use Debian's rpm and shellcheck; install them where we may.
-    let missing: Vec<&str> = ["rpm", "shellcheck"]
+    // The checks use Debian's rpm, shellcheck, lintian and rpmlint; install them where we may.
+    let missing: Vec<&str> = ["rpm", "shellcheck", "lintian", "rpmlint"]
         .into_iter()
         .filter(|t| !have(t))
         .collect();
