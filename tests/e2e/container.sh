@@ -7,6 +7,11 @@
 #                                                else print one reason line and exit 1
 #   container.sh ensure-rootfs                   build (once) and cache the bookworm rootfs
 #   container.sh boot NAME                       boot a disposable container; prints its init PID
+#   container.sh net NAME HOST_CIDR CONT_CIDR    address both ends of the link of a container
+#                                                booted with BATON_E2E_NETWORK=veth; prints the
+#                                                host's end (an interface name)
+#   container.sh ssh-enable NAME PUBKEY_FILE     let that key in as root over SSH and start
+#                                                sshd; prints the container's ed25519 host key
 #   container.sh exec NAME -- CMD [ARG...]       run CMD inside (stdio passed, exit status kept)
 #   container.sh copy-in NAME HOSTPATH CPATH     copy a file (or a directory's contents) inside
 #   container.sh stop NAME                       shut down and discard (idempotent)
@@ -22,6 +27,9 @@
 #                            cgroup v2) | legacy (v1) | auto (nspawn mirrors the host,
 #                            i.e. hybrid on a hybrid host)
 #   BATON_E2E_COPY           auto (default) | overlay | copy: how the disposable root is made
+#   BATON_E2E_NETWORK        host (default: the host's network namespace) | veth (a network
+#                            namespace of its own with one veth link to the host, which has
+#                            no address and no route until `net` gives it one)
 #
 # Only the init PID goes to stdout (from `boot`/`status`); all diagnostics go to stderr.
 # Layout under $BATON_E2E_CACHE:
@@ -34,10 +42,12 @@ set -euo pipefail
 SUITE=bookworm
 # libpam-systemd + dbus-user-session: without them `systemd --user` cannot start
 # (pam_systemd sets XDG_RUNTIME_DIR) and a user manager has no D-Bus session bus,
-# which baton's --user mode needs for StartTransientUnit.
-BASE_PACKAGES="systemd,dbus,systemd-sysv,curl,procps,libpam-systemd,dbus-user-session,gunicorn"
-# Bump when the in-rootfs setup below changes, so cached rootfs are rebuilt.
-SETUP_VERSION=4
+# which baton's --user mode needs for StartTransientUnit. openssh-server, python3 and
+# python3-apt: hosts that Ansible manages over SSH (its apt module needs python3-apt).
+BASE_PACKAGES="systemd,dbus,systemd-sysv,curl,procps,libpam-systemd,dbus-user-session,gunicorn,openssh-server,python3,python3-apt"
+# Bump when the in-rootfs setup below changes, so cached rootfs are rebuilt. The package
+# list is part of the cache key too (see stamp_content): a new package rebuilds it.
+SETUP_VERSION=5
 
 CACHE=${BATON_E2E_CACHE:-/var/cache/baton-e2e}
 case $CACHE in /*) ;; *) CACHE=$PWD/$CACHE ;; esac
@@ -263,6 +273,21 @@ setup_rootfs() {
   # Journal kept in /run only: nothing to clean between runs, no host linking.
   mkdir -p "$r/etc/systemd/journald.conf.d"
   printf '[Journal]\nStorage=volatile\n' >"$r/etc/systemd/journald.conf.d/baton-e2e.conf"
+  # sshd, for tests that manage a container over the network (Ansible): not started at boot
+  # (`ssh-enable` starts it), and no host key in the shared rootfs: each container makes its
+  # own ed25519 key when its sshd first starts, so no two containers share one.
+  rm -f "$r"/etc/ssh/ssh_host_*
+  rm -f "$r/etc/systemd/system/multi-user.target.wants/ssh.service" "$r/etc/systemd/system/sshd.service"
+  mkdir -p "$r/etc/systemd/system/ssh.service.d"
+  cat >"$r/etc/systemd/system/ssh.service.d/baton-e2e.conf" <<'UNIT'
+[Service]
+ExecStartPre=
+ExecStartPre=/bin/sh -c 'test -s /etc/ssh/ssh_host_ed25519_key || exec ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key'
+ExecStartPre=/usr/sbin/sshd -t
+UNIT
+  printf '%s\n' 'HostKey /etc/ssh/ssh_host_ed25519_key' 'PermitRootLogin prohibit-password' \
+    'PasswordAuthentication no' 'KbdInteractiveAuthentication no' 'UseDNS no' \
+    >"$r/etc/ssh/sshd_config.d/baton-e2e.conf"
 }
 
 cmd_ensure_rootfs() {
@@ -467,6 +492,13 @@ cmd_boot() {
     --console=read-only
     # Keep the container's journal to itself (no /var/log/journal linking on the host).
     --link-journal=no)
+  case ${BATON_E2E_NETWORK:-host} in
+    host) ;;
+    # A network namespace of its own, with a veth pair (host0 inside, ve-* outside) that
+    # nobody configures until `net` does: no DHCP, no default route.
+    veth) nspawn_args+=(--network-veth) ;;
+    *) die "BATON_E2E_NETWORK must be host or veth" ;;
+  esac
   # TERM=dumb reaches the container's PID 1 only: a plain, colourless console log.
   local env_args=(TERM=dumb)
   local cgmode=${BATON_E2E_CGROUP:-unified}
@@ -598,6 +630,48 @@ cmd_copy_in() {
   fi
 }
 
+# Address the container's end (host0) and the host's end of its veth pair, IPv6 off on both
+# so that the link carries only what a test sends. The container gets no default route: it
+# reaches the host's address on the link and nothing else, so nothing leaves the machine.
+cmd_net() { # NAME HOST_CIDR CONTAINER_CIDR
+  local name=$1 host_cidr=$2 cont_cidr=$3
+  valid_name "$name"; need_root
+  require_running "$name"
+  local cidr='^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+/[0-9]+$'
+  [[ $host_cidr =~ $cidr && $cont_cidr =~ $cidr ]] || die "usage: container.sh net NAME A.B.C.D/N A.B.C.E/N"
+  # Inside, the link shows as "N: host0@ifM: ...", M being the index of the host's end.
+  local peer host_if
+  peer=$(nsenter -t "$INIT_PID" -n -- ip -o link show dev host0 2>/dev/null \
+           | sed -n 's/^[0-9]*: host0@if\([0-9]*\):.*/\1/p')
+  [[ -n $peer ]] || die "container '$name' has no host0 link (boot it with BATON_E2E_NETWORK=veth)"
+  host_if=$(ip -o link show | awk -F': ' -v i="$peer" '$1 == i { sub(/@.*/, "", $2); print $2 }')
+  [[ -n $host_if ]] || die "no host interface with index $peer (the other end of $name's host0)"
+  # /proc/sys/net belongs to the network namespace of the process that opens it, so the
+  # host's /proc reaches the container's settings from inside its namespace.
+  echo 1 >"/proc/sys/net/ipv6/conf/$host_if/disable_ipv6"
+  nsenter -t "$INIT_PID" -n -- sh -c 'echo 1 >/proc/sys/net/ipv6/conf/host0/disable_ipv6'
+  ip addr replace "$host_cidr" dev "$host_if"
+  ip link set dev "$host_if" up
+  nsenter -t "$INIT_PID" -n -- ip addr replace "$cont_cidr" dev host0
+  nsenter -t "$INIT_PID" -n -- ip link set dev host0 up
+  echo "$host_if"
+}
+
+# Root may log in with the key in PUBKEY_FILE (keys only, no passwords); sshd starts and
+# makes the container's own host key, printed for the caller's known_hosts.
+cmd_ssh_enable() { # NAME PUBKEY_FILE
+  local name=$1 key=$2
+  valid_name "$name"; need_root
+  [[ -s $key ]] || die "no public key in $key"
+  require_running "$name"
+  in_container "$INIT_PID" sh -c 'umask 077 && mkdir -p /root/.ssh && cat >/root/.ssh/authorized_keys' <"$key"
+  if ! in_container "$INIT_PID" systemctl start ssh.service >&2; then
+    in_container "$INIT_PID" systemctl status --no-pager ssh.service >&2 || true
+    die "sshd did not start in '$name'"
+  fi
+  in_container "$INIT_PID" cat /etc/ssh/ssh_host_ed25519_key.pub
+}
+
 cmd_stop() {
   local name=$1
   valid_name "$name"; need_root
@@ -686,6 +760,8 @@ main() {
     can-run)       cmd_can_run ;;
     ensure-rootfs) (($# == 0)) || usage; cmd_ensure_rootfs ;;
     boot)          (($# == 1)) || usage; cmd_boot "$1" ;;
+    net)           (($# == 3)) || usage; cmd_net "$@" ;;
+    ssh-enable)    (($# == 2)) || usage; cmd_ssh_enable "$@" ;;
     exec)          (($# >= 1)) || usage; cmd_exec "$@" ;;
     copy-in)       (($# == 3)) || usage; cmd_copy_in "$@" ;;
     stop)          (($# == 1)) || usage; cmd_stop "$1" ;;
