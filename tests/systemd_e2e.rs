@@ -234,6 +234,42 @@ fn baton_under_systemd_from_its_deb() {
     // Install as an operator does: the package, a config, the socket's address.
     c.copy_in(&deb, "/tmp/baton.deb");
     c.sh("dpkg -i /tmp/baton.deb");
+    // The installed units as systemd itself reads them: no finding at all, and a sandbox whose
+    // exposure systemd rates below 5 ("OK"); the scores are printed for the record.
+    let units = [
+        format!("baton@{APP}.service"),
+        format!("baton@{APP}.socket"),
+        format!("baton-restart@{APP}.path"),
+        format!("baton-restart@{APP}.service"),
+    ];
+    let verify = c.exec(
+        &[
+            &["systemd-analyze", "verify", "--man=no"][..],
+            &units.iter().map(String::as_str).collect::<Vec<_>>(),
+        ]
+        .concat(),
+    );
+    let said = String::from_utf8_lossy(&verify.stdout).to_string()
+        + &String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
+    for u in [&units[0], &units[3]] {
+        let report = c.sh(&format!("systemd-analyze security {u}"));
+        let overall = report
+            .lines()
+            .find(|l| l.contains("Overall exposure level"))
+            .unwrap_or_else(|| panic!("no score for {u}: {report}"));
+        eprintln!("systemd-analyze security: {}", overall.trim());
+        let score: f64 = overall
+            .split(':')
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("unreadable score: {overall}"));
+        assert!(score < 5.0, "{u} is exposed: {overall}");
+    }
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("demo.toml"), config(port)).unwrap();
     std::fs::write(
