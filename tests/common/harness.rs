@@ -1,0 +1,324 @@
+//! A real `baton run` (process backend) managing the bundled demo app, release directories the
+//! tests deploy by swapping a `current` symlink as an operator would, and the CLI against it.
+#![allow(dead_code)]
+
+use super::config::TestConfig;
+use super::procs::children_of;
+use baton::control::client;
+use baton::status::Snapshot;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub const BATON: &str = env!("CARGO_BIN_EXE_baton");
+
+/// Tests that put load on the machine run one at a time, so timings stay meaningful on 2 cores.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How a release behaves at boot (the demo app reads `demo-mode` in its directory).
+#[derive(Clone, Copy, Debug)]
+pub enum Release {
+    Good,
+    ExitsAtBoot,
+    NeverReady,
+    /// Serves, then crashes half a second later.
+    CrashesAfterReady,
+    /// Hands its port to a stray process in another process group.
+    StrayOnPort,
+    /// Serves, then crashes this many milliseconds after it started listening.
+    CrashesSoonAfterReady(u64),
+}
+
+/// Debian's gunicorn (installed here when missing: the test suite installs what it needs).
+pub fn gunicorn() -> String {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        if Command::new("gunicorn").arg("--version").output().is_ok() {
+            return;
+        }
+        let ok = Command::new("sh")
+            .args([
+                "-c",
+                "(apt-get install -y -qq gunicorn || (apt-get update -qq && apt-get install -y -qq gunicorn)) >/dev/null",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "could not install Debian's gunicorn package");
+    });
+    "gunicorn".into()
+}
+
+pub struct Baton {
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub control: PathBuf,
+    pub config: PathBuf,
+    pub child: Child,
+    releases: u32,
+}
+
+impl Baton {
+    /// Start `baton run` with `workers` demo workers taking `boot` to boot, plus extra config
+    /// sections (TOML) appended as given, and wait until all workers are ready.
+    pub fn start(workers: usize, boot: &str, extra: &str) -> Baton {
+        Self::start_release(workers, boot, extra, Release::Good, true)
+    }
+
+    /// Like `start`, with the first release of the given kind; waits for all workers to be
+    /// ready only when `wait` is set.
+    pub fn start_release(
+        workers: usize,
+        boot: &str,
+        extra: &str,
+        release: Release,
+        wait: bool,
+    ) -> Baton {
+        let command =
+            format!(r#"["{BATON}", "demo-app", "--port", "{{port}}", "--boot-time", "{boot}"]"#);
+        Self::start_command(workers, &command, extra, wait, |b| b.deploy(release))
+    }
+
+    /// `baton run` with `command` (a TOML array) as the app, the first release made by
+    /// `deploy`; waits until `workers` are ready when `wait` is set.
+    pub fn start_command(
+        workers: usize,
+        command: &str,
+        extra: &str,
+        wait: bool,
+        deploy: impl FnOnce(&mut Baton),
+    ) -> Baton {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let control = dir.path().join("control.sock");
+        let config = dir.path().join("app.toml");
+        let mut b = Baton {
+            dir,
+            addr,
+            control: control.clone(),
+            config: config.clone(),
+            child: Command::new("true").spawn().unwrap(),
+            releases: 0,
+        };
+        deploy(&mut b);
+        let command: toml::Value = format!("c = {command}")
+            .parse::<toml::Table>()
+            .unwrap_or_else(|e| panic!("the test's command is not a TOML array: {e}"))
+            .remove("c")
+            .unwrap_or_else(|| toml::Value::Array(Vec::new()));
+        let mut cfg = TestConfig::parse(extra)
+            .or("name", "test")
+            .set("listen.address", addr.to_string())
+            .or("app.command", command)
+            .or(
+                "app.directory",
+                b.dir.path().join("current").display().to_string(),
+            )
+            .or("control.socket", control.display().to_string());
+        // A test that shapes the pool says everything about it.
+        if !cfg.has("workers") {
+            cfg = cfg
+                .set("workers.count", workers as i64)
+                .set("workers.concurrency", 0);
+        }
+        let text = cfg.render();
+        std::fs::write(&config, text).unwrap();
+        b.child = Command::new(BATON)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(b.dir.path().join("baton.log")).unwrap())
+            .spawn()
+            .unwrap();
+        if wait {
+            b.wait_until(Duration::from_secs(30), |s| {
+                s.workers.iter().filter(|w| w.state == "ready").count() == workers
+            });
+        } else {
+            b.wait_until(Duration::from_secs(30), |_| true);
+        }
+        b
+    }
+
+    /// Make a new release directory and point `current` at it.
+    pub fn deploy(&mut self, release: Release) {
+        self.releases += 1;
+        let rel = self.dir.path().join(format!("releases/r{}", self.releases));
+        std::fs::create_dir_all(&rel).unwrap();
+        match release {
+            Release::Good => {}
+            Release::ExitsAtBoot => std::fs::write(rel.join("demo-mode"), "exit").unwrap(),
+            Release::NeverReady => std::fs::write(rel.join("demo-mode"), "hang").unwrap(),
+            Release::CrashesAfterReady => std::fs::write(rel.join("demo-mode"), "crash").unwrap(),
+            Release::StrayOnPort => std::fs::write(rel.join("demo-mode"), "stray").unwrap(),
+            Release::CrashesSoonAfterReady(ms) => {
+                std::fs::write(rel.join("demo-mode"), format!("crash {ms}ms")).unwrap()
+            }
+        }
+        let link = self.dir.path().join("current");
+        let tmp = self.dir.path().join("current.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&rel, &tmp).unwrap();
+        std::fs::rename(&tmp, &link).unwrap();
+    }
+
+    /// Make a new release directory holding `files` and point `current` at it.
+    pub fn deploy_files(&mut self, files: &[(&str, &str)]) {
+        self.releases += 1;
+        let rel = self.dir.path().join(format!("releases/r{}", self.releases));
+        std::fs::create_dir_all(&rel).unwrap();
+        for (name, text) in files {
+            std::fs::write(rel.join(name), text).unwrap();
+        }
+        let link = self.dir.path().join("current");
+        let tmp = self.dir.path().join("current.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&rel, &tmp).unwrap();
+        std::fs::rename(&tmp, &link).unwrap();
+    }
+
+    pub fn release_name(&self) -> String {
+        format!("r{}", self.releases)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("baton.log")).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> Snapshot {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(status_async(&self.control))
+            .unwrap_or_else(|e| panic!("status: {e}\nbaton log:\n{}", self.log()))
+    }
+
+    pub fn wait_until(&self, limit: Duration, mut f: impl FnMut(&Snapshot) -> bool) -> Snapshot {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(code)) = self.child_status() {
+                panic!("baton exited ({code}) while waiting\nlog:\n{}", self.log());
+            }
+            if let Ok(s) = self.try_status()
+                && f(&s)
+            {
+                return s;
+            }
+            if start.elapsed() > limit {
+                panic!(
+                    "condition not met within {limit:?}; last status: {:#?}\nlog:\n{}",
+                    self.try_status().ok(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn child_status(&self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        // try_wait needs &mut; peek through /proc instead.
+        let pid = self.child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        Ok(if stat.contains(") Z ") {
+            Some(std::os::unix::process::ExitStatusExt::from_raw(0))
+        } else {
+            None
+        })
+    }
+
+    pub fn try_status(&self) -> Result<Snapshot, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(status_async(&self.control))
+    }
+
+    /// Run a baton client command against this instance (e.g. `["restart", "--wait"]`).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BATON)
+            .args(args)
+            .arg("--control")
+            .arg(&self.control)
+            .output()
+            .unwrap()
+    }
+
+    /// Worker processes alive right now (children of baton), counted from /proc.
+    pub fn child_processes(&self) -> usize {
+        children_of(self.child.id())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Baton {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn status_async(control: &Path) -> Result<Snapshot, String> {
+    let reply = client::request(control, http::Method::GET, "/status")
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = reply.text().await.map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))
+}
+
+/// One GET, returning status and body.
+pub fn get(url: &str) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let uri: hyper::Uri = url.parse().unwrap();
+        let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
+        let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get(uri.path())
+            .header("host", addr)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = tx.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    })
+}
