@@ -13,8 +13,8 @@ fn read(rel: &str) -> String {
 /// The value of `Key=` in a unit file (the last one: later lines override).
 fn unit_value(unit: &str, key: &str) -> String {
     unit.lines()
-        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
         .unwrap_or_else(|| panic!("no {key}= in the unit"))
         .to_owned()
 }
