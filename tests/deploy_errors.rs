@@ -210,3 +210,52 @@ fn a_gunicorn_release_that_never_loads_its_app_is_resisted() {
     assert_eq!(report.failed, 0, "{:?}", report.errors);
     assert_old_release_serves(&baton, 2);
 }
+
+/// Status measures the whole worker: a gunicorn worker is a master and the process that serves
+/// (its child, in the worker's process group). Under load, the worker's CPU is the serving
+/// process's, not the idle master's.
+#[test]
+fn status_measures_a_gunicorn_worker_as_a_whole() {
+    let _serial = serial();
+    let baton = gunicorn_baton(1);
+    let master = baton.status().workers[0].pid.unwrap();
+    let load = Load::start(baton.addr, 4, "/", Duration::from_secs(10));
+    // The sampler reads every 2 s; two samples make a rate.
+    let s = baton.wait_until(Duration::from_secs(20), |s| {
+        s.workers.first().is_some_and(|w| w.cpu_percent > 5.0)
+    });
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    let w = &s.workers[0];
+    // The master alone sleeps: its own CPU time barely moves.
+    let master_ticks = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    assert!(
+        master_ticks(master) < 100,
+        "the master itself is busy: the test shows nothing"
+    );
+    // Two processes' memory, the master's and its worker's.
+    let master_rss = std::fs::read_to_string(format!("/proc/{master}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap()
+        * 1024;
+    assert!(
+        w.memory_bytes > master_rss + master_rss / 2,
+        "memory {} is the master's alone ({master_rss})",
+        w.memory_bytes
+    );
+    eprintln!(
+        "gunicorn worker {}: {:.1}% CPU, {} MiB, over {} requests",
+        w.id,
+        w.cpu_percent,
+        w.memory_bytes >> 20,
+        report.ok
+    );
+}
