@@ -518,7 +518,7 @@ impl LbSeen {
     /// Errors of one server: connection errors, response errors, retries, redispatches, 5xx.
     fn errors(&self, server: &str) -> String {
         format!(
-            "connection errors {}, response errors {}, retries {}, redispatches {}, 5xx answers {}",
+            "connection errors {}, response errors {}, retries {}, redispatches {}, 5xx from it {}",
             self.delta(server, "econ"),
             self.delta(server, "eresp"),
             self.delta(server, "wretr"),
