@@ -34,6 +34,10 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const CONTAINER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/container.sh");
 const ANSIBLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/ansible.sh");
 const PLAYBOOK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/ansible/deploy.yml");
+const EXAMPLE_INVENTORY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/contrib/ansible/inventory.example.yml"
+);
 const APP: &str = "myapp";
 const HOSTS: u8 = 3;
 /// The test network: a /30 per host, in the range set aside for network benchmark tests (RFC
@@ -632,46 +636,69 @@ control_path_dir = {d}/cp
         fleet
     }
 
-    /// Inventory of the fleet, as inventory.example.yml has it (JSON is YAML too).
+    /// contrib/ansible/inventory.example.yml, as it is but for what differs here: the hosts'
+    /// addresses, root over SSH with the test's key, the test's package, the demo app as the
+    /// app, the test network as the trusted proxy, and this machine as the load balancer.
+    /// (Written as JSON, which is YAML too.)
     fn write_inventory(&self, deb: &Path) {
-        let hosts: serde_json::Map<String, serde_json::Value> = self
-            .hosts
-            .iter()
-            .map(|h| {
-                (
-                    h.name.clone(),
-                    serde_json::json!({"ansible_host": h.addr.to_string()}),
-                )
-            })
-            .collect();
-        let inventory = serde_json::json!({"all": {"children": {
-            "app": {
-                "hosts": hosts,
-                "vars": {
-                    "ansible_user": "root",
-                    "ansible_ssh_private_key_file": self.dir.path().join("id_ed25519"),
-                    "ansible_python_interpreter": "/usr/bin/python3",
-                    "baton_app": APP,
-                    "baton_package": deb,
-                    "baton_listen": "0.0.0.0:80",
-                    "baton_config": {
-                        "listen": {
-                            "shutdown_delay": "3s",
-                            "trusted_proxies": [NET],
-                        },
-                        "app": {
-                            "command": ["/usr/bin/baton", "demo-app", "--port", "{port}", "--boot-time", "1s"],
-                        },
-                        "workers": {"count": 2, "concurrency": 0},
-                        "metrics": {"address": "0.0.0.0:9101"},
-                    },
-                },
-            },
-            "loadbalancers": {"hosts": {"localhost": {
-                "ansible_connection": "local",
-                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
-            }}},
-        }}});
+        let example = run(Command::new(self.ansible_bin.join("python"))
+            .args([
+                "-c",
+                "import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)",
+            ])
+            .arg(EXAMPLE_INVENTORY));
+        let mut inventory: serde_json::Value = serde_json::from_str(&example).unwrap();
+        let groups = &mut inventory["all"]["children"];
+        let app = &mut groups["app"];
+        let hosts = app["hosts"].as_object_mut().expect("app hosts");
+        assert_eq!(
+            hosts.keys().collect::<Vec<_>>(),
+            self.hosts.iter().map(|h| &h.name).collect::<Vec<_>>(),
+            "the example's hosts are the test's"
+        );
+        for h in &self.hosts {
+            hosts[&h.name]["ansible_host"] = h.addr.to_string().into();
+        }
+        let vars = app["vars"].as_object_mut().expect("app vars");
+        vars.remove("ansible_become");
+        vars.insert("ansible_user".into(), "root".into());
+        vars.insert(
+            "ansible_ssh_private_key_file".into(),
+            self.dir
+                .path()
+                .join("id_ed25519")
+                .display()
+                .to_string()
+                .into(),
+        );
+        vars.insert(
+            "ansible_python_interpreter".into(),
+            "/usr/bin/python3".into(),
+        );
+        vars.insert("baton_package".into(), deb.display().to_string().into());
+        vars.insert(
+            "baton_haproxy_socket".into(),
+            self.dir
+                .path()
+                .join("haproxy.sock")
+                .display()
+                .to_string()
+                .into(),
+        );
+        assert_eq!(vars["baton_app"], APP);
+        assert_eq!(vars["baton_haproxy_hosts"], serde_json::json!(["lb1"]));
+        let config = &mut vars["baton_config"];
+        assert_eq!(config["listen"]["shutdown_delay"], "3s");
+        assert_eq!(config["metrics"]["address"], "0.0.0.0:9101");
+        config["listen"]["trusted_proxies"] = serde_json::json!([NET]);
+        config["app"] = serde_json::json!({
+            "command": ["/usr/bin/baton", "demo-app", "--port", "{port}", "--boot-time", "1s"],
+        });
+        config["workers"] = serde_json::json!({"count": 2, "concurrency": 0});
+        groups["loadbalancers"]["hosts"]["lb1"] = serde_json::json!({
+            "ansible_connection": "local",
+            "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+        });
         std::fs::write(
             self.dir.path().join("inventory.yml"),
             serde_json::to_string_pretty(&inventory).unwrap(),
@@ -903,7 +930,10 @@ fn a_release_rolled_across_a_fleet_by_ansible() {
 
     // 0. The first deploy installs the package, the config and release r1 everywhere.
     let r1 = fleet.release("r1", None);
-    let played = fleet.play("install", "r1", &r1, serde_json::json!({}));
+    // The example inventory drains each host in HAProxy for its deploy; the first two plays
+    // go without, to show that baton's reload alone fails no request.
+    let no_drain = serde_json::json!({"baton_haproxy_hosts": []});
+    let played = fleet.play("install", "r1", &r1, no_drain);
     assert!(played.ok, "the first deploy failed:\n{}", played.output);
     for h in &fleet.hosts {
         let body = h.get();
@@ -937,7 +967,11 @@ fn a_release_rolled_across_a_fleet_by_ansible() {
         "good",
         "r2",
         &r2,
-        serde_json::json!({"baton_package": newer, "baton_keep_releases": 1}),
+        serde_json::json!({
+            "baton_package": newer,
+            "baton_keep_releases": 1,
+            "baton_haproxy_hosts": [],
+        }),
     );
     std::thread::sleep(Duration::from_millis(500));
     let seen = watch.stop(&lb);
@@ -976,15 +1010,8 @@ fn a_release_rolled_across_a_fleet_by_ansible() {
     let load = Load::start(lb.addr, CONNECTIONS, PAGE, Duration::from_secs(10));
     let watch = LbWatch::start(&lb);
     std::thread::sleep(Duration::from_millis(500));
-    let played = fleet.play(
-        "bad",
-        "bad",
-        &bad,
-        serde_json::json!({
-            "baton_haproxy_hosts": ["localhost"],
-            "baton_haproxy_socket": lb.socket,
-        }),
-    );
+    // With the example's drain in HAProxy (lb1 is this machine).
+    let played = fleet.play("bad", "bad", &bad, serde_json::json!({}));
     std::thread::sleep(Duration::from_millis(500));
     let seen = watch.stop(&lb);
     let report = load.stop();
