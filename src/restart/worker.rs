@@ -74,11 +74,13 @@ pub async fn spawn(
         boot_cpu: config.restart.boot_cpu_weight,
     };
     let started_at = Instant::now();
-    let process = ctx
-        .spawner
-        .start(&spec)
-        .await
-        .map_err(|e| fail(format!("could not start: {e}"), Vec::new()))?;
+    // A start job that systemd holds up does not hold up baton's stop: the unit, should it
+    // start after all, is systemd's to stop with baton's service (or the next baton adopts it).
+    let started = tokio::select! {
+        s = ctx.spawner.start(&spec) => s,
+        _ = ctx.stopping.cancelled() => return Err(BootError::Cancelled),
+    };
+    let process = started.map_err(|e| fail(format!("could not start: {e}"), Vec::new()))?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     tracing::info!(
         app = %app, worker = id.0, generation = generation.0, pid = process.pid,

@@ -27,10 +27,14 @@ use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
 
 const DESTINATION: &str = "org.freedesktop.systemd1";
 
-/// Why the systemd backend could not be set up.
+/// Why the systemd backend could not be set up: which step, and the bus's own error.
 #[derive(Debug, thiserror::Error)]
-#[error("systemd backend: {0}")]
-pub struct ConnectError(String);
+#[error("systemd backend: {what}: {source}")]
+pub struct ConnectError {
+    what: &'static str,
+    #[source]
+    source: zbus::Error,
+}
 
 #[derive(Default)]
 struct Jobs {
@@ -61,8 +65,8 @@ pub struct SystemdSpawner {
     own_unit: Option<String>,
 }
 
-fn bus_err(what: &str) -> impl Fn(zbus::Error) -> ConnectError + '_ {
-    move |e| ConnectError(format!("{what}: {e}"))
+fn bus_err(what: &'static str) -> impl Fn(zbus::Error) -> ConnectError {
+    move |source| ConnectError { what, source }
 }
 
 impl SystemdSpawner {
