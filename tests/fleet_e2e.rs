@@ -559,6 +559,14 @@ impl Fleet {
         let _ = std::fs::remove_dir_all(&logs);
         std::fs::create_dir_all(&logs).unwrap();
         // The guard route first: from now on nothing for the test network leaves the machine.
+        // (Unless this machine routes that range somewhere already: then it is not ours.)
+        let routes = run(Command::new("ip").args(["route", "show", "root", NET]));
+        assert!(
+            routes
+                .lines()
+                .all(|l| l.starts_with("unreachable ") || l.contains(" dev ve-")),
+            "this machine already routes {NET}: {routes}"
+        );
         run(Command::new("ip").args(["route", "replace", "unreachable", NET]));
         let mut fleet = Fleet {
             dir,
