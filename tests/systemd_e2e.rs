@@ -173,6 +173,28 @@ fn build_deb(version: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no .deb path in dist.sh output:\n{stdout}"))
 }
 
+/// Build the .rpm with `packaging/dist.sh` at the given version ("default": Cargo.toml's).
+fn build_rpm(version: &str) -> PathBuf {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut cmd = Command::new(format!("{root}/packaging/dist.sh"));
+    if version != "default" {
+        cmd.args(["--version", version]);
+    }
+    let out = cmd.current_dir(root).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "packaging/dist.sh failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.split_whitespace().find(|w| w.ends_with(".rpm")))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no .rpm path in dist.sh output:\n{stdout}"))
+}
+
 fn config(port: u16) -> String {
     format!(
         r#"name = "{APP}"
@@ -270,6 +292,15 @@ fn baton_under_systemd_from_its_deb() {
             .unwrap_or_else(|| panic!("unreadable score: {overall}"));
         assert!(score < 5.0, "{u} is exposed: {overall}");
     }
+    // The config file's man page, made from docs/config.md, as an operator reads it.
+    let page = c.sh("MANWIDTH=100 man -P cat baton.toml 2>&1");
+    assert!(
+        page.contains("BATON.TOML(5)")
+            && page.contains("[LISTEN]")
+            && page.contains("shutdown_delay"),
+        "man baton.toml:\n{page}"
+    );
+    assert!(c.sh("man -w baton-restart").contains("baton-restart.1"));
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("demo.toml"), config(port)).unwrap();
     std::fs::write(
@@ -738,4 +769,103 @@ fn baton_under_a_user_manager() {
             .trim()
             .is_empty()
     );
+}
+
+/// The .rpm's scriptlets against a real systemd: Debian's `rpm` installs it (with `--nodeps`:
+/// Debian's rpm database knows none of the packages it requires, systemd and glibc, which the
+/// container has), systemd sees the units, an upgrade under load keeps the socket open and
+/// fails no request, and an erase stops the service and leaves the operator's /etc/baton.
+#[test]
+fn the_rpm_under_systemd() {
+    if !can_run() {
+        return;
+    }
+    let _serial = serial();
+    let rpm = build_rpm("default");
+    let c = Container::boot("baton-e2e-rpm");
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let unit = format!("baton@{APP}.service");
+    c.copy_in(&rpm, "/tmp/baton.rpm");
+    c.sh("rpm -i --nodeps /tmp/baton.rpm");
+    let files = c.sh("systemctl list-unit-files --no-legend 'baton*'");
+    for u in ["baton@.service", "baton@.socket", "baton-restart@.path"] {
+        assert!(files.contains(u), "systemd does not see {u}: {files}");
+    }
+    assert!(c.sh("test -d /etc/baton && echo yes").contains("yes"));
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("demo.toml"), config(port)).unwrap();
+    std::fs::write(
+        tmp.path().join("listen.conf"),
+        format!("[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n"),
+    )
+    .unwrap();
+    c.copy_in(
+        &tmp.path().join("demo.toml"),
+        &format!("/etc/baton/{APP}.toml"),
+    );
+    c.sh(&format!(
+        "mkdir -p /etc/systemd/system/baton@{APP}.socket.d"
+    ));
+    c.copy_in(
+        &tmp.path().join("listen.conf"),
+        &format!("/etc/systemd/system/baton@{APP}.socket.d/listen.conf"),
+    );
+    deploy(&c, "r1", None);
+    c.sh(&format!(
+        "systemctl daemon-reload && systemctl enable --now baton@{APP}.socket && systemctl start {unit}"
+    ));
+    let (status, body) = get(&format!("http://{addr}/"));
+    assert_eq!(status, 200, "{body}");
+
+    // An upgrade under load: the service restarts on the new binary, the socket never closes.
+    let socket_since = c.sh(&format!(
+        "systemctl show -p ActiveEnterTimestampMonotonic --value baton@{APP}.socket"
+    ));
+    let newer = build_rpm("99.0.0");
+    c.copy_in(&newer, "/tmp/baton-new.rpm");
+    let load = Load::start_resending(addr, 16, "/", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    let said = c.sh("rpm -U --nodeps /tmp/baton-new.rpm 2>&1");
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+    assert_clean(&report, "rpm upgrade", &c);
+    assert!(
+        said.contains(&format!("restarting {unit} on the new version")),
+        "{said}"
+    );
+    assert!(c.sh("rpm -q baton").starts_with("baton-99.0.0"));
+    assert_eq!(
+        c.sh(&format!(
+            "systemctl show -p ActiveEnterTimestampMonotonic --value baton@{APP}.socket"
+        )),
+        socket_since,
+        "the listening socket was never restarted"
+    );
+    assert_eq!(
+        c.sh(&format!("systemctl is-active {unit}")).trim(),
+        "active"
+    );
+    eprintln!(
+        "rpm upgrade under load: {} requests, {} failed",
+        report.ok, report.failed
+    );
+
+    // Erase: the service and its socket stop, no worker is left, the config stays.
+    c.sh("rpm -e --nodeps baton");
+    for u in [unit.clone(), format!("baton@{APP}.socket")] {
+        let state = c.exec(&["systemctl", "is-active", &u]);
+        assert_ne!(
+            String::from_utf8_lossy(&state.stdout).trim(),
+            "active",
+            "{u} still active"
+        );
+    }
+    assert!(c.worker_units().is_empty(), "{:?}", c.worker_units());
+    assert!(
+        c.sh(&format!("cat /etc/baton/{APP}.toml"))
+            .contains("[app]"),
+        "the operator's config was removed"
+    );
+    assert!(c.exec(&["test", "-e", "/usr/bin/baton"]).status.code() == Some(1));
 }

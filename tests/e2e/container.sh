@@ -44,7 +44,9 @@ SUITE=bookworm
 # (pam_systemd sets XDG_RUNTIME_DIR) and a user manager has no D-Bus session bus,
 # which baton's --user mode needs for StartTransientUnit. openssh-server, python3 and
 # python3-apt: hosts that Ansible manages over SSH (its apt module needs python3-apt).
-BASE_PACKAGES="systemd,dbus,systemd-sysv,curl,procps,libpam-systemd,dbus-user-session,gunicorn,openssh-server,python3,python3-apt"
+# man-db: `man baton.toml` as an operator reads it. rpm: Debian's rpm, to install the .rpm
+# and run its scriptlets against this systemd.
+BASE_PACKAGES="systemd,dbus,systemd-sysv,curl,procps,libpam-systemd,dbus-user-session,gunicorn,openssh-server,python3,python3-apt,man-db,rpm"
 # Bump when the in-rootfs setup below changes, so cached rootfs are rebuilt. The package
 # list is part of the cache key too (see stamp_content): a new package rebuilds it.
 SETUP_VERSION=5
