@@ -272,6 +272,10 @@ pub struct Supervisor {
     pending_replacements: usize,
     /// The worker being recycled, if any (one at a time).
     recycling: Option<WorkerId>,
+    /// Failed recycles, and when the next one may be tried: a replacement that cannot start is
+    /// retried with the same backoff as any spawn, not at every tick.
+    recycle_backoff: Backoff,
+    recycle_not_before: Option<Instant>,
     backoff: Backoff,
     highest_generation: Generation,
     /// SIGTERM was heard (the published phase is `Stopping`).
@@ -319,6 +323,8 @@ impl Supervisor {
             replacements: ctx.stopping.child_token(),
             pending_replacements: 0,
             recycling: None,
+            recycle_backoff: Backoff::default(),
+            recycle_not_before: None,
             backoff: Backoff::default(),
             highest_generation: Generation(0),
             stopping: false,
@@ -500,12 +506,23 @@ impl Supervisor {
             }
             Event::RecycleDone(result) => {
                 self.recycling = None;
-                if let Err(worker::BootError::Failed(f)) = result {
-                    tracing::error!(
-                        app = %self.ctx.config().name, worker = f.worker.map(|w| w.0),
-                        message_id = journal::MSG_SPAWN_FAILED,
-                        "could not recycle: {f}; the old worker keeps serving"
-                    );
+                match result {
+                    Ok(_) => {
+                        self.recycle_backoff.failures = 0;
+                        self.recycle_not_before = None;
+                    }
+                    Err(worker::BootError::Cancelled) => {}
+                    Err(worker::BootError::Failed(f)) => {
+                        self.recycle_backoff.failures += 1;
+                        let delay = self.recycle_backoff.delay();
+                        self.recycle_not_before = Some(Instant::now() + delay);
+                        tracing::error!(
+                            app = %self.ctx.config().name, worker = f.worker.map(|w| w.0),
+                            message_id = journal::MSG_SPAWN_FAILED,
+                            "could not recycle: {f}; the old worker keeps serving, next try in {}",
+                            humantime::format_duration(delay)
+                        );
+                    }
                 }
             }
             Event::RollDone(result) => self.finish_roll(result),
@@ -861,7 +878,7 @@ impl Supervisor {
                 }
             }
         }
-        if self.recycling.is_some() {
+        if self.recycling.is_some() || self.recycle_not_before.is_some_and(|t| Instant::now() < t) {
             return;
         }
         let memory_limit = w.memory_limit.0;

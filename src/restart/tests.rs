@@ -1078,6 +1078,30 @@ async fn a_worker_above_memory_limit_is_recycled() {
     .await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_recycle_whose_replacement_cannot_start_backs_off() {
+    let r = start("count = 1\nmemory_limit = \"512MiB\"", "").await;
+    r.fake.release(1, bad_boot());
+    r.ctx().pool.set_usage(WorkerId(1), 0.0, 600 << 20);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let starts = r.fake.starts(1);
+    // The first worker, then replacements at growing intervals: not one every tick (40).
+    assert!(starts.len() <= 8, "{} starts in 20 s", starts.len());
+    let gaps: Vec<u64> = starts[1..]
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis() as u64)
+        .collect();
+    assert!(
+        gaps.windows(2).all(|g| g[1] > g[0]),
+        "gaps do not grow: {gaps:?}"
+    );
+    assert_eq!(
+        r.ready().iter().map(|w| w.id.0).collect::<Vec<_>>(),
+        [1],
+        "the old worker serves on"
+    );
+}
+
 // ---- config reloads -------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
