@@ -271,7 +271,15 @@ fn max_body_size_holds_for_streamed_bodies_too() {
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
     let answer = raw(baton.addr, &chunked);
-    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // Streamed, the worker may have begun its answer (the echo answers as it reads) before the
+    // limit was crossed: then its answer is cut, never completed. Either way the client never
+    // gets a whole answer to a body over the limit.
+    let cut = answer.starts_with("HTTP/1.1 200") && !answer.ends_with("0\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 413") || cut, "{answer}");
+    assert!(
+        answer.matches('y').count() <= 1024,
+        "more than the limit echoed: {answer}"
+    );
     // Within the limit, streamed as it came (and answered chunked: no length is known).
     let answer = raw(
         baton.addr,
