@@ -203,3 +203,11 @@ fn environment_errors_name_the_variable_and_its_line() {
         "baton: FILE:4:17: key `app.environment.A=B`: invalid environment variable name \"A=B\"",
     );
 }
+
+#[test]
+fn no_worker_could_ever_start() {
+    assert_error(
+        &format!("{BASE}[workers]\nmin = 0\nmax = 2\nmax_queue = 0\n"),
+        "baton: FILE:9:1: key `workers.max_queue`: with workers.min = 0 a request must wait in the queue while the first worker starts: set max_queue above 0 or min above 0",
+    );
+}

@@ -618,6 +618,14 @@ impl Config {
                 format!("min ({min}) is greater than max ({max})"),
             ));
         }
+        // With no worker kept running, only a queued request starts one: a queue of 0 means
+        // every request is refused and no worker ever starts.
+        if w.min() == 0 && w.max_queue == 0 {
+            return Err((
+                "workers.max_queue".into(),
+                "with workers.min = 0 a request must wait in the queue while the first worker starts: set max_queue above 0 or min above 0".into(),
+            ));
+        }
         let p = &self.readiness.http_path;
         if !p.starts_with('/') {
             return Err((

@@ -493,9 +493,10 @@ impl Supervisor {
                     Err(worker::BootError::Failed(f)) => {
                         self.backoff.failures += 1;
                         let delay = self.backoff.delay();
+                        // The failure itself was logged with its MESSAGE_ID where it happened;
+                        // this says what comes next, so one failure is one catalogued entry.
                         tracing::error!(
                             app = %self.ctx.config().name, worker = f.worker.map(|w| w.0),
-                            message_id = journal::MSG_SPAWN_FAILED,
                             "spawn failed: {f}; retrying in {}", humantime::format_duration(delay)
                         );
                         self.ctx.update(|s| {
@@ -518,7 +519,6 @@ impl Supervisor {
                         self.recycle_not_before = Some(Instant::now() + delay);
                         tracing::error!(
                             app = %self.ctx.config().name, worker = f.worker.map(|w| w.0),
-                            message_id = journal::MSG_SPAWN_FAILED,
                             "could not recycle: {f}; the old worker keeps serving, next try in {}",
                             humantime::format_duration(delay)
                         );
