@@ -281,7 +281,7 @@ impl Spool {
 pub enum Ready<B: Body> {
     /// All of it (a small answer that came with its head): sent as is, in one write with the
     /// head, and the worker is free at once: no spool, no task, no copy.
-    Whole(Chunks),
+    Whole(BufferedBody),
     /// Not all of it yet: what came so far, then the rest as it comes.
     Partial(Prefixed<B>),
 }
@@ -298,10 +298,10 @@ where
     let mut stash = None;
     while held <= limit {
         if body.is_end_stream() {
-            return Ready::Whole(Chunks::new(chunks));
+            return Ready::Whole(in_memory(chunks));
         }
         match Pin::new(&mut body).poll_frame(&mut cx) {
-            Poll::Ready(None) => return Ready::Whole(Chunks::new(chunks)),
+            Poll::Ready(None) => return Ready::Whole(in_memory(chunks)),
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) => {
                     held += data.len();
@@ -326,41 +326,10 @@ where
     })
 }
 
-/// A body already in hand, as the chunks it came in.
-pub struct Chunks {
-    chunks: VecDeque<Bytes>,
-    len: u64,
-}
-
-impl Chunks {
-    fn new(chunks: VecDeque<Bytes>) -> Chunks {
-        let len = chunks.iter().map(|c| c.len() as u64).sum();
-        Chunks { chunks, len }
-    }
-}
-
-impl Body for Chunks {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let next = self.chunks.pop_front();
-        if let Some(c) = &next {
-            self.len -= c.len() as u64;
-        }
-        Poll::Ready(next.map(|c| Ok(Frame::data(c))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.chunks.is_empty()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.len)
-    }
+/// Chunks in hand, served as a buffered body is.
+fn in_memory(chunks: VecDeque<Bytes>) -> BufferedBody {
+    let len = chunks.iter().map(|c| c.len() as u64).sum();
+    BufferedBody::new(Buffered::Memory(chunks, len))
 }
 
 /// The chunks that were ready, then whatever else the body gives.
