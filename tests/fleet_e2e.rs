@@ -50,19 +50,7 @@ const CONNECTIONS: usize = 8;
 const PAGE: &str = "/sleep/20";
 
 fn can_run() -> bool {
-    let out = Command::new(CONTAINER).arg("can-run").output().unwrap();
-    if out.status.success() {
-        return true;
-    }
-    let why =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    if std::env::var_os("BATON_E2E_REQUIRED").is_some() {
-        panic!("the fleet end-to-end test must run here but cannot: {why}");
-    }
-    eprintln!(
-        "\n!!!!! SKIPPING the fleet end-to-end test: {why}!!!!! (set BATON_E2E_REQUIRED=1 to make this an error)\n"
-    );
-    false
+    common::e2e::can_run("fleet")
 }
 
 fn have(tool: &str) -> bool {
@@ -130,24 +118,7 @@ fn build_deb(version: &str) -> PathBuf {
 }
 
 fn dist_deb(version: &str) -> PathBuf {
-    let mut cmd = Command::new(format!("{ROOT}/packaging/dist.sh"));
-    cmd.arg("--deb-only");
-    if version != "default" {
-        cmd.args(["--version", version]);
-    }
-    let out = cmd.current_dir(ROOT).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "packaging/dist.sh failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .rev()
-        .find_map(|l| l.split_whitespace().find(|w| w.ends_with(".deb")))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("no .deb path in dist.sh output:\n{stdout}"))
+    common::e2e::dist(common::e2e::Package::Deb, version)
 }
 
 fn text(out: &Output) -> String {

@@ -130,19 +130,7 @@ impl UnitSampler {
 }
 
 fn can_run() -> bool {
-    let out = Command::new(SCRIPT).arg("can-run").output().unwrap();
-    if out.status.success() {
-        return true;
-    }
-    let why =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    if std::env::var_os("BATON_E2E_REQUIRED").is_some() {
-        panic!("the systemd end-to-end test must run here but cannot: {why}");
-    }
-    eprintln!(
-        "\n!!!!! SKIPPING the systemd end-to-end test: {why}!!!!! (set BATON_E2E_REQUIRED=1 to make this an error)\n"
-    );
-    false
+    common::e2e::can_run("systemd")
 }
 
 /// Build the .deb with `packaging/dist.sh` (or take BATON_E2E_DEB) at the given version.
@@ -152,47 +140,12 @@ fn build_deb(version: &str) -> PathBuf {
     {
         return PathBuf::from(p);
     }
-    let root = env!("CARGO_MANIFEST_DIR");
-    let mut cmd = Command::new(format!("{root}/packaging/dist.sh"));
-    cmd.arg("--deb-only");
-    if version != "default" {
-        cmd.args(["--version", version]);
-    }
-    let out = cmd.current_dir(root).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "packaging/dist.sh failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .rev()
-        .find_map(|l| l.split_whitespace().find(|w| w.ends_with(".deb")))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("no .deb path in dist.sh output:\n{stdout}"))
+    common::e2e::dist(common::e2e::Package::Deb, version)
 }
 
 /// Build the .rpm with `packaging/dist.sh` at the given version ("default": Cargo.toml's).
 fn build_rpm(version: &str) -> PathBuf {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let mut cmd = Command::new(format!("{root}/packaging/dist.sh"));
-    if version != "default" {
-        cmd.args(["--version", version]);
-    }
-    let out = cmd.current_dir(root).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "packaging/dist.sh failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .rev()
-        .find_map(|l| l.split_whitespace().find(|w| w.ends_with(".rpm")))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("no .rpm path in dist.sh output:\n{stdout}"))
+    common::e2e::dist(common::e2e::Package::Rpm, version)
 }
 
 fn config(port: u16) -> String {
@@ -218,6 +171,26 @@ protect_system = "full"
 address = "127.0.0.1:{port}"
 "#
     )
+}
+
+/// The app's config in /etc/baton and the socket's address in a drop-in, as an operator writes
+/// them after installing a package (`tmp`: where the files are made before they go in; its
+/// demo.toml is the config, for a test that puts it back later).
+fn configure_app(c: &Container, port: u16, tmp: &Path) {
+    std::fs::write(tmp.join("demo.toml"), config(port)).unwrap();
+    std::fs::write(
+        tmp.join("listen.conf"),
+        format!("[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n"),
+    )
+    .unwrap();
+    c.copy_in(&tmp.join("demo.toml"), &format!("/etc/baton/{APP}.toml"));
+    c.sh(&format!(
+        "mkdir -p /etc/systemd/system/baton@{APP}.socket.d"
+    ));
+    c.copy_in(
+        &tmp.join("listen.conf"),
+        &format!("/etc/systemd/system/baton@{APP}.socket.d/listen.conf"),
+    );
 }
 
 fn deploy(c: &Container, release: &str, mode: Option<&str>) {
@@ -302,23 +275,7 @@ fn baton_under_systemd_from_its_deb() {
     );
     assert!(c.sh("man -w baton-restart").contains("baton-restart.1"));
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("demo.toml"), config(port)).unwrap();
-    std::fs::write(
-        tmp.path().join("listen.conf"),
-        format!("[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n"),
-    )
-    .unwrap();
-    c.copy_in(
-        &tmp.path().join("demo.toml"),
-        &format!("/etc/baton/{APP}.toml"),
-    );
-    c.sh(&format!(
-        "mkdir -p /etc/systemd/system/baton@{APP}.socket.d"
-    ));
-    c.copy_in(
-        &tmp.path().join("listen.conf"),
-        &format!("/etc/systemd/system/baton@{APP}.socket.d/listen.conf"),
-    );
+    configure_app(&c, port, tmp.path());
     // A watchdog that kills baton unless it pings (WATCHDOG=1) every 3 s, all test long.
     std::fs::write(
         tmp.path().join("watchdog.conf"),
@@ -794,23 +751,7 @@ fn the_rpm_under_systemd() {
     }
     assert!(c.sh("test -d /etc/baton && echo yes").contains("yes"));
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("demo.toml"), config(port)).unwrap();
-    std::fs::write(
-        tmp.path().join("listen.conf"),
-        format!("[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n"),
-    )
-    .unwrap();
-    c.copy_in(
-        &tmp.path().join("demo.toml"),
-        &format!("/etc/baton/{APP}.toml"),
-    );
-    c.sh(&format!(
-        "mkdir -p /etc/systemd/system/baton@{APP}.socket.d"
-    ));
-    c.copy_in(
-        &tmp.path().join("listen.conf"),
-        &format!("/etc/systemd/system/baton@{APP}.socket.d/listen.conf"),
-    );
+    configure_app(&c, port, tmp.path());
     deploy(&c, "r1", None);
     c.sh(&format!(
         "systemctl daemon-reload && systemctl enable --now baton@{APP}.socket && systemctl start {unit}"

@@ -370,6 +370,16 @@ impl Running {
         }
     }
 
+    /// Wait until a worker of the first generation is draining (its roll reached it).
+    async fn until_the_old_worker_drains(&self) {
+        self.until("the old worker drains", |r| {
+            r.workers()
+                .iter()
+                .any(|w| w.generation.0 == 1 && w.state == WorkerState::Draining)
+        })
+        .await;
+    }
+
     /// A lease on a ready worker, as a request in flight holds one.
     async fn lease(&self) -> Lease {
         self.ctx().pool.acquire(None).await.unwrap()
@@ -606,12 +616,7 @@ async fn a_drain_waits_for_the_request_in_flight() {
     let r = start("count = 1", "").await;
     let lease = r.lease().await;
     let outcome = r.restart_later(None).await;
-    r.until("the old worker drains", |r| {
-        r.workers()
-            .iter()
-            .any(|w| w.generation.0 == 1 && w.state == WorkerState::Draining)
-    })
-    .await;
+    r.until_the_old_worker_drains().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(r.phase(), "rolling", "still waiting for the request");
     let began = Instant::now();
@@ -653,12 +658,7 @@ async fn a_worker_that_dies_while_draining_ends_its_drain() {
     let r = start("count = 1", "").await;
     let _lease = r.lease().await;
     let outcome = r.restart_later(None).await;
-    r.until("the old worker drains", |r| {
-        r.workers()
-            .iter()
-            .any(|w| w.generation.0 == 1 && w.state == WorkerState::Draining)
-    })
-    .await;
+    r.until_the_old_worker_drains().await;
     let began = Instant::now();
     r.fake.kill(WorkerId(1));
     assert!(outcome.await.unwrap().ok);
@@ -1190,12 +1190,7 @@ async fn sigterm_ends_a_drain_without_cutting_its_request() {
     let r = start("count = 1", "").await;
     let lease = r.lease().await;
     let outcome = r.restart_later(None).await;
-    r.until("the old worker drains", |r| {
-        r.workers()
-            .iter()
-            .any(|w| w.generation.0 == 1 && w.state == WorkerState::Draining)
-    })
-    .await;
+    r.until_the_old_worker_drains().await;
     r.handle.begin_stop().await;
     assert!(!outcome.await.unwrap().ok);
     assert!(

@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod config;
+pub mod e2e;
 pub mod harness;
 pub mod load;
 pub mod procs;
