@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub(crate) mod demo;
+pub mod h1;
 pub(crate) mod journal;
 pub mod listen;
 pub(crate) mod manager;

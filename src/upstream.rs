@@ -45,6 +45,16 @@ pub enum UpstreamError {
     ConnectTimeout(SocketAddr),
     #[error("{0}")]
     Http(#[from] hyper::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the worker closed the connection before it answered")]
+    Closed,
+    #[error("the worker closed the connection before its answer ended")]
+    EndedEarly,
+    #[error("{0}")]
+    Answer(&'static str),
+    #[error("{0}")]
+    Chunked(#[from] crate::h1::ChunkError),
 }
 
 /// One connection to a worker, checked out for one request.
@@ -61,10 +71,12 @@ impl Conn {
     }
 }
 
-/// The idle connections of one worker.
+/// The idle connections of one worker: hyper's, for the requests hyper serves, and plain
+/// streams, for the narrow path (`h1`), which writes and reads the bytes itself.
 #[derive(Default)]
 pub struct Conns {
     idle: Mutex<Vec<(SendRequest<RequestBody>, Instant)>>,
+    raw: Mutex<Vec<(TcpStream, Instant)>>,
 }
 
 impl std::fmt::Debug for Conns {
@@ -118,16 +130,52 @@ impl Conns {
     /// Close every idle connection (the worker is draining).
     pub fn close_idle(&self) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.raw.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// A stream for one narrow-path request (always one that may be sent again): an idle one,
+    /// else a new one. `true` with a reused one, which the worker may have closed meanwhile.
+    pub async fn get_stream(&self, addr: SocketAddr) -> Result<(TcpStream, bool), UpstreamError> {
+        let reused = {
+            let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let mut found = None;
+            while let Some((stream, since)) = raw.pop() {
+                if now.saturating_duration_since(since) < IDLE_REUSE {
+                    found = Some(stream);
+                    break;
+                }
+                raw.clear();
+            }
+            found
+        };
+        match reused {
+            Some(s) => Ok((s, true)),
+            None => connect_stream(addr).await.map(|s| (s, false)),
+        }
+    }
+
+    /// Give back a stream whose answer was read exactly to its end.
+    pub fn put_stream(&self, stream: TcpStream) {
+        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        if raw.len() < MAX_IDLE {
+            raw.push((stream, Instant::now()));
+        }
     }
 }
 
-async fn connect(addr: SocketAddr) -> Result<SendRequest<RequestBody>, UpstreamError> {
+async fn connect_stream(addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
         Err(_) => return Err(UpstreamError::ConnectTimeout(addr)),
     };
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+async fn connect(addr: SocketAddr) -> Result<SendRequest<RequestBody>, UpstreamError> {
+    let stream = connect_stream(addr).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(EarlyAnswer::new(stream)))
         .await?;
@@ -226,6 +274,160 @@ impl AsyncWrite for EarlyAnswer {
         match Pin::new(&mut self.inner).poll_shutdown(cx) {
             Poll::Ready(Err(_)) => Poll::Ready(Ok(())),
             other => other,
+        }
+    }
+}
+
+/// A worker's answer body read from a plain stream (the narrow path), by its framing. The
+/// stream goes back to the worker's idle ones when the body ended exactly where its framing
+/// said (and `home` is set: the worker keeps the connection open).
+pub struct RawBody {
+    stream: Option<TcpStream>,
+    buf: bytes::BytesMut,
+    framing: RawFraming,
+    home: Option<std::sync::Arc<Conns>>,
+    done: bool,
+}
+
+enum RawFraming {
+    Length(u64),
+    Chunked(crate::h1::Chunked),
+    UntilClose,
+}
+
+impl RawBody {
+    /// `buf`: what was read after the head. `None` framing (no body) is not a body.
+    pub fn new(
+        stream: TcpStream,
+        buf: bytes::BytesMut,
+        framing: crate::h1::Framing,
+        home: Option<std::sync::Arc<Conns>>,
+    ) -> RawBody {
+        let framing = match framing {
+            crate::h1::Framing::None => RawFraming::Length(0),
+            crate::h1::Framing::Length(n) => RawFraming::Length(n),
+            crate::h1::Framing::Chunked => RawFraming::Chunked(crate::h1::Chunked::default()),
+            crate::h1::Framing::UntilClose => RawFraming::UntilClose,
+        };
+        RawBody {
+            stream: Some(stream),
+            buf,
+            framing,
+            home,
+            done: false,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        if let (Some(stream), Some(home)) = (self.stream.take(), self.home.take())
+            && self.buf.is_empty()
+        {
+            home.put_stream(stream);
+        }
+    }
+
+    fn fail(
+        &mut self,
+        e: UpstreamError,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, UpstreamError>>> {
+        self.done = true;
+        self.stream = None;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl hyper::body::Body for RawBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, UpstreamError>>> {
+        use bytes::Buf;
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match &mut this.framing {
+                RawFraming::Length(0) => {
+                    this.finish();
+                    continue;
+                }
+                RawFraming::Length(left) if !this.buf.is_empty() => {
+                    let n = usize::try_from(*left)
+                        .unwrap_or(usize::MAX)
+                        .min(this.buf.len());
+                    let data = this.buf.split_to(n).freeze();
+                    *left -= n as u64;
+                    if *left == 0 {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(hyper::body::Frame::data(data))));
+                }
+                RawFraming::Chunked(c) if !this.buf.is_empty() => {
+                    let (used, data) = match c.decode(&this.buf) {
+                        Ok(d) => d,
+                        Err(e) => return this.fail(e.into()),
+                    };
+                    let data = match data {
+                        Some(r) => {
+                            this.buf.advance(r.start);
+                            Some(this.buf.split_to(r.end - r.start).freeze())
+                        }
+                        None => {
+                            this.buf.advance(used);
+                            None
+                        }
+                    };
+                    if c.is_done() {
+                        this.finish();
+                    }
+                    match data {
+                        Some(d) if !d.is_empty() => {
+                            return Poll::Ready(Some(Ok(hyper::body::Frame::data(d))));
+                        }
+                        _ => continue,
+                    }
+                }
+                RawFraming::UntilClose if !this.buf.is_empty() => {
+                    let data = this.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(hyper::body::Frame::data(data))));
+                }
+                _ => {}
+            }
+            let Some(stream) = this.stream.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if this.buf.capacity() - this.buf.len() < 4096 {
+                this.buf.reserve(16 * 1024);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(stream), cx, &mut this.buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return this.fail(e.into()),
+                Poll::Ready(Ok(0)) => {
+                    if matches!(this.framing, RawFraming::UntilClose) {
+                        this.done = true;
+                        this.stream = None;
+                        return Poll::Ready(None);
+                    }
+                    return this.fail(UpstreamError::EndedEarly);
+                }
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self.framing {
+            RawFraming::Length(n) => hyper::body::SizeHint::with_exact(n),
+            _ => hyper::body::SizeHint::default(),
         }
     }
 }

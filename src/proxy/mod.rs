@@ -5,6 +5,8 @@
 //! A request that could not reach a worker is retried once on another worker when that is safe
 //! (idempotent method, no body).
 
+mod narrow;
+
 use crate::buffer::{self, BodyError, BodyFailure};
 use crate::listen::Listener;
 use crate::pool::{Lease, Pool, Rejected};
@@ -149,16 +151,19 @@ impl Proxy {
                 None => true,
             },
         };
+        // The common requests first, as bytes; hyper takes over at the first other one.
+        let mut io = buffer::SendTimeout::new(stream, self.send_timeout);
+        let io = match self.narrow(&mut io, &peer, &stop).await {
+            narrow::Ended::Closed => return,
+            narrow::Ended::Hyper(prefix) => narrow::Rewound::new(prefix, io),
+        };
         let svc = service_fn(move |req| proxy.clone().handle(req, peer.clone()));
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_timeout)
             // hyper's read buffer bounds memory; the exact limit is checked per request below.
             .max_buf_size(self.max_header_size.saturating_mul(2).max(8192))
-            .serve_connection(
-                TokioIo::new(buffer::SendTimeout::new(stream, self.send_timeout)),
-                svc,
-            )
+            .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();
         tokio::pin!(conn);
         let result = tokio::select! {

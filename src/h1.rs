@@ -1,0 +1,857 @@
+//! The narrow HTTP/1.1 path, as bytes: the common request (a `GET` or `HEAD` with nothing to
+//! strip) is rewritten for the worker head to head, and the worker's answer head is rewritten
+//! for the client, without building header maps, URIs or boxed bodies.
+//!
+//! Everything here decides on a whole head before anything is sent, so that whatever the
+//! narrow path does not take ([`Request::Other`]) is served by hyper from its first byte, and
+//! hyper stays the one that parses, answers and rejects anything unusual (bodies, upgrades,
+//! `Expect`, HTTP/1.0, malformed or oversized heads). The parser is `httparse`, the one hyper
+//! uses, with the same strictness. No I/O and no state: `proxy` drives it, and the fuzz target
+//! `h1` feeds it arbitrary bytes.
+
+use std::ops::Range;
+
+/// Headers read from one head; a head with more goes to hyper (which answers 431).
+pub const MAX_HEADERS: usize = 64;
+/// Longest answer head from a worker.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// What baton knows of the client, for the forwarding headers.
+#[derive(Clone, Copy, Debug)]
+pub struct Client<'a> {
+    /// The client's IP, as text; `None` on a Unix socket.
+    pub ip: Option<&'a [u8]>,
+    /// Its forwarding headers are believed (`[listen] trusted_proxies`, or a Unix socket).
+    pub trusted: bool,
+}
+
+/// A client's request head, classified.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Not all there yet.
+    Partial,
+    /// Anything the narrow path does not take: hyper serves the connection from here.
+    Other,
+    /// Taken: the head for the worker was written to `out`.
+    Simple(Simple),
+}
+
+/// A request the narrow path forwards.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Simple {
+    /// Length of the client's head in its buffer.
+    pub len: usize,
+    /// A `HEAD`: the answer has no body, whatever its headers say.
+    pub head: bool,
+    /// The client said `Connection: close`.
+    pub close: bool,
+}
+
+fn eq(a: &[u8], b: &str) -> bool {
+    a.eq_ignore_ascii_case(b.as_bytes())
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// Classify the request head at the start of `buf`; when it is taken, write the worker's
+/// head to `out` (cleared first). `max_head`: `[listen] max_header_size`.
+pub fn request(buf: &[u8], client: Client<'_>, max_head: usize, out: &mut Vec<u8>) -> Request {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() <= max_head => return Request::Partial,
+        _ => return Request::Other,
+    };
+    if len > max_head {
+        return Request::Other;
+    }
+    let head = match req.method {
+        Some("GET") => false,
+        Some("HEAD") => true,
+        _ => return Request::Other,
+    };
+    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+        return Request::Other;
+    };
+    // Origin-form only, and only bytes that every URI parser takes as they are.
+    if !path.starts_with('/') || !path.bytes().all(|b| (b'!'..=b'~').contains(&b)) {
+        return Request::Other;
+    }
+    let mut hosts = 0;
+    let mut host: &[u8] = b"";
+    let mut close = false;
+    let mut forwarded_for = false;
+    let mut forwarded_host = false;
+    let mut forwarded_proto = false;
+    for h in req.headers.iter() {
+        let n = h.name.as_bytes();
+        if eq(n, "host") {
+            hosts += 1;
+            host = h.value;
+        } else if eq(n, "connection") {
+            match trim(h.value) {
+                v if eq(v, "keep-alive") => {}
+                v if eq(v, "close") => close = true,
+                _ => return Request::Other,
+            }
+        } else if eq(n, "x-forwarded-for") {
+            forwarded_for = true;
+        } else if eq(n, "x-forwarded-host") {
+            forwarded_host = true;
+        } else if eq(n, "x-forwarded-proto") {
+            forwarded_proto = true;
+        } else if eq(n, "forwarded") || eq(n, "x-real-ip") {
+            if !client.trusted {
+                return Request::Other;
+            }
+        } else if is_other(n) {
+            return Request::Other;
+        }
+    }
+    // An untrusted client's forwarding headers are replaced: hyper's path does that.
+    if hosts != 1 || (!client.trusted && (forwarded_for || forwarded_host || forwarded_proto)) {
+        return Request::Other;
+    }
+
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut prior = 0;
+    for h in req.headers.iter() {
+        let n = h.name.as_bytes();
+        if eq(n, "connection") || eq(n, "x-forwarded-for") {
+            continue;
+        }
+        header(out, n, h.value);
+    }
+    // X-Forwarded-For: a trusted proxy's list (several lines are one list), then this client.
+    for h in req
+        .headers
+        .iter()
+        .filter(|h| eq(h.name.as_bytes(), "x-forwarded-for"))
+    {
+        if prior == 0 {
+            out.extend_from_slice(b"x-forwarded-for: ");
+        } else {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(trim(h.value));
+        prior += 1;
+    }
+    match (prior, client.ip) {
+        (0, Some(ip)) => header(out, b"x-forwarded-for", ip),
+        (_, Some(ip)) => {
+            out.extend_from_slice(b", ");
+            out.extend_from_slice(ip);
+            out.extend_from_slice(b"\r\n");
+        }
+        (0, None) => {}
+        (_, None) => out.extend_from_slice(b"\r\n"),
+    }
+    if !forwarded_host {
+        header(out, b"x-forwarded-host", host);
+    }
+    if !forwarded_proto {
+        header(out, b"x-forwarded-proto", b"http");
+    }
+    out.extend_from_slice(b"\r\n");
+    Request::Simple(Simple { len, head, close })
+}
+
+/// Headers that only hyper's path handles: a body, an upgrade, `Expect`, and hop-by-hop
+/// headers that would have to be stripped.
+fn is_other(n: &[u8]) -> bool {
+    [
+        "content-length",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+        "te",
+        "trailer",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+    ]
+    .iter()
+    .any(|o| eq(n, o))
+}
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A worker's answer head, classified.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Not all there yet.
+    Partial,
+    /// An interim answer (`100 Continue`, `103 Early Hints`) of this length: skipped.
+    Interim(usize),
+    /// Not an answer baton forwards (the worker is at fault: a 502).
+    Bad(&'static str),
+    /// The final answer; the client's head was written to `out`.
+    Final(Final),
+}
+
+/// A worker's final answer head.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Final {
+    /// Length of the worker's head in its buffer.
+    pub len: usize,
+    pub status: u16,
+    /// How the body that follows the head ends.
+    pub body: Framing,
+    /// The worker closes the connection after this answer.
+    pub close: bool,
+}
+
+/// How a worker's answer body is delimited (RFC 9112 6.3).
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Framing {
+    /// No body (an answer to `HEAD`, 204, 304).
+    None,
+    /// `Content-Length`: this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`: the client gets it chunked too.
+    Chunked,
+    /// Neither: the body ends when the worker closes; the client gets it chunked.
+    UntilClose,
+}
+
+/// Classify the answer head at the start of `buf` to a request (`head`: it was a `HEAD`), and
+/// write the client's head to `out` (cleared first): the worker's headers without the hop-by-hop
+/// ones, a `Date` when the worker gave none (`date`: the current one), `Transfer-Encoding:
+/// chunked` when the client's body is chunked, and `Connection: close` when `close`.
+pub fn answer(buf: &[u8], head: bool, date: &[u8], close: bool, out: &mut Vec<u8>) -> Answer {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => return Answer::Partial,
+        Ok(httparse::Status::Partial) => return Answer::Bad("its answer head is over 64 KiB"),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Answer::Bad("its answer has over 64 headers");
+        }
+        Err(_) => return Answer::Bad("its answer is not valid HTTP/1.1"),
+    };
+    let (Some(status), Some(version)) = (resp.code, resp.version) else {
+        return Answer::Bad("its answer is not valid HTTP/1.1");
+    };
+    if !(100..=599).contains(&status) {
+        return Answer::Bad("its answer has an invalid status");
+    }
+    if status == 101 {
+        return Answer::Bad("it switched protocols unasked");
+    }
+    if status < 200 {
+        return Answer::Interim(len);
+    }
+    let mut lengths = None::<u64>;
+    let mut chunked = false;
+    let mut worker_close = version == 0;
+    let mut keep_alive_1_0 = false;
+    let mut has_date = false;
+    // Names the worker's `Connection:` lists are hop-by-hop too; at most a few.
+    let mut listed: [&[u8]; 8] = [b""; 8];
+    let mut nlisted = 0;
+    for h in resp.headers.iter() {
+        let n = h.name.as_bytes();
+        if eq(n, "content-length") {
+            let Some(v) = std::str::from_utf8(trim(h.value))
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+            else {
+                return Answer::Bad("its Content-Length is not a number");
+            };
+            if lengths.is_some_and(|l| l != v) {
+                return Answer::Bad("it sent two different Content-Lengths");
+            }
+            lengths = Some(v);
+        } else if eq(n, "transfer-encoding") {
+            // Only `chunked`, alone and last, is a framing baton knows.
+            if !eq(trim(h.value), "chunked") || chunked {
+                return Answer::Bad("its Transfer-Encoding is not chunked");
+            }
+            chunked = true;
+        } else if eq(n, "connection") {
+            for t in h.value.split(|b| *b == b',').map(trim) {
+                if eq(t, "close") {
+                    worker_close = true;
+                } else if eq(t, "keep-alive") {
+                    keep_alive_1_0 = true;
+                } else if !t.is_empty() {
+                    if nlisted == listed.len() {
+                        return Answer::Bad("its Connection header lists too many names");
+                    }
+                    listed[nlisted] = t;
+                    nlisted += 1;
+                }
+            }
+        } else if eq(n, "date") {
+            has_date = true;
+        }
+    }
+    if version == 0 && keep_alive_1_0 && !chunked && lengths.is_some() {
+        worker_close = false;
+    }
+    let no_body = head || status == 204 || status == 304;
+    let body = if no_body {
+        Framing::None
+    } else if chunked {
+        // Both: the length is a lie (RFC 9112 6.3); chunked wins, the connection closes.
+        if lengths.is_some() {
+            worker_close = true;
+        }
+        Framing::Chunked
+    } else if let Some(n) = lengths {
+        Framing::Length(n)
+    } else {
+        worker_close = true;
+        Framing::UntilClose
+    };
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    // 200..=599: three digits.
+    out.extend_from_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]);
+    out.push(b' ');
+    match resp.reason {
+        Some(r) if !r.is_empty() && r.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) => {
+            out.extend_from_slice(r.as_bytes())
+        }
+        _ => out.extend_from_slice(
+            http::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("Unknown")
+                .as_bytes(),
+        ),
+    }
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let n = h.name.as_bytes();
+        if is_hop_by_hop(n) || (listed[..nlisted].iter().any(|l| eq(n, to_str(l))) && !is_kept(n)) {
+            continue;
+        }
+        // A chunked body's length is the chunks', never a header's.
+        if matches!(body, Framing::Chunked) && eq(n, "content-length") {
+            continue;
+        }
+        header(out, n, h.value);
+    }
+    if !has_date {
+        header(out, b"date", date);
+    }
+    if matches!(body, Framing::Chunked | Framing::UntilClose) {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Answer::Final(Final {
+        len,
+        status,
+        body,
+        close: worker_close,
+    })
+}
+
+fn to_str(b: &[u8]) -> &str {
+    std::str::from_utf8(b).unwrap_or("")
+}
+
+fn is_hop_by_hop(n: &[u8]) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    ]
+    .iter()
+    .any(|h| eq(n, h))
+}
+
+/// End-to-end headers a `Connection:` list cannot remove.
+fn is_kept(n: &[u8]) -> bool {
+    [
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "set-cookie",
+        "date",
+    ]
+    .iter()
+    .any(|h| eq(n, h))
+}
+
+/// Reading a chunked body (RFC 9112 7.1): sizes, extensions and trailers are framing, only
+/// the data is given out.
+#[derive(Debug, Default)]
+pub struct Chunked {
+    state: State,
+    /// Data left in the current chunk.
+    left: u64,
+    /// Bytes of framing (size line, trailers) read since the last data: bounded.
+    framing: usize,
+}
+
+#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+enum State {
+    #[default]
+    Size,
+    /// After the size: `;ext` or whitespace, up to the line's end.
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or the empty line that ends the body).
+    TrailerStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+/// A chunked body is not valid.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("its chunked body is malformed: {0}")]
+pub struct ChunkError(&'static str);
+
+/// Framing bytes allowed between two pieces of data.
+const MAX_FRAMING: usize = 16 * 1024;
+
+impl Chunked {
+    /// Read from `input`: how many bytes were used, and which of them (a range of `input`)
+    /// are data. Call again with the rest until [`Chunked::is_done`].
+    pub fn decode(&mut self, input: &[u8]) -> Result<(usize, Option<Range<usize>>), ChunkError> {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            if self.state != State::Data {
+                self.framing += 1;
+                if self.framing > MAX_FRAMING {
+                    return Err(ChunkError("too much framing between data"));
+                }
+            }
+            match self.state {
+                State::Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let d = u64::from((b as char).to_digit(16).unwrap_or(0));
+                        self.left = self
+                            .left
+                            .checked_mul(16)
+                            .and_then(|l| l.checked_add(d))
+                            .ok_or(ChunkError("a chunk size overflows"))?;
+                        self.framing_digits()?;
+                    }
+                    b';' | b' ' | b'\t' if self.framing > 1 => self.state = State::Extension,
+                    b'\r' if self.framing > 1 => self.state = State::SizeLf,
+                    _ => return Err(ChunkError("a chunk size is not hexadecimal")),
+                },
+                State::Extension => match b {
+                    b'\r' => self.state = State::SizeLf,
+                    b'\n' => return Err(ChunkError("a bare LF ends a chunk size line")),
+                    _ => {}
+                },
+                State::SizeLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("a chunk size line does not end in CRLF"));
+                    }
+                    self.state = if self.left == 0 {
+                        State::TrailerStart
+                    } else {
+                        State::Data
+                    };
+                }
+                State::Data => {
+                    let n = usize::try_from(self.left)
+                        .unwrap_or(usize::MAX)
+                        .min(input.len() - i);
+                    self.left -= n as u64;
+                    if self.left == 0 {
+                        self.state = State::DataCr;
+                    }
+                    self.framing = 0;
+                    return Ok((i + n, Some(i..i + n)));
+                }
+                State::DataCr => {
+                    if b != b'\r' {
+                        return Err(ChunkError("a chunk's data is longer than its size"));
+                    }
+                    self.state = State::DataLf;
+                }
+                State::DataLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("a chunk does not end in CRLF"));
+                    }
+                    self.state = State::Size;
+                    self.framing = 0;
+                }
+                State::TrailerStart => match b {
+                    b'\r' => self.state = State::EndLf,
+                    _ => self.state = State::Trailer,
+                },
+                State::Trailer => {
+                    if b == b'\r' {
+                        self.state = State::TrailerLf;
+                    }
+                }
+                State::TrailerLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("a trailer line does not end in CRLF"));
+                    }
+                    self.state = State::TrailerStart;
+                }
+                State::EndLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("the last chunk does not end in CRLF"));
+                    }
+                    self.state = State::Done;
+                    return Ok((i + 1, None));
+                }
+                State::Done => return Ok((i, None)),
+            }
+            i += 1;
+        }
+        Ok((i, None))
+    }
+
+    /// Sixteen hex digits hold any u64; more are padding an attacker sends.
+    fn framing_digits(&self) -> Result<(), ChunkError> {
+        if self.framing > 17 {
+            return Err(ChunkError("a chunk size has too many digits"));
+        }
+        Ok(())
+    }
+
+    /// The last chunk and the trailers have been read.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIENT: Client<'static> = Client {
+        ip: Some(b"192.0.2.7"),
+        trusted: false,
+    };
+
+    fn take(raw: &str, client: Client<'_>) -> (Request, String) {
+        let mut out = Vec::new();
+        let r = request(raw.as_bytes(), client, 8192, &mut out);
+        (r, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn a_plain_get_is_rewritten_head_to_head() {
+        let raw = "GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\nConnection: keep-alive\r\n\r\nGET /next";
+        let (r, out) = take(raw, CLIENT);
+        assert_eq!(
+            r,
+            Request::Simple(Simple {
+                len: raw.len() - "GET /next".len(),
+                head: false,
+                close: false
+            })
+        );
+        assert_eq!(
+            out,
+            "GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-host: example.com\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_trusted_proxys_forwarding_headers_are_extended() {
+        let trusted = Client {
+            ip: Some(b"10.0.0.1"),
+            trusted: true,
+        };
+        let raw = "HEAD / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\nx-forwarded-for: 2.2.2.2 \r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n";
+        let (r, out) = take(raw, trusted);
+        assert!(matches!(
+            r,
+            Request::Simple(Simple {
+                head: true,
+                close: true,
+                ..
+            })
+        ));
+        assert_eq!(
+            out,
+            "HEAD / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.1\r\nx-forwarded-host: h\r\n\r\n"
+        );
+        // On a Unix socket there is no address to add.
+        let local = Client {
+            ip: None,
+            trusted: true,
+        };
+        let (_, out) = take(
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\n\r\n",
+            local,
+        );
+        assert!(
+            out.contains("\r\nx-forwarded-for: 1.1.1.1\r\nx-forwarded-host: h\r\n"),
+            "{out}"
+        );
+        let (_, out) = take("GET / HTTP/1.1\r\nHost: h\r\n\r\n", local);
+        assert!(!out.contains("x-forwarded-for"), "{out}");
+    }
+
+    #[test]
+    fn anything_unusual_goes_to_hyper() {
+        for raw in [
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx",
+            "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: h\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, x-secret\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Real-IP: 6.6.6.6\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nTE: trailers\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost : h\r\n\r\n",
+            "GET /\x7f HTTP/1.1\r\nHost: h\r\n\r\n",
+            "BREW / HTTP/1.1\r\nHost: h\r\n\r\n",
+            "garbage\r\n\r\n",
+        ] {
+            assert_eq!(take(raw, CLIENT).0, Request::Other, "{raw:?}");
+        }
+        assert_eq!(
+            take("GET / HTTP/1.1\r\nHost: h\r\n", CLIENT).0,
+            Request::Partial
+        );
+        // Too long to be all there within the limit: hyper answers it (431).
+        let long = format!("GET / HTTP/1.1\r\nHost: h\r\nX-A: {}\r\n", "a".repeat(9000));
+        assert_eq!(take(&long, CLIENT).0, Request::Other);
+        let many: String = (0..70).map(|i| format!("X-{i}: v\r\n")).collect();
+        let raw = format!("GET / HTTP/1.1\r\nHost: h\r\n{many}\r\n");
+        assert_eq!(take(&raw, CLIENT).0, Request::Other);
+    }
+
+    fn answer_of(raw: &str, head: bool, close: bool) -> (Answer, String) {
+        let mut out = Vec::new();
+        let a = answer(
+            raw.as_bytes(),
+            head,
+            b"Tue, 01 Dec 2026 00:00:00 GMT",
+            close,
+            &mut out,
+        );
+        (a, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn an_answer_loses_its_hop_by_hop_headers_and_gets_a_date() {
+        let raw = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-App: a\r\n\r\nhi";
+        let (a, out) = answer_of(raw, false, false);
+        assert_eq!(
+            a,
+            Answer::Final(Final {
+                len: raw.len() - 2,
+                status: 200,
+                body: Framing::Length(2),
+                close: false
+            })
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-App: a\r\ndate: Tue, 01 Dec 2026 00:00:00 GMT\r\n\r\n"
+        );
+        let (_, out) = answer_of(
+            "HTTP/1.1 404 Not Found\r\nDate: x\r\nContent-Length: 0\r\n\r\n",
+            false,
+            true,
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 404 Not Found\r\nDate: x\r\nContent-Length: 0\r\nconnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let framing = |raw: &str, head: bool| match answer_of(raw, head, false).0 {
+            Answer::Final(f) => (f.body, f.close),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true),
+            (Framing::None, false)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\n\r\n", false),
+            (Framing::None, false)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 304 Not Modified\r\n\r\n", false),
+            (Framing::None, false)
+        );
+        assert_eq!(
+            framing(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            ),
+            (Framing::Chunked, false)
+        );
+        assert_eq!(
+            framing(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                false
+            ),
+            (Framing::Chunked, true)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\n\r\n", false),
+            (Framing::UntilClose, true)
+        );
+        assert_eq!(
+            framing("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false),
+            (Framing::Length(1), true)
+        );
+        assert_eq!(
+            framing(
+                "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
+                false
+            ),
+            (Framing::Length(1), false)
+        );
+        assert_eq!(
+            framing(
+                "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n",
+                false
+            ),
+            (Framing::Length(7), false)
+        );
+        let (_, out) = answer_of(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            false,
+            false,
+        );
+        assert!(
+            !out.to_ascii_lowercase().contains("content-length"),
+            "{out}"
+        );
+        assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
+    }
+
+    #[test]
+    fn answers_baton_does_not_forward() {
+        assert_eq!(
+            answer_of("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200", false, false).0,
+            Answer::Interim(25)
+        );
+        for raw in [
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1,1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 999 What\r\n\r\n",
+            "HTTP/2 200 OK\r\n\r\n",
+            "hello\r\n\r\n",
+        ] {
+            assert!(
+                matches!(answer_of(raw, false, false).0, Answer::Bad(_)),
+                "{raw:?}"
+            );
+        }
+        assert_eq!(
+            answer_of("HTTP/1.1 200 OK\r\n", false, false).0,
+            Answer::Partial
+        );
+    }
+
+    fn dechunk(mut input: &[u8]) -> Result<(Vec<u8>, usize, bool), ChunkError> {
+        let mut c = Chunked::default();
+        let mut data = Vec::new();
+        let total = input.len();
+        while !input.is_empty() && !c.is_done() {
+            let (used, d) = c.decode(input)?;
+            if let Some(r) = d {
+                data.extend_from_slice(&input[r]);
+            }
+            input = &input[used..];
+        }
+        Ok((data, total - input.len(), c.is_done()))
+    }
+
+    #[test]
+    fn a_chunked_body_is_decoded_in_any_pieces() {
+        let body = b"5;ext=1\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let (data, used, done) = dechunk(body).unwrap();
+        assert_eq!(data, b"hello 0123456789");
+        assert_eq!(used, body.len() - 4);
+        assert!(done);
+        // Byte by byte, the same.
+        let mut c = Chunked::default();
+        let mut data = Vec::new();
+        for i in 0..body.len() - 4 {
+            let (used, d) = c.decode(&body[i..=i]).unwrap();
+            assert_eq!(used, 1);
+            if let Some(r) = d {
+                data.extend_from_slice(&body[i..=i][r]);
+            }
+        }
+        assert!(c.is_done());
+        assert_eq!(data, b"hello 0123456789");
+    }
+
+    #[test]
+    fn a_malformed_chunked_body_is_an_error() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"5\r\nhelloX\r\n",
+            b"5\nhello",
+            b"11111111111111111\r\n",
+            b"fffffffffffffffff\r\n",
+            b"0\r\n\r\r",
+        ] {
+            assert!(dechunk(bad).is_err(), "{bad:?}");
+        }
+        let padding = vec![b'0'; 20];
+        assert!(dechunk(&padding).is_err());
+        let mut ext = b"1;".to_vec();
+        ext.extend(std::iter::repeat_n(b'a', MAX_FRAMING));
+        assert!(dechunk(&ext).is_err());
+    }
+}

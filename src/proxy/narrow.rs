@@ -1,0 +1,410 @@
+//! The narrow path of a client connection: while its requests are the common kind (see
+//! [`crate::h1`]), baton reads and writes their bytes itself, with plain streams to the
+//! workers; at the first request it does not take, hyper serves the connection from that
+//! request's first byte on. Same rules as hyper's path: the lease, one retry of a request that
+//! got no answer, the answer read from the worker at once and spooled for a slow client, the
+//! head and send timeouts, and `Connection: close` once baton stops.
+
+use super::{Peer, Proxy, ProxyError};
+use crate::buffer;
+use crate::h1::{self, Answer, Final, Framing};
+use crate::pool::Lease;
+use crate::upstream::{RawBody, UpstreamError};
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Body;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// How a client connection's narrow path ended.
+pub(super) enum Ended {
+    /// The connection is done (closed by either side, or an error).
+    Closed,
+    /// A request the narrow path does not take: hyper serves the rest, starting with these
+    /// bytes.
+    Hyper(Bytes),
+}
+
+/// Buffers a connection keeps from one request to the next.
+struct Scratch {
+    /// What the client sent and baton has not served yet.
+    input: BytesMut,
+    /// The head for the worker.
+    up: Vec<u8>,
+    /// The head for the client.
+    out: Vec<u8>,
+    /// What the worker sent.
+    answer: BytesMut,
+}
+
+impl Proxy {
+    pub(super) async fn narrow<S>(&self, io: &mut S, peer: &Peer, stop: &CancellationToken) -> Ended
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut s = Scratch {
+            input: BytesMut::new(),
+            up: Vec::new(),
+            out: Vec::new(),
+            answer: BytesMut::new(),
+        };
+        let client = h1::Client {
+            ip: peer.ip.as_ref().map(|v| v.as_bytes()),
+            trusted: peer.trusted,
+        };
+        loop {
+            // A head must be all there within header_timeout (an idle keep-alive connection
+            // too), as with hyper.
+            let deadline = tokio::time::Instant::now() + self.header_timeout;
+            let simple = loop {
+                if !s.input.is_empty() {
+                    match h1::request(&s.input, client, self.max_header_size, &mut s.up) {
+                        h1::Request::Simple(r) => break r,
+                        h1::Request::Other => return Ended::Hyper(s.input.freeze()),
+                        h1::Request::Partial => {}
+                    }
+                }
+                if s.input.capacity() - s.input.len() < 1024 {
+                    s.input.reserve(4096);
+                }
+                let idle = s.input.is_empty();
+                let read = tokio::select! {
+                    r = io.read_buf(&mut s.input) => r,
+                    _ = tokio::time::sleep_until(deadline) => return Ended::Closed,
+                    _ = stop.cancelled(), if idle => return Ended::Closed,
+                };
+                match read {
+                    Ok(0) | Err(_) => return Ended::Closed,
+                    Ok(_) => {}
+                }
+            };
+            s.input.advance(simple.len);
+            let started = Instant::now();
+            let close = simple.close || stop.is_cancelled();
+            let (status, keep) = match self.exchange(&simple, close, stop, &mut s).await {
+                Ok((lease, stream, fin)) => {
+                    let status = fin.status;
+                    (
+                        status,
+                        self.relay(io, lease, stream, fin, &mut s).await && !close,
+                    )
+                }
+                Err(e) => {
+                    let resp = e.into_response();
+                    let status = resp.status().as_u16();
+                    let close = close || resp.headers().contains_key(http::header::CONNECTION);
+                    (
+                        status,
+                        write_error(io, resp, simple.head, close, &mut s.out).await && !close,
+                    )
+                }
+            };
+            self.metrics.request(status, started.elapsed());
+            if !keep {
+                let _ = io.shutdown().await;
+                return Ended::Closed;
+            }
+            // Not to keep a large buffer per idle connection after one large head.
+            if s.input.is_empty() && s.input.capacity() > 16 * 1024 {
+                s.input = BytesMut::new();
+            }
+        }
+    }
+
+    /// Send the request to a worker and read its answer head; one retry on another worker
+    /// when there was no answer.
+    async fn exchange(
+        &self,
+        req: &h1::Simple,
+        close: bool,
+        stop: &CancellationToken,
+        s: &mut Scratch,
+    ) -> Result<(Lease, TcpStream, Final), ProxyError> {
+        let mut exclude = None;
+        loop {
+            let lease = self.lease(exclude).await?;
+            match ask(&lease, req.head, close || stop.is_cancelled(), s).await {
+                Ok((stream, fin)) => return Ok((lease, stream, fin)),
+                Err(_) if lease.was_cut() => return Err(ProxyError::Cut(lease.worker)),
+                Err(e) if exclude.is_none() => {
+                    tracing::warn!(
+                        worker = lease.worker.0,
+                        "request to worker {} failed ({e}); retrying on another worker",
+                        lease.worker
+                    );
+                    exclude = Some(lease.worker);
+                }
+                Err(e) => return Err(ProxyError::bad_gateway(&lease, &e)),
+            }
+        }
+    }
+
+    /// Give the answer to the client. The worker is free as soon as its answer is all read:
+    /// at once when it came with its head, else when the spool has it. False when the
+    /// connection cannot go on.
+    async fn relay<S>(
+        &self,
+        io: &mut S,
+        lease: Lease,
+        stream: TcpStream,
+        fin: Final,
+        s: &mut Scratch,
+    ) -> bool
+    where
+        S: AsyncWrite + Unpin,
+    {
+        let whole = match fin.body {
+            Framing::None => Some(0),
+            Framing::Length(n) if n <= s.answer.len() as u64 => Some(n as usize),
+            _ => None,
+        };
+        if let Some(n) = whole {
+            // The common case: the whole answer is here. The worker is free now, and the
+            // head and body go to the client in one write.
+            if !fin.close && s.answer.len() == n {
+                lease.conns.put_stream(stream);
+            }
+            drop(lease);
+            let ok = write_two(io, &s.out, &s.answer[..n]).await.is_ok();
+            s.answer.clear();
+            return ok;
+        }
+        let home = (!fin.close).then(|| lease.conns.clone());
+        let body = RawBody::new(stream, s.answer.split(), fin.body, home);
+        let chunked = !matches!(fin.body, Framing::Length(_));
+        if io.write_all(&s.out).await.is_err() {
+            return false;
+        }
+        if self.response_buffering {
+            let spooled = buffer::spool(body, self.limits.clone(), move |_| drop(lease));
+            write_body(io, spooled, chunked).await
+        } else {
+            let ok = write_body(io, body, chunked).await;
+            drop(lease);
+            ok
+        }
+    }
+}
+
+/// One request on one worker stream: write the head, read the answer's head (interim answers
+/// skipped). The client's head is left in `s.out`, the rest of what was read in `s.answer`.
+async fn ask(
+    lease: &Lease,
+    head: bool,
+    close: bool,
+    s: &mut Scratch,
+) -> Result<(TcpStream, Final), UpstreamError> {
+    let (mut stream, _reused) = lease.conns.get_stream(lease.addr).await?;
+    stream.write_all(&s.up).await?;
+    s.answer.clear();
+    let date = date();
+    loop {
+        if s.answer.capacity() - s.answer.len() < 4096 {
+            s.answer.reserve(16 * 1024);
+        }
+        if stream.read_buf(&mut s.answer).await? == 0 {
+            return Err(UpstreamError::Closed);
+        }
+        loop {
+            match h1::answer(&s.answer, head, &date.0[..], close, &mut s.out) {
+                Answer::Partial => break,
+                Answer::Interim(n) => s.answer.advance(n),
+                Answer::Bad(why) => return Err(UpstreamError::Answer(why)),
+                Answer::Final(fin) => {
+                    s.answer.advance(fin.len);
+                    return Ok((stream, fin));
+                }
+            }
+        }
+    }
+}
+
+/// `Date:` for answers whose worker gave none, formatted once a second per thread.
+struct HttpDate([u8; 29]);
+
+fn date() -> HttpDate {
+    use std::cell::Cell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHED: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with(|c| {
+        let (at, text) = c.get();
+        if at == secs && at != 0 {
+            return HttpDate(text);
+        }
+        let mut text = [0u8; 29];
+        let formatted = httpdate::fmt_http_date(now);
+        let n = formatted.len().min(29);
+        text[..n].copy_from_slice(&formatted.as_bytes()[..n]);
+        c.set((secs, text));
+        HttpDate(text)
+    })
+}
+
+/// Write two buffers, in one `writev` when the socket takes them.
+async fn write_two<S: AsyncWrite + Unpin>(io: &mut S, a: &[u8], b: &[u8]) -> std::io::Result<()> {
+    if b.is_empty() {
+        return io.write_all(a).await;
+    }
+    let n = io
+        .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+        .await?;
+    if n < a.len() {
+        io.write_all(&a[n..]).await?;
+        io.write_all(b).await
+    } else {
+        io.write_all(&b[n - a.len()..]).await
+    }
+}
+
+/// Copy a body to the client, chunked or as it is (its length is in the head).
+async fn write_body<S, B>(io: &mut S, mut body: B, chunked: bool) -> bool
+where
+    S: AsyncWrite + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    while let Some(frame) = body.frame().await {
+        let data = match frame {
+            Ok(f) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => continue, // trailers: not forwarded
+            },
+            Err(e) => {
+                // The client gets a cut answer, as on hyper's path.
+                tracing::debug!("answer body failed: {e}");
+                return false;
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        let written = if chunked {
+            let size = format!("{:x}\r\n", data.len());
+            async {
+                write_two(io, size.as_bytes(), &data).await?;
+                io.write_all(b"\r\n").await
+            }
+            .await
+        } else {
+            io.write_all(&data).await
+        };
+        if written.is_err() {
+            return false;
+        }
+    }
+    if chunked && io.write_all(b"0\r\n\r\n").await.is_err() {
+        return false;
+    }
+    io.flush().await.is_ok()
+}
+
+/// baton's own answer (an error), written as hyper would.
+async fn write_error<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    resp: http::Response<super::ProxyBody>,
+    head: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> bool {
+    let (parts, body) = resp.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    out.clear();
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\n",
+            parts.status.as_u16(),
+            parts.status.canonical_reason().unwrap_or("")
+        )
+        .as_bytes(),
+    );
+    for (name, value) in &parts.headers {
+        if name == http::header::CONNECTION {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(&date().0);
+    out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let body = if head { &[][..] } else { &body[..] };
+    write_two(io, out, body).await.is_ok()
+}
+
+/// A client stream that gives back `prefix` (what the narrow path read but did not serve)
+/// before reading on: hyper then sees the connection from that request's first byte.
+pub(super) struct Rewound<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Rewound<S> {
+    pub(super) fn new(prefix: Bytes, inner: S) -> Rewound<S> {
+        Rewound { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
