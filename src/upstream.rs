@@ -136,23 +136,32 @@ impl Conns {
     /// A stream for one narrow-path request (always one that may be sent again): an idle one,
     /// else a new one. `true` with a reused one, which the worker may have closed meanwhile.
     pub async fn get_stream(&self, addr: SocketAddr) -> Result<(TcpStream, bool), UpstreamError> {
-        let reused = {
-            let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            let mut found = None;
-            while let Some((stream, since)) = raw.pop() {
-                if now.saturating_duration_since(since) < IDLE_REUSE {
-                    found = Some(stream);
-                    break;
-                }
-                raw.clear();
+        while let Some(stream) = self.pop_stream() {
+            // A stream is taken only when there is nothing to read on it: not the worker's
+            // close of an idle connection, and not bytes it sent beyond its last answer,
+            // which would be read as the answer to this request, someone else's.
+            match stream.try_read(&mut [0u8; 1]) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok((stream, true)),
+                Ok(n) if n > 0 => tracing::warn!(
+                    "worker at {addr} sent more than its answer on an idle connection; \
+                     the connection is closed"
+                ),
+                _ => {}
             }
-            found
-        };
-        match reused {
-            Some(s) => Ok((s, true)),
-            None => connect_stream(addr).await.map(|s| (s, false)),
         }
+        connect_stream(addr).await.map(|s| (s, false))
+    }
+
+    fn pop_stream(&self) -> Option<TcpStream> {
+        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        while let Some((stream, since)) = raw.pop() {
+            if now.saturating_duration_since(since) < IDLE_REUSE {
+                return Some(stream);
+            }
+            raw.clear();
+        }
+        None
     }
 
     /// Give back a stream whose answer was read exactly to its end.

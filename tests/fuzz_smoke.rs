@@ -1,4 +1,4 @@
-//! A bounded fuzz run of each cargo-fuzz target in `fuzz/` (`config`, `request`; see
+//! A bounded fuzz run of each cargo-fuzz target in `fuzz/` (`config`, `h1`, `request`; see
 //! fuzz/README.md): the targets must build, and a short run of each from its seed corpus must
 //! find no crash, panic, hang or out-of-memory.
 //!
@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const TARGETS: [&str; 2] = ["config", "request"];
+const TARGETS: [&str; 3] = ["config", "h1", "request"];
 
 fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())

@@ -108,6 +108,95 @@ fn read_response(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
+/// What a worker sends beyond its answer never reaches the next client: the connection it came
+/// on is not reused, whether the extra bytes came with the answer or a moment later.
+#[test]
+fn bytes_beyond_a_workers_answer_reach_nobody() {
+    let _serial = serial();
+    let baton = echo_baton(1, "");
+    let mut s = TcpStream::connect(baton.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for i in 0..20 {
+        write!(s, "GET /overlong HTTP/1.1\r\nHost: app\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut s), "hello");
+        std::thread::sleep(Duration::from_millis(100));
+        // The one worker's idle connection now holds "STOLEN!" unread.
+        let path = format!("/next-{i}");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: app\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut s), path);
+    }
+}
+
+/// Every framing a worker may use reaches the client whole, on a connection that goes on;
+/// requests pipelined in one write are answered in order, whichever path serves them.
+#[test]
+fn every_framing_of_an_answer_reaches_the_client() {
+    let _serial = serial();
+    let baton = echo_baton(2, "");
+    let mut s = TcpStream::connect(baton.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let chunked = |s: &mut TcpStream| {
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n0\r\n\r\n") {
+            assert_eq!(
+                s.read(&mut byte).unwrap(),
+                1,
+                "{}",
+                String::from_utf8_lossy(&got)
+            );
+            got.push(byte[0]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    for _ in 0..3 {
+        write!(s, "GET /chunked HTTP/1.1\r\nHost: app\r\n\r\n").unwrap();
+        let answer = chunked(&mut s);
+        assert!(
+            answer.to_lowercase().contains("transfer-encoding: chunked"),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n"),
+            "{answer}"
+        );
+        assert!(
+            !answer.contains("ext=") && !answer.contains("X-Trailer"),
+            "{answer}"
+        );
+        // No length: baton gives it chunked, and the client's connection goes on.
+        write!(s, "GET /until-close HTTP/1.1\r\nHost: app\r\n\r\n").unwrap();
+        let answer = chunked(&mut s);
+        assert!(
+            answer.ends_with("\r\n\r\n6\r\nuntil \r\n5\r\nclose\r\n0\r\n\r\n"),
+            "{answer}"
+        );
+        write!(s, "GET /interim HTTP/1.1\r\nHost: app\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut s), "after hints");
+        write!(s, "HEAD /x HTTP/1.1\r\nHost: app\r\n\r\n").unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).unwrap(), 1);
+            head.push(byte[0]);
+        }
+        assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 "));
+    }
+    // Pipelined: two narrow-path GETs, then a POST that hyper serves, in one write.
+    let answer = raw(
+        baton.addr,
+        b"GET /one HTTP/1.1\r\nHost: app\r\n\r\nGET /two HTTP/1.1\r\nHost: app\r\n\r\n\
+          POST /three HTTP/1.1\r\nHost: app\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    );
+    let (one, two, three) = (
+        answer.find("/one").unwrap_or(usize::MAX),
+        answer.find("/two").unwrap_or(usize::MAX),
+        answer.find("/three").unwrap_or(usize::MAX),
+    );
+    assert!(one < two && two < three && three < usize::MAX, "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 3, "{answer}");
+}
+
 #[test]
 fn http_edges_are_answered_by_baton() {
     let _serial = serial();

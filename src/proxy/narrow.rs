@@ -205,7 +205,7 @@ async fn ask(
     let date = date();
     loop {
         if s.answer.capacity() - s.answer.len() < 4096 {
-            s.answer.reserve(16 * 1024);
+            s.answer.reserve(8 * 1024);
         }
         if stream.read_buf(&mut s.answer).await? == 0 {
             return Err(UpstreamError::Closed);
