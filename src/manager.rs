@@ -42,8 +42,9 @@ impl Drop for DataPlane {
 
 /// Give memory back after a burst of client connections: glibc keeps what thousands of
 /// connections' buffers used in its arenas after they close (8 MiB of RSS became 35 MiB, and
-/// stayed, after 2,000 idle connections). Once the open connections fall to half of the peak
-/// since the last trim (and that peak was a burst), `malloc_trim` returns the free pages.
+/// stayed, after 2,000 idle connections). Each time the open connections have fallen by a
+/// burst's worth since the peak after the last trim, `malloc_trim` returns the free pages: a
+/// burst that closes over several seconds is trimmed until its last connection is gone.
 async fn trim_after_bursts(proxy: Arc<Proxy>) {
     const BURST: usize = 1000;
     let mut peak = 0;
@@ -52,7 +53,7 @@ async fn trim_after_bursts(proxy: Arc<Proxy>) {
         tick.tick().await;
         let open = proxy.open_connections();
         peak = peak.max(open);
-        if peak >= BURST && open <= peak / 2 {
+        if peak.saturating_sub(open) >= BURST {
             peak = open;
             // It walks the heap: off the runtime's threads.
             let _ = tokio::task::spawn_blocking(|| {
