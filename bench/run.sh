@@ -545,6 +545,7 @@ def failed: .errors_connect + .errors_read + .errors_write + .errors_status + .e
 "  \("weight" | pad(8)) \("window" | pad(8)) \("length" | lpad(7)) \("req/s" | lpad(7)) \("failed" | lpad(6)) \("p50" | lpad(7)) \("p99" | lpad(7)) \("p99.9" | lpad(7)) \("max" | lpad(7))",
 (.cpu_heavy_boot[] as $c | ("steady", "rolling") as $k | $c[$k] |
   "  \($c.weight | pad(8)) \($k | pad(8)) \(.window_ms | ms | lpad(7)) \(.rps | floor | lpad(7)) \(.failed_requests | lpad(6)) \(.p50_us | us | lpad(7)) \(.p99_us | us | lpad(7)) \(.p999_us | us | lpad(7)) \(.max_us | us | lpad(7))"),
+"  max / p99 in the steady windows, no restart running (the floor of the window-max target here): \([.cpu_heavy_boot[].steady | .max_us / .p99_us * 10 | round / 10] | map(tostring) | join(", "))",
 "",
 "Idle client connections: \(.idle_connections.connections) open: manager RSS \(.idle_connections.rss_before_bytes / 1048576 | num) MiB before, \(.idle_connections.rss_held_bytes / 1048576 | num) MiB with them, \(.idle_connections.rss_after_bytes / 1048576 | num) MiB after they closed",
 "",
