@@ -533,7 +533,8 @@ if have unshare && have chroot; then
     fi
 fi
 if [ ${#ns[@]} -gt 0 ]; then
-    if ! "${ns[@]}" bash "$0" --scriptlets-inner "$tmp/scripts"; then
+    # The chroot is made under $tmp, removed on exit, once the namespace and its mounts are gone.
+    if ! TMPDIR=$tmp "${ns[@]}" bash "$0" --scriptlets-inner "$tmp/scripts"; then
         fail "scriptlets: see the lines above"
     fi
 else
