@@ -73,7 +73,11 @@ impl Proxy {
                     s.input.reserve(4096);
                 }
                 let idle = s.input.is_empty();
+                // Reading first: a request already in the socket when baton begins to stop is
+                // served (its answer says `Connection: close`), not cut; only a connection with
+                // nothing sent is closed at once.
                 let read = tokio::select! {
+                    biased;
                     r = io.read_buf(&mut s.input) => r,
                     _ = tokio::time::sleep_until(deadline) => return Ended::Closed,
                     _ = stop.cancelled(), if idle => return Ended::Closed,
@@ -85,10 +89,17 @@ impl Proxy {
             };
             s.input.advance(simple.len);
             let started = Instant::now();
-            let close = simple.close || stop.is_cancelled();
-            let (status, keep) = match self.exchange(&simple, close, stop, &mut s).await {
+            let (status, keep) = match self.exchange(&simple, &mut s).await {
                 Ok((lease, stream, fin)) => {
                     let status = fin.status;
+                    // Decided as the answer leaves, not when the request came: baton may have
+                    // begun to stop while the worker answered, and a client told nothing would
+                    // send its next request on a connection about to close.
+                    let close = simple.close || stop.is_cancelled();
+                    if close {
+                        s.out.truncate(s.out.len().saturating_sub(2));
+                        s.out.extend_from_slice(b"connection: close\r\n\r\n");
+                    }
                     (
                         status,
                         self.relay(io, lease, stream, fin, &mut s).await && !close,
@@ -97,7 +108,9 @@ impl Proxy {
                 Err(e) => {
                     let resp = e.into_response();
                     let status = resp.status().as_u16();
-                    let close = close || resp.headers().contains_key(http::header::CONNECTION);
+                    let close = simple.close
+                        || stop.is_cancelled()
+                        || resp.headers().contains_key(http::header::CONNECTION);
                     (
                         status,
                         write_error(io, resp, simple.head, close, &mut s.out).await && !close,
@@ -121,14 +134,12 @@ impl Proxy {
     async fn exchange(
         &self,
         req: &h1::Simple,
-        close: bool,
-        stop: &CancellationToken,
         s: &mut Scratch,
     ) -> Result<(Lease, TcpStream, Final), ProxyError> {
         let mut exclude = None;
         loop {
             let lease = self.lease(exclude).await?;
-            match ask(&lease, req.head, close || stop.is_cancelled(), s).await {
+            match ask(&lease, req.head, s).await {
                 Ok((stream, fin)) => return Ok((lease, stream, fin)),
                 Err(_) if lease.was_cut() => return Err(ProxyError::Cut(lease.worker)),
                 Err(e) if exclude.is_none() => {
@@ -196,7 +207,6 @@ impl Proxy {
 async fn ask(
     lease: &Lease,
     head: bool,
-    close: bool,
     s: &mut Scratch,
 ) -> Result<(TcpStream, Final), UpstreamError> {
     let (mut stream, _reused) = lease.conns.get_stream(lease.addr).await?;
@@ -211,7 +221,8 @@ async fn ask(
             return Err(UpstreamError::Closed);
         }
         loop {
-            match h1::answer(&s.answer, head, &date.0[..], close, &mut s.out) {
+            // `Connection: close`, when it is due, is added as the head leaves.
+            match h1::answer(&s.answer, head, &date.0[..], false, &mut s.out) {
                 Answer::Partial => break,
                 Answer::Interim(n) => s.answer.advance(n),
                 Answer::Bad(why) => return Err(UpstreamError::Answer(why)),
