@@ -171,26 +171,14 @@ pub fn request(buf: &[u8], client: Client<'_>, max_head: usize, out: &mut Vec<u8
     Request::Simple(Simple { len, head, close })
 }
 
-/// Headers that only hyper's path handles: a body, an upgrade, `Expect`, and hop-by-hop
-/// headers that would have to be stripped.
+/// Headers that only hyper's path handles: a body, `Expect`, and the hop-by-hop headers
+/// (an upgrade among them) that would have to be stripped. `Connection` is looked at before.
 fn is_other(n: &[u8]) -> bool {
-    [
-        "content-length",
-        "transfer-encoding",
-        "upgrade",
-        "expect",
-        "te",
-        "trailer",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "proxy-authenticate",
-    ]
-    .iter()
-    .any(|o| eq(n, o))
+    eq(n, "content-length") || eq(n, "expect") || is_hop_by_hop(n)
 }
 
-fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// One header line.
+pub fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -352,7 +340,9 @@ pub fn answer(buf: &[u8], head: bool, date: &[u8], close: bool, out: &mut Vec<u8
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
         let n = h.name.as_bytes();
-        if is_hop_by_hop(n) || (listed[..nlisted].iter().any(|l| eq(n, to_str(l))) && !is_kept(n)) {
+        if is_hop_by_hop(n)
+            || (listed[..nlisted].iter().any(|l| n.eq_ignore_ascii_case(l)) && !is_kept(n))
+        {
             continue;
         }
         // A chunked body's length is the chunks', never a header's.
@@ -379,11 +369,8 @@ pub fn answer(buf: &[u8], head: bool, date: &[u8], close: bool, out: &mut Vec<u8
     })
 }
 
-fn to_str(b: &[u8]) -> &str {
-    std::str::from_utf8(b).unwrap_or("")
-}
-
-fn is_hop_by_hop(n: &[u8]) -> bool {
+/// Headers that describe one hop, not the message (RFC 9110 7.6.1); both paths drop them.
+pub fn is_hop_by_hop(n: &[u8]) -> bool {
     [
         "connection",
         "keep-alive",

@@ -75,8 +75,49 @@ impl Conn {
 /// streams, for the narrow path (`h1`), which writes and reads the bytes itself.
 #[derive(Default)]
 pub struct Conns {
-    idle: Mutex<Vec<(SendRequest<RequestBody>, Instant)>>,
-    raw: Mutex<Vec<(TcpStream, Instant)>>,
+    idle: Idle<SendRequest<RequestBody>>,
+    raw: Idle<TcpStream>,
+}
+
+/// Idle connections of one kind, the newest last.
+struct Idle<T>(Mutex<Vec<(T, Instant)>>);
+
+impl<T> Default for Idle<T> {
+    fn default() -> Self {
+        Idle(Mutex::new(Vec::new()))
+    }
+}
+
+impl<T> Idle<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(T, Instant)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The newest one that idled less than `IDLE_REUSE`.
+    fn pop(&self) -> Option<T> {
+        let mut idle = self.lock();
+        let now = Instant::now();
+        while let Some((conn, since)) = idle.pop() {
+            if now.saturating_duration_since(since) < IDLE_REUSE {
+                return Some(conn);
+            }
+            // The rest are older still (pushed earlier): drop them all.
+            idle.clear();
+        }
+        None
+    }
+
+    /// Keep one, up to `MAX_IDLE`.
+    fn push(&self, conn: T) {
+        let mut idle = self.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push((conn, Instant::now()));
+        }
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+    }
 }
 
 impl std::fmt::Debug for Conns {
@@ -89,7 +130,7 @@ impl Conns {
     /// A connection for one request: an idle one when `reuse` allows, else a new one.
     pub async fn get(&self, addr: SocketAddr, reuse: bool) -> Result<Conn, UpstreamError> {
         if reuse {
-            while let Some(mut sender) = self.pop() {
+            while let Some(mut sender) = self.idle.pop() {
                 if sender.is_closed() {
                     continue;
                 }
@@ -103,45 +144,28 @@ impl Conns {
         connect(addr).await.map(|sender| Conn { sender })
     }
 
-    fn pop(&self) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        while let Some((sender, since)) = idle.pop() {
-            if now.saturating_duration_since(since) < IDLE_REUSE {
-                return Some(sender);
-            }
-            // The rest are older still (pushed earlier): drop them all.
-            idle.clear();
-        }
-        None
-    }
-
     /// Give back a connection whose response was read to its end.
     pub fn put(&self, conn: Conn) {
-        if conn.sender.is_closed() {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push((conn.sender, Instant::now()));
+        if !conn.sender.is_closed() {
+            self.idle.push(conn.sender);
         }
     }
 
     /// Close every idle connection (the worker is draining).
     pub fn close_idle(&self) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.raw.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.idle.clear();
+        self.raw.clear();
     }
 
     /// A stream for one narrow-path request (always one that may be sent again): an idle one,
-    /// else a new one. `true` with a reused one, which the worker may have closed meanwhile.
-    pub async fn get_stream(&self, addr: SocketAddr) -> Result<(TcpStream, bool), UpstreamError> {
-        while let Some(stream) = self.pop_stream() {
+    /// else a new one.
+    pub async fn get_stream(&self, addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
+        while let Some(stream) = self.raw.pop() {
             // A stream is taken only when there is nothing to read on it: not the worker's
             // close of an idle connection, and not bytes it sent beyond its last answer,
             // which would be read as the answer to this request, someone else's.
             match stream.try_read(&mut [0u8; 1]) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok((stream, true)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(stream),
                 Ok(n) if n > 0 => tracing::warn!(
                     "worker at {addr} sent more than its answer on an idle connection; \
                      the connection is closed"
@@ -149,27 +173,12 @@ impl Conns {
                 _ => {}
             }
         }
-        connect_stream(addr).await.map(|s| (s, false))
-    }
-
-    fn pop_stream(&self) -> Option<TcpStream> {
-        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        while let Some((stream, since)) = raw.pop() {
-            if now.saturating_duration_since(since) < IDLE_REUSE {
-                return Some(stream);
-            }
-            raw.clear();
-        }
-        None
+        connect_stream(addr).await
     }
 
     /// Give back a stream whose answer was read exactly to its end.
     pub fn put_stream(&self, stream: TcpStream) {
-        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
-        if raw.len() < MAX_IDLE {
-            raw.push((stream, Instant::now()));
-        }
+        self.raw.push(stream);
     }
 }
 

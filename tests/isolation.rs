@@ -87,17 +87,25 @@ fn a_response_reaches_only_the_client_that_asked() {
     );
 }
 
-/// Read one Content-Length response from a keep-alive connection; returns its body.
-fn read_response(s: &mut TcpStream) -> String {
+/// Read one answer head from a keep-alive connection; what came before it closed, if it did.
+fn read_head(s: &mut TcpStream) -> Result<String, String> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         if s.read(&mut byte).unwrap_or(0) == 0 {
-            return format!("<closed after {:?}>", String::from_utf8_lossy(&head));
+            return Err(String::from_utf8_lossy(&head).into_owned());
         }
         head.push(byte[0]);
     }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Read one Content-Length response from a keep-alive connection; returns its body.
+fn read_response(s: &mut TcpStream) -> String {
+    let head = match read_head(s) {
+        Ok(head) => head.to_lowercase(),
+        Err(partial) => return format!("<closed after {partial:?}>"),
+    };
     let len: usize = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length: "))
@@ -174,13 +182,8 @@ fn every_framing_of_an_answer_reaches_the_client() {
         write!(s, "GET /interim HTTP/1.1\r\nHost: app\r\n\r\n").unwrap();
         assert_eq!(read_response(&mut s), "after hints");
         write!(s, "HEAD /x HTTP/1.1\r\nHost: app\r\n\r\n").unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(s.read(&mut byte).unwrap(), 1);
-            head.push(byte[0]);
-        }
-        assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 "));
+        let head = read_head(&mut s).unwrap();
+        assert!(head.starts_with("HTTP/1.1 "), "{head}");
     }
     // Pipelined: two narrow-path GETs, then a POST that hyper serves, in one write.
     let answer = raw(

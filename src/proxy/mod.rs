@@ -694,15 +694,7 @@ fn is_protected(n: &HeaderName) -> bool {
 }
 
 fn is_hop_by_hop(n: &HeaderName) -> bool {
-    n == header::CONNECTION
-        || n == header::UPGRADE
-        || n == header::TE
-        || n == header::TRAILER
-        || n == header::TRANSFER_ENCODING
-        || n == header::PROXY_AUTHORIZATION
-        || n == header::PROXY_AUTHENTICATE
-        || n == KEEP_ALIVE
-        || n == PROXY_CONNECTION
+    crate::h1::is_hop_by_hop(n.as_str().as_bytes())
 }
 
 /// What baton knows of a client connection, worked out once per connection.

@@ -209,7 +209,7 @@ async fn ask(
     head: bool,
     s: &mut Scratch,
 ) -> Result<(TcpStream, Final), UpstreamError> {
-    let (mut stream, _reused) = lease.conns.get_stream(lease.addr).await?;
+    let mut stream = lease.conns.get_stream(lease.addr).await?;
     stream.write_all(&s.up).await?;
     s.answer.clear();
     let date = date();
@@ -222,7 +222,7 @@ async fn ask(
         }
         loop {
             // `Connection: close`, when it is due, is added as the head leaves.
-            match h1::answer(&s.answer, head, &date.0[..], false, &mut s.out) {
+            match h1::answer(&s.answer, head, &date, false, &mut s.out) {
                 Answer::Partial => break,
                 Answer::Interim(n) => s.answer.advance(n),
                 Answer::Bad(why) => return Err(UpstreamError::Answer(why)),
@@ -236,9 +236,7 @@ async fn ask(
 }
 
 /// `Date:` for answers whose worker gave none, formatted once a second per thread.
-struct HttpDate([u8; 29]);
-
-fn date() -> HttpDate {
+fn date() -> [u8; 29] {
     use std::cell::Cell;
     use std::time::{SystemTime, UNIX_EPOCH};
     thread_local! {
@@ -249,14 +247,14 @@ fn date() -> HttpDate {
     CACHED.with(|c| {
         let (at, text) = c.get();
         if at == secs && at != 0 {
-            return HttpDate(text);
+            return text;
         }
         let mut text = [0u8; 29];
         let formatted = httpdate::fmt_http_date(now);
         let n = formatted.len().min(29);
         text[..n].copy_from_slice(&formatted.as_bytes()[..n]);
         c.set((secs, text));
-        HttpDate(text)
+        text
     })
 }
 
@@ -341,20 +339,14 @@ async fn write_error<S: AsyncWrite + Unpin>(
         .as_bytes(),
     );
     for (name, value) in &parts.headers {
-        if name == http::header::CONNECTION {
-            continue;
+        if name != http::header::CONNECTION {
+            h1::header(out, name.as_str().as_bytes(), value.as_bytes());
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
-    out.extend_from_slice(b"date: ");
-    out.extend_from_slice(&date().0);
-    out.extend_from_slice(b"\r\n");
+    h1::header(out, b"content-length", body.len().to_string().as_bytes());
+    h1::header(out, b"date", &date());
     if close {
-        out.extend_from_slice(b"connection: close\r\n");
+        h1::header(out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
     let body = if head { &[][..] } else { &body[..] };
