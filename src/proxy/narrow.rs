@@ -21,6 +21,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+/// How long an idle client connection may still bring a request once baton stops.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// How a client connection's narrow path ended.
 pub(super) enum Ended {
     /// The connection is done (closed by either side, or an error).
@@ -74,13 +77,22 @@ impl Proxy {
                 }
                 let idle = s.input.is_empty();
                 // Reading first: a request already in the socket when baton begins to stop is
-                // served (its answer says `Connection: close`), not cut; only a connection with
-                // nothing sent is closed at once.
+                // served (its answer says `Connection: close`), not cut. An idle connection
+                // gets STOP_GRACE for a request already on its way (a client that had its
+                // last answer a moment before sends the next at once), then is closed.
                 let read = tokio::select! {
                     biased;
-                    r = io.read_buf(&mut s.input) => r,
+                    r = io.read_buf(&mut s.input) => Some(r),
                     _ = tokio::time::sleep_until(deadline) => return Ended::Closed,
-                    _ = stop.cancelled(), if idle => return Ended::Closed,
+                    _ = stop.cancelled(), if idle => None,
+                };
+                let read = match read {
+                    Some(r) => r,
+                    None => match tokio::time::timeout(STOP_GRACE, io.read_buf(&mut s.input)).await
+                    {
+                        Ok(r) => r,
+                        Err(_) => return Ended::Closed,
+                    },
                 };
                 match read {
                     Ok(0) | Err(_) => return Ended::Closed,
