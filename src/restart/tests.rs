@@ -225,12 +225,15 @@ impl Probe for FakeProbe {
         worker: &StartedWorker,
         timeout: Duration,
     ) -> Result<(), NotReady> {
+        // The newest worker on this port: free_port() hands out a port nobody holds, so a
+        // stopped worker's port can come back, and the probe runs right after its own start.
         let release = self
             .0
             .workers
             .lock()
             .unwrap()
             .iter()
+            .rev()
             .find(|w| w.port == addr.port())
             .map(|w| w.release.clone());
         let boot = match release {

@@ -58,7 +58,9 @@ pub async fn spawn(
         ctx.pin_generation(generation)
             .map_err(|e| fail(format!("could not start: {e}"), Vec::new()))?;
     }
-    let port = free_port().map_err(|e| fail(format!("could not get a port: {e}"), Vec::new()))?;
+    let taken: Vec<u16> = ctx.pool.workers().iter().map(|w| w.addr.port()).collect();
+    let port =
+        free_port(&taken).map_err(|e| fail(format!("could not get a port: {e}"), Vec::new()))?;
     let mut environment = config.app.environment.clone();
     environment.insert("PORT".into(), port.to_string());
     let spec = WorkerSpec {

@@ -308,8 +308,22 @@ pub fn cgroup_of(pid: u32) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// A free loopback port for a new worker.
-pub fn free_port() -> std::io::Result<u16> {
-    let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-    Ok(l.local_addr()?.port())
+/// A free loopback port for a new worker, none of `taken`.
+///
+/// A port is free only until someone binds it, and a booting worker binds its port late: the
+/// kernel can hand the same port out again meanwhile (a few times in a hundred draws of 30), so
+/// the ports of the workers baton already has are refused.
+pub fn free_port(taken: &[u16]) -> std::io::Result<u16> {
+    let mut last = 0;
+    for _ in 0..16 {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        last = l.local_addr()?.port();
+        if !taken.contains(&last) {
+            return Ok(last);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("the kernel kept handing out ports baton's workers hold (last {last})"),
+    ))
 }
