@@ -30,6 +30,8 @@ pub struct Metrics {
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
     restarts: [AtomicU64; 5],
+    /// Requests whose client left while they waited for a worker.
+    abandoned: AtomicU64,
 }
 
 impl Metrics {
@@ -44,6 +46,12 @@ impl Metrics {
         self.latency_count.fetch_add(1, Relaxed);
         self.latency_sum_us
             .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// A request whose client closed its connection while it waited in the queue: no worker
+    /// saw it.
+    pub fn abandoned(&self) {
+        self.abandoned.fetch_add(1, Relaxed);
     }
 
     pub fn restart(&self, outcome: RestartOutcome) {
@@ -141,6 +149,11 @@ impl Metrics {
                 c.load(Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP baton_requests_abandoned_total Requests whose client closed its connection while they waited for a worker; no worker saw them.\n# TYPE baton_requests_abandoned_total counter\nbaton_requests_abandoned_total{{app=\"{app}\"}} {}",
+            self.abandoned.load(Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP baton_request_duration_seconds Time to the response head.\n# TYPE baton_request_duration_seconds histogram"

@@ -190,6 +190,23 @@ fn what_the_machine_lacks_is_a_config_error() {
         "name = \"app\"\n[app]\ncommand = [\"/etc/passwd\"]\n",
         "baton: FILE:3:1: key `app.command`: /etc/passwd is not an executable file",
     );
+    assert_error(
+        "name = \"app\"\n[app]\ncommand = [\"sh\"]\nuser = \"no-such-user-here\"\n",
+        "baton: FILE:4:1: key `app.user`: no user \"no-such-user-here\" on this host",
+    );
+    assert_error(
+        "name = \"app\"\n[app]\ncommand = [\"sh\"]\ngroup = \"no-such-group-here\"\n",
+        "baton: FILE:4:1: key `app.group`: no group \"no-such-group-here\" on this host",
+    );
+    assert_error(
+        "name = \"app\"\n[app]\ncommand = [\"sh\"]\n[control]\ngroup = \"no-such-group-here\"\n",
+        "baton: FILE:5:1: key `control.group`: no group \"no-such-group-here\" on this host",
+    );
+    // Those that exist pass.
+    let (ok, stderr, _) = check(
+        "name = \"app\"\n[app]\ncommand = [\"sh\"]\nuser = \"root\"\ngroup = \"root\"\n[control]\ngroup = \"root\"\n",
+    );
+    assert!(ok, "{stderr}");
 }
 
 #[test]

@@ -32,6 +32,64 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// `/metrics` from the control socket.
+fn metrics(baton: &Baton) -> String {
+    let mut s = std::os::unix::net::UnixStream::connect(&baton.control).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_request_whose_client_left_while_it_waited_reaches_no_worker() {
+    let _serial = serial();
+    let baton = single_threaded(1, "");
+    // The only worker is busy for two seconds.
+    let addr = baton.addr;
+    let busy = std::thread::spawn(move || {
+        raw(
+            addr,
+            b"GET /sleep/2000 HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+        )
+    });
+    baton.wait_until(Duration::from_secs(5), |s| s.workers[0].sessions == 1);
+    // Clients that give up while they wait: one closes its connection, one shuts down its
+    // sending side only (as nginx, baton takes that for gone), one pipelined a second request
+    // before it closed.
+    let ask = |req: &[u8]| {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(req).unwrap();
+        c
+    };
+    let closes = ask(b"GET /sleep/2000 HTTP/1.1\r\nHost: app\r\n\r\n");
+    let half = ask(b"GET /sleep/2000 HTTP/1.1\r\nHost: app\r\n\r\n");
+    let pipelines = ask(b"GET /sleep/2000 HTTP/1.1\r\nHost: app\r\n\r\nGET /sleep/2000 HTTP/1.1\r\nHost: app\r\n\r\n");
+    // And one whose request hyper serves (it has a body).
+    let posts = ask(b"POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 2\r\n\r\nhi");
+    baton.wait_until(Duration::from_secs(5), |s| s.queue == 4);
+    drop(closes);
+    half.shutdown(std::net::Shutdown::Write).unwrap();
+    drop(pipelines);
+    drop(posts);
+    let s = baton.wait_until(Duration::from_secs(5), |s| s.queue == 0);
+    assert_eq!(
+        s.workers[0].sessions, 1,
+        "the queue emptied while the first request still ran"
+    );
+    assert!(busy.join().unwrap().starts_with("HTTP/1.1 200"));
+    // The next client is served, and the worker saw none of the requests nobody waited for.
+    let (code, _) = get(&baton.url("/"));
+    assert_eq!(code, 200);
+    assert_eq!(baton.status().workers[0].processed, 2);
+    let m = metrics(&baton);
+    assert!(
+        m.contains("baton_requests_abandoned_total{app=\"test\"} 4"),
+        "{m}"
+    );
+    drop(half);
+}
+
 #[test]
 fn slow_uploads_and_clients_that_never_read_hold_no_worker() {
     let _serial = serial();

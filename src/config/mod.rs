@@ -763,7 +763,7 @@ impl Config {
     }
 
     /// Checks that look at the machine (`check-config` and start-up): the release directory,
-    /// the command, and socket paths that would have to be replaced. They can still fail later
+    /// the command, the users and groups, and socket paths that would have to be replaced. They can still fail later
     /// (at spawn: then the backoff and the journal entry apply).
     pub fn check_host(&self) -> Result<(), (String, String)> {
         if let Some(dir) = &self.app.directory
@@ -781,6 +781,25 @@ impl Config {
             &self.app.environment,
         ) {
             return Err(("app.command".into(), why));
+        }
+        // A user or group typed wrong would fail every worker's start (or the control
+        // socket's bind): better said once, here, than as a deployment error.
+        for (key, user) in [("app.user", &self.app.user)] {
+            if let Some(name) = user
+                && !matches!(nix::unistd::User::from_name(name), Ok(Some(_)))
+            {
+                return Err((key.into(), format!("no user {name:?} on this host")));
+            }
+        }
+        for (key, group) in [
+            ("app.group", &self.app.group),
+            ("control.group", &self.control.group),
+        ] {
+            if let Some(name) = group
+                && !matches!(nix::unistd::Group::from_name(name), Ok(Some(_)))
+            {
+                return Err((key.into(), format!("no group {name:?} on this host")));
+            }
         }
         if let Some(ListenAddress::Unix(path)) = &self.listen.address {
             not_a_foreign_file(path).map_err(|m| ("listen.address".into(), m))?;

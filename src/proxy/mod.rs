@@ -401,11 +401,23 @@ impl Proxy {
         ))
     }
 
+    /// A worker for one request, waiting in the queue if need be. When this is dropped before
+    /// the pool answers, the client has closed its connection while its request waited (hyper
+    /// notices that, as the narrow path does): the request leaves the queue, no worker sees
+    /// it, and it is counted as abandoned.
     async fn lease(&self, exclude: Option<WorkerId>) -> Result<Lease, ProxyError> {
-        self.pool
-            .acquire(exclude)
-            .await
-            .map_err(ProxyError::NoWorker)
+        struct Waiting<'a>(Option<&'a crate::metrics::Metrics>);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                if let Some(m) = self.0 {
+                    m.abandoned();
+                }
+            }
+        }
+        let mut waiting = Waiting(Some(&self.metrics));
+        let lease = self.pool.acquire(exclude).await;
+        waiting.0 = None;
+        lease.map_err(ProxyError::NoWorker)
     }
 }
 

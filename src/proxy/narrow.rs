@@ -101,7 +101,21 @@ impl Proxy {
             };
             s.input.advance(simple.len);
             let started = Instant::now();
-            let (status, keep) = match self.exchange(&simple, &mut s).await {
+            let lease = match self.lease_watching(io, &mut s.input).await {
+                Ok(Some(lease)) => Ok(lease),
+                Ok(None) => {
+                    tracing::debug!(
+                        "a client closed its connection while its request waited for a worker"
+                    );
+                    return Ended::Closed;
+                }
+                Err(e) => Err(e),
+            };
+            let answered = match lease {
+                Ok(lease) => self.exchange(&simple, lease, &mut s).await,
+                Err(e) => Err(e),
+            };
+            let (status, keep) = match answered {
                 Ok((lease, stream, fin)) => {
                     let status = fin.status;
                     // Decided as the answer leaves, not when the request came: baton may have
@@ -141,16 +155,54 @@ impl Proxy {
         }
     }
 
-    /// Send the request to a worker and read its answer head; one retry on another worker
-    /// when there was no answer.
+    /// A worker for a request, or `None` when the client closed its connection (or reset it)
+    /// while the request waited in the queue: nobody would read the answer, and a
+    /// single-threaded worker would spend its time on it while live clients wait. As nginx
+    /// does, a client that shuts down only its sending side counts as gone. Bytes the client
+    /// pipelines meanwhile are kept for its next request, up to `max_header_size`; beyond,
+    /// the connection is no longer watched until a worker is free.
+    async fn lease_watching<S>(
+        &self,
+        io: &mut S,
+        input: &mut BytesMut,
+    ) -> Result<Option<Lease>, ProxyError>
+    where
+        S: AsyncRead + Unpin,
+    {
+        let acquire = self.lease(None);
+        tokio::pin!(acquire);
+        loop {
+            let watch = input.len() < self.max_header_size;
+            if watch && input.capacity() - input.len() < 1024 {
+                input.reserve(4096);
+            }
+            // The pool first: when a worker is free, the client is not even looked at.
+            tokio::select! {
+                biased;
+                lease = &mut acquire => return lease.map(Some),
+                read = io.read_buf(input), if watch => match read {
+                    Ok(0) | Err(_) => return Ok(None),
+                    Ok(_) => {}
+                },
+            }
+        }
+    }
+
+    /// Send the request to `lease`'s worker and read its answer head; one retry on another
+    /// worker when there was no answer.
     async fn exchange(
         &self,
         req: &h1::Simple,
+        first: Lease,
         s: &mut Scratch,
     ) -> Result<(Lease, TcpStream, Final), ProxyError> {
         let mut exclude = None;
+        let mut first = Some(first);
         loop {
-            let lease = self.lease(exclude).await?;
+            let lease = match first.take() {
+                Some(lease) => lease,
+                None => self.lease(exclude).await?,
+            };
             match ask(&lease, req.head, s).await {
                 Ok((stream, fin)) => return Ok((lease, stream, fin)),
                 Err(_) if lease.was_cut() => return Err(ProxyError::Cut(lease.worker)),
