@@ -1,11 +1,12 @@
-//! The narrow HTTP/1.1 path, as bytes: the common request (a `GET` or `HEAD` with nothing to
+//! The narrow HTTP/1.1 path, as bytes: the common request (a `GET` or `HEAD`, or a `POST`,
+//! `PUT`, `PATCH`, `DELETE` or `OPTIONS` with a small body of known length, with nothing to
 //! strip) is rewritten for the worker head to head, and the worker's answer head is rewritten
 //! for the client, without building header maps, URIs or boxed bodies.
 //!
 //! Everything here decides on a whole head before anything is sent, so that whatever the
 //! narrow path does not take ([`Request::Other`]) is served by hyper from its first byte, and
-//! hyper stays the one that parses, answers and rejects anything unusual (bodies, upgrades,
-//! `Expect`, HTTP/1.0, malformed or oversized heads). The parser is `httparse`, the one hyper
+//! hyper stays the one that parses, answers and rejects anything unusual (chunked or large
+//! bodies, upgrades, `Expect`, HTTP/1.0, malformed or oversized heads). The parser is `httparse`, the one hyper
 //! uses, with the same strictness. No I/O and no state: `proxy` drives it, and the fuzz target
 //! `h1` feeds it arbitrary bytes.
 
@@ -45,6 +46,12 @@ pub struct Simple {
     pub head: bool,
     /// The client said `Connection: close`.
     pub close: bool,
+    /// Length of the body (its `Content-Length`, 0 without one), whose bytes follow the head.
+    pub body: usize,
+    /// An idempotent method without a body: it may go on a pooled worker connection, and be
+    /// sent again to another worker when the first gave no answer. Any other request goes on
+    /// a new connection, and is sent again only if it never left baton.
+    pub retryable: bool,
 }
 
 fn eq(a: &[u8], b: &str) -> bool {
@@ -64,8 +71,15 @@ fn trim(v: &[u8]) -> &[u8] {
 }
 
 /// Classify the request head at the start of `buf`; when it is taken, write the worker's
-/// head to `out` (cleared first). `max_head`: `[listen] max_header_size`.
-pub fn request(buf: &[u8], client: Client<'_>, max_head: usize, out: &mut Vec<u8>) -> Request {
+/// head to `out` (cleared first). `max_head`: `[listen] max_header_size`; `max_body`: the
+/// longest body the narrow path takes (0: none), which need not be in `buf` yet.
+pub fn request(
+    buf: &[u8],
+    client: Client<'_>,
+    max_head: usize,
+    max_body: usize,
+    out: &mut Vec<u8>,
+) -> Request {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -76,9 +90,12 @@ pub fn request(buf: &[u8], client: Client<'_>, max_head: usize, out: &mut Vec<u8
     if len > max_head {
         return Request::Other;
     }
-    let head = match req.method {
-        Some("GET") => false,
-        Some("HEAD") => true,
+    // Whether a body may come, and whether the method is idempotent.
+    let (head, may_have_body, idempotent) = match req.method {
+        Some("GET") => (false, false, true),
+        Some("HEAD") => (true, false, true),
+        Some("PUT" | "DELETE" | "OPTIONS") => (false, true, true),
+        Some("POST" | "PATCH") => (false, true, false),
         _ => return Request::Other,
     };
     let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
@@ -94,9 +111,21 @@ pub fn request(buf: &[u8], client: Client<'_>, max_head: usize, out: &mut Vec<u8
     let mut forwarded_for = false;
     let mut forwarded_host = false;
     let mut forwarded_proto = false;
+    let mut lengths = 0;
+    let mut body = 0;
     for h in req.headers.iter() {
         let n = h.name.as_bytes();
-        if eq(n, "host") {
+        if eq(n, "content-length") {
+            // Digits only (no sign, no list): anything else is hyper's to refuse.
+            let v = trim(h.value);
+            lengths += 1;
+            if !may_have_body || v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+                return Request::Other;
+            }
+            body = v.iter().fold(0usize, |n, d| {
+                n.saturating_mul(10).saturating_add(usize::from(d - b'0'))
+            });
+        } else if eq(n, "host") {
             hosts += 1;
             host = h.value;
         } else if eq(n, "connection") {
@@ -121,6 +150,10 @@ pub fn request(buf: &[u8], client: Client<'_>, max_head: usize, out: &mut Vec<u8
     }
     // An untrusted client's forwarding headers are replaced: hyper's path does that.
     if hosts != 1 || (!client.trusted && (forwarded_for || forwarded_host || forwarded_proto)) {
+        return Request::Other;
+    }
+    // Two lengths (hyper refuses them), or a body to be buffered in a file: hyper's path.
+    if lengths > 1 || body > max_body {
         return Request::Other;
     }
 
@@ -168,13 +201,20 @@ pub fn request(buf: &[u8], client: Client<'_>, max_head: usize, out: &mut Vec<u8
         header(out, b"x-forwarded-proto", b"http");
     }
     out.extend_from_slice(b"\r\n");
-    Request::Simple(Simple { len, head, close })
+    Request::Simple(Simple {
+        len,
+        head,
+        close,
+        body,
+        retryable: idempotent && body == 0,
+    })
 }
 
-/// Headers that only hyper's path handles: a body, `Expect`, and the hop-by-hop headers
-/// (an upgrade among them) that would have to be stripped. `Connection` is looked at before.
+/// Headers that only hyper's path handles: `Expect`, and the hop-by-hop headers (a chunked
+/// body and an upgrade among them) that would have to be stripped. `Connection` and
+/// `Content-Length` are looked at before.
 fn is_other(n: &[u8]) -> bool {
-    eq(n, "content-length") || eq(n, "expect") || is_hop_by_hop(n)
+    eq(n, "expect") || is_hop_by_hop(n)
 }
 
 /// One header line.
@@ -557,7 +597,7 @@ mod tests {
 
     fn take(raw: &str, client: Client<'_>) -> (Request, String) {
         let mut out = Vec::new();
-        let r = request(raw.as_bytes(), client, 8192, &mut out);
+        let r = request(raw.as_bytes(), client, 8192, 1024, &mut out);
         (r, String::from_utf8(out).unwrap())
     }
 
@@ -570,7 +610,9 @@ mod tests {
             Request::Simple(Simple {
                 len: raw.len() - "GET /next".len(),
                 head: false,
-                close: false
+                close: false,
+                body: 0,
+                retryable: true,
             })
         );
         assert_eq!(
@@ -617,10 +659,57 @@ mod tests {
     }
 
     #[test]
+    fn a_small_body_of_known_length_is_taken() {
+        let simple = |raw: &str| match take(raw, CLIENT) {
+            (Request::Simple(s), out) => (s, out),
+            other => panic!("{raw:?}: {other:?}"),
+        };
+        // The body need not be there yet: the narrow path reads it.
+        let (s, out) = simple("POST /form HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nab");
+        assert_eq!((s.body, s.retryable), (5, false));
+        assert_eq!(
+            out,
+            "POST /form HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-host: h\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+        // Idempotent without a body: retryable; with one, or not idempotent: not.
+        let (s, _) = simple("DELETE /x HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert_eq!((s.body, s.retryable), (0, true));
+        let (s, _) = simple("PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!((s.body, s.retryable), (0, true));
+        let (s, _) = simple("PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1024\r\n\r\n");
+        assert_eq!((s.body, s.retryable), (1024, false));
+        let (s, _) = simple("POST /x HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert_eq!((s.body, s.retryable), (0, false));
+        let (s, _) = simple("PATCH /x HTTP/1.1\r\nHost: h\r\nContent-Length:  7 \r\n\r\n");
+        assert_eq!((s.body, s.retryable), (7, false));
+        // Larger than the narrow path keeps in memory, two lengths, or a length that is not
+        // a plain number: hyper's.
+        for raw in [
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1025\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1, 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0x1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length:\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n",
+            "TRACE / HTTP/1.1\r\nHost: h\r\n\r\n",
+        ] {
+            assert_eq!(take(raw, CLIENT).0, Request::Other, "{raw:?}");
+        }
+        // Without room for bodies (request buffering off), only body-less requests.
+        let mut out = Vec::new();
+        let raw = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx";
+        assert_eq!(request(raw, CLIENT, 8192, 0, &mut out), Request::Other);
+    }
+
+    #[test]
     fn anything_unusual_goes_to_hyper() {
         for raw in [
-            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx",
             "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+            "HEAD / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET / HTTP/1.0\r\nHost: h\r\n\r\n",
             "GET / HTTP/1.1\r\n\r\n",

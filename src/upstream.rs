@@ -176,6 +176,12 @@ impl Conns {
         connect_stream(addr).await
     }
 
+    /// A new plain stream to the worker, for a request that must not meet a pooled
+    /// connection the worker may be closing (one that would not be sent again).
+    pub async fn new_stream(&self, addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
+        connect_stream(addr).await
+    }
+
     /// Give back a stream whose answer was read exactly to its end.
     pub fn put_stream(&self, stream: TcpStream) {
         self.raw.push(stream);

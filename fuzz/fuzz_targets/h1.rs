@@ -4,9 +4,11 @@
 //!
 //! The first byte chooses the client (trusted or not, TCP or a Unix socket) and whether the
 //! answer is to a HEAD; the rest is the input. Asserts:
-//! - a request the narrow path takes is a complete `GET`/`HEAD` head no longer than the input
-//!   and the limit; the head written for the worker parses as one, with the same method and
-//!   target, exactly one Host, no `Connection`, `Content-Length` or `Transfer-Encoding`, one
+//! - a request the narrow path takes is a complete head of a method it knows, no longer than
+//!   the input and the limit, with a body no longer than its limit (none for `GET`/`HEAD`),
+//!   retryable only when idempotent and body-less; the head written for the worker parses as
+//!   one, with the same method and target, exactly one Host, no `Connection` or
+//!   `Transfer-Encoding`, one `Content-Length` at most and saying the body's length, one
 //!   `X-Forwarded-For` at most, and an untrusted client's forwarding headers baton's alone;
 //! - a final answer's head for the client parses, with the same status, and carries no
 //!   hop-by-hop header but the `Transfer-Encoding: chunked` and `Connection: close` baton adds;
@@ -19,6 +21,7 @@ use baton::h1::{self, Answer, Chunked, Client, Request};
 use libfuzzer_sys::fuzz_target;
 
 const LIMIT: usize = 8192;
+const BODY_LIMIT: usize = 4096;
 
 fuzz_target!(|input: &[u8]| {
     let Some((&choice, data)) = input.split_first() else {
@@ -35,7 +38,7 @@ fuzz_target!(|input: &[u8]| {
 
 fn check_request(data: &[u8], client: Client<'_>) {
     let mut out = Vec::new();
-    let Request::Simple(simple) = h1::request(data, client, LIMIT, &mut out) else {
+    let Request::Simple(simple) = h1::request(data, client, LIMIT, BODY_LIMIT, &mut out) else {
         return;
     };
     assert!(simple.len <= data.len() && simple.len <= LIMIT);
@@ -43,8 +46,16 @@ fn check_request(data: &[u8], client: Client<'_>) {
     let mut req = httparse::Request::new(&mut theirs);
     assert!(matches!(req.parse(&data[..simple.len]), Ok(httparse::Status::Complete(n)) if n == simple.len));
     let (method, path) = (req.method.unwrap(), req.path.unwrap());
-    assert!(method == "GET" || method == "HEAD");
+    assert!(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"].contains(&method));
     assert_eq!(simple.head, method == "HEAD");
+    assert!(simple.body <= BODY_LIMIT);
+    if method == "GET" || method == "HEAD" {
+        assert_eq!(simple.body, 0);
+    }
+    assert_eq!(
+        simple.retryable,
+        simple.body == 0 && !["POST", "PATCH"].contains(&method)
+    );
 
     let mut ours = [httparse::EMPTY_HEADER; 128];
     let mut up = httparse::Request::new(&mut ours);
@@ -57,8 +68,22 @@ fn check_request(data: &[u8], client: Client<'_>) {
     assert_eq!((up.method, up.path, up.version), (Some(method), Some(path), Some(1)));
     let count = |name: &str| up.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).count();
     assert_eq!(count("host"), 1);
-    for name in ["connection", "content-length", "transfer-encoding", "upgrade", "te"] {
+    for name in ["connection", "transfer-encoding", "upgrade", "te", "expect"] {
         assert_eq!(count(name), 0, "{name}");
+    }
+    let lengths: Vec<&[u8]> = up
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| h.value)
+        .collect();
+    match lengths[..] {
+        [] => assert_eq!(simple.body, 0),
+        [v] => assert_eq!(
+            std::str::from_utf8(v).ok().and_then(|v| v.trim().parse::<usize>().ok()),
+            Some(simple.body)
+        ),
+        _ => panic!("two Content-Length lines"),
     }
     assert!(count("x-forwarded-for") <= 1);
     // A trusted proxy's own X-Forwarded-Host and -Proto lines are kept as it sent them.

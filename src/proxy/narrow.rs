@@ -1,12 +1,14 @@
 //! The narrow path of a client connection: while its requests are the common kind (see
 //! [`crate::h1`]), baton reads and writes their bytes itself, with plain streams to the
 //! workers; at the first request it does not take, hyper serves the connection from that
-//! request's first byte on. Same rules as hyper's path: the lease, one retry of a request that
-//! got no answer, the answer read from the worker at once and spooled for a slow client, the
-//! head and send timeouts, and `Connection: close` once baton stops.
+//! request's first byte on. Same rules as hyper's path: a small body received whole before
+//! the lease, one retry of a request that got no answer (if it may be sent again), pooled
+//! worker connections for retryable requests only, the answer read from the worker at once
+//! and spooled for a slow client, the head, body and send timeouts, and `Connection: close`
+//! once baton stops.
 
 use super::{Peer, Proxy, ProxyError};
-use crate::buffer;
+use crate::buffer::{self, BodyFailure};
 use crate::h1::{self, Answer, Final, Framing};
 use crate::pool::Lease;
 use crate::upstream::{RawBody, UpstreamError};
@@ -23,6 +25,11 @@ use tokio_util::sync::CancellationToken;
 
 /// How long an idle client connection may still bring a request once baton stops.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The longest request body the narrow path takes (with request buffering, and within
+/// `buffer_memory` and `max_body_size`); a longer one goes to hyper's path, which spools it to
+/// a file. Most form posts and API calls fit.
+const MAX_BODY: usize = 64 * 1024;
 
 /// How a client connection's narrow path ended.
 pub(super) enum Ended {
@@ -60,13 +67,21 @@ impl Proxy {
             ip: peer.ip.as_ref().map(|v| v.as_bytes()),
             trusted: peer.trusted,
         };
+        // Without request buffering a body streams to the worker: hyper's path does that.
+        let max_body = if self.request_buffering {
+            MAX_BODY
+                .min(self.limits.memory)
+                .min(usize::try_from(self.limits.max_body).unwrap_or(usize::MAX))
+        } else {
+            0
+        };
         loop {
             // A head must be all there within header_timeout (an idle keep-alive connection
             // too), as with hyper.
             let deadline = tokio::time::Instant::now() + self.header_timeout;
             let simple = loop {
                 if !s.input.is_empty() {
-                    match h1::request(&s.input, client, self.max_header_size, &mut s.up) {
+                    match h1::request(&s.input, client, self.max_header_size, max_body, &mut s.up) {
                         h1::Request::Simple(r) => break r,
                         h1::Request::Other => return Ended::Hyper(s.input.freeze()),
                         h1::Request::Partial => {}
@@ -99,21 +114,27 @@ impl Proxy {
                     Ok(_) => {}
                 }
             };
-            s.input.advance(simple.len);
             let started = Instant::now();
-            let lease = match self.lease_watching(io, &mut s.input).await {
-                Ok(Some(lease)) => Ok(lease),
-                Ok(None) => {
-                    tracing::debug!(
-                        "a client closed its connection while its request waited for a worker"
-                    );
-                    return Ended::Closed;
-                }
-                Err(e) => Err(e),
-            };
-            let answered = match lease {
-                Ok(lease) => self.exchange(&simple, lease, &mut s).await,
-                Err(e) => Err(e),
+            // The whole request, body included, is here before a worker is leased (request
+            // buffering), and the body follows the head in one write to the worker.
+            let received = self.receive(io, &simple, &mut s.input).await;
+            if received.is_ok() {
+                s.up.extend_from_slice(&s.input[simple.len..simple.len + simple.body]);
+                s.input.advance(simple.len + simple.body);
+            }
+            let answered = match received {
+                Err(None) => return Ended::Closed,
+                Err(Some(e)) => Err(e),
+                Ok(()) => match self.lease_watching(io, &mut s.input).await {
+                    Ok(Some(lease)) => self.exchange(&simple, lease, &mut s).await,
+                    Ok(None) => {
+                        tracing::debug!(
+                            "a client closed its connection while its request waited for a worker"
+                        );
+                        return Ended::Closed;
+                    }
+                    Err(e) => Err(e),
+                },
             };
             let (status, keep) = match answered {
                 Ok((lease, stream, fin)) => {
@@ -155,6 +176,33 @@ impl Proxy {
         }
     }
 
+    /// Read the rest of the request's body into `input`, each read within
+    /// `client_body_timeout` (408 beyond, as on hyper's path). `Err(None)`: the client closed
+    /// its connection (or reset it) before its body was all there.
+    async fn receive<S>(
+        &self,
+        io: &mut S,
+        req: &h1::Simple,
+        input: &mut BytesMut,
+    ) -> Result<(), Option<ProxyError>>
+    where
+        S: AsyncRead + Unpin,
+    {
+        let need = req.len + req.body;
+        if input.len() < need {
+            input.reserve(need - input.len());
+        }
+        while input.len() < need {
+            let timeout = self.limits.body_timeout;
+            match tokio::time::timeout(timeout, io.read_buf(input)).await {
+                Err(_) => return Err(Some(ProxyError::Body(BodyFailure::Timeout(timeout)))),
+                Ok(Ok(0) | Err(_)) => return Err(None),
+                Ok(Ok(_)) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// A worker for a request, or `None` when the client closed its connection (or reset it)
     /// while the request waited in the queue: nobody would read the answer, and a
     /// single-threaded worker would spend its time on it while live clients wait. As nginx
@@ -189,7 +237,7 @@ impl Proxy {
     }
 
     /// Send the request to `lease`'s worker and read its answer head; one retry on another
-    /// worker when there was no answer.
+    /// worker when there was no answer, if the request is retryable or never left baton.
     async fn exchange(
         &self,
         req: &h1::Simple,
@@ -203,10 +251,10 @@ impl Proxy {
                 Some(lease) => lease,
                 None => self.lease(exclude).await?,
             };
-            match ask(&lease, req.head, s).await {
+            match ask(&lease, req, s).await {
                 Ok((stream, fin)) => return Ok((lease, stream, fin)),
                 Err(_) if lease.was_cut() => return Err(ProxyError::Cut(lease.worker)),
-                Err(e) if exclude.is_none() => {
+                Err(Failed { error: e, sent }) if exclude.is_none() && (req.retryable || !sent) => {
                     tracing::warn!(
                         worker = lease.worker.0,
                         "request to worker {} failed ({e}); retrying on another worker",
@@ -214,7 +262,7 @@ impl Proxy {
                     );
                     exclude = Some(lease.worker);
                 }
-                Err(e) => return Err(ProxyError::bad_gateway(&lease, &e)),
+                Err(Failed { error: e, .. }) => return Err(ProxyError::bad_gateway(&lease, &e)),
             }
         }
     }
@@ -266,15 +314,45 @@ impl Proxy {
     }
 }
 
-/// One request on one worker stream: write the head, read the answer's head (interim answers
-/// skipped). The client's head is left in `s.out`, the rest of what was read in `s.answer`.
+/// Why a request got no answer from a worker, and whether any of it reached the worker.
+struct Failed {
+    error: UpstreamError,
+    sent: bool,
+}
+
+impl From<UpstreamError> for Failed {
+    fn from(error: UpstreamError) -> Failed {
+        Failed { error, sent: true }
+    }
+}
+
+impl From<std::io::Error> for Failed {
+    fn from(e: std::io::Error) -> Failed {
+        UpstreamError::from(e).into()
+    }
+}
+
+/// One request on one worker stream (a pooled one only for a retryable request): write the
+/// head and body, read the answer's head (interim answers skipped). The client's head is left
+/// in `s.out`, the rest of what was read in `s.answer`.
 async fn ask(
     lease: &Lease,
-    head: bool,
+    req: &h1::Simple,
     s: &mut Scratch,
-) -> Result<(TcpStream, Final), UpstreamError> {
-    let mut stream = lease.conns.get_stream(lease.addr).await?;
-    stream.write_all(&s.up).await?;
+) -> Result<(TcpStream, Final), Failed> {
+    let stream = if req.retryable {
+        lease.conns.get_stream(lease.addr).await
+    } else {
+        lease.conns.new_stream(lease.addr).await
+    };
+    let mut stream = stream.map_err(|error| Failed { error, sent: false })?;
+    // A worker may answer a body before it has read it all (a 413) and close its end: the
+    // answer is what the client must get, so a failed write of a body is not the end.
+    if let Err(e) = stream.write_all(&s.up).await
+        && req.retryable
+    {
+        return Err(e.into());
+    }
     s.answer.clear();
     let date = date();
     loop {
@@ -282,16 +360,20 @@ async fn ask(
             s.answer.reserve(8 * 1024);
         }
         if stream.read_buf(&mut s.answer).await? == 0 {
-            return Err(UpstreamError::Closed);
+            return Err(UpstreamError::Closed.into());
         }
         loop {
             // `Connection: close`, when it is due, is added as the head leaves.
-            match h1::answer(&s.answer, head, &date, false, &mut s.out) {
+            match h1::answer(&s.answer, req.head, &date, false, &mut s.out) {
                 Answer::Partial => break,
                 Answer::Interim(n) => s.answer.advance(n),
-                Answer::Bad(why) => return Err(UpstreamError::Answer(why)),
-                Answer::Final(fin) => {
+                Answer::Bad(why) => return Err(UpstreamError::Answer(why).into()),
+                Answer::Final(mut fin) => {
                     s.answer.advance(fin.len);
+                    // The stream of any other request than a retryable one is never reused (as
+                    // on hyper's path): a worker that did not read a body may take it for a
+                    // request and answer it after this answer, to whoever came next.
+                    fin.close |= !req.retryable;
                     return Ok((stream, fin));
                 }
             }
