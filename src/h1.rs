@@ -140,7 +140,7 @@ pub fn request(
             forwarded_host = true;
         } else if eq(n, "x-forwarded-proto") {
             forwarded_proto = true;
-        } else if eq(n, "forwarded") || eq(n, "x-real-ip") {
+        } else if is_forwarding(n) {
             if !client.trusted {
                 return Request::Other;
             }
@@ -214,7 +214,7 @@ pub fn request(
 /// body and an upgrade among them) that would have to be stripped. `Connection` and
 /// `Content-Length` are looked at before.
 fn is_other(n: &[u8]) -> bool {
-    eq(n, "expect") || is_hop_by_hop(n)
+    eq(n, "expect") || is_hop_by_hop(n) || is_lookalike(n)
 }
 
 /// One header line.
@@ -409,21 +409,58 @@ pub fn answer(buf: &[u8], head: bool, date: &[u8], close: bool, out: &mut Vec<u8
     })
 }
 
+/// Headers that describe one hop, not the message (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
 /// Headers that describe one hop, not the message (RFC 9110 7.6.1); both paths drop them.
 pub fn is_hop_by_hop(n: &[u8]) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-    ]
-    .iter()
-    .any(|h| eq(n, h))
+    HOP_BY_HOP.iter().any(|h| eq(n, h))
+}
+
+/// A forwarding header: what a proxy says of the client (`X-Forwarded-*` of any kind,
+/// `Forwarded`, `X-Real-IP`). Only a trusted peer's reach a worker; frameworks believe
+/// `X-Forwarded-Ssl`, `-Scheme`, `-Port` and `-Prefix` as much as `-Proto`.
+pub fn is_forwarding(n: &[u8]) -> bool {
+    (n.len() > 12 && eq(&n[..12], "x-forwarded-")) || eq(n, "forwarded") || eq(n, "x-real-ip")
+}
+
+/// A client header whose name has a `_` and reads, with `_` as `-`, as one baton frames by,
+/// sets or strips (`Content_Length`, `Transfer_Encoding`, `Host`, `X_Forwarded_For`, a
+/// hop-by-hop one...). CGI-style servers (Rack's Puma and Unicorn, PHP) make the same
+/// variable of both spellings, so such a header would reach the app as the real one: an
+/// untrusted client's address, or a body framed otherwise than baton framed it. Both paths
+/// drop it (nginx drops every name with a `_`; these are the ones that matter).
+pub fn is_lookalike(n: &[u8]) -> bool {
+    if !n.contains(&b'_') {
+        return false;
+    }
+    // The name as a CGI server reads it, in a buffer long enough for every name compared.
+    let mut norm = [0u8; 24];
+    let len = n.len().min(norm.len());
+    for (d, c) in norm.iter_mut().zip(n) {
+        *d = if *c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        };
+    }
+    let norm = &norm[..len];
+    is_forwarding(norm)
+        || (n.len() == len
+            && (is_hop_by_hop(norm)
+                || ["host", "content-length", "expect"]
+                    .iter()
+                    .any(|h| eq(norm, h))))
 }
 
 /// End-to-end headers a `Connection:` list cannot remove.
@@ -659,6 +696,53 @@ mod tests {
     }
 
     #[test]
+    fn lookalike_names_are_told_apart() {
+        for n in [
+            "Content_Length",
+            "transfer_encoding",
+            "X_Forwarded_For",
+            "x-forwarded_proto",
+            "X_FORWARDED_SOMETHING_LONG_ENOUGH",
+            "X_Real_IP",
+            "Proxy_Connection",
+            "Keep_Alive",
+        ] {
+            assert!(is_lookalike(n.as_bytes()), "{n}");
+        }
+        for n in [
+            "X_Api_Key",
+            "Content-Length",
+            "x_request_id",
+            "content_length_x",
+            "H_ost",
+        ] {
+            assert!(!is_lookalike(n.as_bytes()), "{n}");
+        }
+        for n in [
+            "X-Forwarded-Ssl",
+            "x-forwarded-port",
+            "Forwarded",
+            "X-Real-IP",
+        ] {
+            assert!(is_forwarding(n.as_bytes()), "{n}");
+        }
+        for n in ["X-Forwarded-", "X-Forwarder", "Forwarded-For"] {
+            assert!(!is_forwarding(n.as_bytes()), "{n}");
+        }
+        // A trusted proxy's own forwarding headers are kept as they are.
+        let trusted = Client {
+            ip: Some(b"10.0.0.1"),
+            trusted: true,
+        };
+        let (r, out) = take(
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Ssl: on\r\n\r\n",
+            trusted,
+        );
+        assert!(matches!(r, Request::Simple(_)));
+        assert!(out.contains("X-Forwarded-Ssl: on\r\n"), "{out}");
+    }
+
+    #[test]
     fn a_small_body_of_known_length_is_taken() {
         let simple = |raw: &str| match take(raw, CLIENT) {
             (Request::Simple(s), out) => (s, out),
@@ -721,6 +805,10 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: h\r\nX-Real-IP: 6.6.6.6\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Ssl: on\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nX_Forwarded_For: 6.6.6.6\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nContent_Length: 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer_Encoding: chunked\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: h\r\nTE: trailers\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n",
             "GET / HTTP/1.1\r\nHost : h\r\n\r\n",

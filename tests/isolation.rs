@@ -262,6 +262,23 @@ fn http_edges_are_answered_by_baton() {
         !answer.contains("10.9.9.9") && !answer.contains("evil"),
         "{answer}"
     );
+    // Nor can other forwarding headers, or names that CGI-style servers (Puma, Unicorn) read
+    // as baton's own: with `_` for `-`, one would be the client's address, another a framing
+    // of the body other than baton's.
+    let answer = raw(
+        addr,
+        b"POST /headers HTTP/1.1\r\nHost: app\r\nConnection: close\r\nX-Forwarded-Ssl: on\r\n\
+          X-Forwarded-Port: 443\r\nX_Forwarded_For: 10.9.9.9\r\nX-Forwarded_Proto: https\r\n\
+          Transfer_Encoding: chunked\r\nX_Api_Key: k\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("x_api_key: k\n"), "{answer}");
+    for gone in ["ssl", "port", "10.9.9.9", "https", "chunked"] {
+        assert!(
+            !answer.contains(gone),
+            "{gone:?} reached the worker: {answer}"
+        );
+    }
 }
 
 #[test]
@@ -271,8 +288,9 @@ fn a_trusted_proxys_forwarding_headers_are_kept() {
     let answer = raw(
         baton.addr,
         b"GET /headers HTTP/1.1\r\nHost: app\r\nConnection: close\r\nX-Forwarded-For: 203.0.113.9\r\n\
-          X-Forwarded-For: 198.51.100.1\r\nX-Forwarded-Proto: https\r\n\r\n",
+          X-Forwarded-For: 198.51.100.1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Ssl: on\r\n\r\n",
     );
+    assert!(answer.contains("x-forwarded-ssl: on\n"), "{answer}");
     assert!(
         answer.contains("x-forwarded-for: 203.0.113.9, 198.51.100.1, 127.0.0.1\n"),
         "{answer}"

@@ -732,17 +732,17 @@ fn add_forwarded(h: &mut HeaderMap, peer: &Peer) {
     } else {
         None
     };
-    if !peer.trusted {
-        for name in [
-            &X_FORWARDED_FOR,
-            &X_FORWARDED_HOST,
-            &X_FORWARDED_PROTO,
-            &FORWARDED,
-            &X_REAL_IP,
-        ] {
-            if h.contains_key(name) {
-                h.remove(name);
-            }
+    // An untrusted client's forwarding headers, and anyone's lookalike of a header baton
+    // frames by or sets (`X_Forwarded_For`, `Content_Length`: see `h1::is_lookalike`), never
+    // reach a worker.
+    let dropped = |n: &HeaderName| {
+        let n = n.as_str().as_bytes();
+        crate::h1::is_lookalike(n) || (!peer.trusted && crate::h1::is_forwarding(n))
+    };
+    if h.keys().any(dropped) {
+        let names: Vec<HeaderName> = h.keys().filter(|n| dropped(n)).cloned().collect();
+        for name in names {
+            h.remove(&name);
         }
     }
     let value = match (prior, &peer.ip) {
