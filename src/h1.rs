@@ -295,6 +295,7 @@ pub fn answer(buf: &[u8], head: bool, date: &[u8], close: bool, out: &mut Vec<u8
     let mut chunked = false;
     let mut worker_close = version == 0;
     let mut keep_alive_1_0 = false;
+    let mut said_close = false;
     let mut has_date = false;
     // Names the worker's `Connection:` lists are hop-by-hop too; at most a few.
     let mut listed: [&[u8]; 8] = [b""; 8];
@@ -323,6 +324,7 @@ pub fn answer(buf: &[u8], head: bool, date: &[u8], close: bool, out: &mut Vec<u8
             for t in h.value.split(|b| *b == b',').map(trim) {
                 if eq(t, "close") {
                     worker_close = true;
+                    said_close = true;
                 } else if eq(t, "keep-alive") {
                     keep_alive_1_0 = true;
                 } else if !t.is_empty() {
@@ -337,7 +339,8 @@ pub fn answer(buf: &[u8], head: bool, date: &[u8], close: bool, out: &mut Vec<u8
             has_date = true;
         }
     }
-    if version == 0 && keep_alive_1_0 && !chunked && lengths.is_some() {
+    // An HTTP/1.0 worker keeps the connection only when it says so, and not also `close`.
+    if version == 0 && keep_alive_1_0 && !said_close && !chunked && lengths.is_some() {
         worker_close = false;
     }
     let no_body = head || status == 204 || status == 304;
@@ -385,8 +388,9 @@ pub fn answer(buf: &[u8], head: bool, date: &[u8], close: bool, out: &mut Vec<u8
         {
             continue;
         }
-        // A chunked body's length is the chunks', never a header's.
-        if matches!(body, Framing::Chunked) && eq(n, "content-length") {
+        // A chunked body's length is the chunks', never a header's; a 204 has none at all
+        // (RFC 9110 8.6), and a client that believed one would take the next answer for it.
+        if (matches!(body, Framing::Chunked) || status == 204) && eq(n, "content-length") {
             continue;
         }
         header(out, n, h.value);
@@ -917,6 +921,20 @@ mod tests {
             ),
             (Framing::Length(1), false)
         );
+        assert_eq!(
+            framing(
+                "HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 1\r\n\r\n",
+                false
+            ),
+            (Framing::Length(1), true)
+        );
+        // A 204 loses a Content-Length it should not have had.
+        let (_, out) = answer_of(
+            "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nDate: x\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(out, "HTTP/1.1 204 No Content\r\nDate: x\r\n\r\n");
         assert_eq!(
             framing(
                 "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n",

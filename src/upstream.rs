@@ -163,9 +163,14 @@ impl Conns {
         while let Some(stream) = self.raw.pop() {
             // A stream is taken only when there is nothing to read on it: not the worker's
             // close of an idle connection, and not bytes it sent beyond its last answer,
-            // which would be read as the answer to this request, someone else's.
-            match stream.try_read(&mut [0u8; 1]) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(stream),
+            // which would be read as the answer to this request, someone else's. The kernel
+            // is asked (a peek that does not wait), not tokio's readiness, which can lag
+            // behind what has arrived.
+            use nix::sys::socket::{MsgFlags, recv};
+            use std::os::fd::AsRawFd;
+            let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+            match recv(stream.as_raw_fd(), &mut [0u8; 1], flags) {
+                Err(nix::errno::Errno::EAGAIN) => return Ok(stream),
                 Ok(n) if n > 0 => tracing::warn!(
                     "worker at {addr} sent more than its answer on an idle connection; \
                      the connection is closed"

@@ -9,9 +9,11 @@
 //!   retryable only when idempotent and body-less; the head written for the worker parses as
 //!   one, with the same method and target, exactly one Host, no `Connection` or
 //!   `Transfer-Encoding`, one `Content-Length` at most and saying the body's length, one
-//!   `X-Forwarded-For` at most, and an untrusted client's forwarding headers baton's alone;
+//!   `X-Forwarded-For` at most, no lookalike of a header baton sets (`Content_Length`), and
+//!   an untrusted client's forwarding headers baton's alone;
 //! - a final answer's head for the client parses, with the same status, and carries no
-//!   hop-by-hop header but the `Transfer-Encoding: chunked` and `Connection: close` baton adds;
+//!   hop-by-hop header but the `Transfer-Encoding: chunked` and `Connection: close` baton adds,
+//!   and no `Content-Length` on a 204;
 //! - a chunked body decodes to the same data and the same verdict whether it comes whole or in
 //!   two pieces split anywhere, and the decoder never claims more bytes than it was given.
 
@@ -89,6 +91,13 @@ fn check_request(data: &[u8], client: Client<'_>) {
     // A trusted proxy's own X-Forwarded-Host and -Proto lines are kept as it sent them.
     assert!(count("x-forwarded-proto") >= 1);
     assert!(count("x-forwarded-host") >= 1);
+    for h in up.headers.iter() {
+        let name = h.name.to_ascii_lowercase();
+        assert!(!h1::is_lookalike(name.as_bytes()), "{name}");
+        if !client.trusted && h1::is_forwarding(name.as_bytes()) {
+            assert!(["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"].contains(&name.as_str()), "{name}");
+        }
+    }
     if !client.trusted {
         assert_eq!(count("x-forwarded-proto"), 1);
         assert_eq!(count("x-forwarded-host"), 1);
@@ -120,6 +129,7 @@ fn check_answer(data: &[u8], head: bool, close: bool) {
             "connection" => assert!(close && h.value == b"close"),
             "transfer-encoding" => assert_eq!(h.value, b"chunked"),
             "keep-alive" | "proxy-connection" | "te" | "trailer" | "upgrade" => panic!("{n} kept"),
+            "content-length" => assert_ne!(fin.status, 204, "a 204 with a length"),
             _ => {}
         }
     }
