@@ -600,6 +600,37 @@ fn the_control_socket_answers_when_the_descriptors_are_taken() {
 }
 
 #[test]
+fn an_early_answer_from_a_worker_that_stops_reading_reaches_the_client() {
+    let _serial = serial();
+    // Small socket buffers in the worker, and a request larger than they hold: baton writes
+    // it while it reads the answer (on this kernel its own send buffer would take the rest
+    // anyway; on a host with small ones, writing first would wait for ever).
+    let command = format!(r#"["python3", "{ECHO_WORKER}", "{{port}}", "--small-buffers"]"#);
+    let baton = Baton::start_command(
+        1,
+        &command,
+        "[workers]\ncount = 1\nconcurrency = 1\n",
+        true,
+        |b| b.deploy_files(&[]),
+    );
+    let mut s = TcpStream::connect(baton.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = vec![b'x'; 60_000];
+    write!(
+        s,
+        "POST /early-stall HTTP/1.1\r\nHost: app\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert!(answer.ends_with("too large\n"), "{answer:?}");
+}
+
+#[test]
 fn a_workers_early_answer_reaches_the_client() {
     for buffering in [true, false] {
         early_answers(buffering);

@@ -346,35 +346,83 @@ async fn ask(
         lease.conns.new_stream(lease.addr).await
     };
     let mut stream = stream.map_err(|error| Failed { error, sent: false })?;
-    // A worker may answer a body before it has read it all (a 413) and close its end: the
-    // answer is what the client must get, so a failed write of a body is not the end.
-    if let Err(e) = stream.write_all(&s.up).await
-        && req.retryable
-    {
-        return Err(e.into());
-    }
-    s.answer.clear();
+    let Scratch {
+        up, answer, out, ..
+    } = s;
+    let mut fin = if up.len() <= AT_ONCE {
+        // Fits the socket buffers: written at once, then the answer is read.
+        // A worker may answer a body before it has read it all (a 413) and close its end: the
+        // answer is what the client must get, so a failed write of a body is not the end.
+        if let Err(e) = stream.write_all(up).await
+            && req.retryable
+        {
+            return Err(e.into());
+        }
+        read_answer(&mut stream, req.head, answer, out).await?
+    } else {
+        // A larger request is written while the answer is read: a worker that answers before
+        // it has read it all (a 413) and then neither reads nor closes would otherwise hold
+        // the write, and the answer, for ever.
+        let (mut rd, mut wr) = stream.split();
+        let write = wr.write_all(up);
+        let read = read_answer(&mut rd, req.head, answer, out);
+        tokio::pin!(write, read);
+        let mut writing = true;
+        loop {
+            tokio::select! {
+                written = &mut write, if writing => {
+                    writing = false;
+                    if let Err(e) = written
+                        && req.retryable
+                    {
+                        return Err(e.into());
+                    }
+                }
+                fin = &mut read => {
+                    let mut fin = fin?;
+                    // Answered before the request was all written: the stream ends here.
+                    fin.close |= writing;
+                    break fin;
+                }
+            }
+        }
+    };
+    // The stream of any other request than a retryable one is never reused (as on hyper's
+    // path): a worker that did not read a body may take it for a request and answer it after
+    // this answer, to whoever came next.
+    fin.close |= !req.retryable;
+    Ok((stream, fin))
+}
+
+/// Requests up to this long are written before the answer is read; longer ones while it is.
+const AT_ONCE: usize = 16 * 1024;
+
+/// Read a worker's answer head (interim answers skipped): the client's head is left in `out`,
+/// the rest of what was read in `answer`.
+async fn read_answer<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    head: bool,
+    answer: &mut BytesMut,
+    out: &mut Vec<u8>,
+) -> Result<Final, Failed> {
+    answer.clear();
     let date = date();
     loop {
-        if s.answer.capacity() - s.answer.len() < 4096 {
-            s.answer.reserve(8 * 1024);
+        if answer.capacity() - answer.len() < 4096 {
+            answer.reserve(8 * 1024);
         }
-        if stream.read_buf(&mut s.answer).await? == 0 {
+        if stream.read_buf(answer).await? == 0 {
             return Err(UpstreamError::Closed.into());
         }
         loop {
             // `Connection: close`, when it is due, is added as the head leaves.
-            match h1::answer(&s.answer, req.head, &date, false, &mut s.out) {
+            match h1::answer(answer, head, &date, false, out) {
                 Answer::Partial => break,
-                Answer::Interim(n) => s.answer.advance(n),
+                Answer::Interim(n) => answer.advance(n),
                 Answer::Bad(why) => return Err(UpstreamError::Answer(why).into()),
-                Answer::Final(mut fin) => {
-                    s.answer.advance(fin.len);
-                    // The stream of any other request than a retryable one is never reused (as
-                    // on hyper's path): a worker that did not read a body may take it for a
-                    // request and answer it after this answer, to whoever came next.
-                    fin.close |= !req.retryable;
-                    return Ok((stream, fin));
+                Answer::Final(fin) => {
+                    answer.advance(fin.len);
+                    return Ok(fin);
                 }
             }
         }
