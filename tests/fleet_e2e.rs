@@ -984,6 +984,36 @@ fn a_release_rolled_across_a_fleet_by_ansible() {
         seen.transitions()
     ));
 
+    // 1b. The same play again: nothing changed on any host, so no worker is restarted.
+    let generations = |fleet: &Fleet| -> Vec<(u64, Vec<u64>)> {
+        fleet
+            .hosts
+            .iter()
+            .map(|h| {
+                let s = h.status();
+                (s.generation, s.workers.iter().map(|w| w.id).collect())
+            })
+            .collect()
+    };
+    let before = generations(&fleet);
+    let played = fleet.play(
+        "again",
+        "r2",
+        &r2,
+        serde_json::json!({"baton_keep_releases": 1, "baton_haproxy_hosts": []}),
+    );
+    assert!(played.ok, "the same play again failed:\n{}", played.output);
+    assert_eq!(
+        generations(&fleet),
+        before,
+        "a play run again with the same release restarted workers:\n{}",
+        played.output
+    );
+    fleet.figure(format!(
+        "1b. the same play again: ok in {:.1}s, no reload, the same workers on every host",
+        played.took.as_secs_f64()
+    ));
+
     // 2. A release that cannot start: the play stops at web1, which resists; nobody notices.
     let bad = fleet.release("bad", Some("exit"));
     let load = Load::start(lb.addr, CONNECTIONS, PAGE, Duration::from_secs(10));
