@@ -141,7 +141,9 @@ pub fn request(
         } else if eq(n, "x-forwarded-proto") {
             forwarded_proto = true;
         } else if is_forwarding(n) {
-            if !client.trusted {
+            // A trusted proxy passes its clients' headers on: a lookalike among them
+            // (`X-Forwarded-Client_Cert`) is not the proxy's.
+            if !client.trusted || is_lookalike(n) {
                 return Request::Other;
             }
         } else if is_other(n) {
@@ -744,6 +746,12 @@ mod tests {
         );
         assert!(matches!(r, Request::Simple(_)));
         assert!(out.contains("X-Forwarded-Ssl: on\r\n"), "{out}");
+        // But not a lookalike it passed on from its client.
+        let (r, _) = take(
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Client_Cert: x\r\n\r\n",
+            trusted,
+        );
+        assert_eq!(r, Request::Other);
     }
 
     #[test]
