@@ -115,6 +115,10 @@ pub fn request(
     let mut body = 0;
     for h in req.headers.iter() {
         let n = h.name.as_bytes();
+        // Anyone's lookalike, a trusted proxy's too: it passes its clients' headers on.
+        if is_lookalike(n) {
+            return Request::Other;
+        }
         if eq(n, "content-length") {
             // Digits only (no sign, no list): anything else is hyper's to refuse.
             let v = trim(h.value);
@@ -141,9 +145,7 @@ pub fn request(
         } else if eq(n, "x-forwarded-proto") {
             forwarded_proto = true;
         } else if is_forwarding(n) {
-            // A trusted proxy passes its clients' headers on: a lookalike among them
-            // (`X-Forwarded-Client_Cert`) is not the proxy's.
-            if !client.trusted || is_lookalike(n) {
+            if !client.trusted {
                 return Request::Other;
             }
         } else if is_other(n) {
@@ -213,10 +215,10 @@ pub fn request(
 }
 
 /// Headers that only hyper's path handles: `Expect`, and the hop-by-hop headers (a chunked
-/// body and an upgrade among them) that would have to be stripped. `Connection` and
-/// `Content-Length` are looked at before.
+/// body and an upgrade among them) that would have to be stripped. `Connection`,
+/// `Content-Length` and lookalikes are looked at before.
 fn is_other(n: &[u8]) -> bool {
-    eq(n, "expect") || is_hop_by_hop(n) || is_lookalike(n)
+    eq(n, "expect") || is_hop_by_hop(n)
 }
 
 /// One header line.
@@ -441,8 +443,8 @@ pub fn is_forwarding(n: &[u8]) -> bool {
 }
 
 /// A client header whose name has a `_` and reads, with `_` as `-`, as one baton frames by,
-/// sets or strips (`Content_Length`, `Transfer_Encoding`, `Host`, `X_Forwarded_For`, a
-/// hop-by-hop one...). CGI-style servers (Rack's Puma and Unicorn, PHP) make the same
+/// sets or strips (`Content_Length`, `Transfer_Encoding`, `X_Forwarded_For`, `Keep_Alive`...;
+/// only names with a `-` have a lookalike). CGI-style servers (Rack's Puma and Unicorn, PHP) make the same
 /// variable of both spellings, so such a header would reach the app as the real one: an
 /// untrusted client's address, or a body framed otherwise than baton framed it. Both paths
 /// drop it (nginx drops every name with a `_`; these are the ones that matter).
@@ -461,12 +463,7 @@ pub fn is_lookalike(n: &[u8]) -> bool {
         };
     }
     let norm = &norm[..len];
-    is_forwarding(norm)
-        || (n.len() == len
-            && (is_hop_by_hop(norm)
-                || ["host", "content-length", "expect"]
-                    .iter()
-                    .any(|h| eq(norm, h))))
+    is_forwarding(norm) || (n.len() == len && (is_hop_by_hop(norm) || eq(norm, "content-length")))
 }
 
 /// End-to-end headers a `Connection:` list cannot remove.
