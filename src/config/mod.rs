@@ -763,8 +763,8 @@ impl Config {
     }
 
     /// Checks that look at the machine (`check-config` and start-up): the release directory,
-    /// the command, the users and groups, and socket paths that would have to be replaced. They can still fail later
-    /// (at spawn: then the backoff and the journal entry apply).
+    /// the command, the user and groups, and socket paths that would have to be replaced.
+    /// They can still fail later (at spawn: then the backoff and the journal entry apply).
     pub fn check_host(&self) -> Result<(), (String, String)> {
         if let Some(dir) = &self.app.directory
             && !dir.is_dir()
@@ -784,12 +784,10 @@ impl Config {
         }
         // A user or group typed wrong would fail every worker's start (or the control
         // socket's bind): better said once, here, than as a deployment error.
-        for (key, user) in [("app.user", &self.app.user)] {
-            if let Some(name) = user
-                && !matches!(nix::unistd::User::from_name(name), Ok(Some(_)))
-            {
-                return Err((key.into(), format!("no user {name:?} on this host")));
-            }
+        if let Some(name) = &self.app.user
+            && !matches!(nix::unistd::User::from_name(name), Ok(Some(_)))
+        {
+            return Err(("app.user".into(), format!("no user {name:?} on this host")));
         }
         for (key, group) in [
             ("app.group", &self.app.group),

@@ -117,24 +117,23 @@ impl Proxy {
             let started = Instant::now();
             // The whole request, body included, is here before a worker is leased (request
             // buffering), and the body follows the head in one write to the worker.
-            let received = self.receive(io, &simple, &mut s.input).await;
-            if received.is_ok() {
-                s.up.extend_from_slice(&s.input[simple.len..simple.len + simple.body]);
-                s.input.advance(simple.len + simple.body);
-            }
-            let answered = match received {
+            let answered = match self.receive(io, &simple, &mut s.input).await {
                 Err(None) => return Ended::Closed,
                 Err(Some(e)) => Err(e),
-                Ok(()) => match self.lease_watching(io, &mut s.input).await {
-                    Ok(Some(lease)) => self.exchange(&simple, lease, &mut s).await,
-                    Ok(None) => {
-                        tracing::debug!(
-                            "a client closed its connection while its request waited for a worker"
-                        );
-                        return Ended::Closed;
+                Ok(()) => {
+                    s.up.extend_from_slice(&s.input[simple.len..simple.len + simple.body]);
+                    s.input.advance(simple.len + simple.body);
+                    match self.lease_watching(io, &mut s.input).await {
+                        Ok(Some(lease)) => self.exchange(&simple, lease, &mut s).await,
+                        Ok(None) => {
+                            tracing::debug!(
+                                "a client closed its connection while its request waited for a worker"
+                            );
+                            return Ended::Closed;
+                        }
+                        Err(e) => Err(e),
                     }
-                    Err(e) => Err(e),
-                },
+                }
             };
             let (status, keep) = match answered {
                 Ok((lease, stream, fin)) => {
