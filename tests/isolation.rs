@@ -87,35 +87,6 @@ fn a_response_reaches_only_the_client_that_asked() {
     );
 }
 
-/// Read one answer head from a keep-alive connection; what came before it closed, if it did.
-fn read_head(s: &mut TcpStream) -> Result<String, String> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if s.read(&mut byte).unwrap_or(0) == 0 {
-            return Err(String::from_utf8_lossy(&head).into_owned());
-        }
-        head.push(byte[0]);
-    }
-    Ok(String::from_utf8_lossy(&head).into_owned())
-}
-
-/// Read one Content-Length response from a keep-alive connection; returns its body.
-fn read_response(s: &mut TcpStream) -> String {
-    let head = match read_head(s) {
-        Ok(head) => head.to_lowercase(),
-        Err(partial) => return format!("<closed after {partial:?}>"),
-    };
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).unwrap();
-    String::from_utf8_lossy(&body).into_owned()
-}
-
 /// What a worker sends beyond its answer never reaches the next client: the connection it came
 /// on is not reused, whether the extra bytes came with the answer or a moment later.
 #[test]

@@ -9,7 +9,8 @@ use baton::status::Snapshot;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use std::net::SocketAddr;
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -321,4 +322,38 @@ pub fn get(url: &str) -> (u16, String) {
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
     })
+}
+
+/// Read one answer head from a keep-alive connection; what came before it closed, if it did.
+pub fn read_head(s: &mut TcpStream) -> Result<String, String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).unwrap_or(0) == 0 {
+            return Err(String::from_utf8_lossy(&head).into_owned());
+        }
+        head.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// The body that follows `head`, by its Content-Length (none: empty).
+pub fn read_body(s: &mut TcpStream, head: &str) -> String {
+    let len: usize = head
+        .to_lowercase()
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: ").map(str::to_owned))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Read one Content-Length response from a keep-alive connection; returns its body.
+pub fn read_response(s: &mut TcpStream) -> String {
+    match read_head(s) {
+        Ok(head) => read_body(s, &head),
+        Err(partial) => format!("<closed after {partial:?}>"),
+    }
 }
