@@ -204,13 +204,19 @@ pub fn request(
     if !forwarded_proto {
         header(out, b"x-forwarded-proto", b"http");
     }
+    let retryable = idempotent && body == 0;
+    if !retryable {
+        // Its stream carries this request only: a worker that does not read the body must
+        // not keep the connection and take the body for a next request (it could hold one).
+        header(out, b"connection", b"close");
+    }
     out.extend_from_slice(b"\r\n");
     Request::Simple(Simple {
         len,
         head,
         close,
         body,
-        retryable: idempotent && body == 0,
+        retryable,
     })
 }
 
@@ -417,6 +423,28 @@ pub fn answer(buf: &[u8], head: bool, date: &[u8], close: bool, out: &mut Vec<u8
     })
 }
 
+/// A worker's `101 Switching Protocols` to a request that asked for one: its head goes to the
+/// client as it is (its `Connection` and `Upgrade` are the switch itself), and the stream
+/// becomes a tunnel. `None` for any other answer, or one not all there yet.
+pub fn switched(buf: &[u8], out: &mut Vec<u8>) -> Option<Final> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(len)) = resp.parse(buf) else {
+        return None;
+    };
+    if resp.code != Some(101) {
+        return None;
+    }
+    out.clear();
+    out.extend_from_slice(&buf[..len]);
+    Some(Final {
+        len,
+        status: 101,
+        body: Framing::None,
+        close: true,
+    })
+}
+
 /// Headers that describe one hop, not the message (RFC 9110 7.6.1).
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
@@ -480,7 +508,8 @@ fn is_kept(n: &[u8]) -> bool {
 }
 
 /// Reading a chunked body (RFC 9112 7.1): sizes, extensions and trailers are framing, only
-/// the data is given out.
+/// the data is given out. A line may end in a bare LF, as nginx reads a worker's answer (RFC
+/// 9112 2.2 allows a recipient that): `0\r\n\n` ends a body rather than leaving it open.
 #[derive(Debug, Default)]
 pub struct Chunked {
     state: State,
@@ -542,22 +571,19 @@ impl Chunked {
                     }
                     b';' | b' ' | b'\t' if self.framing > 1 => self.state = State::Extension,
                     b'\r' if self.framing > 1 => self.state = State::SizeLf,
+                    b'\n' if self.framing > 1 => self.end_size_line(),
                     _ => return Err(ChunkError("a chunk size is not hexadecimal")),
                 },
                 State::Extension => match b {
                     b'\r' => self.state = State::SizeLf,
-                    b'\n' => return Err(ChunkError("a bare LF ends a chunk size line")),
+                    b'\n' => self.end_size_line(),
                     _ => {}
                 },
                 State::SizeLf => {
                     if b != b'\n' {
                         return Err(ChunkError("a chunk size line does not end in CRLF"));
                     }
-                    self.state = if self.left == 0 {
-                        State::TrailerStart
-                    } else {
-                        State::Data
-                    };
+                    self.end_size_line();
                 }
                 State::Data => {
                     let n = usize::try_from(self.left)
@@ -570,12 +596,14 @@ impl Chunked {
                     self.framing = 0;
                     return Ok((i + n, Some(i..i + n)));
                 }
-                State::DataCr => {
-                    if b != b'\r' {
-                        return Err(ChunkError("a chunk's data is longer than its size"));
+                State::DataCr => match b {
+                    b'\r' => self.state = State::DataLf,
+                    b'\n' => {
+                        self.state = State::Size;
+                        self.framing = 0;
                     }
-                    self.state = State::DataLf;
-                }
+                    _ => return Err(ChunkError("a chunk's data is longer than its size")),
+                },
                 State::DataLf => {
                     if b != b'\n' {
                         return Err(ChunkError("a chunk does not end in CRLF"));
@@ -585,13 +613,17 @@ impl Chunked {
                 }
                 State::TrailerStart => match b {
                     b'\r' => self.state = State::EndLf,
+                    b'\n' => {
+                        self.state = State::Done;
+                        return Ok((i + 1, None));
+                    }
                     _ => self.state = State::Trailer,
                 },
-                State::Trailer => {
-                    if b == b'\r' {
-                        self.state = State::TrailerLf;
-                    }
-                }
+                State::Trailer => match b {
+                    b'\r' => self.state = State::TrailerLf,
+                    b'\n' => self.state = State::TrailerStart,
+                    _ => {}
+                },
                 State::TrailerLf => {
                     if b != b'\n' {
                         return Err(ChunkError("a trailer line does not end in CRLF"));
@@ -610,6 +642,15 @@ impl Chunked {
             i += 1;
         }
         Ok((i, None))
+    }
+
+    /// After a chunk's size line: its data, or the trailers after the last chunk.
+    fn end_size_line(&mut self) {
+        self.state = if self.left == 0 {
+            State::TrailerStart
+        } else {
+            State::Data
+        };
     }
 
     /// Sixteen hex digits hold any u64; more are padding an attacker sends.
@@ -762,7 +803,8 @@ mod tests {
         assert_eq!((s.body, s.retryable), (5, false));
         assert_eq!(
             out,
-            "POST /form HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-host: h\r\nx-forwarded-proto: http\r\n\r\n"
+            "POST /form HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-host: h\r\nx-forwarded-proto: http\r\nconnection: close\r\n\r\n",
+            "a request that cannot be sent again has a stream of its own"
         );
         // Idempotent without a body: retryable; with one, or not idempotent: not.
         let (s, _) = simple("DELETE /x HTTP/1.1\r\nHost: h\r\n\r\n");
@@ -1023,12 +1065,28 @@ mod tests {
     }
 
     #[test]
+    fn a_line_may_end_in_a_bare_lf_as_nginx_reads_it() {
+        for body in [
+            &b"5\r\nhello\r\n0\r\n\n"[..],
+            b"5\nhello\n0\n\n",
+            b"5;x\nhello\r\n0\r\nX-T: 1\n\n",
+            b"5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+        ] {
+            let (data, used, done) = dechunk(body).unwrap();
+            assert_eq!(
+                (&data[..], used, done),
+                (&b"hello"[..], body.len(), true),
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_malformed_chunked_body_is_an_error() {
         for bad in [
             &b"x\r\n"[..],
             b"\r\n",
             b"5\r\nhelloX\r\n",
-            b"5\nhello",
             b"11111111111111111\r\n",
             b"fffffffffffffffff\r\n",
             b"0\r\n\r\r",

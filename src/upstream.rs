@@ -1,28 +1,25 @@
-//! Connections to one worker: a small pool of HTTP/1.1 keep-alive connections per worker,
-//! owned by the worker's pool entry and reached through its lease, so a request finds its
-//! connection without a shared lock or a hash, and a worker that leaves the pool takes exactly
-//! its own connections with it.
+//! Connections to one worker: plain streams, written and read by `proxy` with `h1`, a few
+//! kept idle per worker. They are owned by the worker's pool entry and reached through its
+//! lease, so a request finds its connection without a shared lock or a hash, and a worker that
+//! leaves the pool takes exactly its own connections with it.
 //!
-//! Reuse is the safety rule of the proxy: a connection goes back to the pool only after a
-//! request that could be retried anywhere (idempotent, no body) got a whole response on it.
-//! Any other request gets a fresh connection that the worker closes after its answer, so
-//! nothing a worker leaves unread (a body it ignored) can be taken for a next request, and a
-//! request that must not be sent twice never meets a connection the worker has just closed.
+//! Reuse is the safety rule of the proxy (the decision itself is [`reusable`]): a stream goes
+//! back only after a request that could be sent again anywhere (idempotent, no body) got a
+//! whole answer on it that invites no extra bytes, read exactly to its end. Any other request
+//! gets a fresh stream with `Connection: close`, so nothing a worker leaves unread (a body it
+//! ignored) can be taken for a next request. A worker caught sending bytes beyond an answer is
+//! no longer trusted with reused streams at all: one misbehaving answer then costs at most the
+//! bytes already on their way, never a stream of other clients' answers.
 
+use crate::spawn::{Generation, WorkerId};
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-
-/// What the proxy sends to a worker.
-pub type RequestBody = UnsyncBoxBody<Bytes, crate::buffer::BodyError>;
 
 /// How long a worker may take to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,8 +29,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_REUSE: Duration = Duration::from_secs(2);
 /// Idle connections kept per worker.
 const MAX_IDLE: usize = 64;
+/// Bounds of the rest a stream gets between two requests (see [`Conns::answered`]).
+const MIN_QUIET: Duration = Duration::from_millis(1);
+const MAX_QUIET: Duration = Duration::from_millis(100);
 
-/// Why a worker could not be sent a request.
+/// Why a worker could not be sent a request, or its answer not read.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot connect to {addr}: {source}")]
@@ -44,8 +44,6 @@ pub enum UpstreamError {
     #[error("cannot connect to {0}: timed out")]
     ConnectTimeout(SocketAddr),
     #[error("{0}")]
-    Http(#[from] hyper::Error),
-    #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("the worker closed the connection before it answered")]
     Closed,
@@ -55,54 +53,67 @@ pub enum UpstreamError {
     Answer(&'static str),
     #[error("{0}")]
     Chunked(#[from] crate::h1::ChunkError),
+    #[error("the request body failed: {0}")]
+    RequestBody(crate::buffer::BodyError),
 }
 
-/// One connection to a worker, checked out for one request.
-pub struct Conn {
-    sender: SendRequest<RequestBody>,
+/// Whether the stream that carried an answer may carry another request (RFC 9112 9.3, and
+/// what a worker can get wrong). Only for a request that could be sent again anywhere
+/// (`retryable`: idempotent, no body), never after an answer that invites bytes the framing
+/// does not count (an answer to `HEAD`, an interim `1xx`, a `204` or `304`: a worker that
+/// sends a body with them anyway would have it read as the next answer), and only when the
+/// worker keeps the connection and delimits its body.
+pub fn reusable(retryable: bool, head: bool, interim: bool, fin: &crate::h1::Final) -> bool {
+    use crate::h1::Framing;
+    retryable
+        && !head
+        && !interim
+        && !fin.close
+        && !matches!(fin.status, 204 | 304)
+        && matches!(fin.body, Framing::Length(_) | Framing::Chunked)
 }
 
-impl Conn {
-    pub async fn send(
-        &mut self,
-        req: http::Request<RequestBody>,
-    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
-        Ok(self.sender.send_request(req).await?)
-    }
-}
-
-/// The idle connections of one worker: hyper's, for the requests hyper serves, and plain
-/// streams, for the narrow path (`h1`), which writes and reads the bytes itself.
-#[derive(Default)]
+/// The idle streams of one worker, and whether it is still trusted with reused ones.
 pub struct Conns {
-    idle: Idle<SendRequest<RequestBody>>,
-    raw: Idle<TcpStream>,
+    worker: WorkerId,
+    generation: Generation,
+    idle: Idle<TcpStream>,
+    /// Set once the worker sent bytes beyond an answer: one request per connection since.
+    distrusted: AtomicBool,
+    /// How long a stream rests after an answer before it carries another request, in µs:
+    /// twice the worker's recent slowest answer (see [`Conns::answered`]).
+    quiet: AtomicU64,
 }
 
-/// Idle connections of one kind, the newest last.
-struct Idle<T>(Mutex<Vec<(T, Instant)>>);
+/// Idle streams, the longest idle first.
+struct Idle<T>(Mutex<std::collections::VecDeque<(T, Instant)>>);
 
 impl<T> Default for Idle<T> {
     fn default() -> Self {
-        Idle(Mutex::new(Vec::new()))
+        Idle(Mutex::new(std::collections::VecDeque::new()))
     }
 }
 
 impl<T> Idle<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(T, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(T, Instant)>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The newest one that idled less than `IDLE_REUSE`.
-    fn pop(&self) -> Option<T> {
+    /// The one idle longest, if it has been quiet for `quiet` and less than `IDLE_REUSE`.
+    fn pop(&self, quiet: Duration) -> Option<T> {
         let mut idle = self.lock();
         let now = Instant::now();
-        while let Some((conn, since)) = idle.pop() {
-            if now.saturating_duration_since(since) < IDLE_REUSE {
-                return Some(conn);
+        while let Some((_, since)) = idle.front() {
+            let age = now.saturating_duration_since(*since);
+            if age >= IDLE_REUSE {
+                idle.pop_front();
+                continue;
             }
-            // The rest are older still (pushed earlier): drop them all.
-            idle.clear();
+            if age < quiet {
+                // The others came back later still.
+                return None;
+            }
+            return idle.pop_front().map(|(conn, _)| conn);
         }
         None
     }
@@ -111,7 +122,7 @@ impl<T> Idle<T> {
     fn push(&self, conn: T) {
         let mut idle = self.lock();
         if idle.len() < MAX_IDLE {
-            idle.push((conn, Instant::now()));
+            idle.push_back((conn, Instant::now()));
         }
     }
 
@@ -126,74 +137,153 @@ impl std::fmt::Debug for Conns {
     }
 }
 
+/// Whether anything waits to be read on a stream, asked of the kernel (a peek that does not
+/// wait), not tokio's readiness, which can lag behind what has arrived. A close reads as
+/// something too: such a stream is of no use either.
+fn has_input(stream: &TcpStream) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    !matches!(
+        recv(stream.as_raw_fd(), &mut [0u8; 1], flags),
+        Err(nix::errno::Errno::EAGAIN)
+    )
+}
+
 impl Conns {
-    /// A connection for one request: an idle one when `reuse` allows, else a new one.
-    pub async fn get(&self, addr: SocketAddr, reuse: bool) -> Result<Conn, UpstreamError> {
-        if reuse {
-            while let Some(mut sender) = self.idle.pop() {
-                if sender.is_closed() {
-                    continue;
-                }
-                // Ready as soon as its task has seen the previous response end (at once, or
-                // after a moment); an error means the worker closed it.
-                if sender.ready().await.is_ok() {
-                    return Ok(Conn { sender });
-                }
-            }
+    pub fn new(worker: WorkerId, generation: Generation) -> Conns {
+        Conns {
+            worker,
+            generation,
+            idle: Idle::default(),
+            distrusted: AtomicBool::new(false),
+            quiet: AtomicU64::new(MIN_QUIET.as_micros() as u64),
         }
-        connect(addr).await.map(|sender| Conn { sender })
     }
 
-    /// Give back a connection whose response was read to its end.
-    pub fn put(&self, conn: Conn) {
-        if !conn.sender.is_closed() {
-            self.idle.push(conn.sender);
+    /// A stream for one request: an idle one when `reuse` allows (a request that may be sent
+    /// again) and the worker is trusted, else a new one. `true` with a reused one.
+    pub async fn stream(
+        &self,
+        addr: SocketAddr,
+        reuse: bool,
+    ) -> Result<(TcpStream, bool), UpstreamError> {
+        let quiet = Duration::from_micros(self.quiet.load(Ordering::Relaxed));
+        while reuse && let Some(stream) = self.idle.pop(quiet) {
+            // Taken only when there is nothing to read on it: not the worker's close of an
+            // idle connection, and not bytes it sent beyond its last answer, which would be
+            // read as the answer to this request, someone else's.
+            if !has_input(&stream) {
+                return Ok((stream, true));
+            }
+            if has_input_data(&stream) {
+                self.distrust("sent bytes on an idle connection, beyond its last answer");
+            }
+        }
+        connect_stream(addr).await.map(|s| (s, false))
+    }
+
+    /// Give back a stream whose answer was read to its end, when [`reusable`] said so;
+    /// `extra`: bytes came after the answer's end. Anything waiting on it now is a worker
+    /// talking out of turn: the stream is closed and the worker distrusted.
+    pub fn put(&self, stream: TcpStream, extra: bool) {
+        if extra || has_input_data(&stream) {
+            self.distrust("sent more than its answer");
+            return;
+        }
+        if !self.distrusted.load(Ordering::Relaxed) {
+            self.idle.push(stream);
+        }
+    }
+
+    /// A worker answered a request `latency` after it was written. A stream rests for twice
+    /// the worker's recent slowest answer before it is reused: a worker that answered out of
+    /// turn (bytes beyond an answer, taken for the answer to the next request) is still
+    /// working on that request, and its real answer then arrives while the stream rests,
+    /// where the check before reuse sees it, rather than as the answer to whoever is next.
+    /// Slow answers raise it at once; it decays by an eighth per answer.
+    pub fn answered(&self, latency: Duration) {
+        let us = (latency.as_micros() as u64).saturating_mul(2);
+        let old = self.quiet.load(Ordering::Relaxed);
+        let new = us
+            .max(old - old / 8)
+            .clamp(MIN_QUIET.as_micros() as u64, MAX_QUIET.as_micros() as u64);
+        self.quiet.store(new, Ordering::Relaxed);
+    }
+
+    /// The answer on `stream` was read to its end: keep the stream when `keep` ([`reusable`]),
+    /// and distrust the worker when bytes came after the end (`extra`), whether or not the
+    /// stream was to be kept.
+    pub fn finish(&self, stream: Upstream, keep: bool, extra: bool) {
+        if let (Upstream::Whole(stream), true) = (stream, keep) {
+            self.put(stream, extra);
+        } else if extra {
+            self.distrust("sent more than its answer");
+        }
+    }
+
+    /// From now on every request to this worker gets a connection of its own; logged once.
+    pub fn distrust(&self, what: &str) {
+        self.idle.clear();
+        if !self.distrusted.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                worker = self.worker.0,
+                generation = self.generation.0,
+                "worker {} (generation {}) {what}; its connections are no longer reused",
+                self.worker,
+                self.generation.0
+            );
         }
     }
 
     /// Close every idle connection (the worker is draining).
     pub fn close_idle(&self) {
         self.idle.clear();
-        self.raw.clear();
-    }
-
-    /// A stream for one narrow-path request (always one that may be sent again): an idle one,
-    /// else a new one.
-    pub async fn get_stream(&self, addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
-        while let Some(stream) = self.raw.pop() {
-            // A stream is taken only when there is nothing to read on it: not the worker's
-            // close of an idle connection, and not bytes it sent beyond its last answer,
-            // which would be read as the answer to this request, someone else's. The kernel
-            // is asked (a peek that does not wait), not tokio's readiness, which can lag
-            // behind what has arrived.
-            use nix::sys::socket::{MsgFlags, recv};
-            use std::os::fd::AsRawFd;
-            let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
-            match recv(stream.as_raw_fd(), &mut [0u8; 1], flags) {
-                Err(nix::errno::Errno::EAGAIN) => return Ok(stream),
-                Ok(n) if n > 0 => tracing::warn!(
-                    "worker at {addr} sent more than its answer on an idle connection; \
-                     the connection is closed"
-                ),
-                _ => {}
-            }
-        }
-        connect_stream(addr).await
-    }
-
-    /// A new plain stream to the worker, for a request that must not meet a pooled
-    /// connection the worker may be closing (one that would not be sent again).
-    pub async fn new_stream(&self, addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
-        connect_stream(addr).await
-    }
-
-    /// Give back a stream whose answer was read exactly to its end.
-    pub fn put_stream(&self, stream: TcpStream) {
-        self.raw.push(stream);
     }
 }
 
-async fn connect_stream(addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
+/// Bytes (not a close) wait to be read on a stream.
+fn has_input_data(stream: &TcpStream) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    matches!(recv(stream.as_raw_fd(), &mut [0u8; 1], flags), Ok(n) if n > 0)
+}
+
+/// The task that writes a request while its answer is read, and what it gives back.
+pub type Writer = tokio_util::task::AbortOnDropHandle<(
+    tokio::net::tcp::OwnedWriteHalf,
+    Result<(), UpstreamError>,
+)>;
+
+/// A worker's stream once a request went out on it: whole, or (when the worker answered
+/// before the request was all written) its reading half, while a task goes on writing the
+/// request, which ends with the answer (the worker may be echoing the body as it comes).
+pub enum Upstream {
+    Whole(TcpStream),
+    Split {
+        read: tokio::net::tcp::OwnedReadHalf,
+        /// Holds the writing half too once done: dropping it would end the request stream
+        /// (a FIN) while the answer is still coming, and some servers then cut the answer.
+        writer: Writer,
+    },
+}
+
+impl tokio::io::AsyncRead for Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Whole(s) => Pin::new(s).poll_read(cx, buf),
+            Upstream::Split { read, .. } => Pin::new(read).poll_read(cx, buf),
+        }
+    }
+}
+
+/// A new stream to a worker.
+pub async fn connect_stream(addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
@@ -203,118 +293,15 @@ async fn connect_stream(addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
     Ok(stream)
 }
 
-async fn connect(addr: SocketAddr) -> Result<SendRequest<RequestBody>, UpstreamError> {
-    let stream = connect_stream(addr).await?;
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(EarlyAnswer::new(stream)))
-        .await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!("worker connection ended: {e}");
-        }
-    });
-    Ok(sender)
-}
-
-/// A worker's socket on which a failed write is not the end: a worker may answer before it has
-/// read the whole request body (a 404 or 413 to a large upload) and close its end, and then
-/// writing the rest of the body fails. The answer it sent is what the client must get, so the
-/// rest of the body is discarded and reading goes on: either the answer is there, or the read
-/// reports the closed connection.
-struct EarlyAnswer {
-    inner: TcpStream,
-    write_failed: bool,
-}
-
-impl EarlyAnswer {
-    fn new(inner: TcpStream) -> EarlyAnswer {
-        EarlyAnswer {
-            inner,
-            write_failed: false,
-        }
-    }
-
-    /// A write error that only says the worker closed its end becomes "written": `done`.
-    fn absorb<T>(&mut self, r: Poll<std::io::Result<T>>, done: T) -> Poll<std::io::Result<T>> {
-        match r {
-            Poll::Ready(Err(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-                ) =>
-            {
-                self.write_failed = true;
-                Poll::Ready(Ok(done))
-            }
-            other => other,
-        }
-    }
-}
-
-impl AsyncRead for EarlyAnswer {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for EarlyAnswer {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        if self.write_failed {
-            return Poll::Ready(Ok(buf.len()));
-        }
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.absorb(r, buf.len())
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let len = bufs.iter().map(|b| b.len()).sum();
-        if self.write_failed {
-            return Poll::Ready(Ok(len));
-        }
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.absorb(r, len)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if self.write_failed {
-            return Poll::Ready(Ok(()));
-        }
-        let r = Pin::new(&mut self.inner).poll_flush(cx);
-        self.absorb(r, ())
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match Pin::new(&mut self.inner).poll_shutdown(cx) {
-            Poll::Ready(Err(_)) => Poll::Ready(Ok(())),
-            other => other,
-        }
-    }
-}
-
-/// A worker's answer body read from a plain stream (the narrow path), by its framing. The
-/// stream goes back to the worker's idle ones when the body ended exactly where its framing
-/// said (and `home` is set: the worker keeps the connection open).
+/// A worker's answer body read from its stream, by its framing. The stream goes back to the
+/// worker's idle ones when the body ended exactly where its framing said and `keep` is set
+/// ([`reusable`]); bytes beyond the end distrust the worker.
 pub struct RawBody {
-    stream: Option<TcpStream>,
+    stream: Option<Upstream>,
     buf: bytes::BytesMut,
     framing: RawFraming,
-    home: Option<std::sync::Arc<Conns>>,
+    conns: std::sync::Arc<Conns>,
+    keep: bool,
     done: bool,
 }
 
@@ -327,10 +314,11 @@ enum RawFraming {
 impl RawBody {
     /// `buf`: what was read after the head. `None` framing (no body) is not a body.
     pub fn new(
-        stream: TcpStream,
+        stream: Upstream,
         buf: bytes::BytesMut,
         framing: crate::h1::Framing,
-        home: Option<std::sync::Arc<Conns>>,
+        conns: std::sync::Arc<Conns>,
+        keep: bool,
     ) -> RawBody {
         let framing = match framing {
             crate::h1::Framing::None => RawFraming::Length(0),
@@ -342,18 +330,19 @@ impl RawBody {
             stream: Some(stream),
             buf,
             framing,
-            home,
+            conns,
+            keep,
             done: false,
         }
     }
 
     fn finish(&mut self) {
         self.done = true;
-        if let (Some(stream), Some(home)) = (self.stream.take(), self.home.take())
-            && self.buf.is_empty()
-        {
-            home.put_stream(stream);
+        if let Some(stream) = self.stream.take() {
+            self.conns.finish(stream, self.keep, !self.buf.is_empty());
         }
+        // Not to keep a large buffer for as long as the client takes to read the answer.
+        self.buf = bytes::BytesMut::new();
     }
 
     fn fail(

@@ -93,7 +93,7 @@ impl Worker {
             cpu_percent: 0.0,
             memory_bytes: 0,
             cut: CancellationToken::new(),
-            conns: Arc::default(),
+            conns: Arc::new(Conns::new(id, generation)),
         }
     }
 }
@@ -134,7 +134,7 @@ struct Grant {
 
 struct Waiter {
     tx: oneshot::Sender<Grant>,
-    exclude: Option<WorkerId>,
+    avoid: Option<WorkerId>,
 }
 
 struct Inner {
@@ -231,7 +231,12 @@ impl Pool {
 
     /// Get a worker for one request: the ready one with the fewest in-flight requests (ties:
     /// newest generation, then least recently used), or wait in the queue.
-    pub async fn acquire(self: &Arc<Self>, exclude: Option<WorkerId>) -> Result<Lease, Rejected> {
+    ///
+    /// `avoid`: a worker that just failed this request (its retry). Another one is taken when
+    /// one is free; when none is, the avoided one is still better than waiting (the retry goes
+    /// on a fresh connection): a preference, never a condition, so that a waiter can always be
+    /// served by whichever worker frees up first and the queue never stalls behind it.
+    pub async fn acquire(self: &Arc<Self>, avoid: Option<WorkerId>) -> Result<Lease, Rejected> {
         let rx = {
             let mut inner = self.lock();
             if inner.closed {
@@ -240,7 +245,7 @@ impl Pool {
             inner.waiters.retain(|w| !w.tx.is_closed());
             let concurrency = inner.limits.concurrency;
             if inner.waiters.is_empty()
-                && let Some(g) = inner.grant(concurrency, exclude)
+                && let Some(g) = inner.grant(concurrency, avoid)
             {
                 return Ok(self.lease(g));
             }
@@ -248,7 +253,10 @@ impl Pool {
                 return Err(Rejected::QueueFull(inner.waiters.len()));
             }
             let (tx, rx) = oneshot::channel();
-            inner.waiters.push_back(Waiter { tx, exclude });
+            inner.waiters.push_back(Waiter { tx, avoid });
+            // Whatever capacity is free goes to the queue now, in order: a request never
+            // waits beside an idle worker for the next release to look at the queue.
+            inner.dispatch();
             self.demand.notify_one();
             rx
         };
@@ -334,7 +342,10 @@ impl Pool {
 
     /// Add a worker that was just started (state `Spawning`).
     pub fn insert(&self, worker: Worker) {
-        self.lock().workers.insert(worker.id, worker);
+        let mut inner = self.lock();
+        inner.workers.insert(worker.id, worker);
+        inner.dispatch();
+        drop(inner);
         self.changed.notify_waiters();
     }
 
@@ -453,20 +464,25 @@ impl Pool {
 }
 
 impl Inner {
-    fn pick(&self, concurrency: usize, exclude: Option<WorkerId>) -> Option<WorkerId> {
+    fn pick(&self, concurrency: usize, avoid: Option<WorkerId>) -> Option<WorkerId> {
         self.workers
             .values()
             .filter(|w| {
-                w.state == WorkerState::Ready
-                    && Some(w.id) != exclude
-                    && (concurrency == 0 || w.in_flight < concurrency)
+                w.state == WorkerState::Ready && (concurrency == 0 || w.in_flight < concurrency)
             })
-            .min_by_key(|w| (w.in_flight, Reverse(w.generation), w.last_used))
+            .min_by_key(|w| {
+                (
+                    Some(w.id) == avoid,
+                    w.in_flight,
+                    Reverse(w.generation),
+                    w.last_used,
+                )
+            })
             .map(|w| w.id)
     }
 
-    fn grant(&mut self, concurrency: usize, exclude: Option<WorkerId>) -> Option<Grant> {
-        let id = self.pick(concurrency, exclude)?;
+    fn grant(&mut self, concurrency: usize, avoid: Option<WorkerId>) -> Option<Grant> {
+        let id = self.pick(concurrency, avoid)?;
         let w = self.workers.get_mut(&id)?;
         w.in_flight += 1;
         if w.in_flight == 1 {
@@ -481,34 +497,37 @@ impl Inner {
         })
     }
 
-    /// Hand free capacity to queued requests, first come first served.
+    /// Hand free capacity to queued requests, first come first served. Any free worker can
+    /// serve the first waiter (`avoid` is a preference), so this stops only when no worker
+    /// has room.
     fn dispatch(&mut self) {
         let concurrency = self.limits.concurrency;
-        let mut i = 0;
-        while i < self.waiters.len() {
-            if self.waiters[i].tx.is_closed() {
-                self.waiters.remove(i);
+        while let Some(waiter) = self.waiters.pop_front() {
+            if waiter.tx.is_closed() {
                 continue;
             }
-            let exclude = self.waiters[i].exclude;
-            let Some(g) = self.grant(concurrency, exclude) else {
-                if exclude.is_none() {
-                    // Nobody can be served until capacity frees up.
-                    return;
-                }
-                i += 1;
-                continue;
-            };
-            let Some(waiter) = self.waiters.remove(i) else {
+            let Some(g) = self.grant(concurrency, waiter.avoid) else {
+                // Nobody can be served until capacity frees up.
+                self.waiters.push_front(waiter);
                 return;
             };
             if let Err(g) = waiter.tx.send(g) {
                 // The client left between the check and the send: give the slot back.
                 if let Some(w) = self.workers.get_mut(&g.worker) {
                     w.in_flight -= 1;
+                    if w.in_flight == 0 {
+                        w.busy_since = None;
+                    }
                 }
             }
         }
+    }
+
+    /// The invariant the queue rests on: nobody waits while a ready worker has room.
+    #[cfg(test)]
+    fn stalled(&self) -> bool {
+        let open = self.waiters.iter().filter(|w| !w.tx.is_closed()).count();
+        open > 0 && self.pick(self.limits.concurrency, None).is_some()
     }
 }
 
@@ -590,5 +609,137 @@ mod tests {
         let again = pool.acquire(None).await.unwrap();
         assert_eq!(again.worker, WorkerId(1));
         assert_eq!(pool.get(WorkerId(1)).unwrap().in_flight, 1);
+    }
+
+    #[tokio::test]
+    async fn a_retry_with_no_other_worker_takes_the_same_one_and_never_blocks_the_queue() {
+        let pool = Pool::new(Limits {
+            concurrency: 1,
+            max_queue: 5,
+        });
+        pool.insert(worker(1, 1, WorkerState::Ready));
+        // The only worker failed a request: its retry gets it again rather than waiting for
+        // another that does not exist.
+        let retry = pool.acquire(Some(WorkerId(1))).await.unwrap();
+        assert_eq!(retry.worker, WorkerId(1));
+        drop(retry);
+        // Two workers, one busy: a retry avoiding the idle one waits, and a plain request
+        // behind it is served by the idle one at once, not after the busy one frees up.
+        pool.insert(worker(2, 1, WorkerState::Ready));
+        let busy = pool.acquire(None).await.unwrap();
+        let idle = if busy.worker == WorkerId(1) { 2 } else { 1 };
+        let other = pool.acquire(Some(WorkerId(idle))).await.unwrap();
+        assert_eq!(
+            other.worker.0, idle,
+            "the avoided worker, since no other is free"
+        );
+        let p = pool.clone();
+        let queued = tokio::spawn(async move { p.acquire(None).await.map(|l| l.worker) });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(other);
+        let got = tokio::time::timeout(Duration::from_secs(1), queued).await;
+        assert_eq!(got.unwrap().unwrap(), Ok(WorkerId(idle)));
+        drop(busy);
+    }
+
+    /// A small deterministic generator, so a failing case can be replayed from its seed.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    /// Random requests, retries that avoid a worker, releases, clients that leave, workers
+    /// that come, go and change state, limits that change: after every step, nobody waits
+    /// while a ready worker has room, and every worker's in-flight count is the number of
+    /// leases held on it.
+    #[test]
+    fn no_request_waits_while_a_worker_is_free() {
+        use futures_util::FutureExt;
+        use std::future::Future;
+        use std::pin::Pin;
+        type Waiting = Pin<Box<dyn Future<Output = Result<Lease, Rejected>>>>;
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        for seed in 1..=200u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let pool = Pool::new(Limits {
+                concurrency: 1 + rng.below(3),
+                max_queue: 1 + rng.below(8),
+            });
+            let mut next_id = 1;
+            let mut held: Vec<Lease> = Vec::new();
+            let mut waiting: Vec<Waiting> = Vec::new();
+            for step in 0..400 {
+                let ids: Vec<u64> = pool.workers().iter().map(|w| w.id.0).collect();
+                match rng.below(10) {
+                    0 | 1 => waiting.push(Box::pin({
+                        let p = pool.clone();
+                        async move { p.acquire(None).await }
+                    })),
+                    2 if !ids.is_empty() => {
+                        let avoid = WorkerId(ids[rng.below(ids.len())]);
+                        waiting.push(Box::pin({
+                            let p = pool.clone();
+                            async move { p.acquire(Some(avoid)).await }
+                        }))
+                    }
+                    3 | 4 if !held.is_empty() => drop(held.swap_remove(rng.below(held.len()))),
+                    5 if !waiting.is_empty() => drop(waiting.swap_remove(rng.below(waiting.len()))),
+                    6 => {
+                        let state = [WorkerState::Spawning, WorkerState::Ready][rng.below(2)];
+                        pool.insert(worker(next_id, next_id / 4, state));
+                        next_id += 1;
+                    }
+                    7 if !ids.is_empty() => {
+                        let id = WorkerId(ids[rng.below(ids.len())]);
+                        match rng.below(3) {
+                            0 => {
+                                pool.mark_ready(id);
+                            }
+                            1 => pool.start_draining(id),
+                            _ => {
+                                pool.remove(id);
+                            }
+                        }
+                    }
+                    8 => pool.set_limits(Limits {
+                        concurrency: rng.below(3),
+                        max_queue: 1 + rng.below(8),
+                    }),
+                    _ => {}
+                }
+                // Every waiting request runs as far as it can (its task woken).
+                let mut i = 0;
+                while i < waiting.len() {
+                    match waiting[i].poll_unpin(&mut cx) {
+                        std::task::Poll::Ready(r) => {
+                            drop(waiting.swap_remove(i));
+                            if let Ok(lease) = r {
+                                held.push(lease);
+                            }
+                        }
+                        std::task::Poll::Pending => i += 1,
+                    }
+                }
+                let inner = pool.lock();
+                assert!(
+                    !inner.stalled(),
+                    "seed {seed} step {step}: a request waits beside a free worker"
+                );
+                for w in inner.workers.values() {
+                    let leases = held.iter().filter(|l| l.worker == w.id).count();
+                    assert_eq!(
+                        w.in_flight, leases,
+                        "seed {seed} step {step}: worker {}",
+                        w.id
+                    );
+                }
+            }
+        }
     }
 }

@@ -5,17 +5,19 @@
 //! A request that could not reach a worker is retried once on another worker when that is safe
 //! (idempotent method, no body).
 
+mod exchange;
 mod narrow;
 
 use crate::buffer::{self, BodyError, BodyFailure};
+use crate::h1::Framing;
 use crate::listen::Listener;
 use crate::pool::{Lease, Pool, Rejected};
 use crate::spawn::WorkerId;
-use crate::upstream::{Conn, UpstreamError};
-use bytes::Bytes;
+use crate::upstream::{RawBody, UpstreamError};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
@@ -244,23 +246,7 @@ impl Proxy {
         // Set when a streamed request body fails on the client's side (a malformed chunk, a
         // stall): then the client, not the worker, is to blame.
         let client_fault = buffer::Fault::default();
-        if has_body {
-            // A response reaches only the client that asked: a worker that leaves a body unread
-            // (a GET body it ignores, an early answer) would read the rest as a next request on
-            // the same connection, and its answer would go to whoever is sent there next. So a
-            // connection that carried a body is never reused: the worker closes it after this
-            // response.
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
         let retryable = !upgrade && is_idempotent(&parts.method) && !has_body;
-
-        // Only a request that may be sent again goes on a reused connection (see `upstream`).
-        let reusable = retryable;
-        // A copy of the head only when a retry may need it (a request that reached the worker
-        // and got no answer is gone with its connection).
-        let retry_head = retryable.then(|| request_head(&parts, &path));
         // Too large by its own account: 413 before reading (and before the `100 Continue` that
         // hyper sends on the first read), buffered or streamed.
         if has_body && content_length(&parts.headers).is_some_and(|n| n > self.limits.max_body) {
@@ -268,134 +254,119 @@ impl Proxy {
                 self.limits.max_body,
             )));
         }
-        let body: ProxyBody = if !has_body {
-            body.map_err(BodyError::from).boxed_unsync()
+        // The body's framing towards the worker: its exact length when known, else chunked.
+        let (body, length): (Option<ProxyBody>, Option<u64>) = if !has_body {
+            (None, None)
         } else if self.request_buffering {
             // The whole body first: a client that trickles costs memory or a file, never a
-            // worker.
+            // worker. The worker gets the exact length, however the client framed it.
             let buffered = buffer::read_request_body(body, &self.limits)
                 .await
                 .map_err(ProxyError::Body)?;
-            // The worker gets the exact length, however the client framed it.
-            parts.headers.remove(header::TRANSFER_ENCODING);
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(buffered.len()));
-            buffer::BufferedBody::new(buffered).boxed_unsync()
+            let n = buffered.len();
+            (
+                Some(buffer::BufferedBody::new(buffered).boxed_unsync()),
+                Some(n),
+            )
         } else {
             // Streamed: a chunked body that grows past max_body_size is cut with a 413.
-            buffer::ClientBody::new(
+            let n = body.size_hint().exact();
+            let streamed = buffer::ClientBody::new(
                 body,
                 self.limits.body_timeout,
                 self.limits.max_body,
                 client_fault.clone(),
-            )
-            .boxed_unsync()
+            );
+            (Some(streamed.boxed_unsync()), n)
         };
-        let mut parts = parts;
-        parts.uri = Uri::from(path);
-        let first = Request::from_parts(parts, body);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let close = !retryable && !upgrade;
+        let head = worker_head(&parts, &path, body.is_some().then_some(length), close);
+        let mut req = exchange::Outgoing {
+            bytes: &head,
+            chunked: body.is_some() && length.is_none(),
+            body,
+            retryable,
+            head: parts.method == Method::HEAD,
+            upgrade,
+            fault: Some(client_fault),
+        };
         let lease = self.lease(None).await?;
-        let (resp, conn, lease) = match send(&lease, reusable, first).await {
-            Ok((resp, conn)) => (resp, conn, lease),
-            Err(_) if lease.was_cut() => return Err(ProxyError::Cut(lease.worker)),
-            Err(_) if client_fault.is_set() => {
-                return Err(ProxyError::Body(client_fault.take()));
-            }
-            Err((e, unsent)) if unsent.is_some() || retryable => {
-                tracing::warn!(
-                    worker = lease.worker.0,
-                    "request to worker {} failed ({e}); retrying on another worker",
-                    lease.worker
-                );
-                let failed = lease.worker;
-                drop(lease);
-                let lease = self.lease(Some(failed)).await?;
-                // A request the worker never got goes again whole; a retryable one (no body)
-                // is made again from its head.
-                let again = match (unsent, retry_head) {
-                    (Some(req), _) => req,
-                    (None, Some(head)) => Request::from_parts(
-                        head,
-                        Empty::<Bytes>::new().map_err(|n| match n {}).boxed_unsync(),
-                    ),
-                    (None, None) => return Err(ProxyError::bad_gateway(&lease, &e)),
-                };
-                match send(&lease, reusable, again).await {
-                    Ok((resp, conn)) => (resp, conn, lease),
-                    Err((e, _)) => return Err(ProxyError::bad_gateway(&lease, &e)),
-                }
-            }
-            Err((e, _)) => return Err(ProxyError::bad_gateway(&lease, &e)),
-        };
+        let mut answer = BytesMut::new();
+        let mut out = Vec::new();
+        let exchange::Answered { lease, stream, fin } = self
+            .exchange(lease, &mut req, &mut answer, &mut out)
+            .await?;
+        let (rparts, switched) = response_head(&out, fin.status).ok_or_else(|| {
+            ProxyError::bad_gateway(
+                &lease,
+                &UpstreamError::Answer("its answer head cannot be forwarded"),
+            )
+        })?;
 
-        let mut resp = resp;
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_upgrade) = client_upgrade
-        {
-            let upstream = hyper::upgrade::on(&mut resp);
-            let websocket = resp
-                .headers()
+        if switched {
+            let Some(client_upgrade) = client_upgrade else {
+                return Err(ProxyError::bad_gateway(
+                    &lease,
+                    &UpstreamError::Answer("it switched protocols unasked"),
+                ));
+            };
+            let crate::upstream::Upstream::Whole(stream) = stream else {
+                return Err(ProxyError::bad_gateway(
+                    &lease,
+                    &UpstreamError::Answer("it switched protocols before it read the request"),
+                ));
+            };
+            let websocket = rparts
+                .headers
                 .get(header::UPGRADE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
             self.tasks.spawn(tunnel(
                 client_upgrade,
-                upstream,
+                stream,
+                answer.freeze(),
                 lease,
                 self.tunnel_idle_timeout,
                 websocket,
             ));
-            let mut switched = Response::new(Empty::new().map_err(|n| match n {}).boxed_unsync());
-            *switched.status_mut() = resp.status();
-            *switched.headers_mut() = resp.headers().clone();
-            return Ok(switched);
+            let empty = Empty::new().map_err(|n| match n {}).boxed_unsync();
+            return Ok(Response::from_parts(rparts, empty));
         }
-        let (mut rparts, rbody) = resp.into_parts();
-        // The worker's own `Connection: close` means this connection ends with the response.
-        let keep = reusable && !connection_close(&rparts.headers);
-        strip_hop_by_hop(&mut rparts.headers, false);
-        if rbody.is_end_stream() {
-            // No body (HEAD, 204, 304, an empty answer): the worker is free now.
-            if keep {
-                lease.conns.put(conn);
-            }
+        let empty = || Empty::new().map_err(|n| match n {}).boxed_unsync();
+        if fin.body == Framing::None {
+            // No body (HEAD, 204, 304): the worker is free now.
+            let n = answer.len();
+            lease.conns.finish(stream, !fin.close, n > 0);
+            drop(lease);
+            return Ok(Response::from_parts(rparts, empty()));
+        }
+        if let Framing::Length(n) = fin.body
+            && answer.len() as u64 >= n
+        {
+            // The common case: the whole answer came with its head. The worker is free now,
+            // and the head and body go to the client in one write.
+            let extra = answer.len() as u64 > n;
+            let body = answer.split_to(n as usize).freeze();
+            lease.conns.finish(stream, !fin.close, extra);
             drop(lease);
             return Ok(Response::from_parts(
                 rparts,
-                Empty::new().map_err(|n| match n {}).boxed_unsync(),
+                Full::new(body).map_err(|n| match n {}).boxed_unsync(),
             ));
         }
+        let body = RawBody::new(stream, answer, fin.body, lease.conns.clone(), !fin.close);
         if self.response_buffering {
-            // The common case first: the whole answer came with its head. The worker is free
-            // now, and the head and body go to the client in one write.
-            let rbody = match buffer::take_ready(rbody, self.limits.memory) {
-                buffer::Ready::Whole(body) => {
-                    if keep {
-                        lease.conns.put(conn);
-                    }
-                    drop(lease);
-                    return Ok(Response::from_parts(rparts, body.boxed_unsync()));
-                }
-                buffer::Ready::Partial(rest) => rest,
-            };
-            // The rest of the worker's response is read as fast as it comes; its lease and
-            // connection go back when it ends, whatever the client's pace.
-            let finished = move |complete: bool| {
-                if complete && keep {
-                    lease.conns.put(conn);
-                }
-                drop(lease);
-            };
-            let body = buffer::spool(rbody, self.limits.clone(), finished);
+            // The rest of the worker's answer is read as fast as it comes; its lease goes back
+            // when it ends, whatever the client's pace.
+            let body = buffer::spool(body, self.limits.clone(), move |_| drop(lease));
             return Ok(Response::from_parts(rparts, body.boxed_unsync()));
         }
         Ok(Response::from_parts(
             rparts,
             LeasedBody {
-                inner: rbody,
-                conn: keep.then_some(conn),
-                lease,
+                inner: body,
+                _lease: lease,
             }
             .boxed_unsync(),
         ))
@@ -421,35 +392,57 @@ impl Proxy {
     }
 }
 
-/// Send one request on one of the lease's worker connections. On failure, the request comes
-/// back when it never left baton (no connection could be made).
-async fn send(
-    lease: &Lease,
-    reuse: bool,
-    req: Request<ProxyBody>,
-) -> Result<(Response<Incoming>, Conn), (UpstreamError, Option<Request<ProxyBody>>)> {
-    let mut conn = match lease.conns.get(lease.addr, reuse).await {
-        Ok(c) => c,
-        Err(e) => return Err((e, Some(req))),
-    };
-    match conn.send(req).await {
-        Ok(resp) => Ok((resp, conn)),
-        Err(e) => Err((e, None)),
+/// The request head for the worker: the client's method, the origin-form target, its headers
+/// (hop-by-hop ones already dropped, forwarding ones set), the body's framing (`Some(None)`: a
+/// body of unknown length, sent chunked), and `Connection: close` for a request whose stream
+/// must carry nothing else.
+fn worker_head(
+    parts: &http::request::Parts,
+    path: &PathAndQuery,
+    body: Option<Option<u64>>,
+    close: bool,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_str().as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        crate::h1::header(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
+    match body {
+        Some(Some(n)) => crate::h1::header(&mut out, b"content-length", n.to_string().as_bytes()),
+        Some(None) => crate::h1::header(&mut out, b"transfer-encoding", b"chunked"),
+        None => {}
+    }
+    if close {
+        crate::h1::header(&mut out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
-/// A copy of the head of the request to the worker: the client's method, target path and
-/// headers.
-fn request_head(parts: &http::request::Parts, path: &PathAndQuery) -> http::request::Parts {
-    let mut r = Request::new(());
-    *r.method_mut() = parts.method.clone();
-    *r.uri_mut() = Uri::from(path.clone());
-    *r.headers_mut() = parts.headers.clone();
-    r.into_parts().0
-}
-
-fn connection_close(h: &HeaderMap) -> bool {
-    connection_options(h).any(|t| t.eq_ignore_ascii_case("close"))
+/// The client's answer head as hyper's server takes it, from the head `h1::answer` (or
+/// `h1::switched`) wrote: hyper frames the body itself, so `Transfer-Encoding` is left to it.
+/// `true` with a protocol switch.
+fn response_head(out: &[u8], status: u16) -> Option<(http::response::Parts, bool)> {
+    let mut headers = [httparse::EMPTY_HEADER; crate::h1::MAX_HEADERS + 4];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(out).ok()?;
+    let mut r = Response::new(());
+    *r.status_mut() = StatusCode::from_u16(status).ok()?;
+    let switched = status == 101;
+    let map = r.headers_mut();
+    for h in resp.headers.iter() {
+        if !switched && h.name.eq_ignore_ascii_case("transfer-encoding") {
+            continue;
+        }
+        map.append(
+            HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+            HeaderValue::from_bytes(h.value).ok()?,
+        );
+    }
+    Some((r.into_parts().0, switched))
 }
 
 /// The options a `Connection:` header lists, over all its lines.
@@ -555,16 +548,18 @@ async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
 
 /// Copy bytes both ways after a protocol switch (WebSocket); the lease is held meanwhile, so a
 /// tunnel that idles for `idle` is closed (a WebSocket with a close frame, 1001 "going away"),
-/// as is one whose worker baton stopped after `drain_timeout`.
+/// as is one whose worker baton stopped after `drain_timeout`. `early`: what the worker sent
+/// right after its `101`, which the client gets first.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    upstream: tokio::net::TcpStream,
+    early: Bytes,
     lease: Lease,
     idle: Duration,
     websocket: bool,
 ) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
+    let client = match client.await {
+        Ok(c) => c,
         Err(e) => {
             tracing::debug!(worker = lease.worker.0, "upgrade failed: {e}");
             return;
@@ -572,15 +567,19 @@ async fn tunnel(
     };
     let activity = buffer::Activity::default();
     let mut client = buffer::Watched::new(TokioIo::new(client), activity.clone());
-    let mut upstream = buffer::Watched::new(TokioIo::new(upstream), activity.clone());
+    let mut upstream = buffer::Watched::new(upstream, activity.clone());
+    use tokio::io::AsyncWriteExt;
     let idled = tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => false,
+        _ = async {
+            if client.write_all(&early).await.is_ok() {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+        } => false,
         _ = activity.idle_for(idle) => true,
         _ = lease.cut() => false,
     };
     if websocket && (idled || lease.was_cut()) {
         // A close frame from the server side (unmasked): code 1001, going away.
-        use tokio::io::AsyncWriteExt;
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             let _ = client.write_all(&[0x88, 0x02, 0x03, 0xe9]).await;
             let _ = client.shutdown().await;
@@ -770,13 +769,12 @@ fn add_forwarded(h: &mut HeaderMap, peer: &Peer) {
     }
 }
 
-/// A worker's response body that returns the worker's lease when the body ends or is dropped,
-/// and its connection to the worker's pool when the body was read to its end.
+/// A worker's answer body streamed to the client as it comes (no response buffering): it
+/// holds the worker's lease, which goes back when the body ends or is dropped.
 struct LeasedBody {
-    inner: Incoming,
-    /// The connection, while it may be reused.
-    conn: Option<Conn>,
-    lease: Lease,
+    inner: RawBody,
+    /// Held for its drop.
+    _lease: Lease,
 }
 
 impl Body for LeasedBody {
@@ -787,19 +785,9 @@ impl Body for LeasedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let r = Pin::new(&mut self.inner)
+        Pin::new(&mut self.inner)
             .poll_frame(cx)
-            .map_err(BodyError::from);
-        match &r {
-            Poll::Ready(None) => {
-                if let Some(conn) = self.conn.take() {
-                    self.lease.conns.put(conn);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => self.conn = None,
-            _ => {}
-        }
-        r
+            .map_err(BodyError::from)
     }
 
     fn is_end_stream(&self) -> bool {

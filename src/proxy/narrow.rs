@@ -7,11 +7,12 @@
 //! and spooled for a slow client, the head, body and send timeouts, and `Connection: close`
 //! once baton stops.
 
+use super::exchange::{Answered, Outgoing, date};
 use super::{Peer, Proxy, ProxyError};
 use crate::buffer::{self, BodyFailure};
-use crate::h1::{self, Answer, Final, Framing};
+use crate::h1::{self, Final, Framing};
 use crate::pool::Lease;
-use crate::upstream::{RawBody, UpstreamError};
+use crate::upstream::{RawBody, Upstream};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Body;
@@ -20,7 +21,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 /// How long an idle client connection may still bring a request once baton stops.
@@ -50,6 +50,28 @@ struct Scratch {
     out: Vec<u8>,
     /// What the worker sent.
     answer: BytesMut,
+    /// A buffer grew past `KEEP` for this request.
+    grown: bool,
+}
+
+/// A buffer larger than this is dropped between requests, so that an idle connection keeps
+/// what a common request needs, not what its largest one did.
+const KEEP: usize = 16 * 1024;
+
+impl Scratch {
+    /// Between two requests: give back what a large request or answer made the buffers grow
+    /// to (the bytes of a next request already read are kept).
+    fn shrink(&mut self) {
+        // Capacities say little here: a `BytesMut` that was advanced past a large head or
+        // body reports only what is left after it, while holding the whole allocation.
+        if !std::mem::take(&mut self.grown) {
+            return;
+        }
+        self.input = BytesMut::from(&self.input[..]);
+        self.up = Vec::new();
+        self.out = Vec::new();
+        self.answer = BytesMut::new();
+    }
 }
 
 impl Proxy {
@@ -62,6 +84,7 @@ impl Proxy {
             up: Vec::new(),
             out: Vec::new(),
             answer: BytesMut::new(),
+            grown: false,
         };
         let client = h1::Client {
             ip: peer.ip.as_ref().map(|v| v.as_bytes()),
@@ -121,10 +144,25 @@ impl Proxy {
                 Err(None) => return Ended::Closed,
                 Err(Some(e)) => Err(e),
                 Ok(()) => {
+                    s.grown |= simple.len + simple.body > KEEP;
                     s.up.extend_from_slice(&s.input[simple.len..simple.len + simple.body]);
                     s.input.advance(simple.len + simple.body);
                     match self.lease_watching(io, &mut s.input).await {
-                        Ok(Some(lease)) => self.exchange(&simple, lease, &mut s).await,
+                        Ok(Some(lease)) => {
+                            let Scratch {
+                                up, answer, out, ..
+                            } = &mut s;
+                            let mut req = Outgoing {
+                                bytes: up,
+                                body: None,
+                                chunked: false,
+                                retryable: simple.retryable,
+                                head: simple.head,
+                                upgrade: false,
+                                fault: None,
+                            };
+                            self.exchange(lease, &mut req, answer, out).await
+                        }
                         Ok(None) => {
                             tracing::debug!(
                                 "a client closed its connection while its request waited for a worker"
@@ -136,7 +174,8 @@ impl Proxy {
                 }
             };
             let (status, keep) = match answered {
-                Ok((lease, stream, fin)) => {
+                Ok(Answered { lease, stream, fin }) => {
+                    s.grown |= fin.len + s.answer.len() > KEEP || s.out.len() > KEEP;
                     let status = fin.status;
                     // Decided as the answer leaves, not when the request came: baton may have
                     // begun to stop while the worker answered, and a client told nothing would
@@ -168,10 +207,7 @@ impl Proxy {
                 let _ = io.shutdown().await;
                 return Ended::Closed;
             }
-            // Not to keep a large buffer per idle connection after one large head.
-            if s.input.is_empty() && s.input.capacity() > 16 * 1024 {
-                s.input = BytesMut::new();
-            }
+            s.shrink();
         }
     }
 
@@ -235,37 +271,6 @@ impl Proxy {
         }
     }
 
-    /// Send the request to `lease`'s worker and read its answer head; one retry on another
-    /// worker when there was no answer, if the request is retryable or never left baton.
-    async fn exchange(
-        &self,
-        req: &h1::Simple,
-        first: Lease,
-        s: &mut Scratch,
-    ) -> Result<(Lease, TcpStream, Final), ProxyError> {
-        let mut exclude = None;
-        let mut first = Some(first);
-        loop {
-            let lease = match first.take() {
-                Some(lease) => lease,
-                None => self.lease(exclude).await?,
-            };
-            match ask(&lease, req, s).await {
-                Ok((stream, fin)) => return Ok((lease, stream, fin)),
-                Err(_) if lease.was_cut() => return Err(ProxyError::Cut(lease.worker)),
-                Err(Failed { error: e, sent }) if exclude.is_none() && (req.retryable || !sent) => {
-                    tracing::warn!(
-                        worker = lease.worker.0,
-                        "request to worker {} failed ({e}); retrying on another worker",
-                        lease.worker
-                    );
-                    exclude = Some(lease.worker);
-                }
-                Err(Failed { error: e, .. }) => return Err(ProxyError::bad_gateway(&lease, &e)),
-            }
-        }
-    }
-
     /// Give the answer to the client. The worker is free as soon as its answer is all read:
     /// at once when it came with its head, else when the spool has it. False when the
     /// connection cannot go on.
@@ -273,7 +278,7 @@ impl Proxy {
         &self,
         io: &mut S,
         lease: Lease,
-        stream: TcpStream,
+        stream: Upstream,
         fin: Final,
         s: &mut Scratch,
     ) -> bool
@@ -288,16 +293,20 @@ impl Proxy {
         if let Some(n) = whole {
             // The common case: the whole answer is here. The worker is free now, and the
             // head and body go to the client in one write.
-            if !fin.close && s.answer.len() == n {
-                lease.conns.put_stream(stream);
-            }
+            lease.conns.finish(stream, !fin.close, s.answer.len() > n);
             drop(lease);
             let ok = write_two(io, &s.out, &s.answer[..n]).await.is_ok();
             s.answer.clear();
             return ok;
         }
-        let home = (!fin.close).then(|| lease.conns.clone());
-        let body = RawBody::new(stream, s.answer.split(), fin.body, home);
+        // The rest of the worker's buffer is left to the body: a new one for the next answer.
+        let body = RawBody::new(
+            stream,
+            std::mem::take(&mut s.answer),
+            fin.body,
+            lease.conns.clone(),
+            !fin.close,
+        );
         let chunked = !matches!(fin.body, Framing::Length(_));
         if io.write_all(&s.out).await.is_err() {
             return false;
@@ -311,144 +320,6 @@ impl Proxy {
             ok
         }
     }
-}
-
-/// Why a request got no answer from a worker, and whether any of it reached the worker.
-struct Failed {
-    error: UpstreamError,
-    sent: bool,
-}
-
-impl From<UpstreamError> for Failed {
-    fn from(error: UpstreamError) -> Failed {
-        Failed { error, sent: true }
-    }
-}
-
-impl From<std::io::Error> for Failed {
-    fn from(e: std::io::Error) -> Failed {
-        UpstreamError::from(e).into()
-    }
-}
-
-/// One request on one worker stream (a pooled one only for a retryable request): write the
-/// head and body, read the answer's head (interim answers skipped). The client's head is left
-/// in `s.out`, the rest of what was read in `s.answer`.
-async fn ask(
-    lease: &Lease,
-    req: &h1::Simple,
-    s: &mut Scratch,
-) -> Result<(TcpStream, Final), Failed> {
-    let stream = if req.retryable {
-        lease.conns.get_stream(lease.addr).await
-    } else {
-        lease.conns.new_stream(lease.addr).await
-    };
-    let mut stream = stream.map_err(|error| Failed { error, sent: false })?;
-    let Scratch {
-        up, answer, out, ..
-    } = s;
-    let mut fin = if up.len() <= AT_ONCE {
-        // Fits the socket buffers: written at once, then the answer is read.
-        // A worker may answer a body before it has read it all (a 413) and close its end: the
-        // answer is what the client must get, so a failed write of a body is not the end.
-        if let Err(e) = stream.write_all(up).await
-            && req.retryable
-        {
-            return Err(e.into());
-        }
-        read_answer(&mut stream, req.head, answer, out).await?
-    } else {
-        // A larger request is written while the answer is read: a worker that answers before
-        // it has read it all (a 413) and then neither reads nor closes would otherwise hold
-        // the write, and the answer, for ever.
-        let (mut rd, mut wr) = stream.split();
-        let write = wr.write_all(up);
-        let read = read_answer(&mut rd, req.head, answer, out);
-        tokio::pin!(write, read);
-        let mut writing = true;
-        loop {
-            tokio::select! {
-                written = &mut write, if writing => {
-                    writing = false;
-                    if let Err(e) = written
-                        && req.retryable
-                    {
-                        return Err(e.into());
-                    }
-                }
-                fin = &mut read => {
-                    let mut fin = fin?;
-                    // Answered before the request was all written: the stream ends here.
-                    fin.close |= writing;
-                    break fin;
-                }
-            }
-        }
-    };
-    // The stream of any other request than a retryable one is never reused (as on hyper's
-    // path): a worker that did not read a body may take it for a request and answer it after
-    // this answer, to whoever came next.
-    fin.close |= !req.retryable;
-    Ok((stream, fin))
-}
-
-/// Requests up to this long are written before the answer is read; longer ones while it is.
-const AT_ONCE: usize = 16 * 1024;
-
-/// Read a worker's answer head (interim answers skipped): the client's head is left in `out`,
-/// the rest of what was read in `answer`.
-async fn read_answer<R: AsyncRead + Unpin>(
-    stream: &mut R,
-    head: bool,
-    answer: &mut BytesMut,
-    out: &mut Vec<u8>,
-) -> Result<Final, Failed> {
-    answer.clear();
-    let date = date();
-    loop {
-        if answer.capacity() - answer.len() < 4096 {
-            answer.reserve(8 * 1024);
-        }
-        if stream.read_buf(answer).await? == 0 {
-            return Err(UpstreamError::Closed.into());
-        }
-        loop {
-            // `Connection: close`, when it is due, is added as the head leaves.
-            match h1::answer(answer, head, &date, false, out) {
-                Answer::Partial => break,
-                Answer::Interim(n) => answer.advance(n),
-                Answer::Bad(why) => return Err(UpstreamError::Answer(why).into()),
-                Answer::Final(fin) => {
-                    answer.advance(fin.len);
-                    return Ok(fin);
-                }
-            }
-        }
-    }
-}
-
-/// `Date:` for answers whose worker gave none, formatted once a second per thread.
-fn date() -> [u8; 29] {
-    use std::cell::Cell;
-    use std::time::{SystemTime, UNIX_EPOCH};
-    thread_local! {
-        static CACHED: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };
-    }
-    let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    CACHED.with(|c| {
-        let (at, text) = c.get();
-        if at == secs && at != 0 {
-            return text;
-        }
-        let mut text = [0u8; 29];
-        let formatted = httpdate::fmt_http_date(now);
-        let n = formatted.len().min(29);
-        text[..n].copy_from_slice(&formatted.as_bytes()[..n]);
-        c.set((secs, text));
-        text
-    })
 }
 
 /// Write two buffers, in one `writev` when the socket takes them.
