@@ -152,8 +152,12 @@ pub fn request(
             return Request::Other;
         }
     }
-    // An untrusted client's forwarding headers are replaced: hyper's path does that.
-    if hosts != 1 || (!client.trusted && (forwarded_for || forwarded_host || forwarded_proto)) {
+    // An untrusted client's forwarding headers are replaced: hyper's path does that. A Host
+    // that is not one (`evil.example/x?y @z`) is refused there.
+    if hosts != 1
+        || !is_valid_host(host)
+        || (!client.trusted && (forwarded_for || forwarded_host || forwarded_proto))
+    {
         return Request::Other;
     }
     // Two lengths (hyper refuses them), or a body to be buffered in a file: hyper's path.
@@ -175,10 +179,11 @@ pub fn request(
         header(out, n, h.value);
     }
     // X-Forwarded-For: a trusted proxy's list (several lines are one list), then this client.
+    // An empty line adds nobody to the list.
     for h in req
         .headers
         .iter()
-        .filter(|h| eq(h.name.as_bytes(), "x-forwarded-for"))
+        .filter(|h| eq(h.name.as_bytes(), "x-forwarded-for") && !trim(h.value).is_empty())
     {
         if prior == 0 {
             out.extend_from_slice(b"x-forwarded-for: ");
@@ -225,6 +230,49 @@ pub fn request(
 /// `Content-Length` and lookalikes are looked at before.
 fn is_other(n: &[u8]) -> bool {
     eq(n, "expect") || is_hop_by_hop(n)
+}
+
+/// A Host header's value is a host and an optional port (RFC 9110 7.2, RFC 3986 3.2.2): a
+/// name, an IPv4 address or a bracketed IP literal, `:` and digits; empty when the target has
+/// no authority. Nothing that would end or change a URL built from it (`/`, `?`, `#`, `@`,
+/// white space, control bytes): applications build links and redirects from it, and nginx
+/// refuses the same.
+pub fn is_valid_host(v: &[u8]) -> bool {
+    let (host, port) = match v.iter().rposition(|b| *b == b':') {
+        Some(i) if !v.starts_with(b"[") || v[..i].ends_with(b"]") => (&v[..i], &v[i + 1..]),
+        _ => (v, &b""[..]),
+    };
+    let port_ok = port.len() <= 5 && port.iter().all(u8::is_ascii_digit);
+    let host_ok = if let Some(literal) = host.strip_prefix(b"[") {
+        literal.strip_suffix(b"]").is_some_and(|l| {
+            !l.is_empty()
+                && l.iter()
+                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'))
+        })
+    } else {
+        host.iter().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        })
+    };
+    host_ok && port_ok && !(host.is_empty() && !port.is_empty())
 }
 
 /// One header line.
@@ -1062,6 +1110,57 @@ mod tests {
         }
         assert!(c.is_done());
         assert_eq!(data, b"hello 0123456789");
+    }
+
+    #[test]
+    fn a_host_is_a_name_or_address_and_a_port() {
+        for good in [
+            &b"example.org"[..],
+            b"example.org:8080",
+            b"127.0.0.1",
+            b"[::1]:443",
+            b"[fe80::1]",
+            b"xn--bcher-kva.example",
+            b"",
+        ] {
+            assert!(is_valid_host(good), "{}", String::from_utf8_lossy(good));
+        }
+        for bad in [
+            &b"evil.com/x?y @z"[..],
+            b"a b",
+            b"host:port",
+            b"host:123456",
+            b"user@host",
+            b"host#frag",
+            b"[::1",
+            b":80",
+            b"a\tb",
+        ] {
+            assert!(!is_valid_host(bad), "{}", String::from_utf8_lossy(bad));
+        }
+        let (r, _) = take("GET / HTTP/1.1\r\nHost: evil.com/x?y @z\r\n\r\n", CLIENT);
+        assert_eq!(r, Request::Other, "refused on hyper's path");
+    }
+
+    #[test]
+    fn an_empty_forwarded_for_adds_nobody() {
+        let trusted = Client {
+            ip: Some(b"127.0.0.1"),
+            trusted: true,
+        };
+        let (_, out) = take(
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: \r\n\r\n",
+            trusted,
+        );
+        assert!(out.contains("x-forwarded-for: 127.0.0.1\r\n"), "{out}");
+        let (_, out) = take(
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For:\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
+            trusted,
+        );
+        assert!(
+            out.contains("x-forwarded-for: 10.0.0.1, 127.0.0.1\r\n"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 use crate::spawn::{Generation, WorkerId};
 use bytes::Bytes;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -263,10 +264,23 @@ pub enum Upstream {
     Whole(TcpStream),
     Split {
         read: tokio::net::tcp::OwnedReadHalf,
-        /// Holds the writing half too once done: dropping it would end the request stream
-        /// (a FIN) while the answer is still coming, and some servers then cut the answer.
-        writer: Writer,
+        /// The task still writing the request, aborted if the answer ends first.
+        writer: Option<Writer>,
+        /// The writing half once the request is all written: kept, since dropping it would
+        /// end the request stream (a FIN) while the answer is still coming, and some servers
+        /// then cut the answer.
+        written: Option<tokio::net::tcp::OwnedWriteHalf>,
     },
+}
+
+impl Upstream {
+    pub fn split(read: tokio::net::tcp::OwnedReadHalf, writer: Writer) -> Upstream {
+        Upstream::Split {
+            read,
+            writer: Some(writer),
+            written: None,
+        }
+    }
 }
 
 impl tokio::io::AsyncRead for Upstream {
@@ -277,7 +291,30 @@ impl tokio::io::AsyncRead for Upstream {
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Upstream::Whole(s) => Pin::new(s).poll_read(cx, buf),
-            Upstream::Split { read, .. } => Pin::new(read).poll_read(cx, buf),
+            Upstream::Split {
+                read,
+                writer,
+                written,
+            } => {
+                if let Some(w) = writer.as_mut()
+                    && let Poll::Ready(done) = Pin::new(w).poll(cx)
+                {
+                    *writer = None;
+                    match done {
+                        // The client's body failed: the worker's answer to a request it
+                        // never got whole is cut, and the stream closed with it.
+                        Ok((_, Err(UpstreamError::RequestBody(e)))) => {
+                            return Poll::Ready(Err(std::io::Error::other(format!(
+                                "the request body failed: {e}"
+                            ))));
+                        }
+                        // Written, or the worker stopped reading (it answered early).
+                        Ok((half, _)) => *written = Some(half),
+                        Err(e) => return Poll::Ready(Err(std::io::Error::other(e))),
+                    }
+                }
+                Pin::new(read).poll_read(cx, buf)
+            }
         }
     }
 }

@@ -197,6 +197,18 @@ fn http_edges_are_answered_by_baton() {
             "CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n",
             "HTTP/1.1 405",
         ),
+        // TRACE would echo cookies and credentials to the page that sent it (nginx: 405).
+        ("TRACE / HTTP/1.1\r\nHost: app\r\n\r\n", "HTTP/1.1 405"),
+        // A Host that is not a host and port: applications build links from it (nginx: 400),
+        // whichever path the request would take.
+        (
+            "GET / HTTP/1.1\r\nHost: evil.com/x?y @z\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a@b\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
     ];
     for (request, expected) in cases {
         let answer = raw(addr, request.as_bytes());

@@ -7,7 +7,8 @@
 //! - a request the narrow path takes is a complete head of a method it knows, no longer than
 //!   the input and the limit, with a body no longer than its limit (none for `GET`/`HEAD`),
 //!   retryable only when idempotent and body-less; the head written for the worker parses as
-//!   one, with the same method and target, exactly one Host, no `Connection` or
+//!   one, with the same method and target, exactly one Host, `Connection: close` exactly
+//!   when the request cannot be sent again (so its stream carries nothing else), no
 //!   `Transfer-Encoding`, one `Content-Length` at most and saying the body's length, one
 //!   `X-Forwarded-For` at most, no lookalike of a header baton sets (`Content_Length`), and
 //!   an untrusted client's forwarding headers baton's alone;
@@ -70,8 +71,19 @@ fn check_request(data: &[u8], client: Client<'_>) {
     assert_eq!((up.method, up.path, up.version), (Some(method), Some(path), Some(1)));
     let count = |name: &str| up.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).count();
     assert_eq!(count("host"), 1);
-    for name in ["connection", "transfer-encoding", "upgrade", "te", "expect"] {
+    for name in ["transfer-encoding", "upgrade", "te", "expect"] {
         assert_eq!(count(name), 0, "{name}");
+    }
+    let connection: Vec<&[u8]> = up
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .map(|h| h.value)
+        .collect();
+    if simple.retryable {
+        assert!(connection.is_empty());
+    } else {
+        assert_eq!(connection, [&b"close"[..]]);
     }
     let lengths: Vec<&[u8]> = up
         .headers

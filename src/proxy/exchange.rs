@@ -180,10 +180,7 @@ async fn ask(
                 // Answered before the request was all written: the stream ends with this
                 // answer.
                 fin.close = true;
-                Upstream::Split {
-                    read: rd,
-                    writer: tokio_util::task::AbortOnDropHandle::new(writer),
-                }
+                Upstream::split(rd, tokio_util::task::AbortOnDropHandle::new(writer))
             }
         };
         (stream, (fin, interim))

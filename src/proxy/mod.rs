@@ -222,10 +222,18 @@ impl Proxy {
         if req.method() == Method::CONNECT {
             return Err(ProxyError::Connect);
         }
+        if req.method() == Method::TRACE {
+            return Err(ProxyError::Trace);
+        }
         // HTTP/1.1 needs exactly one Host (RFC 9112 3.2); HTTP/1.0 may go without.
         let hosts = req.headers().get_all(header::HOST).iter().count();
         if hosts > 1 || (hosts == 0 && req.version() == http::Version::HTTP_11) {
             return Err(ProxyError::NoHost);
+        }
+        if let Some(host) = req.headers().get(header::HOST)
+            && !crate::h1::is_valid_host(host.as_bytes())
+        {
+            return Err(ProxyError::BadHost);
         }
         let upgrade = wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -465,8 +473,14 @@ enum ProxyError {
     BadTarget,
     #[error("baton: a request needs exactly one Host header")]
     NoHost,
+    #[error("baton: the Host header is not a host name or address with an optional port")]
+    BadHost,
     #[error("baton: CONNECT is not supported (baton is a reverse proxy, not a forward proxy)")]
     Connect,
+    #[error(
+        "baton: TRACE is not supported (it would echo the request, credentials included, to the page that sent it)"
+    )]
+    Trace,
     #[error("baton: worker {worker} failed to answer: {cause}")]
     BadGateway { worker: WorkerId, cause: String },
     #[error(
@@ -503,8 +517,10 @@ impl ProxyError {
     fn into_response(self) -> Response<ProxyBody> {
         let status = match &self {
             ProxyError::NoWorker(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::BadTarget | ProxyError::NoHost => StatusCode::BAD_REQUEST,
-            ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BadTarget | ProxyError::NoHost | ProxyError::BadHost => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::Connect | ProxyError::Trace => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::UriTooLong(..) => StatusCode::URI_TOO_LONG,
             ProxyError::HeadTooLarge(..) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadGateway { .. } | ProxyError::Cut(_) => StatusCode::BAD_GATEWAY,
@@ -519,7 +535,7 @@ impl ProxyError {
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            ProxyError::Connect => {
+            ProxyError::Connect | ProxyError::Trace => {
                 r.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
             }
@@ -623,7 +639,7 @@ pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> 
 fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
     )
 }
 
@@ -722,12 +738,15 @@ struct Peer {
 fn add_forwarded(h: &mut HeaderMap, peer: &Peer) {
     let prior = if peer.trusted && h.contains_key(&X_FORWARDED_FOR) {
         // Several X-Forwarded-For lines are one list (RFC 9110 5.3).
+        // An empty line adds nobody to the list.
         let joined: Vec<&str> = h
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
             .collect();
-        Some(joined.join(", "))
+        (!joined.is_empty()).then(|| joined.join(", "))
     } else {
         None
     };
@@ -855,6 +874,14 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "example.org");
+    }
+
+    #[test]
+    fn an_empty_forwarded_for_adds_nobody() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static(""));
+        add_forwarded(&mut h, &client(true));
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
     }
 
     #[test]
