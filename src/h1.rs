@@ -272,7 +272,8 @@ pub fn is_valid_host(v: &[u8]) -> bool {
                 )
         })
     };
-    host_ok && port_ok && !(host.is_empty() && !port.is_empty())
+    // A port needs a host before it.
+    host_ok && port_ok && (port.is_empty() || !host.is_empty())
 }
 
 /// One header line.
