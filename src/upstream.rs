@@ -100,23 +100,23 @@ impl<T> Idle<T> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The one idle longest, if it has been quiet for `quiet` and less than `IDLE_REUSE`.
+    /// The one that came back last among those that have rested for `quiet` (and for less
+    /// than `IDLE_REUSE`): the streams in use stay as few as the rest allows, and the others
+    /// age out.
     fn pop(&self, quiet: Duration) -> Option<T> {
         let mut idle = self.lock();
         let now = Instant::now();
-        while let Some((_, since)) = idle.front() {
-            let age = now.saturating_duration_since(*since);
-            if age >= IDLE_REUSE {
-                idle.pop_front();
-                continue;
-            }
-            if age < quiet {
-                // The others came back later still.
-                return None;
-            }
-            return idle.pop_front().map(|(conn, _)| conn);
+        while idle
+            .front()
+            .is_some_and(|(_, since)| now.saturating_duration_since(*since) >= IDLE_REUSE)
+        {
+            idle.pop_front();
         }
-        None
+        // Oldest first: the rested ones are a prefix.
+        let rested =
+            idle.partition_point(|(_, since)| now.saturating_duration_since(*since) >= quiet);
+        let i = rested.checked_sub(1)?;
+        idle.remove(i).map(|(conn, _)| conn)
     }
 
     /// Keep one, up to `MAX_IDLE`.
@@ -185,10 +185,11 @@ impl Conns {
     }
 
     /// Give back a stream whose answer was read to its end, when [`reusable`] said so;
-    /// `extra`: bytes came after the answer's end. Anything waiting on it now is a worker
-    /// talking out of turn: the stream is closed and the worker distrusted.
+    /// `extra`: bytes came after the answer's end, a worker talking out of turn: the stream
+    /// is closed and the worker distrusted.
     pub fn put(&self, stream: TcpStream, extra: bool) {
-        if extra || has_input_data(&stream) {
+        // Bytes that come later are seen when the stream is taken again, after its rest.
+        if extra {
             self.distrust("sent more than its answer");
             return;
         }
@@ -484,5 +485,130 @@ impl hyper::body::Body for RawBody {
             RawFraming::Length(n) => hyper::body::SizeHint::with_exact(n),
             _ => hyper::body::SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::h1::{Final, Framing};
+    use tokio::io::AsyncWriteExt;
+
+    fn fin(status: u16, body: Framing, close: bool) -> Final {
+        Final {
+            len: 0,
+            status,
+            body,
+            close,
+        }
+    }
+
+    #[test]
+    fn a_stream_is_reused_only_after_an_answer_that_invites_no_extra_bytes() {
+        let ok = fin(200, Framing::Length(5), false);
+        assert!(reusable(true, false, false, &ok));
+        assert!(reusable(
+            true,
+            false,
+            false,
+            &fin(200, Framing::Chunked, false)
+        ));
+        // A request that could not be sent again, a HEAD, an interim answer before it.
+        assert!(!reusable(false, false, false, &ok));
+        assert!(!reusable(
+            true,
+            true,
+            false,
+            &fin(200, Framing::None, false)
+        ));
+        assert!(!reusable(true, false, true, &ok));
+        // No body by its status, the worker closes, or the body ends with the connection.
+        assert!(!reusable(
+            true,
+            false,
+            false,
+            &fin(204, Framing::None, false)
+        ));
+        assert!(!reusable(
+            true,
+            false,
+            false,
+            &fin(304, Framing::None, false)
+        ));
+        assert!(!reusable(
+            true,
+            false,
+            false,
+            &fin(200, Framing::Length(5), true)
+        ));
+        assert!(!reusable(
+            true,
+            false,
+            false,
+            &fin(200, Framing::UntilClose, false)
+        ));
+    }
+
+    /// A worker on loopback: the server side of each connection baton makes.
+    async fn worker() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<TcpStream>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let _ = tx.send(s);
+            }
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn a_stream_rests_before_reuse_and_bytes_on_it_distrust_the_worker() {
+        let (addr, mut accepted) = worker().await;
+        let conns = Conns::new(WorkerId(1), Generation(1));
+        let (a, reused) = conns.stream(addr, true).await.unwrap();
+        assert!(!reused);
+        let mut a_worker = accepted.recv().await.unwrap();
+        conns.put(a, false);
+        // Just back: it rests (1 ms at least), so the next request gets a new stream.
+        let (b, reused) = conns.stream(addr, true).await.unwrap();
+        assert!(!reused, "a stream was reused before it rested");
+        let _b_worker = accepted.recv().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Rested and quiet: reused.
+        let (a, reused) = conns.stream(addr, true).await.unwrap();
+        assert!(reused);
+        conns.put(b, false);
+        conns.put(a, false);
+        // The worker writes on an idle stream (the one a request would take next): that
+        // stream is not taken, and the worker is trusted with reused streams no more, even
+        // those that stayed quiet.
+        a_worker.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (_, reused) = conns.stream(addr, true).await.unwrap();
+        assert!(!reused);
+        assert!(conns.distrusted.load(Ordering::Relaxed));
+        let (c, _) = conns.stream(addr, true).await.unwrap();
+        conns.put(c, false);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (_, reused) = conns.stream(addr, true).await.unwrap();
+        assert!(!reused, "a distrusted worker's stream was kept");
+    }
+
+    #[tokio::test]
+    async fn a_slow_answer_makes_streams_rest_longer_for_a_while() {
+        let conns = Conns::new(WorkerId(1), Generation(1));
+        conns.answered(Duration::from_millis(30));
+        assert_eq!(conns.quiet.load(Ordering::Relaxed), 60_000);
+        for _ in 0..40 {
+            conns.answered(Duration::from_micros(100));
+        }
+        assert_eq!(
+            conns.quiet.load(Ordering::Relaxed),
+            1_000,
+            "back to the floor"
+        );
+        conns.answered(Duration::from_secs(10));
+        assert_eq!(conns.quiet.load(Ordering::Relaxed), 100_000, "capped");
     }
 }

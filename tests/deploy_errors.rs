@@ -169,6 +169,86 @@ fn a_release_that_answers_then_exits_is_resisted_under_load() {
     assert_old_release_serves(&baton, 2);
 }
 
+/// A release whose workers die a while after they start, past `readiness.settle` (2 s): the
+/// roll stops at the first death rather than spawning worker after worker of it, `restart
+/// --wait` fails, and the old release takes back the places of the new workers as they die,
+/// so the app never runs out of live workers. Prints the failed requests and the live ready
+/// workers sampled every 100 ms.
+#[test]
+fn a_release_that_dies_after_its_settle_period_is_resisted_not_rolled_out() {
+    let _serial = serial();
+    let mut baton = Baton::start(3, "200ms", "");
+    baton.deploy(Release::CrashesSoonAfterReady(2500));
+    let control = baton.control.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampling = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut live = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(snap) = rt.block_on(status_async(&control)) {
+                    let ready = snap
+                        .workers
+                        .iter()
+                        .filter(|w| w.state == "ready" && w.pid.is_some_and(alive))
+                        .count();
+                    live.push(ready);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            live
+        })
+    };
+    let load = Load::start(baton.addr, 8, "/", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let began = std::time::Instant::now();
+    let out = baton.cli(&["restart", "--wait"]);
+    let took = began.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    // The new workers that are left die too; the old release takes their places.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = baton.status();
+        let ready: Vec<_> = s.workers.iter().filter(|w| w.state == "ready").collect();
+        if ready.len() == 3 && ready.iter().all(|w| w.generation == 1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old release never took every place back: {s:#?}\n{}",
+            baton.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report = load.stop();
+    stop.store(true, Ordering::SeqCst);
+    let live = sampling.join().unwrap();
+    println!(
+        "restart --wait exited {:?} after {:.1}s; {} of {} requests failed; live ready workers every 100 ms: {live:?}",
+        out.status.code(),
+        took.as_secs_f64(),
+        report.failed,
+        report.ok + report.failed
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}\n{}", baton.log());
+    assert!(
+        stderr.contains("after it became ready, before the restart ended"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(15), "judged late: {took:?}");
+    assert!(
+        live.iter().all(|n| *n >= 1),
+        "the app ran out of live workers: {live:?}"
+    );
+    assert!(baton.status().resisting_deployment_error.is_some());
+    assert!(report.failed <= 8, "{:?}\n{}", report.errors, baton.log());
+    assert_old_release_serves(&baton, 3);
+}
+
 #[test]
 fn a_release_that_answers_then_exits_is_never_a_success_without_load() {
     let _serial = serial();

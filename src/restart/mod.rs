@@ -68,8 +68,12 @@ enum Event {
         reason: String,
         /// How long it had run.
         lived: Duration,
+        /// How long it had been ready.
+        ready_for: Option<Duration>,
         pid: Option<u32>,
         unit: Option<String>,
+        /// Its last lines of output.
+        output: Vec<String>,
     },
     ReplacementDone(Result<WorkerId, worker::BootError>),
     RecycleDone(Result<WorkerId, worker::BootError>),
@@ -250,6 +254,8 @@ impl Backoff {
 
 struct ActiveRoll {
     cancel: CancellationToken,
+    /// New-generation workers that died while ready, for the roll to judge.
+    deaths: mpsc::UnboundedSender<worker::SpawnFailure>,
     /// Workers of the new generation the roll ends with.
     total: usize,
     generation: Generation,
@@ -442,21 +448,43 @@ impl Supervisor {
                 generation,
                 reason,
                 lived,
+                ready_for,
                 pid,
                 unit,
+                output,
             } => {
-                // A new worker of the roll in progress is the roll's to judge (a death within
-                // readiness.settle is a deployment error, not a crash of a proven release).
-                if self
-                    .roll
-                    .as_ref()
-                    .is_some_and(|r| r.generation == generation)
-                {
+                // A new worker of the roll in progress is the roll's to judge: whenever it
+                // dies before the roll ends, the release is not good (a death within
+                // readiness.settle, or later: a release that dies a few seconds after it
+                // starts must not roll on, spawning worker after worker of it).
+                if let Some(roll) = self.roll.as_ref().filter(|r| r.generation == generation) {
                     tracing::warn!(
                         app = %self.ctx.config().name, worker = id.0, generation = generation.0,
                         pid, unit = unit.as_deref(),
                         "worker {id} of the new generation {reason} {:.1}s after it started",
                         lived.as_secs_f64()
+                    );
+                    let after = match ready_for {
+                        Some(r) => format!("{:.1}s after it became ready", r.as_secs_f64()),
+                        None => format!("{:.1}s after it started", lived.as_secs_f64()),
+                    };
+                    let _ = roll.deaths.send(worker::SpawnFailure {
+                        worker: Some(id),
+                        reason: format!("{reason} {after}, before the restart ended"),
+                        output,
+                    });
+                    return;
+                }
+                // A worker of a release that failed its roll, while the old one serves: it is
+                // replaced from the old release at once; its death says nothing of the old
+                // release, so it adds no backoff.
+                let state = self.ctx.state();
+                if state.phase.resisting().is_some() && generation > state.generation {
+                    tracing::warn!(
+                        app = %self.ctx.config().name, worker = id.0, generation = generation.0,
+                        pid, unit = unit.as_deref(),
+                        "worker {id} of the failed generation {generation} {reason} {:.1}s after it started; replacing it from generation {}",
+                        lived.as_secs_f64(), state.generation
                     );
                     return;
                 }
@@ -653,11 +681,13 @@ impl Supervisor {
         let cancel = self.ctx.stopping.child_token();
         let ctx = self.ctx.clone();
         let token = cancel.clone();
+        let (deaths, mut died) = mpsc::unbounded_channel();
         self.ctx.tasks.spawn(async move {
-            let result = roll::run(&ctx, generation, mode, total, &token).await;
+            let result = roll::run(&ctx, generation, mode, total, &token, &mut died).await;
             let _ = ctx.events.send(Event::RollDone(result));
         });
         self.roll = Some(ActiveRoll {
+            deaths,
             cancel,
             total,
             generation,

@@ -13,6 +13,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// Workers of the new generation that died while ready, as the supervisor saw them.
+pub type Deaths = tokio::sync::mpsc::UnboundedReceiver<SpawnFailure>;
+
 #[derive(Debug)]
 pub enum RollResult {
     Done,
@@ -31,6 +34,7 @@ pub async fn run(
     mode: RestartMode,
     target: usize,
     cancel: &CancellationToken,
+    deaths: &mut Deaths,
 ) -> RollResult {
     if let Err(e) = ctx.pin_generation(generation) {
         let failure = SpawnFailure {
@@ -47,7 +51,7 @@ pub async fn run(
         };
     }
     match mode {
-        RestartMode::Rolling => rolling(ctx, generation, target, cancel).await,
+        RestartMode::Rolling => rolling(ctx, generation, target, cancel, deaths).await,
         RestartMode::Blocking => blocking(ctx, generation, target, cancel).await,
     }
 }
@@ -72,6 +76,7 @@ async fn rolling(
     generation: Generation,
     target: usize,
     cancel: &CancellationToken,
+    deaths: &mut Deaths,
 ) -> RollResult {
     let surge = ctx.config().restart.max_surge.get();
     let resist = ctx.config().restart.resist_deployment_errors;
@@ -81,6 +86,22 @@ async fn rolling(
     loop {
         if cancel.is_cancelled() {
             return RollResult::Cancelled;
+        }
+        // A new worker that died after it proved itself (a death within its settle period is
+        // already one of `failures`): the release dies a while after it starts, and rolling
+        // on would only spawn more of it while the old workers go. Judged at once, with or
+        // without resistance.
+        while let Ok(death) = deaths.try_recv() {
+            if failures.iter().any(|f| f.worker == death.worker) {
+                continue;
+            }
+            if resist {
+                return RollResult::Resisting(death);
+            }
+            return RollResult::Failed {
+                message: format!("{death}; the restart stopped there"),
+                output: death.output,
+            };
         }
         let workers = ctx.pool.workers();
         let new_alive = workers

@@ -758,6 +758,73 @@ async fn a_release_that_dies_within_the_settle_period_is_resisted() {
     assert_eq!(r.workers().len(), 2);
 }
 
+/// A release that dies a while after it starts, past its settle period: the roll stops at the
+/// first death instead of spawning worker after worker of it, the reload fails, and the old
+/// release takes back the places of the new workers as they die, at once, so the app never
+/// runs out of workers.
+#[tokio::test(start_paused = true)]
+async fn a_release_that_dies_after_its_settle_period_is_resisted_at_once() {
+    let r = start("count = 3", "").await;
+    r.fake.release(
+        2,
+        Release::DiesAfter {
+            boot: BOOT,
+            lived: Duration::from_millis(700),
+        },
+    );
+    let watch = r.watch_pool();
+    let began = Instant::now();
+    let outcome = r.restart().await;
+    assert!(!outcome.ok, "{outcome:?}");
+    assert!(
+        outcome
+            .message
+            .contains("exited with status 2 0.7s after it became ready, before the restart ended"),
+        "{outcome:?}"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "judged at once: {:?}",
+        began.elapsed()
+    );
+    assert_eq!(r.phase(), "resisting");
+    assert!(
+        r.fake.starts(2).len() <= 3,
+        "no crash loop of the new release"
+    );
+    r.until("the old release serves on every place", |r| {
+        r.ready_generations() == [1, 1, 1]
+    })
+    .await;
+    assert!(watch.fewest_ready() >= 1, "the app ran out of workers");
+    assert_eq!(r.phase(), "resisting");
+    assert_eq!(
+        r.fake.starts(2).len(),
+        2,
+        "no new-release worker was started again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_resistance_a_death_after_settle_ends_the_roll_as_failed() {
+    let r = start("count = 3", "resist_deployment_errors = false").await;
+    r.fake.release(
+        2,
+        Release::DiesAfter {
+            boot: BOOT,
+            lived: Duration::from_millis(700),
+        },
+    );
+    let outcome = r.restart().await;
+    assert!(!outcome.ok);
+    assert!(
+        outcome
+            .message
+            .contains("before the restart ended; the restart stopped there"),
+        "{outcome:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_release_the_backend_cannot_start_is_resisted() {
     let r = start("count = 2", "").await;

@@ -282,8 +282,10 @@ fn watch_exit(
                 generation,
                 reason: reason.to_string(),
                 lived: w.spawned_at.elapsed(),
+                ready_for: w.ready_at.map(|t| t.elapsed()),
                 pid: w.process.pid,
                 unit: w.process.unit.clone(),
+                output: w.process.output.lines(),
             });
         }
     });
