@@ -15,7 +15,12 @@ use tokio::net::TcpStream;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotReady {
     Exited(ExitReason),
-    Timeout(Duration),
+    /// `readiness.timeout` passed; what the last probe of `addr` saw.
+    Timeout {
+        after: Duration,
+        addr: SocketAddr,
+        last: Attempt,
+    },
     /// Another process listens on the worker's port.
     PortTaken {
         port: u16,
@@ -42,13 +47,44 @@ impl std::fmt::Display for NotReady {
             NotReady::DiedAfterProbe => {
                 f.write_str("exited just after it answered its readiness probe")
             }
-            NotReady::Timeout(t) => write!(
-                f,
-                "was not ready within {} (readiness.timeout)",
-                humantime::format_duration(*t)
-            ),
+            NotReady::Timeout { after, addr, last } => {
+                write!(
+                    f,
+                    "was not ready within {} (readiness.timeout): ",
+                    humantime::format_duration(*after)
+                )?;
+                match last {
+                    Attempt::Refused => write!(
+                        f,
+                        "nothing listened on {addr}, the port baton gave it (in PORT, and for {{port}} in app.command)"
+                    ),
+                    Attempt::NoAnswer(path) => {
+                        write!(
+                            f,
+                            "it took connections on {addr} but never answered GET {path}"
+                        )
+                    }
+                    Attempt::Status(path, status) => {
+                        write!(f, "GET {path} on {addr} answered {status}")
+                    }
+                    Attempt::Ready => write!(f, "it answered on {addr} as the timeout passed"),
+                }
+            }
         }
     }
+}
+
+/// What one readiness probe saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// Nothing listens on the worker's port (yet).
+    Refused,
+    /// A connection, but no HTTP answer to the probe's path (within 2 s, or not HTTP).
+    NoAnswer(String),
+    /// An answer of 500 or more.
+    Status(String, u16),
+    /// Ready (a TCP probe: the connect alone).
+    Ready,
 }
 
 /// How the supervisor learns that a worker is ready: the seam where its unit tests put a
@@ -88,12 +124,15 @@ pub async fn wait_ready(
     worker: &StartedWorker,
     timeout: Duration,
 ) -> Result<(), NotReady> {
+    let last = std::sync::Mutex::new(Attempt::Refused);
     let probe = async {
         let mut pause = Duration::from_millis(5);
         loop {
-            if probe_once(addr, http_path).await {
+            let attempt = probe_once(addr, http_path).await;
+            if attempt == Attempt::Ready {
                 return;
             }
+            *last.lock().unwrap_or_else(|e| e.into_inner()) = attempt;
             tokio::time::sleep(pause).await;
             // A refused connect on loopback costs microseconds: poll often, so that a worker is
             // seen ready within ~10 ms of listening (the roll waits on this for every worker).
@@ -108,17 +147,24 @@ pub async fn wait_ready(
                 Some(reason) => Err(NotReady::Exited(reason)),
                 None => Ok(()),
             },
-            Err(_) => Err(NotReady::Timeout(timeout)),
+            Err(_) => Err(NotReady::Timeout {
+                after: timeout,
+                addr,
+                last: last.into_inner().unwrap_or_else(|e| e.into_inner()),
+            }),
         },
     }
 }
 
-async fn probe_once(addr: SocketAddr, http_path: Option<&str>) -> bool {
-    let attempt = async {
-        let stream = TcpStream::connect(addr).await.ok()?;
-        let Some(path) = http_path else {
-            return Some(true);
-        };
+async fn probe_once(addr: SocketAddr, http_path: Option<&str>) -> Attempt {
+    let Ok(stream) = TcpStream::connect(addr).await else {
+        return Attempt::Refused;
+    };
+    let Some(path) = http_path else {
+        return Attempt::Ready;
+    };
+    let no_answer = || Attempt::NoAnswer(path.to_owned());
+    let ask = async {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .ok()?;
@@ -129,12 +175,13 @@ async fn probe_once(addr: SocketAddr, http_path: Option<&str>) -> bool {
             .body(Empty::<Bytes>::new())
             .ok()?;
         let resp = sender.send_request(req).await.ok()?;
-        Some(resp.status().as_u16() < 500)
+        Some(resp.status().as_u16())
     };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), attempt).await,
-        Ok(Some(true))
-    )
+    match tokio::time::timeout(Duration::from_secs(2), ask).await {
+        Ok(Some(status)) if status < 500 => Attempt::Ready,
+        Ok(Some(status)) => Attempt::Status(path.to_owned(), status),
+        _ => no_answer(),
+    }
 }
 
 /// Whether the TCP socket listening on `port` (loopback or wildcard) is held by one of `pids`:

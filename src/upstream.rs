@@ -81,9 +81,8 @@ pub struct Conns {
     idle: Idle<TcpStream>,
     /// Set once the worker sent bytes beyond an answer: one request per connection since.
     distrusted: AtomicBool,
-    /// How long a stream rests after an answer before it carries another request, in µs:
-    /// twice the worker's recent slowest answer (see [`Conns::answered`]).
-    quiet: AtomicU64,
+    /// The worker's usual answer time, in µs (see [`Conns::answered`]).
+    usual: AtomicU64,
 }
 
 /// Idle streams, the longest idle first.
@@ -158,7 +157,7 @@ impl Conns {
             generation,
             idle: Idle::default(),
             distrusted: AtomicBool::new(false),
-            quiet: AtomicU64::new(MIN_QUIET.as_micros() as u64),
+            usual: AtomicU64::new(0),
         }
     }
 
@@ -169,7 +168,7 @@ impl Conns {
         addr: SocketAddr,
         reuse: bool,
     ) -> Result<(TcpStream, bool), UpstreamError> {
-        let quiet = Duration::from_micros(self.quiet.load(Ordering::Relaxed));
+        let quiet = self.quiet();
         while reuse && let Some(stream) = self.idle.pop(quiet) {
             // Taken only when there is nothing to read on it: not the worker's close of an
             // idle connection, and not bytes it sent beyond its last answer, which would be
@@ -199,18 +198,27 @@ impl Conns {
     }
 
     /// A worker answered a request `latency` after it was written. A stream rests for twice
-    /// the worker's recent slowest answer before it is reused: a worker that answered out of
-    /// turn (bytes beyond an answer, taken for the answer to the next request) is still
-    /// working on that request, and its real answer then arrives while the stream rests,
-    /// where the check before reuse sees it, rather than as the answer to whoever is next.
-    /// Slow answers raise it at once; it decays by an eighth per answer.
+    /// the worker's usual answer time before it is reused: a worker that answered out of turn
+    /// (bytes beyond an answer, taken for the answer to the next request) is still working on
+    /// that request, and its real answer then arrives while the stream rests, where the check
+    /// before reuse sees it, rather than as the answer to whoever is next. The usual time is a
+    /// moving average (an eighth of each new answer), not the slowest: under load the slowest
+    /// answers are the machine's, and a rest that long would leave no stream to reuse.
     pub fn answered(&self, latency: Duration) {
-        let us = (latency.as_micros() as u64).saturating_mul(2);
-        let old = self.quiet.load(Ordering::Relaxed);
-        let new = us
-            .max(old - old / 8)
-            .clamp(MIN_QUIET.as_micros() as u64, MAX_QUIET.as_micros() as u64);
-        self.quiet.store(new, Ordering::Relaxed);
+        let us = latency.as_micros().min(u128::from(u64::MAX)) as u64;
+        let old = self.usual.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            us
+        } else {
+            (old - old / 8).saturating_add(us / 8)
+        };
+        self.usual.store(new, Ordering::Relaxed);
+    }
+
+    /// How long a stream rests before it is reused (see [`Conns::answered`]).
+    fn quiet(&self) -> Duration {
+        Duration::from_micros(self.usual.load(Ordering::Relaxed).saturating_mul(2))
+            .clamp(MIN_QUIET, MAX_QUIET)
     }
 
     /// The answer on `stream` was read to its end: keep the stream when `keep` ([`reusable`]),
@@ -596,19 +604,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_slow_answer_makes_streams_rest_longer_for_a_while() {
+    async fn a_stream_rests_twice_the_workers_usual_answer_time() {
         let conns = Conns::new(WorkerId(1), Generation(1));
-        conns.answered(Duration::from_millis(30));
-        assert_eq!(conns.quiet.load(Ordering::Relaxed), 60_000);
-        for _ in 0..40 {
+        assert_eq!(conns.quiet(), MIN_QUIET);
+        conns.answered(Duration::from_millis(4));
+        assert_eq!(conns.quiet(), Duration::from_millis(8));
+        // One slow answer moves it by an eighth, not to itself.
+        conns.answered(Duration::from_millis(68));
+        assert_eq!(conns.quiet(), Duration::from_millis(8 * 7 / 8 + 2 * 68 / 8));
+        for _ in 0..100 {
             conns.answered(Duration::from_micros(100));
         }
-        assert_eq!(
-            conns.quiet.load(Ordering::Relaxed),
-            1_000,
-            "back to the floor"
-        );
-        conns.answered(Duration::from_secs(10));
-        assert_eq!(conns.quiet.load(Ordering::Relaxed), 100_000, "capped");
+        assert_eq!(conns.quiet(), MIN_QUIET, "at least a millisecond");
+        for _ in 0..100 {
+            conns.answered(Duration::from_secs(10));
+        }
+        assert_eq!(conns.quiet(), MAX_QUIET);
     }
 }

@@ -286,7 +286,12 @@ fn a_gunicorn_release_that_never_loads_its_app_is_resisted() {
     let report = load.stop();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("was not ready within 4s"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "was not ready within 4s (readiness.timeout): it took connections on 127.0.0.1:"
+        ) && stderr.contains("but never answered GET /"),
+        "{stderr}"
+    );
     assert_eq!(report.failed, 0, "{:?}", report.errors);
     assert_old_release_serves(&baton, 2);
 }

@@ -166,7 +166,7 @@ fn release_that_exits_at_boot_is_resisted() {
 fn release_that_never_becomes_ready_is_resisted() {
     resist(
         Release::NeverReady,
-        "was not ready within 3s (readiness.timeout)",
+        "was not ready within 3s (readiness.timeout): nothing listened on 127.0.0.1:",
     );
 }
 

@@ -243,7 +243,11 @@ impl Probe for FakeProbe {
         tokio::select! {
             biased;
             reason = worker.wait_exit() => Err(NotReady::Exited(reason)),
-            _ = tokio::time::sleep(timeout) => Err(NotReady::Timeout(timeout)),
+            _ = tokio::time::sleep(timeout) => Err(NotReady::Timeout {
+                after: timeout,
+                addr,
+                last: crate::readiness::Attempt::Refused,
+            }),
             _ = async {
                 match boot {
                     Some(d) => tokio::time::sleep(d).await,
@@ -715,23 +719,33 @@ async fn a_release_that_exits_at_boot_is_resisted_with_its_output() {
 async fn a_release_never_ready_is_resisted_at_readiness_timeout() {
     let r = start("count = 2", "").await;
     r.fake.release(2, Release::NeverReady);
+    // It ignores SIGTERM: its stop takes stop_timeout (1s), which the outcome does not wait for.
+    *r.fake.stop_takes.lock().unwrap() = Duration::from_secs(1);
     let began = Instant::now();
     let outcome = r.restart().await;
     let took = began.elapsed();
-    assert_eq!(
-        outcome.message,
-        "resisting deployment error: worker 3 was not ready within 2s (readiness.timeout)"
+    assert!(
+        outcome.message.starts_with(
+            "resisting deployment error: worker 3 was not ready within 2s (readiness.timeout): "
+        ),
+        "{outcome:?}"
     );
     assert!(
         took >= Duration::from_secs(2) && took < Duration::from_millis(2100),
         "{took:?}"
     );
     assert_eq!(r.ready_generations(), [1, 1]);
-    assert_eq!(
-        r.fake.live(),
-        2,
-        "the worker that never became ready was stopped"
+    assert!(
+        r.workers()
+            .iter()
+            .any(|w| w.id.0 == 3 && w.state == WorkerState::Stopping),
+        "status says the failed worker is stopping: {:?}",
+        r.workers()
     );
+    r.until("the worker that never became ready is stopped", |r| {
+        r.fake.live() == 2
+    })
+    .await;
 }
 
 #[tokio::test(start_paused = true)]

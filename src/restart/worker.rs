@@ -36,8 +36,9 @@ pub enum BootError {
     Cancelled,
 }
 
-/// Start a worker of `generation` and wait until it is ready. On failure or cancellation the
-/// worker is stopped and gone from the pool before this returns.
+/// Start a worker of `generation` and wait until it is ready. On cancellation the worker is
+/// stopped and gone from the pool before this returns; on failure it is `stopping` (a task
+/// stops it), so the failure is known at once.
 pub async fn spawn(
     ctx: &Arc<Context>,
     generation: Generation,
@@ -132,7 +133,11 @@ pub async fn spawn(
             Err(BootError::Cancelled)
         }
         Some(Err(why)) => {
-            stop(ctx, id).await;
+            // Reported now, and stopped meanwhile (its state says so): a release that never
+            // answers fails the restart at readiness.timeout, not a stop_timeout later.
+            ctx.pool.set_state(id, WorkerState::Stopping);
+            let stopper = ctx.clone();
+            ctx.tasks.spawn(async move { stop(&stopper, id).await });
             let output = process.output.lines();
             tracing::error!(
                 app = %app, worker = id.0, generation = generation.0, pid = process.pid,
