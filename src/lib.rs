@@ -25,25 +25,59 @@ pub mod status;
 pub(crate) mod unit_files;
 pub(crate) mod upstream;
 
-/// The module layout shows the architecture only if imports go one way: no module of `src/`
-/// may reach, directly or through others, a module that reaches it back.
+/// The module layout shows the architecture only if imports go one way: every module of
+/// `src/` sits in a declared layer and may use only modules of lower layers.
 #[cfg(test)]
 mod layering {
     use std::collections::{BTreeMap, BTreeSet};
     use std::path::Path;
 
-    /// Top-level module -> the top-level modules its code (tests aside) names.
-    fn graph() -> BTreeMap<String, BTreeSet<String>> {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    /// The layers, bottom first (ARCHITECTURE.md draws them). A new module is placed here.
+    const LAYERS: &[&[&str]] = &[
+        // Leaves: pure rules and small parts that know nothing of baton's state.
+        &[
+            "h1",
+            "journal",
+            "notify",
+            "manpage",
+            "unit_files",
+            "admin",
+            "buffer",
+        ],
+        &["config"],
+        &["spawn", "listen", "demo"],
+        &["upstream", "readiness", "state"],
+        &["pool"],
+        &["status"],
+        &["metrics"],
+        // The two sides: the supervisor and the data plane, which share only the pool and
+        // the metrics.
+        &["restart", "proxy"],
+        &["control"],
+        &["manager"],
+        &["cli"],
+    ];
+
+    /// The code of one file that counts: up to its inline test module (`mod tests {`, at the
+    /// end by convention; a `mod tests;` declaration is not one), without comment lines (doc
+    /// links name modules without importing them).
+    fn code(text: &str) -> String {
+        text.split("#[cfg(test)]\nmod tests {")
+            .next()
+            .unwrap_or("")
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Top-level module -> the top-level modules its code (tests aside) names, from
+    /// (path under `src/`, text) pairs.
+    fn graph(files: &[(String, String)]) -> BTreeMap<String, BTreeSet<String>> {
         let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let mut files = vec![src.clone()];
-        while let Some(p) = files.pop() {
-            if p.is_dir() {
-                files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
-                continue;
-            }
-            let rel = p.strip_prefix(&src).unwrap();
-            if p.extension().is_none_or(|e| e != "rs")
+        for (rel, text) in files {
+            let rel = Path::new(rel);
+            if rel.extension().is_none_or(|e| e != "rs")
                 || rel.file_name().is_some_and(|n| n == "tests.rs")
             {
                 continue;
@@ -58,16 +92,7 @@ mod layering {
             if module == "lib" || module == "main" {
                 continue;
             }
-            let text = std::fs::read_to_string(&p).unwrap();
-            let code: String = text
-                .split("#[cfg(test)]\nmod tests")
-                .next()
-                .unwrap_or("")
-                .lines()
-                // Doc links name modules without importing them.
-                .filter(|l| !l.trim_start().starts_with("//"))
-                .collect::<Vec<_>>()
-                .join("\n");
+            let code = code(text);
             let uses = graph.entry(module.clone()).or_default();
             for (i, _) in code.match_indices("crate::") {
                 let name: String = code[i + 7..]
@@ -82,32 +107,72 @@ mod layering {
         graph
     }
 
-    #[test]
-    fn no_module_imports_one_that_imports_it_back() {
-        let graph = graph();
-        assert!(graph.len() > 15, "{graph:?}");
-        // Depth-first search for a path back to where it started.
-        fn reaches(
-            g: &BTreeMap<String, BTreeSet<String>>,
-            from: &str,
-            to: &str,
-            path: &mut Vec<String>,
-            seen: &mut BTreeSet<String>,
-        ) -> bool {
-            for next in g.get(from).into_iter().flatten() {
-                path.push(next.clone());
-                if next == to || (seen.insert(next.clone()) && reaches(g, next, to, path, seen)) {
-                    return true;
-                }
-                path.pop();
+    fn sources() -> Vec<(String, String)> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut out = Vec::new();
+        let mut files = vec![src.clone()];
+        while let Some(p) = files.pop() {
+            if p.is_dir() {
+                files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+                continue;
             }
-            false
+            let rel = p.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+            out.push((rel, std::fs::read_to_string(&p).unwrap_or_default()));
         }
-        for m in graph.keys() {
-            let mut path = vec![m.clone()];
-            if reaches(&graph, m, m, &mut path, &mut BTreeSet::new()) {
-                panic!("import circle: {}", path.join(" -> "));
+        out
+    }
+
+    /// Every import that does not go down a layer, and every module with no layer.
+    fn violations(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+        let layer = |m: &str| LAYERS.iter().position(|l| l.contains(&m));
+        let mut wrong = Vec::new();
+        for (module, uses) in graph {
+            let Some(mine) = layer(module) else {
+                wrong.push(format!("{module} has no layer in LAYERS"));
+                continue;
+            };
+            for used in uses {
+                match layer(used) {
+                    Some(theirs) if theirs < mine => {}
+                    Some(_) => wrong.push(format!("{module} uses {used}, which is not below it")),
+                    None => wrong.push(format!("{module} uses {used}, which has no layer")),
+                }
             }
+        }
+        wrong
+    }
+
+    #[test]
+    fn every_module_uses_only_the_layers_below_it() {
+        let graph = graph(&sources());
+        assert!(graph.len() > 15, "{graph:?}");
+        let wrong = violations(&graph);
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    /// The test of the test: an upward import planted in any file, anywhere before its test
+    /// module (in `restart/mod.rs`, whose `mod tests;` line comes first), fails it.
+    #[test]
+    fn a_planted_upward_import_is_caught() {
+        let files = sources();
+        for (target, planted) in [
+            ("restart/mod.rs", "use crate::manager;"),
+            ("pool/mod.rs", "use crate::proxy::Proxy;"),
+            ("config/mod.rs", "use crate::restart;"),
+            ("h1.rs", "use crate::pool;"),
+        ] {
+            let mut changed = files.clone();
+            let (_, text) = changed
+                .iter_mut()
+                .find(|(rel, _)| rel == target)
+                .unwrap_or_else(|| panic!("{target} not found"));
+            // Planted just before the inline test module, or at the end.
+            let at = text.find("#[cfg(test)]\nmod tests {").unwrap_or(text.len());
+            text.insert_str(at, &format!("{planted}\n"));
+            assert!(
+                !violations(&graph(&changed)).is_empty(),
+                "{planted} in {target} was not caught"
+            );
         }
     }
 }
