@@ -601,3 +601,37 @@ fn a_last_chunk_ending_in_a_bare_lf_ends_the_answer() {
         );
     }
 }
+
+/// A worker's framing is judged once, whichever path the request came by (they used to differ):
+/// a `Content-Length` list (`1,1`) is a 502, and an answer with both `Transfer-Encoding:
+/// chunked` and a `Content-Length` is read by its chunks, whole, not cut at the length.
+#[test]
+fn a_workers_framing_is_judged_the_same_on_both_paths() {
+    let _serial = serial();
+    let rogue = Rogue::start(1);
+    for via in [Via::Narrow, Via::Hyper] {
+        let mut s = rogue.connect();
+        let answer = exchange(
+            &mut s,
+            &get_request("/length-list", via),
+            Duration::from_secs(5),
+        );
+        assert!(
+            matches!(answer, Ok((502, _))),
+            "{via:?} path: {answer:?}\n{}",
+            rogue.log_tail()
+        );
+        let mut s = rogue.connect();
+        let answer = exchange(
+            &mut s,
+            &get_request("/chunked-and-length", via),
+            Duration::from_secs(5),
+        );
+        assert_eq!(
+            answer,
+            Ok((200, "hello".into())),
+            "{via:?} path\n{}",
+            rogue.log_tail()
+        );
+    }
+}
