@@ -42,6 +42,11 @@ timeout = "30s"
 drain_timeout = "10s"
 stop_timeout = "5s"
 
+# The canary judge looks at the first new worker for 5 s (30 s by default), so that a roll
+# of the demo is quick to watch.
+[canary]
+duration = "5s"
+
 [spawner]
 backend = "process"
 
@@ -72,7 +77,7 @@ pub fn demo_control_socket() -> std::io::Result<(std::path::PathBuf, Option<temp
 }
 
 /// The demo app's behaviour, from `./demo-mode` (default: serve).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Mode {
     Serve,
     /// Exit with status 1 at boot, as a release with a bad config would.
@@ -85,6 +90,9 @@ enum Mode {
     /// Leave the port to a stray process of another process group (which serves it for 20 s)
     /// and never listen: what answers on the port is not the worker.
     StrayOnPort,
+    /// Boot and answer `/health`, but answer 500 to this share (in %) of the other requests,
+    /// at random: a release with a database configuration error, or a flaky one.
+    Errors(f64),
 }
 
 fn read_mode() -> Mode {
@@ -102,6 +110,10 @@ fn read_mode() -> Mode {
                 .unwrap_or(Duration::from_millis(500)),
         ),
         Ok(m) if m == "stray" => Mode::StrayOnPort,
+        Ok(m) if m.starts_with("errors ") => m["errors ".len()..]
+            .trim_end_matches('%')
+            .parse::<f64>()
+            .map_or(Mode::Serve, Mode::Errors),
         _ => Mode::Serve,
     }
 }
@@ -162,7 +174,7 @@ pub async fn run_app(port: u16, boot_time: Duration, boot_cpu: Duration) -> anyh
                 .spawn()?;
             std::future::pending::<()>().await;
         }
-        Mode::Serve => {}
+        Mode::Serve | Mode::Errors(_) => {}
     }
     if let Some(after) = std::env::var("BATON_DEMO_EXIT_AFTER")
         .ok()
@@ -179,13 +191,45 @@ pub async fn run_app(port: u16, boot_time: Duration, boot_cpu: Duration) -> anyh
     loop {
         let (stream, _) = listener.accept().await?;
         tokio::spawn(async move {
-            let svc = service_fn(move |req| app(req, release));
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let fail = match mode {
+                    Mode::Errors(share) => req.uri().path() != "/health" && chance(share / 100.0),
+                    _ => false,
+                };
+                async move {
+                    if fail {
+                        return Ok::<_, Infallible>(text(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "could not connect to the database (demo-mode = errors)\n".into(),
+                        ));
+                    }
+                    app(req, release).await
+                }
+            });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades()
                 .await;
         });
     }
+}
+
+/// True with probability `p` (xorshift, seeded by the pid and the clock).
+fn chance(p: f64) -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let mut x = STATE.load(Relaxed);
+    if x == 0 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        x = nanos ^ (u64::from(std::process::id()) << 32) | 1;
+    }
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    STATE.store(x, Relaxed);
+    ((x >> 11) as f64 / (1u64 << 53) as f64) < p
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;

@@ -4,6 +4,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod buffer;
+pub mod canary;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -37,6 +38,7 @@ mod layering {
         // Leaves: pure rules and small parts that know nothing of baton's state.
         &[
             "h1",
+            "canary",
             "journal",
             "notify",
             "manpage",

@@ -32,6 +32,8 @@ pub struct Metrics {
     restarts: [AtomicU64; 5],
     /// Requests whose client left while they waited for a worker.
     abandoned: AtomicU64,
+    /// Canary verdicts: worse, fine, inconclusive.
+    canaries: [AtomicU64; 3],
 }
 
 impl Metrics {
@@ -52,6 +54,17 @@ impl Metrics {
     /// saw it.
     pub fn abandoned(&self) {
         self.abandoned.fetch_add(1, Relaxed);
+    }
+
+    /// A canary judged (a "worse" found while the roll went on after its canary counts too).
+    pub fn canary(&self, verdict: crate::canary::Verdict) {
+        use crate::canary::Verdict;
+        let i = match verdict {
+            Verdict::Worse => 0,
+            Verdict::Fine => 1,
+            Verdict::Inconclusive => 2,
+        };
+        self.canaries[i].fetch_add(1, Relaxed);
     }
 
     pub fn restart(&self, outcome: RestartOutcome) {
@@ -195,6 +208,17 @@ impl Metrics {
                 out,
                 "baton_restarts_total{{app=\"{app}\",outcome=\"{name}\"}} {}",
                 self.restarts[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP baton_canary_verdicts_total Canaries judged, by verdict (worse: the roll was stopped).\n# TYPE baton_canary_verdicts_total counter"
+        );
+        for (name, i) in [("worse", 0), ("fine", 1), ("inconclusive", 2)] {
+            let _ = writeln!(
+                out,
+                "baton_canary_verdicts_total{{app=\"{app}\",verdict=\"{name}\"}} {}",
+                self.canaries[i].load(Relaxed)
             );
         }
         out

@@ -3,6 +3,7 @@
 //! readers (`status`, `metrics`, `control`) only import them, so no reader imports the
 //! supervisor for its types.
 
+use crate::canary::{Percent, Tally, thousands};
 use crate::spawn::{Generation, WorkerId};
 use std::time::{Duration, SystemTime};
 
@@ -47,6 +48,8 @@ pub enum WaitingOn {
         workers: Vec<WorkerId>,
         settle: Duration,
     },
+    /// The first new workers serving beside the old ones while the judge compares them.
+    Canary(CanaryProgress),
     /// An old worker finishing its requests (at most `drain_timeout`).
     Draining(WorkerId),
     /// An old worker being stopped, and how far the stop has escalated.
@@ -57,6 +60,16 @@ pub enum WaitingOn {
     /// Old workers stopped all at once (a blocking restart).
     StoppingAll(usize),
     Done,
+}
+
+/// A canary as it runs: the figures since it began, and the time left.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CanaryProgress {
+    pub generation: Generation,
+    pub workers: usize,
+    pub new: Tally,
+    pub old: Tally,
+    pub left: Duration,
 }
 
 /// How hard baton had to push a worker out.
@@ -96,6 +109,18 @@ impl std::fmt::Display for WaitingOn {
                     .join(", "),
                 humantime::format_duration(*settle)
             ),
+            WaitingOn::Canary(c) => write!(
+                f,
+                "canary: generation {}, {} worker{}, {} request{}, errors {} vs {}, {} left",
+                c.generation,
+                c.workers,
+                plural(c.workers),
+                thousands(c.new.requests),
+                if c.new.requests == 1 { "" } else { "s" },
+                Percent(c.new.rate()),
+                Percent(c.old.rate()),
+                humantime::format_duration(Duration::from_secs(c.left.as_secs()))
+            ),
             WaitingOn::Draining(w) => write!(f, "draining worker {w}"),
             WaitingOn::Stopping { worker, escalation } => match escalation {
                 Escalation::DrainDeadline {
@@ -116,7 +141,7 @@ impl std::fmt::Display for WaitingOn {
                     clock(*at)
                 ),
             },
-            WaitingOn::StoppingAll(n) => write!(f, "stopping {n} workers"),
+            WaitingOn::StoppingAll(n) => write!(f, "stopping {n} worker{}", plural(*n)),
             WaitingOn::Done => f.write_str("done"),
         }
     }

@@ -83,6 +83,8 @@ pub struct Conns {
     distrusted: AtomicBool,
     /// The worker's usual answer time, in µs (see [`Conns::answered`]).
     usual: AtomicU64,
+    /// What its answers came to, for the canary judge.
+    pub outcomes: std::sync::Arc<crate::canary::Counter>,
 }
 
 /// Idle streams, the longest idle first.
@@ -158,6 +160,7 @@ impl Conns {
             idle: Idle::default(),
             distrusted: AtomicBool::new(false),
             usual: AtomicU64::new(0),
+            outcomes: Default::default(),
         }
     }
 
@@ -395,6 +398,8 @@ impl RawBody {
         &mut self,
         e: UpstreamError,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, UpstreamError>>> {
+        // The worker cut its answer: the visitor got half a page.
+        self.conns.outcomes.record(crate::canary::Outcome::Cut);
         self.done = true;
         self.stream = None;
         Poll::Ready(Some(Err(e)))

@@ -674,6 +674,8 @@ control_path_dir = {d}/cp
             "command": ["/usr/bin/baton", "demo-app", "--port", "{port}", "--boot-time", "1s"],
         });
         config["workers"] = serde_json::json!({"count": 2, "concurrency": 0});
+        // A short canary keeps the six rolls quick; the judge is the same.
+        config["canary"] = serde_json::json!({"duration": "2s"});
         groups["loadbalancers"]["hosts"]["lb1"] = serde_json::json!({
             "ansible_connection": "local",
             "ansible_python_interpreter": "{{ ansible_playbook_python }}",

@@ -160,6 +160,9 @@ concurrency = 0
 [readiness]
 http_path = "/"
 timeout = "8s"
+# A short canary keeps the test's rolls quick; the judge is the same.
+[canary]
+duration = "3s"
 [spawner]
 backend = "systemd"
 memory_max = "512MiB"

@@ -448,6 +448,42 @@ impl Default for RestartConfig {
     }
 }
 
+/// The canary phase of every rolling restart: the first new workers serve beside the old ones
+/// while the canary judge ([`crate::canary`]) compares the two generations' errors.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CanaryConfig {
+    /// New workers judged before any old one is drained; 0: no canary phase.
+    pub workers: usize,
+    /// How long they are judged (a release that is clearly worse is stopped sooner).
+    pub duration: Duration,
+    /// Requests the canary must serve for a "fine"; with fewer the verdict is inconclusive.
+    pub min_requests: u64,
+    pub on_inconclusive: OnInconclusive,
+}
+
+impl Default for CanaryConfig {
+    fn default() -> Self {
+        CanaryConfig {
+            workers: 1,
+            duration: Duration::from_secs(30),
+            min_requests: 200,
+            on_inconclusive: OnInconclusive::Proceed,
+        }
+    }
+}
+
+/// What a canary whose traffic was too thin to judge leads to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInconclusive {
+    /// The roll goes on (an app with little traffic still deploys).
+    #[default]
+    Proceed,
+    /// A deployment error, as if the canary were worse.
+    Resist,
+}
+
 /// Which backend runs the workers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -540,6 +576,8 @@ pub struct Config {
     pub readiness: ReadinessConfig,
     #[serde(default)]
     pub restart: RestartConfig,
+    #[serde(default)]
+    pub canary: CanaryConfig,
     #[serde(default)]
     pub spawner: SpawnerConfig,
     #[serde(default)]
@@ -688,6 +726,12 @@ impl Config {
         )?;
         at_most("workers.concurrency", w.concurrency as u64, 100_000)?;
         at_most("workers.max_queue", w.max_queue as u64, 1_000_000)?;
+        at_most("canary.workers", self.canary.workers as u64, MAX_WORKERS)?;
+        at_most(
+            "canary.min_requests",
+            self.canary.min_requests,
+            1_000_000_000,
+        )?;
         at_most(
             "restart.max_surge",
             self.restart.max_surge.get() as u64,

@@ -5,9 +5,9 @@
 //! move the in-flight counters. Everything sits behind one short-held mutex; no lock is held
 //! across an `.await`.
 
+use crate::canary::{Counter, Tally};
 use crate::spawn::{Generation, StartedWorker, WorkerId};
 use crate::upstream::Conns;
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -143,7 +143,13 @@ struct Inner {
     closed: bool,
     /// Changed only by a config reload.
     limits: Limits,
+    /// The outcome counters of every worker each recent generation had, gone ones too: a
+    /// generation's figures are not lost when its workers are.
+    counters: BTreeMap<Generation, Vec<Arc<Counter>>>,
 }
+
+/// Generations whose figures are kept (the newest ones).
+const KEPT_GENERATIONS: usize = 8;
 
 /// How requests are spread over workers.
 #[derive(Clone, Copy, Debug)]
@@ -217,6 +223,7 @@ impl Pool {
                 waiters: VecDeque::new(),
                 closed: false,
                 limits,
+                counters: BTreeMap::new(),
             }),
             changed: Notify::new(),
             demand: Notify::new(),
@@ -230,7 +237,7 @@ impl Pool {
     }
 
     /// Get a worker for one request: the ready one with the fewest in-flight requests (ties:
-    /// newest generation, then least recently used), or wait in the queue.
+    /// the least recently used), or wait in the queue.
     ///
     /// `avoid`: a worker that just failed this request (its retry). Another one is taken when
     /// one is free; when none is, the avoided one is still better than waiting (the retry goes
@@ -343,6 +350,14 @@ impl Pool {
     /// Add a worker that was just started (state `Spawning`).
     pub fn insert(&self, worker: Worker) {
         let mut inner = self.lock();
+        inner
+            .counters
+            .entry(worker.generation)
+            .or_default()
+            .push(worker.conns.outcomes.clone());
+        while inner.counters.len() > KEPT_GENERATIONS {
+            inner.counters.pop_first();
+        }
         inner.workers.insert(worker.id, worker);
         inner.dispatch();
         drop(inner);
@@ -424,6 +439,27 @@ impl Pool {
         self.lock().workers.values().map(|w| view(w, now)).collect()
     }
 
+    /// What the workers of `generation` (live and gone) did with their requests so far, as the
+    /// canary judge counts it.
+    pub fn tally(&self, generation: Generation) -> Tally {
+        self.lock()
+            .counters
+            .get(&generation)
+            .map_or(Tally::default(), |c| {
+                c.iter().fold(Tally::default(), |t, c| t.plus(c.read()))
+            })
+    }
+
+    /// The same, summed over every generation before `generation` (the old side of a roll:
+    /// a superseded roll may have left workers of two).
+    pub fn tally_before(&self, generation: Generation) -> Tally {
+        self.lock()
+            .counters
+            .range(..generation)
+            .flat_map(|(_, c)| c.iter())
+            .fold(Tally::default(), |t, c| t.plus(c.read()))
+    }
+
     /// Update a worker's CPU and memory figures.
     pub fn set_usage(&self, id: WorkerId, cpu_percent: f64, memory_bytes: u64) {
         if let Some(w) = self.lock().workers.get_mut(&id) {
@@ -470,14 +506,9 @@ impl Inner {
             .filter(|w| {
                 w.state == WorkerState::Ready && (concurrency == 0 || w.in_flight < concurrency)
             })
-            .min_by_key(|w| {
-                (
-                    Some(w.id) == avoid,
-                    w.in_flight,
-                    Reverse(w.generation),
-                    w.last_used,
-                )
-            })
+            // Ties go round: each ready worker gets its share, whatever its generation, so a
+            // canary serves its part of the traffic, not all of it when the load is light.
+            .min_by_key(|w| (Some(w.id) == avoid, w.in_flight, w.last_used))
             .map(|w| w.id)
     }
 
@@ -570,7 +601,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn routes_to_least_busy_then_newest_generation() {
+    async fn routes_to_least_busy_then_least_recently_used() {
         let pool = Pool::new(Limits {
             concurrency: 2,
             max_queue: 1,
@@ -579,9 +610,17 @@ mod tests {
         pool.insert(worker(2, 2, WorkerState::Ready));
         pool.insert(worker(3, 3, WorkerState::Draining));
         let a = pool.acquire(None).await.unwrap();
-        assert_eq!(a.worker, WorkerId(2), "newest ready generation first");
+        assert_eq!(a.worker, WorkerId(1), "neither used yet: the first");
         let b = pool.acquire(None).await.unwrap();
-        assert_eq!(b.worker, WorkerId(1), "then the least busy");
+        assert_eq!(b.worker, WorkerId(2), "then the least busy");
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        drop(b);
+        // Both idle again: the one used least recently, whatever its generation (a canary
+        // gets its share, not all of a light load).
+        let a = pool.acquire(None).await.unwrap();
+        assert_eq!(a.worker, WorkerId(1));
+        let _b = pool.acquire(None).await.unwrap();
         let _c = pool.acquire(None).await.unwrap();
         let _d = pool.acquire(None).await.unwrap();
         // Both at concurrency 2: the next request queues, the one after is refused.
@@ -591,7 +630,7 @@ mod tests {
         assert_eq!(pool.queue_len(), 1);
         assert_eq!(pool.acquire(None).await.err(), Some(Rejected::QueueFull(1)));
         drop(a);
-        assert_eq!(queued.await.unwrap(), Ok(WorkerId(2)));
+        assert_eq!(queued.await.unwrap(), Ok(WorkerId(1)));
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@
 
 use super::{Proxy, ProxyBody, ProxyError};
 use crate::buffer::Fault;
+use crate::canary::Outcome;
 use crate::h1::{self, Answer, Final};
 use crate::pool::Lease;
 use crate::upstream::{Upstream, UpstreamError};
@@ -82,7 +83,15 @@ impl Proxy {
                 Some(lease) => lease,
                 None => self.lease(failed).await?,
             };
-            match ask(&lease, req, failed.is_some(), answer, out).await {
+            let result = ask(&lease, req, failed.is_some(), answer, out).await;
+            // What the worker did with it, for the canary judge: a failure that baton (a cut
+            // after drain_timeout) or the client (its body failed) caused is not the worker's.
+            match &result {
+                Ok((_, fin)) => lease.conns.outcomes.record(Outcome::Answered(fin.status)),
+                Err(_) if lease.was_cut() || req.fault.as_ref().is_some_and(Fault::is_set) => {}
+                Err(_) => lease.conns.outcomes.record(Outcome::NoAnswer),
+            }
+            match result {
                 Ok((stream, fin)) => return Ok(Answered { lease, stream, fin }),
                 Err(_) if lease.was_cut() => return Err(ProxyError::Cut(lease.worker)),
                 Err(_) if req.fault.as_ref().is_some_and(Fault::is_set) => {

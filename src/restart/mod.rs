@@ -603,6 +603,9 @@ impl Supervisor {
         if differs(&old.restart, &new.restart) {
             changed.push("[restart]");
         }
+        if differs(&old.canary, &new.canary) {
+            changed.push("[canary]");
+        }
         let mut notes = Vec::new();
         let app = old.name.clone();
         if !changed.is_empty() {
@@ -703,6 +706,14 @@ impl Supervisor {
         let app = &self.ctx.config().name;
         let generation = roll.generation;
         let took = roll.started.elapsed();
+        // A release the canary judge rejected is a deployment error like one that cannot
+        // start: resisted when resistance is on.
+        let result = match result {
+            RollResult::Rejected(f) if self.ctx.config().restart.resist_deployment_errors => {
+                RollResult::Resisting(f)
+            }
+            other => other,
+        };
         let outcome = match result {
             RollResult::Cancelled => {
                 let (mode, mut waiters) = self.next_restart.take().unwrap_or((None, Vec::new()));
@@ -781,6 +792,22 @@ impl Supervisor {
                     generation: generation.0,
                     message,
                     output: failure.output,
+                }
+            }
+            RollResult::Rejected(failure) => {
+                // Without resistance: the old generation stays the one new workers come from,
+                // and nothing is frozen.
+                self.ctx.metrics.restart(RestartOutcome::Failed);
+                let old = self.ctx.state().generation;
+                self.end_roll(old, Phase::Steady);
+                let message = format!("{failure}; generation {old} keeps serving");
+                tracing::error!(app = %app, generation = generation.0, message_id = journal::MSG_ROLL_FINISHED,
+                    "restart to generation {generation} failed: {message}");
+                Outcome {
+                    ok: false,
+                    generation: generation.0,
+                    message,
+                    output: Vec::new(),
                 }
             }
             RollResult::Failed { message, output } => {

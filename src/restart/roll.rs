@@ -7,10 +7,14 @@
 
 use super::worker::{self, BootError, SpawnFailure};
 use super::{Context, RestartMode, WaitingOn};
+use crate::canary::{Comparison, Looks, Share, Tally, Verdict};
+use crate::config::{CanaryConfig, OnInconclusive};
 use crate::pool::{WorkerState, WorkerView};
 use crate::spawn::{Generation, WorkerId};
+use crate::state::CanaryProgress;
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Workers of the new generation that died while ready, as the supervisor saw them.
@@ -21,6 +25,10 @@ pub enum RollResult {
     Done,
     /// A new worker failed and resistance is on: the old workers keep serving.
     Resisting(SpawnFailure),
+    /// The canary judge found the new generation worse than the old one (or could not judge
+    /// it, with `on_inconclusive = "resist"`); its workers are stopped. Resistance, when it
+    /// is on; else the old generation simply stays.
+    Rejected(SpawnFailure),
     Failed {
         message: String,
         output: Vec<String>,
@@ -83,6 +91,9 @@ async fn rolling(
     // Old workers kept because their replacement failed (only without resistance).
     let mut kept: BTreeSet<WorkerId> = BTreeSet::new();
     let mut failures: Vec<SpawnFailure> = Vec::new();
+    let canary = ctx.config().canary.clone();
+    // Set once the canary phase began: from then on the new generation is judged.
+    let mut judged: Option<Judged> = None;
     loop {
         if cancel.is_cancelled() {
             return RollResult::Cancelled;
@@ -91,17 +102,14 @@ async fn rolling(
         // already one of `failures`): the release dies a while after it starts, and rolling
         // on would only spawn more of it while the old workers go. Judged at once, with or
         // without resistance.
-        while let Ok(death) = deaths.try_recv() {
-            if failures.iter().any(|f| f.worker == death.worker) {
-                continue;
-            }
-            if resist {
-                return RollResult::Resisting(death);
-            }
-            return RollResult::Failed {
-                message: format!("{death}; the restart stopped there"),
-                output: death.output,
-            };
+        if let Some(death) = next_death(deaths, &failures) {
+            return died(death, resist);
+        }
+        // Judged all the way: the canary's figures go on counting until the roll ends.
+        if let Some(j) = judged.as_mut()
+            && let Some(failure) = j.look(ctx, false)
+        {
+            return reject(ctx, generation, failure).await;
         }
         let workers = ctx.pool.workers();
         let new_alive = workers
@@ -181,6 +189,23 @@ async fn rolling(
         {
             return RollResult::Resisting(f.clone());
         }
+        // The canary: once its first new workers have settled, and before any old worker
+        // goes, they serve beside the old ones while the judge compares the two.
+        let new_ready = ctx
+            .pool
+            .workers()
+            .iter()
+            .filter(|w| w.generation == generation && w.state == WorkerState::Ready)
+            .count();
+        if judged.is_none() && canary.workers > 0 && new_ready >= canary.workers.min(target) {
+            let mut j = Judged::start(ctx, generation, new_ready);
+            match j.canary(ctx, &canary, cancel, deaths, &failures).await {
+                Phase::Passed => judged = Some(j),
+                Phase::Rejected(failure) => return reject(ctx, generation, failure).await,
+                Phase::Died(death) => return died(death, resist),
+                Phase::Cancelled => return RollResult::Cancelled,
+            }
+        }
         // Each failure keeps one old worker serving in place of the new one that is missing.
         let failed_now = batch - ready;
         for w in old.iter().take(failed_now) {
@@ -198,6 +223,12 @@ async fn rolling(
             break;
         }
     }
+    // The last look, on everything the new generation served during the roll.
+    if let Some(j) = judged.as_mut()
+        && let Some(failure) = j.look(ctx, true)
+    {
+        return reject(ctx, generation, failure).await;
+    }
     progress(ctx, generation, WaitingOn::Done);
     match failures.last() {
         None => RollResult::Done,
@@ -209,6 +240,202 @@ async fn rolling(
             output: last.output.clone(),
         },
     }
+}
+
+/// A new worker that died after it proved itself (a death within its settle period is
+/// already one of `failures`), as the supervisor reported it.
+fn next_death(deaths: &mut Deaths, failures: &[SpawnFailure]) -> Option<SpawnFailure> {
+    while let Ok(death) = deaths.try_recv() {
+        if !failures.iter().any(|f| f.worker == death.worker) {
+            return Some(death);
+        }
+    }
+    None
+}
+
+/// A release that dies a while after it starts: rolling on would only spawn more of it while
+/// the old workers go. Judged at once, with or without resistance.
+fn died(death: SpawnFailure, resist: bool) -> RollResult {
+    if resist {
+        return RollResult::Resisting(death);
+    }
+    RollResult::Failed {
+        message: format!("{death}; the restart stopped there"),
+        output: death.output,
+    }
+}
+
+/// How a canary phase ended.
+enum Phase {
+    Passed,
+    Rejected(SpawnFailure),
+    Died(SpawnFailure),
+    Cancelled,
+}
+
+/// The judging of a roll's new generation against the old one, from the canary's start:
+/// both sides' counters then, and when the judge looks next.
+struct Judged {
+    generation: Generation,
+    /// New workers in the canary.
+    workers: usize,
+    began: Instant,
+    new_base: Tally,
+    old_base: Tally,
+    looks: Looks,
+}
+
+impl Judged {
+    fn start(ctx: &Context, generation: Generation, workers: usize) -> Judged {
+        Judged {
+            generation,
+            workers,
+            began: Instant::now(),
+            new_base: ctx.pool.tally(generation),
+            old_base: ctx.pool.tally_before(generation),
+            looks: Looks::default(),
+        }
+    }
+
+    /// Both generations' figures since the canary began.
+    fn now(&self, ctx: &Context) -> Comparison {
+        Comparison::of(
+            ctx.pool.tally(self.generation).since(self.new_base),
+            ctx.pool.tally_before(self.generation).since(self.old_base),
+        )
+    }
+
+    /// A look, when one is due (`last`: the roll's end, always one): the failure to report
+    /// when the new generation is worse.
+    fn look(&mut self, ctx: &Context, last: bool) -> Option<SpawnFailure> {
+        let c = self.now(ctx);
+        if !(self.looks.due(c.new.requests) || last) || !c.worse() {
+            return None;
+        }
+        ctx.metrics.canary(Verdict::Worse);
+        Some(self.worse(&c))
+    }
+
+    fn worse(&self, c: &Comparison) -> SpawnFailure {
+        let old = if self.generation.0 > 1 {
+            format!("generation {}", self.generation.0 - 1)
+        } else {
+            "the old generation".into()
+        };
+        SpawnFailure {
+            worker: None,
+            reason: format!(
+                "generation {} failed {} (5xx, no answer or a cut answer), {old} {} in the same {}s: worse beyond chance (canary judge)",
+                self.generation,
+                Share(c.new),
+                Share(c.old),
+                self.began.elapsed().as_secs()
+            ),
+            output: Vec::new(),
+        }
+    }
+
+    /// The canary phase: judged whenever a look is due while `duration` runs, then once more.
+    async fn canary(
+        &mut self,
+        ctx: &Arc<Context>,
+        config: &CanaryConfig,
+        cancel: &CancellationToken,
+        deaths: &mut Deaths,
+        failures: &[SpawnFailure],
+    ) -> Phase {
+        let app = ctx.config().name.to_string();
+        tracing::info!(
+            app = %app, generation = self.generation.0,
+            "canary: {} worker{} of generation {} judged for {} against the old generation",
+            self.workers, if self.workers == 1 { "" } else { "s" }, self.generation,
+            humantime::format_duration(config.duration.get())
+        );
+        let end = self.began + config.duration.get();
+        let mut tick = tokio::time::interval(CANARY_TICK);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Phase::Cancelled,
+                _ = tick.tick() => {}
+            }
+            if let Some(death) = next_death(deaths, failures) {
+                return Phase::Died(death);
+            }
+            let now = Instant::now();
+            let c = self.now(ctx);
+            progress(
+                ctx,
+                self.generation,
+                WaitingOn::Canary(CanaryProgress {
+                    generation: self.generation,
+                    workers: self.workers,
+                    new: c.new,
+                    old: c.old,
+                    left: end.saturating_duration_since(now),
+                }),
+            );
+            if self.looks.due(c.new.requests) && c.worse() {
+                ctx.metrics.canary(Verdict::Worse);
+                return Phase::Rejected(self.worse(&c));
+            }
+            if now < end {
+                continue;
+            }
+            let verdict = c.verdict(config.min_requests);
+            ctx.metrics.canary(verdict);
+            tracing::info!(
+                app = %app, generation = self.generation.0,
+                "canary of generation {}: {}: it failed {}, the old generation {}",
+                self.generation, verdict.as_str(), Share(c.new), Share(c.old)
+            );
+            return match (verdict, config.on_inconclusive) {
+                (Verdict::Worse, _) => Phase::Rejected(self.worse(&c)),
+                (Verdict::Inconclusive, OnInconclusive::Resist) => Phase::Rejected(SpawnFailure {
+                    worker: None,
+                    reason: format!(
+                        "the canary of generation {} served {} request{} in {}, fewer than canary.min_requests ({}): inconclusive, and canary.on_inconclusive is \"resist\"",
+                        self.generation,
+                        c.new.requests,
+                        if c.new.requests == 1 { "" } else { "s" },
+                        humantime::format_duration(config.duration.get()),
+                        config.min_requests
+                    ),
+                    output: Vec::new(),
+                }),
+                _ => Phase::Passed,
+            };
+        }
+    }
+}
+
+/// How often a canary's figures are read (and shown): a look itself is due only as the
+/// requests double ([`Looks`]), so this sets how soon a due look comes, not how many.
+const CANARY_TICK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The judge rejected the new generation: its workers get no new requests and are stopped
+/// once their requests ended (at most `drain_timeout`); the old generation serves on, refilled
+/// from its pinned release if it is short.
+async fn reject(ctx: &Arc<Context>, generation: Generation, failure: SpawnFailure) -> RollResult {
+    let ids: Vec<WorkerId> = ctx
+        .pool
+        .workers()
+        .iter()
+        .filter(|w| w.generation == generation && w.state.is_alive())
+        .map(|w| w.id)
+        .collect();
+    tracing::error!(
+        app = %ctx.config().name, generation = generation.0,
+        message_id = crate::journal::MSG_CANARY_FAILED,
+        "rejecting generation {generation}: {}; stopping its {} worker{}",
+        failure.reason, ids.len(), if ids.len() == 1 { "" } else { "s" }
+    );
+    // All at once: none of them gets another request while the first drains.
+    for id in &ids {
+        ctx.pool.start_draining(*id);
+    }
+    progress(ctx, generation, WaitingOn::StoppingAll(ids.len()));
+    futures_util::future::join_all(ids.iter().map(|id| worker::drain_and_stop(ctx, *id))).await;
+    RollResult::Rejected(failure)
 }
 
 /// The roll was cancelled while new workers had not yet proven themselves (within

@@ -268,8 +268,14 @@ struct Running {
 
 /// A config: `workers` and `restart` are lines added to those sections.
 fn config_text(workers: &str, restart: &str) -> String {
+    // The canary phase is off unless a test asks for it: the other tests count steps.
+    let canary = if restart.contains("[canary]") {
+        ""
+    } else {
+        "[canary]\nworkers = 0\n"
+    };
     format!(
-        "name = \"t\"\n[app]\ncommand = [\"true\"]\n[workers]\n{workers}\n[readiness]\ntimeout = \"2s\"\nsettle = \"300ms\"\n[restart]\nstop_timeout = \"1s\"\ndrain_timeout = \"5s\"\n{restart}\n"
+        "name = \"t\"\n[app]\ncommand = [\"true\"]\n[workers]\n{workers}\n[readiness]\ntimeout = \"2s\"\nsettle = \"300ms\"\n[restart]\nstop_timeout = \"1s\"\ndrain_timeout = \"5s\"\n{restart}\n{canary}"
     )
 }
 
@@ -467,6 +473,7 @@ fn kind(w: &WaitingOn) -> &'static str {
         WaitingOn::Starting => "starting",
         WaitingOn::Spawning { .. } => "spawning",
         WaitingOn::Settling { .. } => "settling",
+        WaitingOn::Canary(_) => "canary",
         WaitingOn::Draining(_) => "draining",
         WaitingOn::Stopping { .. } => "stopping",
         WaitingOn::StoppingAll(_) => "stopping all",
@@ -1430,4 +1437,130 @@ async fn random_restarts_crashes_and_boot_failures_keep_the_invariants() {
         r.handle.shutdown().await;
         assert_eq!(r.fake.live(), 0, "seed {seed} {ops:?}");
     }
+}
+
+// ---- the canary -----------------------------------------------------------------------------
+
+/// Traffic through the pool, as the proxy sends it: a request every 10 ms, whose outcome
+/// `answer` decides from the generation that served it and the time since the traffic began.
+fn traffic(
+    r: &Running,
+    answer: impl Fn(u64, Duration) -> crate::canary::Outcome + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let pool = r.ctx().pool.clone();
+    tokio::spawn(async move {
+        let began = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let Ok(lease) = pool.acquire(None).await else {
+                return;
+            };
+            let Some(generation) = pool.get(lease.worker).map(|w| w.generation.0) else {
+                continue;
+            };
+            lease
+                .conns
+                .outcomes
+                .record(answer(generation, began.elapsed()));
+        }
+    })
+}
+
+const CANARY: &str = "[canary]\nworkers = 1\nduration = \"30s\"\nmin_requests = 200\n";
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_that_fails_more_than_the_old_generation_is_rejected_at_once() {
+    use crate::canary::Outcome::Answered;
+    let r = start("count = 3", CANARY).await;
+    // Generation 2 answers 500 to every fourth request, generation 1 never.
+    let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let load = traffic(&r, move |g, _| {
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Answered(if g == 2 && i % 4 == 0 { 500 } else { 200 })
+    });
+    let steps = r.watch_steps();
+    let began = Instant::now();
+    let outcome = r.restart().await;
+    assert!(!outcome.ok, "{outcome:?}");
+    assert!(
+        outcome.message.contains("generation 2 failed") && outcome.message.contains("canary judge"),
+        "{outcome:?}"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "judged on the evidence, not at the window's end: {:?}",
+        began.elapsed()
+    );
+    assert!(
+        steps.lock().unwrap().iter().any(|s| kind(s) == "canary"),
+        "the canary showed in the progress"
+    );
+    assert_eq!(r.phase(), "resisting");
+    r.until("the canary is gone and the old release serves", |r| {
+        r.workers().iter().all(|w| w.generation.0 == 1) && r.ready_generations() == [1, 1, 1]
+    })
+    .await;
+    assert_eq!(
+        r.fake.starts(2).len(),
+        1,
+        "one canary, no more of the release"
+    );
+    load.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_as_good_as_the_old_generation_rolls_on_after_its_window() {
+    use crate::canary::Outcome::Answered;
+    let r = start("count = 3", CANARY).await;
+    // Both fail one request in a hundred.
+    let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let load = traffic(&r, move |_, _| {
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Answered(if i % 100 == 7 { 503 } else { 200 })
+    });
+    let began = Instant::now();
+    let outcome = r.restart().await;
+    assert!(outcome.ok, "{outcome:?}");
+    assert!(
+        began.elapsed() >= Duration::from_secs(30),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(r.ready_generations(), [2, 2, 2]);
+    load.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_generation_that_turns_worse_after_its_canary_is_rejected_before_the_roll_ends() {
+    use crate::canary::Outcome::{Answered, NoAnswer};
+    // A short canary, then a roll slow enough (a long settle) for the judge to look again.
+    let r = start(
+        "count = 3",
+        "[canary]\nworkers = 1\nduration = \"5s\"\nmin_requests = 100\n",
+    )
+    .await;
+    let cfg = {
+        let mut c = (*r.ctx().config()).clone();
+        c.readiness.settle = crate::config::Duration::from_secs(5);
+        Arc::new(c)
+    };
+    *r.ctx().config.lock().unwrap() = cfg;
+    // Generation 2 is fine for its first 12 s of traffic, then drops every other connection.
+    let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let load = traffic(&r, move |g, since| {
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if g == 2 && since > Duration::from_secs(12) && i % 2 == 0 {
+            NoAnswer
+        } else {
+            Answered(200)
+        }
+    });
+    let outcome = r.restart().await;
+    assert!(!outcome.ok, "{outcome:?}");
+    assert!(outcome.message.contains("canary judge"), "{outcome:?}");
+    r.until("the old release is back on every place", |r| {
+        r.workers().iter().all(|w| w.generation.0 == 1) && r.ready_generations() == [1, 1, 1]
+    })
+    .await;
+    load.abort();
 }

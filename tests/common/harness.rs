@@ -45,6 +45,8 @@ pub enum Release {
     StrayOnPort,
     /// Serves, then crashes this many milliseconds after it started listening.
     CrashesSoonAfterReady(u64),
+    /// Boots and answers /health, but answers 500 to this percentage of other requests.
+    Errors(u32),
 }
 
 /// Debian's gunicorn (installed here when missing: the test suite installs what it needs).
@@ -133,7 +135,9 @@ impl Baton {
                 "app.directory",
                 b.dir.path().join("current").display().to_string(),
             )
-            .or("control.socket", control.display().to_string());
+            .or("control.socket", control.display().to_string())
+            // Every roll of these tests runs its canary phase, briefly.
+            .or("canary.duration", "1s");
         // A test that shapes the pool says everything about it.
         if !cfg.has("workers") {
             cfg = cfg
@@ -173,6 +177,9 @@ impl Baton {
             Release::StrayOnPort => std::fs::write(rel.join("demo-mode"), "stray").unwrap(),
             Release::CrashesSoonAfterReady(ms) => {
                 std::fs::write(rel.join("demo-mode"), format!("crash {ms}ms")).unwrap()
+            }
+            Release::Errors(percent) => {
+                std::fs::write(rel.join("demo-mode"), format!("errors {percent}%")).unwrap()
             }
         }
         let link = self.dir.path().join("current");

@@ -1,0 +1,437 @@
+//! The canary judge: is a new generation worse for visitors than the old one, on the same
+//! traffic in the same window? Pure arithmetic on counts (no clock, no pool), so the whole
+//! decision is tested on synthetic canaries in milliseconds.
+//!
+//! A request counts as an error when the worker answered it with a 5xx, gave no answer (a
+//! refused or reset connection, a malformed head, a timeout) or cut its answer before its end.
+//! The judge compares the two error rates with Newcombe's hybrid score interval for a
+//! difference of proportions (Wilson's interval on each side, which stays honest near 0 % and
+//! on small counts, where the textbook normal interval calls 1 error in 20 requests proof):
+//! - **worse**: with 99.98 % confidence (one-sided), the new generation's error rate is above
+//!   the old one's by more than [`TOLERANCE`]. Checked while the canary runs, each time the
+//!   canary's requests doubled ([`Looks`]), so a release that fails every third request is
+//!   stopped at its first 20 requests; the confidence is set so that, with those looks and
+//!   one at the end, a release as good as the old one is called worse at most once in a
+//!   thousand canaries (the unit tests measure it on 10,000 simulated canaries per case).
+//! - **fine**: not worse, and the new generation served at least `min_requests`.
+//! - **inconclusive**: not worse, on fewer requests: traffic was too thin to say.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// How far above the old generation's error rate the new one may be, as a fraction, before
+/// it can be called worse: a difference smaller than this is not worth a rollback, and
+/// without it a 0.01 % blip would be "worse" on a large enough sample.
+pub const TOLERANCE: f64 = 0.005;
+
+/// The one-sided normal quantile of the "worse" test (99.98 %): see the module comment.
+pub const Z_WORSE: f64 = 3.6;
+
+/// Requests the new generation must have served before it can be called worse: below this,
+/// the score interval is too optimistic about a few unlucky errors in a row.
+pub const MIN_EVIDENCE: u64 = 20;
+
+/// The quantile of the upper bound that status and the journal report (99 %).
+const Z_REPORT: f64 = 2.33;
+
+/// Requests a generation's workers were given in a window, and how many were errors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub requests: u64,
+    pub errors: u64,
+}
+
+impl Tally {
+    /// What was counted after `earlier`, a reading of the same counters.
+    pub fn since(self, earlier: Tally) -> Tally {
+        Tally {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+        }
+    }
+
+    pub fn plus(self, other: Tally) -> Tally {
+        Tally {
+            requests: self.requests + other.requests,
+            errors: self.errors + other.errors,
+        }
+    }
+
+    /// The share of requests that were errors (an answer both 5xx and cut counts once).
+    pub fn rate(self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors.min(self.requests) as f64 / self.requests as f64
+        }
+    }
+
+    fn errors(self) -> u64 {
+        self.errors.min(self.requests)
+    }
+}
+
+/// What one request's exchange with a worker came to, as the judge counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The worker's answer head, with its status.
+    Answered(u16),
+    /// No answer: the connection was refused or reset, or the head was malformed or late.
+    NoAnswer,
+    /// An answer already counted was cut before its end by the worker.
+    Cut,
+}
+
+impl Outcome {
+    /// How this outcome changes a tally.
+    pub fn tally(self) -> Tally {
+        match self {
+            Outcome::Answered(status) => Tally {
+                requests: 1,
+                errors: u64::from(status >= 500),
+            },
+            Outcome::NoAnswer => Tally {
+                requests: 1,
+                errors: 1,
+            },
+            Outcome::Cut => Tally {
+                requests: 0,
+                errors: 1,
+            },
+        }
+    }
+}
+
+/// Counters one worker's requests are judged by, shared by every path that has the worker's
+/// lease (lock-free: the proxy adds to them on every answer).
+#[derive(Debug, Default)]
+pub struct Counter {
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Counter {
+    pub fn record(&self, outcome: Outcome) {
+        let t = outcome.tally();
+        if t.requests > 0 {
+            self.requests.fetch_add(t.requests, Relaxed);
+        }
+        if t.errors > 0 {
+            self.errors.fetch_add(t.errors, Relaxed);
+        }
+    }
+
+    pub fn read(&self) -> Tally {
+        Tally {
+            requests: self.requests.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+        }
+    }
+}
+
+/// The judge's decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Worse,
+    Fine,
+    Inconclusive,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Worse => "worse",
+            Verdict::Fine => "fine",
+            Verdict::Inconclusive => "inconclusive",
+        }
+    }
+}
+
+/// The two generations' figures in one window, and how far apart they may be.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Comparison {
+    pub new: Tally,
+    pub old: Tally,
+    /// The difference of error rates (new − old) is above this, with the "worse" confidence.
+    pub lower: f64,
+    /// ... and below this, with 99 % confidence.
+    pub upper: f64,
+}
+
+impl Comparison {
+    pub fn of(new: Tally, old: Tally) -> Comparison {
+        Comparison {
+            new,
+            old,
+            lower: difference_interval(new, old, Z_WORSE).0,
+            upper: difference_interval(new, old, Z_REPORT).1,
+        }
+    }
+
+    /// Strong evidence that the new generation fails more requests than the old one, by
+    /// more than [`TOLERANCE`]: the verdict at any moment, not only at the window's end.
+    pub fn worse(&self) -> bool {
+        self.new.requests >= MIN_EVIDENCE && self.lower > TOLERANCE
+    }
+
+    /// The verdict at the end of the window.
+    pub fn verdict(&self, min_requests: u64) -> Verdict {
+        if self.worse() {
+            Verdict::Worse
+        } else if self.new.requests < min_requests {
+            Verdict::Inconclusive
+        } else {
+            Verdict::Fine
+        }
+    }
+}
+
+/// When the judge looks during a canary: each time the new generation's requests have doubled
+/// since the last look (20, 40, 80, ...), and at the window's end. Few looks keep the chance
+/// of a false "worse" low however long the window, while a release that fails outright is
+/// still stopped at its first 20 requests.
+#[derive(Clone, Copy, Debug)]
+pub struct Looks {
+    next: u64,
+}
+
+impl Default for Looks {
+    fn default() -> Self {
+        Looks { next: MIN_EVIDENCE }
+    }
+}
+
+impl Looks {
+    /// Whether to judge now, with the new generation at `requests`.
+    pub fn due(&mut self, requests: u64) -> bool {
+        if requests < self.next {
+            return false;
+        }
+        while self.next <= requests {
+            self.next = self.next.saturating_mul(2);
+        }
+        true
+    }
+}
+
+/// Wilson's score interval for `errors` of `requests` at quantile `z`.
+fn wilson(t: Tally, z: f64) -> (f64, f64) {
+    if t.requests == 0 {
+        return (0.0, 1.0);
+    }
+    let n = t.requests as f64;
+    let p = t.errors() as f64 / n;
+    let z2 = z * z;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = z / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+/// Newcombe's hybrid score interval (his method 10) for `new`'s rate minus `old`'s.
+fn difference_interval(new: Tally, old: Tally, z: f64) -> (f64, f64) {
+    let (p1, p0) = (new.rate(), old.rate());
+    let (l1, u1) = wilson(new, z);
+    let (l0, u0) = wilson(old, z);
+    let d = p1 - p0;
+    (
+        d - ((p1 - l1).powi(2) + (u0 - p0).powi(2)).sqrt(),
+        d + ((u1 - p1).powi(2) + (p0 - l0).powi(2)).sqrt(),
+    )
+}
+
+/// "37 of 212 requests (17.5 %)".
+pub struct Share(pub Tally);
+
+impl fmt::Display for Share {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = self.0;
+        write!(
+            f,
+            "{} of {} request{} ({})",
+            thousands(t.errors()),
+            thousands(t.requests),
+            if t.requests == 1 { "" } else { "s" },
+            Percent(t.rate())
+        )
+    }
+}
+
+/// A rate as a percentage with the digits that matter: "17.5 %", "0.06 %", "0 %".
+pub struct Percent(pub f64);
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = self.0 * 100.0;
+        if p == 0.0 {
+            f.write_str("0 %")
+        } else if p < 1.0 {
+            write!(f, "{p:.2} %")
+        } else {
+            write!(f, "{p:.1} %")
+        }
+    }
+}
+
+/// 3104 → "3,104".
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(requests: u64, errors: u64) -> Tally {
+        Tally { requests, errors }
+    }
+
+    #[test]
+    fn clear_cases() {
+        // Every third request fails, against none: worse after a few dozen.
+        assert!(Comparison::of(t(30, 10), t(120, 0)).worse());
+        // One error in twenty is no proof.
+        assert!(!Comparison::of(t(20, 1), t(80, 0)).worse());
+        // Twenty in a row fail, against none of 100: strong enough.
+        assert!(Comparison::of(t(20, 20), t(100, 0)).worse());
+        assert!(!Comparison::of(t(19, 19), t(100, 0)).worse());
+        // The same rate on both sides is never worse, however many requests.
+        assert!(!Comparison::of(t(1_000_000, 10_000), t(4_000_000, 40_000)).worse());
+        // An old generation with no traffic proves nothing either way.
+        assert!(!Comparison::of(t(100, 50), t(0, 0)).worse());
+        // Within the tolerance: 0.3 points more is not worth a rollback.
+        assert!(!Comparison::of(t(1_000_000, 4_000), t(1_000_000, 1_000)).worse());
+        assert_eq!(
+            Comparison::of(t(10, 0), t(10, 0)).verdict(200),
+            Verdict::Inconclusive
+        );
+        assert_eq!(
+            Comparison::of(t(300, 1), t(900, 2)).verdict(200),
+            Verdict::Fine
+        );
+        assert_eq!(
+            Comparison::of(t(300, 60), t(900, 2)).verdict(200),
+            Verdict::Worse
+        );
+    }
+
+    #[test]
+    fn figures_read_well() {
+        assert_eq!(Share(t(212, 37)).to_string(), "37 of 212 requests (17.5 %)");
+        assert_eq!(
+            Share(t(3104, 2)).to_string(),
+            "2 of 3,104 requests (0.06 %)"
+        );
+        assert_eq!(Share(t(1, 0)).to_string(), "0 of 1 request (0 %)");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(999), "999");
+        // A 5xx that is also cut is one failed request.
+        assert_eq!(t(1, 2).rate(), 1.0);
+    }
+
+    /// A small, seeded generator: the simulations are the same on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> f64 {
+            // splitmix64
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        }
+
+        /// Binomial(n, p) by inversion: np is small here.
+        fn binomial(&mut self, n: u64, p: f64) -> u64 {
+            if p <= 0.0 {
+                return 0;
+            }
+            let u = self.next();
+            let q = 1.0 - p;
+            let mut pmf = q.powf(n as f64);
+            let mut cdf = pmf;
+            let mut k = 0;
+            while cdf < u && k < n {
+                pmf *= (n - k) as f64 / (k + 1) as f64 * p / q;
+                k += 1;
+                cdf += pmf;
+            }
+            k
+        }
+    }
+
+    /// One canary as the roll runs it: `seconds` of traffic, `new_rps` to the canary and four
+    /// times that to the old generation (one canary beside four old workers), judged when
+    /// [`Looks`] says, and at the end. The second it was called worse, if it was.
+    fn canary(rng: &mut Rng, seconds: u64, new_rps: u64, p_new: f64, p_old: f64) -> Option<u64> {
+        let (mut new, mut old) = (Tally::default(), Tally::default());
+        let mut looks = Looks::default();
+        for second in 1..=seconds {
+            new = new.plus(t(new_rps, rng.binomial(new_rps, p_new)));
+            old = old.plus(t(4 * new_rps, rng.binomial(4 * new_rps, p_old)));
+            if (looks.due(new.requests) || second == seconds) && Comparison::of(new, old).worse() {
+                return Some(second);
+            }
+        }
+        None
+    }
+
+    const RUNS: u32 = 10_000;
+    const SECONDS: u64 = 30;
+
+    #[test]
+    fn a_release_as_good_as_the_old_one_is_almost_never_called_worse() {
+        let mut rng = Rng(7);
+        for rate in [0.0, 0.001, 0.01, 0.05] {
+            for rps in [10, 50] {
+                let worse = (0..RUNS)
+                    .filter(|_| canary(&mut rng, SECONDS, rps, rate, rate).is_some())
+                    .count();
+                let share = worse as f64 / f64::from(RUNS);
+                println!(
+                    "equal error rates {}: {rps} req/s to the canary, {SECONDS} s: called worse in {worse} of {RUNS} ({})",
+                    Percent(rate),
+                    Percent(share)
+                );
+                assert!(
+                    share <= 0.001,
+                    "{worse} false alarms at {rate} and {rps} req/s"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_release_five_points_worse_is_caught_within_the_window() {
+        let mut rng = Rng(11);
+        for base in [0.0, 0.01, 0.05] {
+            for rps in [10, 25, 50] {
+                let mut when = Vec::new();
+                let caught = (0..RUNS)
+                    .filter_map(|_| canary(&mut rng, SECONDS, rps, base + 0.05, base))
+                    .inspect(|s| when.push(*s))
+                    .count();
+                when.sort_unstable();
+                let share = caught as f64 / f64::from(RUNS);
+                println!(
+                    "{} -> {}: {rps} req/s to the canary: caught in {caught} of {RUNS} ({}) within {SECONDS} s, median after {} s",
+                    Percent(base),
+                    Percent(base + 0.05),
+                    Percent(share),
+                    when.get(when.len() / 2).copied().unwrap_or(0)
+                );
+                if rps == 50 {
+                    assert!(share >= 0.99, "{base}: caught only {share}");
+                }
+            }
+        }
+    }
+}
