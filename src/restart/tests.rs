@@ -1476,7 +1476,7 @@ async fn a_canary_that_fails_more_than_the_old_generation_is_rejected_at_once() 
     let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let load = traffic(&r, move |g, _| {
         let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Answered(if g == 2 && i % 4 == 0 { 500 } else { 200 })
+        Answered(if g == 2 && i.is_multiple_of(4) { 500 } else { 200 })
     });
     let steps = r.watch_steps();
     let began = Instant::now();
@@ -1549,7 +1549,7 @@ async fn a_generation_that_turns_worse_after_its_canary_is_rejected_before_the_r
     let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let load = traffic(&r, move |g, since| {
         let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if g == 2 && since > Duration::from_secs(12) && i % 2 == 0 {
+        if g == 2 && since > Duration::from_secs(12) && i.is_multiple_of(2) {
             NoAnswer
         } else {
             Answered(200)
