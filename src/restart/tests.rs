@@ -1472,11 +1472,14 @@ const CANARY: &str = "[canary]\nworkers = 1\nduration = \"30s\"\nmin_requests = 
 async fn a_canary_that_fails_more_than_the_old_generation_is_rejected_at_once() {
     use crate::canary::Outcome::Answered;
     let r = start("count = 3", CANARY).await;
-    // Generation 2 answers 500 to every fourth request, generation 1 never.
+    // Generation 2 answers 500 to every fourth of its requests, generation 1 never.
     let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let load = traffic(&r, move |g, _| {
+        if g != 2 {
+            return Answered(200);
+        }
         let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Answered(if g == 2 && i.is_multiple_of(4) { 500 } else { 200 })
+        Answered(if i.is_multiple_of(4) { 500 } else { 200 })
     });
     let steps = r.watch_steps();
     let began = Instant::now();
@@ -1548,8 +1551,11 @@ async fn a_generation_that_turns_worse_after_its_canary_is_rejected_before_the_r
     // Generation 2 is fine for its first 12 s of traffic, then drops every other connection.
     let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let load = traffic(&r, move |g, since| {
+        if g != 2 {
+            return Answered(200);
+        }
         let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if g == 2 && since > Duration::from_secs(12) && i.is_multiple_of(2) {
+        if since > Duration::from_secs(12) && i.is_multiple_of(2) {
             NoAnswer
         } else {
             Answered(200)
