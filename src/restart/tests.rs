@@ -1515,10 +1515,10 @@ async fn a_canary_that_fails_more_than_the_old_generation_is_rejected_at_once() 
 async fn a_canary_as_good_as_the_old_generation_rolls_on_after_its_window() {
     use crate::canary::Outcome::Answered;
     let r = start("count = 3", CANARY).await;
-    // Both fail one request in a hundred.
-    let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let load = traffic(&r, move |_, _| {
-        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Both fail one of every hundred of their own requests.
+    let n: Arc<[std::sync::atomic::AtomicU64; 3]> = Arc::default();
+    let load = traffic(&r, move |g, _| {
+        let i = n[g.min(2) as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Answered(if i % 100 == 7 { 503 } else { 200 })
     });
     let began = Instant::now();
