@@ -82,6 +82,11 @@ count = 4
 concurrency = 0
 [readiness]
 http_path = "/"
+# The roll figures measure a roll's own mechanics: the canary phase (a deliberate pause of
+# canary.duration while the judge compares generations) is left out.
+[canary]
+workers = 0
+
 [spawner]
 backend = "process"
 [control]

@@ -187,6 +187,11 @@ settle = "${SETTLE_MS}ms"
 [restart]
 $restart_lines
 
+# The roll figures measure a roll's own mechanics: the canary phase (a deliberate pause of
+# canary.duration while the judge compares generations) is left out.
+[canary]
+workers = 0
+
 [spawner]
 backend = "process"
 

@@ -60,6 +60,15 @@ pub enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Roll back to the previous generation's release directory (pinned, so `current` may
+    /// point elsewhere already) and config, as a rolling restart.
+    Rollback {
+        /// Block until the rollback ends; exit non-zero when it did not succeed.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Leave resistance mode: the old workers keep serving, spawning and idle cleaning resume.
     Resume {
         #[command(flatten)]
@@ -247,7 +256,22 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 say!("restart started; `baton status` shows its progress");
                 return Ok(ExitCode::SUCCESS);
             }
-            follow_restart(&mut reply).await
+            follow_restart(&mut reply, "restart").await
+        }
+        Cmd::Rollback { wait, target } => {
+            let socket = socket_of(&target)?;
+            let path = format!("/rollback?wait={}", u8::from(wait));
+            let mut reply = client::request(&socket, Method::POST, &path).await?;
+            if !reply.status.is_success() {
+                let status = reply.status;
+                let body = reply.text().await.unwrap_or_default();
+                bail!("rollback refused ({status}): {}", body.trim());
+            }
+            if !wait {
+                say!("rollback started; `baton status` shows its progress");
+                return Ok(ExitCode::SUCCESS);
+            }
+            follow_restart(&mut reply, "rollback").await
         }
         Cmd::Resume { target } => {
             let socket = socket_of(&target)?;
@@ -329,7 +353,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
 }
 
 /// Print a waiting restart's progress; the exit code tells its outcome.
-async fn follow_restart(reply: &mut client::Reply) -> anyhow::Result<ExitCode> {
+async fn follow_restart(reply: &mut client::Reply, what: &str) -> anyhow::Result<ExitCode> {
     let tty = std::io::stderr().is_terminal();
     let mut buf = Vec::new();
     let mut shown = false;
@@ -339,10 +363,15 @@ async fn follow_restart(reply: &mut client::Reply) -> anyhow::Result<ExitCode> {
         }
         match serde_json::from_str::<RestartEvent>(&line) {
             Ok(RestartEvent::Progress(p)) => {
+                let what = match p.rollback_to {
+                    Some(to) => format!(
+                        "rollback to the release of generation {to}, as generation {}",
+                        p.generation
+                    ),
+                    None => format!("{} restart to generation {}", p.mode, p.generation),
+                };
                 let text = format!(
-                    "{} restart to generation {}: worker {} of {} ({})",
-                    p.mode,
-                    p.generation,
+                    "{what}: worker {} of {} ({})",
                     (p.done + 1).min(p.total),
                     p.total,
                     p.waiting_on
@@ -363,7 +392,7 @@ async fn follow_restart(reply: &mut client::Reply) -> anyhow::Result<ExitCode> {
                     say!("{}", o.message);
                     return Ok(ExitCode::SUCCESS);
                 }
-                shout!("baton: restart failed: {}", o.message);
+                shout!("baton: {what} failed: {}", o.message);
                 for l in &o.output {
                     shout!("  | {l}");
                 }
@@ -372,7 +401,7 @@ async fn follow_restart(reply: &mut client::Reply) -> anyhow::Result<ExitCode> {
             Err(_) => shout!("{line}"),
         }
     }
-    shout!("baton: the manager closed the connection before the restart ended");
+    shout!("baton: the manager closed the connection before the {what} ended");
     Ok(ExitCode::FAILURE)
 }
 

@@ -91,8 +91,9 @@ enum Mode {
     /// and never listen: what answers on the port is not the worker.
     StrayOnPort,
     /// Boot and answer `/health`, but answer 500 to this share (in %) of the other requests,
-    /// at random: a release with a database configuration error, or a flaky one.
-    Errors(f64),
+    /// at random, from this long after it started listening: a release with a database
+    /// configuration error, a flaky one, or one that turns bad later (`errors 30% after 10s`).
+    Errors(f64, Duration),
 }
 
 fn read_mode() -> Mode {
@@ -110,10 +111,17 @@ fn read_mode() -> Mode {
                 .unwrap_or(Duration::from_millis(500)),
         ),
         Ok(m) if m == "stray" => Mode::StrayOnPort,
-        Ok(m) if m.starts_with("errors ") => m["errors ".len()..]
-            .trim_end_matches('%')
-            .parse::<f64>()
-            .map_or(Mode::Serve, Mode::Errors),
+        Ok(m) if m.starts_with("errors ") => {
+            let rest = &m["errors ".len()..];
+            let (share, after) = rest.split_once(" after ").unwrap_or((rest, "0s"));
+            let after = after
+                .parse::<crate::config::Duration>()
+                .map_or(Duration::ZERO, |d| d.get());
+            share
+                .trim_end_matches('%')
+                .parse::<f64>()
+                .map_or(Mode::Serve, |p| Mode::Errors(p, after))
+        }
         _ => Mode::Serve,
     }
 }
@@ -174,7 +182,7 @@ pub async fn run_app(port: u16, boot_time: Duration, boot_cpu: Duration) -> anyh
                 .spawn()?;
             std::future::pending::<()>().await;
         }
-        Mode::Serve | Mode::Errors(_) => {}
+        Mode::Serve | Mode::Errors(..) => {}
     }
     if let Some(after) = std::env::var("BATON_DEMO_EXIT_AFTER")
         .ok()
@@ -188,12 +196,17 @@ pub async fn run_app(port: u16, boot_time: Duration, boot_cpu: Duration) -> anyh
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     eprintln!("demo-app: release {release:?} listening on 127.0.0.1:{port}");
     let release: &'static str = Box::leak(release.into_boxed_str());
+    let listening = std::time::Instant::now();
     loop {
         let (stream, _) = listener.accept().await?;
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let fail = match mode {
-                    Mode::Errors(share) => req.uri().path() != "/health" && chance(share / 100.0),
+                    Mode::Errors(share, after) => {
+                        req.uri().path() != "/health"
+                            && listening.elapsed() >= after
+                            && chance(share / 100.0)
+                    }
                     _ => false,
                 };
                 async move {

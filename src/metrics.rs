@@ -34,6 +34,29 @@ pub struct Metrics {
     abandoned: AtomicU64,
     /// Canary verdicts: worse, fine, inconclusive.
     canaries: [AtomicU64; 3],
+    /// Rollbacks, by trigger: judge, death, operator.
+    rollbacks: [AtomicU64; 3],
+}
+
+/// What started a rollback, for `baton_rollbacks_total{trigger=...}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RollbackTrigger {
+    /// The canary judge found the generation worse during its watch.
+    Judge,
+    /// A worker of the generation died during its watch.
+    Death,
+    /// `baton rollback`.
+    Operator,
+}
+
+impl RollbackTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RollbackTrigger::Judge => "judge",
+            RollbackTrigger::Death => "death",
+            RollbackTrigger::Operator => "operator",
+        }
+    }
 }
 
 impl Metrics {
@@ -65,6 +88,10 @@ impl Metrics {
             Verdict::Inconclusive => 2,
         };
         self.canaries[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn rollback(&self, trigger: RollbackTrigger) {
+        self.rollbacks[trigger as usize].fetch_add(1, Relaxed);
     }
 
     pub fn restart(&self, outcome: RestartOutcome) {
@@ -219,6 +246,22 @@ impl Metrics {
                 out,
                 "baton_canary_verdicts_total{{app=\"{app}\",verdict=\"{name}\"}} {}",
                 self.canaries[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP baton_rollbacks_total Rollbacks to the previous generation's release, by trigger.\n# TYPE baton_rollbacks_total counter"
+        );
+        for t in [
+            RollbackTrigger::Judge,
+            RollbackTrigger::Death,
+            RollbackTrigger::Operator,
+        ] {
+            let _ = writeln!(
+                out,
+                "baton_rollbacks_total{{app=\"{app}\",trigger=\"{}\"}} {}",
+                t.as_str(),
+                self.rollbacks[t as usize].load(Relaxed)
             );
         }
         out

@@ -29,6 +29,8 @@ impl RestartMode {
 pub struct RollProgress {
     pub mode: RestartMode,
     pub generation: Generation,
+    /// A rollback: the generation whose release this roll brings back.
+    pub rollback_to: Option<Generation>,
     pub done: usize,
     pub total: usize,
     pub waiting_on: WaitingOn,
@@ -242,6 +244,33 @@ pub struct RestartState {
     /// How many configs have been in force: 1 at start, one more per restart that re-read an
     /// edited file.
     pub config_generation: u64,
+    /// The generation last rolled out, while it is still watched (`canary.watch`).
+    pub watch: Option<WatchProgress>,
+}
+
+/// A generation watched after its roll: its figures since the roll ended, and the old
+/// generation's during the roll, which they are judged against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchProgress {
+    pub generation: Generation,
+    pub until: SystemTime,
+    pub new: Tally,
+    pub old: Tally,
+}
+
+impl std::fmt::Display for WatchProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "generation {} watched until {}: {} request{}, errors {} vs {} during the roll",
+            self.generation,
+            clock(self.until),
+            thousands(self.new.requests),
+            if self.new.requests == 1 { "" } else { "s" },
+            Percent(self.new.rate()),
+            Percent(self.old.rate())
+        )
+    }
 }
 
 impl RestartState {
@@ -285,6 +314,7 @@ mod tests {
         Phase::Rolling(RollProgress {
             mode: RestartMode::Rolling,
             generation: Generation(2),
+            rollback_to: None,
             done: 0,
             total: 1,
             waiting_on: WaitingOn::Starting,

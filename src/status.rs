@@ -24,12 +24,30 @@ pub struct Snapshot {
     /// 1 at start, one more for every restart that applied an edited config file.
     #[serde(default)]
     pub config_generation: u64,
+    /// The generation last rolled out, while `canary.watch` runs.
+    #[serde(default)]
+    pub watch: Option<WatchJson>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WatchJson {
+    pub generation: u64,
+    pub until: String,
+    pub requests: u64,
+    pub errors: u64,
+    /// The old generation's figures during the roll, the baseline.
+    pub baseline_requests: u64,
+    pub baseline_errors: u64,
+    pub text: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RollingJson {
     pub mode: String,
     pub generation: u64,
+    /// A rollback: the generation whose release it brings back.
+    #[serde(default)]
+    pub rollback_to: Option<u64>,
     pub done: usize,
     pub total: usize,
     pub waiting_on: String,
@@ -94,6 +112,15 @@ impl Snapshot {
                 .map(|(t, m)| format!("{} at {}", m, rfc3339(*t))),
             queue,
             config_generation: state.config_generation,
+            watch: state.watch.as_ref().map(|w| WatchJson {
+                generation: w.generation.0,
+                until: rfc3339(w.until),
+                requests: w.new.requests,
+                errors: w.new.errors,
+                baseline_requests: w.old.requests,
+                baseline_errors: w.old.errors,
+                text: w.to_string(),
+            }),
             workers: workers
                 .iter()
                 .map(|w| WorkerJson {
@@ -142,11 +169,18 @@ impl Snapshot {
         );
         let _ = writeln!(out, "{bold}Requests in queue:{reset} {}", self.queue);
         if let Some(r) = &self.rolling_restart {
+            let rollback = r
+                .rollback_to
+                .map(|g| format!(" (a rollback to the release of generation {g})"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "{yellow}Rolling restarting... ({}/{}) to generation {}: {}{reset}",
+                "{yellow}Rolling restarting... ({}/{}) to generation {}{rollback}: {}{reset}",
                 r.done, r.total, r.generation, r.waiting_on
             );
+        }
+        if let Some(w) = &self.watch {
+            let _ = writeln!(out, "{bold}Watching:{reset} {}", w.text);
         }
         if let Some(r) = &self.resisting_deployment_error {
             let _ = writeln!(
@@ -212,6 +246,7 @@ impl RollingJson {
         RollingJson {
             mode: r.mode.as_str().to_owned(),
             generation: r.generation.0,
+            rollback_to: r.rollback_to.map(|g| g.0),
             done: r.done,
             total: r.total,
             waiting_on: waiting_on(&r.waiting_on, workers),
@@ -246,6 +281,12 @@ pub fn status_line(state: &RestartState, workers: &[WorkerView], target: usize) 
         return format!("RESISTING DEPLOYMENT ERROR since {hhmm}: {}", r.reason);
     }
     if let Some(r) = state.phase.rolling() {
+        if let Some(to) = r.rollback_to {
+            return format!(
+                "rollback {}/{} to the release of generation {to}, as generation {}",
+                r.done, r.total, r.generation
+            );
+        }
         return format!(
             "{} restart {}/{} to generation {}",
             r.mode.as_str(),

@@ -156,3 +156,181 @@ fn an_inconclusive_canary_proceeds_or_resists_as_configured() {
         "{s:#?}"
     );
 }
+
+/// Samples the live ready workers (listed ready, process alive) every 100 ms.
+struct LiveSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<usize>>,
+}
+
+impl LiveSampler {
+    fn start(control: std::path::PathBuf) -> LiveSampler {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut live = Vec::new();
+            while !s.load(Ordering::SeqCst) {
+                if let Ok(snap) = rt.block_on(status_async(&control)) {
+                    live.push(
+                        snap.workers
+                            .iter()
+                            .filter(|w| {
+                                w.state == "ready"
+                                    && w.pid.is_some_and(|p| {
+                                        std::fs::read_to_string(format!("/proc/{p}/stat"))
+                                            .is_ok_and(|s| !s.contains(") Z "))
+                                    })
+                            })
+                            .count(),
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            live
+        });
+        LiveSampler { stop, handle }
+    }
+
+    fn stop(self) -> Vec<usize> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.join().unwrap()
+    }
+}
+
+#[test]
+fn releases_that_die_five_or_eight_seconds_after_they_start_never_succeed() {
+    let _serial = serial();
+    for ms in [5000, 8000] {
+        // Every canary setting at its default (the harness shortens the duration).
+        let mut baton = Baton::start(3, "200ms", "[canary]\nduration = \"30s\"\n");
+        let sampler = LiveSampler::start(baton.control.clone());
+        let load = Load::start(baton.addr, 8, "/", Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(300));
+        baton.deploy(Release::CrashesSoonAfterReady(ms));
+        let began = Instant::now();
+        let out = baton.cli(&["restart", "--wait"]);
+        let took = began.elapsed();
+        std::thread::sleep(Duration::from_secs(1));
+        let report = load.stop();
+        let live = sampler.stop();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        println!(
+            "a release whose processes die {ms} ms after they start: restart --wait exited {:?} after {:.1}s; {} of {} requests failed; live ready workers every 100 ms: {live:?}",
+            out.status.code(),
+            took.as_secs_f64(),
+            report.failed,
+            report.ok + report.failed
+        );
+        assert_eq!(out.status.code(), Some(1), "{stderr}\n{}", baton.log());
+        assert!(
+            stderr.contains("before the restart ended"),
+            "{ms}: {stderr}"
+        );
+        assert!(took < Duration::from_secs(20), "judged late: {took:?}");
+        assert!(
+            live.iter().all(|n| *n >= 2),
+            "capacity fell while the release died: {live:?}"
+        );
+        assert!(report.failed <= 8, "{:?}", report.errors);
+        let s = baton.status();
+        assert!(s.resisting_deployment_error.is_some(), "{s:#?}");
+        assert!(
+            s.workers
+                .iter()
+                .filter(|w| w.state == "ready")
+                .all(|w| w.generation == 1),
+            "{s:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_release_that_turns_bad_after_its_roll_is_rolled_back_by_itself() {
+    let _serial = serial();
+    let extra =
+        format!("{HEALTH}[canary]\nduration = \"2s\"\nwatch = \"60s\"\n[workers]\ncount = 2\n");
+    let mut baton = Baton::start(2, "100ms", &extra);
+    let sampler = LiveSampler::start(baton.control.clone());
+    let load = Load::start(baton.addr, 8, "/", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    // Fine through its canary and its roll, then a third of its answers are 500s.
+    baton.deploy(Release::ErrorsAfter(30, 8000));
+    let out = baton.cli(&["restart", "--wait"]);
+    let rolled = Instant::now();
+    assert!(
+        out.status.success(),
+        "the roll itself went through: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = baton.wait_until(Duration::from_secs(40), |s| {
+        s.resisting_deployment_error.is_some()
+            && s.workers.iter().filter(|w| w.state == "ready").count() == 2
+            && s.workers.iter().all(|w| w.generation == 3)
+    });
+    let took = rolled.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+    let live = sampler.stop();
+    let reason = &s.resisting_deployment_error.as_ref().unwrap().reason;
+    println!(
+        "rolled back {:.1}s after the roll ended: {reason}\n{} of {} requests failed; live ready workers every 100 ms: {live:?}",
+        took.as_secs_f64(),
+        report.failed,
+        report.ok + report.failed
+    );
+    assert!(
+        reason.contains("since its roll ended")
+            && reason.contains("rolled back to the release of generation 1"),
+        "{reason}"
+    );
+    assert!(live.iter().all(|n| *n >= 1), "{live:?}");
+    let (status, body) = get(&baton.url("/"));
+    assert_eq!(status, 200);
+    assert!(body.contains("release r1"), "{body}");
+    assert!(baton.log().contains("by itself"), "{}", baton.log());
+}
+
+#[test]
+fn baton_rollback_goes_back_to_the_pinned_release_and_says_when_it_is_gone() {
+    let _serial = serial();
+    let mut baton = Baton::start(2, "100ms", "");
+    baton.deploy(Release::Good);
+    assert!(baton.cli(&["restart", "--wait"]).status.success());
+    assert!(get(&baton.url("/")).1.contains("release r2"));
+    // `current` points at r2 still: the rollback goes to the directory generation 1 pinned.
+    let out = baton.cli(&["rollback", "--wait"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}\n{}", baton.log());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(
+            "rolled back from generation 2 to the release of generation 1 as generation 3"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains("rollback to the release of generation 1"),
+        "{stderr}"
+    );
+    let s = baton.status();
+    assert!(s.workers.iter().all(|w| w.generation == 3), "{s:#?}");
+    assert!(get(&baton.url("/")).1.contains("release r1"));
+    // A new release, then its predecessor's directory is removed: refused, with the reason.
+    baton.deploy(Release::Good);
+    assert!(baton.cli(&["restart", "--wait"]).status.success());
+    std::fs::remove_dir_all(baton.dir.path().join("releases/r1")).unwrap();
+    let out = baton.cli(&["rollback", "--wait"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the release directory of generation 3")
+            && stderr.contains("no longer exists"),
+        "{stderr}"
+    );
+    assert!(get(&baton.url("/")).1.contains("release r3"));
+}

@@ -460,6 +460,9 @@ pub struct CanaryConfig {
     /// Requests the canary must serve for a "fine"; with fewer the verdict is inconclusive.
     pub min_requests: u64,
     pub on_inconclusive: OnInconclusive,
+    /// How long a generation is still judged after its roll ended; worse, or a death of one
+    /// of its workers, rolls it back by itself. `0s`: no watch.
+    pub watch: Duration,
 }
 
 impl Default for CanaryConfig {
@@ -469,6 +472,7 @@ impl Default for CanaryConfig {
             duration: Duration::from_secs(30),
             min_requests: 200,
             on_inconclusive: OnInconclusive::Proceed,
+            watch: Duration::from_secs(300),
         }
     }
 }

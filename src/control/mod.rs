@@ -1,6 +1,7 @@
 //! The control API: HTTP + JSON over a Unix socket (mode 0600, or 0660 with `[control] group`).
 //!
-//! `GET /status`, `POST /restart?mode=rolling|blocking&wait=1`, `POST /resume`, `GET /metrics`.
+//! `GET /status`, `POST /restart?mode=rolling|blocking&wait=1`, `POST /rollback?wait=1`,
+//! `POST /resume`, `GET /metrics`.
 //! With `wait=1` the restart answer streams one JSON object per line: `{"progress": ...}` while
 //! the roll runs, then `{"outcome": ...}`; `baton restart --wait` prints them. `curl
 //! --unix-socket` works too.
@@ -172,7 +173,18 @@ async fn route(req: Request<Incoming>, handle: Handle) -> Result<Response<Body>,
                 }
             };
             let wait = matches!(query(&req, "wait"), Some("1" | "true" | ""));
-            restart(handle, mode, wait).await
+            restart(handle, wait, |reply| Command::Restart {
+                mode,
+                reply: Some(reply),
+            })
+            .await
+        }
+        (&Method::POST, "/rollback") => {
+            let wait = matches!(query(&req, "wait"), Some("1" | "true" | ""));
+            restart(handle, wait, |reply| Command::Rollback {
+                reply: Some(reply),
+            })
+            .await
         }
         (&Method::POST, "/resume") => {
             let (tx, rx) = oneshot::channel();
@@ -193,12 +205,12 @@ async fn route(req: Request<Incoming>, handle: Handle) -> Result<Response<Body>,
                 )
             }
         }
-        (_, "/status" | "/health" | "/metrics" | "/restart" | "/resume") => {
+        (_, "/status" | "/health" | "/metrics" | "/restart" | "/rollback" | "/resume") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "wrong method")
         }
         _ => error(
             StatusCode::NOT_FOUND,
-            "unknown path; try /status, /health, /restart, /resume, /metrics",
+            "unknown path; try /status, /health, /restart, /rollback, /resume, /metrics",
         ),
     };
     Ok(resp)
@@ -212,7 +224,13 @@ pub enum RestartEvent {
     Outcome(Outcome),
 }
 
-async fn restart(handle: Handle, mode: Option<RestartMode>, wait: bool) -> Response<Body> {
+/// A restart or a rollback (`command` builds it around the reply channel); with `wait`, its
+/// progress and outcome as they come.
+async fn restart(
+    handle: Handle,
+    wait: bool,
+    command: impl FnOnce(oneshot::Sender<Outcome>) -> Command,
+) -> Response<Body> {
     if handle.context.state().phase.is_stopping() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -220,13 +238,7 @@ async fn restart(handle: Handle, mode: Option<RestartMode>, wait: bool) -> Respo
         );
     }
     let (tx, mut rx) = oneshot::channel();
-    if !handle
-        .send(Command::Restart {
-            mode,
-            reply: Some(tx),
-        })
-        .await
-    {
+    if !handle.send(command(tx)).await {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the manager is shutting down",

@@ -13,11 +13,13 @@ mod worker;
 
 pub use crate::state::{
     Escalation, Phase, Resistance, RestartMode, RestartState, RollProgress, WaitingOn,
+    WatchProgress,
 };
 
+use crate::canary::{Comparison, Share, Tally};
 use crate::config::Config;
 use crate::journal;
-use crate::metrics::RestartOutcome;
+use crate::metrics::{RestartOutcome, RollbackTrigger};
 use crate::notify::Notifier;
 use crate::pool::{Pool, WorkerState};
 use crate::spawn::{Generation, Spawner, WorkerId};
@@ -56,6 +58,10 @@ pub enum Command {
     Stop(oneshot::Sender<()>),
     /// Stop every worker; answers when they are gone and every supervisor task has ended.
     Shutdown(oneshot::Sender<()>),
+    /// `baton rollback`: a rolling restart to the previous generation's release and config.
+    Rollback {
+        reply: Option<oneshot::Sender<Outcome>>,
+    },
 }
 
 /// Why a restart was refused while baton stops.
@@ -94,8 +100,9 @@ pub struct Context {
     /// The published state: only the supervisor and its roll write it.
     state: watch::Sender<RestartState>,
     next_worker: AtomicU64,
-    /// Each generation's pinned release directory.
-    directories: Mutex<BTreeMap<Generation, Option<PathBuf>>>,
+    /// What each generation was started from: its release directory, resolved once, and the
+    /// config in force then (a rollback brings both back).
+    pinned: Mutex<BTreeMap<Generation, Pinned>>,
     events: mpsc::UnboundedSender<Event>,
     /// Cancelled when baton starts stopping (SIGTERM): rolls, replacements, drains and the
     /// waits of recycling end on it; every other token of the supervisor is its child.
@@ -175,24 +182,55 @@ impl Context {
         WorkerId(self.next_worker.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Resolve the release directory once for a new generation and pin it.
+    /// Resolve the release directory once for a new generation and pin it, with the config in
+    /// force.
     fn pin_generation(&self, generation: Generation) -> Result<(), PinError> {
-        let dir = match &self.config().app.directory {
+        let config = self.config();
+        let directory = match &config.app.directory {
             None => None,
             Some(d) => Some(std::fs::canonicalize(d).map_err(|source| PinError {
                 directory: d.clone(),
                 source,
             })?),
         };
-        let mut dirs = self.directories.lock().unwrap_or_else(|e| e.into_inner());
-        dirs.insert(generation, dir);
+        self.pin_to(generation, Pinned { directory, config });
         Ok(())
     }
 
-    fn directory(&self, generation: Generation) -> Option<PathBuf> {
-        let dirs = self.directories.lock().unwrap_or_else(|e| e.into_inner());
-        dirs.get(&generation).cloned().flatten()
+    fn pin_to(&self, generation: Generation, pinned: Pinned) {
+        self.pins().insert(generation, pinned);
     }
+
+    fn pins(&self) -> std::sync::MutexGuard<'_, BTreeMap<Generation, Pinned>> {
+        self.pinned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pinned(&self, generation: Generation) -> Option<Pinned> {
+        self.pins().get(&generation).cloned()
+    }
+
+    fn directory(&self, generation: Generation) -> Option<PathBuf> {
+        self.pins()
+            .get(&generation)
+            .and_then(|p| p.directory.clone())
+    }
+
+    /// The config a generation's workers run with: the one in force when it was pinned (so
+    /// that a worker of the old release, replaced while baton resists the new one, starts
+    /// the way the old release always did), else the one in force now.
+    fn config_of(&self, generation: Generation) -> Arc<Config> {
+        self.pins()
+            .get(&generation)
+            .map(|p| p.config.clone())
+            .unwrap_or_else(|| self.config())
+    }
+}
+
+/// What a generation was started from.
+#[derive(Clone)]
+struct Pinned {
+    directory: Option<PathBuf>,
+    config: Arc<Config>,
 }
 
 /// A release directory that could not be resolved for a new generation.
@@ -265,6 +303,33 @@ struct ActiveRoll {
     /// What the config reload at its start said (what changed, what waits for a restart of
     /// baton itself).
     notes: Vec<String>,
+    /// Set when this roll is a rollback.
+    rollback: Option<Rollback>,
+    /// The older generations' figures when the roll began: what they serve during the roll is
+    /// the baseline of the watch that follows it.
+    old_base: Tally,
+}
+
+/// A roll back to an earlier generation's release.
+struct Rollback {
+    trigger: RollbackTrigger,
+    /// Why (for the judge and deaths: the figures or the death).
+    reason: String,
+    /// The generation rolled back from, and the one whose release comes back.
+    from: Generation,
+    to: Generation,
+}
+
+/// A generation still judged after its roll ended (`canary.watch`).
+struct Watch {
+    generation: Generation,
+    until: Instant,
+    until_wall: SystemTime,
+    /// Its figures when the roll ended.
+    base: Tally,
+    /// The older generations' figures during the roll.
+    baseline: Tally,
+    looks: crate::canary::Looks,
 }
 
 pub struct Supervisor {
@@ -286,6 +351,11 @@ pub struct Supervisor {
     highest_generation: Generation,
     /// SIGTERM was heard (the published phase is `Stopping`).
     stopping: bool,
+    /// The generation last rolled out, while it is watched.
+    watch: Option<Watch>,
+    /// The generations that became the current one (the first, then each successful roll),
+    /// oldest first: a rollback goes to the one before the last.
+    history: Vec<Generation>,
 }
 
 impl Supervisor {
@@ -314,7 +384,7 @@ impl Supervisor {
             })
             .0,
             next_worker: AtomicU64::new(1),
-            directories: Mutex::new(BTreeMap::new()),
+            pinned: Mutex::new(BTreeMap::new()),
             events: etx,
             stopping: CancellationToken::new(),
             closed: CancellationToken::new(),
@@ -334,6 +404,8 @@ impl Supervisor {
             backoff: Backoff::default(),
             highest_generation: Generation(0),
             stopping: false,
+            watch: None,
+            history: Vec::new(),
         };
         (sup, Handle { tx, context: ctx })
     }
@@ -347,6 +419,7 @@ impl Supervisor {
             tracing::error!(app = %self.ctx.config().name, "{e}");
         }
         self.ctx.update(|s| s.generation = first);
+        self.history = vec![first];
         let sampler = self.ctx.clone();
         self.ctx.tasks.spawn(async move {
             tokio::select! {
@@ -373,7 +446,10 @@ impl Supervisor {
                 Some(ev) = self.events.recv() => self.event(ev),
                 // A request started waiting: maybe spawn on demand (reconcile below).
                 _ = pool.demand() => {}
-                _ = tick.tick() => self.lifecycle(),
+                _ = tick.tick() => {
+                    self.check_watch();
+                    self.lifecycle();
+                }
                 else => return,
             }
             self.reconcile();
@@ -424,6 +500,10 @@ impl Supervisor {
                 let _ = ack.send(());
             }
             Command::Shutdown(done) => return Some(done),
+            Command::Rollback { reply } => {
+                let waiters: Vec<_> = reply.into_iter().collect();
+                self.start_rollback(RollbackTrigger::Operator, "baton rollback".into(), waiters);
+            }
         }
         None
     }
@@ -473,6 +553,34 @@ impl Supervisor {
                         reason: format!("{reason} {after}, before the restart ended"),
                         output,
                     });
+                    return;
+                }
+                // A worker of the generation just rolled out, during its watch: the release
+                // dies a while after it starts, later than its roll took. Rolled back at once,
+                // so that the app never runs out of workers while its processes die away.
+                if self.roll.is_none()
+                    && self
+                        .watch
+                        .as_ref()
+                        .is_some_and(|w| w.generation == generation)
+                {
+                    let reason = format!(
+                        "worker {id} of generation {generation} {reason} {:.1}s after it started, {} after its roll ended (canary.watch)",
+                        lived.as_secs_f64(),
+                        self.watch.as_ref().map_or(String::new(), |w| {
+                            let watch = self.ctx.config().canary.watch.get();
+                            let left = w.until.saturating_duration_since(Instant::now());
+                            format!("{}s", watch.saturating_sub(left).as_secs())
+                        })
+                    );
+                    tracing::error!(
+                        app = %self.ctx.config().name, worker = id.0, generation = generation.0,
+                        pid, unit = unit.as_deref(), "{reason}"
+                    );
+                    for line in &output {
+                        tracing::error!(app = %self.ctx.config().name, worker = id.0, "worker {id}: {line}");
+                    }
+                    self.start_rollback(RollbackTrigger::Death, reason, Vec::new());
                     return;
                 }
                 // A worker of a release that failed its roll, while the old one serves: it is
@@ -661,22 +769,62 @@ impl Supervisor {
         } else {
             RestartMode::Blocking
         });
-        self.leave_resistance("a new restart");
+        self.launch_roll(mode, waiters, notes, None);
+    }
+
+    /// Start the roll task to the next generation (the restart's checks are done).
+    fn launch_roll(
+        &mut self,
+        mode: RestartMode,
+        waiters: Vec<oneshot::Sender<Outcome>>,
+        notes: Vec<String>,
+        rollback: Option<(Rollback, Pinned)>,
+    ) {
+        self.leave_resistance(if rollback.is_some() {
+            "a rollback"
+        } else {
+            "a new restart"
+        });
+        // A new roll ends the watch of the last one: the judge starts again with it.
+        self.watch = None;
+        self.ctx.update(|s| s.watch = None);
         // Replacements in flight would add workers of the old generation behind the roll's back.
         self.replacements.cancel();
         self.replacements = self.ctx.stopping.child_token();
         self.highest_generation = Generation(self.highest_generation.0 + 1);
         let generation = self.highest_generation;
         let total = self.ctx.desired(&self.ctx.pool.workers());
-        tracing::info!(
-            app = %self.ctx.config().name, generation = generation.0,
-            message_id = journal::MSG_ROLL_STARTED,
-            "{} restart to generation {generation} started ({total} workers)", mode.as_str()
-        );
+        let rollback = rollback.map(|(rb, pinned)| {
+            // The release and the config the earlier generation ran with.
+            let changed = !Arc::ptr_eq(&pinned.config, &self.ctx.config());
+            self.ctx.pool.set_limits(crate::pool::Limits {
+                concurrency: pinned.config.workers.concurrency,
+                max_queue: pinned.config.workers.max_queue,
+            });
+            *self.ctx.config.lock().unwrap_or_else(|e| e.into_inner()) = pinned.config.clone();
+            if changed {
+                self.ctx.update(|s| s.config_generation += 1);
+            }
+            self.ctx.pin_to(generation, pinned);
+            rb
+        });
+        match &rollback {
+            None => tracing::info!(
+                app = %self.ctx.config().name, generation = generation.0,
+                message_id = journal::MSG_ROLL_STARTED,
+                "{} restart to generation {generation} started ({total} workers)", mode.as_str()
+            ),
+            Some(rb) => tracing::info!(
+                app = %self.ctx.config().name, generation = generation.0,
+                message_id = journal::MSG_ROLL_STARTED,
+                "rollback to the release of generation {} started as generation {generation} ({total} workers)", rb.to
+            ),
+        }
         self.ctx.notifier.reloading();
         self.ctx.enter(Phase::Rolling(RollProgress {
             mode,
             generation,
+            rollback_to: rollback.as_ref().map(|rb| rb.to),
             done: 0,
             total,
             waiting_on: WaitingOn::Starting,
@@ -685,8 +833,10 @@ impl Supervisor {
         let ctx = self.ctx.clone();
         let token = cancel.clone();
         let (deaths, mut died) = mpsc::unbounded_channel();
+        // A rollback brings back a release that served: it needs no canary.
+        let canary = rollback.is_none();
         self.ctx.tasks.spawn(async move {
-            let result = roll::run(&ctx, generation, mode, total, &token, &mut died).await;
+            let result = roll::run(&ctx, generation, mode, total, &token, &mut died, canary).await;
             let _ = ctx.events.send(Event::RollDone(result));
         });
         self.roll = Some(ActiveRoll {
@@ -698,7 +848,148 @@ impl Supervisor {
             waiters,
             started: Instant::now(),
             notes,
+            rollback,
+            old_base: self.ctx.pool.tally_before(generation),
         });
+    }
+
+    /// Roll back to the previous generation's release and config (`baton rollback`, or the
+    /// watch of the generation just rolled out found it worse or saw it die). Refused, with
+    /// the reason, when a roll runs, when there is no earlier generation, or when its release
+    /// directory is gone.
+    fn start_rollback(
+        &mut self,
+        trigger: RollbackTrigger,
+        reason: String,
+        waiters: Vec<oneshot::Sender<Outcome>>,
+    ) {
+        let current = self.ctx.state().generation;
+        let (to, pinned) = match self.rollback_target(current) {
+            Ok(found) => found,
+            Err(message) => {
+                tracing::warn!(app = %self.ctx.config().name, "rollback refused: {message}");
+                for w in waiters {
+                    let _ = w.send(Outcome {
+                        ok: false,
+                        generation: current.0,
+                        message: message.clone(),
+                        output: Vec::new(),
+                    });
+                }
+                return;
+            }
+        };
+        self.ctx.metrics.rollback(trigger);
+        let dir = pinned
+            .directory
+            .as_ref()
+            .map(|d| format!(" ({})", d.display()))
+            .unwrap_or_default();
+        match trigger {
+            RollbackTrigger::Operator => tracing::warn!(
+                app = %self.ctx.config().name, generation = current.0,
+                message_id = journal::MSG_ROLLBACK,
+                "rolling back from generation {current} to the release of generation {to}{dir}: {reason}"
+            ),
+            _ => tracing::error!(
+                app = %self.ctx.config().name, generation = current.0,
+                message_id = journal::MSG_ROLLBACK,
+                "rolling back from generation {current} to the release of generation {to}{dir} by itself: {reason}"
+            ),
+        }
+        let rollback = Rollback {
+            trigger,
+            reason,
+            from: current,
+            to,
+        };
+        self.launch_roll(
+            RestartMode::Rolling,
+            waiters,
+            Vec::new(),
+            Some((rollback, pinned)),
+        );
+    }
+
+    /// The generation a rollback from `current` goes to, and what it was started from; or why
+    /// there is none.
+    fn rollback_target(&self, current: Generation) -> Result<(Generation, Pinned), String> {
+        if self.stopping {
+            return Err(STOPPING_MESSAGE.into());
+        }
+        if self.roll.is_some() {
+            return Err(
+                "a restart is in progress: roll back once it ended, or start a new restart".into(),
+            );
+        }
+        let Some(to) = self.previous_generation(current) else {
+            return Err(format!(
+                "there is no earlier generation to roll back to: generation {current} is the first this baton ran"
+            ));
+        };
+        let Some(pinned) = self.ctx.pinned(to) else {
+            return Err(format!(
+                "generation {to}'s release is not known (it was adopted from a previous baton)"
+            ));
+        };
+        if let Some(dir) = &pinned.directory
+            && !dir.is_dir()
+        {
+            return Err(format!(
+                "the release directory of generation {to}, {}, no longer exists",
+                dir.display()
+            ));
+        }
+        Ok((to, pinned))
+    }
+
+    /// The generation before `current` among those that became current.
+    fn previous_generation(&self, current: Generation) -> Option<Generation> {
+        let at = self.history.iter().rposition(|g| *g == current)?;
+        at.checked_sub(1).map(|i| self.history[i])
+    }
+
+    /// Judge the generation last rolled out against the old one's figures during the roll,
+    /// while its watch lasts; worse rolls it back.
+    fn check_watch(&mut self) {
+        if self.stopping || self.roll.is_some() {
+            return;
+        }
+        let Some(w) = self.watch.as_mut() else { return };
+        let c = Comparison::of(self.ctx.pool.tally(w.generation).since(w.base), w.baseline);
+        let app = self.ctx.config().name.to_string();
+        if w.looks.due(c.new.requests) && c.worse() {
+            let generation = w.generation;
+            let reason = format!(
+                "generation {generation} failed {} (5xx, no answer or a cut answer) since its roll ended, the generation before it {} during the roll: worse beyond chance (canary judge, canary.watch)",
+                Share(c.new),
+                Share(c.old)
+            );
+            self.ctx.metrics.canary(crate::canary::Verdict::Worse);
+            self.watch = None;
+            self.ctx.update(|s| s.watch = None);
+            self.start_rollback(RollbackTrigger::Judge, reason, Vec::new());
+            return;
+        }
+        if Instant::now() >= w.until {
+            tracing::info!(
+                app = %app, generation = w.generation.0,
+                "generation {} passed its watch: it failed {}, the generation before it {} during the roll",
+                w.generation, Share(c.new), Share(c.old)
+            );
+            self.watch = None;
+            self.ctx.update(|s| s.watch = None);
+            return;
+        }
+        let progress = WatchProgress {
+            generation: w.generation,
+            until: w.until_wall,
+            new: c.new,
+            old: c.old,
+        };
+        if self.ctx.state().watch.as_ref() != Some(&progress) {
+            self.ctx.update(|s| s.watch = Some(progress));
+        }
     }
 
     fn finish_roll(&mut self, result: RollResult) {
@@ -742,13 +1033,57 @@ impl Supervisor {
             }
             RollResult::Done => {
                 self.ctx.metrics.restart(RestartOutcome::Succeeded);
-                self.end_roll(generation, Phase::Steady);
-                let message = format!(
-                    "{} restart to generation {generation} finished: {} workers replaced in {:.1}s",
-                    roll.mode.as_str(),
-                    roll.total,
-                    took.as_secs_f64()
-                );
+                let message = match &roll.rollback {
+                    None => {
+                        self.end_roll(generation, Phase::Steady);
+                        self.history.push(generation);
+                        self.start_watch(generation, roll.old_base);
+                        format!(
+                            "{} restart to generation {generation} finished: {} workers replaced in {:.1}s",
+                            roll.mode.as_str(),
+                            roll.total,
+                            took.as_secs_f64()
+                        )
+                    }
+                    Some(rb) => {
+                        // The release rolled back from, and the one brought back, give way to
+                        // the new generation: a next rollback goes further back.
+                        self.history.retain(|g| *g != rb.from && *g != rb.to);
+                        self.history.push(generation);
+                        let message = format!(
+                            "rolled back from generation {} to the release of generation {} as generation {generation}: {} workers replaced in {:.1}s",
+                            rb.from,
+                            rb.to,
+                            roll.total,
+                            took.as_secs_f64()
+                        );
+                        if rb.trigger == RollbackTrigger::Operator {
+                            self.end_roll(generation, Phase::Steady);
+                        } else {
+                            // Rolled back by itself: nothing new starts until an operator
+                            // looked (a restart, or `baton resume`).
+                            let reason = format!(
+                                "{}; rolled back to the release of generation {}",
+                                rb.reason, rb.to
+                            );
+                            tracing::error!(
+                                app = %app, generation = rb.from.0,
+                                message_id = journal::MSG_RESISTANCE_ENTERED,
+                                "resisting deployment error: {reason}"
+                            );
+                            self.end_roll(
+                                generation,
+                                Phase::Resisting(Resistance {
+                                    since: SystemTime::now(),
+                                    reason,
+                                    generation: rb.from,
+                                    output: Vec::new(),
+                                }),
+                            );
+                        }
+                        message
+                    }
+                };
                 tracing::info!(app = %app, generation = generation.0, message_id = journal::MSG_ROLL_FINISHED, "{message}");
                 Outcome {
                     ok: true,
@@ -832,6 +1167,37 @@ impl Supervisor {
         for w in roll.waiters {
             let _ = w.send(outcome.clone());
         }
+    }
+
+    /// Watch the generation just rolled out for `canary.watch`, against what the older ones
+    /// served during its roll (`old_base`: their figures when it began). Only when there is
+    /// an earlier generation to roll back to.
+    fn start_watch(&mut self, generation: Generation, old_base: crate::canary::Tally) {
+        let watch = self.ctx.config().canary.watch.get();
+        if watch.is_zero() || self.previous_generation(generation).is_none() {
+            return;
+        }
+        let w = Watch {
+            generation,
+            until: Instant::now() + watch,
+            until_wall: SystemTime::now() + watch,
+            base: self.ctx.pool.tally(generation),
+            baseline: self.ctx.pool.tally_before(generation).since(old_base),
+            looks: crate::canary::Looks::default(),
+        };
+        let progress = WatchProgress {
+            generation,
+            until: w.until_wall,
+            new: Tally::default(),
+            old: w.baseline,
+        };
+        tracing::info!(
+            app = %self.ctx.config().name, generation = generation.0,
+            "watching generation {generation} for {} (canary.watch): a death or worse figures roll it back",
+            humantime::format_duration(watch)
+        );
+        self.watch = Some(w);
+        self.ctx.update(|s| s.watch = Some(progress));
     }
 
     /// The roll ended: new workers come from `generation` from now on, and the phase is `to`
@@ -1011,12 +1377,11 @@ impl Supervisor {
             if ok {
                 kept += 1;
                 newest = newest.max(Some(a.generation));
-                let mut dirs = self
-                    .ctx
-                    .directories
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                dirs.entry(a.generation).or_insert(a.directory.clone());
+                let config = self.ctx.config();
+                self.ctx.pins().entry(a.generation).or_insert(Pinned {
+                    directory: a.directory.clone(),
+                    config,
+                });
             } else {
                 tracing::info!(app = %self.ctx.config().name, worker = a.id.0, unit = a.process.unit.as_deref(),
                     "stopping stray worker {} left by a previous baton", a.id);
@@ -1033,6 +1398,7 @@ impl Supervisor {
         if let Some(g) = newest {
             tracing::info!(app = %self.ctx.config().name, generation = g.0, "adopted {kept} running workers");
             self.ctx.update(|s| s.generation = g);
+            self.history = vec![g];
         }
     }
 

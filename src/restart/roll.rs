@@ -43,8 +43,14 @@ pub async fn run(
     target: usize,
     cancel: &CancellationToken,
     deaths: &mut Deaths,
+    canary: bool,
 ) -> RollResult {
-    if let Err(e) = ctx.pin_generation(generation) {
+    // A rollback pinned its generation to an earlier release already.
+    let pinned = match ctx.pinned(generation) {
+        Some(_) => Ok(()),
+        None => ctx.pin_generation(generation),
+    };
+    if let Err(e) = pinned {
         let failure = SpawnFailure {
             worker: None,
             reason: format!("generation {generation} could not start: {e}"),
@@ -59,7 +65,7 @@ pub async fn run(
         };
     }
     match mode {
-        RestartMode::Rolling => rolling(ctx, generation, target, cancel, deaths).await,
+        RestartMode::Rolling => rolling(ctx, generation, target, cancel, deaths, canary).await,
         RestartMode::Blocking => blocking(ctx, generation, target, cancel).await,
     }
 }
@@ -85,6 +91,7 @@ async fn rolling(
     target: usize,
     cancel: &CancellationToken,
     deaths: &mut Deaths,
+    with_canary: bool,
 ) -> RollResult {
     let surge = ctx.config().restart.max_surge.get();
     let resist = ctx.config().restart.resist_deployment_errors;
@@ -197,7 +204,11 @@ async fn rolling(
             .iter()
             .filter(|w| w.generation == generation && w.state == WorkerState::Ready)
             .count();
-        if judged.is_none() && canary.workers > 0 && new_ready >= canary.workers.min(target) {
+        if with_canary
+            && judged.is_none()
+            && canary.workers > 0
+            && new_ready >= canary.workers.min(target)
+        {
             let mut j = Judged::start(ctx, generation, new_ready);
             match j.canary(ctx, &canary, cancel, deaths, &failures).await {
                 Phase::Passed => judged = Some(j),

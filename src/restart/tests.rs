@@ -343,6 +343,16 @@ impl Running {
         self.restart_later(None).await.await.unwrap()
     }
 
+    async fn rollback(&self) -> Outcome {
+        let (tx, rx) = oneshot::channel();
+        assert!(
+            self.handle
+                .send(Command::Rollback { reply: Some(tx) })
+                .await
+        );
+        rx.await.unwrap()
+    }
+
     async fn resume(&self) -> bool {
         let (tx, rx) = oneshot::channel();
         assert!(self.handle.send(Command::Resume(tx)).await);
@@ -1569,4 +1579,106 @@ async fn a_generation_that_turns_worse_after_its_canary_is_rejected_before_the_r
     })
     .await;
     load.abort();
+}
+
+// ---- the watch and rollbacks ----------------------------------------------------------------
+
+const WATCHED: &str =
+    "[canary]\nworkers = 1\nduration = \"2s\"\nmin_requests = 20\nwatch = \"60s\"\n";
+
+#[tokio::test(start_paused = true)]
+async fn a_generation_that_turns_worse_during_its_watch_is_rolled_back_by_itself() {
+    use crate::canary::Outcome::Answered;
+    let r = start("count = 3", WATCHED).await;
+    // Generation 2 turns bad 20 s after the traffic began, long after its roll.
+    let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let load = traffic(&r, move |g, since| {
+        if g != 2 || since < Duration::from_secs(20) {
+            return Answered(200);
+        }
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Answered(if i.is_multiple_of(3) { 500 } else { 200 })
+    });
+    let outcome = r.restart().await;
+    assert!(outcome.ok, "{outcome:?}");
+    assert!(r.ctx().state().watch.is_some(), "generation 2 is watched");
+    r.until("rolled back to the first release, as generation 3", |r| {
+        r.ready_generations() == [3, 3, 3] && r.phase() == "resisting"
+    })
+    .await;
+    let reason = r.resistance().unwrap().reason;
+    assert!(
+        reason.contains("since its roll ended")
+            && reason.contains("rolled back to the release of generation 1"),
+        "{reason}"
+    );
+    assert_eq!(r.generation(), 3);
+    assert!(r.ctx().state().watch.is_none());
+    load.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_death_during_the_watch_rolls_back_at_once() {
+    let r = start("count = 2", WATCHED).await;
+    // Generation 2 dies 6 s after it starts: after its 2 s canary and its roll.
+    r.fake.release(
+        2,
+        Release::DiesAfter {
+            boot: BOOT,
+            lived: Duration::from_secs(6),
+        },
+    );
+    let outcome = r.restart().await;
+    assert!(outcome.ok, "the roll itself went through: {outcome:?}");
+    let rolled = Instant::now();
+    r.until("rolled back after the first death", |r| {
+        r.ready_generations() == [3, 3]
+    })
+    .await;
+    assert!(
+        rolled.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        rolled.elapsed()
+    );
+    let reason = r.resistance().unwrap().reason;
+    assert!(
+        reason.contains("after its roll ended (canary.watch)")
+            && reason.contains("rolled back to the release of generation 1"),
+        "{reason}"
+    );
+    assert_eq!(r.fake.starts(3).len(), 2, "the old release, once per place");
+}
+
+#[tokio::test(start_paused = true)]
+async fn baton_rollback_brings_back_the_previous_release_and_not_further() {
+    let r = start("count = 2", "").await;
+    assert!(r.restart().await.ok);
+    assert_eq!(r.ready_generations(), [2, 2]);
+    let back = r.rollback().await;
+    assert!(back.ok, "{back:?}");
+    assert!(
+        back.message.contains(
+            "rolled back from generation 2 to the release of generation 1 as generation 3"
+        ),
+        "{back:?}"
+    );
+    assert_eq!(r.ready_generations(), [3, 3]);
+    assert_eq!(r.phase(), "steady");
+    // Generation 3 is generation 1's release: there is nothing before it.
+    let again = r.rollback().await;
+    assert!(!again.ok);
+    assert!(
+        again
+            .message
+            .contains("no earlier generation to roll back to"),
+        "{again:?}"
+    );
+    // A restart after a rollback, then a rollback, goes back to generation 3.
+    assert!(r.restart().await.ok);
+    let back = r.rollback().await;
+    assert!(back.ok, "{back:?}");
+    assert!(
+        back.message.contains("to the release of generation 3"),
+        "{back:?}"
+    );
 }

@@ -44,7 +44,7 @@ pub async fn spawn(
     generation: Generation,
     cancel: &CancellationToken,
 ) -> Result<WorkerId, BootError> {
-    let config = ctx.config();
+    let config = ctx.config_of(generation);
     let id = ctx.next_worker_id();
     let app = &config.name;
     let fail = |reason: String, output: Vec<String>| {

@@ -47,6 +47,8 @@ pub enum Release {
     CrashesSoonAfterReady(u64),
     /// Boots and answers /health, but answers 500 to this percentage of other requests.
     Errors(u32),
+    /// Like `Errors`, from this many milliseconds after it started listening.
+    ErrorsAfter(u32, u64),
 }
 
 /// Debian's gunicorn (installed here when missing: the test suite installs what it needs).
@@ -181,6 +183,11 @@ impl Baton {
             Release::Errors(percent) => {
                 std::fs::write(rel.join("demo-mode"), format!("errors {percent}%")).unwrap()
             }
+            Release::ErrorsAfter(percent, ms) => std::fs::write(
+                rel.join("demo-mode"),
+                format!("errors {percent}% after {ms}ms"),
+            )
+            .unwrap(),
         }
         let link = self.dir.path().join("current");
         let tmp = self.dir.path().join("current.tmp");
