@@ -457,6 +457,39 @@ fn baton_under_systemd_from_its_deb() {
             .all(|w| w.state == "ready" && w.generation < snap.generation + 2)
     );
 
+    // 2b'. A release that boots and answers its probe but fails a tenth of its visitors (a
+    // database configuration error, from 2.5 s after it listens: after its readiness probe):
+    // the canary judge stops it, the reload fails, the old workers keep serving.
+    deploy(&c, "dberror", Some("errors 10% after 2500ms"));
+    let load = Load::start(addr, 16, "/", Duration::from_secs(20));
+    let reload = c.exec(&["systemctl", "reload", &unit]);
+    let report = load.stop();
+    println!(
+        "a release failing 10 % of its requests under systemd: {} of {} requests failed",
+        report.failed,
+        report.ok + report.failed
+    );
+    assert!(
+        !reload.status.success(),
+        "a release that fails its visitors is not rolled out"
+    );
+    assert!(
+        (report.failed as f64) < 0.02 * (report.ok + report.failed) as f64,
+        "{report:?}"
+    );
+    assert_eq!(c.worker_units(), third, "the old workers keep serving");
+    let rejected = c.sh(&format!(
+        "journalctl -u baton@{APP}.service MESSAGE_ID=4b9d2e7f1a6c4c3e8f0a5d7b2c9e1f64 -o cat"
+    ));
+    assert!(
+        rejected.contains("rejecting generation") && rejected.contains("canary judge"),
+        "{rejected}"
+    );
+    assert!(
+        c.sh(&format!("systemctl show -p StatusText --value {unit}"))
+            .contains("RESISTING DEPLOYMENT ERROR"),
+    );
+
     // 2c. gunicorn (Debian's), the most common Python deployment, with the default readiness:
     // the edited config is applied by the reload itself.
     let gunicorn_config = config(port)

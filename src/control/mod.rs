@@ -216,6 +216,9 @@ async fn route(req: Request<Incoming>, handle: Handle) -> Result<Response<Body>,
     Ok(resp)
 }
 
+/// How long an answer without `wait=1` waits for an immediate refusal.
+const REFUSAL_WINDOW: Duration = Duration::from_millis(300);
+
 /// One line of a waiting restart's answer.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -245,6 +248,13 @@ async fn restart(
         );
     }
     if !wait {
+        // A restart or rollback refused at once (an invalid config file, nothing to roll back
+        // to) is said now, not only in the journal: the supervisor answers those at once.
+        if let Ok(Ok(outcome)) = tokio::time::timeout(REFUSAL_WINDOW, &mut rx).await
+            && !outcome.ok
+        {
+            return error(StatusCode::CONFLICT, &outcome.message);
+        }
         return json(
             StatusCode::ACCEPTED,
             &serde_json::json!({ "started": true }),
