@@ -287,13 +287,18 @@ pub fn status_line(state: &RestartState, workers: &[WorkerView], target: usize) 
                 r.done, r.total, r.generation
             );
         }
-        return format!(
+        let mut line = format!(
             "{} restart {}/{} to generation {}",
             r.mode.as_str(),
             r.done,
             r.total,
             r.generation
         );
+        // The canary is the step an operator waits on longest: its figures go in the line.
+        if matches!(r.waiting_on, WaitingOn::Canary(_)) {
+            let _ = write!(line, ", {}", r.waiting_on);
+        }
+        return line;
     }
     let ready = workers
         .iter()
@@ -368,5 +373,45 @@ impl Health {
 
     pub fn http_status(&self) -> u16 {
         if self.status == "serving" { 200 } else { 503 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canary::Tally;
+    use crate::spawn::Generation;
+    use crate::state::{CanaryProgress, Phase, RestartMode};
+    use std::time::Duration;
+
+    #[test]
+    fn the_status_line_shows_a_canary_as_it_runs() {
+        let state = RestartState {
+            phase: Phase::Rolling(RollProgress {
+                mode: RestartMode::Rolling,
+                generation: Generation(7),
+                rollback_to: None,
+                done: 1,
+                total: 4,
+                waiting_on: WaitingOn::Canary(CanaryProgress {
+                    generation: Generation(7),
+                    workers: 1,
+                    new: Tally {
+                        requests: 412,
+                        errors: 1,
+                    },
+                    old: Tally {
+                        requests: 1630,
+                        errors: 2,
+                    },
+                    left: Duration::from_millis(18_400),
+                }),
+            }),
+            ..RestartState::default()
+        };
+        assert_eq!(
+            status_line(&state, &[], 4),
+            "rolling restart 1/4 to generation 7, canary: generation 7, 1 worker, 412 requests, errors 0.24 % vs 0.12 %, 18s left"
+        );
     }
 }

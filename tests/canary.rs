@@ -299,6 +299,15 @@ fn a_release_that_turns_bad_after_its_roll_is_rolled_back_by_itself() {
 fn baton_rollback_goes_back_to_the_pinned_release_and_says_when_it_is_gone() {
     let _serial = serial();
     let mut baton = Baton::start(2, "100ms", "");
+    // Nothing to roll back to yet: refused at once, also without --wait.
+    let out = baton.cli(&["rollback"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("rollback refused (409 Conflict)")
+            && stderr.contains("no earlier generation to roll back to"),
+        "{stderr}"
+    );
     baton.deploy(Release::Good);
     assert!(baton.cli(&["restart", "--wait"]).status.success());
     assert!(get(&baton.url("/")).1.contains("release r2"));
