@@ -8,8 +8,9 @@
 //! difference of proportions (Wilson's interval on each side, which stays honest near 0 % and
 //! on small counts, where the textbook normal interval calls 1 error in 20 requests proof):
 //! - **worse**: with 99.98 % confidence (one-sided), the new generation's error rate is above
-//!   the old one's by more than [`TOLERANCE`]. Checked while the canary runs, each time the
-//!   canary's requests doubled ([`Looks`]), so a release that fails every third request is
+//!   the old one's by more than [`TOLERANCE`], or its rate of dropped requests by more than
+//!   [`DROP_TOLERANCE`]. Checked while the canary runs, at its 20th request and each time
+//!   that count grew fourfold ([`Looks`]), so a release that fails every third request is
 //!   stopped at its first 20 requests; the confidence is set so that, with those looks and
 //!   one at the end, a release as good as the old one is called worse at most once in a
 //!   thousand canaries (the unit tests measure it on 10,000 simulated canaries per case).
@@ -24,6 +25,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// without it a 0.01 % blip would be "worse" on a large enough sample.
 pub const TOLERANCE: f64 = 0.005;
 
+/// The same for dropped requests (no answer, a cut answer), judged on their own: a tenth of a
+/// point, so that a release that drops one request in 500 more than the old one is caught,
+/// while two generations that both drop 1 % (a flaky network between baton and its workers)
+/// are not told apart by chance.
+pub const DROP_TOLERANCE: f64 = 0.0005;
+
 /// The one-sided normal quantile of the "worse" test (99.98 %): see the module comment.
 pub const Z_WORSE: f64 = 3.6;
 
@@ -34,11 +41,13 @@ pub const MIN_EVIDENCE: u64 = 20;
 /// The quantile of the upper bound that status and the journal report (99 %).
 const Z_REPORT: f64 = 2.33;
 
-/// Requests a generation's workers were given in a window, and how many were errors.
+/// Requests a generation's workers were given in a window, how many were errors, and how
+/// many of those the worker dropped (no answer, or an answer cut before its end).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
     pub requests: u64,
     pub errors: u64,
+    pub dropped: u64,
 }
 
 impl Tally {
@@ -47,6 +56,7 @@ impl Tally {
         Tally {
             requests: self.requests.saturating_sub(earlier.requests),
             errors: self.errors.saturating_sub(earlier.errors),
+            dropped: self.dropped.saturating_sub(earlier.dropped),
         }
     }
 
@@ -54,6 +64,7 @@ impl Tally {
         Tally {
             requests: self.requests + other.requests,
             errors: self.errors + other.errors,
+            dropped: self.dropped + other.dropped,
         }
     }
 
@@ -68,6 +79,15 @@ impl Tally {
 
     fn errors(self) -> u64 {
         self.errors.min(self.requests)
+    }
+
+    /// The same tally counting only the dropped requests as errors.
+    fn drops(self) -> Tally {
+        Tally {
+            requests: self.requests,
+            errors: self.dropped.min(self.requests),
+            dropped: self.dropped,
+        }
     }
 }
 
@@ -89,14 +109,17 @@ impl Outcome {
             Outcome::Answered(status) => Tally {
                 requests: 1,
                 errors: u64::from(status >= 500),
+                dropped: 0,
             },
             Outcome::NoAnswer => Tally {
                 requests: 1,
                 errors: 1,
+                dropped: 1,
             },
             Outcome::Cut => Tally {
                 requests: 0,
                 errors: 1,
+                dropped: 1,
             },
         }
     }
@@ -108,6 +131,7 @@ impl Outcome {
 pub struct Counter {
     requests: AtomicU64,
     errors: AtomicU64,
+    dropped: AtomicU64,
 }
 
 impl Counter {
@@ -119,12 +143,16 @@ impl Counter {
         if t.errors > 0 {
             self.errors.fetch_add(t.errors, Relaxed);
         }
+        if t.dropped > 0 {
+            self.dropped.fetch_add(t.dropped, Relaxed);
+        }
     }
 
     pub fn read(&self) -> Tally {
         Tally {
             requests: self.requests.load(Relaxed),
             errors: self.errors.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
         }
     }
 }
@@ -156,6 +184,8 @@ pub struct Comparison {
     pub lower: f64,
     /// ... and below this, with 99 % confidence.
     pub upper: f64,
+    /// The same lower bound for the share of requests dropped (no answer, a cut answer).
+    pub dropped_lower: f64,
 }
 
 impl Comparison {
@@ -165,13 +195,44 @@ impl Comparison {
             old,
             lower: difference_interval(new, old, Z_WORSE).0,
             upper: difference_interval(new, old, Z_REPORT).1,
+            dropped_lower: difference_interval(new.drops(), old.drops(), Z_WORSE).0,
         }
     }
 
     /// Strong evidence that the new generation fails more requests than the old one, by
     /// more than [`TOLERANCE`]: the verdict at any moment, not only at the window's end.
+    /// Dropped requests are judged on their own, with a much smaller tolerance: a healthy app
+    /// server practically never resets a connection or cuts an answer, so a few more of them
+    /// than the old generation, beyond chance, is a release that crashes (often behind a
+    /// master process that hides it by starting a new process at once).
     pub fn worse(&self) -> bool {
-        self.new.requests >= MIN_EVIDENCE && self.lower > TOLERANCE
+        self.new.requests >= MIN_EVIDENCE
+            && (self.lower > TOLERANCE
+                || (self.new.dropped > 0 && self.dropped_lower > DROP_TOLERANCE))
+    }
+
+    /// Whether the drops alone made it worse (for the reason given).
+    pub fn worse_by_drops(&self) -> bool {
+        self.worse() && self.lower <= TOLERANCE
+    }
+
+    /// The figures that made it worse, the new generation's then `old`'s: "failed 37 of 212
+    /// requests (17.5 %) (5xx, no answer or a cut answer), generation 6 2 of 3,104 requests
+    /// (0.06 %)", or, when drops alone did, "dropped 15 of 7,500 requests (0.20 %) (...)".
+    pub fn against(&self, old: &str) -> String {
+        if self.worse_by_drops() {
+            format!(
+                "dropped {} (no answer, or an answer cut before its end), {old} {}",
+                Share(self.new.drops()),
+                Share(self.old.drops())
+            )
+        } else {
+            format!(
+                "failed {} (5xx, no answer or a cut answer), {old} {}",
+                Share(self.new),
+                Share(self.old)
+            )
+        }
     }
 
     /// The verdict at the end of the window.
@@ -186,10 +247,10 @@ impl Comparison {
     }
 }
 
-/// When the judge looks during a canary: each time the new generation's requests have doubled
-/// since the last look (20, 40, 80, ...), and at the window's end. Few looks keep the chance
-/// of a false "worse" low however long the window, while a release that fails outright is
-/// still stopped at its first 20 requests.
+/// When the judge looks during a canary: at the new generation's 20th request, then each time
+/// that count grew fourfold (80, 320, 1,280, ...), and at the window's end. Few looks keep the
+/// chance of a false "worse" low however long the window, while a release that fails outright
+/// is still stopped at its first 20 requests.
 #[derive(Clone, Copy, Debug)]
 pub struct Looks {
     next: u64,
@@ -208,7 +269,7 @@ impl Looks {
             return false;
         }
         while self.next <= requests {
-            self.next = self.next.saturating_mul(2);
+            self.next = self.next.saturating_mul(4);
         }
         true
     }
@@ -290,7 +351,20 @@ mod tests {
     use super::*;
 
     fn t(requests: u64, errors: u64) -> Tally {
-        Tally { requests, errors }
+        Tally {
+            requests,
+            errors,
+            dropped: 0,
+        }
+    }
+
+    /// `dropped` of `requests` dropped, and no other error.
+    fn d(requests: u64, dropped: u64) -> Tally {
+        Tally {
+            requests,
+            errors: dropped,
+            dropped,
+        }
     }
 
     #[test]
@@ -382,6 +456,71 @@ mod tests {
             }
         }
         None
+    }
+
+    /// The same, for a release whose only errors are dropped requests.
+    fn canary_drops(
+        rng: &mut Rng,
+        seconds: u64,
+        new_rps: u64,
+        p_new: f64,
+        p_old: f64,
+    ) -> Option<u64> {
+        let (mut new, mut old) = (Tally::default(), Tally::default());
+        let mut looks = Looks::default();
+        for second in 1..=seconds {
+            new = new.plus(d(new_rps, rng.binomial(new_rps, p_new)));
+            old = old.plus(d(4 * new_rps, rng.binomial(4 * new_rps, p_old)));
+            if (looks.due(new.requests) || second == seconds) && Comparison::of(new, old).worse() {
+                return Some(second);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn dropped_requests_are_judged_on_their_own_without_false_alarms() {
+        let mut rng = Rng(13);
+        for rate in [0.0001, 0.001, 0.01] {
+            for rps in [10, 50, 250] {
+                let worse = (0..RUNS)
+                    .filter(|_| canary_drops(&mut rng, SECONDS, rps, rate, rate).is_some())
+                    .count();
+                let share = worse as f64 / f64::from(RUNS);
+                println!(
+                    "equal drop rates {}: {rps} req/s to the canary, {SECONDS} s: called worse in {worse} of {RUNS} ({})",
+                    Percent(rate),
+                    Percent(share)
+                );
+                assert!(
+                    share <= 0.001,
+                    "{worse} false alarms at {rate} and {rps} req/s"
+                );
+            }
+        }
+        // A release that drops one request in 500 (an app server whose worker process
+        // crashes now and then behind its master), against none.
+        for rps in [10, 50, 250] {
+            let caught = (0..RUNS)
+                .filter(|_| canary_drops(&mut rng, SECONDS, rps, 0.002, 0.0).is_some())
+                .count();
+            println!(
+                "0 % -> 0.20 % dropped: {rps} req/s to the canary: caught in {caught} of {RUNS} ({}) within {SECONDS} s",
+                Percent(caught as f64 / f64::from(RUNS))
+            );
+        }
+        // The 5xx tolerance does not apply to drops.
+        assert!(Comparison::of(d(7500, 15), d(30000, 0)).worse());
+        assert!(Comparison::of(d(7500, 15), d(30000, 0)).worse_by_drops());
+        assert!(!Comparison::of(d(7500, 3), d(30000, 0)).worse());
+        assert_eq!(
+            Comparison::of(d(7500, 15), d(30000, 0)).against("generation 6"),
+            "dropped 15 of 7,500 requests (0.20 %) (no answer, or an answer cut before its end), generation 6 0 of 30,000 requests (0 %)"
+        );
+        assert_eq!(
+            Comparison::of(t(212, 37), t(3104, 2)).against("generation 6"),
+            "failed 37 of 212 requests (17.5 %) (5xx, no answer or a cut answer), generation 6 2 of 3,104 requests (0.06 %)"
+        );
     }
 
     const RUNS: u32 = 10_000;

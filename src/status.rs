@@ -399,10 +399,12 @@ mod tests {
                     new: Tally {
                         requests: 412,
                         errors: 1,
+                        dropped: 0,
                     },
                     old: Tally {
                         requests: 1630,
                         errors: 2,
+                        dropped: 0,
                     },
                     left: Duration::from_millis(18_400),
                 }),

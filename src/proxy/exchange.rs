@@ -50,11 +50,18 @@ pub(super) struct Answered {
 struct Failed {
     error: UpstreamError,
     sent: bool,
+    /// It failed on a reused stream the worker had closed or reset meanwhile: a race of
+    /// keep-alive, not something the release did (not counted by the canary judge).
+    stale: bool,
 }
 
 impl From<UpstreamError> for Failed {
     fn from(error: UpstreamError) -> Failed {
-        Failed { error, sent: true }
+        Failed {
+            error,
+            sent: true,
+            stale: false,
+        }
     }
 }
 
@@ -88,7 +95,10 @@ impl Proxy {
             // after drain_timeout) or the client (its body failed) caused is not the worker's.
             match &result {
                 Ok((_, fin)) => lease.conns.outcomes.record(Outcome::Answered(fin.status)),
-                Err(_) if lease.was_cut() || req.fault.as_ref().is_some_and(Fault::is_set) => {}
+                Err(f)
+                    if f.stale
+                        || lease.was_cut()
+                        || req.fault.as_ref().is_some_and(Fault::is_set) => {}
                 Err(_) => lease.conns.outcomes.record(Outcome::NoAnswer),
             }
             match result {
@@ -100,7 +110,9 @@ impl Proxy {
                         return Err(ProxyError::Body(failure));
                     }
                 }
-                Err(Failed { error: e, sent }) if failed.is_none() && (req.retryable || !sent) => {
+                Err(Failed { error: e, sent, .. })
+                    if failed.is_none() && (req.retryable || !sent) =>
+                {
                     tracing::warn!(
                         worker = lease.worker.0,
                         "request to worker {} failed ({e}); retrying",
@@ -124,11 +136,31 @@ async fn ask(
     answer: &mut BytesMut,
     out: &mut Vec<u8>,
 ) -> Result<(Upstream, Final), Failed> {
-    let (mut stream, _) = lease
+    let (stream, reused) = lease
         .conns
         .stream(lease.addr, req.retryable && !retry)
         .await
-        .map_err(|error| Failed { error, sent: false })?;
+        .map_err(|error| Failed {
+            error,
+            sent: false,
+            stale: false,
+        })?;
+    send(lease, req, stream, answer, out)
+        .await
+        .map_err(|mut f| {
+            f.stale = reused && matches!(f.error, UpstreamError::Closed | UpstreamError::Io(_));
+            f
+        })
+}
+
+/// The rest of [`ask`], on the stream it took.
+async fn send(
+    lease: &Lease,
+    req: &mut Outgoing<'_>,
+    mut stream: tokio::net::TcpStream,
+    answer: &mut BytesMut,
+    out: &mut Vec<u8>,
+) -> Result<(Upstream, Final), Failed> {
     let asked = std::time::Instant::now();
     let (stream, (mut fin, interim)) = if req.body.is_none() && req.bytes.len() <= AT_ONCE {
         // Fits the socket buffers: written at once, then the answer is read.

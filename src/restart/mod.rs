@@ -961,9 +961,8 @@ impl Supervisor {
         if w.looks.due(c.new.requests) && c.worse() {
             let generation = w.generation;
             let reason = format!(
-                "generation {generation} failed {} (5xx, no answer or a cut answer) since its roll ended, the generation before it {} during the roll: worse beyond chance (canary judge, canary.watch)",
-                Share(c.new),
-                Share(c.old)
+                "since its roll ended, generation {generation} {}: worse beyond chance (canary judge, canary.watch)",
+                c.against("the generation before it during the roll")
             );
             self.ctx.metrics.canary(crate::canary::Verdict::Worse);
             self.watch = None;

@@ -288,6 +288,8 @@ enum Phase {
 /// both sides' counters then, and when the judge looks next.
 struct Judged {
     generation: Generation,
+    /// The generation it is judged against (the one serving when the roll began).
+    old: Generation,
     /// New workers in the canary.
     workers: usize,
     began: Instant,
@@ -300,6 +302,7 @@ impl Judged {
     fn start(ctx: &Context, generation: Generation, workers: usize) -> Judged {
         Judged {
             generation,
+            old: ctx.state().generation,
             workers,
             began: Instant::now(),
             new_base: ctx.pool.tally(generation),
@@ -328,18 +331,12 @@ impl Judged {
     }
 
     fn worse(&self, c: &Comparison) -> SpawnFailure {
-        let old = if self.generation.0 > 1 {
-            format!("generation {}", self.generation.0 - 1)
-        } else {
-            "the old generation".into()
-        };
         SpawnFailure {
             worker: None,
             reason: format!(
-                "generation {} failed {} (5xx, no answer or a cut answer), {old} {} in the same {}s: worse beyond chance (canary judge)",
+                "generation {} {} in the same {}s: worse beyond chance (canary judge)",
                 self.generation,
-                Share(c.new),
-                Share(c.old),
+                c.against(&format!("generation {}", self.old)),
                 self.began.elapsed().as_secs()
             ),
             output: Vec::new(),
@@ -396,8 +393,8 @@ impl Judged {
             ctx.metrics.canary(verdict);
             tracing::info!(
                 app = %app, generation = self.generation.0,
-                "canary of generation {}: {}: it failed {}, the old generation {}",
-                self.generation, verdict.as_str(), Share(c.new), Share(c.old)
+                "canary of generation {}: {}: it failed {}, generation {} {}",
+                self.generation, verdict.as_str(), Share(c.new), self.old, Share(c.old)
             );
             return match (verdict, config.on_inconclusive) {
                 (Verdict::Worse, _) => Phase::Rejected(self.worse(&c)),
@@ -420,7 +417,7 @@ impl Judged {
 }
 
 /// How often a canary's figures are read (and shown): a look itself is due only as the
-/// requests double ([`Looks`]), so this sets how soon a due look comes, not how many.
+/// requests grow ([`Looks`]), so this sets how soon a due look comes, not how many.
 const CANARY_TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The judge rejected the new generation: its workers get no new requests and are stopped
