@@ -48,6 +48,11 @@ pub struct Tally {
     pub requests: u64,
     pub errors: u64,
     pub dropped: u64,
+    /// Processes that ended inside live workers (beside each worker's own process, which
+    /// is a death): an app server's master restarting a process that crashed.
+    pub exits: u64,
+    /// How long the workers were watched for `exits`, in milliseconds (summed over workers).
+    pub exposure_ms: u64,
 }
 
 impl Tally {
@@ -57,6 +62,8 @@ impl Tally {
             requests: self.requests.saturating_sub(earlier.requests),
             errors: self.errors.saturating_sub(earlier.errors),
             dropped: self.dropped.saturating_sub(earlier.dropped),
+            exits: self.exits.saturating_sub(earlier.exits),
+            exposure_ms: self.exposure_ms.saturating_sub(earlier.exposure_ms),
         }
     }
 
@@ -65,6 +72,8 @@ impl Tally {
             requests: self.requests + other.requests,
             errors: self.errors + other.errors,
             dropped: self.dropped + other.dropped,
+            exits: self.exits + other.exits,
+            exposure_ms: self.exposure_ms + other.exposure_ms,
         }
     }
 
@@ -84,9 +93,8 @@ impl Tally {
     /// The same tally counting only the dropped requests as errors.
     fn drops(self) -> Tally {
         Tally {
-            requests: self.requests,
             errors: self.dropped.min(self.requests),
-            dropped: self.dropped,
+            ..self
         }
     }
 }
@@ -109,17 +117,18 @@ impl Outcome {
             Outcome::Answered(status) => Tally {
                 requests: 1,
                 errors: u64::from(status >= 500),
-                dropped: 0,
+                ..Tally::default()
             },
             Outcome::NoAnswer => Tally {
                 requests: 1,
                 errors: 1,
                 dropped: 1,
+                ..Tally::default()
             },
             Outcome::Cut => Tally {
-                requests: 0,
                 errors: 1,
                 dropped: 1,
+                ..Tally::default()
             },
         }
     }
@@ -132,6 +141,8 @@ pub struct Counter {
     requests: AtomicU64,
     errors: AtomicU64,
     dropped: AtomicU64,
+    exits: AtomicU64,
+    exposure_ms: AtomicU64,
 }
 
 impl Counter {
@@ -148,11 +159,22 @@ impl Counter {
         }
     }
 
+    /// `exits` processes ended inside the worker over the last `watched`.
+    pub fn churn(&self, exits: u64, watched: std::time::Duration) {
+        self.exits.fetch_add(exits, Relaxed);
+        self.exposure_ms.fetch_add(
+            u64::try_from(watched.as_millis()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+    }
+
     pub fn read(&self) -> Tally {
         Tally {
             requests: self.requests.load(Relaxed),
             errors: self.errors.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
+            exits: self.exits.load(Relaxed),
+            exposure_ms: self.exposure_ms.load(Relaxed),
         }
     }
 }
@@ -186,6 +208,9 @@ pub struct Comparison {
     pub upper: f64,
     /// The same lower bound for the share of requests dropped (no answer, a cut answer).
     pub dropped_lower: f64,
+    /// How likely the new generation's share of all process exits would be this high if both
+    /// churned at the same rate per worker and second (a one-sided exact binomial test).
+    pub churn_p: f64,
 }
 
 impl Comparison {
@@ -196,6 +221,7 @@ impl Comparison {
             lower: difference_interval(new, old, Z_WORSE).0,
             upper: difference_interval(new, old, Z_REPORT).1,
             dropped_lower: difference_interval(new.drops(), old.drops(), Z_WORSE).0,
+            churn_p: churn_p(new, old),
         }
     }
 
@@ -206,6 +232,10 @@ impl Comparison {
     /// than the old generation, beyond chance, is a release that crashes (often behind a
     /// master process that hides it by starting a new process at once).
     pub fn worse(&self) -> bool {
+        self.worse_by_answers() || self.worse_by_churn()
+    }
+
+    fn worse_by_answers(&self) -> bool {
         self.new.requests >= MIN_EVIDENCE
             && (self.lower > TOLERANCE
                 || (self.new.dropped > 0 && self.dropped_lower > DROP_TOLERANCE))
@@ -213,14 +243,31 @@ impl Comparison {
 
     /// Whether the drops alone made it worse (for the reason given).
     pub fn worse_by_drops(&self) -> bool {
-        self.worse() && self.lower <= TOLERANCE
+        self.worse_by_answers() && self.lower <= TOLERANCE
+    }
+
+    /// Processes inside the new workers keep ending, far more often than inside the old
+    /// ones: a release that crashes behind its app server's master, which starts a new
+    /// process at once (so the worker lives on, and few requests fail).
+    pub fn worse_by_churn(&self) -> bool {
+        self.new.exits >= MIN_EXITS && self.churn_p < CHURN_ALPHA
     }
 
     /// The figures that made it worse, the new generation's then `old`'s: "failed 37 of 212
     /// requests (17.5 %) (5xx, no answer or a cut answer), generation 6 2 of 3,104 requests
     /// (0.06 %)", or, when drops alone did, "dropped 15 of 7,500 requests (0.20 %) (...)".
     pub fn against(&self, old: &str) -> String {
-        if self.worse_by_drops() {
+        if self.worse_by_churn() && !self.worse_by_answers() {
+            let secs = |t: Tally| thousands(t.exposure_ms / 1000);
+            format!(
+                "had {} process{} end inside its workers in {} worker-seconds (an app server's master restarting what crashed), {old} {} in {}",
+                thousands(self.new.exits),
+                if self.new.exits == 1 { "" } else { "es" },
+                secs(self.new),
+                thousands(self.old.exits),
+                secs(self.old)
+            )
+        } else if self.worse_by_drops() {
             format!(
                 "dropped {} (no answer, or an answer cut before its end), {old} {}",
                 Share(self.new.drops()),
@@ -254,25 +301,68 @@ impl Comparison {
 #[derive(Clone, Copy, Debug)]
 pub struct Looks {
     next: u64,
+    /// The same schedule for process exits: at the 3rd, then each time they doubled.
+    next_exits: u64,
 }
 
 impl Default for Looks {
     fn default() -> Self {
-        Looks { next: MIN_EVIDENCE }
+        Looks {
+            next: MIN_EVIDENCE,
+            next_exits: MIN_EXITS,
+        }
     }
 }
 
 impl Looks {
-    /// Whether to judge now, with the new generation at `requests`.
-    pub fn due(&mut self, requests: u64) -> bool {
-        if requests < self.next {
-            return false;
+    /// Whether to judge now, with the new generation's figures at `t`.
+    pub fn due(&mut self, t: Tally) -> bool {
+        let mut due = false;
+        if t.requests >= self.next {
+            while self.next <= t.requests {
+                self.next = self.next.saturating_mul(4);
+            }
+            due = true;
         }
-        while self.next <= requests {
-            self.next = self.next.saturating_mul(4);
+        if t.exits >= self.next_exits {
+            while self.next_exits <= t.exits {
+                self.next_exits = self.next_exits.saturating_mul(2);
+            }
+            due = true;
         }
-        true
+        due
     }
+}
+
+/// Process exits inside the new workers before churn can be called worse.
+pub const MIN_EXITS: u64 = 3;
+
+/// The churn test's significance (one-sided), as strict as the answers' test.
+pub const CHURN_ALPHA: f64 = 0.0002;
+
+/// P(X >= new.exits) for X ~ Binomial(new.exits + old.exits, share of the new generation in the
+/// exposure): how likely so many of all exits would fall in the new generation by chance.
+fn churn_p(new: Tally, old: Tally) -> f64 {
+    let exposure = new.exposure_ms + old.exposure_ms;
+    if new.exits == 0 || exposure == 0 {
+        return 1.0;
+    }
+    let n = new.exits + old.exits;
+    let p = new.exposure_ms as f64 / exposure as f64;
+    if p >= 1.0 {
+        // No old worker was watched: nothing to compare with.
+        return 1.0;
+    }
+    // The upper tail, summed in logs (n stays small: exits are rare).
+    let ln_choose = |n: u64, k: u64| -> f64 {
+        (1..=k)
+            .map(|i| ((n - k + i) as f64).ln() - (i as f64).ln())
+            .sum()
+    };
+    (new.exits..=n)
+        .map(|k| (ln_choose(n, k) + k as f64 * p.ln() + (n - k) as f64 * (1.0 - p).ln()).exp())
+        .sum::<f64>()
+        .min(1.0)
 }
 
 /// Wilson's score interval for `errors` of `requests` at quantile `z`.
@@ -354,7 +444,7 @@ mod tests {
         Tally {
             requests,
             errors,
-            dropped: 0,
+            ..Tally::default()
         }
     }
 
@@ -364,6 +454,91 @@ mod tests {
             requests,
             errors: dropped,
             dropped,
+            ..Tally::default()
+        }
+    }
+
+    /// `exits` process exits in `seconds` worker-seconds, with traffic that is all fine.
+    fn c(exits: u64, seconds: u64) -> Tally {
+        Tally {
+            requests: 1000,
+            exits,
+            exposure_ms: seconds * 1000,
+            ..Tally::default()
+        }
+    }
+
+    /// Both generations churn at `old_rate` exits per worker-second, the new one at `new_rate`:
+    /// a canary of one worker beside three old ones, sampled every 2 s for `seconds`. The
+    /// sample it was called worse at, if it was.
+    fn canary_churn(rng: &mut Rng, seconds: u64, new_rate: f64, old_rate: f64) -> Option<u64> {
+        let (mut new, mut old) = (Tally::default(), Tally::default());
+        let mut looks = Looks::default();
+        for at in (2..=seconds).step_by(2) {
+            // Poisson by inversion; the rates are small.
+            let poisson = |rng: &mut Rng, mean: f64| {
+                let u = rng.next();
+                let (mut k, mut pmf) = (0u64, (-mean).exp());
+                let mut cdf = pmf;
+                while cdf < u && k < 1000 {
+                    k += 1;
+                    pmf *= mean / k as f64;
+                    cdf += pmf;
+                }
+                k
+            };
+            new = new.plus(Tally {
+                requests: 100,
+                exits: poisson(rng, new_rate * 2.0),
+                exposure_ms: 2000,
+                ..Tally::default()
+            });
+            old = old.plus(Tally {
+                requests: 300,
+                exits: poisson(rng, old_rate * 2.0 * 3.0),
+                exposure_ms: 6000,
+                ..Tally::default()
+            });
+            if (looks.due(new) || at == seconds) && Comparison::of(new, old).worse() {
+                return Some(at);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn processes_that_keep_ending_inside_the_new_workers_are_judged_against_the_old_ones() {
+        // A gunicorn worker process that crashes every 5 s behind its master, for 30 s,
+        // against none in three old workers: caught.
+        assert!(Comparison::of(c(7, 30), c(0, 90)).worse_by_churn());
+        // Too few to tell from chance.
+        assert!(!Comparison::of(c(2, 30), c(0, 90)).worse());
+        // Both recycle their processes alike (gunicorn's max_requests): not worse.
+        assert!(!Comparison::of(c(6, 30), c(18, 90)).worse());
+        assert_eq!(
+            Comparison::of(c(7, 30), c(0, 90)).against("generation 6"),
+            "had 7 processes end inside its workers in 30 worker-seconds (an app server's master restarting what crashed), generation 6 0 in 90"
+        );
+        let mut rng = Rng(17);
+        for rate in [0.01, 0.05, 0.2] {
+            let worse = (0..RUNS)
+                .filter(|_| canary_churn(&mut rng, SECONDS, rate, rate).is_some())
+                .count();
+            let share = worse as f64 / f64::from(RUNS);
+            println!(
+                "equal churn, {rate} exits per worker-second: called worse in {worse} of {RUNS} ({})",
+                Percent(share)
+            );
+            assert!(share <= 0.001, "{worse} false alarms at {rate}");
+        }
+        for (new, old) in [(0.2, 0.0), (0.1, 0.0), (0.2, 0.02)] {
+            let caught = (0..RUNS)
+                .filter(|_| canary_churn(&mut rng, SECONDS, new, old).is_some())
+                .count();
+            println!(
+                "churn {new} vs {old} exits per worker-second: caught in {caught} of {RUNS} ({}) within {SECONDS} s",
+                Percent(caught as f64 / f64::from(RUNS))
+            );
         }
     }
 
@@ -451,7 +626,7 @@ mod tests {
         for second in 1..=seconds {
             new = new.plus(t(new_rps, rng.binomial(new_rps, p_new)));
             old = old.plus(t(4 * new_rps, rng.binomial(4 * new_rps, p_old)));
-            if (looks.due(new.requests) || second == seconds) && Comparison::of(new, old).worse() {
+            if (looks.due(new) || second == seconds) && Comparison::of(new, old).worse() {
                 return Some(second);
             }
         }
@@ -471,7 +646,7 @@ mod tests {
         for second in 1..=seconds {
             new = new.plus(d(new_rps, rng.binomial(new_rps, p_new)));
             old = old.plus(d(4 * new_rps, rng.binomial(4 * new_rps, p_old)));
-            if (looks.due(new.requests) || second == seconds) && Comparison::of(new, old).worse() {
+            if (looks.due(new) || second == seconds) && Comparison::of(new, old).worse() {
                 return Some(second);
             }
         }

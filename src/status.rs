@@ -399,12 +399,12 @@ mod tests {
                     new: Tally {
                         requests: 412,
                         errors: 1,
-                        dropped: 0,
+                        ..Tally::default()
                     },
                     old: Tally {
                         requests: 1630,
                         errors: 2,
-                        dropped: 0,
+                        ..Tally::default()
                     },
                     left: Duration::from_millis(18_400),
                 }),

@@ -460,6 +460,13 @@ impl Pool {
             .fold(Tally::default(), |t, c| t.plus(c.read()))
     }
 
+    /// `ended` processes ended inside a worker over `watched` (see [`Counter::churn`]).
+    pub fn churn(&self, id: WorkerId, ended: u64, watched: Duration) {
+        if let Some(w) = self.lock().workers.get(&id) {
+            w.conns.outcomes.churn(ended, watched);
+        }
+    }
+
     /// Update a worker's CPU and memory figures.
     pub fn set_usage(&self, id: WorkerId, cpu_percent: f64, memory_bytes: u64) {
         if let Some(w) = self.lock().workers.get_mut(&id) {

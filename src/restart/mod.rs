@@ -958,7 +958,7 @@ impl Supervisor {
         let Some(w) = self.watch.as_mut() else { return };
         let c = Comparison::of(self.ctx.pool.tally(w.generation).since(w.base), w.baseline);
         let app = self.ctx.config().name.to_string();
-        if w.looks.due(c.new.requests) && c.worse() {
+        if w.looks.due(c.new) && c.worse() {
             let generation = w.generation;
             let reason = format!(
                 "since its roll ended, generation {generation} {}: worse beyond chance (canary judge, canary.watch)",
@@ -1442,15 +1442,22 @@ impl Supervisor {
 
 /// Sample CPU and memory of every worker every couple of seconds.
 pub async fn sample_usage(ctx: Arc<Context>) {
-    use std::collections::HashMap;
+    use std::collections::{BTreeSet, HashMap};
     use std::time::Duration;
     use tokio::time::Instant;
     let mut last: HashMap<crate::spawn::WorkerId, (Instant, Duration)> = HashMap::new();
+    // The processes seen inside each ready worker at the last sample, and when.
+    let mut inside: HashMap<crate::spawn::WorkerId, (Instant, BTreeSet<u32>)> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
         let workers = ctx.pool.workers();
         last.retain(|id, _| workers.iter().any(|w| w.id == *id));
+        inside.retain(|id, _| {
+            workers
+                .iter()
+                .any(|w| w.id == *id && w.state == WorkerState::Ready)
+        });
         for w in workers {
             let Some(process) = ctx.pool.process(w.id) else {
                 continue;
@@ -1458,16 +1465,30 @@ pub async fn sample_usage(ctx: Arc<Context>) {
             // The worker's whole process group (or unit cgroup), read on the blocking pool.
             let spawner = ctx.spawner.clone();
             let of = process.clone();
-            let measured = tokio::task::spawn_blocking(move || {
-                crate::spawn::group_usage(&spawner.processes(&of))
+            let (pids, measured) = tokio::task::spawn_blocking(move || {
+                let pids = spawner.processes(&of);
+                let usage = crate::spawn::group_usage(&pids);
+                (pids, usage)
             })
             .await
-            .ok()
-            .flatten();
+            .unwrap_or_default();
+            let now = Instant::now();
+            if w.state == WorkerState::Ready && !pids.is_empty() {
+                // Processes of a ready worker that ended since the last sample, beside the
+                // worker's own (whose end is its death): for the canary judge, an app
+                // server's master restarting what crashed.
+                let pids: BTreeSet<u32> = pids.into_iter().collect();
+                if let Some((then, before)) = inside.insert(w.id, (now, pids.clone())) {
+                    let ended = before
+                        .difference(&pids)
+                        .filter(|p| Some(**p) != process.pid)
+                        .count() as u64;
+                    ctx.pool.churn(w.id, ended, now.duration_since(then));
+                }
+            }
             let Some(usage) = ctx.spawner.usage(&process, measured).await else {
                 continue;
             };
-            let now = Instant::now();
             let cpu = match last.insert(w.id, (now, usage.cpu_time)) {
                 Some((then, before)) => {
                     let wall = now.duration_since(then).as_secs_f64();

@@ -116,7 +116,7 @@ async fn rolling(
         if let Some(j) = judged.as_mut()
             && let Some(failure) = j.look(ctx, false)
         {
-            return reject(ctx, generation, failure).await;
+            return reject(ctx, generation, target, failure, cancel).await;
         }
         let workers = ctx.pool.workers();
         let new_alive = workers
@@ -212,7 +212,9 @@ async fn rolling(
             let mut j = Judged::start(ctx, generation, new_ready);
             match j.canary(ctx, &canary, cancel, deaths, &failures).await {
                 Phase::Passed => judged = Some(j),
-                Phase::Rejected(failure) => return reject(ctx, generation, failure).await,
+                Phase::Rejected(failure) => {
+                    return reject(ctx, generation, target, failure, cancel).await;
+                }
                 Phase::Died(death) => return died(death, resist),
                 Phase::Cancelled => return RollResult::Cancelled,
             }
@@ -238,7 +240,7 @@ async fn rolling(
     if let Some(j) = judged.as_mut()
         && let Some(failure) = j.look(ctx, true)
     {
-        return reject(ctx, generation, failure).await;
+        return reject(ctx, generation, target, failure, cancel).await;
     }
     progress(ctx, generation, WaitingOn::Done);
     match failures.last() {
@@ -323,7 +325,7 @@ impl Judged {
     /// when the new generation is worse.
     fn look(&mut self, ctx: &Context, last: bool) -> Option<SpawnFailure> {
         let c = self.now(ctx);
-        if !(self.looks.due(c.new.requests) || last) || !c.worse() {
+        if !(self.looks.due(c.new) || last) || !c.worse() {
             return None;
         }
         ctx.metrics.canary(Verdict::Worse);
@@ -382,7 +384,7 @@ impl Judged {
                     left: end.saturating_duration_since(now),
                 }),
             );
-            if self.looks.due(c.new.requests) && c.worse() {
+            if self.looks.due(c.new) && c.worse() {
                 ctx.metrics.canary(Verdict::Worse);
                 return Phase::Rejected(self.worse(&c));
             }
@@ -421,25 +423,63 @@ impl Judged {
 const CANARY_TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The judge rejected the new generation: its workers get no new requests and are stopped
-/// once their requests ended (at most `drain_timeout`); the old generation serves on, refilled
-/// from its pinned release if it is short.
-async fn reject(ctx: &Arc<Context>, generation: Generation, failure: SpawnFailure) -> RollResult {
-    let ids: Vec<WorkerId> = ctx
-        .pool
-        .workers()
+/// once their requests ended (at most `drain_timeout`); the old generation serves on. When the
+/// roll had already replaced old workers, as many are started again from the old release
+/// first, and when none is left the new ones serve until they are ready: the app never runs
+/// out of workers.
+async fn reject(
+    ctx: &Arc<Context>,
+    generation: Generation,
+    target: usize,
+    failure: SpawnFailure,
+    cancel: &CancellationToken,
+) -> RollResult {
+    let workers = ctx.pool.workers();
+    let ids: Vec<WorkerId> = workers
         .iter()
         .filter(|w| w.generation == generation && w.state.is_alive())
         .map(|w| w.id)
         .collect();
+    let old_alive = workers
+        .iter()
+        .filter(|w| w.generation != generation && w.state.is_alive())
+        .count();
+    let old = ctx.state().generation;
+    let refill = target.saturating_sub(old_alive);
     tracing::error!(
         app = %ctx.config().name, generation = generation.0,
         message_id = crate::journal::MSG_CANARY_FAILED,
-        "rejecting generation {generation}: {}; stopping its {} worker{}",
-        failure.reason, ids.len(), if ids.len() == 1 { "" } else { "s" }
+        "rejecting generation {generation}: {}; stopping its {} worker{}{}",
+        failure.reason, ids.len(), if ids.len() == 1 { "" } else { "s" },
+        if refill > 0 { format!(", {refill} started again from generation {old} first") } else { String::new() }
     );
-    // All at once: none of them gets another request while the first drains.
-    for id in &ids {
-        ctx.pool.start_draining(*id);
+    // All at once, none of them gets another request while the first drains: as soon as an
+    // old worker is there to take them.
+    if old_alive > 0 {
+        for id in &ids {
+            ctx.pool.start_draining(*id);
+        }
+    }
+    if refill > 0 {
+        progress(
+            ctx,
+            generation,
+            WaitingOn::Spawning {
+                count: refill,
+                generation: old,
+            },
+        );
+        let results =
+            futures_util::future::join_all((0..refill).map(|_| worker::spawn(ctx, old, cancel)))
+                .await;
+        for r in results {
+            if let Err(BootError::Failed(f)) = r {
+                tracing::error!(app = %ctx.config().name, "could not start generation {old} again: {f}");
+            }
+        }
+        for id in &ids {
+            ctx.pool.start_draining(*id);
+        }
     }
     progress(ctx, generation, WaitingOn::StoppingAll(ids.len()));
     futures_util::future::join_all(ids.iter().map(|id| worker::drain_and_stop(ctx, *id))).await;
