@@ -43,6 +43,22 @@ pub struct Limits {
     pub directory: PathBuf,
 }
 
+impl Limits {
+    /// The buffering limits `[listen]` sets.
+    pub fn from_config(l: &crate::config::ListenConfig) -> Limits {
+        Limits {
+            memory: usize::try_from(l.buffer_memory.0).unwrap_or(usize::MAX),
+            max_body: l.max_body_size.0,
+            max_response: l.max_response_buffer.0,
+            body_timeout: l.client_body_timeout.get(),
+            directory: l
+                .buffer_directory
+                .clone()
+                .unwrap_or_else(std::env::temp_dir),
+        }
+    }
+}
+
 /// Why a request body could not be received.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyFailure {

@@ -147,7 +147,7 @@ impl AppCommand {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
     pub address: Option<ListenAddress>,
@@ -205,7 +205,7 @@ impl Default for ListenConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     pub command: AppCommand,
@@ -216,7 +216,7 @@ pub struct AppConfig {
     pub group: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkersConfig {
     pub count: Option<NonZeroUsize>,
@@ -357,7 +357,7 @@ pub enum Probe {
     Tcp,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReadinessConfig {
     pub probe: Probe,
@@ -423,7 +423,7 @@ impl BootCpuWeight {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RestartConfig {
     pub rolling: bool,
@@ -450,7 +450,7 @@ impl Default for RestartConfig {
 
 /// The canary phase of every rolling restart: the first new workers serve beside the old ones
 /// while the canary judge ([`crate::canary`]) compares the two generations' errors.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CanaryConfig {
     /// New workers judged before any old one is drained; 0: no canary phase.
@@ -538,7 +538,7 @@ impl TryFrom<String> for CpuQuota {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpawnerConfig {
     #[serde(default)]
@@ -553,21 +553,21 @@ pub struct SpawnerConfig {
     pub protect_system: Option<ProtectSystem>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
     pub socket: Option<PathBuf>,
     pub group: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     pub address: Option<SocketAddr>,
 }
 
 /// One app's whole configuration.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub name: AppName,
@@ -793,21 +793,6 @@ impl Config {
             ));
         }
         Ok(())
-    }
-
-    /// The buffering limits of the proxy.
-    pub fn buffer_limits(&self) -> crate::buffer::Limits {
-        let l = &self.listen;
-        crate::buffer::Limits {
-            memory: usize::try_from(l.buffer_memory.0).unwrap_or(usize::MAX),
-            max_body: l.max_body_size.0,
-            max_response: l.max_response_buffer.0,
-            body_timeout: l.client_body_timeout.get(),
-            directory: l
-                .buffer_directory
-                .clone()
-                .unwrap_or_else(std::env::temp_dir),
-        }
     }
 
     /// Checks that look at the machine (`check-config` and start-up): the release directory,

@@ -364,16 +364,19 @@ impl Pool {
         self.changed.notify_waiters();
     }
 
-    /// Change a worker's state; a newly ready worker takes queued requests at once.
-    pub fn set_state(&self, id: WorkerId, state: WorkerState) {
-        let mut inner = self.lock();
-        if let Some(w) = inner.workers.get_mut(&id) {
+    /// Take a worker out of routing for good: it is being stopped.
+    pub fn mark_stopping(&self, id: WorkerId) {
+        self.set_state(id, WorkerState::Stopping);
+    }
+
+    /// Change a worker's state to one that takes no requests. Ready is only ever reached
+    /// through [`Pool::mark_ready`], which checks that the process still runs: no dead
+    /// process is ever ready.
+    fn set_state(&self, id: WorkerId, state: WorkerState) {
+        debug_assert_ne!(state, WorkerState::Ready, "ready only through mark_ready");
+        if let Some(w) = self.lock().workers.get_mut(&id) {
             w.state = state;
         }
-        if state == WorkerState::Ready {
-            inner.dispatch();
-        }
-        drop(inner);
         self.changed.notify_waiters();
     }
 

@@ -73,7 +73,7 @@ impl Proxy {
             trusted_proxies: listen.trusted_proxies.clone(),
             request_buffering: listen.request_buffering,
             response_buffering: listen.response_buffering,
-            limits: config.buffer_limits(),
+            limits: crate::buffer::Limits::from_config(&config.listen),
             send_timeout: listen.send_timeout.get(),
             tunnel_idle_timeout: listen.tunnel_idle_timeout.get(),
             tasks: TaskTracker::new(),

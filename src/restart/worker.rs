@@ -2,7 +2,7 @@
 
 use super::{Context, Event};
 use crate::journal;
-use crate::pool::{Worker, WorkerState};
+use crate::pool::Worker;
 use crate::readiness;
 use crate::spawn::{Generation, WorkerId, WorkerSpec, free_port};
 use std::fmt;
@@ -135,7 +135,7 @@ pub async fn spawn(
         Some(Err(why)) => {
             // Reported now, and stopped meanwhile (its state says so): a release that never
             // answers fails the restart at readiness.timeout, not a stop_timeout later.
-            ctx.pool.set_state(id, WorkerState::Stopping);
+            ctx.pool.mark_stopping(id);
             let stopper = ctx.clone();
             ctx.tasks.spawn(async move { stop(&stopper, id).await });
             let output = process.output.lines();
@@ -299,7 +299,7 @@ fn watch_exit(
 /// Stop a worker now (SIGTERM, then SIGKILL after `stop_timeout`) and take it out of the pool.
 pub async fn stop(ctx: &Context, id: WorkerId) {
     let config = ctx.config();
-    ctx.pool.set_state(id, WorkerState::Stopping);
+    ctx.pool.mark_stopping(id);
     if let Some(process) = ctx.pool.process(id) {
         let timeout = config.restart.stop_timeout.get();
         let stopping = ctx.spawner.stop(id, &process, timeout);
