@@ -1,30 +1,24 @@
-//! The narrow HTTP/1.1 path, as bytes: the common request (a `GET` or `HEAD`, or a `POST`,
-//! `PUT`, `PATCH`, `DELETE` or `OPTIONS` with a small body of known length, with nothing to
-//! strip) is rewritten for the worker head to head, and the worker's answer head is rewritten
-//! for the client, without building header maps, URIs or boxed bodies.
+//! The narrow HTTP/1.1 path, as bytes: the common request (no chunked or large body, no
+//! upgrade, no `Expect`, HTTP/1.1 with an origin-form target) is rewritten for the worker head
+//! to head, and the worker's answer head is rewritten for the client (on every path), without
+//! building header maps, URIs or boxed bodies.
 //!
-//! Everything here decides on a whole head before anything is sent, so that whatever the
-//! narrow path does not take ([`Request::Other`]) is served by hyper from its first byte, and
-//! hyper stays the one that parses, answers and rejects anything unusual (chunked or large
-//! bodies, upgrades, `Expect`, HTTP/1.0, malformed or oversized heads). The parser is `httparse`, the one hyper
-//! uses, with the same strictness. No I/O and no state: `proxy` drives it, and the fuzz target
-//! `h1` feeds it arbitrary bytes.
+//! What a request may be and what the worker gets is decided by [`crate::policy`], the same
+//! code hyper's path asks; this module is only the codec. Everything here decides on a whole
+//! head before anything is sent, so that whatever the narrow path does not take
+//! ([`Request::Other`]) is served by hyper from its first byte, and hyper stays the one that
+//! parses, answers and rejects anything unusual (chunked or large bodies, upgrades, `Expect`,
+//! HTTP/1.0, malformed or oversized heads, and every request baton answers itself). The
+//! parser is `httparse`, the one hyper uses, with the same strictness. No I/O and no state:
+//! `proxy` drives it, and the fuzz targets `h1` and `differential` feed it arbitrary bytes.
 
+use crate::policy::{self, Body, Client, Name, RequestHead, Sent, Target, classify, header, trim};
 use std::ops::Range;
 
 /// Headers read from one head; a head with more goes to hyper (which answers 431).
 pub const MAX_HEADERS: usize = 64;
 /// Longest answer head from a worker.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-
-/// What baton knows of the client, for the forwarding headers.
-#[derive(Clone, Copy, Debug)]
-pub struct Client<'a> {
-    /// The client's IP, as text; `None` on a Unix socket.
-    pub ip: Option<&'a [u8]>,
-    /// Its forwarding headers are believed (`[listen] trusted_proxies`, or a Unix socket).
-    pub trusted: bool,
-}
 
 /// A client's request head, classified.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,9 +42,7 @@ pub struct Simple {
     pub close: bool,
     /// Length of the body (its `Content-Length`, 0 without one), whose bytes follow the head.
     pub body: usize,
-    /// An idempotent method without a body: it may go on a pooled worker connection, and be
-    /// sent again to another worker when the first gave no answer. Any other request goes on
-    /// a new connection, and is sent again only if it never left baton.
+    /// See [`policy::Admitted::retryable`].
     pub retryable: bool,
 }
 
@@ -58,25 +50,14 @@ fn eq(a: &[u8], b: &str) -> bool {
     a.eq_ignore_ascii_case(b.as_bytes())
 }
 
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &v[start..end]
-}
-
 /// Classify the request head at the start of `buf`; when it is taken, write the worker's
-/// head to `out` (cleared first). `max_head`: `[listen] max_header_size`; `max_body`: the
-/// longest body the narrow path takes (0: none), which need not be in `buf` yet.
+/// head to `out` (cleared first). `limits`: the policy's (its `max_head` also bounds what is
+/// waited for); `max_body`: the longest body the narrow path takes (0: none), which need not
+/// be in `buf` yet.
 pub fn request(
     buf: &[u8],
     client: Client<'_>,
-    max_head: usize,
+    limits: &policy::Limits,
     max_body: usize,
     out: &mut Vec<u8>,
 ) -> Request {
@@ -84,204 +65,52 @@ pub fn request(
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() <= max_head => return Request::Partial,
-        _ => return Request::Other,
-    };
-    if len > max_head {
-        return Request::Other;
-    }
-    // Whether a body may come, and whether the method is idempotent.
-    let (head, may_have_body, idempotent) = match req.method {
-        Some("GET") => (false, false, true),
-        Some("HEAD") => (true, false, true),
-        Some("PUT" | "DELETE" | "OPTIONS") => (false, true, true),
-        Some("POST" | "PATCH") => (false, true, false),
+        Ok(httparse::Status::Partial) if buf.len() <= limits.max_head => return Request::Partial,
         _ => return Request::Other,
     };
     let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
         return Request::Other;
     };
     // Origin-form only, and only bytes that every URI parser takes as they are.
-    if !path.starts_with('/') || !path.bytes().all(|b| (b'!'..=b'~').contains(&b)) {
-        return Request::Other;
-    }
-    let mut hosts = 0;
-    let mut host: &[u8] = b"";
-    let mut close = false;
-    let mut forwarded_for = false;
-    let mut forwarded_host = false;
-    let mut forwarded_proto = false;
-    let mut lengths = 0;
-    let mut body = 0;
-    for h in req.headers.iter() {
-        let n = h.name.as_bytes();
-        // Anyone's lookalike, a trusted proxy's too: it passes its clients' headers on.
-        if is_lookalike(n) {
-            return Request::Other;
-        }
-        if eq(n, "content-length") {
-            // Digits only (no sign, no list): anything else is hyper's to refuse.
-            let v = trim(h.value);
-            lengths += 1;
-            if !may_have_body || v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-                return Request::Other;
-            }
-            body = v.iter().fold(0usize, |n, d| {
-                n.saturating_mul(10).saturating_add(usize::from(d - b'0'))
-            });
-        } else if eq(n, "host") {
-            hosts += 1;
-            host = h.value;
-        } else if eq(n, "connection") {
-            match trim(h.value) {
-                v if eq(v, "keep-alive") => {}
-                v if eq(v, "close") => close = true,
-                _ => return Request::Other,
-            }
-        } else if eq(n, "x-forwarded-for") {
-            forwarded_for = true;
-        } else if eq(n, "x-forwarded-host") {
-            forwarded_host = true;
-        } else if eq(n, "x-forwarded-proto") {
-            forwarded_proto = true;
-        } else if is_forwarding(n) {
-            if !client.trusted {
-                return Request::Other;
-            }
-        } else if is_other(n) {
-            return Request::Other;
-        }
-    }
-    // An untrusted client's forwarding headers are replaced: hyper's path does that. A Host
-    // that is not one (`evil.example/x?y @z`) is refused there.
-    if hosts != 1
-        || !is_valid_host(host)
-        || (!client.trusted && (forwarded_for || forwarded_host || forwarded_proto))
+    if len > limits.max_head
+        || !path.starts_with('/')
+        || !path.bytes().all(|b| (b'!'..=b'~').contains(&b))
     {
         return Request::Other;
     }
-    // Two lengths (hyper refuses them), or a body to be buffered in a file: hyper's path.
-    if lengths > 1 || body > max_body {
+    let head = RequestHead {
+        method,
+        target: Target::Path(path),
+        target_len: path.len(),
+        http10: false,
+        fields: &*req.headers,
+    };
+    // What baton answers itself, hyper's path answers.
+    let Ok(adm) = policy::admit(&head, limits) else {
+        return Request::Other;
+    };
+    // An upgrade, or an `Expect` (hyper answers `100 Continue` first): hyper's.
+    if adm.upgrade_field || adm.expect {
         return Request::Other;
     }
-
-    out.clear();
-    out.extend_from_slice(method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(path.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut prior = 0;
-    for h in req.headers.iter() {
-        let n = h.name.as_bytes();
-        if eq(n, "connection") || eq(n, "x-forwarded-for") {
-            continue;
-        }
-        header(out, n, h.value);
-    }
-    // X-Forwarded-For: a trusted proxy's list (several lines are one list), then this client.
-    // An empty line adds nobody to the list.
-    for h in req
-        .headers
-        .iter()
-        .filter(|h| eq(h.name.as_bytes(), "x-forwarded-for") && !trim(h.value).is_empty())
-    {
-        if prior == 0 {
-            out.extend_from_slice(b"x-forwarded-for: ");
-        } else {
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(trim(h.value));
-        prior += 1;
-    }
-    match (prior, client.ip) {
-        (0, Some(ip)) => header(out, b"x-forwarded-for", ip),
-        (_, Some(ip)) => {
-            out.extend_from_slice(b", ");
-            out.extend_from_slice(ip);
-            out.extend_from_slice(b"\r\n");
-        }
-        (0, None) => {}
-        (_, None) => out.extend_from_slice(b"\r\n"),
-    }
-    if !forwarded_host {
-        header(out, b"x-forwarded-host", host);
-    }
-    if !forwarded_proto {
-        header(out, b"x-forwarded-proto", b"http");
-    }
-    let retryable = idempotent && body == 0;
-    if !retryable {
-        // Its stream carries this request only: a worker that does not read the body must
-        // not keep the connection and take the body for a next request (it could hold one).
-        header(out, b"connection", b"close");
-    }
-    out.extend_from_slice(b"\r\n");
+    let (body, sent) = match adm.body {
+        Body::None => (0, Sent::None),
+        Body::Length(n) => match usize::try_from(n) {
+            Ok(len) if len <= max_body => (len, Sent::Length(n)),
+            // Large: hyper's path spools it to a file.
+            _ => return Request::Other,
+        },
+        // Chunked, or a length that is not one: hyper reads it, or refuses it.
+        Body::Chunked | Body::Unclear => return Request::Other,
+    };
+    policy::worker_head(&head, &adm, client, sent, out);
     Request::Simple(Simple {
         len,
-        head,
-        close,
+        head: adm.head,
+        close: adm.close,
         body,
-        retryable,
+        retryable: adm.retryable(),
     })
-}
-
-/// Headers that only hyper's path handles: `Expect`, and the hop-by-hop headers (a chunked
-/// body and an upgrade among them) that would have to be stripped. `Connection`,
-/// `Content-Length` and lookalikes are looked at before.
-fn is_other(n: &[u8]) -> bool {
-    eq(n, "expect") || is_hop_by_hop(n)
-}
-
-/// A Host header's value is a host and an optional port (RFC 9110 7.2, RFC 3986 3.2.2): a
-/// name, an IPv4 address or a bracketed IP literal, `:` and digits; empty when the target has
-/// no authority. Nothing that would end or change a URL built from it (`/`, `?`, `#`, `@`,
-/// white space, control bytes): applications build links and redirects from it, and nginx
-/// refuses the same.
-pub fn is_valid_host(v: &[u8]) -> bool {
-    let (host, port) = match v.iter().rposition(|b| *b == b':') {
-        Some(i) if !v.starts_with(b"[") || v[..i].ends_with(b"]") => (&v[..i], &v[i + 1..]),
-        _ => (v, &b""[..]),
-    };
-    let port_ok = port.len() <= 5 && port.iter().all(u8::is_ascii_digit);
-    let host_ok = if let Some(literal) = host.strip_prefix(b"[") {
-        literal.strip_suffix(b"]").is_some_and(|l| {
-            !l.is_empty()
-                && l.iter()
-                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'))
-        })
-    } else {
-        host.iter().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'%'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                )
-        })
-    };
-    // A port needs a host before it.
-    host_ok && port_ok && (port.is_empty() || !host.is_empty())
-}
-
-/// One header line.
-pub fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// A worker's answer head, classified.
@@ -440,17 +269,24 @@ pub fn answer(buf: &[u8], head: bool, date: &[u8], close: bool, out: &mut Vec<u8
         ),
     }
     out.extend_from_slice(b"\r\n");
+    let mut sent_length = false;
     for h in resp.headers.iter() {
         let n = h.name.as_bytes();
-        if is_hop_by_hop(n)
-            || (listed[..nlisted].iter().any(|l| n.eq_ignore_ascii_case(l)) && !is_kept(n))
+        let kind = classify(n);
+        if kind.is_hop_by_hop()
+            || (listed[..nlisted].iter().any(|l| n.eq_ignore_ascii_case(l)) && !kind.is_protected())
         {
             continue;
         }
         // A chunked body's length is the chunks', never a header's; a 204 has none at all
         // (RFC 9110 8.6), and a client that believed one would take the next answer for it.
-        if (matches!(body, Framing::Chunked) || status == 204) && eq(n, "content-length") {
-            continue;
+        // Several equal lengths are one (RFC 9112 6.3), sent once: hyper's server refuses to
+        // send an answer with two.
+        if kind == Name::ContentLength {
+            if matches!(body, Framing::Chunked) || status == 204 || sent_length {
+                continue;
+            }
+            sent_length = true;
         }
         header(out, n, h.value);
     }
@@ -492,68 +328,6 @@ pub fn switched(buf: &[u8], out: &mut Vec<u8>) -> Option<Final> {
         body: Framing::None,
         close: true,
     })
-}
-
-/// Headers that describe one hop, not the message (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
-
-/// Headers that describe one hop, not the message (RFC 9110 7.6.1); both paths drop them.
-pub fn is_hop_by_hop(n: &[u8]) -> bool {
-    HOP_BY_HOP.iter().any(|h| eq(n, h))
-}
-
-/// A forwarding header: what a proxy says of the client (`X-Forwarded-*` of any kind,
-/// `Forwarded`, `X-Real-IP`). Only a trusted peer's reach a worker; frameworks believe
-/// `X-Forwarded-Ssl`, `-Scheme`, `-Port` and `-Prefix` as much as `-Proto`.
-pub fn is_forwarding(n: &[u8]) -> bool {
-    (n.len() > 12 && eq(&n[..12], "x-forwarded-")) || eq(n, "forwarded") || eq(n, "x-real-ip")
-}
-
-/// A client header whose name has a `_` and reads, with `_` as `-`, as one baton frames by,
-/// sets or strips (`Content_Length`, `Transfer_Encoding`, `X_Forwarded_For`, `Keep_Alive`...;
-/// only names with a `-` have a lookalike). CGI-style servers (Rack's Puma and Unicorn, PHP) make the same
-/// variable of both spellings, so such a header would reach the app as the real one: an
-/// untrusted client's address, or a body framed otherwise than baton framed it. Both paths
-/// drop it (nginx drops every name with a `_`; these are the ones that matter).
-pub fn is_lookalike(n: &[u8]) -> bool {
-    if !n.contains(&b'_') {
-        return false;
-    }
-    // The name as a CGI server reads it, in a buffer long enough for every name compared.
-    let mut norm = [0u8; 24];
-    let len = n.len().min(norm.len());
-    for (d, c) in norm.iter_mut().zip(n) {
-        *d = if *c == b'_' {
-            b'-'
-        } else {
-            c.to_ascii_lowercase()
-        };
-    }
-    let norm = &norm[..len];
-    is_forwarding(norm) || (n.len() == len && (is_hop_by_hop(norm) || eq(norm, "content-length")))
-}
-
-/// End-to-end headers a `Connection:` list cannot remove.
-fn is_kept(n: &[u8]) -> bool {
-    [
-        "content-length",
-        "content-type",
-        "content-encoding",
-        "set-cookie",
-        "date",
-    ]
-    .iter()
-    .any(|h| eq(n, h))
 }
 
 /// Reading a chunked body (RFC 9112 7.1): sizes, extensions and trailers are framing, only
@@ -724,10 +498,14 @@ mod tests {
         ip: Some(b"192.0.2.7"),
         trusted: false,
     };
+    const LIMITS: policy::Limits = policy::Limits {
+        max_head: 8192,
+        max_body: 1 << 20,
+    };
 
     fn take(raw: &str, client: Client<'_>) -> (Request, String) {
         let mut out = Vec::new();
-        let r = request(raw.as_bytes(), client, 8192, 1024, &mut out);
+        let r = request(raw.as_bytes(), client, &LIMITS, 1024, &mut out);
         (r, String::from_utf8(out).unwrap())
     }
 
@@ -771,74 +549,21 @@ mod tests {
             out,
             "HEAD / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.1\r\nx-forwarded-host: h\r\n\r\n"
         );
-        // On a Unix socket there is no address to add.
-        let local = Client {
-            ip: None,
-            trusted: true,
-        };
-        let (_, out) = take(
-            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\n\r\n",
-            local,
-        );
-        assert!(
-            out.contains("\r\nx-forwarded-for: 1.1.1.1\r\nx-forwarded-host: h\r\n"),
-            "{out}"
-        );
-        let (_, out) = take("GET / HTTP/1.1\r\nHost: h\r\n\r\n", local);
-        assert!(!out.contains("x-forwarded-for"), "{out}");
     }
 
     #[test]
-    fn lookalike_names_are_told_apart() {
-        for n in [
-            "Content_Length",
-            "transfer_encoding",
-            "X_Forwarded_For",
-            "x-forwarded_proto",
-            "X_FORWARDED_SOMETHING_LONG_ENOUGH",
-            "X_Real_IP",
-            "Proxy_Connection",
-            "Keep_Alive",
-        ] {
-            assert!(is_lookalike(n.as_bytes()), "{n}");
-        }
-        for n in [
-            "X_Api_Key",
-            "Content-Length",
-            "x_request_id",
-            "content_length_x",
-            "H_ost",
-        ] {
-            assert!(!is_lookalike(n.as_bytes()), "{n}");
-        }
-        for n in [
-            "X-Forwarded-Ssl",
-            "x-forwarded-port",
-            "Forwarded",
-            "X-Real-IP",
-        ] {
-            assert!(is_forwarding(n.as_bytes()), "{n}");
-        }
-        for n in ["X-Forwarded-", "X-Forwarder", "Forwarded-For"] {
-            assert!(!is_forwarding(n.as_bytes()), "{n}");
-        }
-        // A trusted proxy's own forwarding headers are kept as they are.
-        let trusted = Client {
-            ip: Some(b"10.0.0.1"),
-            trusted: true,
-        };
+    fn the_policy_rewrites_what_the_narrow_path_takes() {
+        // An untrusted client's forwarding headers, lookalikes, hop-by-hop headers and the
+        // names its Connection lists: dropped here as on hyper's path (one policy).
         let (r, out) = take(
-            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Ssl: on\r\n\r\n",
-            trusted,
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX_Forwarded_For: 6.6.6.6\r\nContent_Length: 5\r\nConnection: keep-alive, x-secret\r\nX-Secret: 1\r\nTE: trailers\r\nX_Api_Key: k\r\n\r\n",
+            CLIENT,
         );
-        assert!(matches!(r, Request::Simple(_)));
-        assert!(out.contains("X-Forwarded-Ssl: on\r\n"), "{out}");
-        // But not a lookalike it passed on from its client.
-        let (r, _) = take(
-            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Client_Cert: x\r\n\r\n",
-            trusted,
+        assert!(matches!(r, Request::Simple(_)), "{r:?}");
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: h\r\nX_Api_Key: k\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-host: h\r\nx-forwarded-proto: http\r\n\r\n"
         );
-        assert_eq!(r, Request::Other);
     }
 
     #[test]
@@ -852,20 +577,23 @@ mod tests {
         assert_eq!((s.body, s.retryable), (5, false));
         assert_eq!(
             out,
-            "POST /form HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-host: h\r\nx-forwarded-proto: http\r\nconnection: close\r\n\r\n",
+            "POST /form HTTP/1.1\r\nHost: h\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-host: h\r\nx-forwarded-proto: http\r\ncontent-length: 5\r\nconnection: close\r\n\r\n",
             "a request that cannot be sent again has a stream of its own"
         );
         // Idempotent without a body: retryable; with one, or not idempotent: not.
         let (s, _) = simple("DELETE /x HTTP/1.1\r\nHost: h\r\n\r\n");
         assert_eq!((s.body, s.retryable), (0, true));
-        let (s, _) = simple("PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
+        let (s, out) = simple("PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
         assert_eq!((s.body, s.retryable), (0, true));
+        assert!(out.contains("content-length: 0\r\n"), "{out}");
         let (s, _) = simple("PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1024\r\n\r\n");
         assert_eq!((s.body, s.retryable), (1024, false));
         let (s, _) = simple("POST /x HTTP/1.1\r\nHost: h\r\n\r\n");
         assert_eq!((s.body, s.retryable), (0, false));
         let (s, _) = simple("PATCH /x HTTP/1.1\r\nHost: h\r\nContent-Length:  7 \r\n\r\n");
         assert_eq!((s.body, s.retryable), (7, false));
+        let (s, _) = simple("GET /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\n");
+        assert_eq!((s.body, s.retryable), (3, false));
         // Larger than the narrow path keeps in memory, two lengths, or a length that is not
         // a plain number: hyper's.
         for raw in [
@@ -879,41 +607,34 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n",
-            "TRACE / HTTP/1.1\r\nHost: h\r\n\r\n",
         ] {
             assert_eq!(take(raw, CLIENT).0, Request::Other, "{raw:?}");
         }
         // Without room for bodies (request buffering off), only body-less requests.
         let mut out = Vec::new();
         let raw = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx";
-        assert_eq!(request(raw, CLIENT, 8192, 0, &mut out), Request::Other);
+        assert_eq!(request(raw, CLIENT, &LIMITS, 0, &mut out), Request::Other);
     }
 
     #[test]
     fn anything_unusual_goes_to_hyper() {
         for raw in [
-            "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
-            "HEAD / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET / HTTP/1.0\r\nHost: h\r\n\r\n",
             "GET / HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: evil.com/x?y @z\r\n\r\n",
             "GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
             "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+            "TRACE / HTTP/1.1\r\nHost: h\r\n\r\n",
+            "CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, x-secret\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nX-Real-IP: 6.6.6.6\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Ssl: on\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nX_Forwarded_For: 6.6.6.6\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nContent_Length: 5\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer_Encoding: chunked\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nTE: trailers\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer_Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n",
             "GET / HTTP/1.1\r\nHost : h\r\n\r\n",
             "GET /\x7f HTTP/1.1\r\nHost: h\r\n\r\n",
-            "BREW / HTTP/1.1\r\nHost: h\r\n\r\n",
             "garbage\r\n\r\n",
         ] {
             assert_eq!(take(raw, CLIENT).0, Request::Other, "{raw:?}");
@@ -927,6 +648,14 @@ mod tests {
         assert_eq!(take(&long, CLIENT).0, Request::Other);
         let many: String = (0..70).map(|i| format!("X-{i}: v\r\n")).collect();
         let raw = format!("GET / HTTP/1.1\r\nHost: h\r\n{many}\r\n");
+        assert_eq!(take(&raw, CLIENT).0, Request::Other);
+        // Within the limit as bytes, over it as the policy counts a head (what hyper's path
+        // sees): hyper answers it, the same 431.
+        let tight: String = (0..60)
+            .map(|i| format!("X-{i:02}:{}\r\n", "v".repeat(129)))
+            .collect();
+        let raw = format!("GET / HTTP/1.1\r\nHost: h\r\n{tight}\r\n");
+        assert!(raw.len() <= 8192, "{}", raw.len());
         assert_eq!(take(&raw, CLIENT).0, Request::Other);
     }
 
@@ -1111,57 +840,6 @@ mod tests {
         }
         assert!(c.is_done());
         assert_eq!(data, b"hello 0123456789");
-    }
-
-    #[test]
-    fn a_host_is_a_name_or_address_and_a_port() {
-        for good in [
-            &b"example.org"[..],
-            b"example.org:8080",
-            b"127.0.0.1",
-            b"[::1]:443",
-            b"[fe80::1]",
-            b"xn--bcher-kva.example",
-            b"",
-        ] {
-            assert!(is_valid_host(good), "{}", String::from_utf8_lossy(good));
-        }
-        for bad in [
-            &b"evil.com/x?y @z"[..],
-            b"a b",
-            b"host:port",
-            b"host:123456",
-            b"user@host",
-            b"host#frag",
-            b"[::1",
-            b":80",
-            b"a\tb",
-        ] {
-            assert!(!is_valid_host(bad), "{}", String::from_utf8_lossy(bad));
-        }
-        let (r, _) = take("GET / HTTP/1.1\r\nHost: evil.com/x?y @z\r\n\r\n", CLIENT);
-        assert_eq!(r, Request::Other, "refused on hyper's path");
-    }
-
-    #[test]
-    fn an_empty_forwarded_for_adds_nobody() {
-        let trusted = Client {
-            ip: Some(b"127.0.0.1"),
-            trusted: true,
-        };
-        let (_, out) = take(
-            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: \r\n\r\n",
-            trusted,
-        );
-        assert!(out.contains("x-forwarded-for: 127.0.0.1\r\n"), "{out}");
-        let (_, out) = take(
-            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For:\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
-            trusted,
-        );
-        assert!(
-            out.contains("x-forwarded-for: 10.0.0.1, 127.0.0.1\r\n"),
-            "{out}"
-        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub(crate) mod manager;
 pub(crate) mod manpage;
 pub mod metrics;
 pub(crate) mod notify;
+pub mod policy;
 pub mod pool;
 pub mod proxy;
 pub(crate) mod readiness;
@@ -37,7 +38,7 @@ mod layering {
     const LAYERS: &[&[&str]] = &[
         // Leaves: pure rules and small parts that know nothing of baton's state.
         &[
-            "h1",
+            "policy",
             "canary",
             "journal",
             "notify",
@@ -45,7 +46,7 @@ mod layering {
             "unit_files",
             "admin",
         ],
-        &["config"],
+        &["h1", "config"],
         &["spawn", "listen", "demo", "buffer"],
         &["upstream", "readiness", "state"],
         &["pool"],

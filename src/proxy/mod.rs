@@ -11,12 +11,12 @@ mod narrow;
 use crate::buffer::{self, BodyError, BodyFailure};
 use crate::h1::Framing;
 use crate::listen::Listener;
+use crate::policy;
 use crate::pool::{Lease, Pool, Rejected};
 use crate::spawn::WorkerId;
 use crate::upstream::{RawBody, UpstreamError};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -38,6 +38,8 @@ pub struct Proxy {
     pool: Arc<Pool>,
     header_timeout: Duration,
     max_header_size: usize,
+    /// What every request head is held to, on every path.
+    policy: policy::Limits,
     /// One permit per open client connection (`[listen] max_connections`).
     connections: Arc<tokio::sync::Semaphore>,
     max_connections: usize,
@@ -51,6 +53,19 @@ pub struct Proxy {
     tunnel_idle_timeout: Duration,
     /// Every connection and every upgraded tunnel, so that shutdown can wait for all of them.
     tasks: TaskTracker,
+    codecs: Codecs,
+}
+
+/// Which codecs serve a client connection's requests. Both make the same decisions (one
+/// policy); the narrow path is only cheaper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codecs {
+    /// The narrow HTTP/1.1 path while requests are the common kind, then hyper (always, in
+    /// baton).
+    NarrowThenHyper,
+    /// hyper from the first byte: for the differential test, which holds the two to the same
+    /// behaviour, and for benchmarks.
+    HyperOnly,
 }
 
 impl Proxy {
@@ -62,11 +77,32 @@ impl Proxy {
         max_connections: usize,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Proxy> {
+        Proxy::with_codecs(
+            pool,
+            config,
+            max_connections,
+            metrics,
+            Codecs::NarrowThenHyper,
+        )
+    }
+
+    /// [`Proxy::new`], with the codecs given.
+    pub fn with_codecs(
+        pool: Arc<Pool>,
+        config: &crate::config::Config,
+        max_connections: usize,
+        metrics: Arc<crate::metrics::Metrics>,
+        codecs: Codecs,
+    ) -> Arc<Proxy> {
         let listen = &config.listen;
         Arc::new(Proxy {
             pool,
             header_timeout: listen.header_timeout.get(),
             max_header_size: usize::try_from(listen.max_header_size.0).unwrap_or(usize::MAX),
+            policy: policy::Limits {
+                max_head: usize::try_from(listen.max_header_size.0).unwrap_or(usize::MAX),
+                max_body: listen.max_body_size.0,
+            },
             connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
             max_connections,
             metrics,
@@ -77,6 +113,7 @@ impl Proxy {
             send_timeout: listen.send_timeout.get(),
             tunnel_idle_timeout: listen.tunnel_idle_timeout.get(),
             tasks: TaskTracker::new(),
+            codecs,
         })
     }
 
@@ -155,7 +192,11 @@ impl Proxy {
         };
         // The common requests first, as bytes; hyper takes over at the first other one.
         let mut io = buffer::SendTimeout::new(stream, self.send_timeout);
-        let io = match self.narrow(&mut io, &peer, &stop).await {
+        let ended = match self.codecs {
+            Codecs::NarrowThenHyper => self.narrow(&mut io, &peer, &stop).await,
+            Codecs::HyperOnly => narrow::Ended::Hyper(Bytes::new()),
+        };
+        let io = match ended {
             narrow::Ended::Closed => return,
             narrow::Ended::Hyper(prefix) => narrow::Rewound::new(prefix, io),
         };
@@ -201,70 +242,20 @@ impl Proxy {
         mut req: Request<Incoming>,
         peer: &Peer,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let uri = req.uri();
-        let uri_len = uri.path_and_query().map_or(1, |p| p.as_str().len())
-            + uri.authority().map_or(0, |a| a.as_str().len());
-        if uri_len > self.max_header_size {
-            return Err(ProxyError::UriTooLong(uri_len, self.max_header_size));
-        }
-        // The whole request line counts: method, target and version.
-        let head: usize = req.method().as_str().len()
-            + uri_len
-            + " HTTP/1.1\r\n ".len()
-            + req
-                .headers()
-                .iter()
-                .map(|(k, v)| k.as_str().len() + v.len() + 4)
-                .sum::<usize>();
-        if head > self.max_header_size {
-            return Err(ProxyError::HeadTooLarge(head, self.max_header_size));
-        }
-        if req.method() == Method::CONNECT {
-            return Err(ProxyError::Connect);
-        }
-        if req.method() == Method::TRACE {
-            return Err(ProxyError::Trace);
-        }
-        // HTTP/1.1 needs exactly one Host (RFC 9112 3.2); HTTP/1.0 may go without.
-        let hosts = req.headers().get_all(header::HOST).iter().count();
-        if hosts > 1 || (hosts == 0 && req.version() == http::Version::HTTP_11) {
-            return Err(ProxyError::NoHost);
-        }
-        if let Some(host) = req.headers().get(header::HOST)
-            && !crate::h1::is_valid_host(host.as_bytes())
-        {
-            return Err(ProxyError::BadHost);
-        }
-        let upgrade = wants_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        // Only origin-form ("/path") and absolute-form ("http://host/path") targets reach a
-        // worker; anything else ("abc", "host:80", "*") would be guessed at.
-        let path = match parts.uri.path_and_query() {
-            Some(p) if p.as_str().starts_with('/') => p.clone(),
-            None if parts.uri.scheme().is_some() => PathAndQuery::from_static("/"),
-            Some(p) if p.as_str() == "*" && parts.method == Method::OPTIONS => {
-                return Ok(server_options());
-            }
-            _ => return Err(ProxyError::BadTarget),
-        };
-        strip_hop_by_hop(&mut parts.headers, upgrade);
-        add_forwarded(&mut parts.headers, peer);
-        let has_body = !has_no_body(&body);
+        // The policy every way in asks: forwarded (how), or answered by baton (why).
+        let adm = policy::admit(&request_head(&req), &self.policy).map_err(ProxyError::Own)?;
+        let client_upgrade = adm.upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
         // Set when a streamed request body fails on the client's side (a malformed chunk, a
         // stall): then the client, not the worker, is to blame.
         let client_fault = buffer::Fault::default();
-        let retryable = !upgrade && is_idempotent(&parts.method) && !has_body;
-        // Too large by its own account: 413 before reading (and before the `100 Continue` that
-        // hyper sends on the first read), buffered or streamed.
-        if has_body && content_length(&parts.headers).is_some_and(|n| n > self.limits.max_body) {
-            return Err(ProxyError::Body(BodyFailure::TooLarge(
-                self.limits.max_body,
-            )));
-        }
         // The body's framing towards the worker: its exact length when known, else chunked.
-        let (body, length): (Option<ProxyBody>, Option<u64>) = if !has_body {
-            (None, None)
+        let (body, sent): (Option<ProxyBody>, policy::Sent) = if !adm.has_body() {
+            let sent = match adm.body {
+                policy::Body::Length(n) => policy::Sent::Length(n),
+                _ => policy::Sent::None,
+            };
+            (None, sent)
         } else if self.request_buffering {
             // The whole body first: a client that trickles costs memory or a file, never a
             // worker. The worker gets the exact length, however the client framed it.
@@ -274,7 +265,7 @@ impl Proxy {
             let n = buffered.len();
             (
                 Some(buffer::BufferedBody::new(buffered).boxed_unsync()),
-                Some(n),
+                policy::Sent::Length(n),
             )
         } else {
             // Streamed: a chunked body that grows past max_body_size is cut with a 413.
@@ -285,18 +276,18 @@ impl Proxy {
                 self.limits.max_body,
                 client_fault.clone(),
             );
-            (Some(streamed.boxed_unsync()), n)
+            let sent = n.map_or(policy::Sent::Chunked, policy::Sent::Length);
+            (Some(streamed.boxed_unsync()), sent)
         };
-        parts.headers.remove(header::CONTENT_LENGTH);
-        let close = !retryable && !upgrade;
-        let head = worker_head(&parts, &path, body.is_some().then_some(length), close);
+        let mut head = Vec::with_capacity(512);
+        policy::worker_head(&parts_head(&parts), &adm, peer.client(), sent, &mut head);
         let mut req = exchange::Outgoing {
             bytes: &head,
-            chunked: body.is_some() && length.is_none(),
+            chunked: sent == policy::Sent::Chunked,
             body,
-            retryable,
-            head: parts.method == Method::HEAD,
-            upgrade,
+            retryable: adm.retryable(),
+            head: adm.head,
+            upgrade: adm.upgrade,
             fault: Some(client_fault),
         };
         let lease = self.lease(None).await?;
@@ -368,14 +359,17 @@ impl Proxy {
             // The rest of the worker's answer is read as fast as it comes; its lease goes back
             // when it ends, whatever the client's pace.
             let body = buffer::spool(body, self.limits.clone(), move |_| drop(lease));
-            return Ok(Response::from_parts(rparts, body.boxed_unsync()));
+            return Ok(Response::from_parts(
+                rparts,
+                FlushBeforeCut::new(body).boxed_unsync(),
+            ));
         }
         Ok(Response::from_parts(
             rparts,
-            LeasedBody {
+            FlushBeforeCut::new(LeasedBody {
                 inner: body,
                 _lease: lease,
-            }
+            })
             .boxed_unsync(),
         ))
     }
@@ -400,34 +394,35 @@ impl Proxy {
     }
 }
 
-/// The request head for the worker: the client's method, the origin-form target, its headers
-/// (hop-by-hop ones already dropped, forwarding ones set), the body's framing (`Some(None)`: a
-/// body of unknown length, sent chunked), and `Connection: close` for a request whose stream
-/// must carry nothing else.
-fn worker_head(
-    parts: &http::request::Parts,
-    path: &PathAndQuery,
-    body: Option<Option<u64>>,
-    close: bool,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(path.as_str().as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        crate::h1::header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+/// A request head as hyper parsed it, for the policy.
+fn request_head(req: &Request<Incoming>) -> policy::RequestHead<'_, HeaderMap> {
+    head_of(req.method(), req.uri(), req.version(), req.headers())
+}
+
+fn parts_head(parts: &http::request::Parts) -> policy::RequestHead<'_, HeaderMap> {
+    head_of(&parts.method, &parts.uri, parts.version, &parts.headers)
+}
+
+fn head_of<'a>(
+    method: &'a Method,
+    uri: &'a http::Uri,
+    version: http::Version,
+    headers: &'a HeaderMap,
+) -> policy::RequestHead<'a, HeaderMap> {
+    let target = match uri.path_and_query() {
+        Some(p) if p.as_str().starts_with('/') => policy::Target::Path(p.as_str()),
+        None if uri.scheme().is_some() => policy::Target::Path("/"),
+        Some(p) if p.as_str() == "*" => policy::Target::Asterisk,
+        _ => policy::Target::Invalid,
+    };
+    policy::RequestHead {
+        method: method.as_str(),
+        target,
+        target_len: uri.path_and_query().map_or(1, |p| p.as_str().len())
+            + uri.authority().map_or(0, |a| a.as_str().len()),
+        http10: version == http::Version::HTTP_10,
+        fields: headers,
     }
-    match body {
-        Some(Some(n)) => crate::h1::header(&mut out, b"content-length", n.to_string().as_bytes()),
-        Some(None) => crate::h1::header(&mut out, b"transfer-encoding", b"chunked"),
-        None => {}
-    }
-    if close {
-        crate::h1::header(&mut out, b"connection", b"close");
-    }
-    out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// The client's answer head as hyper's server takes it, from the head `h1::answer` (or
@@ -453,44 +448,20 @@ fn response_head(out: &[u8], status: u16) -> Option<(http::response::Parts, bool
     Some((r.into_parts().0, switched))
 }
 
-/// The options a `Connection:` header lists, over all its lines.
-fn connection_options(h: &HeaderMap) -> impl Iterator<Item = &str> {
-    h.get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-}
-
 /// Why a request got no answer from a worker; each becomes a plain-text error response.
 #[derive(Debug, thiserror::Error)]
 enum ProxyError {
     #[error("baton: {0}")]
     NoWorker(Rejected),
-    #[error(
-        "baton: bad request target (origin-form \"/path\" or absolute-form \"http://host/path\")"
-    )]
-    BadTarget,
-    #[error("baton: a request needs exactly one Host header")]
-    NoHost,
-    #[error("baton: the Host header is not a host name or address with an optional port")]
-    BadHost,
-    #[error("baton: CONNECT is not supported (baton is a reverse proxy, not a forward proxy)")]
-    Connect,
-    #[error(
-        "baton: TRACE is not supported (it would echo the request, credentials included, to the page that sent it)"
-    )]
-    Trace,
+    /// Answered by baton itself (see [`policy::OwnAnswer`]).
+    #[error("{0}")]
+    Own(policy::OwnAnswer),
     #[error("baton: worker {worker} failed to answer: {cause}")]
     BadGateway { worker: WorkerId, cause: String },
     #[error(
         "baton: worker {0} was stopped by a restart after drain_timeout while this request was in flight"
     )]
     Cut(WorkerId),
-    #[error("baton: the request target is {0} bytes; the limit is {1} (listen.max_header_size)")]
-    UriTooLong(usize, usize),
-    #[error("baton: the request head is {0} bytes; the limit is {1} (listen.max_header_size)")]
-    HeadTooLarge(usize, usize),
     #[error("baton: {0}")]
     Body(BodyFailure),
 }
@@ -517,12 +488,9 @@ impl ProxyError {
     fn into_response(self) -> Response<ProxyBody> {
         let status = match &self {
             ProxyError::NoWorker(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::BadTarget | ProxyError::NoHost | ProxyError::BadHost => {
-                StatusCode::BAD_REQUEST
+            ProxyError::Own(own) => {
+                StatusCode::from_u16(own.status()).unwrap_or(StatusCode::BAD_REQUEST)
             }
-            ProxyError::Connect | ProxyError::Trace => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::UriTooLong(..) => StatusCode::URI_TOO_LONG,
-            ProxyError::HeadTooLarge(..) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadGateway { .. } | ProxyError::Cut(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Body(BodyFailure::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Body(BodyFailure::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
@@ -535,9 +503,15 @@ impl ProxyError {
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            ProxyError::Connect | ProxyError::Trace => {
-                r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
+            ProxyError::Own(own) => {
+                if let Some(allow) = own.allow() {
+                    r.headers_mut()
+                        .insert(header::ALLOW, HeaderValue::from_static(allow));
+                }
+                if own.closes() {
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
             }
             // The rest of the body is not read: the connection cannot go on.
             ProxyError::Body(_) => {
@@ -612,16 +586,6 @@ async fn tunnel(
     drop(lease);
 }
 
-const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
-
-/// `OPTIONS *`: a question about the server, answered by baton itself.
-fn server_options() -> Response<ProxyBody> {
-    let mut r = Response::new(Empty::new().map_err(|n| match n {}).boxed_unsync());
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
-    r
-}
-
 pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
     let mut r = Response::new(
         Full::new(Bytes::from(format!("{message}\n")))
@@ -636,94 +600,6 @@ pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> 
     r
 }
 
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-    )
-}
-
-fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn has_no_body(body: &Incoming) -> bool {
-    body.is_end_stream() || body.size_hint().exact() == Some(0)
-}
-
-fn wants_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
-        && connection_options(h).any(|t| t.eq_ignore_ascii_case("upgrade"))
-}
-
-/// Headers that describe one hop, not the message (RFC 9110 7.6.1).
-fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    // Nearly always none is there: one pass over the names, rather than nine hash lookups.
-    if !keep_upgrade && !h.keys().any(is_hop_by_hop) {
-        return;
-    }
-    let listed: Vec<HeaderName> = connection_options(h)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in listed {
-        let kept = is_protected(&name) || (keep_upgrade && name == header::UPGRADE);
-        if !kept {
-            h.remove(name);
-        }
-    }
-    for name in [
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-    ] {
-        h.remove(name);
-    }
-    h.remove(KEEP_ALIVE);
-    h.remove(PROXY_CONNECTION);
-    if keep_upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        h.remove(header::CONNECTION);
-        h.remove(header::UPGRADE);
-    }
-}
-
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-
-/// End-to-end headers that baton and the worker rely on: a client's `Connection:` list cannot
-/// remove them (`Connection: host` would hide the Host the client sent).
-fn is_protected(n: &HeaderName) -> bool {
-    n == header::HOST
-        || n == header::CONTENT_LENGTH
-        || n == header::CONTENT_TYPE
-        || n == header::CONTENT_ENCODING
-        || n == header::COOKIE
-        || n == header::AUTHORIZATION
-        || n == header::EXPECT
-        || n == X_FORWARDED_FOR
-        || n == X_FORWARDED_HOST
-        || n == X_FORWARDED_PROTO
-        || n == FORWARDED
-        || n == X_REAL_IP
-}
-
-fn is_hop_by_hop(n: &HeaderName) -> bool {
-    crate::h1::is_hop_by_hop(n.as_str().as_bytes())
-}
-
 /// What baton knows of a client connection, worked out once per connection.
 #[derive(Clone, Debug)]
 struct Peer {
@@ -734,57 +610,66 @@ struct Peer {
     trusted: bool,
 }
 
-/// Set the forwarding headers: what baton saw, never what an untrusted client claims.
-fn add_forwarded(h: &mut HeaderMap, peer: &Peer) {
-    let prior = if peer.trusted && h.contains_key(&X_FORWARDED_FOR) {
-        // Several X-Forwarded-For lines are one list (RFC 9110 5.3).
-        // An empty line adds nobody to the list.
-        let joined: Vec<&str> = h
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .collect();
-        (!joined.is_empty()).then(|| joined.join(", "))
-    } else {
-        None
-    };
-    // An untrusted client's forwarding headers, and anyone's lookalike of a header baton
-    // frames by or sets (`X_Forwarded_For`, `Content_Length`: see `h1::is_lookalike`), never
-    // reach a worker.
-    let dropped = |n: &HeaderName| {
-        let n = n.as_str().as_bytes();
-        crate::h1::is_lookalike(n) || (!peer.trusted && crate::h1::is_forwarding(n))
-    };
-    if h.keys().any(dropped) {
-        let names: Vec<HeaderName> = h.keys().filter(|n| dropped(n)).cloned().collect();
-        for name in names {
-            h.remove(&name);
+impl Peer {
+    fn client(&self) -> policy::Client<'_> {
+        policy::Client {
+            ip: self.ip.as_ref().map(HeaderValue::as_bytes),
+            trusted: self.trusted,
         }
     }
-    let value = match (prior, &peer.ip) {
-        (Some(prev), Some(ip)) => {
-            HeaderValue::try_from(format!("{prev}, {}", ip.to_str().unwrap_or_default())).ok()
-        }
-        (Some(prev), None) => HeaderValue::try_from(prev).ok(),
-        (None, ip) => ip.clone(),
-    };
-    match value {
-        Some(v) => {
-            h.insert(X_FORWARDED_FOR, v);
-        }
-        None => {
-            h.remove(&X_FORWARDED_FOR);
+}
+
+/// An answer body for hyper's server that lets out what it already gave before it fails (a
+/// worker that died mid-answer): hyper writes a head together with the first data and, when
+/// the body then fails, drops the connection without flushing them, where the narrow path
+/// has sent each byte as it came. `Pending` once before the error makes hyper flush (its
+/// dispatch loop flushes after a write that cannot go on), so the client gets the same cut
+/// answer on both paths (tests/differential.rs).
+struct FlushBeforeCut<B> {
+    inner: B,
+    failed: Option<BodyError>,
+}
+
+impl<B> FlushBeforeCut<B> {
+    fn new(inner: B) -> FlushBeforeCut<B> {
+        FlushBeforeCut {
+            inner,
+            failed: None,
         }
     }
-    if !h.contains_key(&X_FORWARDED_HOST)
-        && let Some(host) = h.get(header::HOST).cloned()
-    {
-        h.insert(X_FORWARDED_HOST, host);
+}
+
+impl<B> Body for FlushBeforeCut<B>
+where
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                this.failed = Some(e);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            other => other,
+        }
     }
-    if !h.contains_key(&X_FORWARDED_PROTO) {
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+
+    fn is_end_stream(&self) -> bool {
+        self.failed.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -815,89 +700,5 @@ impl Body for LeasedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::HOST, HeaderValue::from_static("example"));
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key(header::HOST));
-    }
-
-    #[test]
-    fn connection_cannot_remove_end_to_end_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("host, cookie, authorization, x-other"),
-        );
-        h.insert(header::HOST, HeaderValue::from_static("example"));
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic x"));
-        h.insert("x-other", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h["host"], "example");
-        assert_eq!(h["cookie"], "a=1");
-        assert_eq!(h["authorization"], "Basic x");
-        assert!(!h.contains_key("x-other"));
-    }
-
-    fn client(trusted: bool) -> Peer {
-        Peer {
-            ip: Some(HeaderValue::from_static("192.0.2.7")),
-            trusted,
-        }
-    }
-
-    #[test]
-    fn a_trusted_proxys_forwarding_headers_are_merged_and_extended() {
-        let mut h = HeaderMap::new();
-        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
-        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        h.insert(header::HOST, HeaderValue::from_static("example.org"));
-        add_forwarded(&mut h, &client(true));
-        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 192.0.2.7");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["x-forwarded-host"], "example.org");
-    }
-
-    #[test]
-    fn an_empty_forwarded_for_adds_nobody() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static(""));
-        add_forwarded(&mut h, &client(true));
-        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
-    }
-
-    #[test]
-    fn an_untrusted_clients_forwarding_headers_are_replaced() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
-        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        h.insert("forwarded", HeaderValue::from_static("for=10.0.0.1"));
-        h.insert("x-real-ip", HeaderValue::from_static("10.0.0.1"));
-        h.insert(header::HOST, HeaderValue::from_static("example.org"));
-        add_forwarded(&mut h, &client(false));
-        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
-        assert_eq!(h["x-forwarded-host"], "example.org");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert!(!h.contains_key("forwarded"));
-        assert!(!h.contains_key("x-real-ip"));
     }
 }

@@ -11,6 +11,7 @@ use super::exchange::{Answered, Outgoing, date};
 use super::{Peer, Proxy, ProxyError};
 use crate::buffer::{self, BodyFailure};
 use crate::h1::{self, Final, Framing};
+use crate::policy;
 use crate::pool::Lease;
 use crate::upstream::{RawBody, Upstream};
 use bytes::{Buf, Bytes, BytesMut};
@@ -86,10 +87,7 @@ impl Proxy {
             answer: BytesMut::new(),
             grown: false,
         };
-        let client = h1::Client {
-            ip: peer.ip.as_ref().map(|v| v.as_bytes()),
-            trusted: peer.trusted,
-        };
+        let client = peer.client();
         // Without request buffering a body streams to the worker: hyper's path does that.
         let max_body = if self.request_buffering {
             MAX_BODY
@@ -104,7 +102,7 @@ impl Proxy {
             let deadline = tokio::time::Instant::now() + self.header_timeout;
             let simple = loop {
                 if !s.input.is_empty() {
-                    match h1::request(&s.input, client, self.max_header_size, max_body, &mut s.up) {
+                    match h1::request(&s.input, client, &self.policy, max_body, &mut s.up) {
                         h1::Request::Simple(r) => break r,
                         h1::Request::Other => return Ended::Hyper(s.input.freeze()),
                         h1::Request::Partial => {}
@@ -404,13 +402,13 @@ async fn write_error<S: AsyncWrite + Unpin>(
     );
     for (name, value) in &parts.headers {
         if name != http::header::CONNECTION {
-            h1::header(out, name.as_str().as_bytes(), value.as_bytes());
+            policy::header(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    h1::header(out, b"content-length", body.len().to_string().as_bytes());
-    h1::header(out, b"date", &date());
+    policy::header(out, b"content-length", body.len().to_string().as_bytes());
+    policy::header(out, b"date", &date());
     if close {
-        h1::header(out, b"connection", b"close");
+        policy::header(out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
     let body = if head { &[][..] } else { &body[..] };

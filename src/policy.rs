@@ -1,0 +1,942 @@
+//! One HTTP policy for every way into baton: the narrow HTTP/1.1 path (`h1`), hyper's, and
+//! any front to come. What a client's request head may be, what baton answers itself, what
+//! the worker gets instead of it, and the tables of header names these rules rest on, each
+//! written once.
+//!
+//! Pure: no I/O, no tokio, no pool, and no allocation, so the narrow path stays as cheap as
+//! it was. A codec builds a [`RequestHead`] from what it parsed (httparse's array, hyper's
+//! `HeaderMap`), asks [`admit`], and writes the worker's head with [`worker_head`]: the same
+//! decision and the same bytes, whichever way the request came. What a worker may answer is
+//! read by one parser for every path (`h1::answer`), on the tables here. The differential
+//! test (`tests/differential.rs`) and fuzz target (`fuzz/fuzz_targets/differential.rs`) hold
+//! the codecs to it.
+
+/// What a header name is to baton. One table, for requests and answers alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Name {
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Upgrade,
+    Expect,
+    /// The other hop-by-hop headers (RFC 9110 7.6.1): `Keep-Alive`, `Proxy-Connection`, `TE`,
+    /// `Trailer`, `Proxy-Authenticate`, `Proxy-Authorization`.
+    HopByHop,
+    ForwardedFor,
+    ForwardedHost,
+    ForwardedProto,
+    /// Any other forwarding header: what a proxy says of the client (`X-Forwarded-*` of any
+    /// kind, `Forwarded`, `X-Real-IP`). Frameworks believe `X-Forwarded-Ssl`, `-Scheme`,
+    /// `-Port` and `-Prefix` as much as `-Proto`.
+    Forwarding,
+    /// A name with a `_` that reads, with `_` as `-`, as one baton frames by, sets or strips
+    /// (`Content_Length`, `Transfer_Encoding`, `X_Forwarded_For`, `Keep_Alive`...). CGI-style
+    /// servers (Rack's Puma and Unicorn, PHP) make the same variable of both spellings, so
+    /// such a header would reach the app as the real one: an untrusted client's address, or
+    /// a body framed otherwise than baton framed it. Dropped, anyone's (nginx drops every
+    /// name with a `_`; these are the ones that matter).
+    Lookalike,
+    /// An end-to-end header baton, the worker or the browser relies on, which a
+    /// `Connection:` list cannot remove (`Connection: set-cookie` would log a visitor out):
+    /// `Content-Type`, `Content-Encoding`, `Cookie`, `Set-Cookie`, `Authorization`, `Date`.
+    Protected,
+    Other,
+}
+
+impl Name {
+    /// A `Connection:` list cannot remove it.
+    pub fn is_protected(self) -> bool {
+        matches!(
+            self,
+            Name::Host
+                | Name::ContentLength
+                | Name::Expect
+                | Name::ForwardedFor
+                | Name::ForwardedHost
+                | Name::ForwardedProto
+                | Name::Forwarding
+                | Name::Protected
+        )
+    }
+
+    /// It describes one hop, not the message (RFC 9110 7.6.1); no path passes it on as it is.
+    pub fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Name::Connection | Name::Upgrade | Name::TransferEncoding | Name::HopByHop
+        )
+    }
+
+    /// A forwarding header of any kind.
+    pub fn is_forwarding(self) -> bool {
+        matches!(
+            self,
+            Name::ForwardedFor | Name::ForwardedHost | Name::ForwardedProto | Name::Forwarding
+        )
+    }
+}
+
+/// What a header name is to baton (case-insensitive).
+pub fn classify(n: &[u8]) -> Name {
+    let is = |s: &str| n.eq_ignore_ascii_case(s.as_bytes());
+    match n.len() {
+        2 if is("te") => Name::HopByHop,
+        4 if is("host") => Name::Host,
+        4 if is("date") => Name::Protected,
+        6 if is("cookie") => Name::Protected,
+        6 if is("expect") => Name::Expect,
+        7 if is("upgrade") => Name::Upgrade,
+        7 if is("trailer") => Name::HopByHop,
+        9 if is("forwarded") || is("x-real-ip") => Name::Forwarding,
+        10 if is("connection") => Name::Connection,
+        10 if is("keep-alive") => Name::HopByHop,
+        10 if is("set-cookie") => Name::Protected,
+        12 if is("content-type") => Name::Protected,
+        13 if is("authorization") => Name::Protected,
+        14 if is("content-length") => Name::ContentLength,
+        15 if is("x-forwarded-for") => Name::ForwardedFor,
+        16 if is("x-forwarded-host") => Name::ForwardedHost,
+        16 if is("content-encoding") => Name::Protected,
+        16 if is("proxy-connection") => Name::HopByHop,
+        17 if is("transfer-encoding") => Name::TransferEncoding,
+        17 if is("x-forwarded-proto") => Name::ForwardedProto,
+        18 if is("proxy-authenticate") => Name::HopByHop,
+        19 if is("proxy-authorization") => Name::HopByHop,
+        len if len > 12 && n[..12].eq_ignore_ascii_case(b"x-forwarded-") => Name::Forwarding,
+        _ if is_lookalike(n) => Name::Lookalike,
+        _ => Name::Other,
+    }
+}
+
+/// See [`Name::Lookalike`].
+fn is_lookalike(n: &[u8]) -> bool {
+    if !n.contains(&b'_') {
+        return false;
+    }
+    // The name as a CGI server reads it, in a buffer long enough for every name compared.
+    let mut norm = [0u8; 24];
+    let len = n.len().min(norm.len());
+    for (d, c) in norm.iter_mut().zip(n) {
+        *d = if *c == b'_' { b'-' } else { *c };
+    }
+    let norm = &norm[..len];
+    if len > 12 && norm[..12].eq_ignore_ascii_case(b"x-forwarded-") {
+        return true;
+    }
+    // `norm` has no `_`: this does not come back here.
+    n.len() == len
+        && (classify(norm).is_hop_by_hop()
+            || classify(norm).is_forwarding()
+            || classify(norm) == Name::ContentLength)
+}
+
+/// A `Content-Length` value: digits only (no sign, no list, no more than 19), as RFC 9110
+/// 8.6 has it; anything else is not a length.
+pub fn content_length(v: &[u8]) -> Option<u64> {
+    let v = trim(v);
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// A Host is a reg-name (letters, digits and the unreserved and sub-delims bytes), an
+/// IPv4 address or a bracketed IP literal, `:` and digits; empty when the target has
+/// no authority. Nothing that would end or change a URL built from it (`/`, `?`, `#`, `@`,
+/// white space, control bytes): applications build links and redirects from it, and nginx
+/// refuses the same.
+pub fn is_valid_host(v: &[u8]) -> bool {
+    let (host, port) = match v.iter().rposition(|b| *b == b':') {
+        Some(i) if !v.starts_with(b"[") || v[..i].ends_with(b"]") => (&v[..i], &v[i + 1..]),
+        _ => (v, &b""[..]),
+    };
+    let port_ok = port.len() <= 5 && port.iter().all(u8::is_ascii_digit);
+    let host_ok = if let Some(literal) = host.strip_prefix(b"[") {
+        literal.strip_suffix(b"]").is_some_and(|l| {
+            !l.is_empty()
+                && l.iter()
+                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'))
+        })
+    } else {
+        host.iter().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        })
+    };
+    // A port needs a host before it.
+    host_ok && port_ok && (port.is_empty() || !host.is_empty())
+}
+
+pub(crate) fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// The tokens of every `Connection:` field in `fields`.
+fn connection_options<F: Fields + ?Sized>(fields: &F) -> impl Iterator<Item = &[u8]> {
+    fields
+        .each()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+        .flat_map(|(_, v)| v.split(|b| *b == b','))
+        .map(trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The header fields of a head, in the order they came, as each codec holds them.
+pub trait Fields {
+    fn each(&self) -> impl Iterator<Item = (&[u8], &[u8])>;
+}
+
+impl Fields for [httparse::Header<'_>] {
+    fn each(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.iter().map(|h| (h.name.as_bytes(), h.value))
+    }
+}
+
+impl Fields for http::HeaderMap {
+    fn each(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+    }
+}
+
+/// A client's request target, as a codec read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// The path and query the worker gets: an origin-form target (`/path?q`), or the one in an
+    /// absolute-form target (`http://host/path`, `/` when it has none).
+    Path(&'a str),
+    /// `*`: a question about the server (`OPTIONS *`).
+    Asterisk,
+    /// Anything else (`abc`, `host:80`): nothing a worker could be given without guessing.
+    Invalid,
+}
+
+/// A request head as a codec parsed it.
+pub struct RequestHead<'a, F: Fields + ?Sized> {
+    pub method: &'a str,
+    pub target: Target<'a>,
+    /// The target's length as the client sent it (its authority included).
+    pub target_len: usize,
+    /// HTTP/1.0 (which may go without a Host).
+    pub http10: bool,
+    pub fields: &'a F,
+}
+
+/// The limits a request head is held to.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// `[listen] max_header_size`: the target alone, and the whole head.
+    pub max_head: usize,
+    /// `[listen] max_body_size`: a body that says it is longer is refused before it is read.
+    pub max_body: u64,
+}
+
+/// The request body as the client's head frames it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// None (no framing).
+    None,
+    /// `Content-Length`: this many bytes (0 is no body, but said so).
+    Length(u64),
+    /// `Transfer-Encoding` (its length is known only at its end).
+    Chunked,
+    /// A `Content-Length` that is not a plain number, or several: the codec refuses it (hyper
+    /// does, with a 400) or takes another way (the narrow path hands it to hyper).
+    Unclear,
+}
+
+/// What the policy says of a request baton forwards. Plain data: the codec keeps its head and
+/// gives it back to [`worker_head`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    /// A `HEAD`: the answer has no body, whatever its headers say.
+    pub head: bool,
+    /// An idempotent method (RFC 9110 9.2.2).
+    pub idempotent: bool,
+    pub body: Body,
+    /// The client asks to switch protocols (`Upgrade` and `Connection: upgrade`), and the
+    /// worker gets the `Upgrade` and `Connection: upgrade`.
+    pub upgrade: bool,
+    /// The client said `Connection: close`.
+    pub close: bool,
+    /// The client sent `Expect` (hyper answers `100 Continue` before it reads the body).
+    pub expect: bool,
+    /// An `Upgrade` field, whether or not its `Connection:` says so.
+    pub upgrade_field: bool,
+    /// The client's `Connection:` lists names beyond `keep-alive`, `close` and `upgrade`:
+    /// those headers are hop-by-hop too, and dropped (unless protected).
+    pub lists_names: bool,
+    forwarded_host: bool,
+    forwarded_proto: bool,
+}
+
+impl Admitted {
+    /// Idempotent and without a body: it may go on a reused worker stream, and be sent again
+    /// to another worker when the first gave no answer. Any other request goes on a stream of
+    /// its own, with `Connection: close`, and is sent again only if it never left baton.
+    pub fn retryable(&self) -> bool {
+        self.idempotent && !self.has_body() && !self.upgrade
+    }
+
+    /// A body follows the head (`Content-Length: 0` is none).
+    pub fn has_body(&self) -> bool {
+        !matches!(self.body, Body::None | Body::Length(0))
+    }
+}
+
+/// What baton answers itself rather than forwarding a request; each is a plain-text answer
+/// with its status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OwnAnswer {
+    /// `OPTIONS *`: a question about the server (200, with `Allow`).
+    #[error("baton: the methods it forwards are {ALLOWED}")]
+    Options,
+    #[error(
+        "baton: bad request target (origin-form \"/path\" or absolute-form \"http://host/path\")"
+    )]
+    BadTarget,
+    #[error("baton: a request needs exactly one Host header")]
+    NoHost,
+    #[error("baton: the Host header is not a host name or address with an optional port")]
+    BadHost,
+    #[error("baton: CONNECT is not supported (baton is a reverse proxy, not a forward proxy)")]
+    Connect,
+    #[error(
+        "baton: TRACE is not supported (it would echo the request, credentials included, to the page that sent it)"
+    )]
+    Trace,
+    #[error("baton: the request target is {0} bytes; the limit is {1} (listen.max_header_size)")]
+    UriTooLong(usize, usize),
+    #[error("baton: the request head is {0} bytes; the limit is {1} (listen.max_header_size)")]
+    HeadTooLarge(usize, usize),
+    #[error("baton: the request body is larger than {0} bytes (listen.max_body_size)")]
+    BodyTooLarge(u64),
+}
+
+/// The methods baton forwards, for `Allow`.
+pub const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
+
+impl OwnAnswer {
+    pub fn status(self) -> u16 {
+        match self {
+            OwnAnswer::Options => 200,
+            OwnAnswer::BadTarget | OwnAnswer::NoHost | OwnAnswer::BadHost => 400,
+            OwnAnswer::Connect | OwnAnswer::Trace => 405,
+            OwnAnswer::UriTooLong(..) => 414,
+            OwnAnswer::HeadTooLarge(..) => 431,
+            OwnAnswer::BodyTooLarge(_) => 413,
+        }
+    }
+
+    /// The `Allow` header it carries, if any.
+    pub fn allow(self) -> Option<&'static str> {
+        matches!(
+            self,
+            OwnAnswer::Options | OwnAnswer::Connect | OwnAnswer::Trace
+        )
+        .then_some(ALLOWED)
+    }
+
+    /// The connection cannot go on after it: a body that follows was not read.
+    pub fn closes(self) -> bool {
+        matches!(self, OwnAnswer::BodyTooLarge(_))
+    }
+}
+
+/// Decide on a request head: forwarded (how), or answered by baton (why).
+pub fn admit<F: Fields + ?Sized>(
+    req: &RequestHead<'_, F>,
+    limits: &Limits,
+) -> Result<Admitted, OwnAnswer> {
+    if req.target_len > limits.max_head {
+        return Err(OwnAnswer::UriTooLong(req.target_len, limits.max_head));
+    }
+    // The whole request line counts: method, target and version.
+    let mut size = req.method.len() + req.target_len + " HTTP/1.1\r\n ".len();
+    let mut hosts = 0;
+    let mut host: &[u8] = b"";
+    let mut lengths = 0;
+    let mut length = None;
+    let mut te = false;
+    let mut adm = Admitted {
+        head: req.method == "HEAD",
+        idempotent: matches!(req.method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"),
+        body: Body::None,
+        upgrade: false,
+        close: false,
+        expect: false,
+        upgrade_field: false,
+        lists_names: false,
+        forwarded_host: false,
+        forwarded_proto: false,
+    };
+    let mut asks_upgrade = false;
+    for (n, v) in req.fields.each() {
+        size += n.len() + v.len() + 4;
+        match classify(n) {
+            Name::Host => {
+                hosts += 1;
+                host = v;
+            }
+            Name::ContentLength => {
+                lengths += 1;
+                length = content_length(v);
+            }
+            Name::TransferEncoding => te = true,
+            Name::Connection => {
+                for t in v.split(|b| *b == b',').map(trim) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        adm.close = true;
+                    } else if t.eq_ignore_ascii_case(b"upgrade") {
+                        asks_upgrade = true;
+                    } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
+                        adm.lists_names = true;
+                    }
+                }
+            }
+            Name::Upgrade => adm.upgrade_field = true,
+            Name::Expect => adm.expect = true,
+            Name::ForwardedHost => adm.forwarded_host = true,
+            Name::ForwardedProto => adm.forwarded_proto = true,
+            _ => {}
+        }
+    }
+    if size > limits.max_head {
+        return Err(OwnAnswer::HeadTooLarge(size, limits.max_head));
+    }
+    match req.method {
+        "CONNECT" => return Err(OwnAnswer::Connect),
+        "TRACE" => return Err(OwnAnswer::Trace),
+        _ => {}
+    }
+    // HTTP/1.1 needs exactly one Host (RFC 9112 3.2); HTTP/1.0 may go without.
+    if hosts > 1 || (hosts == 0 && !req.http10) {
+        return Err(OwnAnswer::NoHost);
+    }
+    if !is_valid_host(host) {
+        return Err(OwnAnswer::BadHost);
+    }
+    match req.target {
+        Target::Path(_) => {}
+        Target::Asterisk if req.method == "OPTIONS" => return Err(OwnAnswer::Options),
+        Target::Asterisk | Target::Invalid => return Err(OwnAnswer::BadTarget),
+    }
+    adm.upgrade = asks_upgrade && adm.upgrade_field;
+    adm.body = match (te, lengths, length) {
+        (true, _, _) => Body::Chunked,
+        (false, 0, _) => Body::None,
+        (false, 1, Some(n)) => Body::Length(n),
+        _ => Body::Unclear,
+    };
+    // Too large by its own account: refused before it is read (and before a `100 Continue`).
+    if let Body::Length(n) = adm.body
+        && n > limits.max_body
+    {
+        return Err(OwnAnswer::BodyTooLarge(limits.max_body));
+    }
+    Ok(adm)
+}
+
+/// What baton knows of the client, for the forwarding headers.
+#[derive(Clone, Copy, Debug)]
+pub struct Client<'a> {
+    /// The client's IP, as text; `None` on a Unix socket.
+    pub ip: Option<&'a [u8]>,
+    /// Its forwarding headers are believed (`[listen] trusted_proxies`, or a Unix socket);
+    /// anyone else's are replaced by what baton saw.
+    pub trusted: bool,
+}
+
+/// How the body follows the head the worker gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    None,
+    /// `Content-Length`: the exact length (a buffered body, however the client framed it).
+    Length(u64),
+    /// Chunked, as it comes (a streamed body of unknown length).
+    Chunked,
+}
+
+/// Write the head the worker gets for an admitted request (`out` is cleared first): the
+/// method and the target's path, HTTP/1.1; the client's headers without the hop-by-hop ones
+/// (those its `Connection:` lists too, unless protected), lookalikes, and an untrusted
+/// client's forwarding headers; `X-Forwarded-For` (a trusted proxy's list, then this client),
+/// `-Host` and `-Proto` as baton saw them; the body's framing; and `Connection: close` for a
+/// request whose stream must carry nothing else (a worker that does not read a body must not
+/// take it for a next request), or `Connection: upgrade`.
+pub fn worker_head<F: Fields + ?Sized>(
+    req: &RequestHead<'_, F>,
+    adm: &Admitted,
+    client: Client<'_>,
+    body: Sent,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    let path = match req.target {
+        Target::Path(p) => p,
+        Target::Asterisk | Target::Invalid => "/",
+    };
+    out.extend_from_slice(req.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut host = None;
+    for (n, v) in req.fields.each() {
+        let kind = classify(n);
+        let dropped = match kind {
+            Name::Host => {
+                host = host.or(Some(v));
+                false
+            }
+            // Framed and listed by baton, below.
+            Name::ContentLength
+            | Name::TransferEncoding
+            | Name::Connection
+            | Name::HopByHop
+            | Name::ForwardedFor
+            | Name::Lookalike => true,
+            Name::Upgrade => !adm.upgrade,
+            Name::ForwardedHost | Name::ForwardedProto | Name::Forwarding => !client.trusted,
+            Name::Expect | Name::Protected => false,
+            Name::Other => {
+                adm.lists_names && connection_options(req.fields).any(|t| n.eq_ignore_ascii_case(t))
+            }
+        };
+        if !dropped {
+            header(out, n, v);
+        }
+    }
+    // X-Forwarded-For: a trusted proxy's list (several lines are one list, RFC 9110 5.3),
+    // then this client. An empty line adds nobody to the list.
+    let mut prior = 0;
+    if client.trusted {
+        for (_, v) in req
+            .fields
+            .each()
+            .filter(|(n, _)| classify(n) == Name::ForwardedFor)
+        {
+            let v = trim(v);
+            if v.is_empty() {
+                continue;
+            }
+            out.extend_from_slice(if prior == 0 {
+                b"x-forwarded-for: "
+            } else {
+                b", "
+            });
+            out.extend_from_slice(v);
+            prior += 1;
+        }
+    }
+    match (prior, client.ip) {
+        (0, Some(ip)) => header(out, b"x-forwarded-for", ip),
+        (_, Some(ip)) => {
+            out.extend_from_slice(b", ");
+            out.extend_from_slice(ip);
+            out.extend_from_slice(b"\r\n");
+        }
+        (0, None) => {}
+        (_, None) => out.extend_from_slice(b"\r\n"),
+    }
+    if !(client.trusted && adm.forwarded_host)
+        && let Some(host) = host
+    {
+        header(out, b"x-forwarded-host", host);
+    }
+    if !(client.trusted && adm.forwarded_proto) {
+        header(out, b"x-forwarded-proto", b"http");
+    }
+    match body {
+        Sent::None => {}
+        Sent::Length(n) => {
+            let mut digits = itoa::Buffer::new();
+            header(out, b"content-length", digits.format(n).as_bytes());
+        }
+        Sent::Chunked => header(out, b"transfer-encoding", b"chunked"),
+    }
+    if adm.upgrade {
+        header(out, b"connection", b"upgrade");
+    } else if !adm.retryable() {
+        header(out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One header line.
+pub fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head<'a>(
+        method: &'a str,
+        path: &'a str,
+        fields: &'a [httparse::Header<'a>],
+    ) -> RequestHead<'a, [httparse::Header<'a>]> {
+        RequestHead {
+            method,
+            target: Target::Path(path),
+            target_len: path.len(),
+            http10: false,
+            fields,
+        }
+    }
+
+    fn h<'a>(name: &'a str, value: &'a str) -> httparse::Header<'a> {
+        httparse::Header {
+            name,
+            value: value.as_bytes(),
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        max_head: 8192,
+        max_body: 1024,
+    };
+    const CLIENT: Client<'static> = Client {
+        ip: Some(b"192.0.2.7"),
+        trusted: false,
+    };
+
+    fn rewrite(method: &str, fields: &[httparse::Header<'_>], client: Client<'_>) -> String {
+        let req = head(method, "/", fields);
+        let adm = admit(&req, &LIMITS).unwrap();
+        let sent = match adm.body {
+            Body::Length(n) => Sent::Length(n),
+            Body::Chunked => Sent::Chunked,
+            Body::None | Body::Unclear => Sent::None,
+        };
+        let mut out = Vec::new();
+        worker_head(&req, &adm, client, sent, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn names_are_classified_once() {
+        for n in [
+            "Connection",
+            "Keep-Alive",
+            "Proxy-Connection",
+            "TE",
+            "Trailer",
+            "Transfer-Encoding",
+            "Upgrade",
+            "Proxy-Authenticate",
+            "Proxy-Authorization",
+        ] {
+            assert!(classify(n.as_bytes()).is_hop_by_hop(), "{n}");
+        }
+        for n in [
+            "X-Forwarded-For",
+            "x-forwarded-host",
+            "X-Forwarded-Proto",
+            "X-Forwarded-Ssl",
+            "X-Forwarded-Scheme",
+            "X-Forwarded-Port",
+            "X-Forwarded-Prefix",
+            "Forwarded",
+            "X-Real-IP",
+        ] {
+            assert!(classify(n.as_bytes()).is_forwarding(), "{n}");
+        }
+        for n in ["X-Forwarded-", "X-Forwarder", "Forwarded-For", "Host-X"] {
+            assert_eq!(classify(n.as_bytes()), Name::Other, "{n}");
+        }
+        for n in [
+            "Content_Length",
+            "Transfer_Encoding",
+            "X_Forwarded_For",
+            "x_forwarded_ssl",
+            "X-Forwarded_Client-Cert-Chain-Of-Many-Names",
+            "Keep_Alive",
+            "X_Real_IP",
+            "Proxy_Connection",
+        ] {
+            assert_eq!(classify(n.as_bytes()), Name::Lookalike, "{n}");
+        }
+        for n in ["X_Api_Key", "Content_Type", "my_header", "_"] {
+            assert_eq!(classify(n.as_bytes()), Name::Other, "{n}");
+        }
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        assert_eq!(content_length(b" 42 "), Some(42));
+        assert_eq!(content_length(b"0"), Some(0));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b"1,1",
+            b"1 1",
+            b"0x1",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(content_length(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_plain_get_is_rewritten_for_the_worker() {
+        let out = rewrite(
+            "GET",
+            &[h("Host", "example.com"), h("Connection", "keep-alive")],
+            CLIENT,
+        );
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: example.com\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-host: example.com\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_and_listed_headers_are_dropped_but_not_protected_ones() {
+        let out = rewrite(
+            "GET",
+            &[
+                h("Host", "h"),
+                h(
+                    "Connection",
+                    "keep-alive, x-secret, cookie, host, set-cookie",
+                ),
+                h("X-Secret", "1"),
+                h("Cookie", "a=1"),
+                h("Set-Cookie", "b=2"),
+                h("Keep-Alive", "timeout=5"),
+                h("TE", "trailers"),
+                h("Proxy-Authorization", "Basic x"),
+                h("Upgrade", "websocket"),
+            ],
+            CLIENT,
+        );
+        assert!(!out.contains("X-Secret"), "{out}");
+        for kept in ["Host: h\r\n", "Cookie: a=1\r\n", "Set-Cookie: b=2\r\n"] {
+            assert!(out.contains(kept), "{kept}: {out}");
+        }
+        for gone in [
+            "Keep-Alive",
+            "TE:",
+            "Proxy-Authorization",
+            "Upgrade",
+            "Connection",
+        ] {
+            assert!(!out.contains(gone), "{gone}: {out}");
+        }
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_upgrade() {
+        let fields = [
+            h("Host", "h"),
+            h("Connection", "Upgrade"),
+            h("Upgrade", "websocket"),
+        ];
+        let req = head("GET", "/ws", &fields);
+        let adm = admit(&req, &LIMITS).unwrap();
+        assert!(adm.upgrade && !adm.retryable());
+        let mut out = Vec::new();
+        worker_head(&req, &adm, CLIENT, Sent::None, &mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("Upgrade: websocket\r\n"), "{out}");
+        assert!(out.ends_with("connection: upgrade\r\n\r\n"), "{out}");
+    }
+
+    #[test]
+    fn forwarding_headers_are_baton_s_unless_a_trusted_proxy_sent_them() {
+        let fields = [
+            h("Host", "example.org"),
+            h("X-Forwarded-For", "10.0.0.1"),
+            h("x-forwarded-for", " "),
+            h("X-Forwarded-For", "10.0.0.2"),
+            h("X-Forwarded-Proto", "https"),
+            h("X-Forwarded-Ssl", "on"),
+            h("Forwarded", "for=10.0.0.1"),
+            h("X_Forwarded_For", "6.6.6.6"),
+        ];
+        let untrusted = rewrite("GET", &fields, CLIENT);
+        assert_eq!(
+            untrusted,
+            "GET / HTTP/1.1\r\nHost: example.org\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-host: example.org\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+        let trusted = Client {
+            ip: Some(b"192.0.2.7"),
+            trusted: true,
+        };
+        let out = rewrite("GET", &fields, trusted);
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: example.org\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Ssl: on\r\nForwarded: for=10.0.0.1\r\nx-forwarded-for: 10.0.0.1, 10.0.0.2, 192.0.2.7\r\nx-forwarded-host: example.org\r\n\r\n"
+        );
+        // On a Unix socket: a trusted local process, no address of its own.
+        let local = Client {
+            ip: None,
+            trusted: true,
+        };
+        let out = rewrite(
+            "GET",
+            &[h("Host", "h"), h("X-Forwarded-For", "1.1.1.1")],
+            local,
+        );
+        assert!(out.contains("x-forwarded-for: 1.1.1.1\r\n"), "{out}");
+        let out = rewrite("GET", &[h("Host", "h")], local);
+        assert!(!out.contains("x-forwarded-for"), "{out}");
+    }
+
+    #[test]
+    fn a_request_that_cannot_be_sent_again_has_a_stream_of_its_own() {
+        for (method, fields, retryable) in [
+            ("GET", &[h("Host", "h")][..], true),
+            ("PUT", &[h("Host", "h"), h("Content-Length", "0")][..], true),
+            ("DELETE", &[h("Host", "h")][..], true),
+            ("POST", &[h("Host", "h")][..], false),
+            (
+                "PUT",
+                &[h("Host", "h"), h("Content-Length", "3")][..],
+                false,
+            ),
+            (
+                "GET",
+                &[h("Host", "h"), h("Transfer-Encoding", "chunked")][..],
+                false,
+            ),
+            ("PROPFIND", &[h("Host", "h")][..], false),
+        ] {
+            let req = head(method, "/", fields);
+            let adm = admit(&req, &LIMITS).unwrap();
+            assert_eq!(adm.retryable(), retryable, "{method} {fields:?}");
+            let out = rewrite(method, fields, CLIENT);
+            assert_eq!(
+                out.ends_with("connection: close\r\n\r\n"),
+                !retryable,
+                "{out}"
+            );
+        }
+    }
+
+    #[test]
+    fn baton_answers_what_it_does_not_forward() {
+        let refused = |method: &str, target: Target<'_>, fields: &[httparse::Header<'_>]| {
+            let req = RequestHead {
+                method,
+                target,
+                target_len: 1,
+                http10: false,
+                fields,
+            };
+            admit(&req, &LIMITS).unwrap_err()
+        };
+        let host = [h("Host", "h")];
+        assert_eq!(
+            refused("OPTIONS", Target::Asterisk, &host),
+            OwnAnswer::Options
+        );
+        assert_eq!(
+            refused("GET", Target::Asterisk, &host),
+            OwnAnswer::BadTarget
+        );
+        assert_eq!(refused("GET", Target::Invalid, &host), OwnAnswer::BadTarget);
+        assert_eq!(
+            refused("CONNECT", Target::Invalid, &host),
+            OwnAnswer::Connect
+        );
+        assert_eq!(refused("TRACE", Target::Path("/"), &host), OwnAnswer::Trace);
+        assert_eq!(refused("GET", Target::Path("/"), &[]), OwnAnswer::NoHost);
+        assert_eq!(
+            refused("GET", Target::Path("/"), &[h("Host", "a"), h("Host", "b")]),
+            OwnAnswer::NoHost
+        );
+        assert_eq!(
+            refused("GET", Target::Path("/"), &[h("Host", "evil.com/x?y @z")]),
+            OwnAnswer::BadHost
+        );
+        assert_eq!(
+            refused(
+                "POST",
+                Target::Path("/"),
+                &[h("Host", "h"), h("Content-Length", "1025")]
+            ),
+            OwnAnswer::BodyTooLarge(1024)
+        );
+        let long = "a".repeat(9000);
+        assert_eq!(
+            refused("GET", Target::Path("/"), &[h("Host", "h"), h("X-A", &long)]),
+            OwnAnswer::HeadTooLarge(9000 + 3 + 4 + 5 + 4 + 3 + 1 + 12, 8192)
+        );
+        // HTTP/1.0 may go without a Host.
+        let req = RequestHead {
+            method: "GET",
+            target: Target::Path("/"),
+            target_len: 1,
+            http10: true,
+            fields: &[][..],
+        };
+        assert!(admit(&req, &LIMITS).is_ok());
+        for own in [
+            OwnAnswer::Options,
+            OwnAnswer::Trace,
+            OwnAnswer::HeadTooLarge(1, 0),
+        ] {
+            assert!(own.status() >= 200);
+        }
+    }
+
+    #[test]
+    fn a_host_is_a_name_or_address_and_a_port() {
+        for good in [
+            &b"example.org"[..],
+            b"example.org:8080",
+            b"127.0.0.1",
+            b"[::1]:443",
+            b"[fe80::1]",
+            b"xn--bcher-kva.example",
+            b"",
+        ] {
+            assert!(is_valid_host(good), "{}", String::from_utf8_lossy(good));
+        }
+        for bad in [
+            &b"evil.com/x?y @z"[..],
+            b"a b",
+            b"host:port",
+            b"host:123456",
+            b"user@host",
+            b"host#frag",
+            b"[::1",
+            b":80",
+            b"a\tb",
+        ] {
+            assert!(!is_valid_host(bad), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}
