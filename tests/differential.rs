@@ -146,7 +146,7 @@ async fn both_codecs_give_the_worker_and_the_client_the_same() {
             file.extend_from_slice(SEPARATOR);
             file.extend_from_slice(answer);
             std::fs::write(
-                std::path::Path::new(&dir).join(format!("case-{i:03}")),
+                std::path::Path::new(&dir).join(format!("seed-case-{i:03}")),
                 file,
             )
             .unwrap();

@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const TARGETS: [&str; 3] = ["config", "h1", "request"];
+const TARGETS: [&str; 4] = ["config", "h1", "request", "differential"];
 
 fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
