@@ -71,10 +71,14 @@ pub fn request(
     let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
         return Request::Other;
     };
-    // Origin-form only, and only bytes that every URI parser takes as they are.
+    // Origin-form only, and only bytes that every URI parser takes as they are: not `#`
+    // (the http crate, and so hyper's path, cuts a fragment off), nor `"`, `<`, `>` and
+    // `` ` `` (which it refuses in a path or a query); hyper decides those.
     if len > limits.max_head
         || !path.starts_with('/')
-        || !path.bytes().all(|b| (b'!'..=b'~').contains(&b))
+        || !path
+            .bytes()
+            .all(|b| (b'!'..=b'~').contains(&b) && !matches!(b, b'"' | b'#' | b'<' | b'>' | b'`'))
     {
         return Request::Other;
     }
