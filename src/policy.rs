@@ -207,6 +207,11 @@ fn connection_options<F: Fields + ?Sized>(fields: &F) -> impl Iterator<Item = &[
         .filter(|t| !t.is_empty())
 }
 
+/// The client's `Connection:` says `close` (on any of its lines).
+pub fn asks_close<F: Fields + ?Sized>(fields: &F) -> bool {
+    connection_options(fields).any(|t| t.eq_ignore_ascii_case(b"close"))
+}
+
 /// The header fields of a head, in the order they came, as each codec holds them.
 pub trait Fields {
     fn each(&self) -> impl Iterator<Item = (&[u8], &[u8])>;
@@ -412,6 +417,7 @@ pub fn admit<F: Fields + ?Sized>(
             Name::Connection => {
                 for t in v.split(|b| *b == b',').map(trim) {
                     if t.eq_ignore_ascii_case(b"close") {
+                        // What `asks_close` says too.
                         adm.close = true;
                     } else if t.eq_ignore_ascii_case(b"upgrade") {
                         asks_upgrade = true;

@@ -18,6 +18,7 @@ const REQUESTS: &[&str] = &[
     "GET /a?b=1&c=%20 HTTP/1.1\r\nHost: app.example:8080\r\nAccept: */*\r\nConnection: keep-alive\r\n\r\n",
     "HEAD /x HTTP/1.1\r\nHost: app\r\n\r\n",
     "GET /four HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+    "GET /undo HTTP/1.1\r\nHost: app\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n",
     "DELETE /x HTTP/1.1\r\nHost: app\r\n\r\n",
     "OPTIONS /x HTTP/1.1\r\nHost: app\r\n\r\n",
     "PROPFIND /dav HTTP/1.1\r\nHost: app\r\n\r\n",
@@ -82,6 +83,12 @@ const REQUESTS: &[&str] = &[
     "GET / HTTP/1.1\r\nHost: app\r\nX-Forwarded-Host: other\r\n\r\n",
 ];
 
+/// Requests that are not UTF-8.
+const RAW_REQUESTS: &[&[u8]] = &[
+    b"GET /latin HTTP/1.1\r\nHost: app\r\nConnection: x-\xe9t\xe9, close\r\n\r\n",
+    b"GET /latin HTTP/1.1\r\nHost: app\r\nX-Name: caf\xe9\r\n\r\n",
+];
+
 /// Worker answers, each to a `GET`, a `HEAD` and a `POST` with a body.
 const ANSWERS: &[&str] = &[
     "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-App: a\r\n\r\nok",
@@ -121,7 +128,9 @@ const TO_EACH_ANSWER: &[&str] = &[
 fn cases() -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut cases: Vec<(Vec<u8>, Vec<u8>)> = REQUESTS
         .iter()
-        .map(|r| (r.as_bytes().to_vec(), OK.to_vec()))
+        .map(|r| r.as_bytes())
+        .chain(RAW_REQUESTS.iter().copied())
+        .map(|r| (r.to_vec(), OK.to_vec()))
         .collect();
     for answer in ANSWERS {
         for request in TO_EACH_ANSWER {

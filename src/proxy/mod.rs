@@ -228,10 +228,18 @@ impl Proxy {
         peer: Peer,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = std::time::Instant::now();
-        let resp = match self.forward(req, &peer).await {
+        // Whether the client asked to close is the policy's to say, not hyper's own reading
+        // (which skips a `Connection:` line that is not UTF-8, and lets a later line undo an
+        // earlier `close`): the narrow path closes on the same answers.
+        let close = policy::asks_close(req.headers());
+        let mut resp = match self.forward(req, &peer).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
         };
+        if close && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         self.metrics
             .request(resp.status().as_u16(), started.elapsed());
         Ok(resp)
