@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the proxy costs and what a restart costs, side by side with nginx.
 #
-#   bench/run.sh [--short] [--out FILE] [--workers N] [--keep]
+#   bench/run.sh [--short] [--out FILE] [--workers N] [--keep] [--baton FILE]
 #
 # 1. Steady state: requests/s and p50/p99/max latency at concurrency 1, 16, 64 for wrk straight
 #    to one demo worker ("direct"), nginx proxy_pass (upstream keepalive) to N workers, and baton
@@ -19,7 +19,9 @@
 # --out). Targets are reported, never enforced: the exit status is 0 whenever every figure was
 # measured. --short (CI, tests/bench_smoke.rs): 1 round of 2 s per figure, concurrency 1 and 16,
 # boot 200ms. Installs wrk, nginx, jq and curl with apt-get when missing (needs root then).
-# --keep keeps the work directory (configs, logs, raw wrk output). See bench/README.md.
+# --keep keeps the work directory (configs, logs, raw wrk output). --baton FILE measures that
+# binary instead of building this tree (a before/after comparison of two commits). See
+# bench/README.md.
 set -euo pipefail
 export LC_ALL=C
 
@@ -29,6 +31,7 @@ SHORT=0
 OUT=""
 N=4
 KEEP=0
+BATON_BIN=""
 
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; }
 while [ $# -gt 0 ]; do
@@ -38,6 +41,7 @@ while [ $# -gt 0 ]; do
         --out=*) OUT=${1#--out=} ;;
         --workers) N=${2:?--workers needs a number}; shift ;;
         --keep) KEEP=1 ;;
+        --baton) BATON_BIN=${2:?--baton needs a file}; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench/run.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -83,9 +87,15 @@ if ! have_tools; then
 fi
 NGINX=$(nginx_bin)
 
-log "building: cargo build --release --locked"
-(cd "$ROOT" && cargo build --release --locked --quiet) || die "build failed"
-BATON="$ROOT/target/release/baton"
+if [ -n "$BATON_BIN" ]; then
+    [ -x "$BATON_BIN" ] || die "--baton $BATON_BIN: not an executable file"
+    BATON=$(cd "$(dirname "$BATON_BIN")" && pwd)/$(basename "$BATON_BIN")
+    log "measuring $BATON"
+else
+    log "building: cargo build --release --locked"
+    (cd "$ROOT" && cargo build --release --locked --quiet) || die "build failed"
+    BATON="$ROOT/target/release/baton"
+fi
 
 # --- processes ---------------------------------------------------------------------------
 WORK=$(mktemp -d /tmp/baton-bench.XXXXXX)

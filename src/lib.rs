@@ -48,9 +48,10 @@ mod layering {
         ],
         &["h1", "config"],
         &["spawn", "listen", "demo", "buffer"],
-        &["upstream", "readiness", "state"],
+        &["readiness", "state"],
         &["pool"],
-        &["status"],
+        // The HTTP client of the workers (attached to the pool's workers, unknown to it).
+        &["upstream", "status"],
         &["metrics"],
         // The two sides: the supervisor and the data plane, which share only the pool and
         // the metrics.
@@ -150,6 +151,44 @@ mod layering {
         assert!(graph.len() > 15, "{graph:?}");
         let wrong = violations(&graph);
         assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    /// Every module `module` reaches through its imports.
+    fn reach(graph: &BTreeMap<String, BTreeSet<String>>, module: &str) -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut next = vec![module.to_owned()];
+        while let Some(m) = next.pop() {
+            for used in graph.get(&m).into_iter().flatten() {
+                if seen.insert(used.clone()) {
+                    next.push(used.clone());
+                }
+            }
+        }
+        seen
+    }
+
+    /// The supervisor knows workers, not HTTP: its modules never reach the HTTP client of the
+    /// workers or the HTTP rules (the pool holds the data plane's per-worker state as an
+    /// opaque `pool::Attachment`).
+    #[test]
+    fn the_supervisor_never_reaches_http() {
+        let imports = graph(&sources());
+        for http in ["upstream", "proxy", "h1", "policy", "buffer"] {
+            for module in ["restart", "pool", "config", "state"] {
+                assert!(
+                    !reach(&imports, module).contains(http),
+                    "{module} reaches {http}: {:?}",
+                    reach(&imports, module)
+                );
+            }
+        }
+        let mut planted = sources();
+        let (_, text) = planted
+            .iter_mut()
+            .find(|(rel, _)| rel == "pool/mod.rs")
+            .unwrap();
+        text.insert_str(0, "use crate::upstream::Conns;\n");
+        assert!(reach(&graph(&planted), "restart").contains("upstream"));
     }
 
     /// The test of the test: an upward import planted in any file, anywhere before its test

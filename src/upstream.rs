@@ -153,14 +153,18 @@ fn has_input(stream: &TcpStream) -> bool {
 }
 
 impl Conns {
-    pub fn new(worker: WorkerId, generation: Generation) -> Conns {
+    pub fn new(
+        worker: WorkerId,
+        generation: Generation,
+        outcomes: std::sync::Arc<crate::canary::Counter>,
+    ) -> Conns {
         Conns {
             worker,
             generation,
             idle: Idle::default(),
             distrusted: AtomicBool::new(false),
             usual: AtomicU64::new(0),
-            outcomes: Default::default(),
+            outcomes,
         }
     }
 
@@ -252,6 +256,12 @@ impl Conns {
     /// Close every idle connection (the worker is draining).
     pub fn close_idle(&self) {
         self.idle.clear();
+    }
+}
+
+impl crate::pool::Attachment for Conns {
+    fn close_idle(&self) {
+        Conns::close_idle(self);
     }
 }
 
@@ -578,7 +588,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_rests_before_reuse_and_bytes_on_it_distrust_the_worker() {
         let (addr, mut accepted) = worker().await;
-        let conns = Conns::new(WorkerId(1), Generation(1));
+        let conns = Conns::new(WorkerId(1), Generation(1), Default::default());
         let (a, reused) = conns.stream(addr, true).await.unwrap();
         assert!(!reused);
         let mut a_worker = accepted.recv().await.unwrap();
@@ -610,7 +620,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_rests_twice_the_workers_usual_answer_time() {
-        let conns = Conns::new(WorkerId(1), Generation(1));
+        let conns = Conns::new(WorkerId(1), Generation(1), Default::default());
         assert_eq!(conns.quiet(), MIN_QUIET);
         conns.answered(Duration::from_millis(4));
         assert_eq!(conns.quiet(), Duration::from_millis(8));

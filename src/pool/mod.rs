@@ -7,7 +7,6 @@
 
 use crate::canary::{Counter, Tally};
 use crate::spawn::{Generation, StartedWorker, WorkerId};
-use crate::upstream::Conns;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -66,9 +65,21 @@ pub struct Worker {
     pub memory_bytes: u64,
     /// Set when baton stops the worker with requests still in flight (drain_timeout passed).
     pub cut: CancellationToken,
-    /// Its idle keep-alive connections (see [`crate::upstream`]).
-    pub conns: Arc<Conns>,
+    /// What its answers came to, for the canary judge (added to by the data plane).
+    pub outcomes: Arc<Counter>,
+    /// The data plane's state for it (its idle connections), made on its first lease.
+    attached: Attached,
 }
+
+/// What the data plane keeps for one worker (its idle connections to it). The pool holds it
+/// for the worker's life and hands it out with every lease, and knows only how to close what
+/// is idle in it: so the supervisor's modules never reach the HTTP client.
+pub trait Attachment: std::any::Any + Send + Sync + std::fmt::Debug {
+    /// Close what is idle in it (the worker drains).
+    fn close_idle(&self);
+}
+
+type Attached = Arc<std::sync::OnceLock<Arc<dyn Attachment>>>;
 
 impl Worker {
     /// A worker just started (state `Spawning`), with no history.
@@ -93,7 +104,8 @@ impl Worker {
             cpu_percent: 0.0,
             memory_bytes: 0,
             cut: CancellationToken::new(),
-            conns: Arc::new(Conns::new(id, generation)),
+            outcomes: Arc::default(),
+            attached: Attached::default(),
         }
     }
 }
@@ -127,8 +139,10 @@ pub enum Rejected {
 
 struct Grant {
     worker: WorkerId,
+    generation: Generation,
     addr: SocketAddr,
-    conns: Arc<Conns>,
+    outcomes: Arc<Counter>,
+    attached: Attached,
     cut: CancellationToken,
 }
 
@@ -172,13 +186,23 @@ pub struct Pool {
 pub struct Lease {
     pool: Arc<Pool>,
     pub worker: WorkerId,
+    pub generation: Generation,
     pub addr: SocketAddr,
-    /// The worker's connections: a request takes one, and gives it back when reusable.
-    pub conns: Arc<Conns>,
+    /// What the worker's answers came to, for the canary judge.
+    pub outcomes: Arc<Counter>,
+    attached: Attached,
     cut: CancellationToken,
 }
 
 impl Lease {
+    /// The data plane's state for this worker, made by `init` at its first lease. `None`
+    /// only if something of another type was attached to the worker first.
+    pub fn attached<T: Attachment>(&self, init: impl FnOnce() -> T) -> Option<Arc<T>> {
+        let attached = self.attached.get_or_init(|| Arc::new(init())).clone();
+        let any: Arc<dyn std::any::Any + Send + Sync> = attached;
+        any.downcast::<T>().ok()
+    }
+
     /// Whether baton stopped this worker with the request in flight (after drain_timeout):
     /// such a request was deliberately cut and is not retried elsewhere.
     pub fn was_cut(&self) -> bool {
@@ -285,8 +309,10 @@ impl Pool {
         Lease {
             pool: self.clone(),
             worker: g.worker,
+            generation: g.generation,
             addr: g.addr,
-            conns: g.conns,
+            outcomes: g.outcomes,
+            attached: g.attached,
             cut: g.cut,
         }
     }
@@ -312,10 +338,10 @@ impl Pool {
     /// Stop routing to a worker (it drains): its idle connections are closed at once, and
     /// those in use are not given back.
     pub fn start_draining(&self, id: WorkerId) {
-        let conns = self.lock().workers.get(&id).map(|w| w.conns.clone());
+        let attached = self.lock().workers.get(&id).map(|w| w.attached.clone());
         self.set_state(id, WorkerState::Draining);
-        if let Some(c) = conns {
-            c.close_idle();
+        if let Some(a) = attached.as_ref().and_then(|a| a.get()) {
+            a.close_idle();
         }
     }
 
@@ -354,7 +380,7 @@ impl Pool {
             .counters
             .entry(worker.generation)
             .or_default()
-            .push(worker.conns.outcomes.clone());
+            .push(worker.outcomes.clone());
         while inner.counters.len() > KEPT_GENERATIONS {
             inner.counters.pop_first();
         }
@@ -466,7 +492,7 @@ impl Pool {
     /// `ended` processes ended inside a worker over `watched` (see [`Counter::churn`]).
     pub fn churn(&self, id: WorkerId, ended: u64, watched: Duration) {
         if let Some(w) = self.lock().workers.get(&id) {
-            w.conns.outcomes.churn(ended, watched);
+            w.outcomes.churn(ended, watched);
         }
     }
 
@@ -532,8 +558,10 @@ impl Inner {
         w.last_used = Some(Instant::now());
         Some(Grant {
             worker: id,
+            generation: w.generation,
             addr: w.addr,
-            conns: w.conns.clone(),
+            outcomes: w.outcomes.clone(),
+            attached: w.attached.clone(),
             cut: w.cut.clone(),
         })
     }

@@ -7,11 +7,11 @@
 //! hop-by-hop headers, a malformed or ambiguous head: a 502) exists once, whichever path the
 //! client came by.
 
+use super::Leased;
 use super::{Proxy, ProxyBody, ProxyError};
 use crate::buffer::Fault;
 use crate::canary::Outcome;
 use crate::h1::{self, Answer, Final};
-use crate::pool::Lease;
 use crate::upstream::{Upstream, UpstreamError};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -41,7 +41,7 @@ pub(super) struct Outgoing<'a> {
 /// The answer head of one exchange: the worker's stream, its head for the client in `out`,
 /// and what was read beyond the head in `answer`.
 pub(super) struct Answered {
-    pub lease: Lease,
+    pub lease: Leased,
     pub stream: Upstream,
     pub fin: Final,
 }
@@ -78,7 +78,7 @@ impl Proxy {
     /// `out`, what was read after the worker's head in `answer`.
     pub(super) async fn exchange(
         &self,
-        first: Lease,
+        first: Leased,
         req: &mut Outgoing<'_>,
         answer: &mut BytesMut,
         out: &mut Vec<u8>,
@@ -94,12 +94,12 @@ impl Proxy {
             // What the worker did with it, for the canary judge: a failure that baton (a cut
             // after drain_timeout) or the client (its body failed) caused is not the worker's.
             match &result {
-                Ok((_, fin)) => lease.conns.outcomes.record(Outcome::Answered(fin.status)),
+                Ok((_, fin)) => lease.outcomes.record(Outcome::Answered(fin.status)),
                 Err(f)
                     if f.stale
                         || lease.was_cut()
                         || req.fault.as_ref().is_some_and(Fault::is_set) => {}
-                Err(_) => lease.conns.outcomes.record(Outcome::NoAnswer),
+                Err(_) => lease.outcomes.record(Outcome::NoAnswer),
             }
             match result {
                 Ok((stream, fin)) => return Ok(Answered { lease, stream, fin }),
@@ -130,7 +130,7 @@ impl Proxy {
 /// its retry): write it, read the answer's head (interim answers skipped), and decide whether
 /// the stream may be reused (`Final::close` says it may not).
 async fn ask(
-    lease: &Lease,
+    lease: &Leased,
     req: &mut Outgoing<'_>,
     retry: bool,
     answer: &mut BytesMut,
@@ -155,7 +155,7 @@ async fn ask(
 
 /// The rest of [`ask`], on the stream it took.
 async fn send(
-    lease: &Lease,
+    lease: &Leased,
     req: &mut Outgoing<'_>,
     mut stream: tokio::net::TcpStream,
     answer: &mut BytesMut,

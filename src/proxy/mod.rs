@@ -14,7 +14,7 @@ use crate::listen::Listener;
 use crate::policy;
 use crate::pool::{Lease, Pool, Rejected};
 use crate::spawn::WorkerId;
-use crate::upstream::{RawBody, UpstreamError};
+use crate::upstream::{Conns, RawBody, UpstreamError};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -386,7 +386,7 @@ impl Proxy {
     /// the pool answers, the client has closed its connection while its request waited (hyper
     /// notices that, as the narrow path does): the request leaves the queue, no worker sees
     /// it, and it is counted as abandoned.
-    async fn lease(&self, exclude: Option<WorkerId>) -> Result<Lease, ProxyError> {
+    async fn lease(&self, exclude: Option<WorkerId>) -> Result<Leased, ProxyError> {
         struct Waiting<'a>(Option<&'a crate::metrics::Metrics>);
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
@@ -398,7 +398,27 @@ impl Proxy {
         let mut waiting = Waiting(Some(&self.metrics));
         let lease = self.pool.acquire(exclude).await;
         waiting.0 = None;
-        lease.map_err(ProxyError::NoWorker)
+        let lease = lease.map_err(ProxyError::NoWorker)?;
+        // The worker's connections live with it in the pool, made at its first lease.
+        let conns = lease
+            .attached(|| Conns::new(lease.worker, lease.generation, lease.outcomes.clone()))
+            .ok_or(ProxyError::NoWorker(Rejected::ShuttingDown))?;
+        Ok(Leased { lease, conns })
+    }
+}
+
+/// A lease with the worker's connections (see [`crate::upstream::Conns`]).
+pub(crate) struct Leased {
+    lease: Lease,
+    /// The worker's connections: a request takes one, and gives it back when reusable.
+    pub conns: Arc<Conns>,
+}
+
+impl std::ops::Deref for Leased {
+    type Target = Lease;
+
+    fn deref(&self) -> &Lease {
+        &self.lease
     }
 }
 
@@ -475,7 +495,7 @@ enum ProxyError {
 }
 
 impl ProxyError {
-    fn bad_gateway(lease: &Lease, e: &UpstreamError) -> ProxyError {
+    fn bad_gateway(lease: &crate::pool::Lease, e: &UpstreamError) -> ProxyError {
         let mut cause = e.to_string();
         let mut src = std::error::Error::source(e);
         while let Some(s) = src {
@@ -552,7 +572,7 @@ async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: tokio::net::TcpStream,
     early: Bytes,
-    lease: Lease,
+    lease: Leased,
     idle: Duration,
     websocket: bool,
 ) {
@@ -686,7 +706,7 @@ where
 struct LeasedBody {
     inner: RawBody,
     /// Held for its drop.
-    _lease: Lease,
+    _lease: Leased,
 }
 
 impl Body for LeasedBody {

@@ -7,12 +7,12 @@
 //! and spooled for a slow client, the head, body and send timeouts, and `Connection: close`
 //! once baton stops.
 
+use super::Leased;
 use super::exchange::{Answered, Outgoing, date};
 use super::{Peer, Proxy, ProxyError};
 use crate::buffer::{self, BodyFailure};
 use crate::h1::{self, Final, Framing};
 use crate::policy;
-use crate::pool::Lease;
 use crate::upstream::{RawBody, Upstream};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -246,7 +246,7 @@ impl Proxy {
         &self,
         io: &mut S,
         input: &mut BytesMut,
-    ) -> Result<Option<Lease>, ProxyError>
+    ) -> Result<Option<Leased>, ProxyError>
     where
         S: AsyncRead + Unpin,
     {
@@ -275,7 +275,7 @@ impl Proxy {
     async fn relay<S>(
         &self,
         io: &mut S,
-        lease: Lease,
+        lease: Leased,
         stream: Upstream,
         fin: Final,
         s: &mut Scratch,

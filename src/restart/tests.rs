@@ -1468,10 +1468,7 @@ fn traffic(
             let Some(generation) = pool.get(lease.worker).map(|w| w.generation.0) else {
                 continue;
             };
-            lease
-                .conns
-                .outcomes
-                .record(answer(generation, began.elapsed()));
+            lease.outcomes.record(answer(generation, began.elapsed()));
         }
     })
 }
