@@ -255,16 +255,21 @@ pub const MAX_BUFFER: u64 = 1 << 40;
 
 /// A path where baton would put a socket must be free or hold a socket: baton never deletes
 /// anything else (a typo in a config must not cost the operator a file).
-pub fn not_a_foreign_file(path: &Path) -> Result<(), String> {
+pub fn not_a_foreign_file(path: &Path) -> Result<(), ForeignFile> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
-        Ok(m) if !m.file_type().is_socket() => Err(format!(
-            "{} exists and is not a socket; baton replaces only a stale socket of its own, so move it away or choose another path",
-            path.display()
-        )),
+        Ok(m) if !m.file_type().is_socket() => Err(ForeignFile(path.to_owned())),
         _ => Ok(()),
     }
 }
+
+/// A path where baton would put a socket holds something else.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{} exists and is not a socket; baton replaces only a stale socket of its own, so move it away or choose another path",
+    .0.display()
+)]
+pub struct ForeignFile(pub PathBuf);
 
 /// Whether `program` can be run: a path that is an executable file, or a name found on the
 /// PATH (the config's, else baton's).
@@ -833,9 +838,10 @@ impl Config {
             }
         }
         if let Some(ListenAddress::Unix(path)) = &self.listen.address {
-            not_a_foreign_file(path).map_err(|m| ("listen.address".into(), m))?;
+            not_a_foreign_file(path).map_err(|e| ("listen.address".into(), e.to_string()))?;
         }
-        not_a_foreign_file(&self.control_socket()).map_err(|m| ("control.socket".into(), m))?;
+        not_a_foreign_file(&self.control_socket())
+            .map_err(|e| ("control.socket".into(), e.to_string()))?;
         Ok(())
     }
 

@@ -86,6 +86,13 @@ enum Event {
     RollDone(RollResult),
 }
 
+/// Why a reload (of the config, before a restart) changed nothing.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
 /// What every supervisor task shares.
 pub struct Context {
     /// The config in force: replaced (whole) by a restart that re-read the file.
@@ -668,11 +675,11 @@ impl Supervisor {
     /// Re-read the config file before a restart. `Ok(notes)` once the new config is in force
     /// (notes: what changed, and what needs a restart of baton itself, whose old value stays);
     /// `Err(message)` when the file is broken: then nothing changed.
-    fn reload_config(&mut self) -> Result<Vec<String>, String> {
+    fn reload_config(&mut self) -> Result<Vec<String>, ReloadError> {
         let Some(path) = self.ctx.config_path.clone() else {
             return Ok(Vec::new());
         };
-        let mut new = Config::load(&path).map_err(|e| format!("{e}"))?;
+        let mut new = Config::load(&path)?;
         let old = self.ctx.config();
         // What only a new baton can take: its sockets, its backend, its name.
         let mut fixed = Vec::new();
