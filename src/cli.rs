@@ -200,6 +200,15 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             } else {
                 Config::load_checking_host(&config)?
             };
+            // The certificates as baton would read them (not with --file-only: they are
+            // the machine's files, or credentials only the service sees).
+            if !file_only && c.tls.enabled() {
+                let certs = crate::tls::Certificates::load(&c.tls)
+                    .with_context(|| format!("{}: [tls]", config.display()))?;
+                for l in certs.loaded() {
+                    say!("certificate: {l}");
+                }
+            }
             let (min, max) = (c.workers.min(), c.workers.max());
             let workers = if min == max {
                 format!("{min} workers")

@@ -144,7 +144,7 @@ fn burn_cpu(cpu: Duration) {
     }
 }
 
-/// Run the demo app: serve `/` (hello), `/sleep/MS`, `/hang`, `/crash`, `/alloc/MB`, `/echo`
+/// Run the demo app: serve `/` (hello), `/headers` (the request's), `/sleep/MS`, `/hang`, `/crash`, `/alloc/MB`, `/echo`
 /// (POST), and `/upgrade` (101, then echo bytes).
 pub async fn run_app(port: u16, boot_time: Duration, boot_cpu: Duration) -> anyhow::Result<()> {
     let mode = read_mode();
@@ -341,6 +341,13 @@ async fn app(
         text(StatusCode::OK, String::new())
     } else if path == "/crash" {
         std::process::exit(3);
+    } else if path == "/headers" {
+        // The request as the app got it: its line and headers, one per line.
+        let mut out = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
+        for (n, v) in req.headers() {
+            out.push_str(&format!("{n}: {}\n", String::from_utf8_lossy(v.as_bytes())));
+        }
+        text(StatusCode::OK, out)
     } else if path == "/echo" {
         let (parts, body) = req.into_parts();
         let _ = parts;

@@ -87,6 +87,7 @@ pub fn request(
         target: Target::Path(path),
         target_len: path.len(),
         http10: false,
+        authority: None,
         fields: &*req.headers,
     };
     // What baton answers itself, hyper's path answers.
@@ -501,6 +502,7 @@ mod tests {
     const CLIENT: Client<'static> = Client {
         ip: Some(b"192.0.2.7"),
         trusted: false,
+        https: false,
     };
     const LIMITS: policy::Limits = policy::Limits {
         max_head: 8192,
@@ -538,6 +540,7 @@ mod tests {
         let trusted = Client {
             ip: Some(b"10.0.0.1"),
             trusted: true,
+            https: false,
         };
         let raw = "HEAD / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\nx-forwarded-for: 2.2.2.2 \r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n";
         let (r, out) = take(raw, trusted);

@@ -16,6 +16,8 @@ pub const MSG_RESISTANCE_LEFT: &str = "5c8e2f1a7b3d4e9c8a6f0b2d4e1c7a95";
 pub const MSG_CANARY_FAILED: &str = "4b9d2e7f1a6c4c3e8f0a5d7b2c9e1f64";
 /// A rollback to the previous generation's release began (by itself or `baton rollback`).
 pub const MSG_ROLLBACK: &str = "c2e8a4f6b1d94e3a7f5c0b8d6e2a9f13";
+/// The HTTPS certificates in force (at start, and after every reload that re-read them).
+pub const MSG_CERTIFICATES: &str = "8f3a6c1e9d2b4a7f8e5c0d3b6a9f2e41";
 /// A restart began.
 pub const MSG_ROLL_STARTED: &str = "e6b2d4f8a1c34b7d9e5f2a8c6b0d1e47";
 /// A restart ended (its outcome is in the message).

@@ -24,6 +24,7 @@ pub(crate) mod restart;
 pub mod spawn;
 pub(crate) mod state;
 pub mod status;
+pub mod tls;
 pub(crate) mod unit_files;
 pub(crate) mod upstream;
 
@@ -47,7 +48,7 @@ mod layering {
             "admin",
         ],
         &["h1", "config"],
-        &["spawn", "listen", "demo", "buffer"],
+        &["spawn", "listen", "demo", "buffer", "tls"],
         &["readiness", "state"],
         &["pool"],
         // The HTTP client of the workers (attached to the pool's workers, unknown to it).

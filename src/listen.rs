@@ -13,7 +13,9 @@ pub enum ListenError {
         "systemd passed socket {index} ({name}), which is neither a TCP nor a Unix stream socket"
     )]
     BadPassedSocket { index: usize, name: String },
-    #[error("no socket was passed by systemd (LISTEN_FDS) and the config has no [listen] address")]
+    #[error(
+        "no socket was passed by systemd (LISTEN_FDS) and the config has no [listen] address (nor [tls] address)"
+    )]
     NoAddress,
     #[error("cannot listen on {address}: {error}")]
     Bind {
@@ -43,16 +45,41 @@ impl Listener {
     }
 }
 
-/// Open the listeners for `config`.
-pub fn open(config: &Config) -> Result<Vec<Listener>, ListenError> {
+/// The listening sockets, plain HTTP and HTTPS.
+pub struct Listeners {
+    pub plain: Vec<Listener>,
+    /// HTTPS: the sockets systemd names `https` (`FileDescriptorName=https`), else
+    /// `[tls] address`.
+    pub tls: Vec<Listener>,
+}
+
+/// The name of a socket systemd passes for HTTPS.
+pub const HTTPS: &str = "https";
+
+/// Open the listeners for `config`: systemd's when it passes any, else the config's
+/// addresses.
+pub fn open(config: &Config) -> Result<Listeners, ListenError> {
     let passed = from_systemd()?;
     if !passed.is_empty() {
-        return Ok(passed);
+        let (tls, plain): (Vec<_>, Vec<_>) = passed.into_iter().partition(|(_, n)| n == HTTPS);
+        return Ok(Listeners {
+            plain: plain.into_iter().map(|(l, _)| l).collect(),
+            tls: tls.into_iter().map(|(l, _)| l).collect(),
+        });
     }
-    match &config.listen.address {
-        None => Err(ListenError::NoAddress),
-        Some(address) => bind(address).map(|l| vec![l]),
+    let plain = config.listen.address.as_ref().map(bind).transpose()?;
+    let tls = config
+        .tls
+        .address
+        .map(|a| bind(&ListenAddress::Tcp(a)))
+        .transpose()?;
+    if plain.is_none() && tls.is_none() {
+        return Err(ListenError::NoAddress);
     }
+    Ok(Listeners {
+        plain: plain.into_iter().collect(),
+        tls: tls.into_iter().collect(),
+    })
 }
 
 fn bind(address: &ListenAddress) -> Result<Listener, ListenError> {
@@ -97,7 +124,7 @@ pub fn clear_stale_socket(path: &Path) -> std::io::Result<()> {
     std::fs::remove_file(path)
 }
 
-fn from_systemd() -> Result<Vec<Listener>, ListenError> {
+fn from_systemd() -> Result<Vec<(Listener, String)>, ListenError> {
     let names: Vec<String> = sd_notify::listen_fds_with_names()
         .map(|it| it.map(|(_, n)| n).collect())
         .unwrap_or_default();
@@ -127,7 +154,7 @@ fn from_systemd() -> Result<Vec<Listener>, ListenError> {
             "listening on {} (socket {name:?} from systemd)",
             listener.describe()
         );
-        out.push(listener);
+        out.push((listener, name));
     }
     Ok(out)
 }

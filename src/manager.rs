@@ -196,6 +196,32 @@ pub async fn run_announcing(
             .with_context(|| format!("cannot listen on [metrics] address {addr}"))?;
         tokio::spawn(crate::control::serve_metrics(l, handle.clone()));
     }
+    // HTTPS: the certificates are read before anything is served; one that cannot be used
+    // stops baton here, with the reason.
+    let certificates = if config.tls.enabled() || !listeners.tls.is_empty() {
+        if listeners.tls.is_empty() {
+            tracing::warn!(app = %config.name, "[tls] has certificates but no socket to serve them on: set [tls] address, or pass a socket named \"https\" (FileDescriptorName=https)");
+        }
+        let certs = Arc::new(
+            crate::tls::Certificates::load(&config.tls).with_context(|| {
+                format!(
+                    "cannot serve HTTPS on {}",
+                    listeners
+                        .tls
+                        .iter()
+                        .map(|l| l.describe())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?,
+        );
+        let list: Vec<String> = certs.loaded().iter().map(ToString::to_string).collect();
+        tracing::info!(app = %config.name, message_id = crate::journal::MSG_CERTIFICATES, "certificates in force: {}", list.join("; "));
+        supervisor.serve_tls(certs.clone());
+        Some(certs)
+    } else {
+        None
+    };
     let supervisor = tokio::spawn(supervisor.run());
     tokio::spawn(crate::control::serve(control, handle.clone()));
     if let Some(every) = sd_notify::watchdog_enabled() {
@@ -214,10 +240,16 @@ pub async fn run_announcing(
     tokio::spawn(trim_after_bursts(proxy.clone()));
     let stop_accepting = CancellationToken::new();
     let connections = proxy.tasks().clone();
-    for l in listeners {
-        tracing::info!(app = %app, backend = spawner.name(), "serving {} with {}..{} workers; control socket {}",
+    let all = listeners
+        .plain
+        .into_iter()
+        .map(|l| (l, None))
+        .chain(listeners.tls.into_iter().map(|l| (l, certificates.clone())));
+    for (l, tls) in all {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(app = %app, backend = spawner.name(), "serving {scheme} on {} with {}..{} workers; control socket {}",
             l.describe(), config.workers.min(), config.workers.max(), control_path.display());
-        data_plane.spawn(proxy.clone().serve(l, stop_accepting.clone()));
+        data_plane.spawn(proxy.clone().serve(l, tls, stop_accepting.clone()));
     }
 
     if let Some(b) = banner {

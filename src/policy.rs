@@ -37,9 +37,12 @@ pub enum Name {
     /// a body framed otherwise than baton framed it. Dropped, anyone's (nginx drops every
     /// name with a `_`; these are the ones that matter).
     Lookalike,
+    /// `Cookie`: protected, and several are one (an HTTP/2 client sends each cookie apart;
+    /// an HTTP/1.1 worker gets them joined, RFC 9113 8.2.3).
+    Cookie,
     /// An end-to-end header baton, the worker or the browser relies on, which a
     /// `Connection:` list cannot remove (`Connection: set-cookie` would log a visitor out):
-    /// `Content-Type`, `Content-Encoding`, `Cookie`, `Set-Cookie`, `Authorization`, `Date`.
+    /// `Content-Type`, `Content-Encoding`, `Set-Cookie`, `Authorization`, `Date`.
     Protected,
     Other,
 }
@@ -56,6 +59,7 @@ impl Name {
                 | Name::ForwardedHost
                 | Name::ForwardedProto
                 | Name::Forwarding
+                | Name::Cookie
                 | Name::Protected
         )
     }
@@ -84,7 +88,7 @@ pub fn classify(n: &[u8]) -> Name {
         2 if is("te") => Name::HopByHop,
         4 if is("host") => Name::Host,
         4 if is("date") => Name::Protected,
-        6 if is("cookie") => Name::Protected,
+        6 if is("cookie") => Name::Cookie,
         6 if is("expect") => Name::Expect,
         7 if is("upgrade") => Name::Upgrade,
         7 if is("trailer") => Name::HopByHop,
@@ -250,6 +254,8 @@ pub struct RequestHead<'a, F: Fields + ?Sized> {
     pub target_len: usize,
     /// HTTP/1.0 (which may go without a Host).
     pub http10: bool,
+    /// HTTP/2's `:authority`, which stands for a Host the request does not carry.
+    pub authority: Option<&'a str>,
     pub fields: &'a F,
 }
 
@@ -299,6 +305,8 @@ pub struct Admitted {
     pub lists_names: bool,
     forwarded_host: bool,
     forwarded_proto: bool,
+    /// `Cookie` fields: several are joined into one for the worker.
+    cookies: u16,
 }
 
 impl Admitted {
@@ -400,6 +408,7 @@ pub fn admit<F: Fields + ?Sized>(
         lists_names: false,
         forwarded_host: false,
         forwarded_proto: false,
+        cookies: 0,
     };
     let mut asks_upgrade = false;
     for (n, v) in req.fields.each() {
@@ -430,8 +439,15 @@ pub fn admit<F: Fields + ?Sized>(
             Name::Expect => adm.expect = true,
             Name::ForwardedHost => adm.forwarded_host = true,
             Name::ForwardedProto => adm.forwarded_proto = true,
+            Name::Cookie => adm.cookies = adm.cookies.saturating_add(1),
             _ => {}
         }
+    }
+    if hosts == 0
+        && let Some(authority) = req.authority
+    {
+        hosts = 1;
+        host = authority.as_bytes();
     }
     if size > limits.max_head {
         return Err(OwnAnswer::HeadTooLarge(size, limits.max_head));
@@ -477,6 +493,8 @@ pub struct Client<'a> {
     /// Its forwarding headers are believed (`[listen] trusted_proxies`, or a Unix socket);
     /// anyone else's are replaced by what baton saw.
     pub trusted: bool,
+    /// It came over TLS: `X-Forwarded-Proto: https`.
+    pub https: bool,
 }
 
 /// How the body follows the head the worker gets.
@@ -513,6 +531,7 @@ pub fn worker_head<F: Fields + ?Sized>(
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut host = None;
+    let mut cookie_name: &[u8] = b"cookie";
     for (n, v) in req.fields.each() {
         let kind = classify(n);
         let dropped = match kind {
@@ -520,6 +539,11 @@ pub fn worker_head<F: Fields + ?Sized>(
                 host = host.or(Some(v));
                 false
             }
+            Name::Cookie if adm.cookies > 1 => {
+                cookie_name = n;
+                true
+            }
+            Name::Cookie => false,
             // Framed and listed by baton, below.
             Name::ContentLength
             | Name::TransferEncoding
@@ -537,6 +561,29 @@ pub fn worker_head<F: Fields + ?Sized>(
         if !dropped {
             header(out, n, v);
         }
+    }
+    if host.is_none()
+        && let Some(authority) = req.authority
+    {
+        header(out, b"host", authority.as_bytes());
+        host = Some(authority.as_bytes());
+    }
+    if adm.cookies > 1 {
+        out.extend_from_slice(cookie_name);
+        out.extend_from_slice(b": ");
+        let mut first = true;
+        for (_, v) in req
+            .fields
+            .each()
+            .filter(|(n, _)| classify(n) == Name::Cookie)
+        {
+            if !first {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(v);
+            first = false;
+        }
+        out.extend_from_slice(b"\r\n");
     }
     // X-Forwarded-For: a trusted proxy's list (several lines are one list, RFC 9110 5.3),
     // then this client. An empty line adds nobody to the list.
@@ -576,7 +623,8 @@ pub fn worker_head<F: Fields + ?Sized>(
         header(out, b"x-forwarded-host", host);
     }
     if !(client.trusted && adm.forwarded_proto) {
-        header(out, b"x-forwarded-proto", b"http");
+        let proto: &[u8] = if client.https { b"https" } else { b"http" };
+        header(out, b"x-forwarded-proto", proto);
     }
     match body {
         Sent::None => {}
@@ -616,6 +664,7 @@ mod tests {
             target: Target::Path(path),
             target_len: path.len(),
             http10: false,
+            authority: None,
             fields,
         }
     }
@@ -634,6 +683,7 @@ mod tests {
     const CLIENT: Client<'static> = Client {
         ip: Some(b"192.0.2.7"),
         trusted: false,
+        https: false,
     };
 
     fn rewrite(method: &str, fields: &[httparse::Header<'_>], client: Client<'_>) -> String {
@@ -799,6 +849,7 @@ mod tests {
         let trusted = Client {
             ip: Some(b"192.0.2.7"),
             trusted: true,
+            https: false,
         };
         let out = rewrite("GET", &fields, trusted);
         assert_eq!(
@@ -809,6 +860,7 @@ mod tests {
         let local = Client {
             ip: None,
             trusted: true,
+            https: false,
         };
         let out = rewrite(
             "GET",
@@ -859,6 +911,7 @@ mod tests {
                 target,
                 target_len: 1,
                 http10: false,
+                authority: None,
                 fields,
             };
             admit(&req, &LIMITS).unwrap_err()
@@ -906,6 +959,7 @@ mod tests {
             target: Target::Path("/"),
             target_len: 1,
             http10: true,
+            authority: None,
             fields: &[][..],
         };
         assert!(admit(&req, &LIMITS).is_ok());

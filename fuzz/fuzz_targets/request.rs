@@ -122,7 +122,7 @@ response_buffering = {buffering}
         let proxy = Proxy::new(pool.clone(), &config, 64, Arc::new(Metrics::default()));
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         addrs.push(l.local_addr().expect("proxy address"));
-        tokio::spawn(proxy.serve(Listener::Tcp(l), CancellationToken::new()));
+        tokio::spawn(proxy.serve(Listener::Tcp(l), None, CancellationToken::new()));
     }
     ([addrs[0], addrs[1]], exit)
 }

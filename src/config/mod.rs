@@ -565,6 +565,34 @@ pub struct ControlConfig {
     pub group: Option<String>,
 }
 
+/// `[tls]`: HTTPS, and HTTP/2 by ALPN, on the socket systemd names `https` or on `address`.
+#[derive(Clone, Debug, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Where HTTPS is served when systemd passes no socket (as `[listen] address`).
+    pub address: Option<SocketAddr>,
+    /// The certificate chains and their keys; the first one valid for the name a client asks
+    /// for (SNI) is served, else the first.
+    pub certificates: Vec<CertificateConfig>,
+}
+
+impl TlsConfig {
+    /// HTTPS is configured.
+    pub fn enabled(&self) -> bool {
+        !self.certificates.is_empty()
+    }
+}
+
+/// One certificate chain (PEM, leaf first: certbot's `fullchain.pem`) and its private key
+/// (PEM); a path starting `%d/` is a systemd credential (`LoadCredential=`), in
+/// `$CREDENTIALS_DIRECTORY`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 #[derive(Clone, Debug, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
@@ -593,6 +621,8 @@ pub struct Config {
     pub control: ControlConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 impl Config {
@@ -671,6 +701,12 @@ impl Config {
             return Err((
                 "workers.max_queue".into(),
                 "with workers.min = 0 a request must wait in the queue while the first worker starts: set max_queue above 0 or min above 0".into(),
+            ));
+        }
+        if self.tls.address.is_some() && self.tls.certificates.is_empty() {
+            return Err((
+                "tls.address".into(),
+                "HTTPS needs at least one certificate: set tls.certificates = [{ cert = \"...\", key = \"...\" }]".into(),
             ));
         }
         let p = &self.readiness.http_path;

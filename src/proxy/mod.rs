@@ -129,7 +129,14 @@ impl Proxy {
     }
 
     /// Accept connections until `stop` fires; each is tracked so shutdown can wait for it.
-    pub async fn serve(self: Arc<Self>, listener: Listener, stop: CancellationToken) {
+    /// With `tls`, each connection is HTTPS: HTTP/2 when the client's ALPN asks for it, else
+    /// HTTP/1.1 as on a plain socket.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: Listener,
+        tls: Option<Arc<crate::tls::Certificates>>,
+        stop: CancellationToken,
+    ) {
         let tracker = self.tasks.clone();
         loop {
             // At the connection limit, stop accepting: new clients wait in the kernel's backlog
@@ -148,14 +155,19 @@ impl Proxy {
             match accepted {
                 Ok(Accepted::Tcp(stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let conn = self.clone().connection(stream, Some(peer), stop.clone());
+                    let proxy = self.clone();
+                    let stop = stop.clone();
+                    let tls = tls.clone();
                     tracker.spawn(async move {
-                        conn.await;
+                        match tls {
+                            Some(certs) => proxy.secure(stream, peer, &certs, stop).await,
+                            None => proxy.connection(stream, Some(peer), false, stop).await,
+                        }
                         drop(permit);
                     });
                 }
                 Ok(Accepted::Unix(stream)) => {
-                    let conn = self.clone().connection(stream, None, stop.clone());
+                    let conn = self.clone().connection(stream, None, false, stop.clone());
                     tracker.spawn(async move {
                         conn.await;
                         drop(permit);
@@ -170,26 +182,96 @@ impl Proxy {
         }
     }
 
+    /// What a connection's requests say of their client, made once.
+    fn peer(&self, addr: Option<SocketAddr>, https: bool) -> Peer {
+        // An IPv4 client of a dual-stack socket arrives as ::ffff:a.b.c.d: compare and forward
+        // it as the IPv4 address it is.
+        let addr = addr.map(|p| SocketAddr::new(p.ip().to_canonical(), p.port()));
+        Peer {
+            ip: addr.and_then(|p| HeaderValue::try_from(p.ip().to_string()).ok()),
+            trusted: match addr {
+                Some(p) => self.trusted_proxies.iter().any(|n| n.contains(&p.ip())),
+                None => true,
+            },
+            https,
+        }
+    }
+
+    /// An HTTPS connection: the handshake (within `header_timeout`, as a head must be), then
+    /// HTTP/2 or HTTP/1.1 as the client's ALPN chose.
+    async fn secure(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        addr: SocketAddr,
+        certs: &crate::tls::Certificates,
+        stop: CancellationToken,
+    ) {
+        let handshake = tokio::select! {
+            h = tokio::time::timeout(self.header_timeout, certs.acceptor().accept(stream)) => h,
+            _ = stop.cancelled() => return,
+        };
+        let tls = match handshake {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake with {addr} failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake with {addr} not done within header_timeout");
+                return;
+            }
+        };
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            self.http2(tls, addr, stop).await;
+        } else {
+            self.connection(tls, Some(addr), true, stop).await;
+        }
+    }
+
+    /// An HTTP/2 connection (over TLS): every stream goes through hyper's path, under the
+    /// same policy, limits, queue and retries as HTTP/1.1. HTTP/2's own bounds: streams at
+    /// once, the header list, reset floods (CVE-2023-44487) and CONTINUATION floods (h2's
+    /// own limits), and the send timeout on the connection.
+    async fn http2<S>(self: Arc<Self>, stream: S, addr: SocketAddr, stop: CancellationToken)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = self.peer(Some(addr), true);
+        let proxy = self.clone();
+        let io = buffer::SendTimeout::new(stream, self.send_timeout);
+        let svc = service_fn(move |req| proxy.clone().handle(req, peer.clone()));
+        let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_STREAMS)
+            .max_header_list_size(u32::try_from(self.max_header_size).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(256)
+            .serve_connection(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = stop.cancelled() => {
+                // GOAWAY: the streams in flight finish, no new one starts.
+                conn.as_mut().graceful_shutdown();
+                conn.as_mut().await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!("HTTP/2 connection from {addr} ended: {e}");
+        }
+    }
+
     async fn connection<S>(
         self: Arc<Self>,
         stream: S,
         peer: Option<SocketAddr>,
+        https: bool,
         stop: CancellationToken,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let proxy = self.clone();
-        // An IPv4 client of a dual-stack socket arrives as ::ffff:a.b.c.d: compare and forward
-        // it as the IPv4 address it is.
-        let peer = peer.map(|p| SocketAddr::new(p.ip().to_canonical(), p.port()));
-        // What this connection's requests say of their client, made once.
-        let peer = Peer {
-            ip: peer.and_then(|p| HeaderValue::try_from(p.ip().to_string()).ok()),
-            trusted: match peer {
-                Some(p) => self.trusted_proxies.iter().any(|n| n.contains(&p.ip())),
-                None => true,
-            },
-        };
+        let peer = self.peer(peer, https);
         // The common requests first, as bytes; hyper takes over at the first other one.
         let mut io = buffer::SendTimeout::new(stream, self.send_timeout);
         let ended = match self.codecs {
@@ -230,8 +312,10 @@ impl Proxy {
         let started = std::time::Instant::now();
         // Whether the client asked to close is the policy's to say, not hyper's own reading
         // (which skips a `Connection:` line that is not UTF-8, and lets a later line undo an
-        // earlier `close`): the narrow path closes on the same answers.
-        let close = policy::asks_close(req.headers());
+        // earlier `close`): the narrow path closes on the same answers. HTTP/2 has no
+        // `Connection:` at all.
+        let h2 = req.version() == http::Version::HTTP_2;
+        let close = !h2 && policy::asks_close(req.headers());
         let mut resp = match self.forward(req, &peer).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
@@ -239,6 +323,10 @@ impl Proxy {
         if close && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if h2 {
+            // Connection-specific headers are malformed in HTTP/2 (RFC 9113 8.2.2).
+            resp.headers_mut().remove(header::CONNECTION);
         }
         self.metrics
             .request(resp.status().as_u16(), started.elapsed());
@@ -449,6 +537,9 @@ fn head_of<'a>(
         target_len: uri.path_and_query().map_or(1, |p| p.as_str().len())
             + uri.authority().map_or(0, |a| a.as_str().len()),
         http10: version == http::Version::HTTP_10,
+        authority: (version == http::Version::HTTP_2)
+            .then(|| uri.authority().map(|a| a.as_str()))
+            .flatten(),
         fields: headers,
     }
 }
@@ -636,6 +727,8 @@ struct Peer {
     /// A configured trusted proxy (`[listen] trusted_proxies`) or a local process on a Unix
     /// socket: its forwarding headers are kept and extended; anyone else's are replaced.
     trusted: bool,
+    /// It came over TLS.
+    https: bool,
 }
 
 impl Peer {
@@ -643,9 +736,13 @@ impl Peer {
         policy::Client {
             ip: self.ip.as_ref().map(HeaderValue::as_bytes),
             trusted: self.trusted,
+            https: self.https,
         }
     }
 }
+
+/// Streams at once on one HTTP/2 connection (nginx's `http2_max_concurrent_streams`).
+const H2_STREAMS: u32 = 128;
 
 /// An answer body for hyper's server that lets out what it already gave before it fails (a
 /// worker that died mid-answer): hyper writes a head together with the first data and, when

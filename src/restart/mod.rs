@@ -89,12 +89,18 @@ enum Event {
 /// Why a reload (of the config, before a restart) changed nothing.
 #[derive(Debug, thiserror::Error)]
 enum ReloadError {
-    #[error(transparent)]
+    #[error("the config is invalid, nothing was changed: {0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error(
+        "a certificate cannot be used, nothing was changed (the certificates in force keep serving): {0}"
+    )]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// What every supervisor task shares.
 pub struct Context {
+    /// The HTTPS certificates, re-read by every reload (when baton serves HTTPS).
+    pub tls: std::sync::OnceLock<Arc<crate::tls::Certificates>>,
     /// The config in force: replaced (whole) by a restart that re-read the file.
     config: Mutex<Arc<Config>>,
     /// Where the config came from (`None`: built in, e.g. `baton demo`).
@@ -391,6 +397,7 @@ impl Supervisor {
             })
             .0,
             next_worker: AtomicU64::new(1),
+            tls: std::sync::OnceLock::new(),
             pinned: Mutex::new(BTreeMap::new()),
             events: etx,
             stopping: CancellationToken::new(),
@@ -415,6 +422,11 @@ impl Supervisor {
             history: Vec::new(),
         };
         (sup, Handle { tx, context: ctx })
+    }
+
+    /// Re-read these HTTPS certificates at every reload.
+    pub fn serve_tls(&self, certs: Arc<crate::tls::Certificates>) {
+        let _ = self.ctx.tls.set(certs);
     }
 
     /// Start generation 1 and supervise until shutdown.
@@ -681,6 +693,12 @@ impl Supervisor {
         };
         let mut new = Config::load(&path)?;
         let old = self.ctx.config();
+        // The certificates first, and every time: certbot renews the files in place. Nothing
+        // else changes when one cannot be used.
+        let certificates = match self.ctx.tls.get() {
+            Some(certs) => Some(certs.reload(&new.tls)?),
+            None => None,
+        };
         // What only a new baton can take: its sockets, its backend, its name.
         let mut fixed = Vec::new();
         if old.name != new.name {
@@ -697,6 +715,10 @@ impl Supervisor {
         }
         if old.metrics != new.metrics {
             fixed.push("[metrics]");
+        }
+        if old.tls.address != new.tls.address || (self.ctx.tls.get().is_none() && new.tls.enabled())
+        {
+            fixed.push("[tls] address");
         }
         new.name = old.name.clone();
         new.listen = old.listen.clone();
@@ -719,11 +741,21 @@ impl Supervisor {
         if old.canary != new.canary {
             changed.push("[canary]");
         }
+        if old.tls != new.tls {
+            changed.push("[tls]");
+        }
         // Every section is one of the two lists above: a new one that is in neither would
         // be silently dropped by a reload (as [canary] was, when this compared Debug text).
         debug_assert!(*old == new || !changed.is_empty());
+        new.tls.address = old.tls.address;
         let mut notes = Vec::new();
         let app = old.name.clone();
+        if let Some(loaded) = certificates {
+            let list: Vec<String> = loaded.iter().map(ToString::to_string).collect();
+            let note = format!("certificates in force: {}", list.join("; "));
+            tracing::info!(app = %app, message_id = journal::MSG_CERTIFICATES, "{note}");
+            notes.push(note);
+        }
         if !changed.is_empty() {
             notes.push(format!(
                 "{} applied from {}",
@@ -754,7 +786,7 @@ impl Supervisor {
         let notes = match self.reload_config() {
             Ok(notes) => notes,
             Err(e) => {
-                let message = format!("the config is invalid, nothing was changed: {e}");
+                let message = e.to_string();
                 let generation = self.ctx.state().generation.0;
                 tracing::error!(
                     app = %self.ctx.config().name, generation, message_id = journal::MSG_ROLL_FINISHED,

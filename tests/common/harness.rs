@@ -53,22 +53,30 @@ pub enum Release {
 
 /// Debian's gunicorn (installed here when missing: the test suite installs what it needs).
 pub fn gunicorn() -> String {
-    static INSTALL: std::sync::Once = std::sync::Once::new();
-    INSTALL.call_once(|| {
-        if Command::new("gunicorn").arg("--version").output().is_ok() {
-            return;
-        }
+    debian_tool("gunicorn", "gunicorn")
+}
+
+/// A command from a Debian package, installed when missing (waiting for the dpkg lock, as
+/// another test may be installing at the same moment).
+pub fn debian_tool(command: &str, package: &str) -> String {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {command}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        let install = format!(
+            "(apt-get install -y -qq -o DPkg::Lock::Timeout=600 {package} || (apt-get update -qq -o DPkg::Lock::Timeout=600 && apt-get install -y -qq -o DPkg::Lock::Timeout=600 {package})) >/dev/null"
+        );
         let ok = Command::new("sh")
-            .args([
-                "-c",
-                "(apt-get install -y -qq gunicorn || (apt-get update -qq && apt-get install -y -qq gunicorn)) >/dev/null",
-            ])
+            .args(["-c", &install])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
             .is_ok_and(|s| s.success());
-        assert!(ok, "could not install Debian's gunicorn package");
-    });
-    "gunicorn".into()
+        assert!(ok, "could not install Debian's {package} package");
+    }
+    command.into()
 }
 
 pub struct Baton {

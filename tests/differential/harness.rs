@@ -145,7 +145,7 @@ impl Harness {
                 );
                 let l = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
                 addrs.push(l.local_addr().expect("proxy address"));
-                tokio::spawn(proxy.serve(Listener::Tcp(l), CancellationToken::new()));
+                tokio::spawn(proxy.serve(Listener::Tcp(l), None, CancellationToken::new()));
             }
             pairs.push((name, addrs[0], addrs[1]));
         }

@@ -1,0 +1,315 @@
+//! HTTPS at the edge: the certificates of `[tls]`, read from PEM files (certbot's
+//! `/etc/letsencrypt/live/...`) or from systemd credentials (`%d/NAME`, in
+//! `$CREDENTIALS_DIRECTORY`, so that the key is readable by nobody else), chosen by SNI, and
+//! replaced by a reload without touching a connection already open.
+//!
+//! rustls with its safe defaults: TLS 1.3 and 1.2 only, its cipher suites, session resumption
+//! by a memory cache and by tickets (kept across reloads, so a reload costs no resumption).
+//! ALPN offers `h2` and `http/1.1`. A certificate that does not parse, does not match its key,
+//! is not valid yet or has expired is refused with that reason: at start, baton does not start;
+//! at a reload, the reload fails and the certificates in force keep serving.
+
+use crate::config::{CertificateConfig, TlsConfig};
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresServerSessions};
+use rustls::sign::CertifiedKey;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+/// Why certificates could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("[tls] names no certificate (tls.certificates)")]
+    NoCertificates,
+    #[error("{0} is a systemd credential (%d/...), but $CREDENTIALS_DIRECTORY is not set")]
+    NoCredentialsDirectory(PathBuf),
+    #[error("cannot read a certificate from {path}: {source}")]
+    Certificate {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("cannot read a private key from {path}: {source}")]
+    Key {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("the key in {key} cannot be used with the certificate in {cert}: {source}")]
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("the certificate in {path} is not valid X.509: {reason}")]
+    Malformed { path: PathBuf, reason: String },
+    #[error("the certificate in {path} expired on {not_after}")]
+    Expired { path: PathBuf, not_after: String },
+    #[error("the certificate in {path} is not valid before {not_before}")]
+    NotYetValid { path: PathBuf, not_before: String },
+    #[error("cannot set up TLS: {0}")]
+    Setup(#[from] rustls::Error),
+}
+
+/// One certificate in force, as the journal and `baton status` tell it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loaded {
+    /// The names it is valid for (DNS names of its subjectAltName, else its CN).
+    pub names: Vec<String>,
+    /// When it expires (RFC 3339).
+    pub not_after: String,
+    pub cert: PathBuf,
+}
+
+impl std::fmt::Display for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (until {}, {})",
+            self.names.join(", "),
+            self.not_after,
+            self.cert.display()
+        )
+    }
+}
+
+/// The certificates in force, replaced whole by [`Certificates::reload`].
+pub struct Certificates {
+    current: RwLock<Arc<ServerConfig>>,
+    loaded: RwLock<Vec<Loaded>>,
+    provider: Arc<CryptoProvider>,
+    /// Kept across reloads: a client resumes its session after a reload too.
+    sessions: Arc<dyn StoresServerSessions>,
+    ticketer: Arc<dyn ProducesTickets>,
+}
+
+/// Sessions kept for resumption (about 200 bytes each).
+const SESSIONS: usize = 16 * 1024;
+
+impl Certificates {
+    /// Read the certificates `[tls]` names; any that cannot be used is an error.
+    pub fn load(config: &TlsConfig) -> Result<Certificates, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs = Certificates {
+            current: RwLock::new(Arc::new(
+                ServerConfig::builder_with_provider(provider.clone())
+                    .with_safe_default_protocol_versions()?
+                    .with_no_client_auth()
+                    .with_cert_resolver(Arc::new(ByName(Vec::new()))),
+            )),
+            loaded: RwLock::new(Vec::new()),
+            provider,
+            sessions: rustls::server::ServerSessionMemoryCache::new(SESSIONS),
+            ticketer: rustls::crypto::ring::Ticketer::new()?,
+        };
+        certs.reload(config)?;
+        Ok(certs)
+    }
+
+    /// Read the certificates again (a renewed file, a new `[tls]`): new handshakes get them,
+    /// connections already open keep theirs. On an error nothing changes.
+    pub fn reload(&self, config: &TlsConfig) -> Result<Vec<Loaded>, TlsError> {
+        if config.certificates.is_empty() {
+            return Err(TlsError::NoCertificates);
+        }
+        let mut keys = Vec::new();
+        let mut loaded = Vec::new();
+        for c in &config.certificates {
+            let (key, info) = read(c, &self.provider)?;
+            keys.push((info.names.clone(), Arc::new(key)));
+            loaded.push(info);
+        }
+        let mut server = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(ByName(keys)));
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        server.session_storage = self.sessions.clone();
+        server.ticketer = self.ticketer.clone();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(server);
+        *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = loaded.clone();
+        Ok(loaded)
+    }
+
+    /// What new handshakes get now.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+
+    /// The certificates in force.
+    pub fn loaded(&self) -> Vec<Loaded> {
+        self.loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// `%d/NAME`: systemd's credentials directory, as unit files spell it.
+fn resolve(path: &Path) -> Result<PathBuf, TlsError> {
+    match path.strip_prefix("%d") {
+        Ok(rest) => std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|d| Path::new(&d).join(rest))
+            .ok_or_else(|| TlsError::NoCredentialsDirectory(path.to_owned())),
+        Err(_) => Ok(path.to_owned()),
+    }
+}
+
+/// One certificate chain and its key, checked.
+fn read(
+    c: &CertificateConfig,
+    provider: &CryptoProvider,
+) -> Result<(CertifiedKey, Loaded), TlsError> {
+    let cert_path = resolve(&c.cert)?;
+    let key_path = resolve(&c.key)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::Certificate {
+            path: cert_path.clone(),
+            source,
+        })?;
+    let Some(leaf) = chain.first() else {
+        return Err(TlsError::Certificate {
+            path: cert_path,
+            source: rustls::pki_types::pem::Error::NoItemsFound,
+        });
+    };
+    let info = inspect(leaf, &cert_path)?;
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|source| TlsError::Key {
+        path: key_path.clone(),
+        source,
+    })?;
+    let certified =
+        CertifiedKey::from_der(chain, key, provider).map_err(|source| TlsError::Mismatch {
+            cert: cert_path.clone(),
+            key: key_path.clone(),
+            source,
+        })?;
+    Ok((certified, info))
+}
+
+/// The names and validity of a leaf certificate; an expired one, or one not valid yet, is
+/// an error.
+fn inspect(leaf: &CertificateDer<'_>, path: &Path) -> Result<Loaded, TlsError> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| TlsError::Malformed {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let validity = cert.validity();
+    let now = ASN1Time::now();
+    let time = |t: ASN1Time| t.to_rfc2822().unwrap_or_else(|_| t.timestamp().to_string());
+    if validity.not_after < now {
+        return Err(TlsError::Expired {
+            path: path.to_owned(),
+            not_after: time(validity.not_after),
+        });
+    }
+    if validity.not_before > now {
+        return Err(TlsError::NotYetValid {
+            path: path.to_owned(),
+            not_before: time(validity.not_before),
+        });
+    }
+    let mut names: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if names.is_empty() {
+        names.extend(
+            cert.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_ascii_lowercase),
+        );
+    }
+    Ok(Loaded {
+        names,
+        not_after: time(validity.not_after),
+        cert: path.to_owned(),
+    })
+}
+
+/// Chooses by SNI: the first certificate valid for the name the client asked for (a
+/// wildcard covers one label), else the first one.
+#[derive(Debug)]
+struct ByName(Vec<(Vec<String>, Arc<CertifiedKey>)>);
+
+impl ResolvesServerCert for ByName {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let chosen = hello.server_name().and_then(|asked| {
+            self.0
+                .iter()
+                .find(|(names, _)| names.iter().any(|n| covers(n, asked)))
+        });
+        chosen.or(self.0.first()).map(|(_, key)| key.clone())
+    }
+}
+
+fn covers(pattern: &str, name: &str) -> bool {
+    if pattern.eq_ignore_ascii_case(name) {
+        return true;
+    }
+    match (pattern.strip_prefix("*."), name.split_once('.')) {
+        (Some(domain), Some((label, rest))) => {
+            !label.is_empty() && rest.eq_ignore_ascii_case(domain)
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_covers_one_label() {
+        assert!(covers("shop.example", "SHOP.example"));
+        assert!(covers("*.example", "shop.example"));
+        assert!(!covers("*.example", "a.shop.example"));
+        assert!(!covers("*.example", "example"));
+        assert!(!covers("shop.example", "other.example"));
+    }
+
+    #[test]
+    fn a_credential_is_read_from_the_credentials_directory() {
+        // SAFETY (test): no other test of this binary reads or writes this variable.
+        unsafe { std::env::remove_var("CREDENTIALS_DIRECTORY") };
+        assert!(matches!(
+            resolve(Path::new("%d/shop.key")),
+            Err(TlsError::NoCredentialsDirectory(_))
+        ));
+        assert_eq!(
+            resolve(Path::new("/etc/ssl/shop.key")).unwrap(),
+            PathBuf::from("/etc/ssl/shop.key")
+        );
+        unsafe {
+            std::env::set_var(
+                "CREDENTIALS_DIRECTORY",
+                "/run/credentials/baton@shop.service",
+            )
+        };
+        assert_eq!(
+            resolve(Path::new("%d/shop.key")).unwrap(),
+            PathBuf::from("/run/credentials/baton@shop.service/shop.key")
+        );
+        unsafe { std::env::remove_var("CREDENTIALS_DIRECTORY") };
+    }
+}
