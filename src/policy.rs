@@ -973,6 +973,43 @@ mod tests {
     }
 
     #[test]
+    fn an_http2_request_gets_its_authority_as_host_and_its_cookies_joined() {
+        let fields = [h("cookie", "a=1"), h("accept", "*/*"), h("cookie", "b=2")];
+        let req = RequestHead {
+            method: "GET",
+            target: Target::Path("/x"),
+            target_len: 2,
+            http10: false,
+            authority: Some("shop.example"),
+            fields: &fields[..],
+        };
+        let adm = admit(&req, &LIMITS).unwrap();
+        let tls = Client {
+            ip: Some(b"192.0.2.7"),
+            trusted: false,
+            https: true,
+        };
+        let mut out = Vec::new();
+        worker_head(&req, &adm, tls, Sent::None, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /x HTTP/1.1\r\naccept: */*\r\nhost: shop.example\r\ncookie: a=1; b=2\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-host: shop.example\r\nx-forwarded-proto: https\r\n\r\n"
+        );
+        // Without a Host or an authority: refused, as an HTTP/1.1 request without Host is.
+        let bare = RequestHead {
+            authority: None,
+            ..req
+        };
+        assert_eq!(admit(&bare, &LIMITS), Err(OwnAnswer::NoHost));
+        // A single cookie stays where it was.
+        let one = [h("Cookie", "a=1"), h("Host", "h")];
+        assert!(
+            rewrite("GET", &one, CLIENT)
+                .starts_with("GET / HTTP/1.1\r\nCookie: a=1\r\nHost: h\r\n")
+        );
+    }
+
+    #[test]
     fn a_host_is_a_name_or_address_and_a_port() {
         for good in [
             &b"example.org"[..],

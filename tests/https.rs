@@ -484,3 +484,31 @@ fn baton_s_stop_finishes_the_http2_streams_in_flight() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_client_that_opens_tls_and_sends_nothing_is_closed_within_header_timeout() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path(), "a", &["localhost"], false);
+    let port = free_port();
+    let extra = format!(
+        "[listen]\nheader_timeout = \"1s\"\n{}",
+        tls_section(port, &cert, &key)
+    );
+    let _b = Baton::start(1, "0s", &extra);
+    // Nothing at all, and half a ClientHello: each is closed after header_timeout.
+    for first in [&b""[..], &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01][..]] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(first).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let began = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        let waited = began.elapsed();
+        assert_eq!(n, 0, "{first:?}: got {:?}", &buf[..n]);
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+            "{first:?}: closed after {waited:?}"
+        );
+    }
+}

@@ -39,6 +39,7 @@ fuzz_target!(|input: &[u8]| {
     let client = Client {
         ip: (choice & 1 == 0).then_some(&b"192.0.2.1"[..]),
         trusted: choice & 2 != 0,
+        https: choice & 16 != 0,
     };
     check_request(data, client);
     check_answer(data, choice & 4 != 0, choice & 8 != 0);
