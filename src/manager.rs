@@ -237,6 +237,14 @@ pub async fn run_announcing(
 
     let max_connections = connection_budget(config.listen.max_connections.get(), &config);
     let proxy = Proxy::new(pool.clone(), &config, max_connections, metrics);
+    if config.tls.redirect_http
+        && let Some(port) = listeners.tls.iter().find_map(|l| match l {
+            crate::listen::Listener::Tcp(t) => t.local_addr().ok().map(|a| a.port()),
+            crate::listen::Listener::Unix(_) => None,
+        })
+    {
+        proxy.redirect_http_to(port);
+    }
     tokio::spawn(trim_after_bursts(proxy.clone()));
     let stop_accepting = CancellationToken::new();
     let connections = proxy.tasks().clone();

@@ -642,6 +642,23 @@ pub fn worker_head<F: Fields + ?Sized>(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Where plain HTTP is sent when `[tls] redirect_http` is on: the same host (its port
+/// replaced by HTTPS's, none for 443) and target, on `https://`.
+pub fn https_location(host: &[u8], path: &str, port: u16, out: &mut Vec<u8>) {
+    // A bracketed IPv6 literal keeps its colons; a port is what follows the last `]:`/`:`.
+    let name = match host.iter().rposition(|b| *b == b':') {
+        Some(i) if !host.starts_with(b"[") || host[..i].ends_with(b"]") => &host[..i],
+        _ => host,
+    };
+    out.extend_from_slice(b"https://");
+    out.extend_from_slice(name);
+    if port != 443 {
+        out.push(b':');
+        out.extend_from_slice(itoa::Buffer::new().format(port).as_bytes());
+    }
+    out.extend_from_slice(path.as_bytes());
+}
+
 /// One header line.
 pub fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
@@ -1007,6 +1024,23 @@ mod tests {
             rewrite("GET", &one, CLIENT)
                 .starts_with("GET / HTTP/1.1\r\nCookie: a=1\r\nHost: h\r\n")
         );
+    }
+
+    #[test]
+    fn plain_http_is_sent_to_the_same_host_and_path_on_https() {
+        let at = |host: &str, port| {
+            let mut out = Vec::new();
+            https_location(host.as_bytes(), "/a?b=1", port, &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(at("shop.example", 443), "https://shop.example/a?b=1");
+        assert_eq!(at("shop.example:8080", 443), "https://shop.example/a?b=1");
+        assert_eq!(
+            at("shop.example:8080", 8443),
+            "https://shop.example:8443/a?b=1"
+        );
+        assert_eq!(at("[::1]:80", 443), "https://[::1]/a?b=1");
+        assert_eq!(at("[::1]", 8443), "https://[::1]:8443/a?b=1");
     }
 
     #[test]

@@ -512,3 +512,39 @@ fn a_client_that_opens_tls_and_sends_nothing_is_closed_within_header_timeout() {
         );
     }
 }
+
+#[test]
+fn plain_http_is_redirected_to_https_and_https_answers_carry_hsts() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path(), "a", &["localhost"], false);
+    let port = free_port();
+    let extra = format!(
+        "{}redirect_http = true\nhsts = \"365d\"\n",
+        tls_section(port, &cert, &key)
+    );
+    let b = Baton::start(1, "0s", &extra);
+    // Plain HTTP: a 301 to the same host and target on the HTTPS port, no worker asked.
+    let mut s = TcpStream::connect(b.addr).unwrap();
+    s.write_all(b"GET /cart?item=3 HTTP/1.1\r\nHost: shop.example:8080\r\n\r\n")
+        .unwrap();
+    let answer = read_head(&mut s).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 301"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains(&format!(
+            "location: https://shop.example:{port}/cart?item=3\r\n"
+        )),
+        "{answer}"
+    );
+    assert!(b.status().workers.iter().all(|w| w.processed == 0));
+    // HTTPS, either version, either path: the app's answer with Strict-Transport-Security.
+    for version in ["--http2", "--http1.1"] {
+        let (body, tail) = curl(port, &cert, version, "/", &["-D", "-"]);
+        assert!(tail.starts_with("200"), "{tail}");
+        assert!(
+            body.to_ascii_lowercase()
+                .contains("strict-transport-security: max-age=31536000\r\n"),
+            "{version}: {body}"
+        );
+    }
+}

@@ -574,6 +574,10 @@ pub struct TlsConfig {
     /// The certificate chains and their keys; the first one valid for the name a client asks
     /// for (SNI) is served, else the first.
     pub certificates: Vec<CertificateConfig>,
+    /// Plain HTTP answers `301` to the same host and path on HTTPS.
+    pub redirect_http: bool,
+    /// `Strict-Transport-Security: max-age=...` on every HTTPS answer; 0: none.
+    pub hsts: Duration,
 }
 
 impl TlsConfig {
@@ -701,6 +705,19 @@ impl Config {
             return Err((
                 "workers.max_queue".into(),
                 "with workers.min = 0 a request must wait in the queue while the first worker starts: set max_queue above 0 or min above 0".into(),
+            ));
+        }
+        if (self.tls.redirect_http || !self.tls.hsts.get().is_zero())
+            && self.tls.certificates.is_empty()
+        {
+            return Err((
+                if self.tls.redirect_http {
+                    "tls.redirect_http"
+                } else {
+                    "tls.hsts"
+                }
+                .into(),
+                "there is no HTTPS without tls.certificates".into(),
             ));
         }
         if self.tls.address.is_some() && self.tls.certificates.is_empty() {

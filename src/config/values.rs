@@ -7,7 +7,7 @@ use std::fmt;
 use std::time::Duration as StdDuration;
 
 /// A duration written as a string, e.g. `"30s"`, `"500ms"`, `"5m"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Duration(pub StdDuration);
 
 impl Duration {

@@ -54,6 +54,10 @@ pub struct Proxy {
     /// Every connection and every upgraded tunnel, so that shutdown can wait for all of them.
     tasks: TaskTracker,
     codecs: Codecs,
+    /// `[tls] redirect_http`: the HTTPS port plain requests are sent to.
+    redirect_to: std::sync::OnceLock<u16>,
+    /// `[tls] hsts`: the `Strict-Transport-Security` of every HTTPS answer.
+    hsts: Option<HeaderValue>,
 }
 
 /// Which codecs serve a client connection's requests. Both make the same decisions (one
@@ -114,7 +118,17 @@ impl Proxy {
             tunnel_idle_timeout: listen.tunnel_idle_timeout.get(),
             tasks: TaskTracker::new(),
             codecs,
+            redirect_to: std::sync::OnceLock::new(),
+            hsts: Some(config.tls.hsts.get().as_secs())
+                .filter(|s| *s > 0)
+                .and_then(|s| HeaderValue::try_from(format!("max-age={s}")).ok()),
         })
+    }
+
+    /// Answer every plain HTTP request with a `301` to the same host and path on HTTPS, on
+    /// this port (`[tls] redirect_http`).
+    pub fn redirect_http_to(&self, port: u16) {
+        let _ = self.redirect_to.set(port);
     }
 
     /// Client connections open now.
@@ -274,9 +288,11 @@ impl Proxy {
         let peer = self.peer(peer, https);
         // The common requests first, as bytes; hyper takes over at the first other one.
         let mut io = buffer::SendTimeout::new(stream, self.send_timeout);
+        // A plain connection that is only ever redirected goes to hyper's path at once.
+        let redirected = !https && self.redirect_to.get().is_some();
         let ended = match self.codecs {
-            Codecs::NarrowThenHyper => self.narrow(&mut io, &peer, &stop).await,
-            Codecs::HyperOnly => narrow::Ended::Hyper(Bytes::new()),
+            Codecs::NarrowThenHyper if !redirected => self.narrow(&mut io, &peer, &stop).await,
+            _ => narrow::Ended::Hyper(Bytes::new()),
         };
         let io = match ended {
             narrow::Ended::Closed => return,
@@ -328,6 +344,12 @@ impl Proxy {
             // Connection-specific headers are malformed in HTTP/2 (RFC 9113 8.2.2).
             resp.headers_mut().remove(header::CONNECTION);
         }
+        if peer.https
+            && let Some(hsts) = &self.hsts
+        {
+            resp.headers_mut()
+                .append(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
         self.metrics
             .request(resp.status().as_u16(), started.elapsed());
         Ok(resp)
@@ -340,6 +362,11 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // The policy every way in asks: forwarded (how), or answered by baton (why).
         let adm = policy::admit(&request_head(&req), &self.policy).map_err(ProxyError::Own)?;
+        if !peer.https
+            && let Some(port) = self.redirect_to.get()
+        {
+            return Ok(redirect(&request_head(&req), *port));
+        }
         let client_upgrade = adm.upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         // Set when a streamed request body fails on the client's side (a malformed chunk, a
@@ -703,6 +730,30 @@ async fn tunnel(
         );
     }
     drop(lease);
+}
+
+/// `[tls] redirect_http`: a `301` to the same host and target on HTTPS.
+fn redirect(head: &policy::RequestHead<'_, HeaderMap>, port: u16) -> Response<ProxyBody> {
+    let host = head
+        .fields
+        .get(header::HOST)
+        .map(HeaderValue::as_bytes)
+        .or(head.authority.map(str::as_bytes))
+        .unwrap_or_default();
+    let path = match head.target {
+        policy::Target::Path(p) => p,
+        _ => "/",
+    };
+    let mut location = Vec::with_capacity(host.len() + path.len() + 16);
+    policy::https_location(host, path, port, &mut location);
+    let mut r = error_response(
+        StatusCode::MOVED_PERMANENTLY,
+        "baton: this site is served over HTTPS",
+    );
+    if let Ok(v) = HeaderValue::from_bytes(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
 }
 
 pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {

@@ -15,6 +15,7 @@ use crate::h1::{self, Final, Framing};
 use crate::policy;
 use crate::upstream::{RawBody, Upstream};
 use bytes::{Buf, Bytes, BytesMut};
+use http::HeaderValue;
 use http_body_util::BodyExt;
 use hyper::body::Body;
 use std::io::IoSlice;
@@ -88,6 +89,11 @@ impl Proxy {
             grown: false,
         };
         let client = peer.client();
+        let hsts = self
+            .hsts
+            .as_ref()
+            .filter(|_| peer.https)
+            .map(HeaderValue::as_bytes);
         // Without request buffering a body streams to the worker: hyper's path does that.
         let max_body = if self.request_buffering {
             MAX_BODY
@@ -183,6 +189,11 @@ impl Proxy {
                         s.out.truncate(s.out.len().saturating_sub(2));
                         s.out.extend_from_slice(b"connection: close\r\n\r\n");
                     }
+                    if let Some(hsts) = hsts {
+                        s.out.truncate(s.out.len().saturating_sub(2));
+                        policy::header(&mut s.out, b"strict-transport-security", hsts);
+                        s.out.extend_from_slice(b"\r\n");
+                    }
                     (
                         status,
                         self.relay(io, lease, stream, fin, &mut s).await && !close,
@@ -196,7 +207,7 @@ impl Proxy {
                         || resp.headers().contains_key(http::header::CONNECTION);
                     (
                         status,
-                        write_error(io, resp, simple.head, close, &mut s.out).await && !close,
+                        write_error(io, resp, simple.head, close, hsts, &mut s.out).await && !close,
                     )
                 }
             };
@@ -384,6 +395,7 @@ async fn write_error<S: AsyncWrite + Unpin>(
     resp: http::Response<super::ProxyBody>,
     head: bool,
     close: bool,
+    hsts: Option<&[u8]>,
     out: &mut Vec<u8>,
 ) -> bool {
     let (parts, body) = resp.into_parts();
@@ -409,6 +421,9 @@ async fn write_error<S: AsyncWrite + Unpin>(
     policy::header(out, b"date", &date());
     if close {
         policy::header(out, b"connection", b"close");
+    }
+    if let Some(hsts) = hsts {
+        policy::header(out, b"strict-transport-security", hsts);
     }
     out.extend_from_slice(b"\r\n");
     let body = if head { &[][..] } else { &body[..] };

@@ -716,15 +716,21 @@ impl Supervisor {
         if old.metrics != new.metrics {
             fixed.push("[metrics]");
         }
-        if old.tls.address != new.tls.address || (self.ctx.tls.get().is_none() && new.tls.enabled())
+        if old.tls.address != new.tls.address
+            || old.tls.redirect_http != new.tls.redirect_http
+            || old.tls.hsts != new.tls.hsts
+            || (self.ctx.tls.get().is_none() && new.tls.enabled())
         {
-            fixed.push("[tls] address");
+            fixed.push("[tls] address, redirect_http, hsts");
         }
         new.name = old.name.clone();
         new.listen = old.listen.clone();
         new.control = old.control.clone();
         new.spawner = old.spawner.clone();
         new.metrics = old.metrics.clone();
+        new.tls.address = old.tls.address;
+        new.tls.redirect_http = old.tls.redirect_http;
+        new.tls.hsts = old.tls.hsts;
         let mut changed = Vec::new();
         if old.app != new.app {
             changed.push("[app]");
@@ -747,7 +753,6 @@ impl Supervisor {
         // Every section is one of the two lists above: a new one that is in neither would
         // be silently dropped by a reload (as [canary] was, when this compared Debug text).
         debug_assert!(*old == new || !changed.is_empty());
-        new.tls.address = old.tls.address;
         let mut notes = Vec::new();
         let app = old.name.clone();
         if let Some(loaded) = certificates {
