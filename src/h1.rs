@@ -88,6 +88,7 @@ pub fn request(
         target_len: path.len(),
         http10: false,
         authority: None,
+        body_follows: None,
         fields: &*req.headers,
     };
     // What baton answers itself, hyper's path answers.

@@ -256,8 +256,19 @@ pub struct RequestHead<'a, F: Fields + ?Sized> {
     pub http10: bool,
     /// HTTP/2's `:authority`, which stands for a Host the request does not carry.
     pub authority: Option<&'a str>,
+    /// HTTP/2: whether a body follows its HEADERS (a stream that did not end with them), which
+    /// needs no `Content-Length`. `None` on HTTP/1, where the headers frame the body.
+    pub body_follows: Option<bool>,
     pub fields: &'a F,
 }
+
+impl<F: Fields + ?Sized> Clone for RequestHead<'_, F> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<F: Fields + ?Sized> Copy for RequestHead<'_, F> {}
 
 /// The limits a request head is held to.
 #[derive(Clone, Copy, Debug)]
@@ -472,6 +483,8 @@ pub fn admit<F: Fields + ?Sized>(
     adm.upgrade = asks_upgrade && adm.upgrade_field;
     adm.body = match (te, lengths, length) {
         (true, _, _) => Body::Chunked,
+        // An HTTP/2 body without a length: its end is the stream's.
+        (false, 0, _) if req.body_follows == Some(true) => Body::Chunked,
         (false, 0, _) => Body::None,
         (false, 1, Some(n)) => Body::Length(n),
         _ => Body::Unclear,
@@ -682,6 +695,7 @@ mod tests {
             target_len: path.len(),
             http10: false,
             authority: None,
+            body_follows: None,
             fields,
         }
     }
@@ -929,6 +943,7 @@ mod tests {
                 target_len: 1,
                 http10: false,
                 authority: None,
+                body_follows: None,
                 fields,
             };
             admit(&req, &LIMITS).unwrap_err()
@@ -977,6 +992,7 @@ mod tests {
             target_len: 1,
             http10: true,
             authority: None,
+            body_follows: None,
             fields: &[][..],
         };
         assert!(admit(&req, &LIMITS).is_ok());
@@ -998,6 +1014,7 @@ mod tests {
             target_len: 2,
             http10: false,
             authority: Some("shop.example"),
+            body_follows: Some(false),
             fields: &fields[..],
         };
         let adm = admit(&req, &LIMITS).unwrap();
@@ -1012,6 +1029,13 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "GET /x HTTP/1.1\r\naccept: */*\r\nhost: shop.example\r\ncookie: a=1; b=2\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-host: shop.example\r\nx-forwarded-proto: https\r\n\r\n"
         );
+        assert_eq!(adm.body, Body::None);
+        // A body that follows the HEADERS needs no length: it ends with its stream.
+        let upload = RequestHead {
+            body_follows: Some(true),
+            ..req
+        };
+        assert_eq!(admit(&upload, &LIMITS).map(|a| a.body), Ok(Body::Chunked));
         // Without a Host or an authority: refused, as an HTTP/1.1 request without Host is.
         let bare = RequestHead {
             authority: None,

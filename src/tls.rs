@@ -125,6 +125,8 @@ impl Certificates {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(ByName(keys)));
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // The strongest suite both sides have, not the client's first pick (TLS 1.2).
+        server.ignore_client_order = true;
         server.session_storage = self.sessions.clone();
         server.ticketer = self.ticketer.clone();
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(server);

@@ -9,39 +9,10 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A self-signed certificate for `names`, written to `DIR/NAME.crt` and `DIR/NAME.key`;
-/// `expired` makes one that ended in 2021.
-fn certificate(dir: &Path, name: &str, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
-    let mut params =
-        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .unwrap();
-    if expired {
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    }
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let (c, k) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c, k)
-}
-
-fn tls_section(port: u16, cert: &Path, key: &Path) -> String {
-    format!(
-        "[tls]\naddress = \"127.0.0.1:{port}\"\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
-        cert.display(),
-        key.display()
-    )
-}
 
 /// curl over HTTPS: (body, the HTTP version it spoke).
 fn curl(port: u16, ca: &Path, version: &str, path: &str, extra: &[&str]) -> (String, String) {
@@ -91,6 +62,29 @@ fn clients_get_the_app_over_https_by_http2_and_http11() {
     ] {
         assert!(body.contains(line), "{line:?} missing in {body}");
     }
+    // An HTTP/2 upload of unknown length (curl -T - from a pipe: no Content-Length): its
+    // body ends with its stream, and reaches the app whole.
+    let mut upload = Command::new("curl")
+        .args(["-sS", "--http2", "--max-time", "10", "--cacert"])
+        .arg(&cert)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .args(["-T", "-"])
+        .arg(format!("https://localhost:{port}/echo"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    upload
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a body of unknown length")
+        .unwrap();
+    let out = upload.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "a body of unknown length"
+    );
     // curl, HTTP/1.1 over TLS (the narrow path serves it, as on a plain socket).
     let (body, tail) = curl(port, &cert, "--http1.1", "/headers", &[]);
     assert_eq!(tail, "200 1.1", "{body}");

@@ -539,7 +539,11 @@ impl std::ops::Deref for Leased {
 
 /// A request head as hyper parsed it, for the policy.
 fn request_head(req: &Request<Incoming>) -> policy::RequestHead<'_, HeaderMap> {
-    head_of(req.method(), req.uri(), req.version(), req.headers())
+    let mut head = head_of(req.method(), req.uri(), req.version(), req.headers());
+    if req.version() == http::Version::HTTP_2 {
+        head.body_follows = Some(!req.body().is_end_stream());
+    }
+    head
 }
 
 fn parts_head(parts: &http::request::Parts) -> policy::RequestHead<'_, HeaderMap> {
@@ -564,6 +568,7 @@ fn head_of<'a>(
         target_len: uri.path_and_query().map_or(1, |p| p.as_str().len())
             + uri.authority().map_or(0, |a| a.as_str().len()),
         http10: version == http::Version::HTTP_10,
+        body_follows: None,
         authority: (version == http::Version::HTTP_2)
             .then(|| uri.authority().map(|a| a.as_str()))
             .flatten(),
