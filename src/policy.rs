@@ -129,10 +129,8 @@ fn is_lookalike(n: &[u8]) -> bool {
         return true;
     }
     // `norm` has no `_`: this does not come back here.
-    n.len() == len
-        && (classify(norm).is_hop_by_hop()
-            || classify(norm).is_forwarding()
-            || classify(norm) == Name::ContentLength)
+    let kind = classify(norm);
+    n.len() == len && (kind.is_hop_by_hop() || kind.is_forwarding() || kind == Name::ContentLength)
 }
 
 /// A `Content-Length` value: digits only (no sign, no list, no more than 19), as RFC 9110

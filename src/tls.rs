@@ -76,12 +76,17 @@ impl std::fmt::Display for Loaded {
 
 /// The certificates in force, replaced whole by [`Certificates::reload`].
 pub struct Certificates {
-    current: RwLock<Arc<ServerConfig>>,
-    loaded: RwLock<Vec<Loaded>>,
+    current: RwLock<InForce>,
     provider: Arc<CryptoProvider>,
     /// Kept across reloads: a client resumes its session after a reload too.
     sessions: Arc<dyn StoresServerSessions>,
     ticketer: Arc<dyn ProducesTickets>,
+}
+
+/// What new handshakes get, and what it was read from.
+struct InForce {
+    server: Arc<ServerConfig>,
+    loaded: Vec<Loaded>,
 }
 
 /// Sessions kept for resumption (about 200 bytes each).
@@ -91,66 +96,70 @@ impl Certificates {
     /// Read the certificates `[tls]` names; any that cannot be used is an error.
     pub fn load(config: &TlsConfig) -> Result<Certificates, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let certs = Certificates {
-            current: RwLock::new(Arc::new(
-                ServerConfig::builder_with_provider(provider.clone())
-                    .with_safe_default_protocol_versions()?
-                    .with_no_client_auth()
-                    .with_cert_resolver(Arc::new(ByName(Vec::new()))),
-            )),
-            loaded: RwLock::new(Vec::new()),
+        let sessions: Arc<dyn StoresServerSessions> =
+            rustls::server::ServerSessionMemoryCache::new(SESSIONS);
+        let ticketer = rustls::crypto::ring::Ticketer::new()?;
+        let current = in_force(config, &provider, &sessions, &ticketer)?;
+        Ok(Certificates {
+            current: RwLock::new(current),
             provider,
-            sessions: rustls::server::ServerSessionMemoryCache::new(SESSIONS),
-            ticketer: rustls::crypto::ring::Ticketer::new()?,
-        };
-        certs.reload(config)?;
-        Ok(certs)
+            sessions,
+            ticketer,
+        })
     }
 
     /// Read the certificates again (a renewed file, a new `[tls]`): new handshakes get them,
     /// connections already open keep theirs. On an error nothing changes.
     pub fn reload(&self, config: &TlsConfig) -> Result<Vec<Loaded>, TlsError> {
-        if config.certificates.is_empty() {
-            return Err(TlsError::NoCertificates);
-        }
-        let mut keys = Vec::new();
-        let mut loaded = Vec::new();
-        for c in &config.certificates {
-            let (key, info) = read(c, &self.provider)?;
-            keys.push((info.names.clone(), Arc::new(key)));
-            loaded.push(info);
-        }
-        let mut server = ServerConfig::builder_with_provider(self.provider.clone())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(ByName(keys)));
-        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        // The strongest suite both sides have, not the client's first pick (TLS 1.2).
-        server.ignore_client_order = true;
-        server.session_storage = self.sessions.clone();
-        server.ticketer = self.ticketer.clone();
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(server);
-        *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = loaded.clone();
+        let new = in_force(config, &self.provider, &self.sessions, &self.ticketer)?;
+        let loaded = new.loaded.clone();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = new;
         Ok(loaded)
     }
 
     /// What new handshakes get now.
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(
-            self.current
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        tokio_rustls::TlsAcceptor::from(current.server.clone())
     }
 
     /// The certificates in force.
     pub fn loaded(&self) -> Vec<Loaded> {
-        self.loaded
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        current.loaded.clone()
     }
+}
+
+/// Read every certificate of `config` and make the server's TLS configuration of them.
+fn in_force(
+    config: &TlsConfig,
+    provider: &Arc<CryptoProvider>,
+    sessions: &Arc<dyn StoresServerSessions>,
+    ticketer: &Arc<dyn ProducesTickets>,
+) -> Result<InForce, TlsError> {
+    if config.certificates.is_empty() {
+        return Err(TlsError::NoCertificates);
+    }
+    let mut keys = Vec::new();
+    let mut loaded = Vec::new();
+    for c in &config.certificates {
+        let (key, info) = read(c, provider)?;
+        keys.push((info.names.clone(), Arc::new(key)));
+        loaded.push(info);
+    }
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(ByName(keys)));
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The strongest suite both sides have, not the client's first pick (TLS 1.2).
+    server.ignore_client_order = true;
+    server.session_storage = sessions.clone();
+    server.ticketer = ticketer.clone();
+    Ok(InForce {
+        server: Arc::new(server),
+        loaded,
+    })
 }
 
 /// `%d/NAME`: systemd's credentials directory, as unit files spell it.

@@ -15,17 +15,7 @@ type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// A TLS connection that negotiated `h2`, trusting `ca`.
 async fn h2_connection(port: u16, ca: &Path) -> Tls {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::pem::PemObject::pem_file_iter(ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = client_config(&[ca], &[b"h2"]);
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -67,15 +57,6 @@ fn others_are_served(port: u16, ca: &Path) -> bool {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout) == "200 2"
-}
-
-/// A runtime for a test's own clients (the harness blocks on its own, outside it).
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]

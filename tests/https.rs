@@ -192,21 +192,7 @@ struct Conn {
 
 impl Client {
     fn new(port: u16, trusted: &[&Path]) -> Client {
-        let mut roots = rustls::RootCertStore::empty();
-        for path in trusted {
-            for cert in rustls::pki_types::pem::PemObject::pem_file_iter(path).unwrap() {
-                roots.add(cert.unwrap()).unwrap();
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        // A resumed session keeps the certificate of the session it resumes: each connection
-        // here makes a full handshake, to see what a new client gets.
-        config.resumption = rustls::client::Resumption::disabled();
+        let config = client_config(trusted, &[]);
         Client {
             config: Arc::new(config),
             port,

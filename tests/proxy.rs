@@ -11,21 +11,13 @@ use hyper_util::rt::TokioIo;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn bodies_stream_both_ways() {
     let _serial = serial();
     // Without request buffering (the opt-out for streaming uploads).
     let baton = Baton::start(1, "100ms", "[listen]\nrequest_buffering = false\n");
     let addr = baton.addr;
-    rt().block_on(async move {
+    runtime().block_on(async move {
         let s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
             .await
@@ -74,7 +66,7 @@ fn upgrades_pass_through() {
     let _serial = serial();
     let baton = Baton::start(1, "100ms", "");
     let addr = baton.addr;
-    rt().block_on(async move {
+    runtime().block_on(async move {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(
             b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",

@@ -25,9 +25,8 @@
 use baton::config::Config;
 use baton::listen::Listener;
 use baton::metrics::Metrics;
-use baton::pool::{Limits, Pool, Worker, WorkerState};
 use baton::proxy::Proxy;
-use baton::spawn::{ExitReason, Generation, OutputTail, StartedWorker, WorkerId};
+use baton::spawn::ExitReason;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
@@ -35,6 +34,10 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
+
+/// The pool shared with the differential harness.
+#[path = "../../tests/differential/harness.rs"]
+mod harness;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
@@ -82,21 +85,7 @@ async fn start() -> ([SocketAddr; 2], watch::Sender<Option<ExitReason>>) {
     let worker_addr = worker.local_addr().expect("worker address");
     tokio::spawn(serve_worker(worker));
 
-    let pool = Pool::new(Limits {
-        concurrency: 0,
-        max_queue: 4,
-    });
-    let (exit, exited) = watch::channel(None);
-    for id in 1..=2 {
-        let process = StartedWorker {
-            pid: None,
-            unit: None,
-            exited: exited.clone(),
-            output: OutputTail::default(),
-        };
-        pool.insert(Worker::new(WorkerId(id), Generation(1), worker_addr, process));
-        pool.mark_ready(WorkerId(id));
-    }
+    let (pool, exit) = harness::two_ready_workers(worker_addr);
 
     let mut addrs = Vec::new();
     for buffering in [true, false] {

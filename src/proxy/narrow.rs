@@ -186,13 +186,10 @@ impl Proxy {
                     // send its next request on a connection about to close.
                     let close = simple.close || stop.is_cancelled();
                     if close {
-                        s.out.truncate(s.out.len().saturating_sub(2));
-                        s.out.extend_from_slice(b"connection: close\r\n\r\n");
+                        add_header(&mut s.out, b"connection", b"close");
                     }
                     if let Some(hsts) = hsts {
-                        s.out.truncate(s.out.len().saturating_sub(2));
-                        policy::header(&mut s.out, b"strict-transport-security", hsts);
-                        s.out.extend_from_slice(b"\r\n");
+                        add_header(&mut s.out, b"strict-transport-security", hsts);
                     }
                     (
                         status,
@@ -329,6 +326,13 @@ impl Proxy {
             ok
         }
     }
+}
+
+/// Add a header line to a whole head (before its closing empty line).
+fn add_header(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    head.truncate(head.len().saturating_sub(2));
+    policy::header(head, name, value);
+    head.extend_from_slice(b"\r\n");
 }
 
 /// Write two buffers, in one `writev` when the socket takes them.

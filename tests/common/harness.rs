@@ -51,6 +51,15 @@ pub enum Release {
     ErrorsAfter(u32, u64),
 }
 
+/// A tokio runtime for a test's own clients, beside the harness (which blocks on its own).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Debian's gunicorn (installed here when missing: the test suite installs what it needs).
 pub fn gunicorn() -> String {
     debian_tool("gunicorn", "gunicorn")

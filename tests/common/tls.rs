@@ -32,3 +32,24 @@ pub fn tls_section(port: u16, cert: &Path, key: &Path) -> String {
         key.display()
     )
 }
+
+/// A TLS client configuration that trusts the certificates in `trusted` (PEM files), offers
+/// `alpn`, and resumes no session: each connection makes a full handshake, so it sees the
+/// certificate a new client gets.
+pub fn client_config(trusted: &[&Path], alpn: &[&[u8]]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for path in trusted {
+        for cert in rustls::pki_types::pem::PemObject::pem_file_iter(path).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.resumption = rustls::client::Resumption::disabled();
+    config
+}

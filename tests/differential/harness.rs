@@ -99,26 +99,7 @@ impl Harness {
         let worker_addr = listener.local_addr().expect("worker address");
         tokio::spawn(serve_worker(listener, state.clone()));
 
-        let pool = Pool::new(Limits {
-            concurrency: 0,
-            max_queue: 4,
-        });
-        let (exit, exited) = watch::channel(None);
-        for id in 1..=2 {
-            let process = StartedWorker {
-                pid: None,
-                unit: None,
-                exited: exited.clone(),
-                output: OutputTail::default(),
-            };
-            pool.insert(Worker::new(
-                WorkerId(id),
-                Generation(1),
-                worker_addr,
-                process,
-            ));
-            pool.mark_ready(WorkerId(id));
-        }
+        let (pool, exit) = two_ready_workers(worker_addr);
         let mut pairs = Vec::new();
         for (name, extra) in [
             ("buffered, untrusted client", "request_buffering = true\n"),
@@ -196,6 +177,27 @@ impl Harness {
         worker.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
         Outcome { worker, client }
     }
+}
+
+/// A real pool with two ready workers that both point at `addr` (so that a retry has
+/// somewhere to go), and the sender that keeps their `exited` watch from firing.
+pub fn two_ready_workers(addr: SocketAddr) -> (Arc<Pool>, watch::Sender<Option<ExitReason>>) {
+    let pool = Pool::new(Limits {
+        concurrency: 0,
+        max_queue: 4,
+    });
+    let (exit, exited) = watch::channel(None);
+    for id in 1..=2 {
+        let process = StartedWorker {
+            pid: None,
+            unit: None,
+            exited: exited.clone(),
+            output: OutputTail::default(),
+        };
+        pool.insert(Worker::new(WorkerId(id), Generation(1), addr, process));
+        pool.mark_ready(WorkerId(id));
+    }
+    (pool, exit)
 }
 
 /// Split a fuzz input or corpus file into its request and the worker's answer.
