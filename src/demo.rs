@@ -4,6 +4,12 @@
 //! the demo and the tests need nothing outside the repository. What it does at boot is read
 //! from the file `demo-mode` in its working directory (the release directory), so a test can
 //! make a "broken release" the way an operator would: by deploying a different directory.
+//!
+//! Besides `/` (a line naming the release), it answers a few paths the tests use: `/sleep/MS`,
+//! `/burn/MS`, `/alloc/MB`, `/bytes/N`, `/events/N`, `/hang`, `/crash`, `/headers` (the request
+//! as it arrived), `/echo` (the body back), `/upgrade`, and `/page`: an HTML page naming the
+//! release and the `X-Forwarded-Proto` the app got, whose script writes the protocol the
+//! browser used for it (`nextHopProtocol`, e.g. `h2`) into the page, for a browser's test.
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -348,6 +354,30 @@ async fn app(
             out.push_str(&format!("{n}: {}\n", String::from_utf8_lossy(v.as_bytes())));
         }
         text(StatusCode::OK, out)
+    } else if path == "/page" {
+        let proto = req
+            .headers()
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        let mut r = text(
+            StatusCode::OK,
+            format!(
+                "<!doctype html><html><head><title>baton demo</title></head><body>\n\
+                 <p id=\"release\">hello from release {release}</p>\n\
+                 <p id=\"forwarded\">x-forwarded-proto: {proto}</p>\n\
+                 <p id=\"protocol\"></p>\n\
+                 <script>document.getElementById(\"protocol\").textContent = \"protocol: \" + \
+                 performance.getEntriesByType(\"navigation\")[0].nextHopProtocol;</script>\n\
+                 </body></html>\n"
+            ),
+        );
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        r
     } else if path == "/echo" {
         let (parts, body) = req.into_parts();
         let _ = parts;
