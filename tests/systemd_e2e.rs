@@ -846,3 +846,285 @@ fn the_rpm_under_systemd() {
     );
     assert!(c.exec(&["test", "-e", "/usr/bin/baton"]).status.code() == Some(1));
 }
+
+/// The certificate a new HTTPS client of 127.0.0.1:`port` gets (OpenSSL's `s_client`, no
+/// session resumed), as its SHA-256 fingerprint; "" when the handshake fails.
+fn served_fingerprint(port: u16) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "openssl s_client -connect 127.0.0.1:$1 -servername localhost </dev/null 2>/dev/null \
+             | openssl x509 -noout -fingerprint -sha256",
+        )
+        .arg("sh")
+        .arg(port.to_string())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The SHA-256 fingerprint of a PEM certificate file, as `served_fingerprint` prints it.
+fn fingerprint(cert: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// HTTPS from the packaged units, as README's "HTTPS and HTTP/2" sets it up: the
+/// baton-https@APP.socket with its address in a drop-in, a drop-in of baton@APP.service that
+/// makes it inherit that socket and gives it the certificate and key as systemd credentials
+/// (`LoadCredential=`, read as `%d/...` by `[tls] certificates`). curl --http2 inside gets the
+/// app's answer over h2; OpenSSL from the host shows which certificate a new client gets.
+///
+/// What systemd 252 does with credentials is pinned here: it copies them when the service
+/// starts and never again, so a reload serves the certificate of the last start, and
+/// `systemctl restart` (which refuses no connection: systemd holds both sockets and baton
+/// adopts its workers) is what takes up replaced credential files. Certificates read from
+/// paths are re-read by every reload: a replaced one is served to new connections at once, and
+/// a broken one fails the reload while the one in force keeps serving.
+#[test]
+fn https_socket_and_certificates_under_systemd() {
+    if !can_run() {
+        return;
+    }
+    let _serial = serial();
+    let deb = build_deb("default");
+    let c = Container::boot("baton-e2e-https");
+    let (port, https) = (free_port(), free_port());
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let unit = format!("baton@{APP}.service");
+    c.copy_in(&deb, "/tmp/baton.deb");
+    c.sh("dpkg -i /tmp/baton.deb");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let certs: Vec<(PathBuf, PathBuf)> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| certificate(dir, n, &["localhost"], false))
+        .collect();
+    let fingerprints: Vec<String> = certs.iter().map(|(crt, _)| fingerprint(crt)).collect();
+    // The app, its sockets, and the service's drop-in, written as an operator would.
+    let app_config = |certificates: &str| {
+        format!(
+            r#"name = "{APP}"
+[listen]
+address = "127.0.0.1:{port}"
+[app]
+command = ["/usr/bin/baton", "demo-app", "--port", "{{port}}", "--boot-time", "200ms"]
+directory = "/srv/{APP}/current"
+[workers]
+count = 2
+concurrency = 0
+[canary]
+duration = "1s"
+[spawner]
+backend = "systemd"
+[tls]
+certificates = [{certificates}]
+"#
+        )
+    };
+    let files = [
+        (
+            "demo.toml",
+            format!("/etc/baton/{APP}.toml"),
+            app_config(r#"{ cert = "%d/site.crt", key = "%d/site.key" }"#),
+        ),
+        (
+            "listen.conf",
+            format!("/etc/systemd/system/baton@{APP}.socket.d/listen.conf"),
+            format!("[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n"),
+        ),
+        (
+            "https-listen.conf",
+            format!("/etc/systemd/system/baton-https@{APP}.socket.d/listen.conf"),
+            format!("[Socket]\nListenStream=\nListenStream=127.0.0.1:{https}\n"),
+        ),
+        (
+            "https.conf",
+            format!("/etc/systemd/system/baton@{APP}.service.d/https.conf"),
+            format!(
+                "[Unit]\nRequires=baton-https@{APP}.socket\nAfter=baton-https@{APP}.socket\n\
+                 [Service]\nSockets=baton@{APP}.socket baton-https@{APP}.socket\n\
+                 LoadCredential=site.crt:/etc/baton/tls/site.crt\n\
+                 LoadCredential=site.key:/etc/baton/tls/site.key\n"
+            ),
+        ),
+    ];
+    c.sh(&format!(
+        "mkdir -p /etc/baton/tls /etc/systemd/system/baton@{APP}.socket.d \
+         /etc/systemd/system/baton-https@{APP}.socket.d /etc/systemd/system/baton@{APP}.service.d"
+    ));
+    for (name, path, text) in &files {
+        std::fs::write(dir.join(name), text).unwrap();
+        c.copy_in(&dir.join(name), path);
+    }
+    // Certificate files readable by root only; `which` names them in the container.
+    let install = |which: usize, crt: &str, key: &str| {
+        c.copy_in(&certs[which].0, &format!("/etc/baton/tls/{crt}"));
+        c.copy_in(&certs[which].1, &format!("/etc/baton/tls/{key}"));
+        c.sh(&format!(
+            "chmod 0600 /etc/baton/tls/{crt} /etc/baton/tls/{key}"
+        ));
+    };
+    install(0, "site.crt", "site.key");
+    for (i, (crt, _)) in certs.iter().enumerate() {
+        c.copy_in(crt, &format!("/root/{i}.crt"));
+    }
+    deploy(&c, "r1", None);
+    c.sh("systemctl daemon-reload");
+    // The units with the drop-ins, as systemd reads them: no finding.
+    let verify = c.exec(&[
+        "systemd-analyze",
+        "verify",
+        "--man=no",
+        &unit,
+        &format!("baton-https@{APP}.socket"),
+    ]);
+    let said = String::from_utf8_lossy(&verify.stdout).to_string()
+        + &String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
+    c.sh(&format!(
+        "systemctl enable --now baton@{APP}.socket baton-https@{APP}.socket"
+    ));
+    // curl inside the container, HTTP/2 by ALPN over the HTTPS socket, trusting certificate
+    // `ca` only: (the body, "CODE VERSION").
+    let curl = |ca: usize, path: &str| {
+        let out = c.sh(&format!(
+            "curl -sS --max-time 30 --http2 --cacert /root/{ca}.crt \
+             --resolve localhost:{https}:127.0.0.1 -w '\\n%{{http_code}} %{{http_version}}' \
+             https://localhost:{https}{path}"
+        ));
+        let (body, tail) = out.rsplit_once('\n').unwrap();
+        (body.to_owned(), tail.to_owned())
+    };
+
+    // 1. The first HTTPS connection starts the service (socket activation through the
+    // https socket), which gets the app's answer to it over HTTP/2.
+    assert_eq!(
+        c.exec(&["systemctl", "is-active", &unit]).stdout,
+        b"inactive\n"
+    );
+    let (body, tail) = curl(0, "/");
+    assert_eq!(tail, "200 2", "{body}\n{}", c.journal(&unit));
+    assert!(body.starts_with("hello from release r1"), "{body}");
+    let (body, tail) = curl(0, "/headers");
+    assert_eq!(tail, "200 2", "{body}");
+    assert!(
+        body.starts_with("GET /headers HTTP/1.1\n") && body.contains("x-forwarded-proto: https\n"),
+        "{body}"
+    );
+    // The plain socket serves plain HTTP beside it.
+    let (status, body) = get(&format!("http://{addr}/headers"));
+    assert_eq!(status, 200);
+    assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
+    assert_eq!(served_fingerprint(https), fingerprints[0]);
+    let journal = c.journal(&unit);
+    assert!(
+        journal.contains("certificates in force: localhost (until ")
+            && journal.contains(&format!("/run/credentials/{unit}/site.crt")),
+        "the certificate in force, read from the credential, is logged:\n{journal}"
+    );
+
+    // 2. The credential files replaced (certificate b), then a reload: it succeeds, but
+    // systemd 252 copied the credentials when the service started and does not copy them
+    // again, so new clients still get certificate a.
+    install(1, "site.crt", "site.key");
+    let reload = c.exec(&["systemctl", "reload", &unit]);
+    assert!(
+        reload.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reload.stderr)
+    );
+    assert_eq!(
+        served_fingerprint(https),
+        fingerprints[0],
+        "systemd refreshed the credentials on reload: README's HTTPS section can say so"
+    );
+    // A restart of baton takes them up, under load without a failed request: systemd
+    // holds both sockets, and the workers are adopted.
+    let workers = c.worker_units();
+    let load = Load::start_resending(addr, 8, "/", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    c.sh(&format!("systemctl restart {unit}"));
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+    assert_eq!(
+        report.failed,
+        0,
+        "{:?}\n{}",
+        report.errors,
+        c.journal(&unit)
+    );
+    assert!(report.ok > 50, "too little load: {report:?}");
+    assert_eq!(c.worker_units(), workers, "the workers were adopted");
+    assert_eq!(served_fingerprint(https), fingerprints[1]);
+    let (body, tail) = curl(1, "/");
+    assert_eq!(tail, "200 2", "{body}");
+    assert!(body.starts_with("hello from release r1"), "{body}");
+
+    // 3. Certificates read from paths (root-only files: baton runs as root): the config now
+    // names them, and the reload applies it (certificate c).
+    install(2, "paths.crt", "paths.key");
+    std::fs::write(
+        dir.join("paths.toml"),
+        app_config(r#"{ cert = "/etc/baton/tls/paths.crt", key = "/etc/baton/tls/paths.key" }"#),
+    )
+    .unwrap();
+    c.copy_in(&dir.join("paths.toml"), &format!("/etc/baton/{APP}.toml"));
+    deploy(&c, "r2", None);
+    let reload = c.exec(&["systemctl", "reload", &unit]);
+    assert!(
+        reload.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&reload.stderr),
+        c.journal(&unit)
+    );
+    assert_eq!(served_fingerprint(https), fingerprints[2]);
+    let (body, tail) = curl(2, "/");
+    assert_eq!(tail, "200 2", "{body}");
+    assert!(body.starts_with("hello from release r2"), "{body}");
+    // Renewed in place (certificate d), as certbot does: the next reload serves it.
+    install(3, "paths.crt", "paths.key");
+    let reload = c.exec(&["systemctl", "reload", &unit]);
+    assert!(
+        reload.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reload.stderr)
+    );
+    assert_eq!(served_fingerprint(https), fingerprints[3]);
+    assert_eq!(curl(3, "/").1, "200 2");
+
+    // 4. A broken renewal (the new certificate with the old key): the reload fails and says
+    // why, the service stays up, new clients still get certificate d.
+    c.copy_in(&certs[0].0, "/etc/baton/tls/paths.crt");
+    let reload = c.exec(&["systemctl", "reload", &unit]);
+    assert!(
+        !reload.status.success(),
+        "a reload onto a certificate that does not match its key must fail"
+    );
+    let journal = c.journal(&unit);
+    assert!(
+        journal.contains("a certificate cannot be used, nothing was changed"),
+        "{journal}"
+    );
+    assert_eq!(
+        c.sh(&format!("systemctl is-active {unit}")).trim(),
+        "active"
+    );
+    assert_eq!(served_fingerprint(https), fingerprints[3]);
+    let (body, tail) = curl(3, "/");
+    assert_eq!(tail, "200 2", "{body}");
+    assert!(body.starts_with("hello from release r2"), "{body}");
+}
