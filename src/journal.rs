@@ -18,6 +18,10 @@ pub const MSG_CANARY_FAILED: &str = "4b9d2e7f1a6c4c3e8f0a5d7b2c9e1f64";
 pub const MSG_ROLLBACK: &str = "c2e8a4f6b1d94e3a7f5c0b8d6e2a9f13";
 /// The HTTPS certificates in force (at start, and after every reload that re-read them).
 pub const MSG_CERTIFICATES: &str = "8f3a6c1e9d2b4a7f8e5c0d3b6a9f2e41";
+/// baton obtained or renewed a certificate by ACME.
+pub const MSG_ACME_OBTAINED: &str = "3d7e9a1c5b2f4e8d9a6c1f0b7e3d5a29";
+/// baton could not obtain or renew a certificate by ACME (the one in force keeps serving).
+pub const MSG_ACME_FAILED: &str = "b5f1c8e2a9d34f7b8e6a2c0d9f4b1e73";
 /// A restart began.
 pub const MSG_ROLL_STARTED: &str = "e6b2d4f8a1c34b7d9e5f2a8c6b0d1e47";
 /// A restart ended (its outcome is in the message).

@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for how the modules fit together.
 
+pub(crate) mod acme;
 pub(crate) mod admin;
 pub(crate) mod buffer;
 pub mod canary;
@@ -49,7 +50,7 @@ mod layering {
         ],
         &["h1", "config"],
         &["spawn", "listen", "demo", "buffer", "tls"],
-        &["readiness", "state"],
+        &["readiness", "state", "acme"],
         &["pool"],
         // The HTTP client of the workers (attached to the pool's workers, unknown to it).
         &["upstream", "status"],

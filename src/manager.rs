@@ -198,6 +198,8 @@ pub async fn run_announcing(
     }
     // HTTPS: the certificates are read before anything is served; one that cannot be used
     // stops baton here, with the reason.
+    let acme_stop = CancellationToken::new();
+    let _acme_stops = acme_stop.clone().drop_guard();
     let certificates = if config.tls.enabled() || !listeners.tls.is_empty() {
         if listeners.tls.is_empty() {
             tracing::warn!(app = %config.name, "[tls] has certificates but no socket to serve them on: set [tls] address, or pass a socket named \"https\" (FileDescriptorName=https)");
@@ -215,8 +217,18 @@ pub async fn run_announcing(
                 )
             })?,
         );
+        if let Some(acme) = &config.tls.acme {
+            let acme = crate::acme::Acme::new(acme.clone(), config.name.clone(), certs.clone());
+            // A certificate kept from an earlier run serves at once; else (or when it cannot
+            // be used) the task obtains one, and HTTPS handshakes wait for it.
+            if let Err(e) = acme.restore() {
+                tracing::warn!(app = %config.name, "the certificate kept by ACME is not used: {e}; a new one is obtained");
+            }
+            tokio::spawn(acme.run(acme_stop.clone()));
+        }
         let list: Vec<String> = certs.loaded().iter().map(ToString::to_string).collect();
-        tracing::info!(app = %config.name, message_id = crate::journal::MSG_CERTIFICATES, "certificates in force: {}", list.join("; "));
+        tracing::info!(app = %config.name, message_id = crate::journal::MSG_CERTIFICATES, "certificates in force: {}",
+            if list.is_empty() { "none yet (ACME obtains one)".to_owned() } else { list.join("; ") });
         supervisor.serve_tls(certs.clone());
         Some(certs)
     } else {

@@ -8,6 +8,11 @@
 //! ALPN offers `h2` and `http/1.1`. A certificate that does not parse, does not match its key,
 //! is not valid yet or has expired is refused with that reason: at start, baton does not start;
 //! at a reload, the reload fails and the certificates in force keep serving.
+//!
+//! With `[tls] acme`, one more certificate is not read from `[tls]` but installed by the
+//! `acme` task ([`Certificates::install_managed`]), and the TLS-ALPN-01 challenge answers
+//! ([`Certificates::set_challenge`]) are served here, to a client whose ALPN asks only for
+//! `acme-tls/1`. A reload re-reads the files and leaves the ACME certificate as it is.
 
 use crate::config::{CertificateConfig, TlsConfig};
 use rustls::ServerConfig;
@@ -52,14 +57,19 @@ pub enum TlsError {
     Setup(#[from] rustls::Error),
 }
 
+/// ALPN of the TLS-ALPN-01 challenge (RFC 8737): such a connection carries no HTTP.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// One certificate in force, as the journal and `baton status` tell it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Loaded {
     /// The names it is valid for (DNS names of its subjectAltName, else its CN).
     pub names: Vec<String>,
-    /// When it expires (RFC 3339).
+    /// When it expires (RFC 2822).
     pub not_after: String,
     pub cert: PathBuf,
+    /// From when until when it is valid.
+    pub validity: std::ops::Range<std::time::SystemTime>,
 }
 
 impl std::fmt::Display for Loaded {
@@ -77,10 +87,20 @@ impl std::fmt::Display for Loaded {
 /// The certificates in force, replaced whole by [`Certificates::reload`].
 pub struct Certificates {
     current: RwLock<InForce>,
+    /// Installed by the ACME task; outlives reloads.
+    dynamic: Arc<Dynamic>,
     provider: Arc<CryptoProvider>,
     /// Kept across reloads: a client resumes its session after a reload too.
     sessions: Arc<dyn StoresServerSessions>,
     ticketer: Arc<dyn ProducesTickets>,
+}
+
+/// The certificates that are not read from `[tls]`'s files.
+#[derive(Debug, Default)]
+struct Dynamic {
+    managed: RwLock<Option<(Arc<CertifiedKey>, Loaded)>>,
+    /// TLS-ALPN-01 answers by name, while an order is being validated.
+    challenges: RwLock<Vec<(String, Arc<CertifiedKey>)>>,
 }
 
 /// What new handshakes get, and what it was read from.
@@ -99,9 +119,11 @@ impl Certificates {
         let sessions: Arc<dyn StoresServerSessions> =
             rustls::server::ServerSessionMemoryCache::new(SESSIONS);
         let ticketer = rustls::crypto::ring::Ticketer::new()?;
-        let current = in_force(config, &provider, &sessions, &ticketer)?;
+        let dynamic = Arc::new(Dynamic::default());
+        let current = in_force(config, &provider, &sessions, &ticketer, &dynamic)?;
         Ok(Certificates {
             current: RwLock::new(current),
+            dynamic,
             provider,
             sessions,
             ticketer,
@@ -111,10 +133,75 @@ impl Certificates {
     /// Read the certificates again (a renewed file, a new `[tls]`): new handshakes get them,
     /// connections already open keep theirs. On an error nothing changes.
     pub fn reload(&self, config: &TlsConfig) -> Result<Vec<Loaded>, TlsError> {
-        let new = in_force(config, &self.provider, &self.sessions, &self.ticketer)?;
-        let loaded = new.loaded.clone();
+        let new = in_force(
+            config,
+            &self.provider,
+            &self.sessions,
+            &self.ticketer,
+            &self.dynamic,
+        )?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = new;
-        Ok(loaded)
+        Ok(self.loaded())
+    }
+
+    /// Check a certificate chain and its key (PEM, as an ACME CA issues them) and serve it
+    /// to new handshakes, beside the files of `[tls]`; `path` is where it is kept.
+    pub fn install_managed(
+        &self,
+        chain_pem: &[u8],
+        key_pem: &[u8],
+        path: &Path,
+    ) -> Result<Loaded, TlsError> {
+        let chain = CertificateDer::pem_slice_iter(chain_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| TlsError::Certificate {
+                path: path.to_owned(),
+                source,
+            })?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| TlsError::Key {
+            path: path.to_owned(),
+            source,
+        })?;
+        let (certified, info) = certified(chain, key, path, path, &self.provider)?;
+        *self
+            .dynamic
+            .managed
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some((Arc::new(certified), info.clone()));
+        Ok(info)
+    }
+
+    /// The certificate the ACME task installed, if any.
+    pub fn managed(&self) -> Option<Loaded> {
+        let managed = self
+            .dynamic
+            .managed
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        managed.as_ref().map(|(_, info)| info.clone())
+    }
+
+    /// Answer the TLS-ALPN-01 challenge for `name` with this self-signed certificate (DER)
+    /// and key (PKCS#8 DER); `None` withdraws it.
+    pub fn set_challenge(
+        &self,
+        name: &str,
+        answer: Option<(CertificateDer<'static>, PrivateKeyDer<'static>)>,
+    ) -> Result<(), TlsError> {
+        let mut challenges = self
+            .dynamic
+            .challenges
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        challenges.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        if let Some((cert, key)) = answer {
+            let key = self.provider.key_provider.load_private_key(key)?;
+            challenges.push((
+                name.to_ascii_lowercase(),
+                Arc::new(CertifiedKey::new(vec![cert], key)),
+            ));
+        }
+        Ok(())
     }
 
     /// What new handshakes get now.
@@ -123,10 +210,12 @@ impl Certificates {
         tokio_rustls::TlsAcceptor::from(current.server.clone())
     }
 
-    /// The certificates in force.
+    /// The certificates in force: the files', then the ACME one.
     pub fn loaded(&self) -> Vec<Loaded> {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-        current.loaded.clone()
+        let mut loaded = current.loaded.clone();
+        loaded.extend(self.managed());
+        loaded
     }
 }
 
@@ -136,8 +225,9 @@ fn in_force(
     provider: &Arc<CryptoProvider>,
     sessions: &Arc<dyn StoresServerSessions>,
     ticketer: &Arc<dyn ProducesTickets>,
+    dynamic: &Arc<Dynamic>,
 ) -> Result<InForce, TlsError> {
-    if config.certificates.is_empty() {
+    if !config.enabled() {
         return Err(TlsError::NoCertificates);
     }
     let mut keys = Vec::new();
@@ -150,8 +240,15 @@ fn in_force(
     let mut server = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(ByName(keys)));
+        .with_cert_resolver(Arc::new(ByName {
+            files: keys,
+            dynamic: dynamic.clone(),
+        }));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if config.acme.is_some() {
+        // Last: the server's order wins, so only a validator that offers nothing else gets it.
+        server.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     // The strongest suite both sides have, not the client's first pick (TLS 1.2).
     server.ignore_client_order = true;
     server.session_storage = sessions.clone();
@@ -185,21 +282,32 @@ fn read(
             path: cert_path.clone(),
             source,
         })?;
-    let Some(leaf) = chain.first() else {
-        return Err(TlsError::Certificate {
-            path: cert_path,
-            source: rustls::pki_types::pem::Error::NoItemsFound,
-        });
-    };
-    let info = inspect(leaf, &cert_path)?;
     let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|source| TlsError::Key {
         path: key_path.clone(),
         source,
     })?;
+    certified(chain, key, &cert_path, &key_path, provider)
+}
+
+/// A chain (leaf first) and its key, checked: the leaf valid now, the key its own.
+fn certified(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    cert_path: &Path,
+    key_path: &Path,
+    provider: &CryptoProvider,
+) -> Result<(CertifiedKey, Loaded), TlsError> {
+    let Some(leaf) = chain.first() else {
+        return Err(TlsError::Certificate {
+            path: cert_path.to_owned(),
+            source: rustls::pki_types::pem::Error::NoItemsFound,
+        });
+    };
+    let info = inspect(leaf, cert_path)?;
     let certified =
         CertifiedKey::from_der(chain, key, provider).map_err(|source| TlsError::Mismatch {
-            cert: cert_path.clone(),
-            key: key_path.clone(),
+            cert: cert_path.to_owned(),
+            key: key_path.to_owned(),
             source,
         })?;
     Ok((certified, info))
@@ -251,26 +359,63 @@ fn inspect(leaf: &CertificateDer<'_>, path: &Path) -> Result<Loaded, TlsError> {
                 .map(str::to_ascii_lowercase),
         );
     }
+    let system = |t: ASN1Time| {
+        std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
+    };
     Ok(Loaded {
         names,
         not_after: time(validity.not_after),
         cert: path.to_owned(),
+        validity: system(validity.not_before)..system(validity.not_after),
     })
 }
 
 /// Chooses by SNI: the first certificate valid for the name the client asked for (a
-/// wildcard covers one label), else the first one.
+/// wildcard covers one label), the files' before the ACME one, else the first one. A
+/// TLS-ALPN-01 validator (ALPN `acme-tls/1` alone) gets the challenge answer for its name
+/// and nothing else.
 #[derive(Debug)]
-struct ByName(Vec<(Vec<String>, Arc<CertifiedKey>)>);
+struct ByName {
+    files: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+    dynamic: Arc<Dynamic>,
+}
 
 impl ResolvesServerCert for ByName {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let chosen = hello.server_name().and_then(|asked| {
-            self.0
+        let asked = hello.server_name();
+        let validator = hello
+            .alpn()
+            .map(|mut offered| offered.all(|p| p == ACME_TLS_ALPN))
+            .unwrap_or(false);
+        if validator {
+            let challenges = self
+                .dynamic
+                .challenges
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            return challenges
                 .iter()
-                .find(|(names, _)| names.iter().any(|n| covers(n, asked)))
+                .find(|(n, _)| asked.is_some_and(|a| n.eq_ignore_ascii_case(a)))
+                .map(|(_, key)| key.clone());
+        }
+        let managed = self
+            .dynamic
+            .managed
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let candidates = || {
+            self.files
+                .iter()
+                .map(|(n, k)| (n, k))
+                .chain(managed.iter().map(|(k, info)| (&info.names, k)))
+        };
+        let chosen = asked.and_then(|asked| {
+            candidates().find(|(names, _)| names.iter().any(|n| covers(n, asked)))
         });
-        chosen.or(self.0.first()).map(|(_, key)| key.clone())
+        chosen
+            .or_else(|| candidates().next())
+            .map(|(_, key)| key.clone())
     }
 }
 

@@ -228,3 +228,37 @@ fn no_worker_could_ever_start() {
         "baton: FILE:9:1: key `workers.max_queue`: with workers.min = 0 a request must wait in the queue while the first worker starts: set max_queue above 0 or min above 0",
     );
 }
+
+#[test]
+fn acme_keys_are_checked() {
+    let (ok, stderr, _) = check(&format!(
+        "{BASE}[tls]\nacme = {{ domains = [\"shop.example\"], contact = [\"mailto:ops@shop.example\"] }}\n"
+    ));
+    assert!(ok, "{stderr}");
+    for (acme, message) in [
+        (
+            "{ domains = [] }",
+            "key `tls.acme.domains`: name at least one domain the certificate is for",
+        ),
+        (
+            "{ domains = [\"*.shop.example\"] }",
+            "key `tls.acme.domains`: \"*.shop.example\" is not a DNS name a certificate can be obtained for by TLS-ALPN-01 (no wildcards, no ports)",
+        ),
+        (
+            "{ domains = [\"127.0.0.1\"] }",
+            "key `tls.acme.domains`: \"127.0.0.1\" is not a DNS name a certificate can be obtained for by TLS-ALPN-01 (no wildcards, no ports)",
+        ),
+        (
+            "{ domains = [\"shop.example\"], directory = \"http://ca.example/dir\" }",
+            "key `tls.acme.directory`: \"http://ca.example/dir\" is not an https:// URL",
+        ),
+        (
+            "{ domains = [\"shop.example\"], contact = [\"ops@shop.example\"] }",
+            "key `tls.acme.contact`: \"ops@shop.example\": write a contact as \"mailto:ops@example.com\"",
+        ),
+    ] {
+        let (ok, stderr, _) = check(&format!("{BASE}[tls]\nacme = {acme}\n"));
+        assert!(!ok, "{acme} must be rejected");
+        assert!(stderr.ends_with(message), "{acme}: {stderr}");
+    }
+}

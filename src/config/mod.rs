@@ -578,12 +578,58 @@ pub struct TlsConfig {
     pub redirect_http: bool,
     /// `Strict-Transport-Security: max-age=...` on every HTTPS answer; 0: none.
     pub hsts: Duration,
+    /// Certificates obtained and renewed by baton itself from an ACME CA (Let's Encrypt).
+    pub acme: Option<AcmeConfig>,
 }
 
 impl TlsConfig {
     /// HTTPS is configured.
     pub fn enabled(&self) -> bool {
-        !self.certificates.is_empty()
+        !self.certificates.is_empty() || self.acme.is_some()
+    }
+}
+
+/// A name a CA issues for: labels of letters, digits and inner hyphens, at most 63 bytes
+/// each, 253 in all, at least two labels.
+fn is_dns_name(d: &str) -> bool {
+    d.len() <= 253
+        && d.split('.').count() >= 2
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// `[tls] acme`: one certificate for `domains`, obtained by the TLS-ALPN-01 challenge on the
+/// HTTPS socket (port 443 as the CA sees it), kept in `storage`, renewed before it expires.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The names the certificate is for (its subjectAltName); the first is its name in logs.
+    pub domains: Vec<String>,
+    /// How the CA reaches the operator, e.g. `mailto:ops@shop.example`.
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// The CA's ACME directory URL.
+    #[serde(default = "AcmeConfig::lets_encrypt")]
+    pub directory: String,
+    /// A PEM root certificate that the ACME server's own HTTPS certificate is checked against
+    /// instead of the system's roots (a private CA, or a test server such as pebble).
+    pub directory_ca: Option<PathBuf>,
+    /// Where the account and the certificate are kept (mode 0700): default
+    /// `$STATE_DIRECTORY/acme` (`StateDirectory=` of the unit), else `/var/lib/baton/NAME/acme`.
+    pub storage: Option<PathBuf>,
+    /// Renew when less than this is left; default: a third of the certificate's lifetime
+    /// (30 days of Let's Encrypt's 90).
+    pub renew_before: Option<Duration>,
+}
+
+impl AcmeConfig {
+    fn lets_encrypt() -> String {
+        "https://acme-v02.api.letsencrypt.org/directory".into()
     }
 }
 
@@ -707,9 +753,7 @@ impl Config {
                 "with workers.min = 0 a request must wait in the queue while the first worker starts: set max_queue above 0 or min above 0".into(),
             ));
         }
-        if (self.tls.redirect_http || !self.tls.hsts.get().is_zero())
-            && self.tls.certificates.is_empty()
-        {
+        if (self.tls.redirect_http || !self.tls.hsts.get().is_zero()) && !self.tls.enabled() {
             return Err((
                 if self.tls.redirect_http {
                     "tls.redirect_http"
@@ -717,14 +761,46 @@ impl Config {
                     "tls.hsts"
                 }
                 .into(),
-                "there is no HTTPS without tls.certificates".into(),
+                "there is no HTTPS without tls.certificates or tls.acme".into(),
             ));
         }
-        if self.tls.address.is_some() && self.tls.certificates.is_empty() {
+        if self.tls.address.is_some() && !self.tls.enabled() {
             return Err((
                 "tls.address".into(),
-                "HTTPS needs at least one certificate: set tls.certificates = [{ cert = \"...\", key = \"...\" }]".into(),
+                "HTTPS needs at least one certificate: set tls.certificates = [{ cert = \"...\", key = \"...\" }] or tls.acme = { domains = [\"...\"] }".into(),
             ));
+        }
+        if let Some(acme) = &self.tls.acme {
+            if acme.domains.is_empty() {
+                return Err((
+                    "tls.acme.domains".into(),
+                    "name at least one domain the certificate is for".into(),
+                ));
+            }
+            if let Some(bad) = acme
+                .domains
+                .iter()
+                .find(|d| !is_dns_name(d) || d.parse::<std::net::Ipv4Addr>().is_ok())
+            {
+                return Err((
+                    "tls.acme.domains".into(),
+                    format!(
+                        "{bad:?} is not a DNS name a certificate can be obtained for by TLS-ALPN-01 (no wildcards, no ports)"
+                    ),
+                ));
+            }
+            if !acme.directory.starts_with("https://") {
+                return Err((
+                    "tls.acme.directory".into(),
+                    format!("{:?} is not an https:// URL", acme.directory),
+                ));
+            }
+            if let Some(c) = acme.contact.iter().find(|c| !c.starts_with("mailto:")) {
+                return Err((
+                    "tls.acme.contact".into(),
+                    format!("{c:?}: write a contact as \"mailto:ops@example.com\""),
+                ));
+            }
         }
         let p = &self.readiness.http_path;
         if !p.starts_with('/') {

@@ -235,7 +235,16 @@ impl Proxy {
                 return;
             }
         };
-        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let alpn = tls.get_ref().1.alpn_protocol();
+        if alpn == Some(crate::tls::ACME_TLS_ALPN) {
+            // A TLS-ALPN-01 validator: the handshake was the answer; it sends no request.
+            let mut tls = tls;
+            let _ = tokio::time::timeout(
+                self.header_timeout,
+                tokio::io::AsyncWriteExt::shutdown(&mut tls),
+            )
+            .await;
+        } else if alpn == Some(b"h2") {
             self.http2(tls, addr, stop).await;
         } else {
             self.connection(tls, Some(addr), true, stop).await;

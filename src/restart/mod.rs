@@ -696,7 +696,12 @@ impl Supervisor {
         // The certificates first, and every time: certbot renews the files in place. Nothing
         // else changes when one cannot be used.
         let certificates = match self.ctx.tls.get() {
-            Some(certs) => Some(certs.reload(&new.tls)?),
+            Some(certs) => {
+                // ACME's part belongs to the running manager (below).
+                let mut tls = new.tls.clone();
+                tls.acme = old.tls.acme.clone();
+                Some(certs.reload(&tls)?)
+            }
             None => None,
         };
         // What only a new baton can take: its sockets, its backend, its name.
@@ -719,9 +724,10 @@ impl Supervisor {
         if old.tls.address != new.tls.address
             || old.tls.redirect_http != new.tls.redirect_http
             || old.tls.hsts != new.tls.hsts
+            || old.tls.acme != new.tls.acme
             || (self.ctx.tls.get().is_none() && new.tls.enabled())
         {
-            fixed.push("[tls] address, redirect_http, hsts");
+            fixed.push("[tls] address, redirect_http, hsts, acme");
         }
         new.name = old.name.clone();
         new.listen = old.listen.clone();
@@ -731,6 +737,7 @@ impl Supervisor {
         new.tls.address = old.tls.address;
         new.tls.redirect_http = old.tls.redirect_http;
         new.tls.hsts = old.tls.hsts;
+        new.tls.acme = old.tls.acme.clone();
         let mut changed = Vec::new();
         if old.app != new.app {
             changed.push("[app]");
