@@ -4,6 +4,7 @@
 
 pub(crate) mod acme;
 pub(crate) mod admin;
+pub mod assets;
 pub(crate) mod buffer;
 pub mod canary;
 pub mod cli;
@@ -49,7 +50,7 @@ mod layering {
             "admin",
         ],
         &["h1", "config"],
-        &["spawn", "listen", "demo", "buffer", "tls"],
+        &["spawn", "listen", "demo", "buffer", "tls", "assets"],
         &["readiness", "state", "acme"],
         &["pool"],
         // The HTTP client of the workers (attached to the pool's workers, unknown to it).

@@ -234,6 +234,13 @@ pub async fn run_announcing(
     } else {
         None
     };
+    // [static]: the supervisor pins each generation's directory, the proxy serves from them.
+    let assets =
+        crate::assets::Assets::new(&config.static_files, config.listen.header_timeout.get())
+            .map(Arc::new);
+    if let Some(a) = &assets {
+        supervisor.serve_assets(a.clone());
+    }
     let supervisor = tokio::spawn(supervisor.run());
     tokio::spawn(crate::control::serve(control, handle.clone()));
     if let Some(every) = sd_notify::watchdog_enabled() {
@@ -256,6 +263,9 @@ pub async fn run_announcing(
         })
     {
         proxy.redirect_http_to(port);
+    }
+    if let Some(assets) = assets {
+        proxy.serve_assets(assets);
     }
     tokio::spawn(trim_after_bursts(proxy.clone()));
     let stop_accepting = CancellationToken::new();

@@ -643,6 +643,43 @@ pub struct CertificateConfig {
     pub key: PathBuf,
 }
 
+/// `[static]`: files of each generation's pinned release, served by baton without a worker.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StaticConfig {
+    /// The directory of the files, relative to the release (`[app] directory`), e.g.
+    /// `"public"`; none: no static files.
+    pub directory: Option<PathBuf>,
+    /// URL path prefixes served from `directory` (the URL path is the file's path beneath
+    /// it); a missing file there is a 404 from baton.
+    pub prefixes: Vec<String>,
+    /// How long the files of a generation stay served after its last worker stopped.
+    pub keep_old: Duration,
+    /// File names that carry their content's hash (fingerprinted), as a regular expression:
+    /// `Cache-Control: public, max-age=31536000, immutable`; any other file is revalidated.
+    pub immutable: String,
+    /// Files open at once for static answers; more wait (bounded by `header_timeout`).
+    pub max_open_files: usize,
+}
+
+impl Default for StaticConfig {
+    fn default() -> StaticConfig {
+        StaticConfig {
+            directory: None,
+            prefixes: Vec::new(),
+            keep_old: Duration(std::time::Duration::from_secs(600)),
+            immutable: StaticConfig::FINGERPRINT.into(),
+            max_open_files: 1024,
+        }
+    }
+}
+
+impl StaticConfig {
+    /// A hash of 8 or more hex digits after a `-` or `.`, before the extension:
+    /// `app-3f2a9c1d.css` (Sprockets, Propshaft, webpack), `main.8f3a2b1c.js`.
+    pub const FINGERPRINT: &str = r"[-.][0-9a-f]{8,}\.[A-Za-z0-9]+$";
+}
+
 #[derive(Clone, Debug, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
@@ -673,6 +710,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub tls: TlsConfig,
+    #[serde(default, rename = "static")]
+    pub static_files: StaticConfig,
 }
 
 impl Config {
@@ -768,6 +807,55 @@ impl Config {
             return Err((
                 "tls.address".into(),
                 "HTTPS needs at least one certificate: set tls.certificates = [{ cert = \"...\", key = \"...\" }] or tls.acme = { domains = [\"...\"] }".into(),
+            ));
+        }
+        let st = &self.static_files;
+        if let Some(dir) = &st.directory {
+            if dir.is_absolute()
+                || dir
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err((
+                    "static.directory".into(),
+                    format!(
+                        "{dir:?} must be a path within the release, such as \"public\" (each generation serves its own release's files)"
+                    ),
+                ));
+            }
+            if self.app.directory.is_none() {
+                return Err((
+                    "static.directory".into(),
+                    "static files come from the release: set [app] directory".into(),
+                ));
+            }
+            if st.prefixes.is_empty() {
+                return Err((
+                    "static.prefixes".into(),
+                    "name the URL prefixes served from static.directory, e.g. [\"/assets\"]".into(),
+                ));
+            }
+        }
+        if let Some(p) = st.prefixes.iter().find(|p| {
+            !p.starts_with('/')
+                || p.contains(['?', '#', '%', '\\'])
+                || p.split('/').any(|s| s == ".." || s == ".")
+        }) {
+            return Err((
+                "static.prefixes".into(),
+                format!("{p:?} is not a URL path prefix such as \"/assets\""),
+            ));
+        }
+        if let Err(e) = regex_lite::Regex::new(&st.immutable) {
+            return Err((
+                "static.immutable".into(),
+                format!("not a regular expression: {e}"),
+            ));
+        }
+        if st.max_open_files == 0 || st.max_open_files > 1 << 20 {
+            return Err((
+                "static.max_open_files".into(),
+                format!("{} is out of range (1 to 1048576)", st.max_open_files),
             ));
         }
         if let Some(acme) = &self.tls.acme {

@@ -58,6 +58,8 @@ pub struct Proxy {
     redirect_to: std::sync::OnceLock<u16>,
     /// `[tls] hsts`: the `Strict-Transport-Security` of every HTTPS answer.
     hsts: Option<HeaderValue>,
+    /// `[static]`: the paths baton answers from the generations' files.
+    assets: std::sync::OnceLock<Arc<crate::assets::Assets>>,
 }
 
 /// Which codecs serve a client connection's requests. Both make the same decisions (one
@@ -119,6 +121,7 @@ impl Proxy {
             tasks: TaskTracker::new(),
             codecs,
             redirect_to: std::sync::OnceLock::new(),
+            assets: std::sync::OnceLock::new(),
             hsts: Some(config.tls.hsts.get().as_secs())
                 .filter(|s| *s > 0)
                 .and_then(|s| HeaderValue::try_from(format!("max-age={s}")).ok()),
@@ -129,6 +132,16 @@ impl Proxy {
     /// this port (`[tls] redirect_http`).
     pub fn redirect_http_to(&self, port: u16) {
         let _ = self.redirect_to.set(port);
+    }
+
+    /// Answer the paths of `[static]` from files (the supervisor pins their directories).
+    pub fn serve_assets(&self, assets: Arc<crate::assets::Assets>) {
+        let _ = self.assets.set(assets);
+    }
+
+    /// A request baton answers from files, not the workers.
+    pub(crate) fn is_asset(&self, target: &[u8]) -> bool {
+        self.assets.get().is_some_and(|a| a.claims(target))
     }
 
     /// Client connections open now.
@@ -375,6 +388,11 @@ impl Proxy {
             && let Some(port) = self.redirect_to.get()
         {
             return Ok(redirect(&request_head(&req), *port));
+        }
+        if let Some(assets) = self.assets.get()
+            && assets.claims(req.uri().path().as_bytes())
+        {
+            return Ok(asset(assets, &req).await);
         }
         let client_upgrade = adm.upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
@@ -768,6 +786,70 @@ fn redirect(head: &policy::RequestHead<'_, HeaderMap>, port: u16) -> Response<Pr
         r.headers_mut().insert(header::LOCATION, v);
     }
     r
+}
+
+/// A static file's answer (`[static]`): the file's bytes, or why there are none.
+async fn asset<B>(assets: &crate::assets::Assets, req: &Request<B>) -> Response<ProxyBody> {
+    use crate::assets::Refusal;
+    let answer = match assets
+        .answer(req.method(), req.uri().path(), req.headers())
+        .await
+    {
+        Ok(a) => a,
+        Err(Refusal::BadPath) => return error_response(StatusCode::BAD_REQUEST, "bad path"),
+        Err(Refusal::NotFound) => return error_response(StatusCode::NOT_FOUND, "not found"),
+        Err(Refusal::Busy) => {
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, "too many files open");
+        }
+        Err(Refusal::Method) => {
+            let mut r = error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return r;
+        }
+    };
+    let body = match answer.body {
+        Some(slice) => file_body(slice),
+        None => Empty::new().map_err(|n| match n {}).boxed_unsync(),
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    let h = r.headers_mut();
+    for (n, v) in answer.headers {
+        h.append(n, v);
+    }
+    if answer.status != 304 {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(answer.length));
+    }
+    r
+}
+
+/// The bytes of a static file, read in the blocking pool a chunk at a time (the client's
+/// send timeout bounds a reader that takes none); the open-file permit ends with the body.
+fn file_body(slice: crate::assets::Slice) -> ProxyBody {
+    use futures_util::TryStreamExt;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let crate::assets::Slice {
+        file,
+        offset,
+        len,
+        permit,
+    } = slice;
+    let stream = futures_util::stream::once(async move {
+        let mut f = tokio::fs::File::from_std(file);
+        f.seek(std::io::SeekFrom::Start(offset)).await?;
+        Ok::<_, std::io::Error>(tokio_util::io::ReaderStream::with_capacity(
+            f.take(len),
+            64 * 1024,
+        ))
+    })
+    .try_flatten()
+    .map_ok(move |chunk| {
+        let _held = &permit;
+        Frame::data(chunk)
+    })
+    .map_err(|e| -> BodyError { Box::new(e) });
+    http_body_util::StreamBody::new(stream).boxed_unsync()
 }
 
 pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {

@@ -109,6 +109,14 @@ impl Proxy {
             let simple = loop {
                 if !s.input.is_empty() {
                     match h1::request(&s.input, client, &self.policy, max_body, &mut s.up) {
+                        // A static file is answered on hyper's path.
+                        h1::Request::Simple(_)
+                            if self.is_asset(
+                                s.input[..].split(|b| *b == b' ').nth(1).unwrap_or_default(),
+                            ) =>
+                        {
+                            return Ended::Hyper(s.input.freeze());
+                        }
                         h1::Request::Simple(r) => break r,
                         h1::Request::Other => return Ended::Hyper(s.input.freeze()),
                         h1::Request::Partial => {}

@@ -101,6 +101,8 @@ enum ReloadError {
 pub struct Context {
     /// The HTTPS certificates, re-read by every reload (when baton serves HTTPS).
     pub tls: std::sync::OnceLock<Arc<crate::tls::Certificates>>,
+    /// `[static]`: each generation's directory is pinned with its release.
+    pub assets: std::sync::OnceLock<Arc<crate::assets::Assets>>,
     /// The config in force: replaced (whole) by a restart that re-read the file.
     config: Mutex<Arc<Config>>,
     /// Where the config came from (`None`: built in, e.g. `baton demo`).
@@ -178,9 +180,27 @@ impl Context {
     /// Tell systemd the one-line state.
     pub fn publish(&self) {
         let workers = self.pool.workers();
+        self.refresh_assets(&workers);
         let line =
             crate::status::status_line(&self.state.borrow(), &workers, self.desired(&workers));
         self.notifier.status(&line);
+    }
+
+    /// The generations whose static files are served: those with a worker that serves.
+    fn refresh_assets(&self, workers: &[crate::pool::WorkerView]) {
+        if let Some(assets) = self.assets.get() {
+            let serving: Vec<u64> = workers
+                .iter()
+                .filter(|w| {
+                    matches!(
+                        w.state,
+                        crate::pool::WorkerState::Ready | crate::pool::WorkerState::Draining
+                    )
+                })
+                .map(|w| w.generation.0)
+                .collect();
+            assets.serving(&serving);
+        }
     }
 
     /// Workers the pool should have now: at least `min`, as many as are alive when on-demand
@@ -211,6 +231,12 @@ impl Context {
     }
 
     fn pin_to(&self, generation: Generation, pinned: Pinned) {
+        if let (Some(assets), Some(dir)) = (self.assets.get(), &pinned.directory)
+            && let Err(e) = assets.pin(generation.0, dir)
+        {
+            tracing::warn!(app = %self.config().name, generation = generation.0,
+                "no static files for generation {generation}: cannot open [static] directory in {}: {e}", dir.display());
+        }
         self.pins().insert(generation, pinned);
     }
 
@@ -398,6 +424,7 @@ impl Supervisor {
             .0,
             next_worker: AtomicU64::new(1),
             tls: std::sync::OnceLock::new(),
+            assets: std::sync::OnceLock::new(),
             pinned: Mutex::new(BTreeMap::new()),
             events: etx,
             stopping: CancellationToken::new(),
@@ -422,6 +449,11 @@ impl Supervisor {
             history: Vec::new(),
         };
         (sup, Handle { tx, context: ctx })
+    }
+
+    /// Pin each generation's static directory with its release.
+    pub fn serve_assets(&self, assets: Arc<crate::assets::Assets>) {
+        let _ = self.ctx.assets.set(assets);
     }
 
     /// Re-read these HTTPS certificates at every reload.
@@ -466,6 +498,8 @@ impl Supervisor {
                 // A request started waiting: maybe spawn on demand (reconcile below).
                 _ = pool.demand() => {}
                 _ = tick.tick() => {
+                    // keep_old ends by the clock, not by an event.
+                    self.ctx.refresh_assets(&self.ctx.pool.workers());
                     self.check_watch();
                     self.lifecycle();
                 }
@@ -721,6 +755,9 @@ impl Supervisor {
         if old.metrics != new.metrics {
             fixed.push("[metrics]");
         }
+        if old.static_files != new.static_files {
+            fixed.push("[static]");
+        }
         if old.tls.address != new.tls.address
             || old.tls.redirect_http != new.tls.redirect_http
             || old.tls.hsts != new.tls.hsts
@@ -734,6 +771,7 @@ impl Supervisor {
         new.control = old.control.clone();
         new.spawner = old.spawner.clone();
         new.metrics = old.metrics.clone();
+        new.static_files = old.static_files.clone();
         new.tls.address = old.tls.address;
         new.tls.redirect_http = old.tls.redirect_http;
         new.tls.hsts = old.tls.hsts;

@@ -219,6 +219,9 @@ impl Baton {
         let rel = self.dir.path().join(format!("releases/r{}", self.releases));
         std::fs::create_dir_all(&rel).unwrap();
         for (name, text) in files {
+            if let Some(parent) = rel.join(name).parent() {
+                std::fs::create_dir_all(parent).unwrap();
+            }
             std::fs::write(rel.join(name), text).unwrap();
         }
         let link = self.dir.path().join("current");

@@ -1,0 +1,322 @@
+//! `[static]`: a release's files served by baton itself, never by a worker, with what browsers
+//! and CDNs expect (ETag, Last-Modified, 304, Range, HEAD, precompressed siblings, immutable
+//! caching for fingerprinted names), never a byte from outside the directory, and the files of
+//! both releases during a roll (and of the old one for `keep_old` after it).
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// One request as raw bytes (the path exactly as given: no client normalizes it), and the
+/// answer: status, headers (lower-case names), body.
+fn fetch(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, BTreeMap<String, String>, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&out)));
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let body = out[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body)
+}
+
+/// Requests the workers served, all told.
+fn processed(b: &Baton) -> u64 {
+    b.status().workers.iter().map(|w| w.processed).sum()
+}
+
+const SECRET: &str = "SECRET-OUTSIDE-THE-DIRECTORY";
+
+fn release_one() -> Vec<(&'static str, String)> {
+    vec![
+        ("secret.txt", SECRET.to_owned()),
+        (
+            "public/assets/app-0123abcd.css",
+            "body { color: red }".to_owned(),
+        ),
+        (
+            "public/assets/app-0123abcd.css.br",
+            "BROTLI-BYTES".to_owned(),
+        ),
+        ("public/assets/app-0123abcd.css.gz", "GZIP-BYTES".to_owned()),
+        ("public/assets/logo.txt", "logo of r1".to_owned()),
+        (
+            "public/assets/big.bin",
+            (0..100_000u32)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect(),
+        ),
+        ("public/assets/.env", SECRET.to_owned()),
+        ("public/assets/dir/inner.js", "inner".to_owned()),
+    ]
+}
+
+fn start(extra: &str, files: Vec<(&'static str, String)>) -> Baton {
+    let command = format!(r#"["{BATON}", "demo-app", "--port", "{{port}}"]"#);
+    let b = Baton::start_command(2, &command, extra, true, |b| {
+        let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+        b.deploy_files(&refs);
+    });
+    // A file is served once a worker of its generation is ready (the next supervisor tick).
+    std::thread::sleep(Duration::from_millis(700));
+    b
+}
+
+#[test]
+fn static_files_get_what_browsers_and_cdns_expect_and_never_reach_a_worker() {
+    let _serial = serial();
+    let b = start(
+        "[static]\ndirectory = \"public\"\nprefixes = [\"/assets\"]\n",
+        release_one(),
+    );
+    let rel = b.dir.path().join("releases/r1/public/assets");
+    std::os::unix::fs::symlink("../../secret.txt", rel.join("up")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", rel.join("passwd")).unwrap();
+    std::os::unix::fs::symlink("app-0123abcd.css", rel.join("alias.css")).unwrap();
+    let before = processed(&b);
+
+    // A fingerprinted file: immutable for a year; its validators.
+    let (status, h, body) = fetch(b.addr, "GET", "/assets/app-0123abcd.css", &[]);
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &b"body { color: red }"[..])
+    );
+    assert_eq!(h["content-type"], "text/css; charset=utf-8");
+    assert_eq!(h["cache-control"], "public, max-age=31536000, immutable");
+    assert_eq!(h["content-length"], "19");
+    assert_eq!(h["vary"], "Accept-Encoding");
+    assert_eq!(h["accept-ranges"], "bytes");
+    assert!(!h.contains_key("content-encoding"));
+    let etag = h["etag"].clone();
+    let modified = h["last-modified"].clone();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+
+    // Precompressed siblings by Accept-Encoding, each its own ETag.
+    let (_, h, body) = fetch(
+        b.addr,
+        "GET",
+        "/assets/app-0123abcd.css",
+        &[("Accept-Encoding", "gzip, deflate, br")],
+    );
+    assert_eq!(
+        (h["content-encoding"].as_str(), body.as_slice()),
+        ("br", &b"BROTLI-BYTES"[..])
+    );
+    assert_ne!(h["etag"], etag);
+    let (_, h, body) = fetch(
+        b.addr,
+        "GET",
+        "/assets/app-0123abcd.css",
+        &[("Accept-Encoding", "gzip")],
+    );
+    assert_eq!(
+        (h["content-encoding"].as_str(), body.as_slice()),
+        ("gzip", &b"GZIP-BYTES"[..])
+    );
+    let (_, h, _) = fetch(
+        b.addr,
+        "GET",
+        "/assets/app-0123abcd.css",
+        &[("Accept-Encoding", "br;q=0, identity")],
+    );
+    assert!(!h.contains_key("content-encoding"));
+
+    // Revalidation: 304 with the validators and no body.
+    for cond in [
+        ("If-None-Match", etag.as_str()),
+        ("If-Modified-Since", modified.as_str()),
+    ] {
+        let (status, h, body) = fetch(b.addr, "GET", "/assets/app-0123abcd.css", &[cond]);
+        assert_eq!(status, 304, "{cond:?}");
+        assert!(body.is_empty());
+        assert_eq!(h["etag"], etag);
+    }
+    let (status, _, _) = fetch(
+        b.addr,
+        "GET",
+        "/assets/app-0123abcd.css",
+        &[("If-None-Match", "\"other\"")],
+    );
+    assert_eq!(status, 200);
+
+    // Not fingerprinted: revalidated every time.
+    let (_, h, body) = fetch(b.addr, "GET", "/assets/logo.txt", &[]);
+    assert_eq!(
+        (h["cache-control"].as_str(), body.as_slice()),
+        ("no-cache", &b"logo of r1"[..])
+    );
+    assert_eq!(h["content-type"], "text/plain; charset=utf-8");
+
+    // Ranges.
+    let (status, h, body) = fetch(
+        b.addr,
+        "GET",
+        "/assets/big.bin",
+        &[("Range", "bytes=26-35")],
+    );
+    assert_eq!((status, body.as_slice()), (206, &b"abcdefghij"[..]));
+    assert_eq!(h["content-range"], "bytes 26-35/100000");
+    let (status, h, body) = fetch(b.addr, "GET", "/assets/big.bin", &[("Range", "bytes=-4")]);
+    assert_eq!((status, body.len()), (206, 4));
+    assert_eq!(h["content-range"], "bytes 99996-99999/100000");
+    let (status, h, body) = fetch(
+        b.addr,
+        "GET",
+        "/assets/big.bin",
+        &[("Range", "bytes=100000-")],
+    );
+    assert_eq!(
+        (status, h["content-range"].as_str()),
+        (416, "bytes */100000")
+    );
+    assert!(body.is_empty());
+    let (status, _, body) = fetch(b.addr, "GET", "/assets/big.bin", &[]);
+    assert_eq!((status, body.len()), (200, 100_000));
+
+    // HEAD: the headers of GET, no body.
+    let (status, h, body) = fetch(b.addr, "HEAD", "/assets/big.bin", &[]);
+    assert_eq!((status, h["content-length"].as_str()), (200, "100000"));
+    assert!(body.is_empty());
+
+    // Other methods are not for files.
+    let (status, h, _) = fetch(
+        b.addr,
+        "POST",
+        "/assets/logo.txt",
+        &[("Content-Length", "0")],
+    );
+    assert_eq!((status, h["allow"].as_str()), (405, "GET, HEAD"));
+
+    // A symlink within the directory is followed.
+    let (status, _, body) = fetch(b.addr, "GET", "/assets/alias.css", &[]);
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &b"body { color: red }"[..])
+    );
+
+    // Traversal: encoded, double-encoded, symlinks out, NUL, dotfiles, directories, long
+    // names: 400 or 404, and never a byte from outside.
+    let long = format!("/assets/{}", "a".repeat(4000));
+    for path in [
+        "/assets/../secret.txt",
+        "/assets/%2e%2e/secret.txt",
+        "/assets/%2E%2E%2Fsecret.txt",
+        "/assets/..%2fsecret.txt",
+        "/assets/%252e%252e/secret.txt",
+        "/assets/%2e%2e%2f%2e%2e%2f%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "/assets/..%5csecret.txt",
+        "/assets/up",
+        "/assets/passwd",
+        "/assets/a%00b",
+        "/assets/.env",
+        "/assets/%2eenv",
+        "/assets/dir",
+        "/assets/dir/",
+        "/assets/",
+        "/assets",
+        "/assets/nothing-here.css",
+        long.as_str(),
+    ] {
+        let (status, _, body) = fetch(b.addr, "GET", path, &[]);
+        assert!(status == 400 || status == 404, "{path}: {status}");
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            !text.contains(SECRET) && !text.contains("root:"),
+            "{path}: {text}"
+        );
+    }
+
+    // Not one of these reached a worker; a request outside the prefix does.
+    assert_eq!(processed(&b), before);
+    let (status, _, body) = fetch(b.addr, "GET", "/assetsx", &[]);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(processed(&b), before + 1);
+}
+
+#[test]
+fn the_assets_of_both_releases_are_served_through_a_roll() {
+    let _serial = serial();
+    let mut b = start(
+        "[static]\ndirectory = \"public\"\nprefixes = [\"/assets\"]\nkeep_old = \"3s\"\n",
+        vec![
+            ("public/assets/app-aaaaaaaa.css", "old".to_owned()),
+            ("public/assets/logo.txt", "logo of r1".to_owned()),
+        ],
+    );
+    b.deploy_files(&[
+        ("public/assets/app-bbbbbbbb.css", "new"),
+        ("public/assets/logo.txt", "logo of r2"),
+    ]);
+    // Pages of either release ask for their own stylesheet all through the roll.
+    let addr = b.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asking = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut asked, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, _, body) = fetch(addr, "GET", "/assets/app-aaaaaaaa.css", &[]);
+                asked += 1;
+                if (status, body.as_slice()) != (200, &b"old"[..]) {
+                    failed.push(format!("old: {status}"));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (asked, failed)
+        })
+    };
+    let out = b.cli(&["restart", "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    // The new release's files, and its version of a file both have.
+    let (status, _, body) = fetch(b.addr, "GET", "/assets/app-bbbbbbbb.css", &[]);
+    assert_eq!((status, body.as_slice()), (200, &b"new"[..]));
+    let (_, _, body) = fetch(b.addr, "GET", "/assets/logo.txt", &[]);
+    assert_eq!(body, b"logo of r2");
+    // The old release's files outlive its workers.
+    assert!(b.status().workers.iter().all(|w| w.generation == 2));
+    let (status, _, body) = fetch(b.addr, "GET", "/assets/app-aaaaaaaa.css", &[]);
+    assert_eq!((status, body.as_slice()), (200, &b"old"[..]), "{}", b.log());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (asked, failed) = asking.join().unwrap();
+    assert!(asked > 20 && failed.is_empty(), "{asked} asked: {failed:?}");
+    // keep_old later, they are gone.
+    std::thread::sleep(Duration::from_secs(4));
+    let (status, _, _) = fetch(b.addr, "GET", "/assets/app-aaaaaaaa.css", &[]);
+    assert_eq!(status, 404);
+}
