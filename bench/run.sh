@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the proxy costs and what a restart costs, side by side with nginx.
 #
-#   bench/run.sh [--short] [--out FILE] [--workers N] [--keep] [--baton FILE]
+#   bench/run.sh [--short] [--out FILE] [--workers N] [--keep] [--baton FILE] [--only tls]
 #
 # 1. Steady state: requests/s and p50/p99/max latency at concurrency 1, 16, 64 for wrk straight
 #    to one demo worker ("direct"), nginx proxy_pass (upstream keepalive) to N workers, and baton
@@ -15,10 +15,17 @@
 #    [restart] boot_cpu_weight = "low" (the default) and "normal": the restart window's max and
 #    p99.9 against the steady state's p99 and p99.9.
 # 5. Manager RSS with 10,000 idle client connections open, and after they closed.
+# 6. HTTPS and HTTP/2 (issue 24), nginx (`listen ... ssl http2`) and baton ([tls]) with the same
+#    ECDSA P-256 certificate, each in front of N demo workers of its own: TLS keep-alive req/s
+#    at concurrency 1, 16, 64 (wrk over https); full handshakes/s (wrk, a new connection and a
+#    full handshake per request); HTTP/2 req/s (h2load -c16 -m10); CPU per request for each;
+#    memory per idle TLS connection (2,000 held open after their handshake, HTTP/1.1 and h2).
+#    Printed as baton/nginx ratios from the same run. --only tls runs this section alone.
 # Prints a table (figures with their targets, PASS/MISS) and writes JSON (bench/results.json or
 # --out). Targets are reported, never enforced: the exit status is 0 whenever every figure was
-# measured. --short (CI, tests/bench_smoke.rs): 1 round of 2 s per figure, concurrency 1 and 16,
-# boot 200ms. Installs wrk, nginx, jq and curl with apt-get when missing (needs root then).
+# measured. --short (CI, tests/bench_smoke.rs): 1 round of 2 s per figure (1 s for HTTPS),
+# concurrency 1 and 16, boot 200ms, 200 idle TLS connections. Installs wrk, nginx, jq, curl,
+# h2load (nghttp2-client) and openssl with apt-get when missing (needs root then).
 # --keep keeps the work directory (configs, logs, raw wrk output). --baton FILE measures that
 # binary instead of building this tree (a before/after comparison of two commits). See
 # bench/README.md.
@@ -32,6 +39,7 @@ OUT=""
 N=4
 KEEP=0
 BATON_BIN=""
+ONLY=""
 
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; }
 while [ $# -gt 0 ]; do
@@ -42,21 +50,30 @@ while [ $# -gt 0 ]; do
         --workers) N=${2:?--workers needs a number}; shift ;;
         --keep) KEEP=1 ;;
         --baton) BATON_BIN=${2:?--baton needs a file}; shift ;;
+        --only) ONLY=${2:?--only needs a section: tls}; shift ;;
+        --only=*) ONLY=${1#--only=} ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench/run.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
     shift
 done
+case "$ONLY" in "" | tls) ;; *) echo "bench/run.sh: --only $ONLY: the one section that runs alone is tls" >&2; exit 2 ;; esac
 OUT=${OUT:-$BENCH/results.json}
 case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac
 
 if [ "$SHORT" = 1 ]; then
     DUR=2; ROUNDS=1; CONCS=(1 16); BOOT=200ms; BOOT_MS=200; SETTLE_MS=100; BOOT_CPU=300ms
     IDLE_CONNS=2000
+    TLS_DUR=1; TLS_ROUNDS=1; TLS_CONCS=(1 16); TLS_IDLE=200
 else
     DUR=5; ROUNDS=3; CONCS=(1 16 64); BOOT=1s; BOOT_MS=1000; SETTLE_MS=200; BOOT_CPU=1s
     IDLE_CONNS=10000
+    TLS_DUR=5; TLS_ROUNDS=3; TLS_CONCS=(1 16 64); TLS_IDLE=2000
 fi
+# HTTPS: full handshakes at this many connections at once; HTTP/2 as issue 24 asks for it.
+HANDSHAKE_CONC=16
+H2_CONC=16
+H2_STREAMS=10
 # 10,000 idle client connections need descriptors: raise the limits where we may (root).
 ulimit -Hn 65536 2>/dev/null && ulimit -Sn 65536 2>/dev/null || true
 RESTART_CONC=16
@@ -67,24 +84,32 @@ die() { printf 'bench/run.sh: %s\n' "$*" >&2; exit 1; }
 
 # --- tools -------------------------------------------------------------------------------
 nginx_bin() { command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true; }
-have_tools() { command -v wrk >/dev/null && [ -n "$(nginx_bin)" ] && command -v jq >/dev/null && command -v curl >/dev/null; }
+have_tools() {
+    command -v wrk >/dev/null && [ -n "$(nginx_bin)" ] && command -v jq >/dev/null &&
+        command -v curl >/dev/null && command -v h2load >/dev/null && command -v openssl >/dev/null
+}
 if ! have_tools; then
     missing=()
     command -v wrk >/dev/null || missing+=(wrk)
     [ -n "$(nginx_bin)" ] || missing+=(nginx)
     command -v jq >/dev/null || missing+=(jq)
     command -v curl >/dev/null || missing+=(curl)
+    command -v h2load >/dev/null || missing+=(nghttp2-client)
+    command -v openssl >/dev/null || missing+=(openssl)
     [ "$(id -u)" = 0 ] || die "missing ${missing[*]} and not root: apt-get install ${missing[*]}, or run as root"
     log "installing ${missing[*]} (apt-get)"
     # Where no policy-rc.d forbids it, Debian starts the packaged nginx on port 80; harmless here.
+    # Others may be running apt on this machine: wait for their lock rather than fail.
     export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y --no-install-recommends "${missing[@]}" >"/tmp/baton-bench-apt.log" 2>&1; then
-        apt-get update >>"/tmp/baton-bench-apt.log" 2>&1 || true
-        apt-get install -y --no-install-recommends "${missing[@]}" >>"/tmp/baton-bench-apt.log" 2>&1 ||
+    APT=(apt-get -o DPkg::Lock::Timeout=600)
+    if ! "${APT[@]}" install -y --no-install-recommends "${missing[@]}" >"/tmp/baton-bench-apt.log" 2>&1; then
+        "${APT[@]}" update >>"/tmp/baton-bench-apt.log" 2>&1 || true
+        "${APT[@]}" install -y --no-install-recommends "${missing[@]}" >>"/tmp/baton-bench-apt.log" 2>&1 ||
             die "apt-get install ${missing[*]} failed (see /tmp/baton-bench-apt.log)"
     fi
     have_tools || die "still missing tools after apt-get install ${missing[*]}"
 fi
+command -v cc >/dev/null || die "no C compiler (cc): the HTTPS section builds bench/no_resume.c"
 NGINX=$(nginx_bin)
 
 if [ -n "$BATON_BIN" ]; then
@@ -131,10 +156,10 @@ free_port() {
     done
 }
 
-wait_http() { # URL: wait up to 10 s for a 200
+wait_http() { # URL: wait up to 10 s for a 200 (https: any certificate)
     local _
     for _ in $(seq 1 200); do
-        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+        curl -kfsS -o /dev/null "$1" 2>/dev/null && return 0
         sleep 0.05
     done
     die "$1 did not answer"
@@ -151,11 +176,14 @@ cpu_ticks() {
 }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
-# run_wrk CONNECTIONS SECONDS URL -> one JSON object on stdout
+# run_wrk CONNECTIONS SECONDS URL [WRK ARGS...] -> one JSON object on stdout. With WRK_PRELOAD
+# set, wrk runs with that LD_PRELOAD (bench/no_resume.c).
 run_wrk() {
     local c=$1 d=$2 url=$3 t out
+    shift 3
     t=$((c < 2 ? 1 : 2))
-    out=$(wrk -t"$t" -c"$c" -d"${d}s" --timeout "$WRK_TIMEOUT" -s "$BENCH/report.lua" "$url") ||
+    out=$(env ${WRK_PRELOAD:+LD_PRELOAD="$WRK_PRELOAD"} \
+        wrk -t"$t" -c"$c" -d"${d}s" --timeout "$WRK_TIMEOUT" -s "$BENCH/report.lua" "$@" "$url") ||
         die "wrk failed against $url"
     printf '%s\n' "$out" | sed -n 's/^WRKJSON //p' | grep . || die "no figures from wrk: $out"
 }
@@ -169,8 +197,8 @@ start_demo_worker() { # PORT; sets WORKER_PID
 # baton: write a config, run it, wait for N ready workers. NAME BOOT; sets BATON_PID,
 # BATON_PORT, BATON_SOCK.
 status_json() { curl -fsS --max-time 2 --unix-socket "$BATON_SOCK" http://baton/status; }
-start_baton() { # NAME BOOT [RESTART_LINES] [APP_ARGS]
-    local name=$1 boot=$2 restart_lines=${3:-} app_args=${4:-} ready _ extra="" a
+start_baton() { # NAME BOOT [RESTART_LINES] [APP_ARGS] [MORE_TOML]
+    local name=$1 boot=$2 restart_lines=${3:-} app_args=${4:-} more=${5:-} ready _ extra="" a
     for a in $app_args; do extra+=", \"$a\""; done
     free_port
     BATON_PORT=$PORT
@@ -207,6 +235,7 @@ backend = "process"
 
 [control]
 socket = "$BATON_SOCK"
+$more
 EOF
     RUST_LOG=${RUST_LOG:-warn} "$BATON" run --config "$WORK/$name.toml" >>"$WORK/$name.log" 2>&1 &
     BATON_PID=$!
@@ -220,56 +249,45 @@ EOF
     tail -n 20 "$WORK/$name.log" >&2
     die "baton did not get $N ready workers within 30 s"
 }
-vm_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; } # PID VmRSS|VmHWM
-
-# How much CPU others used meanwhile: the machine's busy time (/proc/stat: user, nice, system,
-# irq, softirq) minus our own (this shell and every descendant, all reaped by the end).
-machine_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
-own_cpu() { awk '{ print $14 + $15 + $16 + $17 }' "/proc/$$/stat"; }
-BUSY0=$(machine_busy) OWN0=$(own_cpu) T0=$EPOCHREALTIME
-
-# --- 1. steady state -----------------------------------------------------------------------
-log "starting: one direct worker; nginx with $N workers; baton with $N workers"
-free_port
-DIRECT_URL="http://127.0.0.1:$PORT/"
-start_demo_worker "$PORT"
-DIRECT_PID=$WORKER_PID
-wait_http "$DIRECT_URL"
-
-NGINX_WORKERS=()
-UPSTREAMS=""
-for _ in $(seq 1 "$N"); do
-    free_port
-    start_demo_worker "$PORT"
-    NGINX_WORKERS+=("$WORKER_PID")
-    UPSTREAMS+="        server 127.0.0.1:$PORT;"$'\n'
-    wait_http "http://127.0.0.1:$PORT/"
-done
-free_port
-NGINX_URL="http://127.0.0.1:$PORT/"
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-# As an operator would write it: one worker process per core, upstream keepalive, and the
-# forwarding headers baton sets too.
+# nginx in front of N demo workers of its own. nginx_workers sets NGINX_WORKERS (their pids) and
+# UPSTREAMS (their server lines); start_nginx DIR SERVER_LINES writes DIR/nginx.conf as an
+# operator would (one worker process per core, upstream keepalive, the forwarding headers baton
+# sets too), runs it and sets NGINX_PID. SERVER_LINES: the server block's listen and TLS lines.
+nginx_workers() {
+    local _
+    NGINX_WORKERS=()
+    UPSTREAMS=""
+    for _ in $(seq 1 "$N"); do
+        free_port
+        start_demo_worker "$PORT"
+        NGINX_WORKERS+=("$WORKER_PID")
+        UPSTREAMS+="        server 127.0.0.1:$PORT;"$'\n'
+        wait_http "http://127.0.0.1:$PORT/"
+    done
+}
+start_nginx() { # DIR SERVER_LINES
+    local dir=$1
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<EOF
 user root;
 worker_processes auto;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
 daemon off;
 events { worker_connections 4096; }
 http {
     access_log off;
-    client_body_temp_path $WORK/nginx/body;
-    proxy_temp_path $WORK/nginx/proxy;
-    fastcgi_temp_path $WORK/nginx/fastcgi;
-    uwsgi_temp_path $WORK/nginx/uwsgi;
-    scgi_temp_path $WORK/nginx/scgi;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
     upstream app {
         least_conn;
 $UPSTREAMS        keepalive 128;
     }
     server {
-        listen 127.0.0.1:$PORT;
+$2
         location / {
             proxy_pass http://app;
             proxy_http_version 1.1;
@@ -280,169 +298,410 @@ $UPSTREAMS        keepalive 128;
     }
 }
 EOF
-"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
-wait_http "$NGINX_URL"
-
-start_baton steady 0s
-BATON_URL="http://127.0.0.1:$BATON_PORT/"
-STEADY_BATON_PID=$BATON_PID
-
-# The processes whose CPU time counts as "proxy" and as "app" for each target.
-proxy_pids() {
-    case $1 in
-        direct) ;;
-        nginx) echo "$NGINX_PID" $(pgrep -P "$NGINX_PID") ;;
-        baton) echo "$STEADY_BATON_PID" ;;
-    esac
+    "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" &
+    NGINX_PID=$!
+    PIDS+=("$NGINX_PID")
 }
-app_pids() {
-    case $1 in
-        direct) echo "$DIRECT_PID" ;;
-        nginx) echo "${NGINX_WORKERS[@]}" ;;
-        baton) pgrep -P "$STEADY_BATON_PID" ;;
-    esac
-}
-url_of() { case $1 in direct) echo "$DIRECT_URL" ;; nginx) echo "$NGINX_URL" ;; baton) echo "$BATON_URL" ;; esac; }
+vm_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; } # PID VmRSS|VmHWM
 
-STEADY_RUNS="$WORK/steady-runs.jsonl"
-: >"$STEADY_RUNS"
-for t in direct nginx baton; do run_wrk 16 1 "$(url_of "$t")" >/dev/null; done # warm-up
-for c in "${CONCS[@]}"; do
-    for round in $(seq 1 "$ROUNDS"); do
-        for t in direct nginx baton; do
-            # shellcheck disable=SC2046 # word splitting of the pid lists is intended
-            p0=$(cpu_ticks $(proxy_pids "$t")) a0=$(cpu_ticks $(app_pids "$t"))
-            fig=$(run_wrk "$c" "$DUR" "$(url_of "$t")")
-            # shellcheck disable=SC2046
-            p1=$(cpu_ticks $(proxy_pids "$t")) a1=$(cpu_ticks $(app_pids "$t"))
-            jq -c --arg t "$t" --argjson c "$c" --argjson r "$round" \
-                --argjson pus "$(((p1 - p0) * TICK_US))" --argjson aus "$(((a1 - a0) * TICK_US))" '
-                {target: $t, concurrency: $c, round: $r} + .
-                + {proxy_cpu_us_per_request: ($pus / .requests * 10 | round / 10),
-                   app_cpu_us_per_request: ($aus / .requests * 10 | round / 10)}' <<<"$fig" >>"$STEADY_RUNS"
-            log "$(tail -n1 "$STEADY_RUNS" | jq -r '"\(.target) c=\(.concurrency) round \(.round): \(.rps | floor) req/s, p50 \(.p50_us)us p99 \(.p99_us)us max \(.max_us)us, proxy CPU \(.proxy_cpu_us_per_request)us/req"')"
+# How much CPU others used meanwhile: the machine's busy time (/proc/stat: user, nice, system,
+# irq, softirq) minus our own (this shell and every descendant, all reaped by the end).
+machine_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+own_cpu() { awk '{ print $14 + $15 + $16 + $17 }' "/proc/$$/stat"; }
+BUSY0=$(machine_busy) OWN0=$(own_cpu) T0=$EPOCHREALTIME
+
+# Sections 1-5: everything but HTTPS (--only tls skips them).
+if [ "$ONLY" != tls ]; then
+    # --- 1. steady state -----------------------------------------------------------------------
+    log "starting: one direct worker; nginx with $N workers; baton with $N workers"
+    free_port
+    DIRECT_URL="http://127.0.0.1:$PORT/"
+    start_demo_worker "$PORT"
+    DIRECT_PID=$WORKER_PID
+    wait_http "$DIRECT_URL"
+
+    nginx_workers
+    free_port
+    NGINX_URL="http://127.0.0.1:$PORT/"
+    start_nginx "$WORK/nginx" "        listen 127.0.0.1:$PORT;"
+    wait_http "$NGINX_URL"
+
+    start_baton steady 0s
+    BATON_URL="http://127.0.0.1:$BATON_PORT/"
+    STEADY_BATON_PID=$BATON_PID
+
+    # The processes whose CPU time counts as "proxy" and as "app" for each target.
+    proxy_pids() {
+        case $1 in
+            direct) ;;
+            nginx) echo "$NGINX_PID" $(pgrep -P "$NGINX_PID") ;;
+            baton) echo "$STEADY_BATON_PID" ;;
+        esac
+    }
+    app_pids() {
+        case $1 in
+            direct) echo "$DIRECT_PID" ;;
+            nginx) echo "${NGINX_WORKERS[@]}" ;;
+            baton) pgrep -P "$STEADY_BATON_PID" ;;
+        esac
+    }
+    url_of() { case $1 in direct) echo "$DIRECT_URL" ;; nginx) echo "$NGINX_URL" ;; baton) echo "$BATON_URL" ;; esac; }
+
+    STEADY_RUNS="$WORK/steady-runs.jsonl"
+    : >"$STEADY_RUNS"
+    for t in direct nginx baton; do run_wrk 16 1 "$(url_of "$t")" >/dev/null; done # warm-up
+    for c in "${CONCS[@]}"; do
+        for round in $(seq 1 "$ROUNDS"); do
+            for t in direct nginx baton; do
+                # shellcheck disable=SC2046 # word splitting of the pid lists is intended
+                p0=$(cpu_ticks $(proxy_pids "$t")) a0=$(cpu_ticks $(app_pids "$t"))
+                fig=$(run_wrk "$c" "$DUR" "$(url_of "$t")")
+                # shellcheck disable=SC2046
+                p1=$(cpu_ticks $(proxy_pids "$t")) a1=$(cpu_ticks $(app_pids "$t"))
+                jq -c --arg t "$t" --argjson c "$c" --argjson r "$round" \
+                    --argjson pus "$(((p1 - p0) * TICK_US))" --argjson aus "$(((a1 - a0) * TICK_US))" '
+                    {target: $t, concurrency: $c, round: $r} + .
+                    + {proxy_cpu_us_per_request: ($pus / .requests * 10 | round / 10),
+                       app_cpu_us_per_request: ($aus / .requests * 10 | round / 10)}' <<<"$fig" >>"$STEADY_RUNS"
+                log "$(tail -n1 "$STEADY_RUNS" | jq -r '"\(.target) c=\(.concurrency) round \(.round): \(.rps | floor) req/s, p50 \(.p50_us)us p99 \(.p99_us)us max \(.max_us)us, proxy CPU \(.proxy_cpu_us_per_request)us/req"')"
+            done
         done
     done
-done
-STEADY_HWM_KIB=$(vm_kib "$STEADY_BATON_PID" VmHWM)
-stop_pid "$STEADY_BATON_PID"
-stop_pid "$NGINX_PID"
-for p in "$DIRECT_PID" "${NGINX_WORKERS[@]}"; do stop_pid "$p"; done
+    STEADY_HWM_KIB=$(vm_kib "$STEADY_BATON_PID" VmHWM)
+    stop_pid "$STEADY_BATON_PID"
+    stop_pid "$NGINX_PID"
+    for p in "$DIRECT_PID" "${NGINX_WORKERS[@]}"; do stop_pid "$p"; done
 
-# --- 2, 3. restarts under load ---------------------------------------------------------------
-log "restarts: baton with $N workers booting in $BOOT, $RESTART_CONC connections"
-start_baton restart "$BOOT"
-URL="http://127.0.0.1:$BATON_PORT/"
-run_wrk "$RESTART_CONC" 1 "$URL" >/dev/null # warm-up
-
-# Sample the manager every 50 ms: workers in `baton status --json`, its child processes, its
-# VmRSS (KiB). Kept light (one fork per sample besides sleep: the status client, ~2 ms of CPU),
-# since it shares the 2 cores with the load it watches.
-sampler() { # FILE
-    local s rest n procs rss f kids k v _
-    while :; do
-        s=$("$BATON" status --json --control "$BATON_SOCK" 2>/dev/null) || s=""
-        rest=${s//\"address\":/}
-        n=$(((${#s} - ${#rest}) / 10)) # one "address": per worker
-        procs=0
-        for f in /proc/"$BATON_PID"/task/*/children; do
-            kids=()
-            read -ra kids <"$f" 2>/dev/null || true
-            procs=$((procs + ${#kids[@]}))
-        done
-        rss=0
-        while read -r k v _; do [ "$k" = VmRSS: ] && rss=$v; done <"/proc/$BATON_PID/status"
-        echo "$n $procs $rss" >>"$1"
-        sleep 0.05
-    done
-}
-
-# under_load MODE (steady|rolling|blocking) -> one JSON object on stdout. wrk runs from just
-# before the restart until just after it ends (SIGINT makes wrk print its figures), with the
-# sampler running; "steady" runs the same way for DUR seconds without a restart, so that both
-# windows are measured under the same conditions.
-under_load() {
-    local mode=$1 samples="$WORK/samples-$1" wout="$WORK/wrk-$1.out" wpid spid t0 t1 rc=0 fig
-    : >"$samples"
-    sampler "$samples" &
-    spid=$!
-    wrk -t2 -c"$RESTART_CONC" -d600s --timeout "$WRK_TIMEOUT" -s "$BENCH/report.lua" "$URL" >"$wout" &
-    wpid=$!
-    sleep 0.3 # connections up
-    t0=$EPOCHREALTIME
-    if [ "$mode" = steady ]; then
-        sleep "$DUR"
-    else
-        "$BATON" restart "--$mode" --wait --control "$BATON_SOCK" >"$WORK/restart-$mode.log" 2>&1 || rc=$?
-    fi
-    t1=$EPOCHREALTIME
-    sleep 0.1
-    kill -INT "$wpid"
-    wait "$wpid" || true
-    kill "$spid" 2>/dev/null || true
-    wait "$spid" 2>/dev/null || true
-    [ "$rc" = 0 ] || { cat "$WORK/restart-$mode.log" >&2; die "baton restart --$mode --wait failed ($rc)"; }
-    fig=$(sed -n 's/^WRKJSON //p' "$wout" | grep .) || die "no figures from wrk: $(cat "$wout")"
-    awk -v t0="$t0" -v t1="$t1" -v n="$N" -v boot="$BOOT_MS" -v settle="$SETTLE_MS" -v mode="$mode" '
-        { if ($1 > w) w = $1; if ($2 > p) p = $2; if ($3 > r) r = $3 }
-        END {
-            ms = (t1 - t0) * 1000
-            printf "{\"window_ms\":%.1f,\"peak_workers\":%d,\"peak_worker_processes\":%d,", ms, w, p
-            printf "\"peak_rss_bytes\":%d", r * 1024
-            # rolling: the new workers boot and settle one after another; blocking: all at
-            # once (and no settle period: no old worker is left to keep serving).
-            if (mode == "rolling") printf ",\"restart_ms\":%.1f,\"overhead_per_worker_ms\":%.1f", ms, (ms - n * (boot + settle)) / n
-            if (mode == "blocking") printf ",\"restart_ms\":%.1f,\"overhead_ms\":%.1f", ms, ms - boot
-            print "}"
-        }' "$samples" |
-        jq -c --argjson w "$fig" '$w + . + {failed_requests: ($w.errors_connect + $w.errors_read
-            + $w.errors_write + $w.errors_status + $w.errors_timeout)}'
-}
-summary() { jq -r '"\(.failed_requests) failed of \(.requests), p50 \(.p50_us)us p99 \(.p99_us)us max \(.max_us)us, window \(.window_ms | floor)ms, peak \(.peak_workers) workers"'; }
-
-# Steady windows before and after the rolling restart bracket it in time: the reference p99 is
-# their mean, so that a noisy neighbour during one window skews the comparison less.
-RSTEADY=$(under_load steady)
-log "steady: $(summary <<<"$RSTEADY")"
-ROLLING=$(under_load rolling)
-log "rolling: $(summary <<<"$ROLLING")"
-RSTEADY2=$(under_load steady)
-log "steady after: $(summary <<<"$RSTEADY2")"
-BLOCKING=$(under_load blocking)
-log "blocking: $(summary <<<"$BLOCKING")"
-RESTART_HWM_KIB=$(vm_kib "$BATON_PID" VmHWM)
-stop_pid "$BATON_PID"
-
-# --- 4. a CPU-heavy boot, with and without boot_cpu_weight -----------------------------------
-CPU_RUNS="$WORK/cpu-runs.jsonl"
-: >"$CPU_RUNS"
-for weight in low normal; do
-    log "restarts: $N workers that burn $BOOT_CPU of CPU while booting, boot_cpu_weight = $weight"
-    start_baton "cpu-$weight" 0s "boot_cpu_weight = \"$weight\"" "--boot-cpu $BOOT_CPU"
+    # --- 2, 3. restarts under load ---------------------------------------------------------------
+    log "restarts: baton with $N workers booting in $BOOT, $RESTART_CONC connections"
+    start_baton restart "$BOOT"
     URL="http://127.0.0.1:$BATON_PORT/"
     run_wrk "$RESTART_CONC" 1 "$URL" >/dev/null # warm-up
-    cs=$(under_load steady)
-    cr=$(under_load rolling)
-    log "cpu-heavy boot, $weight: steady $(summary <<<"$cs"); rolling $(summary <<<"$cr")"
-    jq -nc --arg w "$weight" --argjson s "$cs" --argjson r "$cr" '{weight: $w, steady: $s, rolling: $r}' >>"$CPU_RUNS"
+
+    # Sample the manager every 50 ms: workers in `baton status --json`, its child processes, its
+    # VmRSS (KiB). Kept light (one fork per sample besides sleep: the status client, ~2 ms of CPU),
+    # since it shares the 2 cores with the load it watches.
+    sampler() { # FILE
+        local s rest n procs rss f kids k v _
+        while :; do
+            s=$("$BATON" status --json --control "$BATON_SOCK" 2>/dev/null) || s=""
+            rest=${s//\"address\":/}
+            n=$(((${#s} - ${#rest}) / 10)) # one "address": per worker
+            procs=0
+            for f in /proc/"$BATON_PID"/task/*/children; do
+                kids=()
+                read -ra kids <"$f" 2>/dev/null || true
+                procs=$((procs + ${#kids[@]}))
+            done
+            rss=0
+            while read -r k v _; do [ "$k" = VmRSS: ] && rss=$v; done <"/proc/$BATON_PID/status"
+            echo "$n $procs $rss" >>"$1"
+            sleep 0.05
+        done
+    }
+
+    # under_load MODE (steady|rolling|blocking) -> one JSON object on stdout. wrk runs from just
+    # before the restart until just after it ends (SIGINT makes wrk print its figures), with the
+    # sampler running; "steady" runs the same way for DUR seconds without a restart, so that both
+    # windows are measured under the same conditions.
+    under_load() {
+        local mode=$1 samples="$WORK/samples-$1" wout="$WORK/wrk-$1.out" wpid spid t0 t1 rc=0 fig
+        : >"$samples"
+        sampler "$samples" &
+        spid=$!
+        wrk -t2 -c"$RESTART_CONC" -d600s --timeout "$WRK_TIMEOUT" -s "$BENCH/report.lua" "$URL" >"$wout" &
+        wpid=$!
+        sleep 0.3 # connections up
+        t0=$EPOCHREALTIME
+        if [ "$mode" = steady ]; then
+            sleep "$DUR"
+        else
+            "$BATON" restart "--$mode" --wait --control "$BATON_SOCK" >"$WORK/restart-$mode.log" 2>&1 || rc=$?
+        fi
+        t1=$EPOCHREALTIME
+        sleep 0.1
+        kill -INT "$wpid"
+        wait "$wpid" || true
+        kill "$spid" 2>/dev/null || true
+        wait "$spid" 2>/dev/null || true
+        [ "$rc" = 0 ] || { cat "$WORK/restart-$mode.log" >&2; die "baton restart --$mode --wait failed ($rc)"; }
+        fig=$(sed -n 's/^WRKJSON //p' "$wout" | grep .) || die "no figures from wrk: $(cat "$wout")"
+        awk -v t0="$t0" -v t1="$t1" -v n="$N" -v boot="$BOOT_MS" -v settle="$SETTLE_MS" -v mode="$mode" '
+            { if ($1 > w) w = $1; if ($2 > p) p = $2; if ($3 > r) r = $3 }
+            END {
+                ms = (t1 - t0) * 1000
+                printf "{\"window_ms\":%.1f,\"peak_workers\":%d,\"peak_worker_processes\":%d,", ms, w, p
+                printf "\"peak_rss_bytes\":%d", r * 1024
+                # rolling: the new workers boot and settle one after another; blocking: all at
+                # once (and no settle period: no old worker is left to keep serving).
+                if (mode == "rolling") printf ",\"restart_ms\":%.1f,\"overhead_per_worker_ms\":%.1f", ms, (ms - n * (boot + settle)) / n
+                if (mode == "blocking") printf ",\"restart_ms\":%.1f,\"overhead_ms\":%.1f", ms, ms - boot
+                print "}"
+            }' "$samples" |
+            jq -c --argjson w "$fig" '$w + . + {failed_requests: ($w.errors_connect + $w.errors_read
+                + $w.errors_write + $w.errors_status + $w.errors_timeout)}'
+    }
+    summary() { jq -r '"\(.failed_requests) failed of \(.requests), p50 \(.p50_us)us p99 \(.p99_us)us max \(.max_us)us, window \(.window_ms | floor)ms, peak \(.peak_workers) workers"'; }
+
+    # Steady windows before and after the rolling restart bracket it in time: the reference p99 is
+    # their mean, so that a noisy neighbour during one window skews the comparison less.
+    RSTEADY=$(under_load steady)
+    log "steady: $(summary <<<"$RSTEADY")"
+    ROLLING=$(under_load rolling)
+    log "rolling: $(summary <<<"$ROLLING")"
+    RSTEADY2=$(under_load steady)
+    log "steady after: $(summary <<<"$RSTEADY2")"
+    BLOCKING=$(under_load blocking)
+    log "blocking: $(summary <<<"$BLOCKING")"
+    RESTART_HWM_KIB=$(vm_kib "$BATON_PID" VmHWM)
     stop_pid "$BATON_PID"
+
+    # --- 4. a CPU-heavy boot, with and without boot_cpu_weight -----------------------------------
+    CPU_RUNS="$WORK/cpu-runs.jsonl"
+    : >"$CPU_RUNS"
+    for weight in low normal; do
+        log "restarts: $N workers that burn $BOOT_CPU of CPU while booting, boot_cpu_weight = $weight"
+        start_baton "cpu-$weight" 0s "boot_cpu_weight = \"$weight\"" "--boot-cpu $BOOT_CPU"
+        URL="http://127.0.0.1:$BATON_PORT/"
+        run_wrk "$RESTART_CONC" 1 "$URL" >/dev/null # warm-up
+        cs=$(under_load steady)
+        cr=$(under_load rolling)
+        log "cpu-heavy boot, $weight: steady $(summary <<<"$cs"); rolling $(summary <<<"$cr")"
+        jq -nc --arg w "$weight" --argjson s "$cs" --argjson r "$cr" '{weight: $w, steady: $s, rolling: $r}' >>"$CPU_RUNS"
+        stop_pid "$BATON_PID"
+    done
+
+    # --- 5. idle client connections: what they cost the manager, and that it gets it back -------
+    log "idle connections: $IDLE_CONNS held open, then closed"
+    start_baton idle 0s
+    # "Before" is a proxy that has served: its threads' allocator arenas exist. The question is
+    # what 10,000 idle connections leave behind, not what the first requests set up.
+    run_wrk 16 2 "http://127.0.0.1:$BATON_PORT/" >/dev/null
+    sleep 1
+    rss_before=$(vm_kib "$BATON_PID" VmRSS)
+    IDLE_JSON=$(python3 "$BENCH/idle_connections.py" "$BATON_PORT" "$IDLE_CONNS" "$BATON_PID") ||
+        die "the idle-connection run failed"
+    IDLE_JSON=$(jq -c --argjson b "$((rss_before * 1024))" '. + {rss_before_bytes: $b}' <<<"$IDLE_JSON")
+    log "idle connections: $(jq -r '"before \(.rss_before_bytes / 1048576 | floor) MiB, with \(.connections) open \(.rss_held_bytes / 1048576 | floor) MiB, after \(.rss_after_bytes / 1048576 | floor) MiB"' <<<"$IDLE_JSON")"
+    stop_pid "$BATON_PID"
+fi
+
+# --- 6. HTTPS and HTTP/2: baton and nginx with the same certificate --------------------------
+# One ECDSA P-256 certificate for both. nginx: `listen ... ssl http2`, TLS 1.2 and 1.3, a shared
+# session cache (tickets on, its default), upstream keepalive to N demo workers of its own, as
+# in section 1. baton: [tls] address and certificates, N demo workers. Measured in turn, TLS_ROUNDS
+# rounds; for each figure the round with the median requests/s stands, as in section 1.
+#   keepalive  wrk over https, keep-alive, at each of TLS_CONCS connections: one handshake per
+#              connection, then requests (HTTP/1.1: wrk offers no ALPN).
+#   handshake  wrk over https with `Connection: close`, HANDSHAKE_CONC connections: the proxy
+#              answers and closes, wrk reconnects, so each request is a new TCP connection and a
+#              TLS handshake, and req/s is handshakes/s. wrk would resume its last session on
+#              each reconnect (it keeps it across SSL_clear), which both servers accept: no
+#              certificate, no signature. bench/no_resume.c, preloaded into wrk, drops it, so
+#              every handshake is a full one (a new visitor's). The request also counts.
+#   http2      h2load -t2 -c16 -m10 (ALPN h2): 16 connections, 10 streams at once on each.
+#   idle       memory per idle TLS connection: TLS_IDLE connections that completed their
+#              handshake, then held idle for 2 s (bench/idle_connections.py --tls): the growth
+#              of baton's RSS, and of the sum of nginx's worker processes' RSS, over the count.
+#              Once with ALPN http/1.1, once with h2 (the client's preface and SETTINGS sent).
+# CPU per request as in section 1: /proc/PID/stat of the proxy's processes around each run.
+
+# run_h2load CONNECTIONS STREAMS SECONDS URL -> one JSON object on stdout: requests (succeeded),
+# rps, mean_us and max_us (h2load gives no percentiles), failed (failed, errored, timed out or
+# status >= 400), and what was negotiated.
+run_h2load() {
+    local c=$1 m=$2 d=$3 url=$4 out
+    out=$(h2load -t2 -c"$c" -m"$m" -D"$d" "$url" 2>&1) || die "h2load failed against $url: $out"
+    printf '%s\n' "$out" >>"$WORK/h2load.out"
+    awk '
+        function us(v) {
+            if (v ~ /us$/) return substr(v, 1, length(v) - 2) + 0
+            if (v ~ /ms$/) return substr(v, 1, length(v) - 2) * 1000
+            if (v ~ /s$/) return substr(v, 1, length(v) - 1) * 1000000
+            return v + 0
+        }
+        /^finished in/ { d = us(substr($3, 1, length($3) - 1)) / 1e6 }
+        /^requests:/ { ok = $8; bad = $10 + $12 + $14 }
+        /^status codes:/ { bad += $7 + $9 }
+        /^time for request:/ { mean = us($6); max = us($5) }
+        /^TLS Protocol:/ { proto = $3 }
+        /^Cipher:/ { cipher = $2 }
+        /^Server Temp Key:/ { key = $4 }
+        /^Application protocol:/ { alpn = $3 }
+        END {
+            if (d == 0 || ok == "") exit 1
+            printf "{\"requests\":%d,\"duration_s\":%.3f,\"rps\":%.1f,\"mean_us\":%.1f,\"max_us\":%d,", ok, d, ok / d, mean, max
+            printf "\"failed\":%d,\"tls\":\"%s %s %s\",\"alpn\":\"%s\"}\n", bad, proto, cipher, key, alpn
+        }' <<<"$out" || die "no figures from h2load: $out"
+}
+
+log "HTTPS: nginx (listen ssl http2) and baton ([tls]), the same ECDSA P-256 certificate, $N workers each"
+TLS_DIR="$WORK/tls"
+mkdir -p "$TLS_DIR"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+    -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" 2>"$TLS_DIR/openssl.log" ||
+    die "openssl could not make the certificate: $(cat "$TLS_DIR/openssl.log")"
+cc -O2 -shared -fPIC -o "$TLS_DIR/no_resume.so" "$BENCH/no_resume.c" -ldl ||
+    die "cannot build bench/no_resume.c"
+
+nginx_workers
+TLS_NGINX_WORKERS=("${NGINX_WORKERS[@]}")
+# Both proxies, on new ports: sets TLS_NGINX_PID, TLS_NGINX_PORT, TLS_BATON_PID, TLS_BATON_PORT.
+tls_start() {
+    free_port
+    TLS_NGINX_PORT=$PORT
+    start_nginx "$WORK/nginx-tls" "        listen 127.0.0.1:$PORT ssl http2;
+        ssl_certificate $TLS_DIR/cert.pem;
+        ssl_certificate_key $TLS_DIR/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_timeout 1d;
+        # nginx ends a connection after 1000 requests by default (a GOAWAY on HTTP/2), and
+        # h2load does not reconnect: the HTTP/2 run would stop at 16,000 requests. baton has no
+        # such limit; an operator who benchmarks raises it too.
+        keepalive_requests 1000000;"
+    TLS_NGINX_PID=$NGINX_PID
+    wait_http "https://127.0.0.1:$TLS_NGINX_PORT/"
+    free_port
+    TLS_BATON_PORT=$PORT
+    start_baton tls 0s "" "" "
+[tls]
+address = \"127.0.0.1:$TLS_BATON_PORT\"
+certificates = [{ cert = \"$TLS_DIR/cert.pem\", key = \"$TLS_DIR/key.pem\" }]"
+    TLS_BATON_PID=$BATON_PID
+    wait_http "https://127.0.0.1:$TLS_BATON_PORT/"
+}
+tls_stop() { stop_pid "$TLS_BATON_PID"; stop_pid "$TLS_NGINX_PID"; }
+tls_start
+
+tls_url() { case $1 in nginx) echo "https://127.0.0.1:$TLS_NGINX_PORT/" ;; baton) echo "https://127.0.0.1:$TLS_BATON_PORT/" ;; esac; }
+tls_proxy_pids() {
+    case $1 in
+        nginx) echo "$TLS_NGINX_PID" $(pgrep -P "$TLS_NGINX_PID") ;;
+        baton) echo "$TLS_BATON_PID" ;;
+    esac
+}
+tls_app_pids() {
+    case $1 in
+        nginx) echo "${TLS_NGINX_WORKERS[@]}" ;;
+        baton) pgrep -P "$TLS_BATON_PID" ;;
+    esac
+}
+# What each side negotiates with an OpenSSL client that offers what wrk offers (no ALPN).
+tls_negotiated() {
+    openssl s_client -connect "127.0.0.1:${1##*:}" -servername localhost </dev/null 2>/dev/null |
+        awk '/^New, / { p = $2; sub(/,$/, "", p); c = $NF } /^Server Temp Key:/ { k = $4; sub(/,$/, "", k) }
+             END { printf "%s %s %s", p, c, k }'
+}
+
+TLS_RUNS="$WORK/tls-runs.jsonl"
+: >"$TLS_RUNS"
+tls_run() { # KIND TARGET CONNECTIONS ROUND
+    local kind=$1 t=$2 c=$3 round=$4 url p0 a0 p1 a1 fig
+    url=$(tls_url "$t")
+    # shellcheck disable=SC2046 # word splitting of the pid lists is intended
+    p0=$(cpu_ticks $(tls_proxy_pids "$t")) a0=$(cpu_ticks $(tls_app_pids "$t"))
+    case $kind in
+        keepalive) fig=$(run_wrk "$c" "$TLS_DUR" "$url") ;;
+        handshake) fig=$(WRK_PRELOAD="$TLS_DIR/no_resume.so" run_wrk "$c" "$TLS_DUR" "$url" -H "Connection: close") ;;
+        http2) fig=$(run_h2load "$c" "$H2_STREAMS" "$TLS_DUR" "$url") ;;
+    esac
+    # shellcheck disable=SC2046
+    p1=$(cpu_ticks $(tls_proxy_pids "$t")) a1=$(cpu_ticks $(tls_app_pids "$t"))
+    jq -c --arg k "$kind" --arg t "$t" --argjson c "$c" --argjson r "$round" \
+        --argjson pus "$(((p1 - p0) * TICK_US))" --argjson aus "$(((a1 - a0) * TICK_US))" '
+        {kind: $k, target: $t, concurrency: $c, round: $r} + .
+        + {failed: (.failed // (.errors_connect + .errors_read + .errors_write + .errors_status + .errors_timeout)),
+           proxy_cpu_us_per_request: ($pus / .requests * 10 | round / 10),
+           app_cpu_us_per_request: ($aus / .requests * 10 | round / 10)}' <<<"$fig" >>"$TLS_RUNS"
+    log "$(tail -n1 "$TLS_RUNS" | jq -r '"\(.kind) \(.target) c=\(.concurrency) round \(.round): \(.rps | floor) req/s, failed \(.failed), proxy CPU \(.proxy_cpu_us_per_request)us/req"')"
+}
+
+for t in nginx baton; do run_wrk 16 1 "$(tls_url "$t")" >/dev/null; done # warm-up
+TLS_NEGOTIATED=$(jq -nc --arg n "$(tls_negotiated "$TLS_NGINX_PORT")" --arg b "$(tls_negotiated "$TLS_BATON_PORT")" '{nginx: $n, baton: $b}')
+for c in "${TLS_CONCS[@]}"; do
+    for round in $(seq 1 "$TLS_ROUNDS"); do
+        for t in nginx baton; do tls_run keepalive "$t" "$c" "$round"; done
+    done
+done
+for round in $(seq 1 "$TLS_ROUNDS"); do
+    for t in nginx baton; do tls_run handshake "$t" "$HANDSHAKE_CONC" "$round"; done
+done
+for round in $(seq 1 "$TLS_ROUNDS"); do
+    for t in nginx baton; do tls_run http2 "$t" "$H2_CONC" "$round"; done
 done
 
-# --- 5. idle client connections: what they cost the manager, and that it gets it back -------
-log "idle connections: $IDLE_CONNS held open, then closed"
-start_baton idle 0s
-# "Before" is a proxy that has served: its threads' allocator arenas exist. The question is
-# what 10,000 idle connections leave behind, not what the first requests set up.
-run_wrk 16 2 "http://127.0.0.1:$BATON_PORT/" >/dev/null
-sleep 1
-rss_before=$(vm_kib "$BATON_PID" VmRSS)
-IDLE_JSON=$(python3 "$BENCH/idle_connections.py" "$BATON_PORT" "$IDLE_CONNS" "$BATON_PID") ||
-    die "the idle-connection run failed"
-IDLE_JSON=$(jq -c --argjson b "$((rss_before * 1024))" '. + {rss_before_bytes: $b}' <<<"$IDLE_JSON")
-log "idle connections: $(jq -r '"before \(.rss_before_bytes / 1048576 | floor) MiB, with \(.connections) open \(.rss_held_bytes / 1048576 | floor) MiB, after \(.rss_after_bytes / 1048576 | floor) MiB"' <<<"$IDLE_JSON")"
-stop_pid "$BATON_PID"
+# Idle TLS connections: the RSS of the processes that hold them (nginx's workers; baton). Each
+# ALPN on proxies started afresh and warmed up by 1 s of load (their allocators' arenas exist),
+# so that memory the first batch freed is not reused by the second without showing.
+TLS_IDLE_RUNS="$WORK/tls-idle.jsonl"
+: >"$TLS_IDLE_RUNS"
+for alpn in h1 h2; do
+    tls_stop
+    tls_start
+    for t in nginx baton; do run_wrk 16 1 "$(tls_url "$t")" >/dev/null; done
+    for t in nginx baton; do
+        if [ "$t" = nginx ]; then
+            port=$TLS_NGINX_PORT pids=$(pgrep -P "$TLS_NGINX_PID" | paste -sd, -)
+        else
+            port=$TLS_BATON_PORT pids=$TLS_BATON_PID
+        fi
+        sleep 1 # the last run's connections are gone
+        fig=$(python3 "$BENCH/idle_connections.py" "$port" "$TLS_IDLE" "$pids" --tls "$alpn") ||
+            die "the idle TLS connections to $t failed"
+        jq -c --arg t "$t" '{target: $t} + .' <<<"$fig" >>"$TLS_IDLE_RUNS"
+        log "idle TLS ($alpn) $t: $(jq -r '"\(.connections) connections, \(.bytes_per_connection / 1024 * 10 | round / 10) KiB each"' <<<"$fig")"
+    done
+done
+tls_stop
+for p in "${TLS_NGINX_WORKERS[@]}"; do stop_pid "$p"; done
+
+# The HTTPS part of the JSON: {tls: {...}, targets: [...]}, the targets appended to the others.
+jq -n \
+    --slurpfile runs "$TLS_RUNS" \
+    --slurpfile idle "$TLS_IDLE_RUNS" \
+    --argjson negotiated "$TLS_NEGOTIATED" \
+    --argjson dur "$TLS_DUR" --argjson rounds "$TLS_ROUNDS" \
+    --argjson hconc "$HANDSHAKE_CONC" --argjson h2conc "$H2_CONC" --argjson h2streams "$H2_STREAMS" '
+def median_run($k; $t; $c): [$runs[] | select(.kind == $k and .target == $t and .concurrency == $c)]
+  | sort_by(.rps) | .[(length - 1) / 2 | floor];
+def r2: . * 100 | round / 100;
+def t($name; $value; $op; $limit; $unit):
+  {name: $name, value: $value, op: $op, limit: $limit, unit: $unit, nginx: null,
+   pass: (if $op == ">=" then $value >= $limit else $value <= $limit end)};
+([$runs[] | [.kind, .concurrency]] | unique) as $keys
+| [ ("keepalive", "handshake", "http2") as $k | $keys[] | select(.[0] == $k) | .[1] as $c
+    | median_run($k; "nginx"; $c) as $n | median_run($k; "baton"; $c) as $b
+    | {kind: $k, concurrency: $c, nginx: $n, baton: $b,
+       rps_ratio: ($b.rps / $n.rps | r2),
+       cpu_ratio: ($b.proxy_cpu_us_per_request / $n.proxy_cpu_us_per_request | r2)} ] as $figs
+| [ ("h1", "h2") as $a | ($a | if . == "h1" then "http/1.1" else "h2" end) as $alpn
+    | first($idle[] | select(.alpn == $alpn and .target == "nginx")) as $n
+    | first($idle[] | select(.alpn == $alpn and .target == "baton")) as $b
+    | {alpn: $alpn, connections: $n.connections, nginx: $n, baton: $b,
+       bytes_ratio: ($b.bytes_per_connection / ([$n.bytes_per_connection, 1] | max) | r2)} ] as $idlefigs
+| def fname($f): if $f.kind == "keepalive" then "TLS keep-alive (c=\($f.concurrency))"
+                 elif $f.kind == "handshake" then "TLS full handshakes (c=\($f.concurrency))"
+                 else "HTTP/2 (h2load -c\($f.concurrency) -m\($h2streams))" end;
+{
+  tls: {certificate: "ECDSA P-256 (prime256v1), self-signed, the same file for both",
+        negotiated: ($negotiated + {h2load: (first($runs[] | select(.kind == "http2")) | "\(.tls) \(.alpn)")}),
+        duration_s: $dur, rounds: $rounds, handshake_connections: $hconc,
+        http2: {connections: $h2conc, streams: $h2streams},
+        figures: $figs, idle: $idlefigs, runs: $runs},
+  targets: (
+    [ $figs[] as $f | t("\(fname($f)): baton req/s >= nginx req/s"; $f.baton.rps; ">="; $f.nginx.rps; "req/s")
+      + {ratio: $f.rps_ratio} ]
+    + [ $figs[] | select(.kind != "keepalive" or .concurrency > 1) as $f
+        | t("\(fname($f)): baton proxy CPU/req <= nginx'"'"'s"; $f.baton.proxy_cpu_us_per_request; "<=";
+            $f.nginx.proxy_cpu_us_per_request; "us") + {ratio: $f.cpu_ratio} ]
+    + [ $idlefigs[] as $i | t("idle TLS connection (\($i.alpn)): baton bytes <= nginx'"'"'s";
+          $i.baton.bytes_per_connection / 1024; "<="; $i.nginx.bytes_per_connection / 1024; "KiB")
+          + {ratio: $i.bytes_ratio} ]
+  )
+}' >"$WORK/tls.json"
+
 BUSY1=$(machine_busy) OWN1=$(own_cpu) T1=$EPOCHREALTIME
 OTHER_CPU=$(awk -v b="$((BUSY1 - BUSY0))" -v o="$((OWN1 - OWN0))" -v t0="$T0" -v t1="$T1" \
     -v n="$(nproc)" -v hz="$(getconf CLK_TCK)" \
@@ -450,19 +709,11 @@ OTHER_CPU=$(awk -v b="$((BUSY1 - BUSY0))" -v o="$((OWN1 - OWN0))" -v t0="$T0" -v
 
 # --- results -------------------------------------------------------------------------------
 mkdir -p "$(dirname "$OUT")"
-jq -n \
-    --slurpfile runs "$STEADY_RUNS" \
-    --argjson rsteady "$RSTEADY" \
-    --argjson rsteady2 "$RSTEADY2" \
-    --argjson rolling "$ROLLING" \
-    --argjson blocking "$BLOCKING" \
-    --slurpfile cpu "$CPU_RUNS" \
-    --argjson idle "$IDLE_JSON" \
+META=$(jq -nc \
     --argjson short "$([ "$SHORT" = 1 ] && echo true || echo false)" \
+    --arg only "$ONLY" \
     --argjson n "$N" --argjson dur "$DUR" --argjson rounds "$ROUNDS" --argjson boot_ms "$BOOT_MS" \
     --argjson rconc "$RESTART_CONC" \
-    --argjson steady_hwm "$((STEADY_HWM_KIB * 1024))" \
-    --argjson restart_hwm "$((RESTART_HWM_KIB * 1024))" \
     --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
     --arg commit "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(
         [ -z "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ] || echo "+changes")" \
@@ -471,7 +722,28 @@ jq -n \
     --argjson other_cpu "$OTHER_CPU" \
     --arg kernel "$(uname -r)" \
     --arg wrk "$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')" \
-    --arg nginx "$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')" '
+    --arg nginx "$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')" \
+    --arg h2load "$(h2load --version 2>&1 | awk 'NR == 1 { print $2 }')" \
+    --arg openssl "$(openssl version | awk '{ print $2 }')" '
+    {date: $date, commit: $commit, short: $short, only: (if $only == "" then null else $only end),
+     workers: $n, duration_s: $dur, rounds: $rounds, boot_ms: $boot_ms,
+     restart_connections: $rconc, cpus: $cpus, cpu: $cpu, kernel: $kernel, wrk: $wrk,
+     nginx: $nginx, h2load: $h2load, openssl: $openssl, other_cpu_share: $other_cpu}')
+if [ "$ONLY" = tls ]; then
+    jq -n --argjson meta "$META" '{meta: $meta, targets: []}' >"$WORK/plain.json"
+else
+    jq -n \
+        --argjson meta "$META" \
+        --slurpfile runs "$STEADY_RUNS" \
+        --argjson rsteady "$RSTEADY" \
+        --argjson rsteady2 "$RSTEADY2" \
+        --argjson rolling "$ROLLING" \
+        --argjson blocking "$BLOCKING" \
+        --slurpfile cpu "$CPU_RUNS" \
+        --argjson idle "$IDLE_JSON" \
+        --argjson n "$N" \
+        --argjson steady_hwm "$((STEADY_HWM_KIB * 1024))" \
+        --argjson restart_hwm "$((RESTART_HWM_KIB * 1024))" '
 # The round with the median requests/s stands for each (target, concurrency).
 def median_run($t; $c): [$runs[] | select(.target == $t and .concurrency == $c)] | sort_by(.rps)
   | .[(length - 1) / 2 | floor];
@@ -487,10 +759,7 @@ def t($name; $value; $op; $limit; $unit): t($name; $value; $op; $limit; $unit; n
     $rsteady2.peak_rss_bytes, $blocking.peak_rss_bytes] | max) as $rss
 | (($rsteady.p99_us + $rsteady2.p99_us) / 2) as $ref_p99
 | {
-  meta: {date: $date, commit: $commit, short: $short, workers: $n, duration_s: $dur,
-         rounds: $rounds, boot_ms: $boot_ms, restart_connections: $rconc, cpus: $cpus,
-         cpu: $cpu, kernel: $kernel, wrk: $wrk, nginx: $nginx,
-         other_cpu_share: $other_cpu},
+  meta: $meta,
   steady: $steady,
   added_p50_us: [ $concs[] as $c
                   | {concurrency: $c,
@@ -531,7 +800,14 @@ def t($name; $value; $op; $limit; $unit): t($name; $value; $op; $limit; $unit; n
         t("the last of \($idle.connections) idle connections is served"; (if $idle.last_answered then 1 else 0 end); "=="; 1; "") ]
   ),
   steady_runs: $runs
-}' >"$OUT.tmp"
+}' >"$WORK/plain.json"
+fi
+# The HTTPS section's figures go in beside the others (before steady_runs, the raw rounds), its
+# targets after theirs.
+jq -s '.[0] as $p | .[1] as $t
+    | ($p | del(.steady_runs, .targets)) + {tls: $t.tls, targets: ($p.targets + $t.targets)}
+      + (if $p.steady_runs then {steady_runs: $p.steady_runs} else {} end)' \
+    "$WORK/plain.json" "$WORK/tls.json" >"$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
 
 # --- table ---------------------------------------------------------------------------------
@@ -545,6 +821,7 @@ def failed: .errors_connect + .errors_read + .errors_write + .errors_status + .e
 "baton benchmark, \(.meta.date), commit \(.meta.commit), \(.meta.cpus) CPUs, \(.meta.workers) workers\(if .meta.short then " (--short)" else "" end)",
 "Other processes used \(.meta.other_cpu_share * 100 | round)% of the CPU during the run\(if .meta.other_cpu_share > 0.05 then ": WARNING, these figures are disturbed; run again on a quiet machine" else "" end)",
 "",
+(if .steady then (
 "Steady state: wrk -> target, keep-alive; median of \(.meta.rounds) round(s) of \(.meta.duration_s)s",
 "  \("target" | pad(7)) \("conc" | lpad(4)) \("req/s" | lpad(8)) \("p50" | lpad(7)) \("p99" | lpad(7)) \("max" | lpad(7)) \("failed" | lpad(6)) \("proxy CPU/req" | lpad(13)) \("app CPU/req" | lpad(11))",
 (.steady[] | "  \(.target | pad(7)) \(.concurrency | lpad(4)) \(.rps | floor | lpad(8)) \(.p50_us | us | lpad(7)) \(.p99_us | us | lpad(7)) \(.max_us | us | lpad(7)) \(failed | lpad(6)) \(if .target == "direct" then "-" else "\(.proxy_cpu_us_per_request | num)us" end | lpad(13)) \("\(.app_cpu_us_per_request | num)us" | lpad(11))"),
@@ -565,9 +842,19 @@ def failed: .errors_connect + .errors_read + .errors_write + .errors_status + .e
 "Idle client connections: \(.idle_connections.connections) open: manager RSS \(.idle_connections.rss_before_bytes / 1048576 | num) MiB before, \(.idle_connections.rss_held_bytes / 1048576 | num) MiB with them, \(.idle_connections.rss_after_bytes / 1048576 | num) MiB after they closed",
 "",
 "Manager RSS, peak: \(.manager_rss_bytes.peak / 1048576 | num) MiB",
-"",
+"") else empty end),
+(.tls | select(.) |
+"HTTPS: nginx (listen ssl http2) and baton ([tls]), \(.certificate); median of \(.rounds) round(s) of \(.duration_s)s",
+"  negotiated: wrk/OpenSSL default: nginx \(.negotiated.nginx), baton \(.negotiated.baton); h2load: \(.negotiated.h2load)",
+"  \("figure" | pad(38)) \("nginx" | lpad(8)) \("baton" | lpad(8)) \("ratio" | lpad(6)) \("failed" | lpad(7)) \("proxy CPU/req nginx" | lpad(19)) \("baton" | lpad(8)) \("ratio" | lpad(6))",
+(.figures[] |
+  "  \(if .kind == "keepalive" then "keep-alive req/s, c=\(.concurrency)" elif .kind == "handshake" then "full handshakes/s, c=\(.concurrency)" else "HTTP/2 req/s, h2load -c\(.concurrency) -m10" end | pad(38)) \(.nginx.rps | floor | lpad(8)) \(.baton.rps | floor | lpad(8)) \(.rps_ratio | lpad(6)) \("\(.nginx.failed)/\(.baton.failed)" | lpad(7)) \("\(.nginx.proxy_cpu_us_per_request | num)us" | lpad(19)) \("\(.baton.proxy_cpu_us_per_request | num)us" | lpad(8)) \(.cpu_ratio | lpad(6))"),
+(.idle[] |
+  "  \("idle TLS connection (\(.alpn)), bytes" | pad(38)) \(.nginx.bytes_per_connection | lpad(8)) \(.baton.bytes_per_connection | lpad(8)) \(.bytes_ratio | lpad(6))   (\(.connections) held; RSS growth / connections)"),
+"  ratio: baton / nginx, from the same run. failed: nginx/baton",
+""),
 "Targets (reported, not enforced)",
-(.targets[] | "  \(if .pass then "PASS" else "MISS" end)  \(.name | pad(52)) \(.value | num) \(.op) \(.limit | num)\(if .unit == "" then "" else " " + .unit end)\(if .nginx then "  (nginx: \(.nginx | num))" else "" end)")
+(.targets[] | "  \(if .pass then "PASS" else "MISS" end)  \(.name | pad(52)) \(.value | num) \(.op) \(.limit | num)\(if .unit == "" then "" else " " + .unit end)\(if .nginx then "  (nginx: \(.nginx | num))" else "" end)\(if .ratio then "  (baton/nginx: \(.ratio))" else "" end)")
 ' "$OUT"
 echo
 log "results: $OUT"

@@ -1,9 +1,9 @@
 //! The benchmark must not rot: run `bench/run.sh --short` (a few seconds per figure) and check
 //! that it measured every figure and that the rolling restart under load failed no request.
 //! Speed targets are the benchmark's to report (PASS/MISS), never this test's to enforce: they
-//! depend on the machine. Needs wrk, nginx, jq and curl, which run.sh installs with apt-get when
-//! root; without root and without them the test says so loudly and passes, unless
-//! BATON_E2E_REQUIRED is set (as `.ci/run` does), when it fails.
+//! depend on the machine. Needs wrk, nginx, jq, curl, h2load and openssl, which run.sh installs
+//! with apt-get when root; without root and without them the test says so loudly and passes,
+//! unless BATON_E2E_REQUIRED is set (as `.ci/run` does), when it fails.
 
 use serde_json::Value;
 use std::process::Command;
@@ -39,7 +39,7 @@ fn number(v: &Value, path: &str) -> f64 {
 fn short_benchmark_measures_every_figure_and_fails_no_request_in_a_roll() {
     let required = std::env::var_os("BATON_E2E_REQUIRED").is_some();
     let root = nix::unistd::geteuid().is_root();
-    let missing: Vec<&str> = ["wrk", "nginx", "jq", "curl"]
+    let missing: Vec<&str> = ["wrk", "nginx", "jq", "curl", "h2load", "openssl"]
         .into_iter()
         .filter(|t| !have(t))
         .collect();
@@ -157,6 +157,35 @@ fn short_benchmark_measures_every_figure_and_fails_no_request_in_a_roll() {
         assert!(number(&r, &format!("idle_connections.{f}")) > 0.0);
     }
     assert_eq!(r["idle_connections"]["last_answered"], true);
+
+    // HTTPS and HTTP/2 beside nginx (issue 24): every figure measured on both sides, with its
+    // ratio.
+    let figures = r["tls"]["figures"]
+        .as_array()
+        .expect("tls.figures is an array");
+    for kind in ["keepalive", "handshake", "http2"] {
+        assert!(
+            figures.iter().any(|f| f["kind"] == kind),
+            "no HTTPS figure of kind {kind}"
+        );
+    }
+    for i in 0..figures.len() {
+        for side in ["nginx", "baton"] {
+            for f in ["rps", "requests", "failed", "proxy_cpu_us_per_request"] {
+                number(&r, &format!("tls.figures.{i}.{side}.{f}"));
+            }
+            assert!(number(&r, &format!("tls.figures.{i}.{side}.requests")) > 0.0);
+        }
+        number(&r, &format!("tls.figures.{i}.rps_ratio"));
+        number(&r, &format!("tls.figures.{i}.cpu_ratio"));
+    }
+    for i in 0..2 {
+        for side in ["nginx", "baton"] {
+            number(&r, &format!("tls.idle.{i}.{side}.bytes_per_connection"));
+        }
+        number(&r, &format!("tls.idle.{i}.bytes_ratio"));
+    }
+    assert_eq!(r["tls"]["idle"][0]["baton"]["last_answered"], true);
 
     // Targets are reported with their figures; whether they pass is not this test's business.
     let targets = r["targets"].as_array().expect("targets is an array");
