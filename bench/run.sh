@@ -575,7 +575,9 @@ certificates = [{ cert = \"$TLS_DIR/cert.pem\", key = \"$TLS_DIR/key.pem\" }]"
 tls_stop() { stop_pid "$TLS_BATON_PID"; stop_pid "$TLS_NGINX_PID"; }
 tls_start
 
-tls_url() { case $1 in nginx) echo "https://127.0.0.1:$TLS_NGINX_PORT/" ;; baton) echo "https://127.0.0.1:$TLS_BATON_PORT/" ;; esac; }
+# By name: wrk and h2load send it as SNI, as browsers do (rustls logs a warning for each
+# handshake that sends an IP address as SNI, which wrk does for https://127.0.0.1/).
+tls_url() { case $1 in nginx) echo "https://localhost:$TLS_NGINX_PORT/" ;; baton) echo "https://localhost:$TLS_BATON_PORT/" ;; esac; }
 tls_proxy_pids() {
     case $1 in
         nginx) echo "$TLS_NGINX_PID" $(pgrep -P "$TLS_NGINX_PID") ;;
@@ -686,7 +688,8 @@ def t($name; $value; $op; $limit; $unit):
                  else "HTTP/2 (h2load -c\($f.concurrency) -m\($h2streams))" end;
 {
   tls: {certificate: "ECDSA P-256 (prime256v1), self-signed, the same file for both",
-        negotiated: ($negotiated + {h2load: (first($runs[] | select(.kind == "http2")) | "\(.tls) \(.alpn)")}),
+        negotiated: {wrk: $negotiated,
+                     h2load: ([$runs[] | select(.kind == "http2") | {(.target): "\(.tls) \(.alpn)"}] | add)},
         duration_s: $dur, rounds: $rounds, handshake_connections: $hconc,
         http2: {connections: $h2conc, streams: $h2streams},
         figures: $figs, idle: $idlefigs, runs: $runs},
@@ -845,7 +848,8 @@ def failed: .errors_connect + .errors_read + .errors_write + .errors_status + .e
 "") else empty end),
 (.tls | select(.) |
 "HTTPS: nginx (listen ssl http2) and baton ([tls]), \(.certificate); median of \(.rounds) round(s) of \(.duration_s)s",
-"  negotiated: wrk/OpenSSL default: nginx \(.negotiated.nginx), baton \(.negotiated.baton); h2load: \(.negotiated.h2load)",
+"  negotiated with wrk (OpenSSL defaults): nginx \(.negotiated.wrk.nginx), baton \(.negotiated.wrk.baton)",
+"  negotiated with h2load: nginx \(.negotiated.h2load.nginx), baton \(.negotiated.h2load.baton)",
 "  \("figure" | pad(38)) \("nginx" | lpad(8)) \("baton" | lpad(8)) \("ratio" | lpad(6)) \("failed" | lpad(7)) \("proxy CPU/req nginx" | lpad(19)) \("baton" | lpad(8)) \("ratio" | lpad(6))",
 (.figures[] |
   "  \(if .kind == "keepalive" then "keep-alive req/s, c=\(.concurrency)" elif .kind == "handshake" then "full handshakes/s, c=\(.concurrency)" else "HTTP/2 req/s, h2load -c\(.concurrency) -m10" end | pad(38)) \(.nginx.rps | floor | lpad(8)) \(.baton.rps | floor | lpad(8)) \(.rps_ratio | lpad(6)) \("\(.nginx.failed)/\(.baton.failed)" | lpad(7)) \("\(.nginx.proxy_cpu_us_per_request | num)us" | lpad(19)) \("\(.baton.proxy_cpu_us_per_request | num)us" | lpad(8)) \(.cpu_ratio | lpad(6))"),
