@@ -5,8 +5,11 @@
 //! virtualenv) running contrib/ansible/deploy.yml; behind Debian's HAProxy, configured from the
 //! README's recipe, with a load generator through it all along:
 //!
+//! 0. the first deploy sets up HTTPS too (baton_https_listen, a certificate the role copies):
+//!    every host serves the app by HTTP/2 with it, and the files the role wrote are checked;
 //! 1. a good release (and a package upgrade) rolled by the playbook: no failed request, every
-//!    host on the new release, the play succeeds;
+//!    host on the new release, the play succeeds; its play also renews the certificate, now as
+//!    systemd credentials, which every host serves afterwards;
 //! 2. a release that cannot start: the play fails on the first host with baton's reason, that
 //!    host resists (its old release serves), the other two never receive it, no failed request;
 //! 3. `systemctl stop` of one host's baton under load with `shutdown_delay = "3s"`: no failed
@@ -131,6 +134,15 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The SHA-256 fingerprint of a PEM certificate file, as `Host::served_fingerprint` prints it.
+fn fingerprint(cert: &Path) -> String {
+    run(Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(cert))
+    .trim()
+    .to_owned()
+}
+
 /// One host of the fleet: a container, its inventory name and its address.
 struct Host {
     /// The inventory's name for it, and HAProxy's: web1, web2, web3.
@@ -166,6 +178,46 @@ impl Host {
         let (status, body) = get(&format!("http://{}:80/", self.addr));
         assert_eq!(status, 200, "{}: {body}", self.name);
         body
+    }
+
+    /// GET `path` on the host's HTTPS socket (port 443) with curl, HTTP/2 by ALPN, trusting
+    /// the certificate `ca` only: (the body, "CODE VERSION").
+    fn https(&self, ca: &Path, path: &str) -> (String, String) {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--http2", "--cacert"])
+            .arg(ca)
+            .args(["--resolve", &format!("localhost:443:{}", self.addr)])
+            .args(["-w", "\n%{http_code} %{http_version}"])
+            .arg(format!("https://localhost{path}"))
+            .output()
+            .unwrap();
+        let all = text(&out);
+        assert!(out.status.success(), "{}: curl https: {all}", self.name);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, tail) = stdout.rsplit_once('\n').unwrap();
+        (body.to_owned(), tail.to_owned())
+    }
+
+    /// The SHA-256 fingerprint of the certificate a new client of the host's port 443 gets.
+    fn served_fingerprint(&self) -> String {
+        run(Command::new("sh")
+            .arg("-c")
+            .arg(
+                "openssl s_client -connect $1:443 -servername localhost </dev/null 2>/dev/null \
+                 | openssl x509 -noout -fingerprint -sha256",
+            )
+            .arg("sh")
+            .arg(self.addr.to_string()))
+        .trim()
+        .to_owned()
+    }
+
+    fn main_pid(&self) -> String {
+        self.sh(&format!(
+            "systemctl show -p MainPID --value baton@{APP}.service"
+        ))
+        .trim()
+        .to_owned()
     }
 
     fn releases(&self) -> String {
@@ -619,7 +671,8 @@ control_path_dir = {d}/cp
     /// addresses, root over SSH with the test's key, the test's package, the demo app as the
     /// app, the test network as the trusted proxy, and this machine as the load balancer.
     /// (Written as JSON, which is YAML too.)
-    fn write_inventory(&self, deb: &Path) {
+    /// `https`: the role's HTTPS variables, added to the app's.
+    fn write_inventory(&self, deb: &Path, https: &serde_json::Value) {
         let example = run(Command::new(self.ansible_bin.join("python"))
             .args([
                 "-c",
@@ -655,6 +708,9 @@ control_path_dir = {d}/cp
             "/usr/bin/python3".into(),
         );
         vars.insert("baton_package".into(), deb.display().to_string().into());
+        for (k, v) in https.as_object().expect("HTTPS variables") {
+            vars.insert(k.clone(), v.clone());
+        }
         vars.insert(
             "baton_haproxy_socket".into(),
             self.dir
@@ -906,7 +962,21 @@ fn a_release_rolled_across_a_fleet_by_ansible() {
     let newer = build_deb("99.0.0");
     let venv = run(Command::new(ANSIBLE).arg("venv"));
     let mut fleet = Fleet::up(PathBuf::from(venv.trim()));
-    fleet.write_inventory(&deb);
+    // HTTPS on every host: the role copies a certificate and its key (made here) to each host
+    // and serves them on baton-https@myapp.socket, read from their paths at first; the good
+    // release's play below renews the certificate as systemd credentials.
+    let (cert_a, key_a) = certificate(fleet.dir.path(), "a", &["localhost"], false);
+    let (cert_b, key_b) = certificate(fleet.dir.path(), "b", &["localhost"], false);
+    let https_a = serde_json::json!({
+        "baton_https_listen": "0.0.0.0:443",
+        "baton_https_certificates": [{"name": "site", "cert_src": cert_a, "key_src": key_a}],
+    });
+    let https_b = serde_json::json!({
+        "baton_https_listen": "0.0.0.0:443",
+        "baton_https_credentials": true,
+        "baton_https_certificates": [{"name": "site", "cert_src": cert_b, "key_src": key_b}],
+    });
+    fleet.write_inventory(&deb, &https_a);
     let setup_took = t0.elapsed();
 
     // 0. The first deploy installs the package, the config and release r1 everywhere.
@@ -920,6 +990,47 @@ fn a_release_rolled_across_a_fleet_by_ansible() {
         let body = h.get();
         assert!(body.contains("hello from release r1"), "{}: {body}", h.name);
     }
+    // Each host serves the app over HTTPS, by HTTP/2, with certificate a.
+    for h in &fleet.hosts {
+        let (body, tail) = h.https(&cert_a, "/headers");
+        assert_eq!(tail, "200 2", "{}: {body}", h.name);
+        assert!(
+            body.contains("x-forwarded-proto: https\n"),
+            "{}: {body}",
+            h.name
+        );
+        assert_eq!(h.served_fingerprint(), fingerprint(&cert_a), "{}", h.name);
+    }
+    // What the role wrote: [tls] naming the copied files, root-only files, the drop-ins.
+    let web1 = fleet.host("web1");
+    let config = web1.sh(&format!("cat /etc/baton/{APP}.toml"));
+    assert!(
+        config.contains(&format!(
+            "\n[tls]\ncertificates = [{{ \"cert\" = \"/etc/baton/tls/{APP}/site.crt\", \"key\" = \"/etc/baton/tls/{APP}/site.key\" }}]\n"
+        )),
+        "{config}"
+    );
+    assert_eq!(
+        web1.sh(&format!(
+            "stat -c '%a %U' /etc/baton/tls/{APP} /etc/baton/tls/{APP}/site.crt /etc/baton/tls/{APP}/site.key"
+        )),
+        "700 root\n600 root\n600 root\n"
+    );
+    let dropin = web1.sh(&format!(
+        "cat /etc/systemd/system/baton@{APP}.service.d/https.conf"
+    ));
+    assert!(
+        dropin.contains(&format!(
+            "\nRequires=baton-https@{APP}.socket\nAfter=baton-https@{APP}.socket\n[Service]\nSockets=baton@{APP}.socket baton-https@{APP}.socket\n"
+        )) && !dropin.contains("LoadCredential"),
+        "{dropin}"
+    );
+    assert_eq!(
+        web1.sh(&format!(
+            "systemctl show -p Listen --value baton-https@{APP}.socket; systemctl is-enabled baton-https@{APP}.socket"
+        )),
+        "0.0.0.0:443 (Stream)\nenabled\n"
+    );
     let lb = HaProxy::start(fleet.dir.path(), &fleet.hosts);
     let (_, body) = get(&format!("http://{}/", lb.addr));
     assert!(
@@ -952,6 +1063,9 @@ fn a_release_rolled_across_a_fleet_by_ansible() {
             "baton_package": newer,
             "baton_keep_releases": 1,
             "baton_haproxy_hosts": [],
+            "baton_https_listen": https_b["baton_https_listen"],
+            "baton_https_credentials": https_b["baton_https_credentials"],
+            "baton_https_certificates": https_b["baton_https_certificates"],
         }),
     );
     std::thread::sleep(Duration::from_millis(500));
@@ -975,8 +1089,33 @@ fn a_release_rolled_across_a_fleet_by_ansible() {
             h.name
         );
     }
-    // The inventory names the package the fleet runs now.
-    fleet.write_inventory(&newer);
+    // The renewed certificate b, now systemd credentials: the role checked it and restarted
+    // baton onto it (within the load above, which saw no failure); new clients get it.
+    for h in &fleet.hosts {
+        assert_eq!(h.served_fingerprint(), fingerprint(&cert_b), "{}", h.name);
+        let (body, tail) = h.https(&cert_b, "/");
+        assert_eq!(tail, "200 2", "{}: {body}", h.name);
+        assert!(body.contains("hello from release r2"), "{}: {body}", h.name);
+    }
+    let web1 = fleet.host("web1");
+    let config = web1.sh(&format!("cat /etc/baton/{APP}.toml"));
+    assert!(
+        config.contains(
+            "\n[tls]\ncertificates = [{ \"cert\" = \"%d/site.crt\", \"key\" = \"%d/site.key\" }]\n"
+        ),
+        "{config}"
+    );
+    let dropin = web1.sh(&format!(
+        "cat /etc/systemd/system/baton@{APP}.service.d/https.conf"
+    ));
+    assert!(
+        dropin.contains(&format!(
+            "\nLoadCredential=site.crt:/etc/baton/tls/{APP}/site.crt\nLoadCredential=site.key:/etc/baton/tls/{APP}/site.key\n"
+        )),
+        "{dropin}"
+    );
+    // The inventory names the package and the certificate the fleet runs now.
+    fleet.write_inventory(&newer, &https_b);
     fleet.figure(format!(
         "1. good release r2 + package 99.0.0, rolled by ansible-playbook (serial 1): play ok in {:.1}s; {} requests through HAProxy, {} failed; served by {}; HAProxy saw: {}",
         played.took.as_secs_f64(),
@@ -998,6 +1137,7 @@ fn a_release_rolled_across_a_fleet_by_ansible() {
             .collect()
     };
     let before = generations(&fleet);
+    let pids: Vec<String> = fleet.hosts.iter().map(Host::main_pid).collect();
     let played = fleet.play(
         "again",
         "r2",
@@ -1009,6 +1149,12 @@ fn a_release_rolled_across_a_fleet_by_ansible() {
         generations(&fleet),
         before,
         "a play run again with the same release restarted workers:\n{}",
+        played.output
+    );
+    assert_eq!(
+        fleet.hosts.iter().map(Host::main_pid).collect::<Vec<_>>(),
+        pids,
+        "a play run again with the same certificates restarted baton:\n{}",
         played.output
     );
     fleet.figure(format!(
