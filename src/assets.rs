@@ -529,12 +529,7 @@ mod tests {
         ] {
             assert_eq!(relative(bad), Err(Refusal::BadPath), "{bad}");
         }
-        for hidden in [
-            "/assets/.env",
-            "/.git/config",
-            "/assets/%2egit/HEAD",
-            "/",
-        ] {
+        for hidden in ["/assets/.env", "/.git/config", "/assets/%2egit/HEAD", "/"] {
             assert_eq!(relative(hidden), Err(Refusal::NotFound), "{hidden}");
         }
         // Decoded once: %252e is the name "%2e", not "..".

@@ -74,6 +74,12 @@ pub enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Reopen the access log file by its path (after logrotate renamed it); SIGUSR1 does
+    /// the same.
+    ReopenLogs {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Check a config and say exactly what is wrong with it: the file, and what it names on
     /// this machine (the release directory, the command, socket paths).
     CheckConfig {
@@ -181,6 +187,7 @@ fn socket_of(target: &Target) -> anyhow::Result<PathBuf> {
 }
 
 async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    let cmd_is_reopen = matches!(cmd, Cmd::ReopenLogs { .. });
     match cmd {
         Cmd::Run { config } => {
             crate::journal::init();
@@ -282,9 +289,14 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             }
             follow_restart(&mut reply, "rollback").await
         }
-        Cmd::Resume { target } => {
+        Cmd::Resume { target } | Cmd::ReopenLogs { target } => {
+            let path = if cmd_is_reopen {
+                "/reopen-logs"
+            } else {
+                "/resume"
+            };
             let socket = socket_of(&target)?;
-            let reply = client::request(&socket, Method::POST, "/resume").await?;
+            let reply = client::request(&socket, Method::POST, path).await?;
             let ok = reply.status.is_success();
             let body = reply.text().await?;
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();

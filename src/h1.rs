@@ -504,6 +504,7 @@ mod tests {
         ip: Some(b"192.0.2.7"),
         trusted: false,
         https: false,
+        request_id: None,
     };
     const LIMITS: policy::Limits = policy::Limits {
         max_head: 8192,
@@ -542,6 +543,7 @@ mod tests {
             ip: Some(b"10.0.0.1"),
             trusted: true,
             https: false,
+            request_id: None,
         };
         let raw = "HEAD / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\nx-forwarded-for: 2.2.2.2 \r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n";
         let (r, out) = take(raw, trusted);

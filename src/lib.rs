@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for how the modules fit together.
 
+pub mod access;
 pub(crate) mod acme;
 pub(crate) mod admin;
 pub mod assets;
@@ -50,7 +51,9 @@ mod layering {
             "admin",
         ],
         &["h1", "config"],
-        &["spawn", "listen", "demo", "buffer", "tls", "assets"],
+        &[
+            "spawn", "listen", "demo", "buffer", "tls", "assets", "access",
+        ],
         &["readiness", "state", "acme"],
         &["pool"],
         // The HTTP client of the workers (attached to the pool's workers, unknown to it).

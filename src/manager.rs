@@ -241,8 +241,19 @@ pub async fn run_announcing(
     if let Some(a) = &assets {
         supervisor.serve_assets(a.clone());
     }
+    // [log] access: its writer thread starts before anything is served.
+    let access = crate::access::AccessLog::start(
+        &config.log,
+        config.name.as_str(),
+        metrics.access_log_dropped.clone(),
+    )?
+    .map(Arc::new);
     let supervisor = tokio::spawn(supervisor.run());
-    tokio::spawn(crate::control::serve(control, handle.clone()));
+    tokio::spawn(crate::control::serve(
+        control,
+        handle.clone(),
+        access.clone(),
+    ));
     if let Some(every) = sd_notify::watchdog_enabled() {
         let n = notifier.clone();
         tokio::spawn(async move {
@@ -267,6 +278,9 @@ pub async fn run_announcing(
     if let Some(assets) = assets {
         proxy.serve_assets(assets);
     }
+    if let Some(log) = &access {
+        proxy.serve_access(log.clone());
+    }
     tokio::spawn(trim_after_bursts(proxy.clone()));
     let stop_accepting = CancellationToken::new();
     let connections = proxy.tasks().clone();
@@ -289,8 +303,14 @@ pub async fn run_announcing(
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     loop {
         tokio::select! {
+            _ = usr1.recv() => {
+                if let Some(log) = &access {
+                    log.reopen();
+                }
+            }
             _ = hup.recv() => {
                 tracing::info!(app = %app, "SIGHUP: starting a restart");
                 handle.send(Command::Restart { mode: None, reply: None }).await;
@@ -328,6 +348,11 @@ pub async fn run_announcing(
     // Only our own socket: never whatever might have been put there since.
     if crate::config::not_a_foreign_file(&control_path).is_ok() {
         let _ = std::fs::remove_file(&control_path);
+    }
+    if let Some(log) = &access {
+        // Every line of the requests served is written before baton exits.
+        let log = log.clone();
+        let _ = tokio::task::spawn_blocking(move || log.close(Duration::from_secs(10))).await;
     }
     tracing::info!(app = %app, "stopped");
     Ok(())

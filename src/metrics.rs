@@ -32,6 +32,8 @@ pub struct Metrics {
     restarts: [AtomicU64; 5],
     /// Requests whose client left while they waited for a worker.
     abandoned: AtomicU64,
+    /// Access log entries dropped because its queue was full (shared with `access`).
+    pub access_log_dropped: std::sync::Arc<AtomicU64>,
     /// Canary verdicts: worse, fine, inconclusive.
     canaries: [AtomicU64; 3],
     /// Rollbacks, by trigger: judge, death, operator.
@@ -193,6 +195,11 @@ impl Metrics {
             out,
             "# HELP baton_requests_abandoned_total Requests whose client closed its connection while they waited for a worker; no worker saw them.\n# TYPE baton_requests_abandoned_total counter\nbaton_requests_abandoned_total{{app=\"{app}\"}} {}",
             self.abandoned.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP baton_access_log_dropped_total Access log entries dropped because the writer could not keep up (its queue was full); the proxy never waits for the log.\n# TYPE baton_access_log_dropped_total counter\nbaton_access_log_dropped_total{{app=\"{app}\"}} {}",
+            self.access_log_dropped.load(Relaxed)
         );
         let _ = writeln!(
             out,

@@ -506,6 +506,25 @@ pub struct Client<'a> {
     pub trusted: bool,
     /// It came over TLS: `X-Forwarded-Proto: https`.
     pub https: bool,
+    /// `[log] request_id`: the request keeps its own valid `X-Request-Id`, else gets this one.
+    pub request_id: Option<&'a [u8]>,
+}
+
+/// The client's own `X-Request-Id`, when it is one baton passes on: 1 to 200 bytes of
+/// letters, digits and `-_.:+/=` (what request ids are made of; anything else could smuggle
+/// text into logs).
+pub fn request_id<F: Fields + ?Sized>(fields: &F) -> Option<&[u8]> {
+    fields
+        .each()
+        .find(|(n, _)| n.eq_ignore_ascii_case(b"x-request-id"))
+        .map(|(_, v)| v)
+        .filter(|v| is_request_id(v))
+}
+
+fn is_request_id(v: &[u8]) -> bool {
+    (1..=200).contains(&v.len())
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b))
 }
 
 /// How the body follows the head the worker gets.
@@ -543,7 +562,12 @@ pub fn worker_head<F: Fields + ?Sized>(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut host = None;
     let mut cookie_name: &[u8] = b"cookie";
+    let own_id = client.request_id.and_then(|_| request_id(req.fields));
     for (n, v) in req.fields.each() {
+        if client.request_id.is_some() && n.eq_ignore_ascii_case(b"x-request-id") {
+            // One id, written below: the client's own valid one, or baton's.
+            continue;
+        }
         let kind = classify(n);
         let dropped = match kind {
             Name::Host => {
@@ -637,6 +661,9 @@ pub fn worker_head<F: Fields + ?Sized>(
         let proto: &[u8] = if client.https { b"https" } else { b"http" };
         header(out, b"x-forwarded-proto", proto);
     }
+    if let Some(id) = own_id.or(client.request_id) {
+        header(out, b"x-request-id", id);
+    }
     match body {
         Sent::None => {}
         Sent::Length(n) => {
@@ -713,6 +740,7 @@ mod tests {
         ip: Some(b"192.0.2.7"),
         trusted: false,
         https: false,
+        request_id: None,
     };
 
     fn rewrite(method: &str, fields: &[httparse::Header<'_>], client: Client<'_>) -> String {
@@ -879,6 +907,7 @@ mod tests {
             ip: Some(b"192.0.2.7"),
             trusted: true,
             https: false,
+            request_id: None,
         };
         let out = rewrite("GET", &fields, trusted);
         assert_eq!(
@@ -890,6 +919,7 @@ mod tests {
             ip: None,
             trusted: true,
             https: false,
+            request_id: None,
         };
         let out = rewrite(
             "GET",
@@ -1020,6 +1050,7 @@ mod tests {
             ip: Some(b"192.0.2.7"),
             trusted: false,
             https: true,
+            request_id: None,
         };
         let mut out = Vec::new();
         worker_head(&req, &adm, tls, Sent::None, &mut out);

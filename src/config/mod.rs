@@ -643,6 +643,71 @@ pub struct CertificateConfig {
     pub key: PathBuf,
 }
 
+/// `[log]`: the access log.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `"off"`, `"journal"` or a file's absolute path.
+    pub access: AccessTarget,
+    pub format: AccessFormat,
+    /// Entries waiting for the writer; beyond, entries are dropped (and counted).
+    pub queue: usize,
+    /// Add `X-Request-Id` to requests that have none (default: when the access log is on).
+    pub request_id: Option<bool>,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            access: AccessTarget::Off,
+            format: AccessFormat::Combined,
+            queue: 16384,
+            request_id: None,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Requests get an `X-Request-Id` when they have none.
+    pub fn request_ids(&self) -> bool {
+        self.request_id
+            .unwrap_or(!matches!(self.access, AccessTarget::Off))
+    }
+}
+
+/// Where access log lines go.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AccessTarget {
+    Off,
+    Journal,
+    File(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for AccessTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "off" => Ok(AccessTarget::Off),
+            "journal" => Ok(AccessTarget::Journal),
+            p if p.starts_with('/') => Ok(AccessTarget::File(PathBuf::from(p))),
+            other => Err(serde::de::Error::custom(format!(
+                "{other:?}: write \"off\", \"journal\" or an absolute file path"
+            ))),
+        }
+    }
+}
+
+/// How an access log line is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessFormat {
+    /// nginx's `combined`, then request time, upstream time, worker, generation, request id.
+    #[default]
+    Combined,
+    /// One JSON object per line.
+    Json,
+}
+
 /// `[static]`: files of each generation's pinned release, served by baton without a worker.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -712,6 +777,8 @@ pub struct Config {
     pub tls: TlsConfig,
     #[serde(default, rename = "static")]
     pub static_files: StaticConfig,
+    #[serde(default)]
+    pub log: LogConfig,
 }
 
 impl Config {
@@ -850,6 +917,12 @@ impl Config {
             return Err((
                 "static.immutable".into(),
                 format!("not a regular expression: {e}"),
+            ));
+        }
+        if self.log.queue == 0 || self.log.queue > 1 << 20 {
+            return Err((
+                "log.queue".into(),
+                format!("{} is out of range (1 to 1048576)", self.log.queue),
             ));
         }
         if st.max_open_files == 0 || st.max_open_files > 1 << 20 {

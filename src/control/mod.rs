@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
@@ -73,7 +74,12 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, ControlErr
 }
 
 /// Serve the control API until the process ends.
-pub async fn serve(listener: UnixListener, handle: Handle) {
+/// `access`: the access log that `POST /reopen-logs` reopens, if there is a file.
+pub async fn serve(
+    listener: UnixListener,
+    handle: Handle,
+    access: Option<Arc<crate::access::AccessLog>>,
+) {
     let gate = crate::admin::Gate::default();
     loop {
         let Some(permit) = gate.enter().await else {
@@ -88,8 +94,9 @@ pub async fn serve(listener: UnixListener, handle: Handle) {
             }
         };
         let handle = handle.clone();
+        let access = access.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| route(req, handle.clone()));
+            let svc = service_fn(move |req| route(req, handle.clone(), access.clone()));
             let _ = crate::admin::http1()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
@@ -139,7 +146,11 @@ fn query<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
     })
 }
 
-async fn route(req: Request<Incoming>, handle: Handle) -> Result<Response<Body>, Infallible> {
+async fn route(
+    req: Request<Incoming>,
+    handle: Handle,
+    access: Option<Arc<crate::access::AccessLog>>,
+) -> Result<Response<Body>, Infallible> {
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/status") => json(StatusCode::OK, &snapshot(&handle)),
         (&Method::GET, "/health") => {
@@ -205,12 +216,27 @@ async fn route(req: Request<Incoming>, handle: Handle) -> Result<Response<Body>,
                 )
             }
         }
-        (_, "/status" | "/health" | "/metrics" | "/restart" | "/rollback" | "/resume") => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "wrong method")
-        }
+        (&Method::POST, "/reopen-logs") => match access {
+            Some(log) => {
+                log.reopen();
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "reopened": true, "message": "the access log is reopened by its path" }),
+                )
+            }
+            None => json(
+                StatusCode::OK,
+                &serde_json::json!({ "reopened": false, "message": "no access log file: [log] access is off or the journal" }),
+            ),
+        },
+        (
+            _,
+            "/status" | "/health" | "/metrics" | "/restart" | "/rollback" | "/resume"
+            | "/reopen-logs",
+        ) => error(StatusCode::METHOD_NOT_ALLOWED, "wrong method"),
         _ => error(
             StatusCode::NOT_FOUND,
-            "unknown path; try /status, /health, /restart, /rollback, /resume, /metrics",
+            "unknown path; try /status, /health, /restart, /rollback, /resume, /reopen-logs, /metrics",
         ),
     };
     Ok(resp)

@@ -60,6 +60,10 @@ pub struct Proxy {
     hsts: Option<HeaderValue>,
     /// `[static]`: the paths baton answers from the generations' files.
     assets: std::sync::OnceLock<Arc<crate::assets::Assets>>,
+    /// `[log] access`: every request's entry goes there.
+    access: std::sync::OnceLock<Arc<crate::access::AccessLog>>,
+    /// `[log] request_id`: requests without a valid `X-Request-Id` get one.
+    request_ids: bool,
 }
 
 /// Which codecs serve a client connection's requests. Both make the same decisions (one
@@ -122,6 +126,8 @@ impl Proxy {
             codecs,
             redirect_to: std::sync::OnceLock::new(),
             assets: std::sync::OnceLock::new(),
+            access: std::sync::OnceLock::new(),
+            request_ids: config.log.request_ids(),
             hsts: Some(config.tls.hsts.get().as_secs())
                 .filter(|s| *s > 0)
                 .and_then(|s| HeaderValue::try_from(format!("max-age={s}")).ok()),
@@ -137,6 +143,42 @@ impl Proxy {
     /// Answer the paths of `[static]` from files (the supervisor pins their directories).
     pub fn serve_assets(&self, assets: Arc<crate::assets::Assets>) {
         let _ = self.assets.set(assets);
+    }
+
+    /// Log every request to this access log.
+    pub fn serve_access(&self, log: Arc<crate::access::AccessLog>) {
+        let _ = self.access.set(log);
+    }
+
+    pub(crate) fn access_log(&self) -> Option<&crate::access::AccessLog> {
+        self.access.get().map(|a| a.as_ref())
+    }
+
+    /// A new request id into `buf`, when requests get ids: 128 bits as 32 hex digits (as
+    /// nginx's `$request_id`), a random prefix of this process and a counter, so ids never
+    /// repeat and cost no system call.
+    pub(crate) fn new_request_id<'b>(&self, buf: &'b mut [u8; 32]) -> Option<&'b [u8]> {
+        use std::hash::{BuildHasher, Hasher};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        if !self.request_ids {
+            return None;
+        }
+        let prefix = *PREFIX.get_or_init(|| {
+            // RandomState is seeded from the operating system's randomness.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(std::process::id().into());
+            h.finish()
+        });
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let hex = b"0123456789abcdef";
+        for (i, v) in [prefix, n].into_iter().enumerate() {
+            for j in 0..16 {
+                buf[i * 16 + j] = hex[((v >> (60 - 4 * j)) & 0xf) as usize];
+            }
+        }
+        Some(&buf[..])
     }
 
     /// A request baton answers from files, not the workers.
@@ -354,7 +396,24 @@ impl Proxy {
         // `Connection:` at all.
         let h2 = req.version() == http::Version::HTTP_2;
         let close = !h2 && policy::asks_close(req.headers());
-        let mut resp = match self.forward(req, &peer).await {
+        let mut id = [0u8; 32];
+        let request_id = self.new_request_id(&mut id);
+        let entry = self.access.get().map(|_| {
+            let mut e = crate::access::Entry::from_parts(
+                req.method(),
+                req.uri(),
+                req.version(),
+                req.headers(),
+                peer.ip.as_ref().and_then(|ip| ip.to_str().ok()),
+                peer.https,
+            );
+            e.request_id = request_id.map(|generated| {
+                let id = policy::request_id(req.headers()).unwrap_or(generated);
+                String::from_utf8_lossy(id).into_owned()
+            });
+            e
+        });
+        let mut resp = match self.forward(req, &peer, request_id).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
         };
@@ -374,6 +433,18 @@ impl Proxy {
         }
         self.metrics
             .request(resp.status().as_u16(), started.elapsed());
+        if let (Some(log), Some(mut entry)) = (self.access.get(), entry) {
+            entry.status = resp.status().as_u16();
+            entry.upstream = resp.extensions().get::<crate::access::Upstream>().copied();
+            let (parts, body) = resp.into_parts();
+            let body = Logged {
+                inner: body,
+                entry: Some(entry),
+                log: log.clone(),
+                started,
+            };
+            return Ok(Response::from_parts(parts, body.boxed_unsync()));
+        }
         Ok(resp)
     }
 
@@ -381,6 +452,7 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         peer: &Peer,
+        request_id: Option<&[u8]>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // The policy every way in asks: forwarded (how), or answered by baton (why).
         let adm = policy::admit(&request_head(&req), &self.policy).map_err(ProxyError::Own)?;
@@ -430,7 +502,11 @@ impl Proxy {
             (Some(streamed.boxed_unsync()), sent)
         };
         let mut head = Vec::with_capacity(512);
-        policy::worker_head(&parts_head(&parts), &adm, peer.client(), sent, &mut head);
+        let client = policy::Client {
+            request_id,
+            ..peer.client()
+        };
+        policy::worker_head(&parts_head(&parts), &adm, client, sent, &mut head);
         let mut req = exchange::Outgoing {
             bytes: &head,
             chunked: sent == policy::Sent::Chunked,
@@ -441,17 +517,24 @@ impl Proxy {
             fault: Some(client_fault),
         };
         let lease = self.lease(None).await?;
+        let leased = std::time::Instant::now();
         let mut answer = BytesMut::new();
         let mut out = Vec::new();
         let exchange::Answered { lease, stream, fin } = self
             .exchange(lease, &mut req, &mut answer, &mut out)
             .await?;
-        let (rparts, switched) = response_head(&out, fin.status).ok_or_else(|| {
+        let (mut rparts, switched) = response_head(&out, fin.status).ok_or_else(|| {
             ProxyError::bad_gateway(
                 &lease,
                 &UpstreamError::Answer("its answer head cannot be forwarded"),
             )
         })?;
+        // For the access log: who answered (the worker of the last try), how soon.
+        rparts.extensions.insert(crate::access::Upstream {
+            worker: lease.worker.0,
+            generation: lease.generation.0,
+            time: leased.elapsed(),
+        });
 
         if switched {
             let Some(client_upgrade) = client_upgrade else {
@@ -884,7 +967,55 @@ impl Peer {
             ip: self.ip.as_ref().map(HeaderValue::as_bytes),
             trusted: self.trusted,
             https: self.https,
+            request_id: None,
         }
+    }
+}
+
+/// An answer body that counts the bytes it gives, and hands the request's access log entry
+/// over when it ends (or is dropped: a client that left mid-answer is logged too).
+struct Logged<B> {
+    inner: B,
+    entry: Option<crate::access::Entry>,
+    log: Arc<crate::access::AccessLog>,
+    started: std::time::Instant,
+}
+
+impl<B> Drop for Logged<B> {
+    fn drop(&mut self) {
+        if let Some(mut e) = self.entry.take() {
+            e.duration = self.started.elapsed();
+            self.log.log(e);
+        }
+    }
+}
+
+impl<B> Body for Logged<B>
+where
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let (Some(data), Some(e)) = (frame.data_ref(), self.entry.as_mut())
+        {
+            e.bytes += data.len() as u64;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -88,7 +88,7 @@ impl Proxy {
             answer: BytesMut::new(),
             grown: false,
         };
-        let client = peer.client();
+        let base = peer.client();
         let hsts = self
             .hsts
             .as_ref()
@@ -106,6 +106,9 @@ impl Proxy {
             // A head must be all there within header_timeout (an idle keep-alive connection
             // too), as with hyper.
             let deadline = tokio::time::Instant::now() + self.header_timeout;
+            let mut id = [0u8; 32];
+            let request_id = self.new_request_id(&mut id);
+            let client = crate::policy::Client { request_id, ..base };
             let simple = loop {
                 if !s.input.is_empty() {
                     match h1::request(&s.input, client, &self.policy, max_body, &mut s.up) {
@@ -150,6 +153,16 @@ impl Proxy {
                 }
             };
             let started = Instant::now();
+            let mut entry = self.access_log().map(|_| {
+                crate::access::Entry::from_head(
+                    &s.input[..simple.len],
+                    peer.ip.as_ref().and_then(|ip| ip.to_str().ok()),
+                    peer.https,
+                    request_id,
+                )
+            });
+            let mut upstream = None;
+            let mut sent = 0u64;
             // The whole request, body included, is here before a worker is leased (request
             // buffering), and the body follows the head in one write to the worker.
             let answered = match self.receive(io, &simple, &mut s.input).await {
@@ -173,7 +186,17 @@ impl Proxy {
                                 upgrade: false,
                                 fault: None,
                             };
-                            self.exchange(lease, &mut req, answer, out).await
+                            let (leased, worker, generation) =
+                                (Instant::now(), lease.worker.0, lease.generation.0);
+                            let answered = self.exchange(lease, &mut req, answer, out).await;
+                            if answered.is_ok() {
+                                upstream = Some(crate::access::Upstream {
+                                    worker,
+                                    generation,
+                                    time: leased.elapsed(),
+                                });
+                            }
+                            answered
                         }
                         Ok(None) => {
                             tracing::debug!(
@@ -201,12 +224,15 @@ impl Proxy {
                     }
                     (
                         status,
-                        self.relay(io, lease, stream, fin, &mut s).await && !close,
+                        self.relay(io, lease, stream, fin, &mut s, &mut sent).await && !close,
                     )
                 }
                 Err(e) => {
                     let resp = e.into_response();
                     let status = resp.status().as_u16();
+                    if !simple.head {
+                        sent = resp.body().size_hint().exact().unwrap_or(0);
+                    }
                     let close = simple.close
                         || stop.is_cancelled()
                         || resp.headers().contains_key(http::header::CONNECTION);
@@ -217,6 +243,13 @@ impl Proxy {
                 }
             };
             self.metrics.request(status, started.elapsed());
+            if let (Some(log), Some(mut e)) = (self.access_log(), entry.take()) {
+                e.status = status;
+                e.bytes = sent;
+                e.duration = started.elapsed();
+                e.upstream = upstream;
+                log.log(e);
+            }
             if !keep {
                 let _ = io.shutdown().await;
                 return Ended::Closed;
@@ -295,6 +328,7 @@ impl Proxy {
         stream: Upstream,
         fin: Final,
         s: &mut Scratch,
+        sent: &mut u64,
     ) -> bool
     where
         S: AsyncWrite + Unpin,
@@ -310,6 +344,9 @@ impl Proxy {
             lease.conns.finish(stream, !fin.close, s.answer.len() > n);
             drop(lease);
             let ok = write_two(io, &s.out, &s.answer[..n]).await.is_ok();
+            if ok {
+                *sent = n as u64;
+            }
             s.answer.clear();
             return ok;
         }
@@ -327,9 +364,9 @@ impl Proxy {
         }
         if self.response_buffering {
             let spooled = buffer::spool(body, self.limits.clone(), move |_| drop(lease));
-            write_body(io, spooled, chunked).await
+            write_body(io, spooled, chunked, sent).await
         } else {
-            let ok = write_body(io, body, chunked).await;
+            let ok = write_body(io, body, chunked, sent).await;
             drop(lease);
             ok
         }
@@ -360,7 +397,7 @@ async fn write_two<S: AsyncWrite + Unpin>(io: &mut S, a: &[u8], b: &[u8]) -> std
 }
 
 /// Copy a body to the client, chunked or as it is (its length is in the head).
-async fn write_body<S, B>(io: &mut S, mut body: B, chunked: bool) -> bool
+async fn write_body<S, B>(io: &mut S, mut body: B, chunked: bool, sent: &mut u64) -> bool
 where
     S: AsyncWrite + Unpin,
     B: Body<Data = Bytes> + Unpin,
@@ -394,6 +431,7 @@ where
         if written.is_err() {
             return false;
         }
+        *sent += data.len() as u64;
     }
     if chunked && io.write_all(b"0\r\n\r\n").await.is_err() {
         return false;

@@ -758,6 +758,9 @@ impl Supervisor {
         if old.static_files != new.static_files {
             fixed.push("[static]");
         }
+        if old.log != new.log {
+            fixed.push("[log]");
+        }
         if old.tls.address != new.tls.address
             || old.tls.redirect_http != new.tls.redirect_http
             || old.tls.hsts != new.tls.hsts
@@ -772,6 +775,7 @@ impl Supervisor {
         new.spawner = old.spawner.clone();
         new.metrics = old.metrics.clone();
         new.static_files = old.static_files.clone();
+        new.log = old.log.clone();
         new.tls.address = old.tls.address;
         new.tls.redirect_http = old.tls.redirect_http;
         new.tls.hsts = old.tls.hsts;

@@ -1,0 +1,555 @@
+//! The access log (`[log] access`): one line per request, to a file or to the journal, in
+//! nginx's `combined` format (with baton's own fields after it) or as JSON.
+//!
+//! The proxy never waits for it: a request's entry goes into a bounded queue
+//! (`try_send`), and one thread of its own formats and writes the lines, flushing whenever the
+//! queue runs empty. When the queue is full (a disk that stalls, a journal that cannot keep
+//! up), the entry is dropped and counted (`baton_access_log_dropped_total`), never waited
+//! for. `reopen` (SIGUSR1, `baton reopen-logs`) makes the writer reopen the file by its path
+//! after the lines before it are written, for logrotate without `copytruncate`: nothing is
+//! lost, as lines written meanwhile go to the renamed file.
+
+use crate::config::{AccessFormat, AccessTarget, LogConfig};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime};
+
+/// One request, as the log tells it.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    /// When its head was read.
+    pub time: Option<SystemTime>,
+    /// The client's IP (none on a Unix socket).
+    pub client: Option<String>,
+    pub method: String,
+    pub target: String,
+    /// `HTTP/1.1`, `HTTP/2.0`...
+    pub version: &'static str,
+    pub https: bool,
+    pub host: Option<String>,
+    pub referer: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+    pub status: u16,
+    /// Bytes of the answer's body sent to the client.
+    pub bytes: u64,
+    /// From the head read to the answer's last byte written (or the connection's end).
+    pub duration: Duration,
+    /// The worker that answered, if one did.
+    pub upstream: Option<Upstream>,
+}
+
+/// Who answered a request, and how long its answer head took from the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upstream {
+    pub worker: u64,
+    pub generation: u64,
+    pub time: Duration,
+}
+
+impl Entry {
+    /// An entry for a request head (HTTP/1.x bytes): what the log needs of it, read once.
+    /// `generated`: the id baton gave the request, unless it had a valid one of its own.
+    pub fn from_head(
+        head: &[u8],
+        client: Option<&str>,
+        https: bool,
+        generated: Option<&[u8]>,
+    ) -> Entry {
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut fields);
+        let _ = req.parse(head);
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let mut e = Entry {
+            time: Some(SystemTime::now()),
+            client: client.map(str::to_owned),
+            method: req.method.unwrap_or("-").to_owned(),
+            target: req.path.unwrap_or("-").to_owned(),
+            version: if req.version == Some(0) {
+                "HTTP/1.0"
+            } else {
+                "HTTP/1.1"
+            },
+            https,
+            ..Entry::default()
+        };
+        e.request_id = generated.map(|g| {
+            let id = crate::policy::request_id(&*req.headers).unwrap_or(g);
+            text(id)
+        });
+        for h in req.headers.iter() {
+            let n = h.name;
+            if n.eq_ignore_ascii_case("host") && e.host.is_none() {
+                e.host = Some(text(h.value));
+            } else if n.eq_ignore_ascii_case("referer") {
+                e.referer = Some(text(h.value));
+            } else if n.eq_ignore_ascii_case("user-agent") {
+                e.user_agent = Some(text(h.value));
+            }
+        }
+        e
+    }
+
+    /// An entry for a request hyper parsed.
+    pub fn from_parts(
+        method: &http::Method,
+        uri: &http::Uri,
+        version: http::Version,
+        headers: &http::HeaderMap,
+        client: Option<&str>,
+        https: bool,
+    ) -> Entry {
+        let text = |n: http::header::HeaderName| {
+            headers
+                .get(n)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        Entry {
+            time: Some(SystemTime::now()),
+            client: client.map(str::to_owned),
+            method: method.as_str().to_owned(),
+            target: uri
+                .path_and_query()
+                .map_or_else(|| uri.to_string(), |p| p.as_str().to_owned()),
+            version: match version {
+                http::Version::HTTP_2 => "HTTP/2.0",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            https,
+            host: text(http::header::HOST).or_else(|| uri.authority().map(|a| a.to_string())),
+            referer: text(http::header::REFERER),
+            user_agent: text(http::header::USER_AGENT),
+            ..Entry::default()
+        }
+    }
+}
+
+enum Message {
+    Entry(Box<Entry>),
+    Reopen,
+    /// Write what is queued, then end; the sender is told when it is done.
+    Close(mpsc::Sender<()>),
+}
+
+/// The queue to the writer thread.
+pub struct AccessLog {
+    tx: mpsc::SyncSender<Message>,
+    dropped: Arc<AtomicU64>,
+    /// Set by `reopen`; the writer looks at it after each batch (a full queue cannot lose it).
+    reopen: Arc<AtomicBool>,
+    app: String,
+}
+
+/// Why the access log cannot start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the access log {path}: {source}")]
+pub struct OpenError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+impl AccessLog {
+    /// Start the writer, or `None` when `[log] access = "off"`. `dropped` counts the entries
+    /// the queue had no room for.
+    pub fn start(
+        config: &LogConfig,
+        app: &str,
+        dropped: Arc<AtomicU64>,
+    ) -> Result<Option<AccessLog>, OpenError> {
+        let sink = match &config.access {
+            AccessTarget::Off => return Ok(None),
+            AccessTarget::Journal => Sink::Journal,
+            AccessTarget::File(path) => Sink::File {
+                file: open(path)?,
+                path: path.clone(),
+            },
+        };
+        let (tx, rx) = mpsc::sync_channel(config.queue);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            reopen: reopen.clone(),
+            sink,
+            format: config.format,
+            app: app.to_owned(),
+            line: Vec::with_capacity(512),
+        };
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|source| OpenError {
+                path: "(writer thread)".into(),
+                source,
+            })?;
+        Ok(Some(AccessLog {
+            tx,
+            dropped,
+            reopen,
+            app: app.to_owned(),
+        }))
+    }
+
+    /// Queue an entry; when the queue is full it is dropped (and counted), never waited for.
+    pub fn log(&self, entry: Entry) {
+        if self.tx.try_send(Message::Entry(Box::new(entry))).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Reopen the file by its path once the lines queued before are written (logrotate).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+        // A wake-up for an idle writer; a busy one finds the flag after its batch.
+        let _ = self.tx.try_send(Message::Reopen);
+        tracing::info!(app = %self.app, "access log: reopening");
+    }
+
+    /// Write every queued line, then stop the writer (baton's exit).
+    pub fn close(&self, within: Duration) {
+        let (done, wait) = mpsc::channel();
+        if self.tx.send(Message::Close(done)).is_ok() {
+            let _ = wait.recv_timeout(within);
+        }
+    }
+}
+
+fn open(path: &Path) -> Result<std::fs::File, OpenError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|source| OpenError {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+enum Sink {
+    Journal,
+    File { file: std::fs::File, path: PathBuf },
+}
+
+struct Writer {
+    reopen: Arc<AtomicBool>,
+    sink: Sink,
+    format: AccessFormat,
+    app: String,
+    line: Vec<u8>,
+}
+
+/// Bytes kept before a write to the file.
+const BATCH: usize = 64 * 1024;
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Message>) {
+        let mut pending: Vec<u8> = Vec::with_capacity(BATCH);
+        loop {
+            // Block for the first, then take what is queued without waiting: one write per
+            // batch, and the lines are on disk as soon as the queue is empty.
+            let Ok(first) = rx.recv() else {
+                self.flush(&mut pending);
+                return;
+            };
+            let mut next = Some(first);
+            while let Some(m) = next.take() {
+                match m {
+                    Message::Entry(e) => {
+                        self.line.clear();
+                        match self.format {
+                            AccessFormat::Combined => combined(&e, &mut self.line),
+                            AccessFormat::Json => json(&e, &mut self.line),
+                        }
+                        match &self.sink {
+                            Sink::Journal => self.journal(&e),
+                            Sink::File { .. } => {
+                                pending.extend_from_slice(&self.line);
+                                if pending.len() >= BATCH {
+                                    self.flush(&mut pending);
+                                }
+                            }
+                        }
+                    }
+                    Message::Reopen => {}
+                    Message::Close(done) => {
+                        self.flush(&mut pending);
+                        let _ = done.send(());
+                        return;
+                    }
+                }
+                next = rx.try_recv().ok();
+                if self.reopen.swap(false, Ordering::AcqRel) {
+                    self.flush(&mut pending);
+                    self.reopen_file();
+                }
+            }
+            self.flush(&mut pending);
+        }
+    }
+
+    fn reopen_file(&mut self) {
+        if let Sink::File { file, path } = &mut self.sink {
+            match open(path) {
+                Ok(f) => *file = f,
+                Err(e) => {
+                    tracing::error!(app = %self.app, "{e}; writing on to the file open before")
+                }
+            }
+        }
+    }
+
+    fn journal(&self, e: &Entry) {
+        let line = String::from_utf8_lossy(&self.line);
+        let up = e.upstream;
+        tracing::info!(
+            target: "baton::access",
+            app = %self.app,
+            status = e.status,
+            worker = up.map(|u| u.worker),
+            generation = up.map(|u| u.generation),
+            request_id = e.request_id.as_deref(),
+            "{}",
+            line.trim_end()
+        );
+    }
+
+    fn flush(&mut self, pending: &mut Vec<u8>) {
+        if pending.is_empty() {
+            return;
+        }
+        if let Sink::File { file, path } = &mut self.sink
+            && let Err(e) = file.write_all(pending)
+        {
+            tracing::error!(app = %self.app, "cannot write the access log {}: {e}; {} bytes lost", path.display(), pending.len());
+        }
+        pending.clear();
+    }
+}
+
+/// nginx's `combined`, then baton's own: request time, upstream time (s), worker,
+/// generation, request id, each `-` when there is none.
+fn combined(e: &Entry, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    let dash = |s: &Option<String>| s.as_deref().unwrap_or("-").to_owned();
+    let _ = write!(out, "{} - - [", e.client.as_deref().unwrap_or("-"));
+    clf_time(e.time.unwrap_or_else(SystemTime::now), out);
+    out.extend_from_slice(b"] \"");
+    escaped(&format!("{} {} {}", e.method, e.target, e.version), out);
+    let _ = write!(out, "\" {} {} \"", e.status, e.bytes);
+    escaped(&dash(&e.referer), out);
+    out.extend_from_slice(b"\" \"");
+    escaped(&dash(&e.user_agent), out);
+    let _ = write!(out, "\" {:.3} ", e.duration.as_secs_f64());
+    match e.upstream {
+        Some(u) => {
+            let _ = write!(
+                out,
+                "{:.3} {} {} ",
+                u.time.as_secs_f64(),
+                u.worker,
+                u.generation
+            );
+        }
+        None => out.extend_from_slice(b"- - - "),
+    }
+    escaped(e.request_id.as_deref().unwrap_or("-"), out);
+    out.push(b'\n');
+}
+
+/// Printable ASCII as it is; `"`, `\` and anything else as `\xHH` (as nginx does), so a
+/// line cannot be forged or broken by what a client sends.
+fn escaped(s: &str, out: &mut Vec<u8>) {
+    for &b in s.as_bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {
+            out.push(b);
+        } else {
+            let _ = write!(out, "\\x{b:02X}");
+        }
+    }
+}
+
+/// `03/Dec/2026:07:01:02 +0000` (UTC).
+fn clf_time(t: SystemTime, out: &mut Vec<u8>) {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let _ = write!(
+        out,
+        "{day:02}/{}/{year}:{:02}:{:02}:{:02} +0000",
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
+}
+
+/// One JSON object per line.
+fn json(e: &Entry, out: &mut Vec<u8>) {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        time: String,
+        client: Option<&'a str>,
+        method: &'a str,
+        target: &'a str,
+        protocol: &'a str,
+        scheme: &'a str,
+        host: Option<&'a str>,
+        status: u16,
+        bytes: u64,
+        duration_s: f64,
+        upstream_s: Option<f64>,
+        worker: Option<u64>,
+        generation: Option<u64>,
+        request_id: Option<&'a str>,
+        referer: Option<&'a str>,
+        user_agent: Option<&'a str>,
+    }
+    let up = e.upstream;
+    let line = Line {
+        time: humantime::format_rfc3339_millis(e.time.unwrap_or_else(SystemTime::now)).to_string(),
+        client: e.client.as_deref(),
+        method: &e.method,
+        target: &e.target,
+        protocol: e.version,
+        scheme: if e.https { "https" } else { "http" },
+        host: e.host.as_deref(),
+        status: e.status,
+        bytes: e.bytes,
+        duration_s: e.duration.as_secs_f64(),
+        upstream_s: up.map(|u| u.time.as_secs_f64()),
+        worker: up.map(|u| u.worker),
+        generation: up.map(|u| u.generation),
+        request_id: e.request_id.as_deref(),
+        referer: e.referer.as_deref(),
+        user_agent: e.user_agent.as_deref(),
+    };
+    if serde_json::to_writer(&mut *out, &line).is_ok() {
+        out.push(b'\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_281_262)),
+            client: Some("192.0.2.7".into()),
+            method: "GET".into(),
+            target: "/cart?id=1".into(),
+            version: "HTTP/1.1",
+            https: true,
+            host: Some("shop.example".into()),
+            referer: Some("https://shop.example/".into()),
+            user_agent: Some("curl/8 \"quoted\"\n".into()),
+            request_id: Some("4f2a".into()),
+            status: 200,
+            bytes: 1234,
+            duration: Duration::from_millis(12),
+            upstream: Some(Upstream {
+                worker: 3,
+                generation: 2,
+                time: Duration::from_millis(11),
+            }),
+        }
+    }
+
+    #[test]
+    fn combined_is_nginx_s_with_baton_s_fields_after_it() {
+        let mut out = Vec::new();
+        combined(&entry(), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "192.0.2.7 - - [03/Dec/2026:07:01:02 +0000] \"GET /cart?id=1 HTTP/1.1\" 200 1234 \"https://shop.example/\" \"curl/8 \\x22quoted\\x22\\x0A\" 0.012 0.011 3 2 4f2a\n"
+        );
+        let mut out = Vec::new();
+        combined(
+            &Entry {
+                upstream: None,
+                request_id: None,
+                referer: None,
+                ..entry()
+            },
+            &mut out,
+        );
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .ends_with("\"-\" \"curl/8 \\x22quoted\\x22\\x0A\" 0.012 - - - -\n")
+        );
+    }
+
+    #[test]
+    fn json_is_one_object_per_line() {
+        let mut out = Vec::new();
+        json(&entry(), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches('\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["time"], "2026-12-03T07:01:02.000Z");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["worker"], 3);
+        assert_eq!(v["generation"], 2);
+        assert_eq!(v["scheme"], "https");
+        assert_eq!(v["user_agent"], "curl/8 \"quoted\"\n");
+    }
+
+    #[test]
+    fn dates_of_the_common_log_format() {
+        let at = |s: u64| {
+            let mut out = Vec::new();
+            clf_time(SystemTime::UNIX_EPOCH + Duration::from_secs(s), &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(at(0), "01/Jan/1970:00:00:00 +0000");
+        assert_eq!(at(951_782_400), "29/Feb/2000:00:00:00 +0000");
+        assert_eq!(at(4_107_542_399), "28/Feb/2100:23:59:59 +0000");
+        assert_eq!(at(4_133_980_799), "31/Dec/2100:23:59:59 +0000");
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_never_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            access: AccessTarget::File(dir.path().join("access.log")),
+            format: AccessFormat::Combined,
+            queue: 1,
+            request_id: None,
+        };
+        let dropped = Arc::new(AtomicU64::new(0));
+        let log = AccessLog::start(&config, "t", dropped.clone())
+            .unwrap()
+            .unwrap();
+        let started = std::time::Instant::now();
+        for _ in 0..10_000 {
+            log.log(entry());
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+        log.close(Duration::from_secs(10));
+        let lines = std::fs::read_to_string(dir.path().join("access.log"))
+            .unwrap()
+            .lines()
+            .count() as u64;
+        assert_eq!(lines + dropped.load(Ordering::Relaxed), 10_000);
+    }
+}

@@ -1,0 +1,209 @@
+//! `[log] access`: one line per request, from either way in (the narrow path and hyper's),
+//! with the worker, generation, status and bytes the client got; JSON as well as nginx's
+//! `combined`; and logrotate's rename-then-reopen (`baton reopen-logs`) under load loses no
+//! line: the lines of both files add up to the requests answered.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Wait until the file has `n` lines (the writer flushes when its queue runs empty).
+fn wait_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    for _ in 0..100 {
+        let l = lines(path);
+        if l.len() >= n {
+            return l;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lines(path)
+}
+
+fn raw(addr: std::net::SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn every_request_is_logged_with_its_worker_status_and_bytes() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let b = Baton::start(1, "0s", &format!("[log]\naccess = \"{}\"\n", log.display()));
+    let worker = b.status().workers[0].id;
+
+    // The narrow path: a plain GET.
+    let answer = raw(
+        b.addr,
+        "GET /hello?x=1 HTTP/1.1\r\nHost: shop.test\r\nUser-Agent: test \"agent\"\r\nReferer: https://shop.test/\r\nConnection: close\r\n\r\n",
+    );
+    let body = answer.split_once("\r\n\r\n").unwrap().1.to_owned();
+    // hyper's path: a chunked upload.
+    let answer2 = raw(
+        b.addr,
+        "POST /echo HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    assert!(answer2.starts_with("HTTP/1.1 200"), "{answer2}");
+    // baton's own answer: no worker.
+    let answer3 = raw(b.addr, "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+    assert!(answer3.starts_with("HTTP/1.1 400"), "{answer3}");
+
+    let l = wait_lines(&log, 3);
+    assert_eq!(l.len(), 3, "{l:#?}");
+    let first = &l[0];
+    assert!(first.starts_with("127.0.0.1 - - ["), "{first}");
+    assert!(
+        first.contains(&format!(
+            "\"GET /hello?x=1 HTTP/1.1\" 200 {} \"https://shop.test/\" \"test \\x22agent\\x22\" ",
+            body.len()
+        )),
+        "{first}"
+    );
+    // Request time, upstream time, worker, generation, request id (none asked for).
+    let tail: Vec<&str> = first
+        .rsplit('"')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(tail.len(), 5, "{first}");
+    assert!(
+        tail[0].parse::<f64>().is_ok() && tail[1].parse::<f64>().is_ok(),
+        "{first}"
+    );
+    assert_eq!(tail[2], worker.to_string());
+    assert_eq!(tail[3], "1");
+    let hex32 = |id: &str| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    assert!(hex32(tail[4]), "{first}");
+    assert!(l[1].contains("\"POST /echo HTTP/1.1\" 200 5 "), "{}", l[1]);
+    assert!(l[2].contains("\"GET / HTTP/1.1\" 400 "), "{}", l[2]);
+    let (rest, id) = l[2].rsplit_once(' ').unwrap();
+    assert!(rest.ends_with(" - - -") && hex32(id), "{}", l[2]);
+    assert_ne!(id, tail[4]);
+
+    // The worker gets the request's id: the client's own when it is a valid one, else
+    // baton's; the log line says the same id.
+    for (sent, kept) in [
+        ("abc-123_x.y", true),
+        ("bad id with spaces", false),
+        ("", false),
+    ] {
+        let extra = if sent.is_empty() {
+            String::new()
+        } else {
+            format!("X-Request-Id: {sent}\r\n")
+        };
+        let answer = raw(
+            b.addr,
+            &format!(
+                "GET /headers HTTP/1.1\r\nHost: shop.test\r\n{extra}Connection: close\r\n\r\n"
+            ),
+        );
+        let ids: Vec<&str> = answer
+            .lines()
+            .filter_map(|l| l.strip_prefix("x-request-id: "))
+            .collect();
+        assert_eq!(ids.len(), 1, "{answer}");
+        if kept {
+            assert_eq!(ids[0], sent);
+        } else {
+            assert!(hex32(ids[0]), "{answer}");
+        }
+        let logged = wait_lines(
+            &log,
+            4 + usize::from(sent != "abc-123_x.y") + usize::from(sent.is_empty()),
+        );
+        assert!(
+            logged.iter().any(|l| l.ends_with(&format!(" {}", ids[0]))),
+            "{logged:#?}"
+        );
+    }
+}
+
+#[test]
+fn json_lines() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.json");
+    let b = Baton::start(
+        1,
+        "0s",
+        &format!("[log]\naccess = \"{}\"\nformat = \"json\"\n", log.display()),
+    );
+    let (status, body) = get(&b.url("/json"));
+    assert_eq!(status, 200);
+    let l = wait_lines(&log, 1);
+    let v: serde_json::Value = serde_json::from_str(&l[0]).unwrap();
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["target"], "/json");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["bytes"], body.len() as u64);
+    assert_eq!(v["generation"], 1);
+    assert_eq!(v["scheme"], "http");
+    assert!(v["upstream_s"].as_f64().is_some());
+}
+
+#[test]
+fn rotation_by_rename_and_reopen_loses_no_line_under_load() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let mut b = Baton::start(2, "0s", &format!("[log]\naccess = \"{}\"\n", log.display()));
+    let load = Load::start(b.addr, 8, "/", Duration::from_secs(10));
+    let mut rotated = Vec::new();
+    for i in 1..=5 {
+        std::thread::sleep(Duration::from_millis(400));
+        // What logrotate does without copytruncate: rename, then tell the writer.
+        let to = dir.path().join(format!("access.log.{i}"));
+        std::fs::rename(&log, &to).unwrap();
+        rotated.push(to);
+        let out = if i % 2 == 0 {
+            b.cli(&["reopen-logs"])
+        } else {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(b.child.id() as i32),
+                nix::sys::signal::Signal::SIGUSR1,
+            )
+            .unwrap();
+            b.cli(&["status"])
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    // baton writes every queued line before it exits.
+    assert!(b.terminate().success());
+    let mut total = lines(&log).len();
+    for f in &rotated {
+        let n = lines(f).len();
+        assert!(
+            n > 0,
+            "{} is empty: the writer did not move on",
+            f.display()
+        );
+        total += n;
+    }
+    assert_eq!(total as u64, report.ok, "lines logged vs requests answered");
+    assert!(report.ok > 500, "{}", report.ok);
+    assert!(b.log().contains("access log: reopening"));
+}
