@@ -65,10 +65,21 @@ pub struct Answer {
     pub status: u16,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The bytes to send (none for `HEAD`, 304, 416).
-    pub body: Option<Slice>,
+    pub body: Option<Content>,
     /// The length the answer's `Content-Length` says.
     pub length: u64,
 }
+
+/// What an answer's body is made of.
+pub enum Content {
+    /// A small file, read whole when it was opened (one read, no file kept open).
+    Memory(bytes::Bytes),
+    /// A larger one, read as the client takes it.
+    File(Slice),
+}
+
+/// Files up to this size are read whole at once.
+const SMALL: u64 = 64 * 1024;
 
 /// Bytes `offset..offset+len` of an open file, with the permit that bounds open files.
 pub struct Slice {
@@ -209,6 +220,7 @@ impl Assets {
             modified,
             encoding,
             name,
+            data,
         } = found;
         let secs = modified
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -280,11 +292,14 @@ impl Assets {
                 };
             }
         };
-        let body = (!head && length > 0).then_some(Slice {
-            file,
-            offset,
-            len: length,
-            permit,
+        let body = (!head && length > 0).then(|| match data {
+            Some(d) => Content::Memory(d.slice(offset as usize..(offset + length) as usize)),
+            None => Content::File(Slice {
+                file,
+                offset,
+                len: length,
+                permit,
+            }),
         });
         Answer {
             status,
@@ -304,6 +319,34 @@ struct Found {
     encoding: Option<&'static str>,
     /// The file's own name (the one asked for, not the sibling's).
     name: String,
+    /// The whole file, when it is small.
+    data: Option<bytes::Bytes>,
+}
+
+impl Found {
+    fn new(
+        file: std::fs::File,
+        meta: &std::fs::Metadata,
+        encoding: Option<&'static str>,
+        name: String,
+    ) -> Found {
+        use std::os::unix::fs::FileExt;
+        let len = meta.len();
+        let data = (len <= SMALL).then(|| {
+            let mut buf = vec![0; len as usize];
+            file.read_exact_at(&mut buf, 0)
+                .ok()
+                .map(|_| bytes::Bytes::from(buf))
+        });
+        Found {
+            file,
+            len,
+            modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            encoding,
+            name,
+            data: data.flatten(),
+        }
+    }
 }
 
 /// The URL path, decoded once, as a path beneath the directory; refused when it could name
@@ -406,22 +449,10 @@ fn find(dirs: &[Arc<OwnedFd>], rel: &str, accepted: &[&'static str]) -> Option<F
                 continue;
             }
             if let Some((f, m)) = open_beneath(dir, &format!("{rel}{suffix}")) {
-                return Some(Found {
-                    file: f,
-                    len: m.len(),
-                    modified: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                    encoding: Some(encoding),
-                    name,
-                });
+                return Some(Found::new(f, &m, Some(encoding), name));
             }
         }
-        return Some(Found {
-            file,
-            len: meta.len(),
-            modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            encoding: None,
-            name,
-        });
+        return Some(Found::new(file, &meta, None, name));
     }
     None
 }

@@ -892,7 +892,10 @@ async fn asset<B>(assets: &crate::assets::Assets, req: &Request<B>) -> Response<
         }
     };
     let body = match answer.body {
-        Some(slice) => file_body(slice),
+        Some(crate::assets::Content::File(slice)) => file_body(slice),
+        Some(crate::assets::Content::Memory(b)) => {
+            Full::new(b).map_err(|n| match n {}).boxed_unsync()
+        }
         None => Empty::new().map_err(|n| match n {}).boxed_unsync(),
     };
     let mut r = Response::new(body);
