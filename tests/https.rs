@@ -528,3 +528,39 @@ fn plain_http_is_redirected_to_https_and_https_answers_carry_hsts() {
         );
     }
 }
+
+#[test]
+fn an_upgrade_works_over_tls() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path(), "a", &["localhost"], false);
+    let port = free_port();
+    let _b = Baton::start(1, "0s", &tls_section(port, &cert, &key));
+    // HTTP/1.1 by ALPN (no h2 offered): a WebSocket-style upgrade, then bytes both ways
+    // through the TLS connection and baton's tunnel.
+    let config = Arc::new(client_config(&[&cert], &[b"http/1.1"]));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    tls.write_all(b"ping over tls and the tunnel").unwrap();
+    let mut got = [0u8; 28];
+    tls.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping over tls and the tunnel");
+}
