@@ -10,6 +10,15 @@
 //! as it arrived), `/echo` (the body back), `/upgrade`, and `/page`: an HTML page naming the
 //! release and the `X-Forwarded-Proto` the app got, whose script writes the protocol the
 //! browser used for it (`nextHopProtocol`, e.g. `h2`) into the page, for a browser's test.
+//!
+//! `/shop` is a page that uses its own release's fingerprinted assets, as a Rails or Django
+//! page does: the file `shop-assets` in the release directory names them, one a line (e.g.
+//! `app-3f2a9c1d.css`), and the page links each `.css` (`<link rel="stylesheet">`) and loads
+//! each `.js` (`<script src>`) under `/assets/`, around `<p id="release">release NAME</p>` and
+//! an empty `<p id="script">` for the script to fill. The app never serves those files itself
+//! (baton's `[static]` does): a request under `/assets/` that reaches it is answered 500 and
+//! written to its stderr (`demo-app: asset request ... reached the worker`), so that a test
+//! sees it both in the browser and in baton's log.
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -378,6 +387,41 @@ async fn app(
             http::HeaderValue::from_static("text/html; charset=utf-8"),
         );
         r
+    } else if path == "/shop" {
+        let mut head = String::new();
+        let mut scripts = String::new();
+        for name in std::fs::read_to_string("shop-assets")
+            .unwrap_or_default()
+            .lines()
+            .map(str::trim)
+        {
+            if name.ends_with(".css") {
+                head.push_str(&format!(
+                    "<link rel=\"stylesheet\" href=\"/assets/{name}\">\n"
+                ));
+            } else if name.ends_with(".js") {
+                scripts.push_str(&format!("<script src=\"/assets/{name}\"></script>\n"));
+            }
+        }
+        let mut r = text(
+            StatusCode::OK,
+            format!(
+                "<!doctype html><html><head><title>shop</title>\n{head}</head><body>\n\
+                 <p id=\"release\">release {release}</p>\n<p id=\"script\"></p>\n\
+                 {scripts}</body></html>\n"
+            ),
+        );
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        r
+    } else if path.starts_with("/assets/") {
+        eprintln!("demo-app: asset request {path} reached the worker (pid {pid})");
+        text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("asset request {path} reached the worker: baton should serve it\n"),
+        )
     } else if path == "/echo" {
         let (parts, body) = req.into_parts();
         let _ = parts;
