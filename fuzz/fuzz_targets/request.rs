@@ -11,7 +11,7 @@
 //! paths beyond a plain 200: `/echo…` streams the request body back, `/stream…` answers with a
 //! chunked body, `/status/NNN` answers with that status, `/drop…` closes the worker connection
 //! without answering (retry, then 502), and a request with `Upgrade` gets `101` and an echo
-//! tunnel. Anything else: `200 ok`.
+//! tunnel. Anything else: `200 ok` (`common/worker.rs`, shared with `h2` and `tls`).
 //!
 //! Asserts: nothing panics, on any thread (libfuzzer-sys's panic hook aborts the process, so a
 //! panic in a tokio task is a crash too, not a swallowed task error); the proxy keeps accepting
@@ -27,17 +27,13 @@ use baton::listen::Listener;
 use baton::metrics::Metrics;
 use baton::proxy::Proxy;
 use baton::spawn::ExitReason;
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
 
 /// The pool shared with the differential harness.
 #[path = "../../tests/differential/harness.rs"]
 mod harness;
+#[path = "common/worker.rs"]
+mod worker;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
@@ -83,7 +79,7 @@ fn harness() -> &'static Harness {
 async fn start() -> ([SocketAddr; 2], watch::Sender<Option<ExitReason>>) {
     let worker = TcpListener::bind("127.0.0.1:0").await.expect("bind worker");
     let worker_addr = worker.local_addr().expect("worker address");
-    tokio::spawn(serve_worker(worker));
+    tokio::spawn(worker::serve(worker));
 
     let (pool, exit) = harness::two_ready_workers(worker_addr);
 
@@ -114,73 +110,6 @@ response_buffering = {buffering}
         tokio::spawn(proxy.serve(Listener::Tcp(l), None, CancellationToken::new()));
     }
     ([addrs[0], addrs[1]], exit)
-}
-
-type WorkerBody = BoxBody<Bytes, hyper::Error>;
-
-async fn serve_worker(l: TcpListener) {
-    loop {
-        let Ok((s, _)) = l.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(s), service_fn(worker))
-                .with_upgrades()
-                .await;
-        });
-    }
-}
-
-fn full(status: StatusCode, text: &'static str) -> Response<WorkerBody> {
-    let mut r = Response::new(
-        Full::new(Bytes::from_static(text.as_bytes()))
-            .map_err(|n| match n {})
-            .boxed(),
-    );
-    *r.status_mut() = status;
-    r
-}
-
-async fn worker(mut req: Request<Incoming>) -> Result<Response<WorkerBody>, std::io::Error> {
-    let path = req.uri().path().to_owned();
-    if let Some(proto) = req.headers().get(header::UPGRADE).cloned() {
-        let on = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            if let Ok(u) = on.await {
-                let (mut r, mut w) = tokio::io::split(TokioIo::new(u));
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            }
-        });
-        let mut r = full(StatusCode::SWITCHING_PROTOCOLS, "");
-        r.headers_mut().insert(header::UPGRADE, proto);
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        return Ok(r);
-    }
-    if path.starts_with("/drop") {
-        return Err(std::io::Error::other("the worker drops this connection"));
-    }
-    if path.starts_with("/echo") {
-        return Ok(Response::new(req.into_body().boxed()));
-    }
-    if path.starts_with("/stream") {
-        let frames = ["one\n", "two\n", "three\n"]
-            .map(|s| Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(s.as_bytes()))));
-        return Ok(Response::new(
-            StreamBody::new(futures_util::stream::iter(frames)).boxed(),
-        ));
-    }
-    if let Some(code) = path.strip_prefix("/status/") {
-        let status = code
-            .parse::<u16>()
-            .ok()
-            .and_then(|c| StatusCode::from_u16(c).ok())
-            .filter(|s| !s.is_informational())
-            .unwrap_or(StatusCode::OK);
-        return Ok(full(status, "status\n"));
-    }
-    Ok(full(StatusCode::OK, "ok\n"))
 }
 
 /// Whether the input holds a whole, valid request head: then the client keeps its write side

@@ -266,15 +266,52 @@ impl Proxy {
         }
     }
 
-    /// An HTTPS connection: the handshake (within `header_timeout`, as a head must be), then
-    /// HTTP/2 or HTTP/1.1 as the client's ALPN chose.
-    async fn secure(
+    /// One HTTPS client connection over any byte stream, served exactly as `serve` serves an
+    /// accepted socket with `tls` (handshake, then HTTP/2 or HTTP/1.1 by ALPN), but without
+    /// the listener's connection permit and task tracker. For the fuzz targets (`tls`, `h2`)
+    /// and the differential test, which drive baton's TLS front through an in-memory stream
+    /// (`tokio::io::duplex`): no socket, no port, and a connection that ends with its input.
+    /// Not for serving.
+    #[doc(hidden)]
+    pub async fn serve_tls_stream<S>(
         self: Arc<Self>,
-        stream: tokio::net::TcpStream,
+        stream: S,
         addr: SocketAddr,
         certs: &crate::tls::Certificates,
         stop: CancellationToken,
-    ) {
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.secure(stream, addr, certs, stop).await;
+    }
+
+    /// One HTTP/2 client connection over any byte stream (prior knowledge: the client's
+    /// preface comes first), served by the code an HTTPS connection that chose `h2` by ALPN
+    /// runs after its handshake (peer marked `https`). As [`Proxy::serve_tls_stream`], for
+    /// the fuzz targets and tests only: baton serves HTTP/2 over TLS alone.
+    #[doc(hidden)]
+    pub async fn serve_h2_stream<S>(
+        self: Arc<Self>,
+        stream: S,
+        addr: SocketAddr,
+        stop: CancellationToken,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.http2(stream, addr, stop).await;
+    }
+
+    /// An HTTPS connection: the handshake (within `header_timeout`, as a head must be), then
+    /// HTTP/2 or HTTP/1.1 as the client's ALPN chose.
+    async fn secure<S>(
+        self: Arc<Self>,
+        stream: S,
+        addr: SocketAddr,
+        certs: &crate::tls::Certificates,
+        stop: CancellationToken,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let handshake = tokio::select! {
             h = tokio::time::timeout(self.header_timeout, certs.acceptor().accept(stream)) => h,
             _ = stop.cancelled() => return,
