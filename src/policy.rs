@@ -248,7 +248,8 @@ pub enum Target<'a> {
 pub struct RequestHead<'a, F: Fields + ?Sized> {
     pub method: &'a str,
     pub target: Target<'a>,
-    /// The target's length as the client sent it (its authority included).
+    /// The target's length as the client sent it (its authority included; HTTP/2's
+    /// `:authority` is apart).
     pub target_len: usize,
     /// HTTP/1.0 (which may go without a Host).
     pub http10: bool,
@@ -452,11 +453,16 @@ pub fn admit<F: Fields + ?Sized>(
             _ => {}
         }
     }
-    if hosts == 0
-        && let Some(authority) = req.authority
-    {
-        hosts = 1;
-        host = authority.as_bytes();
+    // HTTP/2's `:authority` counts as the Host field it stands for, or beside a Host field
+    // as the authority of an absolute-form target: a head is as large over HTTP/2 as over
+    // HTTP/1.1.
+    if let Some(authority) = req.authority {
+        size += authority.len();
+        if hosts == 0 {
+            hosts = 1;
+            host = authority.as_bytes();
+            size += "host".len() + 4;
+        }
     }
     if size > limits.max_head {
         return Err(OwnAnswer::HeadTooLarge(size, limits.max_head));

@@ -1,16 +1,19 @@
-//! One policy: the narrow HTTP/1.1 path and hyper's make the same decision about whatever a
-//! client or a worker sends. Every case below goes through a real baton proxy served each way
-//! (see `differential/harness.rs`), and the worker and the client must see the same thing.
+//! One policy: the narrow HTTP/1.1 path, hyper's and HTTP/2 make the same decision about
+//! whatever a client or a worker sends. Every case below goes through a real baton proxy
+//! served each way (see `differential/harness.rs`), and the worker and the client must see
+//! the same thing.
 //! The cases are the request heads of `tests/isolation.rs`, the header lookalikes, the
 //! edges of RFC 9110/9112 and the worker answers that made the two paths disagree before
-//! they shared one policy. The fuzz target `differential` runs the same comparison on
+//! they shared one policy. Each case that HTTP/2 can carry is also sent over HTTPS as
+//! HTTP/1.1 and as HTTP/2 (`http2_makes_the_same_decisions_as_http1`); `NO_H2` names the
+//! others and why. The fuzz target `differential` runs the same comparison on
 //! arbitrary bytes; `BATON_WRITE_CORPUS=DIR cargo test --test differential` writes these
 //! cases there as its seed corpus.
 
 #[path = "differential/harness.rs"]
 mod harness;
 
-use harness::{Harness, OK, SEPARATOR};
+use harness::{Harness, OK, SEPARATOR, no_h2};
 
 /// Request heads (and bodies), each answered with `OK`.
 const REQUESTS: &[&str] = &[
@@ -145,6 +148,15 @@ fn cases() -> Vec<(Vec<u8>, Vec<u8>)> {
         let req = format!("GET / HTTP/1.1\r\nHost: app\r\n{fields}\r\n");
         cases.push((req.into_bytes(), OK.to_vec()));
     }
+    // One long field: a head at the limit, and one byte over it, as the policy counts a
+    // head (over HTTP/2, `:authority` counts as the Host field it stands for).
+    for v in [8156, 8157] {
+        let req = format!(
+            "GET / HTTP/1.1\r\nHost: app\r\nX-Pad: {}\r\n\r\n",
+            "v".repeat(v)
+        );
+        cases.push((req.into_bytes(), OK.to_vec()));
+    }
     let long_target = format!("GET /{} HTTP/1.1\r\nHost: app\r\n\r\n", "a".repeat(8200));
     cases.push((long_target.into_bytes(), OK.to_vec()));
     cases
@@ -178,6 +190,91 @@ async fn both_codecs_give_the_worker_and_the_client_the_same() {
         "{} of {} cases differ:\n{}",
         differ.len(),
         cases.len(),
+        differ.join("\n\n")
+    );
+}
+
+/// The cases that have no HTTP/2 form, and why (`harness::no_h2`): the HTTP/2 arm skips
+/// them. Every other case is sent over HTTP/2 too.
+const NO_H2: &[(&str, &str)] = &[
+    ("GET / HTTP/1.0\r\n\r\n", no_h2::HTTP10),
+    (
+        "GET / HTTP/1.0\r\nHost: app\r\nConnection: keep-alive\r\n\r\n",
+        no_h2::HTTP10,
+    ),
+    (
+        "POST / HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi",
+        no_h2::HTTP10,
+    ),
+    (
+        "POST /gzip HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: gzip\r\n\r\n",
+        no_h2::CODING,
+    ),
+    (
+        "GET /ws HTTP/1.1\r\nHost: app\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        no_h2::UPGRADE,
+    ),
+    ("GET abc HTTP/1.1\r\nHost: app\r\n\r\n", no_h2::TARGET_FORM),
+    (
+        "GET example.org:80 HTTP/1.1\r\nHost: app\r\n\r\n",
+        no_h2::TARGET_FORM,
+    ),
+    ("GET /a?q=\"x\" HTTP/1.1\r\nHost: app\r\n\r\n", no_h2::URI),
+    ("GET /a`b?c`d HTTP/1.1\r\nHost: app\r\n\r\n", no_h2::URI),
+    ("GET /a<b> HTTP/1.1\r\nHost: app\r\n\r\n", no_h2::URI),
+    ("GET /\x7f HTTP/1.1\r\nHost: app\r\n\r\n", no_h2::MALFORMED),
+    ("GET / HTTP/1.1\r\nHost : app\r\n\r\n", no_h2::MALFORMED),
+    (
+        "GET / HTTP/1.1\r\nHost: app\r\n folded\r\n\r\n",
+        no_h2::MALFORMED,
+    ),
+    ("garbage\r\n\r\n", no_h2::MALFORMED),
+];
+
+/// Every way in makes the same decision: each case with an HTTP/2 form goes to the
+/// narrow-then-hyper proxy over HTTPS as HTTP/1.1 and as HTTP/2, and the worker and the
+/// client must see the same thing (modulo what HTTP/2 cannot carry; see
+/// `Harness::compare_h2`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_makes_the_same_decisions_as_http1() {
+    let harness = Harness::start().await;
+    let (mut differ, mut skipped, mut sent) = (Vec::new(), 0, 0);
+    for (req, answer) in &cases() {
+        let named = NO_H2
+            .iter()
+            .find(|(r, _)| r.as_bytes() == req.as_slice())
+            .map(|(_, why)| *why);
+        match (harness::h2_form(req), named) {
+            (Err(why), Some(named)) if why == named => {
+                skipped += 1;
+                continue;
+            }
+            (Err(why), _) => {
+                differ.push(format!(
+                    "no HTTP/2 form ({why}) for {:?}: name it in NO_H2",
+                    String::from_utf8_lossy(req)
+                ));
+                continue;
+            }
+            (Ok(_), Some(named)) => {
+                differ.push(format!(
+                    "NO_H2 says {named:?}, but it has an HTTP/2 form: {:?}",
+                    String::from_utf8_lossy(req)
+                ));
+                continue;
+            }
+            (Ok(_), None) => {}
+        }
+        sent += 1;
+        if let Err(e) = harness.compare_h2(req, answer).await {
+            differ.push(e);
+        }
+    }
+    eprintln!("HTTP/2 arm: {sent} cases sent, {skipped} without an HTTP/2 form");
+    assert!(
+        differ.is_empty(),
+        "{} of {sent} cases differ or are not named:\n{}",
+        differ.len(),
         differ.join("\n\n")
     );
 }

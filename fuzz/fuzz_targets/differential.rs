@@ -7,7 +7,10 @@
 //!
 //! Asserts: the worker receives the same requests from both codecs (method, target, headers as
 //! a multiset, body) and the client the same answer (status, headers, framing, body) or the
-//! same silence. The seed corpus is the cases of `tests/differential.rs`
+//! same silence. A request that has an HTTP/2 form (`harness::h2_form`: not HTTP/1.0, no
+//! protocol switch, a target and fields HTTP/2 can carry) also goes, over HTTPS, to the
+//! narrow-then-hyper proxy as HTTP/1.1 and as HTTP/2, which must agree too
+//! (`Harness::compare_h2`). The seed corpus is the cases of `tests/differential.rs`
 //! (`BATON_WRITE_CORPUS=fuzz/corpus/differential cargo test --test differential`).
 
 #![no_main]
@@ -48,6 +51,12 @@ fuzz_target!(|input: &[u8]| {
     }
     let s = state();
     if let Err(difference) = s.rt.block_on(s.harness.compare(request, answer)) {
+        panic!("{difference}");
+    }
+    // The HTTP/2 arm, for a request that has an HTTP/2 form.
+    if harness::h2_form(request).is_ok()
+        && let Err(difference) = s.rt.block_on(s.harness.compare_h2(request, answer))
+    {
         panic!("{difference}");
     }
 });

@@ -346,7 +346,10 @@ impl Proxy {
     /// An HTTP/2 connection (over TLS): every stream goes through hyper's path, under the
     /// same policy, limits, queue and retries as HTTP/1.1. HTTP/2's own bounds: streams at
     /// once, the header list, reset floods (CVE-2023-44487) and CONTINUATION floods (h2's
-    /// own limits), and the send timeout on the connection.
+    /// own limits), and the send timeout on the connection. The header list h2 takes is
+    /// twice `max_header_size`, as hyper's HTTP/1.1 read buffer is: the exact limit is the
+    /// policy's, which answers 414 or 431 as it does on HTTP/1.1 (h2 alone would refuse a
+    /// smaller head, since it counts 32 bytes more per field, and with a bare 431).
     async fn http2<S>(self: Arc<Self>, stream: S, addr: SocketAddr, stop: CancellationToken)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -358,7 +361,9 @@ impl Proxy {
         let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_concurrent_streams(H2_STREAMS)
-            .max_header_list_size(u32::try_from(self.max_header_size).unwrap_or(u32::MAX))
+            .max_header_list_size(
+                u32::try_from(self.max_header_size.saturating_mul(2)).unwrap_or(u32::MAX),
+            )
             .max_pending_accept_reset_streams(20)
             .max_local_error_reset_streams(256)
             .serve_connection(TokioIo::new(io), svc);
@@ -432,6 +437,7 @@ impl Proxy {
         // earlier `close`): the narrow path closes on the same answers. HTTP/2 has no
         // `Connection:` at all.
         let h2 = req.version() == http::Version::HTTP_2;
+        let head = req.method() == Method::HEAD;
         let close = !h2 && policy::asks_close(req.headers());
         let mut id = [0u8; 32];
         let request_id = self.new_request_id(&mut id);
@@ -461,6 +467,20 @@ impl Proxy {
         if h2 {
             // Connection-specific headers are malformed in HTTP/2 (RFC 9113 8.2.2).
             resp.headers_mut().remove(header::CONNECTION);
+            if head && !resp.body().is_end_stream() {
+                // An answer to HEAD has no content (RFC 9110 9.3.2). hyper's HTTP/1.1 server
+                // leaves out the body of baton's own answers (a 502, a 503, a 4xx); its
+                // HTTP/2 server sends it, and an HTTP/2 client takes that for a malformed
+                // answer and resets the stream (RFC 9113 8.1.1). The length stays, as
+                // HTTP/1.1 gives it.
+                if let Some(n) = resp.body().size_hint().exact()
+                    && !resp.headers().contains_key(header::CONTENT_LENGTH)
+                {
+                    resp.headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                }
+                *resp.body_mut() = Empty::new().map_err(|n| match n {}).boxed_unsync();
+            }
         }
         if peer.https
             && let Some(hsts) = &self.hsts
@@ -712,8 +732,13 @@ fn head_of<'a>(
     policy::RequestHead {
         method: method.as_str(),
         target,
+        // HTTP/2 has no request line: its `:authority` is counted by the policy, as the
+        // Host field it stands for.
         target_len: uri.path_and_query().map_or(1, |p| p.as_str().len())
-            + uri.authority().map_or(0, |a| a.as_str().len()),
+            + match version {
+                http::Version::HTTP_2 => 0,
+                _ => uri.authority().map_or(0, |a| a.as_str().len()),
+            },
         http10: version == http::Version::HTTP_10,
         body_follows: None,
         authority: (version == http::Version::HTTP_2)
