@@ -40,6 +40,7 @@ fuzz_target!(|input: &[u8]| {
         ip: (choice & 1 == 0).then_some(&b"192.0.2.1"[..]),
         trusted: choice & 2 != 0,
         https: choice & 16 != 0,
+        request_id: None,
     };
     check_request(data, client);
     check_answer(data, choice & 4 != 0, choice & 8 != 0);
@@ -54,7 +55,9 @@ fn check_request(data: &[u8], client: Client<'_>) {
     assert!(simple.len <= data.len() && simple.len <= LIMIT);
     let mut theirs = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut theirs);
-    assert!(matches!(req.parse(&data[..simple.len]), Ok(httparse::Status::Complete(n)) if n == simple.len));
+    assert!(
+        matches!(req.parse(&data[..simple.len]), Ok(httparse::Status::Complete(n)) if n == simple.len)
+    );
     let (method, path) = (req.method.unwrap(), req.path.unwrap());
     assert!(!["CONNECT", "TRACE"].contains(&method), "{method}");
     assert_eq!(simple.head, method == "HEAD");
@@ -72,8 +75,16 @@ fn check_request(data: &[u8], client: Client<'_>) {
         "{:?}",
         String::from_utf8_lossy(&out)
     );
-    assert_eq!((up.method, up.path, up.version), (Some(method), Some(path), Some(1)));
-    let count = |name: &str| up.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).count();
+    assert_eq!(
+        (up.method, up.path, up.version),
+        (Some(method), Some(path), Some(1))
+    );
+    let count = |name: &str| {
+        up.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    };
     assert_eq!(count("host"), 1);
     for name in ["transfer-encoding", "upgrade", "te", "expect"] {
         assert_eq!(count(name), 0, "{name}");
@@ -98,7 +109,9 @@ fn check_request(data: &[u8], client: Client<'_>) {
     match lengths[..] {
         [] => assert_eq!(simple.body, 0),
         [v] => assert_eq!(
-            std::str::from_utf8(v).ok().and_then(|v| v.trim().parse::<usize>().ok()),
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok()),
             Some(simple.body)
         ),
         _ => panic!("two Content-Length lines"),
@@ -112,7 +125,11 @@ fn check_request(data: &[u8], client: Client<'_>) {
         let kind = policy::classify(name.as_bytes());
         assert_ne!(kind, Name::Lookalike, "{name}");
         if !client.trusted && kind.is_forwarding() {
-            assert!(["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"].contains(&name.as_str()), "{name}");
+            assert!(
+                ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"]
+                    .contains(&name.as_str()),
+                "{name}"
+            );
         }
     }
     if !client.trusted {
@@ -125,8 +142,13 @@ fn check_request(data: &[u8], client: Client<'_>) {
 
 fn check_answer(data: &[u8], head: bool, close: bool) {
     let mut out = Vec::new();
-    let Answer::Final(fin) = h1::answer(data, head, b"Tue, 01 Dec 2026 00:00:00 GMT", close, &mut out)
-    else {
+    let Answer::Final(fin) = h1::answer(
+        data,
+        head,
+        b"Tue, 01 Dec 2026 00:00:00 GMT",
+        close,
+        &mut out,
+    ) else {
         return;
     };
     assert!(fin.len <= data.len());
