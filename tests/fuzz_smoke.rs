@@ -1,5 +1,5 @@
 //! A bounded fuzz run of each cargo-fuzz target in `fuzz/` (`config`, `h1`, `request`,
-//! `differential`, and the fronts: `h2`, `tls`; see fuzz/README.md): the targets must build, and a short run of each from its seed corpus must
+//! `differential`, the fronts: `h2`, `tls`, and `static_path`; see fuzz/README.md): the targets must build, and a short run of each from its seed corpus must
 //! find no crash, panic, hang or out-of-memory.
 //!
 //! It installs cargo-fuzz (`cargo install --locked cargo-fuzz`) when it is missing, and builds
@@ -14,7 +14,15 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const TARGETS: [&str; 6] = ["config", "h1", "request", "differential", "h2", "tls"];
+const TARGETS: [&str; 7] = [
+    "config",
+    "h1",
+    "request",
+    "differential",
+    "h2",
+    "tls",
+    "static_path",
+];
 
 fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
