@@ -323,6 +323,9 @@ pub mod no_h2 {
          without a Host";
     pub const TARGET_FORM: &str = "a target neither origin-form, absolute-form nor `*`: \
          HTTP/2's :path cannot carry it (RFC 9113 8.3.1)";
+    pub const ABSOLUTE_WITHOUT_HOST: &str = "an absolute-form target without a Host: its \
+         authority becomes HTTP/2's :authority, which stands for the Host HTTP/1.1 requires \
+         (RFC 9112 3.2), so its HTTP/2 form is a valid request where it is not";
     pub const URI: &str = "a target `http::Uri` refuses: the HTTP/2 client cannot send it";
     pub const METHOD: &str = "a method `http::Method` refuses";
     pub const UPGRADE: &str = "a protocol switch (Upgrade): HTTP/2 has none (RFC 9113 8.6)";
@@ -408,6 +411,8 @@ pub fn h2_form(input: &[u8]) -> Result<H2Form, &'static str> {
                 .map_err(|_| no_h2::URI)?,
             None => http::Uri::try_from(target).map_err(|_| no_h2::URI)?,
         }
+    } else if target.contains("://") && hosts.is_empty() {
+        return Err(no_h2::ABSOLUTE_WITHOUT_HOST);
     } else if target.contains("://") || method == http::Method::CONNECT {
         http::Uri::try_from(target).map_err(|_| no_h2::URI)?
     } else {
