@@ -360,6 +360,11 @@ pub enum OwnAnswer {
     HeadTooLarge(usize, usize),
     #[error("baton: the request body is larger than {0} bytes (listen.max_body_size)")]
     BodyTooLarge(u64),
+    /// An HTTP/2 request whose `Content-Length` is not one plain number ([`Body::Unclear`]):
+    /// hyper's HTTP/1.1 server refuses such a head itself, `h2` lets some through (an empty
+    /// value).
+    #[error("baton: the Content-Length is not one plain number")]
+    BadLength,
 }
 
 /// The methods baton forwards, for `Allow`.
@@ -369,7 +374,10 @@ impl OwnAnswer {
     pub fn status(self) -> u16 {
         match self {
             OwnAnswer::Options => 200,
-            OwnAnswer::BadTarget | OwnAnswer::NoHost | OwnAnswer::BadHost => 400,
+            OwnAnswer::BadTarget
+            | OwnAnswer::NoHost
+            | OwnAnswer::BadHost
+            | OwnAnswer::BadLength => 400,
             OwnAnswer::Connect | OwnAnswer::Trace => 405,
             OwnAnswer::UriTooLong(..) => 414,
             OwnAnswer::HeadTooLarge(..) => 431,
@@ -406,6 +414,7 @@ pub fn admit<F: Fields + ?Sized>(
     let mut host: &[u8] = b"";
     let mut lengths = 0;
     let mut length = None;
+    let mut same_lengths = true;
     let mut te = false;
     let mut adm = Admitted {
         head: req.method == "HEAD",
@@ -429,8 +438,11 @@ pub fn admit<F: Fields + ?Sized>(
                 host = v;
             }
             Name::ContentLength => {
+                let n = content_length(v);
+                // Several lines of one length are one length (RFC 9110 8.6).
+                same_lengths &= lengths == 0 || n == length;
                 lengths += 1;
-                length = content_length(v);
+                length = n;
             }
             Name::TransferEncoding => te = true,
             Name::Connection => {
@@ -491,6 +503,12 @@ pub fn admit<F: Fields + ?Sized>(
         (false, 0, _) if req.body_follows == Some(true) => Body::Chunked,
         (false, 0, _) => Body::None,
         (false, 1, Some(n)) => Body::Length(n),
+        // HTTP/2: the same length on several lines is that length, as hyper's HTTP/1.1
+        // server reads it; anything else is refused here, since `h2` lets some through (an
+        // empty value). HTTP/1.1's codecs refuse it (hyper) or hand it to hyper (the narrow
+        // path).
+        (false, _, Some(n)) if req.body_follows.is_some() && same_lengths => Body::Length(n),
+        _ if req.body_follows.is_some() => return Err(OwnAnswer::BadLength),
         _ => Body::Unclear,
     };
     // Too large by its own account: refused before it is read (and before a `100 Continue`).

@@ -39,6 +39,7 @@ const REQUESTS: &[&str] = &[
     "POST /two-lengths HTTP/1.1\r\nHost: app\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi",
     "POST /list HTTP/1.1\r\nHost: app\r\nContent-Length: 2, 2\r\n\r\nhi",
     "POST /sign HTTP/1.1\r\nHost: app\r\nContent-Length: +2\r\n\r\nhi",
+    "POST /no-length HTTP/1.1\r\nHost: app\r\nContent-Length: \r\n\r\n",
     "POST /large HTTP/1.1\r\nHost: app\r\nContent-Length: 70000\r\n\r\n",
     "POST /expect HTTP/1.1\r\nHost: app\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\nhi",
     "GET /expect HTTP/1.1\r\nHost: app\r\nExpect: 100-continue\r\n\r\n",
