@@ -330,6 +330,8 @@ pub mod no_h2 {
     pub const ABSOLUTE_WITHOUT_HOST: &str = "an absolute-form target without a Host: its \
          authority becomes HTTP/2's :authority, which stands for the Host HTTP/1.1 requires \
          (RFC 9112 3.2), so its HTTP/2 form is a valid request where it is not";
+    pub const BAD_CHUNKS: &str =
+        "a malformed chunked body: HTTP/2 has no chunks, so nothing it sends is malformed so";
     pub const URI: &str = "a target `http::Uri` refuses: the HTTP/2 client cannot send it";
     pub const METHOD: &str = "a method `http::Method` refuses";
     pub const UPGRADE: &str = "a protocol switch (Upgrade): HTTP/2 has none (RFC 9113 8.6)";
@@ -458,7 +460,7 @@ pub fn h2_form(input: &[u8]) -> Result<H2Form, &'static str> {
                     }
                     used += n;
                 }
-                Err(_) => break,
+                Err(_) => return Err(no_h2::BAD_CHUNKS),
             }
         }
         let done = c.is_done();
