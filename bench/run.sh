@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the proxy costs and what a restart costs, side by side with nginx.
 #
-#   bench/run.sh [--short] [--out FILE] [--workers N] [--keep] [--baton FILE] [--only tls]
+#   bench/run.sh [--short] [--out FILE] [--workers N] [--keep] [--baton FILE] [--only SECTION]
 #
 # 1. Steady state: requests/s and p50/p99/max latency at concurrency 1, 16, 64 for wrk straight
 #    to one demo worker ("direct"), nginx proxy_pass (upstream keepalive) to N workers, and baton
@@ -21,10 +21,22 @@
 #    full handshake per request); HTTP/2 req/s (h2load -c16 -m10); CPU per request for each;
 #    memory per idle TLS connection (2,000 held open after their handshake, HTTP/1.1 and h2).
 #    Printed as baton/nginx ratios from the same run. --only tls runs this section alone.
+# 7. Static files (issue 26): one release directory with public/assets/a-1k.bin (1 KiB) and
+#    a-1m.bin (1 MiB), served by nginx (`location /assets/ { root ...; }`, sendfile, tcp_nopush,
+#    open_file_cache) and by baton ([app] directory = the release, [static] directory =
+#    "public", prefixes = ["/assets"]): wrk keep-alive req/s at concurrency 1, 16, 64 for each
+#    file, CPU per request of the proxy process(es) alone, baton/nginx ratios; and the requests
+#    baton's workers served meanwhile (must be 0: no worker is involved). --only static.
+# 8. The access log (issue 26): two baton instances with N demo workers each, up at once and
+#    measured in turn, one with [log] access = a file (format combined, request ids on: the
+#    defaults) and one without; wrk at concurrency 16, plain proxying; proxy CPU per request on /
+#    off as a ratio, and the lines written against the requests the workers answered, and
+#    baton_access_log_dropped_total from /metrics. --only log.
 # Prints a table (figures with their targets, PASS/MISS) and writes JSON (bench/results.json or
 # --out). Targets are reported, never enforced: the exit status is 0 whenever every figure was
 # measured. --short (CI, tests/bench_smoke.rs): 1 round of 2 s per figure (1 s for HTTPS),
-# concurrency 1 and 16, boot 200ms, 200 idle TLS connections. Installs wrk, nginx, jq, curl,
+# concurrency 1 and 16, boot 200ms, 200 idle TLS connections; static files and the access log
+# at concurrency 16 only, 1 round of 1 s. Installs wrk, nginx, jq, curl,
 # h2load (nghttp2-client) and openssl with apt-get when missing (needs root then).
 # --keep keeps the work directory (configs, logs, raw wrk output). --baton FILE measures that
 # binary instead of building this tree (a before/after comparison of two commits). See
@@ -50,14 +62,16 @@ while [ $# -gt 0 ]; do
         --workers) N=${2:?--workers needs a number}; shift ;;
         --keep) KEEP=1 ;;
         --baton) BATON_BIN=${2:?--baton needs a file}; shift ;;
-        --only) ONLY=${2:?--only needs a section: tls}; shift ;;
+        --only) ONLY=${2:?--only needs a section: tls, static or log}; shift ;;
         --only=*) ONLY=${1#--only=} ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench/run.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
     shift
 done
-case "$ONLY" in "" | tls) ;; *) echo "bench/run.sh: --only $ONLY: the one section that runs alone is tls" >&2; exit 2 ;; esac
+case "$ONLY" in "" | tls | static | log) ;; *) echo "bench/run.sh: --only $ONLY: the sections that run alone are tls, static and log" >&2; exit 2 ;; esac
+# Does section NAME (tls, static, log) run? Sections 1-5 run only in a full run.
+runs() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 OUT=${OUT:-$BENCH/results.json}
 case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac
 
@@ -65,11 +79,17 @@ if [ "$SHORT" = 1 ]; then
     DUR=2; ROUNDS=1; CONCS=(1 16); BOOT=200ms; BOOT_MS=200; SETTLE_MS=100; BOOT_CPU=300ms
     IDLE_CONNS=2000
     TLS_DUR=1; TLS_ROUNDS=1; TLS_CONCS=(1 16); TLS_IDLE=200
+    STATIC_DUR=1; STATIC_ROUNDS=1; STATIC_CONCS=(16)
+    LOG_DUR=1; LOG_ROUNDS=1
 else
     DUR=5; ROUNDS=3; CONCS=(1 16 64); BOOT=1s; BOOT_MS=1000; SETTLE_MS=200; BOOT_CPU=1s
     IDLE_CONNS=10000
     TLS_DUR=5; TLS_ROUNDS=3; TLS_CONCS=(1 16 64); TLS_IDLE=2000
+    STATIC_DUR=5; STATIC_ROUNDS=3; STATIC_CONCS=(1 16 64)
+    LOG_DUR=5; LOG_ROUNDS=5
 fi
+# The access log's figure: plain proxying at this many connections, as issue 26 asks.
+LOG_CONC=16
 # HTTPS: full handshakes at this many connections at once; HTTP/2 as issue 24 asks for it.
 HANDSHAKE_CONC=16
 H2_CONC=16
@@ -109,7 +129,7 @@ if ! have_tools; then
     fi
     have_tools || die "still missing tools after apt-get install ${missing[*]}"
 fi
-command -v cc >/dev/null || die "no C compiler (cc): the HTTPS section builds bench/no_resume.c"
+! runs tls || command -v cc >/dev/null || die "no C compiler (cc): the HTTPS section builds bench/no_resume.c"
 NGINX=$(nginx_bin)
 
 if [ -n "$BATON_BIN" ]; then
@@ -197,8 +217,8 @@ start_demo_worker() { # PORT; sets WORKER_PID
 # baton: write a config, run it, wait for N ready workers. NAME BOOT; sets BATON_PID,
 # BATON_PORT, BATON_SOCK.
 status_json() { curl -fsS --max-time 2 --unix-socket "$BATON_SOCK" http://baton/status; }
-start_baton() { # NAME BOOT [RESTART_LINES] [APP_ARGS] [MORE_TOML]
-    local name=$1 boot=$2 restart_lines=${3:-} app_args=${4:-} more=${5:-} ready _ extra="" a
+start_baton() { # NAME BOOT [RESTART_LINES] [APP_ARGS] [MORE_TOML] [APP_TOML]
+    local name=$1 boot=$2 restart_lines=${3:-} app_args=${4:-} more=${5:-} app_toml=${6:-} ready _ extra="" a
     for a in $app_args; do extra+=", \"$a\""; done
     free_port
     BATON_PORT=$PORT
@@ -211,6 +231,7 @@ address = "127.0.0.1:$BATON_PORT"
 
 [app]
 command = ["$BATON", "demo-app", "--port", "{port}", "--boot-time", "$boot"$extra]
+$app_toml
 
 [workers]
 count = $N
@@ -311,7 +332,7 @@ own_cpu() { awk '{ print $14 + $15 + $16 + $17 }' "/proc/$$/stat"; }
 BUSY0=$(machine_busy) OWN0=$(own_cpu) T0=$EPOCHREALTIME
 
 # Sections 1-5: everything but HTTPS (--only tls skips them).
-if [ "$ONLY" != tls ]; then
+if [ -z "$ONLY" ]; then
     # --- 1. steady state -----------------------------------------------------------------------
     log "starting: one direct worker; nginx with $N workers; baton with $N workers"
     free_port
@@ -486,224 +507,463 @@ if [ "$ONLY" != tls ]; then
     stop_pid "$BATON_PID"
 fi
 
-# --- 6. HTTPS and HTTP/2: baton and nginx with the same certificate --------------------------
-# One ECDSA P-256 certificate for both. nginx: `listen ... ssl http2`, TLS 1.2 and 1.3, a shared
-# session cache (tickets on, its default), upstream keepalive to N demo workers of its own, as
-# in section 1. baton: [tls] address and certificates, N demo workers. Measured in turn, TLS_ROUNDS
-# rounds; for each figure the round with the median requests/s stands, as in section 1.
-#   keepalive  wrk over https, keep-alive, at each of TLS_CONCS connections: one handshake per
-#              connection, then requests (HTTP/1.1: wrk offers no ALPN).
-#   handshake  wrk over https with `Connection: close`, HANDSHAKE_CONC connections: the proxy
-#              answers and closes, wrk reconnects, so each request is a new TCP connection and a
-#              TLS handshake, and req/s is handshakes/s. wrk would resume its last session on
-#              each reconnect (it keeps it across SSL_clear), which both servers accept: no
-#              certificate, no signature. bench/no_resume.c, preloaded into wrk, drops it, so
-#              every handshake is a full one (a new visitor's). The request also counts.
-#   http2      h2load -t2 -c16 -m10 (ALPN h2): 16 connections, 10 streams at once on each.
-#   idle       memory per idle TLS connection: TLS_IDLE connections that completed their
-#              handshake, then held idle for 2 s (bench/idle_connections.py --tls): the growth
-#              of baton's RSS, and of the sum of nginx's worker processes' RSS, over the count.
-#              Once with ALPN http/1.1, once with h2 (the client's preface and SETTINGS sent).
-# CPU per request as in section 1: /proc/PID/stat of the proxy's processes around each run.
+# Section 6 runs in a full run and with --only tls.
+if runs tls; then
+    # --- 6. HTTPS and HTTP/2: baton and nginx with the same certificate --------------------------
+    # One ECDSA P-256 certificate for both. nginx: `listen ... ssl http2`, TLS 1.2 and 1.3, a shared
+    # session cache (tickets on, its default), upstream keepalive to N demo workers of its own, as
+    # in section 1. baton: [tls] address and certificates, N demo workers. Measured in turn, TLS_ROUNDS
+    # rounds; for each figure the round with the median requests/s stands, as in section 1.
+    #   keepalive  wrk over https, keep-alive, at each of TLS_CONCS connections: one handshake per
+    #              connection, then requests (HTTP/1.1: wrk offers no ALPN).
+    #   handshake  wrk over https with `Connection: close`, HANDSHAKE_CONC connections: the proxy
+    #              answers and closes, wrk reconnects, so each request is a new TCP connection and a
+    #              TLS handshake, and req/s is handshakes/s. wrk would resume its last session on
+    #              each reconnect (it keeps it across SSL_clear), which both servers accept: no
+    #              certificate, no signature. bench/no_resume.c, preloaded into wrk, drops it, so
+    #              every handshake is a full one (a new visitor's). The request also counts.
+    #   http2      h2load -t2 -c16 -m10 (ALPN h2): 16 connections, 10 streams at once on each.
+    #   idle       memory per idle TLS connection: TLS_IDLE connections that completed their
+    #              handshake, then held idle for 2 s (bench/idle_connections.py --tls): the growth
+    #              of baton's RSS, and of the sum of nginx's worker processes' RSS, over the count.
+    #              Once with ALPN http/1.1, once with h2 (the client's preface and SETTINGS sent).
+    # CPU per request as in section 1: /proc/PID/stat of the proxy's processes around each run.
 
-# run_h2load CONNECTIONS STREAMS SECONDS URL -> one JSON object on stdout: requests (succeeded),
-# rps, mean_us and max_us (h2load gives no percentiles), failed (failed, errored, timed out or
-# status >= 400), and what was negotiated.
-run_h2load() {
-    local c=$1 m=$2 d=$3 url=$4 out
-    out=$(h2load -t2 -c"$c" -m"$m" -D"$d" "$url" 2>&1) || die "h2load failed against $url: $out"
-    printf '%s\n' "$out" >>"$WORK/h2load.out"
-    awk '
-        function us(v) {
-            if (v ~ /us$/) return substr(v, 1, length(v) - 2) + 0
-            if (v ~ /ms$/) return substr(v, 1, length(v) - 2) * 1000
-            if (v ~ /s$/) return substr(v, 1, length(v) - 1) * 1000000
-            return v + 0
-        }
-        /^finished in/ { d = us(substr($3, 1, length($3) - 1)) / 1e6 }
-        /^requests:/ { ok = $8; bad = $10 + $12 + $14 }
-        /^status codes:/ { bad += $7 + $9 }
-        /^time for request:/ { mean = us($6); max = us($5) }
-        /^TLS Protocol:/ { proto = $3 }
-        /^Cipher:/ { cipher = $2 }
-        /^Server Temp Key:/ { key = $4 }
-        /^Application protocol:/ { alpn = $3 }
-        END {
-            if (d == 0 || ok == "") exit 1
-            printf "{\"requests\":%d,\"duration_s\":%.3f,\"rps\":%.1f,\"mean_us\":%.1f,\"max_us\":%d,", ok, d, ok / d, mean, max
-            printf "\"failed\":%d,\"tls\":\"%s %s %s\",\"alpn\":\"%s\"}\n", bad, proto, cipher, key, alpn
-        }' <<<"$out" || die "no figures from h2load: $out"
-}
+    # run_h2load CONNECTIONS STREAMS SECONDS URL -> one JSON object on stdout: requests (succeeded),
+    # rps, mean_us and max_us (h2load gives no percentiles), failed (failed, errored, timed out or
+    # status >= 400), and what was negotiated.
+    run_h2load() {
+        local c=$1 m=$2 d=$3 url=$4 out
+        out=$(h2load -t2 -c"$c" -m"$m" -D"$d" "$url" 2>&1) || die "h2load failed against $url: $out"
+        printf '%s\n' "$out" >>"$WORK/h2load.out"
+        awk '
+            function us(v) {
+                if (v ~ /us$/) return substr(v, 1, length(v) - 2) + 0
+                if (v ~ /ms$/) return substr(v, 1, length(v) - 2) * 1000
+                if (v ~ /s$/) return substr(v, 1, length(v) - 1) * 1000000
+                return v + 0
+            }
+            /^finished in/ { d = us(substr($3, 1, length($3) - 1)) / 1e6 }
+            /^requests:/ { ok = $8; bad = $10 + $12 + $14 }
+            /^status codes:/ { bad += $7 + $9 }
+            /^time for request:/ { mean = us($6); max = us($5) }
+            /^TLS Protocol:/ { proto = $3 }
+            /^Cipher:/ { cipher = $2 }
+            /^Server Temp Key:/ { key = $4 }
+            /^Application protocol:/ { alpn = $3 }
+            END {
+                if (d == 0 || ok == "") exit 1
+                printf "{\"requests\":%d,\"duration_s\":%.3f,\"rps\":%.1f,\"mean_us\":%.1f,\"max_us\":%d,", ok, d, ok / d, mean, max
+                printf "\"failed\":%d,\"tls\":\"%s %s %s\",\"alpn\":\"%s\"}\n", bad, proto, cipher, key, alpn
+            }' <<<"$out" || die "no figures from h2load: $out"
+    }
 
-log "HTTPS: nginx (listen ssl http2) and baton ([tls]), the same ECDSA P-256 certificate, $N workers each"
-TLS_DIR="$WORK/tls"
-mkdir -p "$TLS_DIR"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-    -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-    -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" 2>"$TLS_DIR/openssl.log" ||
-    die "openssl could not make the certificate: $(cat "$TLS_DIR/openssl.log")"
-cc -O2 -shared -fPIC -o "$TLS_DIR/no_resume.so" "$BENCH/no_resume.c" -ldl ||
-    die "cannot build bench/no_resume.c"
+    log "HTTPS: nginx (listen ssl http2) and baton ([tls]), the same ECDSA P-256 certificate, $N workers each"
+    TLS_DIR="$WORK/tls"
+    mkdir -p "$TLS_DIR"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+        -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" 2>"$TLS_DIR/openssl.log" ||
+        die "openssl could not make the certificate: $(cat "$TLS_DIR/openssl.log")"
+    cc -O2 -shared -fPIC -o "$TLS_DIR/no_resume.so" "$BENCH/no_resume.c" -ldl ||
+        die "cannot build bench/no_resume.c"
 
-nginx_workers
-TLS_NGINX_WORKERS=("${NGINX_WORKERS[@]}")
-# Both proxies, on new ports: sets TLS_NGINX_PID, TLS_NGINX_PORT, TLS_BATON_PID, TLS_BATON_PORT.
-tls_start() {
-    free_port
-    TLS_NGINX_PORT=$PORT
-    start_nginx "$WORK/nginx-tls" "        listen 127.0.0.1:$PORT ssl http2;
-        ssl_certificate $TLS_DIR/cert.pem;
-        ssl_certificate_key $TLS_DIR/key.pem;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_cache shared:SSL:10m;
-        ssl_session_timeout 1d;
-        # nginx ends a connection after 1000 requests by default (a GOAWAY on HTTP/2), and
-        # h2load does not reconnect: the HTTP/2 run would stop at 16,000 requests. baton has no
-        # such limit; an operator who benchmarks raises it too.
-        keepalive_requests 1000000;"
-    TLS_NGINX_PID=$NGINX_PID
-    wait_http "https://127.0.0.1:$TLS_NGINX_PORT/"
-    free_port
-    TLS_BATON_PORT=$PORT
-    start_baton tls 0s "" "" "
-[tls]
-address = \"127.0.0.1:$TLS_BATON_PORT\"
-certificates = [{ cert = \"$TLS_DIR/cert.pem\", key = \"$TLS_DIR/key.pem\" }]"
-    TLS_BATON_PID=$BATON_PID
-    wait_http "https://127.0.0.1:$TLS_BATON_PORT/"
-}
-tls_stop() { stop_pid "$TLS_BATON_PID"; stop_pid "$TLS_NGINX_PID"; }
-tls_start
-
-# By name: wrk and h2load send it as SNI, as browsers do (rustls logs a warning for each
-# handshake that sends an IP address as SNI, which wrk does for https://127.0.0.1/).
-tls_url() { case $1 in nginx) echo "https://localhost:$TLS_NGINX_PORT/" ;; baton) echo "https://localhost:$TLS_BATON_PORT/" ;; esac; }
-tls_proxy_pids() {
-    case $1 in
-        nginx) echo "$TLS_NGINX_PID" $(pgrep -P "$TLS_NGINX_PID") ;;
-        baton) echo "$TLS_BATON_PID" ;;
-    esac
-}
-tls_app_pids() {
-    case $1 in
-        nginx) echo "${TLS_NGINX_WORKERS[@]}" ;;
-        baton) pgrep -P "$TLS_BATON_PID" ;;
-    esac
-}
-# What each side negotiates with an OpenSSL client that offers what wrk offers (no ALPN).
-tls_negotiated() {
-    openssl s_client -connect "127.0.0.1:${1##*:}" -servername localhost </dev/null 2>/dev/null |
-        awk '/^New, / { p = $2; sub(/,$/, "", p); c = $NF } /^Server Temp Key:/ { k = $4; sub(/,$/, "", k) }
-             END { printf "%s %s %s", p, c, k }'
-}
-
-TLS_RUNS="$WORK/tls-runs.jsonl"
-: >"$TLS_RUNS"
-tls_run() { # KIND TARGET CONNECTIONS ROUND
-    local kind=$1 t=$2 c=$3 round=$4 url p0 a0 p1 a1 fig
-    url=$(tls_url "$t")
-    # shellcheck disable=SC2046 # word splitting of the pid lists is intended
-    p0=$(cpu_ticks $(tls_proxy_pids "$t")) a0=$(cpu_ticks $(tls_app_pids "$t"))
-    case $kind in
-        keepalive) fig=$(run_wrk "$c" "$TLS_DUR" "$url") ;;
-        handshake) fig=$(WRK_PRELOAD="$TLS_DIR/no_resume.so" run_wrk "$c" "$TLS_DUR" "$url" -H "Connection: close") ;;
-        http2) fig=$(run_h2load "$c" "$H2_STREAMS" "$TLS_DUR" "$url") ;;
-    esac
-    # shellcheck disable=SC2046
-    p1=$(cpu_ticks $(tls_proxy_pids "$t")) a1=$(cpu_ticks $(tls_app_pids "$t"))
-    jq -c --arg k "$kind" --arg t "$t" --argjson c "$c" --argjson r "$round" \
-        --argjson pus "$(((p1 - p0) * TICK_US))" --argjson aus "$(((a1 - a0) * TICK_US))" '
-        {kind: $k, target: $t, concurrency: $c, round: $r} + .
-        + {failed: (.failed // (.errors_connect + .errors_read + .errors_write + .errors_status + .errors_timeout)),
-           proxy_cpu_us_per_request: ($pus / .requests * 10 | round / 10),
-           app_cpu_us_per_request: ($aus / .requests * 10 | round / 10)}' <<<"$fig" >>"$TLS_RUNS"
-    log "$(tail -n1 "$TLS_RUNS" | jq -r '"\(.kind) \(.target) c=\(.concurrency) round \(.round): \(.rps | floor) req/s, failed \(.failed), proxy CPU \(.proxy_cpu_us_per_request)us/req"')"
-}
-
-for t in nginx baton; do run_wrk 16 1 "$(tls_url "$t")" >/dev/null; done # warm-up
-TLS_NEGOTIATED=$(jq -nc --arg n "$(tls_negotiated "$TLS_NGINX_PORT")" --arg b "$(tls_negotiated "$TLS_BATON_PORT")" '{nginx: $n, baton: $b}')
-for c in "${TLS_CONCS[@]}"; do
-    for round in $(seq 1 "$TLS_ROUNDS"); do
-        for t in nginx baton; do tls_run keepalive "$t" "$c" "$round"; done
-    done
-done
-for round in $(seq 1 "$TLS_ROUNDS"); do
-    for t in nginx baton; do tls_run handshake "$t" "$HANDSHAKE_CONC" "$round"; done
-done
-for round in $(seq 1 "$TLS_ROUNDS"); do
-    for t in nginx baton; do tls_run http2 "$t" "$H2_CONC" "$round"; done
-done
-
-# Idle TLS connections: the RSS of the processes that hold them (nginx's workers; baton). Each
-# ALPN on proxies started afresh and warmed up by 1 s of load (their allocators' arenas exist),
-# so that memory the first batch freed is not reused by the second without showing.
-TLS_IDLE_RUNS="$WORK/tls-idle.jsonl"
-: >"$TLS_IDLE_RUNS"
-for alpn in h1 h2; do
-    tls_stop
+    nginx_workers
+    TLS_NGINX_WORKERS=("${NGINX_WORKERS[@]}")
+    # Both proxies, on new ports: sets TLS_NGINX_PID, TLS_NGINX_PORT, TLS_BATON_PID, TLS_BATON_PORT.
+    tls_start() {
+        free_port
+        TLS_NGINX_PORT=$PORT
+        start_nginx "$WORK/nginx-tls" "        listen 127.0.0.1:$PORT ssl http2;
+            ssl_certificate $TLS_DIR/cert.pem;
+            ssl_certificate_key $TLS_DIR/key.pem;
+            ssl_protocols TLSv1.2 TLSv1.3;
+            ssl_session_cache shared:SSL:10m;
+            ssl_session_timeout 1d;
+            # nginx ends a connection after 1000 requests by default (a GOAWAY on HTTP/2), and
+            # h2load does not reconnect: the HTTP/2 run would stop at 16,000 requests. baton has no
+            # such limit; an operator who benchmarks raises it too.
+            keepalive_requests 1000000;"
+        TLS_NGINX_PID=$NGINX_PID
+        wait_http "https://127.0.0.1:$TLS_NGINX_PORT/"
+        free_port
+        TLS_BATON_PORT=$PORT
+        start_baton tls 0s "" "" "
+    [tls]
+    address = \"127.0.0.1:$TLS_BATON_PORT\"
+    certificates = [{ cert = \"$TLS_DIR/cert.pem\", key = \"$TLS_DIR/key.pem\" }]"
+        TLS_BATON_PID=$BATON_PID
+        wait_http "https://127.0.0.1:$TLS_BATON_PORT/"
+    }
+    tls_stop() { stop_pid "$TLS_BATON_PID"; stop_pid "$TLS_NGINX_PID"; }
     tls_start
-    for t in nginx baton; do run_wrk 16 1 "$(tls_url "$t")" >/dev/null; done
-    for t in nginx baton; do
-        if [ "$t" = nginx ]; then
-            port=$TLS_NGINX_PORT pids=$(pgrep -P "$TLS_NGINX_PID" | paste -sd, -)
-        else
-            port=$TLS_BATON_PORT pids=$TLS_BATON_PID
-        fi
-        sleep 1 # the last run's connections are gone
-        fig=$(python3 "$BENCH/idle_connections.py" "$port" "$TLS_IDLE" "$pids" --tls "$alpn") ||
-            die "the idle TLS connections to $t failed"
-        jq -c --arg t "$t" '{target: $t} + .' <<<"$fig" >>"$TLS_IDLE_RUNS"
-        log "idle TLS ($alpn) $t: $(jq -r '"\(.connections) connections, \(.bytes_per_connection / 1024 * 10 | round / 10) KiB each"' <<<"$fig")"
-    done
-done
-tls_stop
-for p in "${TLS_NGINX_WORKERS[@]}"; do stop_pid "$p"; done
 
-# The HTTPS part of the JSON: {tls: {...}, targets: [...]}, the targets appended to the others.
-jq -n \
-    --slurpfile runs "$TLS_RUNS" \
-    --slurpfile idle "$TLS_IDLE_RUNS" \
-    --argjson negotiated "$TLS_NEGOTIATED" \
-    --argjson dur "$TLS_DUR" --argjson rounds "$TLS_ROUNDS" \
-    --argjson hconc "$HANDSHAKE_CONC" --argjson h2conc "$H2_CONC" --argjson h2streams "$H2_STREAMS" '
-def median_run($k; $t; $c): [$runs[] | select(.kind == $k and .target == $t and .concurrency == $c)]
-  | sort_by(.rps) | .[(length - 1) / 2 | floor];
-def r2: . * 100 | round / 100;
-def t($name; $value; $op; $limit; $unit):
-  {name: $name, value: $value, op: $op, limit: $limit, unit: $unit, nginx: null,
-   pass: (if $op == ">=" then $value >= $limit else $value <= $limit end)};
-([$runs[] | [.kind, .concurrency]] | unique) as $keys
-| [ ("keepalive", "handshake", "http2") as $k | $keys[] | select(.[0] == $k) | .[1] as $c
-    | median_run($k; "nginx"; $c) as $n | median_run($k; "baton"; $c) as $b
-    | {kind: $k, concurrency: $c, nginx: $n, baton: $b,
-       rps_ratio: ($b.rps / $n.rps | r2),
-       cpu_ratio: ($b.proxy_cpu_us_per_request / $n.proxy_cpu_us_per_request | r2)} ] as $figs
-| [ ("h1", "h2") as $a | ($a | if . == "h1" then "http/1.1" else "h2" end) as $alpn
-    | first($idle[] | select(.alpn == $alpn and .target == "nginx")) as $n
-    | first($idle[] | select(.alpn == $alpn and .target == "baton")) as $b
-    | {alpn: $alpn, connections: $n.connections, nginx: $n, baton: $b,
-       bytes_ratio: ($b.bytes_per_connection / ([$n.bytes_per_connection, 1] | max) | r2)} ] as $idlefigs
-| def fname($f): if $f.kind == "keepalive" then "TLS keep-alive (c=\($f.concurrency))"
-                 elif $f.kind == "handshake" then "TLS full handshakes (c=\($f.concurrency))"
-                 else "HTTP/2 (h2load -c\($f.concurrency) -m\($h2streams))" end;
-{
-  tls: {certificate: "ECDSA P-256 (prime256v1), self-signed, the same file for both",
-        negotiated: {wrk: $negotiated,
-                     h2load: ([$runs[] | select(.kind == "http2") | {(.target): "\(.tls) \(.alpn)"}] | add)},
-        duration_s: $dur, rounds: $rounds, handshake_connections: $hconc,
-        http2: {connections: $h2conc, streams: $h2streams},
-        figures: $figs, idle: $idlefigs, runs: $runs},
-  targets: (
-    [ $figs[] as $f | t("\(fname($f)): baton req/s >= nginx req/s"; $f.baton.rps; ">="; $f.nginx.rps; "req/s")
-      + {ratio: $f.rps_ratio} ]
-    + [ $figs[] | select(.kind != "keepalive" or .concurrency > 1) as $f
-        | t("\(fname($f)): baton proxy CPU/req <= nginx'"'"'s"; $f.baton.proxy_cpu_us_per_request; "<=";
-            $f.nginx.proxy_cpu_us_per_request; "us") + {ratio: $f.cpu_ratio} ]
-    + [ $idlefigs[] as $i | t("idle TLS connection (\($i.alpn)): baton bytes <= nginx'"'"'s";
-          $i.baton.bytes_per_connection / 1024; "<="; $i.nginx.bytes_per_connection / 1024; "KiB")
-          + {ratio: $i.bytes_ratio} ]
-  )
-}' >"$WORK/tls.json"
+    # By name: wrk and h2load send it as SNI, as browsers do (rustls logs a warning for each
+    # handshake that sends an IP address as SNI, which wrk does for https://127.0.0.1/).
+    tls_url() { case $1 in nginx) echo "https://localhost:$TLS_NGINX_PORT/" ;; baton) echo "https://localhost:$TLS_BATON_PORT/" ;; esac; }
+    tls_proxy_pids() {
+        case $1 in
+            nginx) echo "$TLS_NGINX_PID" $(pgrep -P "$TLS_NGINX_PID") ;;
+            baton) echo "$TLS_BATON_PID" ;;
+        esac
+    }
+    tls_app_pids() {
+        case $1 in
+            nginx) echo "${TLS_NGINX_WORKERS[@]}" ;;
+            baton) pgrep -P "$TLS_BATON_PID" ;;
+        esac
+    }
+    # What each side negotiates with an OpenSSL client that offers what wrk offers (no ALPN).
+    tls_negotiated() {
+        openssl s_client -connect "127.0.0.1:${1##*:}" -servername localhost </dev/null 2>/dev/null |
+            awk '/^New, / { p = $2; sub(/,$/, "", p); c = $NF } /^Server Temp Key:/ { k = $4; sub(/,$/, "", k) }
+                 END { printf "%s %s %s", p, c, k }'
+    }
+
+    TLS_RUNS="$WORK/tls-runs.jsonl"
+    : >"$TLS_RUNS"
+    tls_run() { # KIND TARGET CONNECTIONS ROUND
+        local kind=$1 t=$2 c=$3 round=$4 url p0 a0 p1 a1 fig
+        url=$(tls_url "$t")
+        # shellcheck disable=SC2046 # word splitting of the pid lists is intended
+        p0=$(cpu_ticks $(tls_proxy_pids "$t")) a0=$(cpu_ticks $(tls_app_pids "$t"))
+        case $kind in
+            keepalive) fig=$(run_wrk "$c" "$TLS_DUR" "$url") ;;
+            handshake) fig=$(WRK_PRELOAD="$TLS_DIR/no_resume.so" run_wrk "$c" "$TLS_DUR" "$url" -H "Connection: close") ;;
+            http2) fig=$(run_h2load "$c" "$H2_STREAMS" "$TLS_DUR" "$url") ;;
+        esac
+        # shellcheck disable=SC2046
+        p1=$(cpu_ticks $(tls_proxy_pids "$t")) a1=$(cpu_ticks $(tls_app_pids "$t"))
+        jq -c --arg k "$kind" --arg t "$t" --argjson c "$c" --argjson r "$round" \
+            --argjson pus "$(((p1 - p0) * TICK_US))" --argjson aus "$(((a1 - a0) * TICK_US))" '
+            {kind: $k, target: $t, concurrency: $c, round: $r} + .
+            + {failed: (.failed // (.errors_connect + .errors_read + .errors_write + .errors_status + .errors_timeout)),
+               proxy_cpu_us_per_request: ($pus / .requests * 10 | round / 10),
+               app_cpu_us_per_request: ($aus / .requests * 10 | round / 10)}' <<<"$fig" >>"$TLS_RUNS"
+        log "$(tail -n1 "$TLS_RUNS" | jq -r '"\(.kind) \(.target) c=\(.concurrency) round \(.round): \(.rps | floor) req/s, failed \(.failed), proxy CPU \(.proxy_cpu_us_per_request)us/req"')"
+    }
+
+    for t in nginx baton; do run_wrk 16 1 "$(tls_url "$t")" >/dev/null; done # warm-up
+    TLS_NEGOTIATED=$(jq -nc --arg n "$(tls_negotiated "$TLS_NGINX_PORT")" --arg b "$(tls_negotiated "$TLS_BATON_PORT")" '{nginx: $n, baton: $b}')
+    for c in "${TLS_CONCS[@]}"; do
+        for round in $(seq 1 "$TLS_ROUNDS"); do
+            for t in nginx baton; do tls_run keepalive "$t" "$c" "$round"; done
+        done
+    done
+    for round in $(seq 1 "$TLS_ROUNDS"); do
+        for t in nginx baton; do tls_run handshake "$t" "$HANDSHAKE_CONC" "$round"; done
+    done
+    for round in $(seq 1 "$TLS_ROUNDS"); do
+        for t in nginx baton; do tls_run http2 "$t" "$H2_CONC" "$round"; done
+    done
+
+    # Idle TLS connections: the RSS of the processes that hold them (nginx's workers; baton). Each
+    # ALPN on proxies started afresh and warmed up by 1 s of load (their allocators' arenas exist),
+    # so that memory the first batch freed is not reused by the second without showing.
+    TLS_IDLE_RUNS="$WORK/tls-idle.jsonl"
+    : >"$TLS_IDLE_RUNS"
+    for alpn in h1 h2; do
+        tls_stop
+        tls_start
+        for t in nginx baton; do run_wrk 16 1 "$(tls_url "$t")" >/dev/null; done
+        for t in nginx baton; do
+            if [ "$t" = nginx ]; then
+                port=$TLS_NGINX_PORT pids=$(pgrep -P "$TLS_NGINX_PID" | paste -sd, -)
+            else
+                port=$TLS_BATON_PORT pids=$TLS_BATON_PID
+            fi
+            sleep 1 # the last run's connections are gone
+            fig=$(python3 "$BENCH/idle_connections.py" "$port" "$TLS_IDLE" "$pids" --tls "$alpn") ||
+                die "the idle TLS connections to $t failed"
+            jq -c --arg t "$t" '{target: $t} + .' <<<"$fig" >>"$TLS_IDLE_RUNS"
+            log "idle TLS ($alpn) $t: $(jq -r '"\(.connections) connections, \(.bytes_per_connection / 1024 * 10 | round / 10) KiB each"' <<<"$fig")"
+        done
+    done
+    tls_stop
+    for p in "${TLS_NGINX_WORKERS[@]}"; do stop_pid "$p"; done
+
+    # The HTTPS part of the JSON: {tls: {...}, targets: [...]}, the targets appended to the others.
+    jq -n \
+        --slurpfile runs "$TLS_RUNS" \
+        --slurpfile idle "$TLS_IDLE_RUNS" \
+        --argjson negotiated "$TLS_NEGOTIATED" \
+        --argjson dur "$TLS_DUR" --argjson rounds "$TLS_ROUNDS" \
+        --argjson hconc "$HANDSHAKE_CONC" --argjson h2conc "$H2_CONC" --argjson h2streams "$H2_STREAMS" '
+    def median_run($k; $t; $c): [$runs[] | select(.kind == $k and .target == $t and .concurrency == $c)]
+      | sort_by(.rps) | .[(length - 1) / 2 | floor];
+    def r2: . * 100 | round / 100;
+    def t($name; $value; $op; $limit; $unit):
+      {name: $name, value: $value, op: $op, limit: $limit, unit: $unit, nginx: null,
+       pass: (if $op == ">=" then $value >= $limit else $value <= $limit end)};
+    ([$runs[] | [.kind, .concurrency]] | unique) as $keys
+    | [ ("keepalive", "handshake", "http2") as $k | $keys[] | select(.[0] == $k) | .[1] as $c
+        | median_run($k; "nginx"; $c) as $n | median_run($k; "baton"; $c) as $b
+        | {kind: $k, concurrency: $c, nginx: $n, baton: $b,
+           rps_ratio: ($b.rps / $n.rps | r2),
+           cpu_ratio: ($b.proxy_cpu_us_per_request / $n.proxy_cpu_us_per_request | r2)} ] as $figs
+    | [ ("h1", "h2") as $a | ($a | if . == "h1" then "http/1.1" else "h2" end) as $alpn
+        | first($idle[] | select(.alpn == $alpn and .target == "nginx")) as $n
+        | first($idle[] | select(.alpn == $alpn and .target == "baton")) as $b
+        | {alpn: $alpn, connections: $n.connections, nginx: $n, baton: $b,
+           bytes_ratio: ($b.bytes_per_connection / ([$n.bytes_per_connection, 1] | max) | r2)} ] as $idlefigs
+    | def fname($f): if $f.kind == "keepalive" then "TLS keep-alive (c=\($f.concurrency))"
+                     elif $f.kind == "handshake" then "TLS full handshakes (c=\($f.concurrency))"
+                     else "HTTP/2 (h2load -c\($f.concurrency) -m\($h2streams))" end;
+    {
+      tls: {certificate: "ECDSA P-256 (prime256v1), self-signed, the same file for both",
+            negotiated: {wrk: $negotiated,
+                         h2load: ([$runs[] | select(.kind == "http2") | {(.target): "\(.tls) \(.alpn)"}] | add)},
+            duration_s: $dur, rounds: $rounds, handshake_connections: $hconc,
+            http2: {connections: $h2conc, streams: $h2streams},
+            figures: $figs, idle: $idlefigs, runs: $runs},
+      targets: (
+        [ $figs[] as $f | t("\(fname($f)): baton req/s >= nginx req/s"; $f.baton.rps; ">="; $f.nginx.rps; "req/s")
+          + {ratio: $f.rps_ratio} ]
+        + [ $figs[] | select(.kind != "keepalive" or .concurrency > 1) as $f
+            | t("\(fname($f)): baton proxy CPU/req <= nginx'"'"'s"; $f.baton.proxy_cpu_us_per_request; "<=";
+                $f.nginx.proxy_cpu_us_per_request; "us") + {ratio: $f.cpu_ratio} ]
+        + [ $idlefigs[] as $i | t("idle TLS connection (\($i.alpn)): baton bytes <= nginx'"'"'s";
+              $i.baton.bytes_per_connection / 1024; "<="; $i.nginx.bytes_per_connection / 1024; "KiB")
+              + {ratio: $i.bytes_ratio} ]
+      )
+    }' >"$WORK/tls.json"
+fi
+
+# Section 7 runs in a full run and with --only static.
+if runs static; then
+    # --- 7. static files: baton's [static] against nginx's root ------------------------------
+    # One release directory, RELEASE/public/assets/a-1k.bin (1 KiB) and a-1m.bin (1 MiB) of
+    # random bytes, served by both:
+    #   nginx  `location /assets/ { root RELEASE/public; }`, configured as its users do for
+    #          static files: sendfile on, tcp_nopush on, open_file_cache max=1000 inactive=20s
+    #          (open_file_cache_valid 30s, min_uses 2, errors on: the values nginx's docs and
+    #          most tuning guides show), mime.types included, keepalive_requests 1000000 (baton
+    #          has no per-connection limit; an operator who benchmarks raises it, as in section 6),
+    #          no access log; no gzip (the files are random bytes, .bin).
+    #   baton  [app] directory = RELEASE, [static] directory = "public", prefixes = ["/assets"],
+    #          N demo workers behind it (which must serve none of these requests).
+    # wrk keep-alive at each of STATIC_CONCS connections, for each file, the two measured in turn,
+    # STATIC_ROUNDS rounds, the round with the median requests/s standing. CPU per request: the
+    # proxy's processes alone (nginx's master and workers; baton's process): no worker is
+    # involved. The requests baton's workers finished during the section (`processed` in its
+    # status) are recorded: any would mean a static request reached a worker.
+    log "static files: nginx (root, sendfile, open_file_cache) and baton ([static]), 1 KiB and 1 MiB"
+    RELEASE="$WORK/release"
+    mkdir -p "$RELEASE/public/assets"
+    head -c 1024 /dev/urandom >"$RELEASE/public/assets/a-1k.bin"
+    head -c 1048576 /dev/urandom >"$RELEASE/public/assets/a-1m.bin"
+    STATIC_FILES=(a-1k.bin a-1m.bin)
+
+    free_port
+    STATIC_NGINX_PORT=$PORT
+    dir="$WORK/nginx-static"
+    mkdir -p "$dir"
+    mime=""
+    [ ! -f /etc/nginx/mime.types ] || mime="include /etc/nginx/mime.types;"
+    cat >"$dir/nginx.conf" <<NGINX
+user root;
+worker_processes auto;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+daemon off;
+events { worker_connections 4096; }
+http {
+    $mime
+    default_type application/octet-stream;
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    open_file_cache max=1000 inactive=20s;
+    open_file_cache_valid 30s;
+    open_file_cache_min_uses 2;
+    open_file_cache_errors on;
+    keepalive_requests 1000000;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    server {
+        listen 127.0.0.1:$STATIC_NGINX_PORT;
+        location /assets/ {
+            root $RELEASE/public;
+        }
+    }
+}
+NGINX
+    "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" &
+    STATIC_NGINX_PID=$!
+    PIDS+=("$STATIC_NGINX_PID")
+    wait_http "http://127.0.0.1:$STATIC_NGINX_PORT/assets/a-1k.bin"
+
+    start_baton static 0s "" "" "
+[static]
+directory = \"public\"
+prefixes = [\"/assets\"]" "directory = \"$RELEASE\""
+    STATIC_BATON_PID=$BATON_PID
+    STATIC_BATON_PORT=$BATON_PORT
+    wait_http "http://127.0.0.1:$STATIC_BATON_PORT/assets/a-1k.bin"
+    for f in "${STATIC_FILES[@]}"; do
+        for u in "http://127.0.0.1:$STATIC_NGINX_PORT" "http://127.0.0.1:$STATIC_BATON_PORT"; do
+            cmp -s <(curl -fsS "$u/assets/$f") "$RELEASE/public/assets/$f" || die "$u/assets/$f: not the file's bytes"
+        done
+    done
+    # Requests baton's workers have finished, all generations.
+    worker_processed() { status_json | jq '[.workers[].processed] | add // 0'; }
+    STATIC_PROCESSED0=$(worker_processed)
+
+    static_url() { # TARGET FILE
+        case $1 in
+            nginx) echo "http://127.0.0.1:$STATIC_NGINX_PORT/assets/$2" ;;
+            baton) echo "http://127.0.0.1:$STATIC_BATON_PORT/assets/$2" ;;
+        esac
+    }
+    static_proxy_pids() {
+        case $1 in
+            nginx) echo "$STATIC_NGINX_PID" $(pgrep -P "$STATIC_NGINX_PID") ;;
+            baton) echo "$STATIC_BATON_PID" ;;
+        esac
+    }
+    STATIC_RUNS="$WORK/static-runs.jsonl"
+    : >"$STATIC_RUNS"
+    for f in "${STATIC_FILES[@]}"; do
+        for t in nginx baton; do run_wrk 16 1 "$(static_url "$t" "$f")" >/dev/null; done # warm-up
+    done
+    for f in "${STATIC_FILES[@]}"; do
+        bytes=$(stat -c %s "$RELEASE/public/assets/$f")
+        for c in "${STATIC_CONCS[@]}"; do
+            for round in $(seq 1 "$STATIC_ROUNDS"); do
+                for t in nginx baton; do
+                    # shellcheck disable=SC2046 # word splitting of the pid lists is intended
+                    p0=$(cpu_ticks $(static_proxy_pids "$t"))
+                    fig=$(run_wrk "$c" "$STATIC_DUR" "$(static_url "$t" "$f")")
+                    # shellcheck disable=SC2046
+                    p1=$(cpu_ticks $(static_proxy_pids "$t"))
+                    jq -c --arg t "$t" --arg f "$f" --argjson b "$bytes" --argjson c "$c" --argjson r "$round" \
+                        --argjson pus "$(((p1 - p0) * TICK_US))" '
+                        {file: $f, bytes: $b, target: $t, concurrency: $c, round: $r} + .
+                        + {failed: (.errors_connect + .errors_read + .errors_write + .errors_status + .errors_timeout),
+                           mib_per_s: (.rps * $b / 1048576 * 10 | round / 10),
+                           proxy_cpu_us_per_request: ($pus / .requests * 10 | round / 10)}' <<<"$fig" >>"$STATIC_RUNS"
+                    log "$(tail -n1 "$STATIC_RUNS" | jq -r '"static \(.file) \(.target) c=\(.concurrency) round \(.round): \(.rps | floor) req/s (\(.mib_per_s) MiB/s), failed \(.failed), proxy CPU \(.proxy_cpu_us_per_request)us/req"')"
+                done
+            done
+        done
+    done
+    STATIC_WORKER_REQUESTS=$(($(worker_processed) - STATIC_PROCESSED0))
+    log "static: baton's workers finished $STATIC_WORKER_REQUESTS requests meanwhile (must be 0)"
+    stop_pid "$STATIC_BATON_PID"
+    stop_pid "$STATIC_NGINX_PID"
+
+    jq -n --slurpfile runs "$STATIC_RUNS" --argjson worker_requests "$STATIC_WORKER_REQUESTS" \
+        --argjson dur "$STATIC_DUR" --argjson rounds "$STATIC_ROUNDS" '
+    def median_run($f; $t; $c): [$runs[] | select(.file == $f and .target == $t and .concurrency == $c)]
+      | sort_by(.rps) | .[(length - 1) / 2 | floor];
+    def r2: . * 100 | round / 100;
+    def t($name; $value; $op; $limit; $unit):
+      {name: $name, value: $value, op: $op, limit: $limit, unit: $unit, nginx: null,
+       pass: (if $op == ">=" then $value >= $limit elif $op == "<=" then $value <= $limit else $value == $limit end)};
+    def size: if . >= 1048576 then "\(. / 1048576) MiB" else "\(. / 1024) KiB" end;
+    ([$runs[] | [.file, .bytes, .concurrency]] | unique | sort_by(.[1], .[2])) as $keys
+    | [ $keys[] | .[0] as $f | .[1] as $b | .[2] as $c
+        | median_run($f; "nginx"; $c) as $n | median_run($f; "baton"; $c) as $x
+        | {file: $f, bytes: $b, concurrency: $c, nginx: $n, baton: $x,
+           rps_ratio: ($x.rps / $n.rps | r2),
+           cpu_ratio: ($x.proxy_cpu_us_per_request / $n.proxy_cpu_us_per_request | r2)} ] as $figs
+    | {
+      static: {nginx: "location /assets/ { root ...; }, sendfile on, tcp_nopush on, open_file_cache max=1000 inactive=20s (valid 30s, min_uses 2, errors on), keepalive_requests 1000000, access_log off",
+               baton: "[app] directory = the release, [static] directory = \"public\", prefixes = [\"/assets\"]",
+               duration_s: $dur, rounds: $rounds, worker_requests: $worker_requests,
+               figures: $figs, runs: $runs},
+      targets: (
+        [ $figs[] as $f | t("static \($f.bytes | size) (c=\($f.concurrency)): baton req/s >= nginx req/s";
+            $f.baton.rps; ">="; $f.nginx.rps; "req/s") + {ratio: $f.rps_ratio} ]
+        + [ $figs[] | select(.concurrency > 1) as $f
+            | t("static \($f.bytes | size) (c=\($f.concurrency)): baton CPU/req <= nginx'"'"'s";
+                $f.baton.proxy_cpu_us_per_request; "<="; $f.nginx.proxy_cpu_us_per_request; "us")
+              + {ratio: $f.cpu_ratio} ]
+        + [ t("static: requests that reached baton'"'"'s workers = 0"; $worker_requests; "=="; 0; "") ]
+      )
+    }' >"$WORK/static.json"
+fi
+
+# Section 8 runs in a full run and with --only log.
+if runs log; then
+    # --- 8. the access log: what it costs the proxy -------------------------------------------
+    # Two baton instances with N demo workers each, up at once: "on" with [log] access = a file
+    # (format "combined" and request_id, whose default is on with a log: each request gets an
+    # X-Request-Id, passed to the worker: what an operator gets by turning the log on), "off"
+    # without [log]. wrk at LOG_CONC connections to `/` (plain proxying), the two measured in
+    # turn, LOG_ROUNDS rounds; for each the round with the median proxy CPU per request stands
+    # (the target is about CPU). The log's writer thread is in baton's process, so its CPU
+    # counts. Honesty: the lines written (counted after baton stopped, which writes every queued
+    # line first) against the requests the workers finished (`processed` in the status, read just
+    # before), and baton_access_log_dropped_total from /metrics on the control socket.
+    log "access log: baton with [log] access = a file, and without, $N workers each, c=$LOG_CONC"
+    ACCESS_FILE="$WORK/access.log"
+    start_baton log-off 0s
+    LOG_OFF_PID=$BATON_PID LOG_OFF_PORT=$BATON_PORT
+    start_baton log-on 0s "" "" "
+[log]
+access = \"$ACCESS_FILE\"
+format = \"combined\""
+    LOG_ON_PID=$BATON_PID LOG_ON_PORT=$BATON_PORT LOG_ON_SOCK=$BATON_SOCK
+    log_port() { case $1 in on) echo "$LOG_ON_PORT" ;; off) echo "$LOG_OFF_PORT" ;; esac; }
+    log_pid() { case $1 in on) echo "$LOG_ON_PID" ;; off) echo "$LOG_OFF_PID" ;; esac; }
+    LOG_RUNS="$WORK/log-runs.jsonl"
+    : >"$LOG_RUNS"
+    run_wrk "$LOG_CONC" 1 "http://127.0.0.1:$LOG_OFF_PORT/" >/dev/null # warm-up
+    LOG_WARMUP=$(run_wrk "$LOG_CONC" 1 "http://127.0.0.1:$LOG_ON_PORT/" | jq .requests)
+    for round in $(seq 1 "$LOG_ROUNDS"); do
+        for v in off on; do
+            p0=$(cpu_ticks "$(log_pid "$v")")
+            fig=$(run_wrk "$LOG_CONC" "$LOG_DUR" "http://127.0.0.1:$(log_port "$v")/")
+            p1=$(cpu_ticks "$(log_pid "$v")")
+            jq -c --arg v "$v" --argjson c "$LOG_CONC" --argjson r "$round" --argjson pus "$(((p1 - p0) * TICK_US))" '
+                {log: $v, concurrency: $c, round: $r} + .
+                + {failed: (.errors_connect + .errors_read + .errors_write + .errors_status + .errors_timeout),
+                   proxy_cpu_us_per_request: ($pus / .requests * 10 | round / 10)}' <<<"$fig" >>"$LOG_RUNS"
+            log "$(tail -n1 "$LOG_RUNS" | jq -r '"access log \(.log) c=\(.concurrency) round \(.round): \(.rps | floor) req/s, failed \(.failed), proxy CPU \(.proxy_cpu_us_per_request)us/req"')"
+        done
+    done
+    BATON_SOCK=$LOG_ON_SOCK
+    LOG_ANSWERED=$(status_json | jq '[.workers[].processed] | add // 0')
+    LOG_DROPPED=$(curl -fsS --max-time 2 --unix-socket "$LOG_ON_SOCK" http://baton/metrics |
+        awk '$1 ~ /^baton_access_log_dropped_total/ { print $2 }')
+    [ -n "$LOG_DROPPED" ] || die "no baton_access_log_dropped_total in /metrics"
+    stop_pid "$LOG_ON_PID" # writes every queued line before it exits
+    stop_pid "$LOG_OFF_PID"
+    LOG_LINES=$(wc -l <"$ACCESS_FILE")
+    LOG_BYTES=$(stat -c %s "$ACCESS_FILE")
+    log "access log: $LOG_LINES lines written, $LOG_ANSWERED requests answered by the workers, $LOG_DROPPED dropped"
+
+    jq -n --slurpfile runs "$LOG_RUNS" --argjson lines "$LOG_LINES" --argjson bytes "$LOG_BYTES" \
+        --argjson answered "$LOG_ANSWERED" --argjson dropped "$LOG_DROPPED" --argjson warmup "$LOG_WARMUP" \
+        --argjson c "$LOG_CONC" --argjson dur "$LOG_DUR" --argjson rounds "$LOG_ROUNDS" '
+    def median_cpu($v): [$runs[] | select(.log == $v)] | sort_by(.proxy_cpu_us_per_request)
+      | .[(length - 1) / 2 | floor];
+    def median_rps($v): [$runs[] | select(.log == $v) | .rps] | sort | .[(length - 1) / 2 | floor];
+    def r3: . * 1000 | round / 1000;
+    def t($name; $value; $op; $limit; $unit):
+      {name: $name, value: $value, op: $op, limit: $limit, unit: $unit, nginx: null,
+       pass: (if $op == "<=" then $value <= $limit else $value == $limit end)};
+    median_cpu("off") as $off | median_cpu("on") as $on
+    | ($on.proxy_cpu_us_per_request / $off.proxy_cpu_us_per_request | r3) as $ratio
+    | {
+      access_log: {format: "combined", request_id: true, concurrency: $c, duration_s: $dur,
+                   rounds: $rounds, off: $off, on: $on, cpu_ratio: $ratio,
+                   rps_off: median_rps("off"), rps_on: median_rps("on"),
+                   rps_ratio: (median_rps("on") / median_rps("off") | r3),
+                   wrk_requests: ([$runs[] | select(.log == "on") | .requests] | add + $warmup),
+                   requests_answered: $answered, lines_written: $lines, bytes_written: $bytes,
+                   dropped: $dropped, runs: $runs},
+      targets: [
+        t("access log on: proxy CPU/req <= 105 % of off (c=\($c))"; $ratio * 100; "<="; 105; "%"),
+        t("access log: lines written = requests answered"; $lines; "=="; $answered; ""),
+        t("access log: entries dropped = 0"; $dropped; "=="; 0; "")
+      ]
+    }' >"$WORK/log.json"
+fi
 
 BUSY1=$(machine_busy) OWN1=$(own_cpu) T1=$EPOCHREALTIME
 OTHER_CPU=$(awk -v b="$((BUSY1 - BUSY0))" -v o="$((OWN1 - OWN0))" -v t0="$T0" -v t1="$T1" \
@@ -732,7 +992,7 @@ META=$(jq -nc \
      workers: $n, duration_s: $dur, rounds: $rounds, boot_ms: $boot_ms,
      restart_connections: $rconc, cpus: $cpus, cpu: $cpu, kernel: $kernel, wrk: $wrk,
      nginx: $nginx, h2load: $h2load, openssl: $openssl, other_cpu_share: $other_cpu}')
-if [ "$ONLY" = tls ]; then
+if [ -n "$ONLY" ]; then
     jq -n --argjson meta "$META" '{meta: $meta, targets: []}' >"$WORK/plain.json"
 else
     jq -n \
@@ -805,12 +1065,14 @@ def t($name; $value; $op; $limit; $unit): t($name; $value; $op; $limit; $unit; n
   steady_runs: $runs
 }' >"$WORK/plain.json"
 fi
-# The HTTPS section's figures go in beside the others (before steady_runs, the raw rounds), its
-# targets after theirs.
-jq -s '.[0] as $p | .[1] as $t
-    | ($p | del(.steady_runs, .targets)) + {tls: $t.tls, targets: ($p.targets + $t.targets)}
+# The figures of the HTTPS, static-file and access-log sections go in beside the others (before
+# steady_runs, the raw rounds), their targets after theirs. A section that did not run is {}.
+for f in tls static log; do [ -f "$WORK/$f.json" ] || echo '{}' >"$WORK/$f.json"; done
+jq -s '.[0] as $p | .[1:] as $s
+    | ($p | del(.steady_runs, .targets)) + ([$s[] | del(.targets)] | add)
+      + {targets: ($p.targets + ([$s[] | .targets // []] | add))}
       + (if $p.steady_runs then {steady_runs: $p.steady_runs} else {} end)' \
-    "$WORK/plain.json" "$WORK/tls.json" >"$OUT.tmp"
+    "$WORK/plain.json" "$WORK/tls.json" "$WORK/static.json" "$WORK/log.json" >"$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
 
 # --- table ---------------------------------------------------------------------------------
@@ -856,6 +1118,19 @@ def failed: .errors_connect + .errors_read + .errors_write + .errors_status + .e
 (.idle[] |
   "  \("idle TLS connection (\(.alpn)), bytes" | pad(38)) \(.nginx.bytes_per_connection | lpad(8)) \(.baton.bytes_per_connection | lpad(8)) \(.bytes_ratio | lpad(6))   (\(.connections) held; RSS growth / connections)"),
 "  ratio: baton / nginx, from the same run. failed: nginx/baton",
+""),
+(.static | select(.) |
+"Static files: nginx (root, sendfile, tcp_nopush, open_file_cache) and baton ([static]); wrk keep-alive; median of \(.rounds) round(s) of \(.duration_s)s",
+"  \("figure" | pad(26)) \("nginx" | lpad(8)) \("baton" | lpad(8)) \("ratio" | lpad(6)) \("MiB/s nginx" | lpad(11)) \("baton" | lpad(7)) \("failed" | lpad(7)) \("proxy CPU/req nginx" | lpad(19)) \("baton" | lpad(8)) \("ratio" | lpad(6))",
+(.figures[] |
+  "  \("\(if .bytes >= 1048576 then "1 MiB" else "1 KiB" end) req/s, c=\(.concurrency)" | pad(26)) \(.nginx.rps | floor | lpad(8)) \(.baton.rps | floor | lpad(8)) \(.rps_ratio | lpad(6)) \(.nginx.mib_per_s | floor | lpad(11)) \(.baton.mib_per_s | floor | lpad(7)) \("\(.nginx.failed)/\(.baton.failed)" | lpad(7)) \("\(.nginx.proxy_cpu_us_per_request | num)us" | lpad(19)) \("\(.baton.proxy_cpu_us_per_request | num)us" | lpad(8)) \(.cpu_ratio | lpad(6))"),
+"  ratio: baton / nginx, from the same run. failed: nginx/baton. Requests that reached the workers meanwhile: \(.worker_requests)",
+""),
+(.access_log | select(.) |
+"Access log: baton proxying to its workers at c=\(.concurrency), [log] access = a file (\(.format), request ids) vs off; median proxy CPU/req of \(.rounds) round(s) of \(.duration_s)s",
+"  proxy CPU/req: off \(.off.proxy_cpu_us_per_request | num)us, on \(.on.proxy_cpu_us_per_request | num)us, on/off \(.cpu_ratio)",
+"  req/s (median): off \(.rps_off | floor), on \(.rps_on | floor), on/off \(.rps_ratio)",
+"  lines written \(.lines_written) (\(.bytes_written / .lines_written | floor) bytes each), requests answered by the workers \(.requests_answered) (wrk counted \(.wrk_requests), warm-up included; wrk does not count the answers in flight when it stops), dropped \(.dropped)",
 ""),
 "Targets (reported, not enforced)",
 (.targets[] | "  \(if .pass then "PASS" else "MISS" end)  \(.name | pad(52)) \(.value | num) \(.op) \(.limit | num)\(if .unit == "" then "" else " " + .unit end)\(if .nginx then "  (nginx: \(.nginx | num))" else "" end)\(if .ratio then "  (baton/nginx: \(.ratio))" else "" end)")

@@ -1,5 +1,6 @@
 //! The benchmark must not rot: run `bench/run.sh --short` (a few seconds per figure) and check
-//! that it measured every figure and that the rolling restart under load failed no request.
+//! that it measured every figure, that the rolling restart under load failed no request and
+//! that no static-file request reached a worker.
 //! Speed targets are the benchmark's to report (PASS/MISS), never this test's to enforce: they
 //! depend on the machine. Needs wrk, nginx, jq, curl, h2load and openssl, which run.sh installs
 //! with apt-get when root; without root and without them the test says so loudly and passes,
@@ -186,6 +187,59 @@ fn short_benchmark_measures_every_figure_and_fails_no_request_in_a_roll() {
         number(&r, &format!("tls.idle.{i}.bytes_ratio"));
     }
     assert_eq!(r["tls"]["idle"][0]["baton"]["last_answered"], true);
+
+    // Static files beside nginx (issue 26): both files at concurrency 16, both sides measured,
+    // with their ratios; no static request reached a worker.
+    let figures = r["static"]["figures"]
+        .as_array()
+        .expect("static.figures is an array");
+    for bytes in [1024, 1048576] {
+        assert!(
+            figures
+                .iter()
+                .any(|f| f["bytes"] == bytes && f["concurrency"] == 16),
+            "no static figure for {bytes} bytes at concurrency 16"
+        );
+    }
+    for i in 0..figures.len() {
+        for side in ["nginx", "baton"] {
+            for f in ["rps", "requests", "failed", "proxy_cpu_us_per_request"] {
+                number(&r, &format!("static.figures.{i}.{side}.{f}"));
+            }
+            assert!(number(&r, &format!("static.figures.{i}.{side}.requests")) > 0.0);
+            assert_eq!(
+                number(&r, &format!("static.figures.{i}.{side}.failed")),
+                0.0,
+                "{}",
+                r["static"]["figures"][i]
+            );
+        }
+        number(&r, &format!("static.figures.{i}.rps_ratio"));
+        number(&r, &format!("static.figures.{i}.cpu_ratio"));
+    }
+    assert_eq!(
+        number(&r, "static.worker_requests"),
+        0.0,
+        "static requests reached baton's workers"
+    );
+
+    // The access log's cost (issue 26): proxy CPU per request with it on and off, and what it
+    // wrote against what was answered.
+    for f in [
+        "off.proxy_cpu_us_per_request",
+        "on.proxy_cpu_us_per_request",
+        "off.requests",
+        "on.requests",
+        "cpu_ratio",
+        "rps_ratio",
+        "wrk_requests",
+        "requests_answered",
+        "lines_written",
+        "dropped",
+    ] {
+        number(&r, &format!("access_log.{f}"));
+    }
+    assert!(number(&r, "access_log.lines_written") > 0.0);
 
     // Targets are reported with their figures; whether they pass is not this test's business.
     let targets = r["targets"].as_array().expect("targets is an array");
