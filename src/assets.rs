@@ -35,7 +35,35 @@ pub struct Assets {
     roots: RwLock<Vec<Root>>,
     open: Arc<tokio::sync::Semaphore>,
     wait: Duration,
+    /// Small files already read, by path and the encodings the client took: a hit costs no
+    /// trip to the blocking pool and no system call (nginx's `open_file_cache`, with the bytes).
+    cache: std::sync::Mutex<Cache>,
 }
+
+/// The small files served lately. Emptied whenever the generations served change; an entry
+/// older than [`REVALIDATE`] is looked up again (a file edited in place is seen within that).
+#[derive(Default)]
+struct Cache {
+    files: std::collections::HashMap<String, [Option<Cached>; 8]>,
+    bytes: usize,
+    /// Counts the emptyings: a lookup begun before one is not remembered after it.
+    epoch: u64,
+}
+
+#[derive(Clone)]
+struct Cached {
+    len: u64,
+    modified: SystemTime,
+    encoding: Option<&'static str>,
+    name: String,
+    data: bytes::Bytes,
+    checked: Instant,
+}
+
+/// Bytes of file contents the cache holds at most.
+const CACHE_BYTES: usize = 32 << 20;
+/// How long a cached file is served without a look at the file system.
+const REVALIDATE: Duration = Duration::from_secs(5);
 
 /// One generation's static directory.
 struct Root {
@@ -106,6 +134,7 @@ impl Assets {
             roots: RwLock::new(Vec::new()),
             open: Arc::new(tokio::sync::Semaphore::new(config.max_open_files)),
             wait,
+            cache: std::sync::Mutex::new(Cache::default()),
         })
     }
 
@@ -143,6 +172,14 @@ impl Assets {
         if !changed {
             return;
         }
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let epoch = cache.epoch + 1;
+            *cache = Cache {
+                epoch,
+                ..Cache::default()
+            };
+        }
         let mut roots = self.roots.write().unwrap_or_else(|e| e.into_inner());
         for r in roots.iter_mut() {
             if alive.contains(&r.generation) {
@@ -179,6 +216,35 @@ impl Assets {
             return Err(Refusal::Method);
         }
         let rel = relative(path)?;
+        let accepted = accepted_encodings(headers);
+        let mask = accepted
+            .iter()
+            .map(|e| match *e {
+                "br" => 1,
+                "zstd" => 2,
+                _ => 4,
+            })
+            .fold(0usize, |m, b| m | b);
+        let (hit, epoch) = {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let hit = cache
+                .files
+                .get(&rel)
+                .and_then(|v| v[mask].clone())
+                .filter(|c| c.checked.elapsed() < REVALIDATE);
+            (hit, cache.epoch)
+        };
+        if let Some(c) = hit {
+            let found = Found {
+                file: None,
+                len: c.len,
+                modified: c.modified,
+                encoding: c.encoding,
+                name: c.name,
+                data: Some(c.data),
+            };
+            return Ok(self.respond(found, path, headers, head, None));
+        }
         let dirs: Vec<Arc<OwnedFd>> = {
             let roots = self.roots.read().unwrap_or_else(|e| e.into_inner());
             // Serving generations newest first, then the retired ones, latest retired first.
@@ -196,14 +262,40 @@ impl Assets {
             .await
             .map_err(|_| Refusal::Busy)?
             .map_err(|_| Refusal::Busy)?;
-        let accepted = accepted_encodings(headers);
+        let key = rel.clone();
         let found = tokio::task::spawn_blocking(move || find(&dirs, &rel, &accepted))
             .await
             .map_err(|_| Refusal::Busy)?;
         let Some(found) = found else {
             return Err(Refusal::NotFound);
         };
-        Ok(self.respond(found, path, headers, head, permit))
+        if let Some(data) = &found.data {
+            self.remember(key, mask, epoch, &found, data.clone());
+        }
+        Ok(self.respond(found, path, headers, head, Some(permit)))
+    }
+
+    fn remember(&self, key: String, mask: usize, epoch: u64, found: &Found, data: bytes::Bytes) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.epoch != epoch {
+            // The generations served changed while this was looked up.
+            return;
+        }
+        if cache.bytes + data.len() > CACHE_BYTES {
+            // Full: start again rather than track ages (the files asked for come back).
+            cache.files.clear();
+            cache.bytes = 0;
+        }
+        cache.bytes += data.len();
+        let entry = cache.files.entry(key).or_default();
+        entry[mask] = Some(Cached {
+            len: found.len,
+            modified: found.modified,
+            encoding: found.encoding,
+            name: found.name.clone(),
+            data,
+            checked: Instant::now(),
+        });
     }
 
     fn respond(
@@ -212,7 +304,7 @@ impl Assets {
         path: &str,
         headers: &HeaderMap,
         head: bool,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Answer {
         let Found {
             file,
@@ -292,15 +384,23 @@ impl Assets {
                 };
             }
         };
-        let body = (!head && length > 0).then(|| match data {
-            Some(d) => Content::Memory(d.slice(offset as usize..(offset + length) as usize)),
-            None => Content::File(Slice {
-                file,
-                offset,
-                len: length,
-                permit,
-            }),
-        });
+        let body = if head || length == 0 {
+            None
+        } else {
+            match (data, file, permit) {
+                (Some(d), _, _) => Some(Content::Memory(
+                    d.slice(offset as usize..(offset + length) as usize),
+                )),
+                (None, Some(file), Some(permit)) => Some(Content::File(Slice {
+                    file,
+                    offset,
+                    len: length,
+                    permit,
+                })),
+                // Not made: a file is either read whole or open.
+                (None, _, _) => None,
+            }
+        };
         Answer {
             status,
             headers: out,
@@ -312,7 +412,8 @@ impl Assets {
 
 /// The file found for a request.
 struct Found {
-    file: std::fs::File,
+    /// Open when it is not read whole.
+    file: Option<std::fs::File>,
     len: u64,
     modified: SystemTime,
     /// The `Content-Encoding` of a precompressed sibling.
@@ -338,13 +439,14 @@ impl Found {
                 .ok()
                 .map(|_| bytes::Bytes::from(buf))
         });
+        let data = data.flatten();
         Found {
-            file,
+            file: data.is_none().then_some(file),
             len,
             modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             encoding,
             name,
-            data: data.flatten(),
+            data,
         }
     }
 }

@@ -320,3 +320,22 @@ fn the_assets_of_both_releases_are_served_through_a_roll() {
     let (status, _, _) = fetch(b.addr, "GET", "/assets/app-aaaaaaaa.css", &[]);
     assert_eq!(status, 404);
 }
+
+#[test]
+fn a_file_edited_in_place_is_served_anew_within_five_seconds() {
+    let _serial = serial();
+    let b = start(
+        "[static]\ndirectory = \"public\"\nprefixes = [\"/assets\"]\n",
+        vec![("public/assets/logo.txt", "logo one".to_owned())],
+    );
+    for _ in 0..3 {
+        let (_, _, body) = fetch(b.addr, "GET", "/assets/logo.txt", &[]);
+        assert_eq!(body, b"logo one");
+    }
+    // Small files are kept in memory; a look at the file again comes within 5 s.
+    let file = b.dir.path().join("releases/r1/public/assets/logo.txt");
+    std::fs::write(&file, "logo two").unwrap();
+    std::thread::sleep(Duration::from_millis(5500));
+    let (_, _, body) = fetch(b.addr, "GET", "/assets/logo.txt", &[]);
+    assert_eq!(body, b"logo two");
+}
