@@ -243,7 +243,7 @@ impl Assets {
                 name: c.name,
                 data: Some(c.data),
             };
-            return Ok(self.respond(found, path, headers, head, None));
+            return Ok(self.respond(found, headers, head, None));
         }
         let dirs: Vec<Arc<OwnedFd>> = {
             let roots = self.roots.read().unwrap_or_else(|e| e.into_inner());
@@ -272,7 +272,7 @@ impl Assets {
         if let Some(data) = &found.data {
             self.remember(key, mask, epoch, &found, data.clone());
         }
-        Ok(self.respond(found, path, headers, head, Some(permit)))
+        Ok(self.respond(found, headers, head, Some(permit)))
     }
 
     fn remember(&self, key: String, mask: usize, epoch: u64, found: &Found, data: bytes::Bytes) {
@@ -301,7 +301,6 @@ impl Assets {
     fn respond(
         &self,
         found: Found,
-        path: &str,
         headers: &HeaderMap,
         head: bool,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -349,7 +348,8 @@ impl Assets {
                 length: 0,
             };
         }
-        let mime = mime_guess::from_path(path.rsplit('/').next().unwrap_or(path))
+        // By the file's own name: not the URL's, which may carry a query.
+        let mime = mime_guess::from_path(&name)
             .first_raw()
             .unwrap_or("application/octet-stream");
         let text = mime.starts_with("text/")

@@ -177,6 +177,12 @@ fn static_files_get_what_browsers_and_cdns_expect_and_never_reach_a_worker() {
         ("no-cache", &b"logo of r1"[..])
     );
     assert_eq!(h["content-type"], "text/plain; charset=utf-8");
+    // A query string is not part of the file's name (nor of its type), on either path.
+    for extra in [&[][..], &[("Transfer-Encoding", "chunked")][..]] {
+        let (status, h, body) = fetch(b.addr, "GET", "/assets/logo.txt?v=2", extra);
+        assert_eq!((status, body.as_slice()), (200, &b"logo of r1"[..]), "{extra:?}");
+        assert_eq!(h["content-type"], "text/plain; charset=utf-8");
+    }
 
     // Ranges.
     let (status, h, body) = fetch(

@@ -181,9 +181,12 @@ impl Proxy {
         Some(&buf[..])
     }
 
-    /// A request baton answers from files, not the workers.
-    pub(crate) fn is_asset(&self, target: &[u8]) -> bool {
-        self.assets.get().is_some_and(|a| a.claims(target))
+    /// The static files, when `target` is one of them.
+    pub(crate) fn asset_for(&self, target: &[u8]) -> Option<&crate::assets::Assets> {
+        self.assets
+            .get()
+            .map(|a| a.as_ref())
+            .filter(|a| a.claims(target))
     }
 
     /// Client connections open now.
@@ -521,7 +524,7 @@ impl Proxy {
         if let Some(assets) = self.assets.get()
             && assets.claims(req.uri().path().as_bytes())
         {
-            return Ok(asset(assets, &req).await);
+            return Ok(asset(assets, req.method(), req.uri().path(), req.headers()).await);
         }
         let client_upgrade = adm.upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
@@ -934,12 +937,14 @@ fn redirect(head: &policy::RequestHead<'_, HeaderMap>, port: u16) -> Response<Pr
 }
 
 /// A static file's answer (`[static]`): the file's bytes, or why there are none.
-async fn asset<B>(assets: &crate::assets::Assets, req: &Request<B>) -> Response<ProxyBody> {
+async fn asset(
+    assets: &crate::assets::Assets,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Response<ProxyBody> {
     use crate::assets::Refusal;
-    let answer = match assets
-        .answer(req.method(), req.uri().path(), req.headers())
-        .await
-    {
+    let answer = match assets.answer(method, path, headers).await {
         Ok(a) => a,
         Err(Refusal::BadPath) => return error_response(StatusCode::BAD_REQUEST, "bad path"),
         Err(Refusal::NotFound) => return error_response(StatusCode::NOT_FOUND, "not found"),

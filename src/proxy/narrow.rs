@@ -112,14 +112,6 @@ impl Proxy {
             let simple = loop {
                 if !s.input.is_empty() {
                     match h1::request(&s.input, client, &self.policy, max_body, &mut s.up) {
-                        // A static file is answered on hyper's path.
-                        h1::Request::Simple(_)
-                            if self.is_asset(
-                                s.input[..].split(|b| *b == b' ').nth(1).unwrap_or_default(),
-                            ) =>
-                        {
-                            return Ended::Hyper(s.input.freeze());
-                        }
                         h1::Request::Simple(r) => break r,
                         h1::Request::Other => return Ended::Hyper(s.input.freeze()),
                         h1::Request::Partial => {}
@@ -152,6 +144,47 @@ impl Proxy {
                     Ok(_) => {}
                 }
             };
+            let target = s.input[..simple.len]
+                .split(|b| *b == b' ')
+                .nth(1)
+                .unwrap_or_default();
+            if let Some(assets) = self.asset_for(target) {
+                // A static file: answered here, from the same `assets` decision as on
+                // hyper's path. A body (a GET with one) is hyper's to read.
+                if simple.body > 0 {
+                    return Ended::Hyper(s.input.freeze());
+                }
+                let started = Instant::now();
+                let (method, path, fields) = asset_request(&s.input[..simple.len]);
+                let resp = super::asset(assets, &method, &path, &fields).await;
+                let status = resp.status().as_u16();
+                let entry = self.access_log().map(|_| {
+                    crate::access::Entry::from_head(
+                        &s.input[..simple.len],
+                        peer.ip.as_ref().and_then(|ip| ip.to_str().ok()),
+                        peer.https,
+                        request_id,
+                    )
+                });
+                s.input.advance(simple.len);
+                let close = simple.close || stop.is_cancelled();
+                let mut sent = 0;
+                let ok =
+                    write_answer(io, resp, simple.head, close, hsts, &mut s.out, &mut sent).await;
+                self.metrics.request(status, started.elapsed());
+                if let (Some(log), Some(mut e)) = (self.access_log(), entry) {
+                    e.status = status;
+                    e.bytes = sent;
+                    e.duration = started.elapsed();
+                    log.log(e);
+                }
+                if !ok || close {
+                    let _ = io.shutdown().await;
+                    return Ended::Closed;
+                }
+                s.shrink();
+                continue;
+            }
             let started = Instant::now();
             let mut entry = self.access_log().map(|_| {
                 crate::access::Entry::from_head(
@@ -478,6 +511,92 @@ async fn write_error<S: AsyncWrite + Unpin>(
     out.extend_from_slice(b"\r\n");
     let body = if head { &[][..] } else { &body[..] };
     write_two(io, out, body).await.is_ok()
+}
+
+/// What a static file's answer needs of a request head the narrow path took: its method,
+/// path and the request headers that shape the answer (conditions, range, encodings).
+fn asset_request(head: &[u8]) -> (http::Method, String, http::HeaderMap) {
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut fields);
+    let _ = req.parse(head);
+    let method = req
+        .method
+        .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
+        .unwrap_or(http::Method::GET);
+    // The path alone, as hyper's `uri().path()` gives it.
+    let path = req
+        .path
+        .unwrap_or("/")
+        .split('?')
+        .next()
+        .unwrap_or("/")
+        .to_owned();
+    let mut headers = http::HeaderMap::new();
+    for h in req.headers.iter() {
+        let name = [
+            http::header::IF_NONE_MATCH,
+            http::header::IF_MODIFIED_SINCE,
+            http::header::RANGE,
+            http::header::IF_RANGE,
+            http::header::ACCEPT_ENCODING,
+        ]
+        .into_iter()
+        .find(|n| h.name.eq_ignore_ascii_case(n.as_str()));
+        if let (Some(name), Ok(value)) = (name, http::HeaderValue::from_bytes(h.value)) {
+            headers.append(name, value);
+        }
+    }
+    (method, path, headers)
+}
+
+/// baton's own answer whose headers are complete (a static file's: its `Content-Length`
+/// says the file's length, also to a HEAD), its body streamed as it comes.
+async fn write_answer<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    resp: http::Response<super::ProxyBody>,
+    head: bool,
+    close: bool,
+    hsts: Option<&[u8]>,
+    out: &mut Vec<u8>,
+    sent: &mut u64,
+) -> bool {
+    let (parts, body) = resp.into_parts();
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name != http::header::CONNECTION {
+            policy::header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    if parts.status != http::StatusCode::NOT_MODIFIED
+        && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        let n = body.size_hint().exact().unwrap_or(0);
+        policy::header(
+            out,
+            b"content-length",
+            itoa::Buffer::new().format(n).as_bytes(),
+        );
+    }
+    policy::header(out, b"date", &date());
+    if close {
+        policy::header(out, b"connection", b"close");
+    }
+    if let Some(hsts) = hsts {
+        policy::header(out, b"strict-transport-security", hsts);
+    }
+    out.extend_from_slice(b"\r\n");
+    if io.write_all(out).await.is_err() {
+        return false;
+    }
+    if head {
+        return io.flush().await.is_ok();
+    }
+    write_body(io, body, false, sent).await
 }
 
 /// A client stream that gives back `prefix` (what the narrow path read but did not serve)
