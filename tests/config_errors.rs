@@ -63,7 +63,7 @@ fn bad_duration() {
 fn absurd_duration() {
     assert_error(
         &format!("{BASE}[restart]\ndrain_timeout = \"18446744073709551615s\"\n"),
-        "baton: FILE:7:17: key `restart.drain_timeout`: duration \"18446744073709551615s\" is too long: at most 365 days",
+        "baton: FILE:7:17: key `restart.drain_timeout`: duration \"18446744073709551615s\" is too long: at most a year (\"1y\", 365.25 days)",
     );
 }
 
@@ -233,6 +233,11 @@ fn no_worker_could_ever_start() {
 fn acme_keys_are_checked() {
     let (ok, stderr, _) = check(&format!(
         "{BASE}[tls]\nacme = {{ domains = [\"shop.example\"], contact = [\"mailto:ops@shop.example\"] }}\n"
+    ));
+    assert!(ok, "{stderr}");
+    // The spec's spelling: one contact as a string, a year of HSTS.
+    let (ok, stderr, _) = check(&format!(
+        "{BASE}[tls]\nacme = {{ domains = [\"shop.example\"], contact = \"mailto:ops@shop.example\" }}\nredirect_http = true\nhsts = \"1y\"\n"
     ));
     assert!(ok, "{stderr}");
     for (acme, message) in [

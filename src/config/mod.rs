@@ -610,8 +610,8 @@ fn is_dns_name(d: &str) -> bool {
 pub struct AcmeConfig {
     /// The names the certificate is for (its subjectAltName); the first is its name in logs.
     pub domains: Vec<String>,
-    /// How the CA reaches the operator, e.g. `mailto:ops@shop.example`.
-    #[serde(default)]
+    /// How the CA reaches the operator, e.g. `mailto:ops@shop.example` (one, or a list).
+    #[serde(default, deserialize_with = "one_or_more")]
     pub contact: Vec<String>,
     /// The CA's ACME directory URL.
     #[serde(default = "AcmeConfig::lets_encrypt")]
@@ -625,6 +625,20 @@ pub struct AcmeConfig {
     /// Renew when less than this is left; default: a third of the certificate's lifetime
     /// (30 days of Let's Encrypt's 90).
     pub renew_before: Option<Duration>,
+}
+
+/// A string, or a list of them.
+fn one_or_more<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMore {
+        One(String),
+        More(Vec<String>),
+    }
+    Ok(match OneOrMore::deserialize(d)? {
+        OneOrMore::One(s) => vec![s],
+        OneOrMore::More(v) => v,
+    })
 }
 
 impl AcmeConfig {

@@ -27,7 +27,8 @@ impl fmt::Display for Duration {
 
 /// The longest duration a config may give: beyond it, clock arithmetic could overflow, and no
 /// timeout of a web service needs more.
-pub const MAX_DURATION: StdDuration = StdDuration::from_secs(365 * 24 * 3600);
+/// A year as humantime counts `"1y"` (365.25 days): `hsts = "1y"` must pass.
+pub const MAX_DURATION: StdDuration = StdDuration::from_secs(31_557_600);
 
 impl std::str::FromStr for Duration {
     type Err = String;
@@ -36,7 +37,9 @@ impl std::str::FromStr for Duration {
             format!("invalid duration {s:?} ({e}); write it like \"30s\" or \"500ms\"")
         })?;
         if d > MAX_DURATION {
-            return Err(format!("duration {s:?} is too long: at most 365 days"));
+            return Err(format!(
+                "duration {s:?} is too long: at most a year (\"1y\", 365.25 days)"
+            ));
         }
         Ok(Duration(d))
     }
