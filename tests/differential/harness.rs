@@ -464,6 +464,12 @@ pub fn h2_form(input: &[u8]) -> Result<H2Form, &'static str> {
             }
         }
         let done = c.is_done();
+        // hyper reads a request's chunks strictly (CRLF after each size line and each chunk's
+        // data), where h1::Chunked (made for workers' answers) takes bare LFs as nginx does:
+        // a body only the lenient reading accepts is malformed to the HTTP/1.1 front.
+        if done && !strict_chunks(&rest[..used]) {
+            return Err(no_h2::BAD_CHUNKS);
+        }
         (data, done)
     } else {
         let lengths: Vec<&[u8]> = fields
@@ -892,4 +898,44 @@ fn answer_body(body: &[u8], whole: bool) -> String {
 /// Bytes as text, exactly (`escape_ascii`).
 fn text(b: &[u8]) -> String {
     b.escape_ascii().to_string()
+}
+
+/// Chunks framed with CRLF throughout: `SIZE[;ext]CRLF DATA CRLF ... 0[;ext]CRLF (trailers) CRLF`.
+fn strict_chunks(mut b: &[u8]) -> bool {
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return false;
+        };
+        let line = &b[..eol];
+        if line.contains(&b'\n') || line.contains(&b'\r') {
+            return false;
+        }
+        let size = line.split(|c| *c == b';').next().unwrap_or_default();
+        let Some(size) = std::str::from_utf8(size)
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+        else {
+            return false;
+        };
+        b = &b[eol + 2..];
+        if size == 0 {
+            // Trailer lines, then the empty line; every line ends with CRLF.
+            loop {
+                let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+                    return false;
+                };
+                if b[..eol].contains(&b'\n') {
+                    return false;
+                }
+                if eol == 0 {
+                    return true;
+                }
+                b = &b[eol + 2..];
+            }
+        }
+        if b.len() < size + 2 || &b[size..size + 2] != b"\r\n" {
+            return false;
+        }
+        b = &b[size + 2..];
+    }
 }
