@@ -220,9 +220,10 @@ impl Harness {
     /// HTTP/2 has no `Connection:`, so they are end-to-end fields); the client's answer is
     /// compared without its `Connection:` field and its framing (HTTP/2 frames a body in DATA
     /// frames; `Content-Length` aside). A request HTTP/2 itself refuses as malformed (a stream
-    /// reset with PROTOCOL_ERROR before it reaches baton, RFC 9113 8.1.1), or by baton with a
-    /// 400, is the same decision as hyper's own 400 on HTTP/1.1 (which has no text) when the
-    /// worker gets nothing either way; an answer cut short is the
+    /// reset with PROTOCOL_ERROR before it reaches baton, RFC 9113 8.1.1, or the connection
+    /// ended with no answer), or by baton with a 400, is the same decision as baton's or
+    /// hyper's own 4xx on HTTP/1.1 when the worker gets nothing either way; an answer cut
+    /// short is the
     /// same as a stream reset with INTERNAL_ERROR before its head (see below).
     pub async fn compare_h2(&self, request: &[u8], answer: &[u8]) -> Result<(), String> {
         let form = h2_form(request).map_err(|why| format!("no HTTP/2 form: {why}"))?;
@@ -237,10 +238,26 @@ impl Harness {
                 .await;
             let (a, b) = (as_h2(a, &form.listed), as_h2(b, &form.listed));
             // Refused as malformed: by `h2` itself, or by baton where hyper's HTTP/1.1 server
-            // refused it with a 400 of its own (no text).
-            let refused_alike = matches!(&a.client, Got::Answer { status: 400, body, .. } if body.is_empty())
+            // refused it with a 400 of its own (no text). A request HTTP/1.1 refuses for
+            // another reason first (a CONNECT's 405) may be malformed to `h2` too (a field
+            // value it cannot take ends the connection: no answer at all): refused either way.
+            let refused_alike = (matches!(&a.client, Got::Answer { status: 400, body, .. } if body.is_empty())
                 && (b.client == Got::Reset("PROTOCOL_ERROR".into())
                     || matches!(&b.client, Got::Answer { status: 400, .. }))
+                || matches!(
+                    &a.client,
+                    Got::Answer {
+                        status: 400..=499,
+                        ..
+                    }
+                ) && matches!(&b.client, Got::Reset(r) if r == "PROTOCOL_ERROR")
+                || matches!(
+                    &a.client,
+                    Got::Answer {
+                        status: 400..=499,
+                        ..
+                    }
+                ) && b.client == Got::Nothing)
                 && a.worker.is_empty()
                 && b.worker.is_empty();
             // A cut answer: HTTP/2's RST_STREAM may reach the client library before it gave
@@ -924,11 +941,20 @@ fn strict_chunks(mut b: &[u8]) -> bool {
                 let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
                     return false;
                 };
-                if b[..eol].contains(&b'\n') {
-                    return false;
-                }
                 if eol == 0 {
                     return true;
+                }
+                // A trailer is a field (`name: value`), as hyper reads it.
+                let line = &b[..eol];
+                let name = line.split(|c| *c == b':').next().unwrap_or_default();
+                if line.contains(&b'\n')
+                    || name.len() == line.len()
+                    || name.is_empty()
+                    || !name
+                        .iter()
+                        .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(c))
+                {
+                    return false;
                 }
                 b = &b[eol + 2..];
             }
