@@ -297,6 +297,7 @@ common_files=(
     "usr/bin/baton 755"
     "usr/lib/systemd/catalog/baton.catalog 644"
     "usr/share/doc/baton/examples/example.toml 644"
+    "etc/logrotate.d/baton 644"
     "usr/share/doc/baton/README.md 644"
     "usr/share/man/man1/baton.1.gz 644"
     "usr/share/man/man1/baton-run.1.gz 644"
@@ -420,9 +421,12 @@ for s in postinst prerm postrm; do
     cmp -s "$tmp/deb-control/$s" "packaging/debian/$s" || fail "deb: $s differs from packaging/debian/$s (did cargo-deb add to it?)"
     cp "$tmp/deb-control/$s" "$tmp/scripts/deb/$s"
 done
-for s in preinst config templates triggers conffiles; do
+for s in preinst config templates triggers; do
     [ ! -e "$tmp/deb-control/$s" ] || fail "deb: unexpected control file $s"
 done
+# The logrotate file is the one conffile (an operator's edits survive upgrades).
+[ "$(cat "$tmp/deb-control/conffiles" 2>/dev/null)" = "/etc/logrotate.d/baton" ] \
+    || fail "deb: conffiles is not exactly /etc/logrotate.d/baton: $(cat "$tmp/deb-control/conffiles" 2>/dev/null)"
 if grep -v '^[[:space:]]*#' "$tmp"/deb-control/{postinst,prerm,postrm} | grep -Eq 'deb-systemd-(helper|invoke)|DEBHELPER'; then
     fail "deb: debhelper snippets in the scripts"
 fi
