@@ -180,7 +180,11 @@ fn static_files_get_what_browsers_and_cdns_expect_and_never_reach_a_worker() {
     // A query string is not part of the file's name (nor of its type), on either path.
     for extra in [&[][..], &[("Transfer-Encoding", "chunked")][..]] {
         let (status, h, body) = fetch(b.addr, "GET", "/assets/logo.txt?v=2", extra);
-        assert_eq!((status, body.as_slice()), (200, &b"logo of r1"[..]), "{extra:?}");
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, &b"logo of r1"[..]),
+            "{extra:?}"
+        );
         assert_eq!(h["content-type"], "text/plain; charset=utf-8");
     }
 
