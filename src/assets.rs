@@ -35,29 +35,72 @@ pub struct Assets {
     roots: RwLock<Vec<Root>>,
     open: Arc<tokio::sync::Semaphore>,
     wait: Duration,
-    /// Small files already read, by path and the encodings the client took: a hit costs no
-    /// trip to the blocking pool and no system call (nginx's `open_file_cache`, with the bytes).
-    cache: std::sync::Mutex<Cache>,
+    /// Files already found, by path and the encodings the client took, with their headers
+    /// made: a hit costs no trip to the blocking pool, no system call and no formatting
+    /// (nginx's `open_file_cache`, with the bytes of small files).
+    cache: RwLock<Cache>,
+    /// Open descriptors the cache may hold (each holds one of `max_open_files`' permits).
+    cache_open: usize,
 }
 
-/// The small files served lately. Emptied whenever the generations served change; an entry
-/// older than [`REVALIDATE`] is looked up again (a file edited in place is seen within that).
+/// The files served lately. Emptied whenever the generations served change; an entry older
+/// than [`REVALIDATE`] is looked up again (a file edited in place is seen within that).
 #[derive(Default)]
 struct Cache {
     files: std::collections::HashMap<String, [Option<Cached>; 8]>,
+    /// Bytes of small files held.
     bytes: usize,
+    /// Descriptors of larger files held.
+    open: usize,
     /// Counts the emptyings: a lookup begun before one is not remembered after it.
     epoch: u64,
 }
 
+impl Cache {
+    fn forget(&mut self, old: &Cached) {
+        match &old.ready.held {
+            Held::Memory(d) => self.bytes = self.bytes.saturating_sub(d.len()),
+            Held::Open(_) => self.open = self.open.saturating_sub(1),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Cached {
-    len: u64,
-    modified: SystemTime,
-    encoding: Option<&'static str>,
-    name: String,
-    data: bytes::Bytes,
+    ready: Arc<Ready>,
     checked: Instant,
+}
+
+/// A file as baton serves it: its headers made once, its bytes in memory or an open
+/// descriptor. Shared by every answer that sends it.
+pub struct Ready {
+    len: u64,
+    /// Last modified, in seconds since the epoch (what the ETag and the date say).
+    secs: u64,
+    etag: String,
+    /// `ETag`, `Last-Modified`, `Cache-Control`, `Vary`: what a 304 says too.
+    validators: Vec<(HeaderName, HeaderValue)>,
+    /// `Content-Type`, `Content-Encoding`, `Accept-Ranges`.
+    representation: Vec<(HeaderName, HeaderValue)>,
+    /// The same fields as HTTP/1.1 lines, ready to be copied into a head.
+    validators_h1: Vec<u8>,
+    representation_h1: Vec<u8>,
+    held: Held,
+}
+
+/// Where a file's bytes are.
+enum Held {
+    /// A small file, read whole when it was found.
+    Memory(bytes::Bytes),
+    /// A larger one, kept open.
+    Open(Arc<OpenFile>),
+}
+
+/// An open file with the permit that bounds open files: the permit is given back when the
+/// last answer sending it and the cache are done with it.
+pub struct OpenFile {
+    file: std::fs::File,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Bytes of file contents the cache holds at most.
@@ -91,30 +134,87 @@ pub enum Refusal {
 /// What baton answers to a static request.
 pub struct Answer {
     pub status: u16,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    ready: Arc<Ready>,
+    /// `Content-Range` of a 206 or a 416.
+    content_range: Option<String>,
     /// The bytes to send (none for `HEAD`, 304, 416).
     pub body: Option<Content>,
     /// The length the answer's `Content-Length` says.
     pub length: u64,
 }
 
+impl Answer {
+    /// The answer's header fields but `Content-Length` (and `Date`, the connection's).
+    pub fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
+        let whole = self.status != 304;
+        let range = self
+            .content_range
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok())
+            .map(|v| (header::CONTENT_RANGE, v));
+        self.ready
+            .validators
+            .iter()
+            .chain(self.ready.representation.iter().filter(move |_| whole))
+            .cloned()
+            .chain(range)
+    }
+
+    /// The same fields as [`Answer::headers`], as HTTP/1.1 lines appended to `out`.
+    pub fn write_h1(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.ready.validators_h1);
+        if self.status != 304 {
+            out.extend_from_slice(&self.ready.representation_h1);
+        }
+        if let Some(range) = &self.content_range {
+            out.extend_from_slice(b"content-range: ");
+            out.extend_from_slice(range.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
 /// What an answer's body is made of.
 pub enum Content {
     /// A small file, read whole when it was opened (one read, no file kept open).
     Memory(bytes::Bytes),
-    /// A larger one, read as the client takes it.
+    /// A larger one, sent from its open descriptor as the client takes it.
     File(Slice),
 }
 
 /// Files up to this size are read whole at once.
 const SMALL: u64 = 64 * 1024;
 
-/// Bytes `offset..offset+len` of an open file, with the permit that bounds open files.
+/// Bytes `offset..offset+len` of an open file (which holds its open-file permit).
 pub struct Slice {
-    pub file: std::fs::File,
+    file: Arc<OpenFile>,
     pub offset: u64,
     pub len: u64,
-    pub permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Slice {
+    pub fn file(&self) -> &std::fs::File {
+        &self.file.file
+    }
+
+    /// Up to `max` bytes from `offset` on, read in the blocking pool (a file's read may wait
+    /// for the disk). Fewer than asked only at the slice's end; a file that shrank since it
+    /// was opened is an error, so the answer is cut rather than padded.
+    pub async fn read(&self, offset: u64, max: usize) -> std::io::Result<bytes::Bytes> {
+        let end = self.offset + self.len;
+        let want = usize::try_from(end.saturating_sub(offset))
+            .unwrap_or(usize::MAX)
+            .min(max);
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0; want];
+            file.file.read_exact_at(&mut buf, offset)?;
+            Ok(bytes::Bytes::from(buf))
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
 }
 
 /// Precompressed siblings, in the order baton prefers them.
@@ -134,7 +234,8 @@ impl Assets {
             roots: RwLock::new(Vec::new()),
             open: Arc::new(tokio::sync::Semaphore::new(config.max_open_files)),
             wait,
-            cache: std::sync::Mutex::new(Cache::default()),
+            cache: RwLock::new(Cache::default()),
+            cache_open: config.max_open_files / 2,
         })
     }
 
@@ -173,7 +274,7 @@ impl Assets {
             return;
         }
         {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
             let epoch = cache.epoch + 1;
             *cache = Cache {
                 epoch,
@@ -226,24 +327,17 @@ impl Assets {
             })
             .fold(0usize, |m, b| m | b);
         let (hit, epoch) = {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
             let hit = cache
                 .files
-                .get(&rel)
-                .and_then(|v| v[mask].clone())
-                .filter(|c| c.checked.elapsed() < REVALIDATE);
+                .get(rel.as_str())
+                .and_then(|v| v[mask].as_ref())
+                .filter(|c| c.checked.elapsed() < REVALIDATE)
+                .map(|c| c.ready.clone());
             (hit, cache.epoch)
         };
-        if let Some(c) = hit {
-            let found = Found {
-                file: None,
-                len: c.len,
-                modified: c.modified,
-                encoding: c.encoding,
-                name: c.name,
-                data: Some(c.data),
-            };
-            return Ok(self.respond(found, headers, head, None));
+        if let Some(ready) = hit {
+            return Ok(respond(ready, headers, head));
         }
         let dirs: Vec<Arc<OwnedFd>> = {
             let roots = self.roots.read().unwrap_or_else(|e| e.into_inner());
@@ -269,42 +363,45 @@ impl Assets {
         let Some(found) = found else {
             return Err(Refusal::NotFound);
         };
-        if let Some(data) = &found.data {
-            self.remember(key, mask, epoch, &found, data.clone());
-        }
-        Ok(self.respond(found, headers, head, Some(permit)))
+        let ready = Arc::new(self.ready(found, permit));
+        self.remember(key, mask, epoch, &ready);
+        Ok(respond(ready, headers, head))
     }
 
-    fn remember(&self, key: String, mask: usize, epoch: u64, found: &Found, data: bytes::Bytes) {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+    fn remember(&self, key: String, mask: usize, epoch: u64, ready: &Arc<Ready>) {
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         if cache.epoch != epoch {
             // The generations served changed while this was looked up.
             return;
         }
-        if cache.bytes + data.len() > CACHE_BYTES {
+        if let Some(old) = cache.files.get_mut(&key).and_then(|v| v[mask].take()) {
+            cache.forget(&old);
+        }
+        let (bytes, open) = match &ready.held {
+            Held::Memory(d) => (d.len(), 0),
+            Held::Open(_) => (0, 1),
+        };
+        if open > self.cache_open {
+            // Open files are not kept when `max_open_files` is too small to share.
+            return;
+        }
+        if cache.bytes + bytes > CACHE_BYTES || cache.open + open > self.cache_open {
             // Full: start again rather than track ages (the files asked for come back).
             cache.files.clear();
             cache.bytes = 0;
+            cache.open = 0;
         }
-        cache.bytes += data.len();
+        cache.bytes += bytes;
+        cache.open += open;
         let entry = cache.files.entry(key).or_default();
         entry[mask] = Some(Cached {
-            len: found.len,
-            modified: found.modified,
-            encoding: found.encoding,
-            name: found.name.clone(),
-            data,
+            ready: ready.clone(),
             checked: Instant::now(),
         });
     }
 
-    fn respond(
-        &self,
-        found: Found,
-        headers: &HeaderMap,
-        head: bool,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    ) -> Answer {
+    /// A file found, with its headers made once for all the answers that send it.
+    fn ready(&self, found: Found, permit: tokio::sync::OwnedSemaphorePermit) -> Ready {
         let Found {
             file,
             len,
@@ -323,31 +420,21 @@ impl Assets {
         };
         let last_modified =
             httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
-        let mut out: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(8);
-        let mut add = |n: HeaderName, v: &str| {
+        let cache_control = if self.immutable.as_ref().is_some_and(|re| re.is_match(&name)) {
+            "public, max-age=31536000, immutable"
+        } else {
+            "no-cache"
+        };
+        let mut validators: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(4);
+        let add = |out: &mut Vec<(HeaderName, HeaderValue)>, n: HeaderName, v: &str| {
             if let Ok(v) = HeaderValue::from_str(v) {
                 out.push((n, v));
             }
         };
-        add(header::ETAG, &etag);
-        add(header::LAST_MODIFIED, &last_modified);
-        add(
-            header::CACHE_CONTROL,
-            if self.immutable.as_ref().is_some_and(|re| re.is_match(&name)) {
-                "public, max-age=31536000, immutable"
-            } else {
-                "no-cache"
-            },
-        );
-        add(header::VARY, "Accept-Encoding");
-        if not_modified(headers, &etag, secs) {
-            return Answer {
-                status: 304,
-                headers: out,
-                body: None,
-                length: 0,
-            };
-        }
+        add(&mut validators, header::ETAG, &etag);
+        add(&mut validators, header::LAST_MODIFIED, &last_modified);
+        add(&mut validators, header::CACHE_CONTROL, cache_control);
+        add(&mut validators, header::VARY, "Accept-Encoding");
         // By the file's own name: not the URL's, which may carry a query.
         let mime = mime_guess::from_path(&name)
             .first_raw()
@@ -356,7 +443,9 @@ impl Assets {
             || mime == "application/javascript"
             || mime == "application/json"
             || mime == "image/svg+xml";
+        let mut representation = Vec::with_capacity(3);
         add(
+            &mut representation,
             header::CONTENT_TYPE,
             &if text {
                 format!("{mime}; charset=utf-8")
@@ -365,48 +454,92 @@ impl Assets {
             },
         );
         if let Some(e) = encoding {
-            add(header::CONTENT_ENCODING, e);
+            add(&mut representation, header::CONTENT_ENCODING, e);
         }
-        add(header::ACCEPT_RANGES, "bytes");
-        let (status, offset, length) = match range(headers, len, &etag, secs) {
-            Range::Whole => (200, 0, len),
-            Range::Part(start, end) => {
-                add(header::CONTENT_RANGE, &format!("bytes {start}-{end}/{len}"));
-                (206, start, end - start + 1)
+        add(&mut representation, header::ACCEPT_RANGES, "bytes");
+        let h1 = |fields: &[(HeaderName, HeaderValue)]| {
+            let mut out = Vec::new();
+            for (n, v) in fields {
+                out.extend_from_slice(n.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(v.as_bytes());
+                out.extend_from_slice(b"\r\n");
             }
-            Range::Unsatisfiable => {
-                add(header::CONTENT_RANGE, &format!("bytes */{len}"));
-                return Answer {
-                    status: 416,
-                    headers: out,
-                    body: None,
-                    length: 0,
-                };
-            }
+            out
         };
-        let body = if head || length == 0 {
-            None
-        } else {
-            match (data, file, permit) {
-                (Some(d), _, _) => Some(Content::Memory(
-                    d.slice(offset as usize..(offset + length) as usize),
-                )),
-                (None, Some(file), Some(permit)) => Some(Content::File(Slice {
-                    file,
-                    offset,
-                    len: length,
-                    permit,
-                })),
-                // Not made: a file is either read whole or open.
-                (None, _, _) => None,
-            }
+        let held = match (data, file) {
+            (Some(d), _) => Held::Memory(d),
+            (None, Some(file)) => Held::Open(Arc::new(OpenFile {
+                file,
+                _permit: permit,
+            })),
+            // Not made: a file is either read whole or open.
+            (None, None) => Held::Memory(bytes::Bytes::new()),
         };
-        Answer {
-            status,
-            headers: out,
-            body,
-            length,
+        Ready {
+            len,
+            secs,
+            etag,
+            validators_h1: h1(&validators),
+            representation_h1: h1(&representation),
+            validators,
+            representation,
+            held,
         }
+    }
+}
+
+/// The answer to one request for a file found: 200, 206, 304 or 416, by its conditions.
+fn respond(ready: Arc<Ready>, headers: &HeaderMap, head: bool) -> Answer {
+    let len = ready.len;
+    if not_modified(headers, &ready.etag, ready.secs) {
+        return Answer {
+            status: 304,
+            ready,
+            content_range: None,
+            body: None,
+            length: 0,
+        };
+    }
+    let (status, offset, length, content_range) = match range(headers, len, &ready.etag, ready.secs)
+    {
+        Range::Whole => (200, 0, len, None),
+        Range::Part(start, end) => (
+            206,
+            start,
+            end - start + 1,
+            Some(format!("bytes {start}-{end}/{len}")),
+        ),
+        Range::Unsatisfiable => {
+            return Answer {
+                status: 416,
+                ready,
+                content_range: Some(format!("bytes */{len}")),
+                body: None,
+                length: 0,
+            };
+        }
+    };
+    let body = if head || length == 0 {
+        None
+    } else {
+        Some(match &ready.held {
+            Held::Memory(d) => {
+                Content::Memory(d.slice(offset as usize..(offset + length) as usize))
+            }
+            Held::Open(file) => Content::File(Slice {
+                file: file.clone(),
+                offset,
+                len: length,
+            }),
+        })
+    };
+    Answer {
+        status,
+        ready,
+        content_range,
+        body,
+        length,
     }
 }
 

@@ -349,3 +349,148 @@ fn a_file_edited_in_place_is_served_anew_within_five_seconds() {
     let (_, _, body) = fetch(b.addr, "GET", "/assets/logo.txt", &[]);
     assert_eq!(body, b"logo two");
 }
+
+/// 3 MiB of letters in no short cycle, so a byte sent from the wrong offset shows.
+fn large_file() -> String {
+    (0..3 * 1024 * 1024u32)
+        .map(|i| char::from(b'a' + ((i.wrapping_mul(31) ^ (i >> 12)) % 26) as u8))
+        .collect()
+}
+
+/// One answer of a kept connection: status, headers, body (by its Content-Length).
+fn read_one(s: &mut TcpStream) -> (u16, BTreeMap<String, String>, Vec<u8>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: BTreeMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = vec![0; headers["content-length"].parse().unwrap()];
+    s.read_exact(&mut body).unwrap();
+    (status, headers, body)
+}
+
+#[test]
+fn large_files_go_whole_over_http_and_https_and_a_client_that_reads_nothing_is_let_go() {
+    let _serial = serial();
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(certs.path(), "shop", &["localhost"], false);
+    let tls_port = free_port();
+    let big = large_file();
+    let b = start(
+        &format!(
+            "[listen]\nsend_timeout = \"2s\"\n[static]\ndirectory = \"public\"\nprefixes = [\"/assets\"]\n{}",
+            tls_section(tls_port, &cert, &key)
+        ),
+        vec![("public/assets/big.bin", big.clone())],
+    );
+    let before = processed(&b);
+
+    // Plain HTTP (sendfile): whole, in parts and HEAD, one after the other on one connection.
+    let mut s = TcpStream::connect(b.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let ask = |s: &mut TcpStream, method: &str, range: Option<&str>| {
+        let range = range.map(|r| format!("Range: {r}\r\n")).unwrap_or_default();
+        write!(
+            s,
+            "{method} /assets/big.bin HTTP/1.1\r\nHost: shop.test\r\n{range}\r\n"
+        )
+        .unwrap();
+    };
+    for round in 0..2 {
+        ask(&mut s, "GET", None);
+        let (status, h, body) = read_one(&mut s);
+        assert_eq!(
+            (status, h["content-type"].as_str()),
+            (200, "application/octet-stream")
+        );
+        assert!(body == big.as_bytes(), "round {round}: the bytes differ");
+        ask(&mut s, "GET", Some("bytes=1000000-1999999"));
+        let (status, h, body) = read_one(&mut s);
+        assert_eq!(
+            (status, h["content-range"].as_str()),
+            (206, "bytes 1000000-1999999/3145728")
+        );
+        assert!(body == big.as_bytes()[1_000_000..2_000_000]);
+        // Pipelined: a HEAD and a GET of the last bytes, sent together.
+        write!(
+            s,
+            "HEAD /assets/big.bin HTTP/1.1\r\nHost: shop.test\r\n\r\n\
+             GET /assets/big.bin HTTP/1.1\r\nHost: shop.test\r\nRange: bytes=-10\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 200") && head.contains("content-length: 3145728"),
+            "{head}"
+        );
+        let (status, _, body) = read_one(&mut s);
+        assert_eq!(
+            (status, body.as_slice()),
+            (206, &big.as_bytes()[big.len() - 10..])
+        );
+    }
+
+    // HTTPS, HTTP/1.1 and HTTP/2 (the file is read, not sent by sendfile, under TLS).
+    for version in ["--http1.1", "--http2"] {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "20", version, "--cacert"])
+            .arg(&cert)
+            .args(["--resolve", &format!("localhost:{tls_port}:127.0.0.1")])
+            .arg(format!("https://localhost:{tls_port}/assets/big.bin"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout == big.as_bytes(), "{version}: the bytes differ");
+    }
+
+    // A client that asks and never reads: baton gives up on it after send_timeout (its
+    // socket buffers full), and serves everyone else meanwhile.
+    let mut stuck = TcpStream::connect(b.addr).unwrap();
+    for _ in 0..20 {
+        ask(&mut stuck, "GET", None);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, _, body) = fetch(b.addr, "GET", "/assets/big.bin", &[]);
+    assert!(status == 200 && body == big.as_bytes());
+    std::thread::sleep(Duration::from_secs(4));
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0; 1 << 16];
+    let ended = loop {
+        match stuck.read(&mut buf) {
+            Ok(0) => break "closed",
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
+            Err(e) => panic!("after {got} bytes: {e}"),
+        }
+    };
+    assert!(got < 20 * big.len(), "{ended} after {got} bytes");
+    assert_eq!(processed(&b), before);
+}

@@ -24,6 +24,11 @@ impl<S> SendTimeout<S> {
         }
     }
 
+    /// The stream it wraps.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     fn check<T>(
         &mut self,
         cx: &mut Context<'_>,

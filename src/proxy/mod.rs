@@ -7,6 +7,7 @@
 
 mod exchange;
 mod narrow;
+mod sendfile;
 
 use crate::buffer::{self, BodyError, BodyFailure};
 use crate::h1::Framing;
@@ -391,7 +392,7 @@ impl Proxy {
         https: bool,
         stop: CancellationToken,
     ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static + sendfile::RawSocket,
     {
         let proxy = self.clone();
         let peer = self.peer(peer, https);
@@ -943,67 +944,66 @@ async fn asset(
     path: &str,
     headers: &HeaderMap,
 ) -> Response<ProxyBody> {
-    use crate::assets::Refusal;
     let answer = match assets.answer(method, path, headers).await {
         Ok(a) => a,
-        Err(Refusal::BadPath) => return error_response(StatusCode::BAD_REQUEST, "bad path"),
-        Err(Refusal::NotFound) => return error_response(StatusCode::NOT_FOUND, "not found"),
-        Err(Refusal::Busy) => {
-            return error_response(StatusCode::SERVICE_UNAVAILABLE, "too many files open");
-        }
-        Err(Refusal::Method) => {
-            let mut r = error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return r;
-        }
+        Err(refusal) => return refused(refusal),
     };
-    let body = match answer.body {
+    let mut r = Response::new(Empty::new().map_err(|n| match n {}).boxed_unsync());
+    *r.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    let h = r.headers_mut();
+    for (n, v) in answer.headers() {
+        h.append(n, v);
+    }
+    if answer.status != 304 {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(answer.length));
+    }
+    *r.body_mut() = match answer.body {
         Some(crate::assets::Content::File(slice)) => file_body(slice),
         Some(crate::assets::Content::Memory(b)) => {
             Full::new(b).map_err(|n| match n {}).boxed_unsync()
         }
         None => Empty::new().map_err(|n| match n {}).boxed_unsync(),
     };
-    let mut r = Response::new(body);
-    *r.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
-    let h = r.headers_mut();
-    for (n, v) in answer.headers {
-        h.append(n, v);
-    }
-    if answer.status != 304 {
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(answer.length));
-    }
     r
 }
 
-/// The bytes of a static file, read in the blocking pool a chunk at a time (the client's
-/// send timeout bounds a reader that takes none); the open-file permit ends with the body.
+/// Why a static request has no file: 400, 404, 405 or 503.
+fn refused(refusal: crate::assets::Refusal) -> Response<ProxyBody> {
+    use crate::assets::Refusal;
+    match refusal {
+        Refusal::BadPath => error_response(StatusCode::BAD_REQUEST, "bad path"),
+        Refusal::NotFound => error_response(StatusCode::NOT_FOUND, "not found"),
+        Refusal::Busy => error_response(StatusCode::SERVICE_UNAVAILABLE, "too many files open"),
+        Refusal::Method => {
+            let mut r = error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            r
+        }
+    }
+}
+
+/// A larger file's bytes when they cannot go by `sendfile` (HTTPS, HTTP/2, hyper's path):
+/// read [`FILE_CHUNK`] at a time in the blocking pool as the client takes them (the
+/// client's send timeout bounds a reader that takes none).
 fn file_body(slice: crate::assets::Slice) -> ProxyBody {
     use futures_util::TryStreamExt;
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let crate::assets::Slice {
-        file,
-        offset,
-        len,
-        permit,
-    } = slice;
-    let stream = futures_util::stream::once(async move {
-        let mut f = tokio::fs::File::from_std(file);
-        f.seek(std::io::SeekFrom::Start(offset)).await?;
-        Ok::<_, std::io::Error>(tokio_util::io::ReaderStream::with_capacity(
-            f.take(len),
-            64 * 1024,
-        ))
+    let start = slice.offset;
+    let stream = futures_util::stream::try_unfold((slice, start), |(slice, at)| async move {
+        if at >= slice.offset + slice.len {
+            return Ok(None);
+        }
+        let chunk = slice.read(at, FILE_CHUNK).await?;
+        let next = at + chunk.len() as u64;
+        Ok(Some((Frame::data(chunk), (slice, next))))
     })
-    .try_flatten()
-    .map_ok(move |chunk| {
-        let _held = &permit;
-        Frame::data(chunk)
-    })
-    .map_err(|e| -> BodyError { Box::new(e) });
+    .map_err(|e: std::io::Error| -> BodyError { Box::new(e) });
     http_body_util::StreamBody::new(stream).boxed_unsync()
 }
+
+/// How much of a file one trip to the blocking pool reads: large enough that the trips cost
+/// little beside the copying, small enough that a connection holds little at once.
+pub(crate) const FILE_CHUNK: usize = 256 * 1024;
 
 pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
     let mut r = Response::new(

@@ -79,7 +79,7 @@ impl Scratch {
 impl Proxy {
     pub(super) async fn narrow<S>(&self, io: &mut S, peer: &Peer, stop: &CancellationToken) -> Ended
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin + super::sendfile::RawSocket,
     {
         let mut s = Scratch {
             input: BytesMut::new(),
@@ -156,8 +156,7 @@ impl Proxy {
                 }
                 let started = Instant::now();
                 let (method, path, fields) = asset_request(&s.input[..simple.len]);
-                let resp = super::asset(assets, &method, &path, &fields).await;
-                let status = resp.status().as_u16();
+                let answer = assets.answer(&method, &path, &fields).await;
                 let entry = self.access_log().map(|_| {
                     crate::access::Entry::from_head(
                         &s.input[..simple.len],
@@ -169,8 +168,25 @@ impl Proxy {
                 s.input.advance(simple.len);
                 let close = simple.close || stop.is_cancelled();
                 let mut sent = 0;
-                let ok =
-                    write_answer(io, resp, simple.head, close, hsts, &mut s.out, &mut sent).await;
+                let (status, ok) = match answer {
+                    Ok(a) => {
+                        let head = Head {
+                            head: simple.head,
+                            close,
+                            hsts,
+                        };
+                        let ok = self.write_asset(io, &a, head, &mut s.out, &mut sent).await;
+                        (a.status, ok)
+                    }
+                    Err(refusal) => {
+                        let resp = super::refused(refusal);
+                        let status = resp.status().as_u16();
+                        let ok =
+                            write_answer(io, resp, simple.head, close, hsts, &mut s.out, &mut sent)
+                                .await;
+                        (status, ok)
+                    }
+                };
                 self.metrics.request(status, started.elapsed());
                 if let (Some(log), Some(mut e)) = (self.access_log(), entry) {
                     e.status = status;
@@ -511,6 +527,109 @@ async fn write_error<S: AsyncWrite + Unpin>(
     out.extend_from_slice(b"\r\n");
     let body = if head { &[][..] } else { &body[..] };
     write_two(io, out, body).await.is_ok()
+}
+
+/// How an answer's head ends: for a HEAD request, with `Connection: close`, with HSTS.
+#[derive(Clone, Copy)]
+struct Head<'a> {
+    head: bool,
+    close: bool,
+    hsts: Option<&'a [u8]>,
+}
+
+impl Proxy {
+    /// A static file's answer: the head from the fields made when the file was found, then
+    /// the bytes in one write with it (a small file), by `sendfile` (a larger one on a plain
+    /// socket), or read a chunk at a time (a larger one over TLS).
+    async fn write_asset<S>(
+        &self,
+        io: &mut S,
+        answer: &crate::assets::Answer,
+        how: Head<'_>,
+        out: &mut Vec<u8>,
+        sent: &mut u64,
+    ) -> bool
+    where
+        S: AsyncWrite + Unpin + super::sendfile::RawSocket,
+    {
+        use crate::assets::Content;
+        let status = http::StatusCode::from_u16(answer.status).unwrap_or(http::StatusCode::OK);
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        answer.write_h1(out);
+        if answer.status != 304 {
+            policy::header(
+                out,
+                b"content-length",
+                itoa::Buffer::new().format(answer.length).as_bytes(),
+            );
+        }
+        policy::header(out, b"date", &date());
+        if how.close {
+            policy::header(out, b"connection", b"close");
+        }
+        if let Some(hsts) = how.hsts {
+            policy::header(out, b"strict-transport-security", hsts);
+        }
+        out.extend_from_slice(b"\r\n");
+        let body = if how.head { None } else { answer.body.as_ref() };
+        match body {
+            None => io.write_all(out).await.is_ok() && io.flush().await.is_ok(),
+            Some(Content::Memory(b)) => {
+                let ok = write_two(io, out, b).await.is_ok();
+                if ok {
+                    *sent += b.len() as u64;
+                }
+                ok
+            }
+            Some(Content::File(slice)) => {
+                if let Some(socket) = io.raw_socket() {
+                    if let Err(e) = socket.send_head(out, self.send_timeout).await {
+                        tracing::debug!("static answer cut: {e}");
+                        return false;
+                    }
+                    let r = socket
+                        .send_file(
+                            slice.file(),
+                            slice.offset,
+                            slice.len,
+                            self.send_timeout,
+                            sent,
+                        )
+                        .await;
+                    if let Err(e) = r {
+                        tracing::debug!("static answer cut: {e}");
+                        return false;
+                    }
+                    return true;
+                }
+                if io.write_all(out).await.is_err() {
+                    return false;
+                }
+                let end = slice.offset + slice.len;
+                let mut at = slice.offset;
+                while at < end {
+                    let chunk = match slice.read(at, super::FILE_CHUNK).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::debug!("static answer cut: {e}");
+                            return false;
+                        }
+                    };
+                    if io.write_all(&chunk).await.is_err() {
+                        return false;
+                    }
+                    at += chunk.len() as u64;
+                    *sent += chunk.len() as u64;
+                }
+                io.flush().await.is_ok()
+            }
+        }
+    }
 }
 
 /// What a static file's answer needs of a request head the narrow path took: its method,
