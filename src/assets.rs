@@ -920,6 +920,45 @@ mod tests {
         assert!(!a.claims(b"/cart"));
     }
 
+    #[tokio::test]
+    async fn open_files_are_bounded_and_the_cache_shares_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = dir.path().join("public");
+        std::fs::create_dir(&public).unwrap();
+        for name in ["a.bin", "b.bin", "c.bin"] {
+            std::fs::write(public.join(name), vec![b'x'; 100_000]).unwrap();
+        }
+        let config = StaticConfig {
+            directory: Some("public".into()),
+            prefixes: vec!["/".into()],
+            max_open_files: 2,
+            ..StaticConfig::default()
+        };
+        let assets = Assets::new(&config, Duration::from_millis(200)).unwrap();
+        assets.pin(1, dir.path()).unwrap();
+        assets.serving(&[1]);
+        let none = HeaderMap::new();
+        let get = |path: &'static str| assets.answer(&http::Method::GET, path, &none);
+        let is_file = |a: &Answer| matches!(a.body, Some(Content::File(_)));
+        // Two files sent at once hold both permits (the cache keeps the later one open).
+        let a = get("/a.bin").await.unwrap();
+        let b = get("/b.bin").await.unwrap();
+        assert!(is_file(&a) && is_file(&b));
+        // A third waits for one, then is refused.
+        assert_eq!(get("/c.bin").await.err(), Some(Refusal::Busy));
+        // The file the cache holds open is sent again without a permit of its own.
+        let b2 = get("/b.bin").await.unwrap();
+        assert!(is_file(&b2));
+        // An answer done gives its permit back.
+        drop(a);
+        let c = get("/c.bin").await.unwrap();
+        assert_eq!(c.length, 100_000);
+        let Some(Content::File(slice)) = &c.body else {
+            panic!("a large file is sent from its descriptor")
+        };
+        assert_eq!(slice.read(99_990, 1 << 20).await.unwrap().len(), 10);
+    }
+
     #[test]
     fn fingerprinted_names_are_immutable() {
         let re = regex_lite::Regex::new(StaticConfig::FINGERPRINT).unwrap();
