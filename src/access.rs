@@ -1,11 +1,13 @@
 //! The access log (`[log] access`): one line per request, to a file or to the journal, in
 //! nginx's `combined` format (with baton's own fields after it) or as JSON.
 //!
-//! The proxy never waits for it: a request's entry goes into a bounded queue
-//! (`try_send`), and one thread of its own formats and writes the lines: every 20 ms it takes
-//! all that is queued and writes it (64 KiB at a time), so no request wakes it. When the queue is full (a disk that stalls, a journal that cannot keep
-//! up), the entry is dropped and counted (`baton_access_log_dropped_total`), never waited
-//! for. `reopen` (SIGUSR1, `baton reopen-logs`) makes the writer reopen the file by its path
+//! The proxy never waits for it. To a file: the proxy's thread formats the line and appends it
+//! to one of a few buffers (a lock of its own per thread, in effect), and a thread of the log's
+//! own takes the buffers every 20 ms and writes them, so no request wakes it and no line
+//! crosses a channel. To the journal: the entry goes into a bounded queue (`try_send`) that the
+//! same thread empties every 20 ms. When the buffers or the queue hold `queue` entries (a disk
+//! that stalls, a journal that cannot keep up), the entry is dropped and counted
+//! (`baton_access_log_dropped_total`), never waited for. `reopen` (SIGUSR1, `baton reopen-logs`) makes the writer reopen the file by its path
 //! after the lines before it are written, for logrotate without `copytruncate`: nothing is
 //! lost, as lines written meanwhile go to the renamed file.
 
@@ -138,6 +140,9 @@ enum Message {
 /// The queue to the writer thread.
 pub struct AccessLog {
     tx: mpsc::SyncSender<Message>,
+    /// The lines of a file log, formatted by the proxy's threads (`None`: the journal).
+    lines: Option<Arc<Lines>>,
+    format: AccessFormat,
     dropped: Arc<AtomicU64>,
     /// Set by `reopen`; the writer looks at it after each batch (a full queue cannot lose it).
     reopen: Arc<AtomicBool>,
@@ -168,9 +173,12 @@ impl AccessLog {
                 path: path.clone(),
             },
         };
-        let (tx, rx) = mpsc::sync_channel(config.queue);
+        let lines = matches!(sink, Sink::File { .. }).then(|| Arc::new(Lines::new(config.queue)));
+        // A file log's channel carries only reopen and close.
+        let (tx, rx) = mpsc::sync_channel(if lines.is_some() { 16 } else { config.queue });
         let reopen = Arc::new(AtomicBool::new(false));
         let writer = Writer {
+            lines: lines.clone(),
             reopen: reopen.clone(),
             sink,
             format: config.format,
@@ -186,15 +194,22 @@ impl AccessLog {
             })?;
         Ok(Some(AccessLog {
             tx,
+            lines,
+            format: config.format,
             dropped,
             reopen,
             app: app.to_owned(),
         }))
     }
 
-    /// Queue an entry; when the queue is full it is dropped (and counted), never waited for.
+    /// Log an entry; when `queue` entries wait already it is dropped (and counted), never
+    /// waited for.
     pub fn log(&self, entry: Entry) {
-        if self.tx.try_send(Message::Entry(Box::new(entry))).is_err() {
+        let kept = match &self.lines {
+            Some(lines) => lines.push(&entry, self.format),
+            None => self.tx.try_send(Message::Entry(Box::new(entry))).is_ok(),
+        };
+        if !kept {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -229,12 +244,82 @@ fn open(path: &Path) -> Result<std::fs::File, OpenError> {
         })
 }
 
+/// A file log's lines, formatted and waiting for the writer: a few buffers, each appended
+/// to by the threads that drew it, so the proxy's threads seldom share a lock.
+struct Lines {
+    shards: Box<[std::sync::Mutex<Shard>]>,
+    /// Lines a shard holds at most (`queue` over the shards).
+    limit: usize,
+}
+
+#[derive(Default)]
+struct Shard {
+    buf: Vec<u8>,
+    lines: usize,
+}
+
+/// Which shard this thread appends to, drawn once per thread.
+fn shard_index() -> usize {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) as usize;
+    }
+    INDEX.with(|i| *i)
+}
+
+impl Lines {
+    fn new(queue: usize) -> Lines {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, 16)
+            * 2;
+        let n = n.min(queue).max(1);
+        Lines {
+            shards: (0..n).map(|_| Default::default()).collect(),
+            limit: queue.div_ceil(n),
+        }
+    }
+
+    /// Format the entry and append it; false when its shard is full.
+    fn push(&self, e: &Entry, format: AccessFormat) -> bool {
+        let shard = &self.shards[shard_index() % self.shards.len()];
+        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        if shard.lines >= self.limit {
+            return false;
+        }
+        shard.lines += 1;
+        match format {
+            AccessFormat::Combined => combined(e, &mut shard.buf),
+            AccessFormat::Json => json(e, &mut shard.buf),
+        }
+        true
+    }
+
+    /// Take every shard's lines into `out`; each shard keeps its spare buffer's allocation.
+    fn take(&self, out: &mut Vec<u8>, spare: &mut Vec<u8>) {
+        for shard in self.shards.iter() {
+            {
+                let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+                if shard.lines == 0 {
+                    continue;
+                }
+                spare.clear();
+                std::mem::swap(&mut shard.buf, spare);
+                shard.lines = 0;
+            }
+            out.extend_from_slice(spare);
+        }
+    }
+}
+
 enum Sink {
     Journal,
     File { file: std::fs::File, path: PathBuf },
 }
 
 struct Writer {
+    lines: Option<Arc<Lines>>,
     reopen: Arc<AtomicBool>,
     sink: Sink,
     format: AccessFormat,
@@ -250,7 +335,12 @@ const PERIOD: Duration = Duration::from_millis(20);
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Message>) {
         let mut pending: Vec<u8> = Vec::with_capacity(BATCH);
+        let mut spare: Vec<u8> = Vec::new();
         loop {
+            // The lines formatted before this round, before any reopen or close asked since.
+            if let Some(lines) = &self.lines {
+                lines.take(&mut pending, &mut spare);
+            }
             // Take everything queued, write it, then sleep one period: the proxy never wakes
             // this thread (a wake-up per line cost more than the line), and a line is on disk
             // within PERIOD of its answer.
@@ -274,13 +364,13 @@ impl Writer {
                     }
                     Ok(Message::Reopen) => {}
                     Ok(Message::Close(done)) => {
-                        self.flush(&mut pending);
+                        self.last(&mut pending, &mut spare);
                         let _ = done.send(());
                         return;
                     }
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => {
-                        self.flush(&mut pending);
+                        self.last(&mut pending, &mut spare);
                         return;
                     }
                 }
@@ -291,6 +381,14 @@ impl Writer {
             }
             std::thread::sleep(PERIOD);
         }
+    }
+
+    /// Write all that is left, the lines formatted since this round began too.
+    fn last(&mut self, pending: &mut Vec<u8>, spare: &mut Vec<u8>) {
+        if let Some(lines) = &self.lines {
+            lines.take(pending, spare);
+        }
+        self.flush(pending);
     }
 
     fn reopen_file(&mut self) {
@@ -336,15 +434,26 @@ impl Writer {
 /// generation, request id, each `-` when there is none.
 fn combined(e: &Entry, out: &mut Vec<u8>) {
     use std::io::Write as _;
-    let dash = |s: &Option<String>| s.as_deref().unwrap_or("-").to_owned();
-    let _ = write!(out, "{} - - [", e.client.as_deref().unwrap_or("-"));
+    fn dash(s: &Option<String>) -> &str {
+        s.as_deref().unwrap_or("-")
+    }
+    out.extend_from_slice(e.client.as_deref().unwrap_or("-").as_bytes());
+    out.extend_from_slice(b" - - [");
     clf_time(e.time.unwrap_or_else(SystemTime::now), out);
     out.extend_from_slice(b"] \"");
-    escaped(&format!("{} {} {}", e.method, e.target, e.version), out);
-    let _ = write!(out, "\" {} {} \"", e.status, e.bytes);
-    escaped(&dash(&e.referer), out);
+    escaped(&e.method, out);
+    out.push(b' ');
+    escaped(&e.target, out);
+    out.push(b' ');
+    out.extend_from_slice(e.version.as_bytes());
+    out.extend_from_slice(b"\" ");
+    out.extend_from_slice(itoa::Buffer::new().format(e.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(itoa::Buffer::new().format(e.bytes).as_bytes());
+    out.extend_from_slice(b" \"");
+    escaped(dash(&e.referer), out);
     out.extend_from_slice(b"\" \"");
-    escaped(&dash(&e.user_agent), out);
+    escaped(dash(&e.user_agent), out);
     let _ = write!(out, "\" {:.3} ", e.duration.as_secs_f64());
     match e.upstream {
         Some(u) => {
@@ -527,6 +636,57 @@ mod tests {
         assert_eq!(at(951_782_400), "29/Feb/2000:00:00:00 +0000");
         assert_eq!(at(4_107_542_399), "28/Feb/2100:23:59:59 +0000");
         assert_eq!(at(4_133_980_799), "31/Dec/2100:23:59:59 +0000");
+    }
+
+    #[test]
+    fn lines_from_many_threads_are_written_whole_and_none_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let config = LogConfig {
+            access: AccessTarget::File(path.clone()),
+            format: AccessFormat::Combined,
+            queue: 1 << 20,
+            request_id: None,
+        };
+        let dropped = Arc::new(AtomicU64::new(0));
+        let log = Arc::new(
+            AccessLog::start(&config, "t", dropped.clone())
+                .unwrap()
+                .unwrap(),
+        );
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5_000 {
+                        log.log(Entry {
+                            request_id: Some(format!("{t}-{i}")),
+                            ..entry()
+                        });
+                        if i == 2_500 {
+                            // Across a reopen, as logrotate does.
+                            log.reopen();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        log.close(Duration::from_secs(10));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut ids: Vec<&str> = text
+            .lines()
+            .map(|l| {
+                assert!(l.starts_with("192.0.2.7 - - ["), "{l}");
+                l.rsplit(' ').next().unwrap()
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 40_000);
+        assert_eq!(dropped.load(Ordering::Relaxed), 0);
     }
 
     #[test]
