@@ -433,13 +433,12 @@ impl Writer {
 /// nginx's `combined`, then baton's own: request time, upstream time (s), worker,
 /// generation, request id, each `-` when there is none.
 fn combined(e: &Entry, out: &mut Vec<u8>) {
-    use std::io::Write as _;
     fn dash(s: &Option<String>) -> &str {
         s.as_deref().unwrap_or("-")
     }
     out.extend_from_slice(e.client.as_deref().unwrap_or("-").as_bytes());
     out.extend_from_slice(b" - - [");
-    clf_time(e.time.unwrap_or_else(SystemTime::now), out);
+    clf_time_cached(e.time.unwrap_or_else(SystemTime::now), out);
     out.extend_from_slice(b"] \"");
     escaped(&e.method, out);
     out.push(b' ');
@@ -454,16 +453,17 @@ fn combined(e: &Entry, out: &mut Vec<u8>) {
     escaped(dash(&e.referer), out);
     out.extend_from_slice(b"\" \"");
     escaped(dash(&e.user_agent), out);
-    let _ = write!(out, "\" {:.3} ", e.duration.as_secs_f64());
+    out.extend_from_slice(b"\" ");
+    seconds(e.duration, out);
+    out.push(b' ');
     match e.upstream {
         Some(u) => {
-            let _ = write!(
-                out,
-                "{:.3} {} {} ",
-                u.time.as_secs_f64(),
-                u.worker,
-                u.generation
-            );
+            seconds(u.time, out);
+            out.push(b' ');
+            out.extend_from_slice(itoa::Buffer::new().format(u.worker).as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(itoa::Buffer::new().format(u.generation).as_bytes());
+            out.push(b' ');
         }
         None => out.extend_from_slice(b"- - - "),
     }
@@ -481,6 +481,42 @@ fn escaped(s: &str, out: &mut Vec<u8>) {
             let _ = write!(out, "\\x{b:02X}");
         }
     }
+}
+
+/// A duration in seconds with milliseconds, `12.345` (nginx's `$request_time`), rounded to
+/// the nearest millisecond.
+fn seconds(d: Duration, out: &mut Vec<u8>) {
+    let ms = (d.as_nanos() + 500_000) / 1_000_000;
+    out.extend_from_slice(itoa::Buffer::new().format(ms / 1000).as_bytes());
+    let frac = (ms % 1000) as u16;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
+
+/// [`clf_time`], remembered per thread for the second it was last asked for: a busy log
+/// asks for the same second thousands of times.
+fn clf_time_cached(t: SystemTime, out: &mut Vec<u8>) {
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, Vec<u8>)> =
+            const { std::cell::RefCell::new((u64::MAX, Vec::new())) };
+    }
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != secs {
+            last.1.clear();
+            clf_time(t, &mut last.1);
+            last.0 = secs;
+        }
+        out.extend_from_slice(&last.1);
+    });
 }
 
 /// `03/Dec/2026:07:01:02 +0000` (UTC).
@@ -623,6 +659,20 @@ mod tests {
         assert_eq!(v["generation"], 2);
         assert_eq!(v["scheme"], "https");
         assert_eq!(v["user_agent"], "curl/8 \"quoted\"\n");
+    }
+
+    #[test]
+    fn seconds_with_milliseconds() {
+        let at = |d: Duration| {
+            let mut out = Vec::new();
+            seconds(d, &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(at(Duration::ZERO), "0.000");
+        assert_eq!(at(Duration::from_micros(1_499)), "0.001");
+        assert_eq!(at(Duration::from_micros(1_500)), "0.002");
+        assert_eq!(at(Duration::from_millis(12_345)), "12.345");
+        assert_eq!(at(Duration::from_micros(999_600)), "1.000");
     }
 
     #[test]
