@@ -24,17 +24,7 @@ use std::time::{Duration, SystemTime};
 pub struct Entry {
     /// When its head was read.
     pub time: Option<SystemTime>,
-    /// The client's IP (none on a Unix socket).
-    pub client: Option<String>,
-    pub method: String,
-    pub target: String,
-    /// `HTTP/1.1`, `HTTP/2.0`...
-    pub version: &'static str,
     pub https: bool,
-    pub host: Option<String>,
-    pub referer: Option<String>,
-    pub user_agent: Option<String>,
-    pub request_id: Option<String>,
     pub status: u16,
     /// Bytes of the answer's body sent to the client.
     pub bytes: u64,
@@ -42,6 +32,54 @@ pub struct Entry {
     pub duration: Duration,
     /// The worker that answered, if one did.
     pub upstream: Option<Upstream>,
+    request: Request,
+}
+
+/// What the log says of the request itself.
+#[derive(Debug, Clone)]
+enum Request {
+    /// An HTTP/1.x head as the client sent it (one copy, no field taken apart until the line
+    /// is written): the client's address and the id baton gave the request beside it.
+    Head {
+        head: Vec<u8>,
+        client: Option<http::HeaderValue>,
+        generated: Option<([u8; 32], usize)>,
+    },
+    /// A request hyper parsed (HTTP/2, or hyper's HTTP/1.1 path).
+    Parsed(Box<Fields>),
+}
+
+impl Default for Request {
+    fn default() -> Request {
+        Request::Parsed(Box::default())
+    }
+}
+
+/// The request's fields that the log writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fields {
+    /// The client's IP (none on a Unix socket).
+    pub client: Option<String>,
+    pub method: String,
+    pub target: String,
+    /// `HTTP/1.1`, `HTTP/2.0`...
+    pub version: &'static str,
+    pub host: Option<String>,
+    pub referer: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// [`Fields`] borrowed from wherever the entry keeps them.
+struct View<'a> {
+    client: Option<&'a [u8]>,
+    method: &'a [u8],
+    target: &'a [u8],
+    version: &'static str,
+    host: Option<&'a [u8]>,
+    referer: Option<&'a [u8]>,
+    user_agent: Option<&'a [u8]>,
+    request_id: Option<&'a [u8]>,
 }
 
 /// Who answered a request, and how long its answer head took from the lease.
@@ -53,49 +91,34 @@ pub struct Upstream {
 }
 
 impl Entry {
-    /// An entry for a request head (HTTP/1.x bytes): what the log needs of it, read once.
+    /// An entry for a request head (HTTP/1.x bytes), kept as they are until the line is
+    /// written (one copy: the narrow path reuses its buffer for the next request).
     /// `generated`: the id baton gave the request, unless it had a valid one of its own.
     pub fn from_head(
         head: &[u8],
-        client: Option<&str>,
+        client: Option<&http::HeaderValue>,
         https: bool,
         generated: Option<&[u8]>,
     ) -> Entry {
-        let mut fields = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut fields);
-        let _ = req.parse(head);
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        let mut e = Entry {
-            time: Some(SystemTime::now()),
-            client: client.map(str::to_owned),
-            method: req.method.unwrap_or("-").to_owned(),
-            target: req.path.unwrap_or("-").to_owned(),
-            version: if req.version == Some(0) {
-                "HTTP/1.0"
-            } else {
-                "HTTP/1.1"
-            },
-            https,
-            ..Entry::default()
-        };
-        e.request_id = generated.map(|g| {
-            let id = crate::policy::request_id(&*req.headers).unwrap_or(g);
-            text(id)
+        let generated = generated.map(|g| {
+            let mut id = [0u8; 32];
+            let n = g.len().min(32);
+            id[..n].copy_from_slice(&g[..n]);
+            (id, n)
         });
-        for h in req.headers.iter() {
-            let n = h.name;
-            if n.eq_ignore_ascii_case("host") && e.host.is_none() {
-                e.host = Some(text(h.value));
-            } else if n.eq_ignore_ascii_case("referer") {
-                e.referer = Some(text(h.value));
-            } else if n.eq_ignore_ascii_case("user-agent") {
-                e.user_agent = Some(text(h.value));
-            }
+        Entry {
+            time: Some(SystemTime::now()),
+            https,
+            request: Request::Head {
+                head: head.to_vec(),
+                client: client.cloned(),
+                generated,
+            },
+            ..Entry::default()
         }
-        e
     }
 
-    /// An entry for a request hyper parsed.
+    /// An entry for a request hyper parsed; `request_id`: the one the worker was given.
     pub fn from_parts(
         method: &http::Method,
         uri: &http::Uri,
@@ -103,30 +126,112 @@ impl Entry {
         headers: &http::HeaderMap,
         client: Option<&str>,
         https: bool,
+        request_id: Option<&[u8]>,
     ) -> Entry {
         let text = |n: http::header::HeaderName| {
             headers
                 .get(n)
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         };
-        Entry {
-            time: Some(SystemTime::now()),
-            client: client.map(str::to_owned),
-            method: method.as_str().to_owned(),
-            target: uri
-                .path_and_query()
-                .map_or_else(|| uri.to_string(), |p| p.as_str().to_owned()),
-            version: match version {
-                http::Version::HTTP_2 => "HTTP/2.0",
-                http::Version::HTTP_10 => "HTTP/1.0",
-                _ => "HTTP/1.1",
+        Entry::new(
+            Fields {
+                client: client.map(str::to_owned),
+                method: method.as_str().to_owned(),
+                target: uri
+                    .path_and_query()
+                    .map_or_else(|| uri.to_string(), |p| p.as_str().to_owned()),
+                version: match version {
+                    http::Version::HTTP_2 => "HTTP/2.0",
+                    http::Version::HTTP_10 => "HTTP/1.0",
+                    _ => "HTTP/1.1",
+                },
+                host: text(http::header::HOST).or_else(|| uri.authority().map(|a| a.to_string())),
+                referer: text(http::header::REFERER),
+                user_agent: text(http::header::USER_AGENT),
+                request_id: request_id.map(|id| String::from_utf8_lossy(id).into_owned()),
             },
             https,
-            host: text(http::header::HOST).or_else(|| uri.authority().map(|a| a.to_string())),
-            referer: text(http::header::REFERER),
-            user_agent: text(http::header::USER_AGENT),
+        )
+    }
+
+    /// An entry of these fields, made now.
+    pub fn new(fields: Fields, https: bool) -> Entry {
+        Entry {
+            time: Some(SystemTime::now()),
+            https,
+            request: Request::Parsed(Box::new(fields)),
             ..Entry::default()
         }
+    }
+
+    /// The request's fields, wherever they are kept.
+    fn view<R>(&self, f: impl FnOnce(&View<'_>) -> R) -> R {
+        fn opt(s: &Option<String>) -> Option<&[u8]> {
+            s.as_deref().map(str::as_bytes)
+        }
+        match &self.request {
+            Request::Parsed(p) => f(&View {
+                client: opt(&p.client),
+                method: p.method.as_bytes(),
+                target: p.target.as_bytes(),
+                version: p.version,
+                host: opt(&p.host),
+                referer: opt(&p.referer),
+                user_agent: opt(&p.user_agent),
+                request_id: opt(&p.request_id),
+            }),
+            Request::Head {
+                head,
+                client,
+                generated,
+            } => {
+                let mut fields = [httparse::EMPTY_HEADER; 64];
+                let mut req = httparse::Request::new(&mut fields);
+                let _ = req.parse(head);
+                let mut v = View {
+                    client: client.as_ref().map(http::HeaderValue::as_bytes),
+                    method: req.method.unwrap_or("-").as_bytes(),
+                    target: req.path.unwrap_or("-").as_bytes(),
+                    version: if req.version == Some(0) {
+                        "HTTP/1.0"
+                    } else {
+                        "HTTP/1.1"
+                    },
+                    host: None,
+                    referer: None,
+                    user_agent: None,
+                    request_id: generated.as_ref().map(|(id, n)| {
+                        crate::policy::request_id(&*req.headers).unwrap_or(&id[..*n])
+                    }),
+                };
+                for h in req.headers.iter() {
+                    let n = h.name;
+                    if n.eq_ignore_ascii_case("host") && v.host.is_none() {
+                        v.host = Some(h.value);
+                    } else if n.eq_ignore_ascii_case("referer") {
+                        v.referer = Some(h.value);
+                    } else if n.eq_ignore_ascii_case("user-agent") {
+                        v.user_agent = Some(h.value);
+                    }
+                }
+                f(&v)
+            }
+        }
+    }
+
+    /// The request's fields as the log writes them (for tests and the journal).
+    pub fn fields(&self) -> Fields {
+        let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
+        self.view(|v| Fields {
+            client: text(v.client),
+            method: String::from_utf8_lossy(v.method).into_owned(),
+            target: String::from_utf8_lossy(v.target).into_owned(),
+            version: v.version,
+            host: text(v.host),
+            referer: text(v.referer),
+            user_agent: text(v.user_agent),
+            request_id: text(v.request_id),
+        })
     }
 }
 
@@ -411,7 +516,7 @@ impl Writer {
             status = e.status,
             worker = up.map(|u| u.worker),
             generation = up.map(|u| u.generation),
-            request_id = e.request_id.as_deref(),
+            request_id = e.fields().request_id.as_deref(),
             "{}",
             line.trim_end()
         );
@@ -433,52 +538,58 @@ impl Writer {
 /// nginx's `combined`, then baton's own: request time, upstream time (s), worker,
 /// generation, request id, each `-` when there is none.
 fn combined(e: &Entry, out: &mut Vec<u8>) {
-    fn dash(s: &Option<String>) -> &str {
-        s.as_deref().unwrap_or("-")
-    }
-    out.extend_from_slice(e.client.as_deref().unwrap_or("-").as_bytes());
-    out.extend_from_slice(b" - - [");
-    clf_time_cached(e.time.unwrap_or_else(SystemTime::now), out);
-    out.extend_from_slice(b"] \"");
-    escaped(&e.method, out);
-    out.push(b' ');
-    escaped(&e.target, out);
-    out.push(b' ');
-    out.extend_from_slice(e.version.as_bytes());
-    out.extend_from_slice(b"\" ");
-    out.extend_from_slice(itoa::Buffer::new().format(e.status).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(itoa::Buffer::new().format(e.bytes).as_bytes());
-    out.extend_from_slice(b" \"");
-    escaped(dash(&e.referer), out);
-    out.extend_from_slice(b"\" \"");
-    escaped(dash(&e.user_agent), out);
-    out.extend_from_slice(b"\" ");
-    seconds(e.duration, out);
-    out.push(b' ');
-    match e.upstream {
-        Some(u) => {
-            seconds(u.time, out);
-            out.push(b' ');
-            out.extend_from_slice(itoa::Buffer::new().format(u.worker).as_bytes());
-            out.push(b' ');
-            out.extend_from_slice(itoa::Buffer::new().format(u.generation).as_bytes());
-            out.push(b' ');
+    e.view(|v| {
+        let dash = |b: Option<&[u8]>, out: &mut Vec<u8>| escaped(b.unwrap_or(b"-"), out);
+        dash(v.client, out);
+        out.extend_from_slice(b" - - [");
+        clf_time_cached(e.time.unwrap_or_else(SystemTime::now), out);
+        out.extend_from_slice(b"] \"");
+        escaped(v.method, out);
+        out.push(b' ');
+        escaped(v.target, out);
+        out.push(b' ');
+        out.extend_from_slice(v.version.as_bytes());
+        out.extend_from_slice(b"\" ");
+        out.extend_from_slice(itoa::Buffer::new().format(e.status).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(itoa::Buffer::new().format(e.bytes).as_bytes());
+        out.extend_from_slice(b" \"");
+        dash(v.referer, out);
+        out.extend_from_slice(b"\" \"");
+        dash(v.user_agent, out);
+        out.extend_from_slice(b"\" ");
+        seconds(e.duration, out);
+        out.push(b' ');
+        match e.upstream {
+            Some(u) => {
+                seconds(u.time, out);
+                out.push(b' ');
+                out.extend_from_slice(itoa::Buffer::new().format(u.worker).as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(itoa::Buffer::new().format(u.generation).as_bytes());
+                out.push(b' ');
+            }
+            None => out.extend_from_slice(b"- - - "),
         }
-        None => out.extend_from_slice(b"- - - "),
-    }
-    escaped(e.request_id.as_deref().unwrap_or("-"), out);
-    out.push(b'\n');
+        dash(v.request_id, out);
+        out.push(b'\n');
+    });
 }
 
 /// Printable ASCII as it is; `"`, `\` and anything else as `\xHH` (as nginx does), so a
 /// line cannot be forged or broken by what a client sends.
-fn escaped(s: &str, out: &mut Vec<u8>) {
-    for &b in s.as_bytes() {
+fn escaped(s: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in s {
         if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {
             out.push(b);
         } else {
-            let _ = write!(out, "\\x{b:02X}");
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]);
         }
     }
 }
@@ -486,7 +597,8 @@ fn escaped(s: &str, out: &mut Vec<u8>) {
 /// A duration in seconds with milliseconds, `12.345` (nginx's `$request_time`), rounded to
 /// the nearest millisecond.
 fn seconds(d: Duration, out: &mut Vec<u8>) {
-    let ms = (d.as_nanos() + 500_000) / 1_000_000;
+    // u64 arithmetic: a u128 division per line showed in the profile.
+    let ms = d.as_secs() * 1000 + u64::from((d.subsec_nanos() + 500_000) / 1_000_000);
     out.extend_from_slice(itoa::Buffer::new().format(ms / 1000).as_bytes());
     let frac = (ms % 1000) as u16;
     out.extend_from_slice(&[
@@ -571,23 +683,24 @@ fn json(e: &Entry, out: &mut Vec<u8>) {
         user_agent: Option<&'a str>,
     }
     let up = e.upstream;
+    let f = e.fields();
     let line = Line {
         time: humantime::format_rfc3339_millis(e.time.unwrap_or_else(SystemTime::now)).to_string(),
-        client: e.client.as_deref(),
-        method: &e.method,
-        target: &e.target,
-        protocol: e.version,
+        client: f.client.as_deref(),
+        method: &f.method,
+        target: &f.target,
+        protocol: f.version,
         scheme: if e.https { "https" } else { "http" },
-        host: e.host.as_deref(),
+        host: f.host.as_deref(),
         status: e.status,
         bytes: e.bytes,
         duration_s: e.duration.as_secs_f64(),
         upstream_s: up.map(|u| u.time.as_secs_f64()),
         worker: up.map(|u| u.worker),
         generation: up.map(|u| u.generation),
-        request_id: e.request_id.as_deref(),
-        referer: e.referer.as_deref(),
-        user_agent: e.user_agent.as_deref(),
+        request_id: f.request_id.as_deref(),
+        referer: f.referer.as_deref(),
+        user_agent: f.user_agent.as_deref(),
     };
     if serde_json::to_writer(&mut *out, &line).is_ok() {
         out.push(b'\n');
@@ -598,27 +711,60 @@ fn json(e: &Entry, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
-    fn entry() -> Entry {
-        Entry {
-            time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_281_262)),
+    fn fields() -> Fields {
+        Fields {
             client: Some("192.0.2.7".into()),
             method: "GET".into(),
             target: "/cart?id=1".into(),
             version: "HTTP/1.1",
-            https: true,
             host: Some("shop.example".into()),
             referer: Some("https://shop.example/".into()),
             user_agent: Some("curl/8 \"quoted\"\n".into()),
             request_id: Some("4f2a".into()),
-            status: 200,
-            bytes: 1234,
-            duration: Duration::from_millis(12),
-            upstream: Some(Upstream {
-                worker: 3,
-                generation: 2,
-                time: Duration::from_millis(11),
-            }),
         }
+    }
+
+    fn finished(mut e: Entry) -> Entry {
+        e.time = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_281_262));
+        e.status = 200;
+        e.bytes = 1234;
+        e.duration = Duration::from_millis(12);
+        e.upstream = Some(Upstream {
+            worker: 3,
+            generation: 2,
+            time: Duration::from_millis(11),
+        });
+        e
+    }
+
+    fn entry() -> Entry {
+        finished(Entry::new(fields(), true))
+    }
+
+    #[test]
+    fn a_head_s_entry_says_what_its_fields_say() {
+        let head = b"GET /cart?id=1 HTTP/1.1\r\nHost: shop.example\r\nReferer: https://shop.example/\r\nUser-Agent: curl/8 \"quoted\"\xe9\r\n\r\n";
+        let client = http::HeaderValue::from_static("192.0.2.7");
+        let e = finished(Entry::from_head(head, Some(&client), true, Some(b"4f2a")));
+        let want = Fields {
+            user_agent: Some("curl/8 \"quoted\"\u{fffd}".into()),
+            ..fields()
+        };
+        assert_eq!(e.fields(), want);
+        // The line has the client's bytes, escaped, not their lossy UTF-8 form.
+        let mut line = Vec::new();
+        combined(&e, &mut line);
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "192.0.2.7 - - [03/Dec/2026:07:01:02 +0000] \"GET /cart?id=1 HTTP/1.1\" 200 1234 \"https://shop.example/\" \"curl/8 \\x22quoted\\x22\\xE9\" 0.012 0.011 3 2 4f2a\n"
+        );
+        // The client's own valid id wins over the one baton made.
+        let head = b"GET / HTTP/1.0\r\nX-Request-Id: abc-123\r\n\r\n";
+        let f = Entry::from_head(head, None, false, Some(b"4f2a")).fields();
+        assert_eq!(
+            (f.request_id.as_deref(), f.version, f.client),
+            (Some("abc-123"), "HTTP/1.0", None)
+        );
     }
 
     #[test]
@@ -630,15 +776,16 @@ mod tests {
             "192.0.2.7 - - [03/Dec/2026:07:01:02 +0000] \"GET /cart?id=1 HTTP/1.1\" 200 1234 \"https://shop.example/\" \"curl/8 \\x22quoted\\x22\\x0A\" 0.012 0.011 3 2 4f2a\n"
         );
         let mut out = Vec::new();
-        combined(
-            &Entry {
-                upstream: None,
+        let mut e = finished(Entry::new(
+            Fields {
                 request_id: None,
                 referer: None,
-                ..entry()
+                ..fields()
             },
-            &mut out,
-        );
+            true,
+        ));
+        e.upstream = None;
+        combined(&e, &mut out);
         assert!(
             String::from_utf8(out)
                 .unwrap()
@@ -709,10 +856,13 @@ mod tests {
                 let log = log.clone();
                 std::thread::spawn(move || {
                     for i in 0..5_000 {
-                        log.log(Entry {
-                            request_id: Some(format!("{t}-{i}")),
-                            ..entry()
-                        });
+                        log.log(finished(Entry::new(
+                            Fields {
+                                request_id: Some(format!("{t}-{i}")),
+                                ..fields()
+                            },
+                            true,
+                        )));
                         if i == 2_500 {
                             // Across a reopen, as logrotate does.
                             log.reopen();

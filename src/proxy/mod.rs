@@ -446,19 +446,15 @@ impl Proxy {
         let mut id = [0u8; 32];
         let request_id = self.new_request_id(&mut id);
         let entry = self.access.get().map(|_| {
-            let mut e = crate::access::Entry::from_parts(
+            crate::access::Entry::from_parts(
                 req.method(),
                 req.uri(),
                 req.version(),
                 req.headers(),
                 peer.ip.as_ref().and_then(|ip| ip.to_str().ok()),
                 peer.https,
-            );
-            e.request_id = request_id.map(|generated| {
-                let id = policy::request_id(req.headers()).unwrap_or(generated);
-                String::from_utf8_lossy(id).into_owned()
-            });
-            e
+                request_id.map(|generated| policy::request_id(req.headers()).unwrap_or(generated)),
+            )
         });
         let mut resp = match self.forward(req, &peer, request_id).await {
             Ok(resp) => resp,

@@ -160,7 +160,7 @@ impl Proxy {
                 let entry = self.access_log().map(|_| {
                     crate::access::Entry::from_head(
                         &s.input[..simple.len],
-                        peer.ip.as_ref().and_then(|ip| ip.to_str().ok()),
+                        peer.ip.as_ref(),
                         peer.https,
                         request_id,
                     )
@@ -205,7 +205,7 @@ impl Proxy {
             let mut entry = self.access_log().map(|_| {
                 crate::access::Entry::from_head(
                     &s.input[..simple.len],
-                    peer.ip.as_ref().and_then(|ip| ip.to_str().ok()),
+                    peer.ip.as_ref(),
                     peer.https,
                     request_id,
                 )
