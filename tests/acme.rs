@@ -217,15 +217,29 @@ fn baton_obtains_serves_and_renews_its_certificate_from_pebble() {
         .and_then(|r| r.split('"').next())
         .and_then(|p| p.parse().ok())
         .unwrap();
-    let fetched = Command::new("curl")
-        .args(["-sS", "--cacert"])
-        .arg(dir.path().join("pebble-ca.pem"))
-        .arg(format!("https://localhost:{mgmt_port}/roots/0"))
-        .arg("-o")
-        .arg(&root)
-        .status()
-        .unwrap();
-    assert!(fetched.success());
+    // Asked until it answers (pebble may open its management listener a moment after the
+    // ACME one); pebble's own log is in the message if it never does.
+    let asked = Instant::now();
+    loop {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "--cacert"])
+            .arg(dir.path().join("pebble-ca.pem"))
+            .arg(format!("https://localhost:{mgmt_port}/roots/0"))
+            .arg("-o")
+            .arg(&root)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(20),
+            "pebble's roots: {}\npebble's log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&pebble.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let answer = curl(https_port, "shop.test", &root).unwrap();
     assert!(answer.starts_with("hello from release r1"), "{answer}");
 
