@@ -196,11 +196,14 @@ fn baton_obtains_serves_and_renews_its_certificate_from_pebble() {
     });
     let (serial1, issuer) = first.unwrap();
     assert!(issuer.contains("Pebble Intermediate"), "{issuer}");
-    assert!(
-        b.log()
-            .contains("certificate obtained from https://localhost"),
-        "{}",
-        b.log()
+    // Served from the moment it is in force; its journal line follows.
+    wait_for(
+        Duration::from_secs(10),
+        "the certificate's log line",
+        || {
+            b.log()
+                .contains("certificate obtained from https://localhost")
+        },
     );
     assert!(
         b.log().contains("3d7e9a1c5b2f4e8d9a6c1f0b7e3d5a29"),
@@ -264,7 +267,10 @@ fn baton_obtains_serves_and_renews_its_certificate_from_pebble() {
         second.is_some()
     });
     let (serial2, _) = second.unwrap();
-    assert!(b.log().contains("certificate renewed from"), "{}", b.log());
+    // The new certificate serves from the moment it is in force; its journal line follows.
+    wait_for(Duration::from_secs(10), "the renewal's log line", || {
+        b.log().contains("certificate renewed from")
+    });
 
     // pebble down at the next renewal: it fails, is logged, and the certificate in force
     // keeps serving.
