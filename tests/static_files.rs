@@ -33,8 +33,12 @@ fn fetch(
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&out)));
-    let head = String::from_utf8_lossy(&out[..split]).into_owned();
-    let body = out[split + 4..].to_vec();
+    let (status, headers) = parse_head(&String::from_utf8_lossy(&out[..split]));
+    (status, headers, out[split + 4..].to_vec())
+}
+
+/// An answer head's status and headers (lower-case names).
+fn parse_head(head: &str) -> (u16, BTreeMap<String, String>) {
     let mut lines = head.lines();
     let status = lines
         .next()
@@ -48,7 +52,7 @@ fn fetch(
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    (status, headers, body)
+    (status, headers)
 }
 
 /// Requests the workers served, all told.
@@ -359,26 +363,7 @@ fn large_file() -> String {
 
 /// One answer of a kept connection: status, headers, body (by its Content-Length).
 fn read_one(s: &mut TcpStream) -> (u16, BTreeMap<String, String>, Vec<u8>) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: BTreeMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
+    let (status, headers) = parse_head(&read_head(s).unwrap());
     let mut body = vec![0; headers["content-length"].parse().unwrap()];
     s.read_exact(&mut body).unwrap();
     (status, headers, body)
@@ -433,13 +418,7 @@ fn large_files_go_whole_over_http_and_https_and_a_client_that_reads_nothing_is_l
              GET /assets/big.bin HTTP/1.1\r\nHost: shop.test\r\nRange: bytes=-10\r\n\r\n"
         )
         .unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            s.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8(head).unwrap();
+        let head = read_head(&mut s).unwrap();
         assert!(
             head.starts_with("HTTP/1.1 200") && head.contains("content-length: 3145728"),
             "{head}"

@@ -168,23 +168,23 @@ impl Proxy {
                 s.input.advance(simple.len);
                 let close = simple.close || stop.is_cancelled();
                 let mut sent = 0;
+                let how = Head {
+                    head: simple.head,
+                    close,
+                    hsts,
+                };
                 let (status, ok) = match answer {
                     Ok(a) => {
-                        let head = Head {
-                            head: simple.head,
-                            close,
-                            hsts,
-                        };
-                        let ok = self.write_asset(io, &a, head, &mut s.out, &mut sent).await;
+                        let ok = self.write_asset(io, &a, how, &mut s.out, &mut sent).await;
                         (a.status, ok)
                     }
                     Err(refusal) => {
                         let resp = super::refused(refusal);
                         let status = resp.status().as_u16();
-                        let ok =
-                            write_answer(io, resp, simple.head, close, hsts, &mut s.out, &mut sent)
-                                .await;
-                        (status, ok)
+                        (
+                            status,
+                            write_answer(io, resp, how, &mut s.out, &mut sent).await,
+                        )
                     }
                 };
                 self.metrics.request(status, started.elapsed());
@@ -287,7 +287,18 @@ impl Proxy {
                         || resp.headers().contains_key(http::header::CONNECTION);
                     (
                         status,
-                        write_error(io, resp, simple.head, close, hsts, &mut s.out).await && !close,
+                        write_error(
+                            io,
+                            resp,
+                            Head {
+                                head: simple.head,
+                                close,
+                                hsts,
+                            },
+                            &mut s.out,
+                        )
+                        .await
+                            && !close,
                     )
                 }
             };
@@ -492,9 +503,7 @@ where
 async fn write_error<S: AsyncWrite + Unpin>(
     io: &mut S,
     resp: http::Response<super::ProxyBody>,
-    head: bool,
-    close: bool,
-    hsts: Option<&[u8]>,
+    how: Head<'_>,
     out: &mut Vec<u8>,
 ) -> bool {
     let (parts, body) = resp.into_parts();
@@ -502,30 +511,15 @@ async fn write_error<S: AsyncWrite + Unpin>(
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    out.clear();
-    out.extend_from_slice(
-        format!(
-            "HTTP/1.1 {} {}\r\n",
-            parts.status.as_u16(),
-            parts.status.canonical_reason().unwrap_or("")
-        )
-        .as_bytes(),
-    );
+    begin_head(out, parts.status);
     for (name, value) in &parts.headers {
         if name != http::header::CONNECTION {
             policy::header(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
     policy::header(out, b"content-length", body.len().to_string().as_bytes());
-    policy::header(out, b"date", &date());
-    if close {
-        policy::header(out, b"connection", b"close");
-    }
-    if let Some(hsts) = hsts {
-        policy::header(out, b"strict-transport-security", hsts);
-    }
-    out.extend_from_slice(b"\r\n");
-    let body = if head { &[][..] } else { &body[..] };
+    end_head(out, how);
+    let body = if how.head { &[][..] } else { &body[..] };
     write_two(io, out, body).await.is_ok()
 }
 
@@ -535,6 +529,29 @@ struct Head<'a> {
     head: bool,
     close: bool,
     hsts: Option<&'a [u8]>,
+}
+
+/// Start an answer head of baton's own in `out`: its status line.
+fn begin_head(out: &mut Vec<u8>, status: http::StatusCode) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// End an answer head of baton's own: `Date`, `Connection: close` when the connection ends
+/// after it, HSTS on HTTPS, the blank line.
+fn end_head(out: &mut Vec<u8>, how: Head<'_>) {
+    policy::header(out, b"date", &date());
+    if how.close {
+        policy::header(out, b"connection", b"close");
+    }
+    if let Some(hsts) = how.hsts {
+        policy::header(out, b"strict-transport-security", hsts);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 impl Proxy {
@@ -553,13 +570,10 @@ impl Proxy {
         S: AsyncWrite + Unpin + super::sendfile::RawSocket,
     {
         use crate::assets::Content;
-        let status = http::StatusCode::from_u16(answer.status).unwrap_or(http::StatusCode::OK);
-        out.clear();
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\n");
+        begin_head(
+            out,
+            http::StatusCode::from_u16(answer.status).unwrap_or(http::StatusCode::OK),
+        );
         answer.write_h1(out);
         if answer.status != 304 {
             policy::header(
@@ -568,14 +582,7 @@ impl Proxy {
                 itoa::Buffer::new().format(answer.length).as_bytes(),
             );
         }
-        policy::header(out, b"date", &date());
-        if how.close {
-            policy::header(out, b"connection", b"close");
-        }
-        if let Some(hsts) = how.hsts {
-            policy::header(out, b"strict-transport-security", hsts);
-        }
-        out.extend_from_slice(b"\r\n");
+        end_head(out, how);
         let body = if how.head { None } else { answer.body.as_ref() };
         match body {
             None => io.write_all(out).await.is_ok() && io.flush().await.is_ok(),
@@ -673,19 +680,12 @@ fn asset_request(head: &[u8]) -> (http::Method, String, http::HeaderMap) {
 async fn write_answer<S: AsyncWrite + Unpin>(
     io: &mut S,
     resp: http::Response<super::ProxyBody>,
-    head: bool,
-    close: bool,
-    hsts: Option<&[u8]>,
+    how: Head<'_>,
     out: &mut Vec<u8>,
     sent: &mut u64,
 ) -> bool {
     let (parts, body) = resp.into_parts();
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(parts.status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    begin_head(out, parts.status);
     for (name, value) in &parts.headers {
         if name != http::header::CONNECTION {
             policy::header(out, name.as_str().as_bytes(), value.as_bytes());
@@ -701,18 +701,11 @@ async fn write_answer<S: AsyncWrite + Unpin>(
             itoa::Buffer::new().format(n).as_bytes(),
         );
     }
-    policy::header(out, b"date", &date());
-    if close {
-        policy::header(out, b"connection", b"close");
-    }
-    if let Some(hsts) = hsts {
-        policy::header(out, b"strict-transport-security", hsts);
-    }
-    out.extend_from_slice(b"\r\n");
+    end_head(out, how);
     if io.write_all(out).await.is_err() {
         return false;
     }
-    if head {
+    if how.head {
         return io.flush().await.is_ok();
     }
     write_body(io, body, false, sent).await
