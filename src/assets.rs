@@ -186,6 +186,7 @@ pub enum Content {
 const SMALL: u64 = 64 * 1024;
 
 /// Bytes `offset..offset+len` of an open file (which holds its open-file permit).
+#[derive(Clone)]
 pub struct Slice {
     file: Arc<OpenFile>,
     pub offset: u64,

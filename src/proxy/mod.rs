@@ -999,7 +999,7 @@ fn file_body(slice: crate::assets::Slice) -> ProxyBody {
 
 /// How much of a file one trip to the blocking pool reads: large enough that the trips cost
 /// little beside the copying, small enough that a connection holds little at once.
-pub(crate) const FILE_CHUNK: usize = 256 * 1024;
+const FILE_CHUNK: usize = 256 * 1024;
 
 pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
     let mut r = Response::new(

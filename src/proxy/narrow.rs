@@ -614,26 +614,9 @@ impl Proxy {
                     }
                     return true;
                 }
-                if io.write_all(out).await.is_err() {
-                    return false;
-                }
-                let end = slice.offset + slice.len;
-                let mut at = slice.offset;
-                while at < end {
-                    let chunk = match slice.read(at, super::FILE_CHUNK).await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::debug!("static answer cut: {e}");
-                            return false;
-                        }
-                    };
-                    if io.write_all(&chunk).await.is_err() {
-                        return false;
-                    }
-                    at += chunk.len() as u64;
-                    *sent += chunk.len() as u64;
-                }
-                io.flush().await.is_ok()
+                // Under TLS: read a chunk at a time, as hyper's path sends the same body.
+                io.write_all(out).await.is_ok()
+                    && write_body(io, super::file_body(slice.clone()), false, sent).await
             }
         }
     }
