@@ -2,13 +2,13 @@
 //! nginx's `combined` format (with baton's own fields after it) or as JSON.
 //!
 //! The proxy never waits for it. To a file: the proxy's thread formats the line and appends it
-//! to one of a few buffers (a lock of its own per thread, in effect), and a thread of the log's
-//! own takes the buffers every 20 ms and writes them, so no request wakes it and no line
-//! crosses a channel. To the journal: the entry goes into a bounded queue (`try_send`) that the
-//! same thread empties every 20 ms. When the buffers or the queue hold `queue` entries (a disk
-//! that stalls, a journal that cannot keep up), the entry is dropped and counted
-//! (`baton_access_log_dropped_total`), never waited for. `reopen` (SIGUSR1, `baton reopen-logs`) makes the writer reopen the file by its path
-//! after the lines before it are written, for logrotate without `copytruncate`: nothing is
+//! to a bounded buffer, and a thread of the log's own takes the buffer every 20 ms and writes
+//! it, so no request wakes it and no line crosses a channel. To the journal: the entry goes
+//! into a bounded queue (`try_send`) that the same thread empties every 20 ms. When the buffer
+//! or the queue holds `queue` entries (a disk that stalls, a journal that cannot keep up), the
+//! entry is dropped and counted (`baton_access_log_dropped_total`), never waited for. `reopen`
+//! (SIGUSR1, `baton reopen-logs`) makes the writer reopen the file by its path after the lines
+//! before it are written, for logrotate without `copytruncate`: nothing is
 //! lost, as lines written meanwhile go to the renamed file.
 
 use crate::config::{AccessFormat, AccessTarget, LogConfig};
@@ -349,72 +349,55 @@ fn open(path: &Path) -> Result<std::fs::File, OpenError> {
         })
 }
 
-/// A file log's lines, formatted and waiting for the writer: a few buffers, each appended
-/// to by the threads that drew it, so the proxy's threads seldom share a lock.
+/// A file log's lines, formatted by the proxy's threads and waiting for the writer, in the
+/// order their answers ended (one buffer: lines of requests made one after the other stay in
+/// that order; the lock is held for one line's formatting, or the writer's swap).
 struct Lines {
-    shards: Box<[std::sync::Mutex<Shard>]>,
-    /// Lines a shard holds at most (`queue` over the shards).
+    waiting: std::sync::Mutex<Waiting>,
+    /// Lines held at most (`queue`).
     limit: usize,
 }
 
 #[derive(Default)]
-struct Shard {
+struct Waiting {
     buf: Vec<u8>,
     lines: usize,
 }
 
-/// Which shard this thread appends to, drawn once per thread.
-fn shard_index() -> usize {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    thread_local! {
-        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) as usize;
-    }
-    INDEX.with(|i| *i)
-}
-
 impl Lines {
     fn new(queue: usize) -> Lines {
-        let n = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(2, 16)
-            * 2;
-        let n = n.min(queue).max(1);
         Lines {
-            shards: (0..n).map(|_| Default::default()).collect(),
-            limit: queue.div_ceil(n),
+            waiting: Default::default(),
+            limit: queue,
         }
     }
 
-    /// Format the entry and append it; false when its shard is full.
+    /// Format the entry and append it; false when `queue` lines wait already.
     fn push(&self, e: &Entry, format: AccessFormat) -> bool {
-        let shard = &self.shards[shard_index() % self.shards.len()];
-        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-        if shard.lines >= self.limit {
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if w.lines >= self.limit {
             return false;
         }
-        shard.lines += 1;
+        w.lines += 1;
         match format {
-            AccessFormat::Combined => combined(e, &mut shard.buf),
-            AccessFormat::Json => json(e, &mut shard.buf),
+            AccessFormat::Combined => combined(e, &mut w.buf),
+            AccessFormat::Json => json(e, &mut w.buf),
         }
         true
     }
 
-    /// Take every shard's lines into `out`; each shard keeps its spare buffer's allocation.
+    /// Take the lines waiting into `out`; the buffer keeps `spare`'s allocation.
     fn take(&self, out: &mut Vec<u8>, spare: &mut Vec<u8>) {
-        for shard in self.shards.iter() {
-            {
-                let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-                if shard.lines == 0 {
-                    continue;
-                }
-                spare.clear();
-                std::mem::swap(&mut shard.buf, spare);
-                shard.lines = 0;
+        {
+            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            if w.lines == 0 {
+                return;
             }
-            out.extend_from_slice(spare);
+            spare.clear();
+            std::mem::swap(&mut w.buf, spare);
+            w.lines = 0;
         }
+        out.extend_from_slice(spare);
     }
 }
 
