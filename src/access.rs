@@ -37,11 +37,16 @@ pub struct Entry {
 
 /// What the log says of the request itself.
 #[derive(Debug, Clone)]
+// The narrow path makes a `Head` per request, on the stack: boxing it would be an allocation
+// per request, which is what it avoids.
+#[allow(clippy::large_enum_variant)]
 enum Request {
-    /// An HTTP/1.x head as the client sent it (one copy, no field taken apart until the line
-    /// is written): the client's address and the id baton gave the request beside it.
+    /// An HTTP/1.1 head as the client sent it (the connection's own bytes, not copied) and
+    /// where its fields are, from the parse that took it: the client's address and the id
+    /// baton gave the request beside it.
     Head {
-        head: Vec<u8>,
+        head: bytes::Bytes,
+        spans: crate::h1::Spans,
         client: Option<http::HeaderValue>,
         generated: Option<([u8; 32], usize)>,
     },
@@ -91,11 +96,11 @@ pub struct Upstream {
 }
 
 impl Entry {
-    /// An entry for a request head (HTTP/1.x bytes), kept as they are until the line is
-    /// written (one copy: the narrow path reuses its buffer for the next request).
+    /// An entry for a request head the narrow path took, its fields at `spans`.
     /// `generated`: the id baton gave the request, unless it had a valid one of its own.
     pub fn from_head(
-        head: &[u8],
+        head: bytes::Bytes,
+        spans: crate::h1::Spans,
         client: Option<&http::HeaderValue>,
         https: bool,
         generated: Option<&[u8]>,
@@ -110,7 +115,8 @@ impl Entry {
             time: Some(SystemTime::now()),
             https,
             request: Request::Head {
-                head: head.to_vec(),
+                head,
+                spans,
                 client: client.cloned(),
                 generated,
             },
@@ -164,6 +170,14 @@ impl Entry {
         }
     }
 
+    /// This entry with its own copy of the head it borrowed from a connection's buffer.
+    fn detached(mut self) -> Entry {
+        if let Request::Head { head, .. } = &mut self.request {
+            *head = bytes::Bytes::copy_from_slice(head);
+        }
+        self
+    }
+
     /// The request's fields, wherever they are kept.
     fn view<R>(&self, f: impl FnOnce(&View<'_>) -> R) -> R {
         fn opt(s: &Option<String>) -> Option<&[u8]> {
@@ -182,39 +196,25 @@ impl Entry {
             }),
             Request::Head {
                 head,
+                spans,
                 client,
                 generated,
             } => {
-                let mut fields = [httparse::EMPTY_HEADER; 64];
-                let mut req = httparse::Request::new(&mut fields);
-                let _ = req.parse(head);
-                let mut v = View {
+                let at = |r: &std::ops::Range<usize>| head.get(r.clone());
+                f(&View {
                     client: client.as_ref().map(http::HeaderValue::as_bytes),
-                    method: req.method.unwrap_or("-").as_bytes(),
-                    target: req.path.unwrap_or("-").as_bytes(),
-                    version: if req.version == Some(0) {
-                        "HTTP/1.0"
-                    } else {
-                        "HTTP/1.1"
-                    },
-                    host: None,
-                    referer: None,
-                    user_agent: None,
-                    request_id: generated.as_ref().map(|(id, n)| {
-                        crate::policy::request_id(&*req.headers).unwrap_or(&id[..*n])
-                    }),
-                };
-                for h in req.headers.iter() {
-                    let n = h.name;
-                    if n.eq_ignore_ascii_case("host") && v.host.is_none() {
-                        v.host = Some(h.value);
-                    } else if n.eq_ignore_ascii_case("referer") {
-                        v.referer = Some(h.value);
-                    } else if n.eq_ignore_ascii_case("user-agent") {
-                        v.user_agent = Some(h.value);
-                    }
-                }
-                f(&v)
+                    method: at(&spans.method).unwrap_or(b"-"),
+                    target: at(&spans.target).unwrap_or(b"-"),
+                    version: "HTTP/1.1",
+                    host: spans.host.as_ref().and_then(at),
+                    referer: spans.referer.as_ref().and_then(at),
+                    user_agent: spans.user_agent.as_ref().and_then(at),
+                    request_id: spans
+                        .request_id
+                        .as_ref()
+                        .and_then(at)
+                        .or_else(|| generated.as_ref().map(|(id, n)| &id[..*n])),
+                })
             }
         }
     }
@@ -312,7 +312,11 @@ impl AccessLog {
     pub fn log(&self, entry: Entry) {
         let kept = match &self.lines {
             Some(lines) => lines.push(&entry, self.format),
-            None => self.tx.try_send(Message::Entry(Box::new(entry))).is_ok(),
+            // A queued entry keeps a copy of its head, not the connection's buffer.
+            None => self
+                .tx
+                .try_send(Message::Entry(Box::new(entry.detached())))
+                .is_ok(),
         };
         if !kept {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -351,7 +355,7 @@ fn open(path: &Path) -> Result<std::fs::File, OpenError> {
 
 /// A file log's lines, formatted by the proxy's threads and waiting for the writer, in the
 /// order their answers ended (one buffer: lines of requests made one after the other stay in
-/// that order; the lock is held for one line's formatting, or the writer's swap).
+/// that order; the lock is held for one line's copy, or the writer's swap).
 struct Lines {
     waiting: std::sync::Mutex<Waiting>,
     /// Lines held at most (`queue`).
@@ -374,16 +378,30 @@ impl Lines {
 
     /// Format the entry and append it; false when `queue` lines wait already.
     fn push(&self, e: &Entry, format: AccessFormat) -> bool {
-        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        if w.lines >= self.limit {
-            return false;
+        thread_local! {
+            static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
         }
-        w.lines += 1;
-        match format {
-            AccessFormat::Combined => combined(e, &mut w.buf),
-            AccessFormat::Json => json(e, &mut w.buf),
-        }
-        true
+        // Formatted before the lock is taken, so the lock is held for a copy of the line:
+        // a proxy thread seldom finds it held by the other, or by the writer.
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            match format {
+                AccessFormat::Combined => combined(e, line),
+                AccessFormat::Json => json(e, line),
+            }
+            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            if w.lines >= self.limit {
+                return false;
+            }
+            w.lines += 1;
+            w.buf.extend_from_slice(line);
+            drop(w);
+            // A huge head's line does not keep its room for the thread's life.
+            if line.capacity() > 64 * 1024 {
+                *line = Vec::with_capacity(512);
+            }
+            true
+        })
     }
 
     /// Take the lines waiting into `out`; the buffer keeps `spare`'s allocation.
@@ -733,7 +751,7 @@ mod tests {
     fn a_head_s_entry_says_what_its_fields_say() {
         let head = b"GET /cart?id=1 HTTP/1.1\r\nHost: shop.example\r\nReferer: https://shop.example/\r\nUser-Agent: curl/8 \"quoted\"\xe9\r\n\r\n";
         let client = http::HeaderValue::from_static("192.0.2.7");
-        let e = finished(Entry::from_head(head, Some(&client), true, Some(b"4f2a")));
+        let e = finished(taken(head, Some(&client), true));
         let want = Fields {
             user_agent: Some("curl/8 \"quoted\"\u{fffd}".into()),
             ..fields()
@@ -747,12 +765,33 @@ mod tests {
             "192.0.2.7 - - [03/Dec/2026:07:01:02 +0000] \"GET /cart?id=1 HTTP/1.1\" 200 1234 \"https://shop.example/\" \"curl/8 \\x22quoted\\x22\\xE9\" 0.012 0.011 3 2 4f2a\n"
         );
         // The client's own valid id wins over the one baton made.
-        let head = b"GET / HTTP/1.0\r\nX-Request-Id: abc-123\r\n\r\n";
-        let f = Entry::from_head(head, None, false, Some(b"4f2a")).fields();
+        let head = b"GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: abc-123\r\n\r\n";
+        let f = taken(head, None, false).fields();
         assert_eq!(
             (f.request_id.as_deref(), f.version, f.client),
-            (Some("abc-123"), "HTTP/1.0", None)
+            (Some("abc-123"), "HTTP/1.1", None)
         );
+    }
+
+    /// The entry the narrow path makes of a head it took (request ids on, baton's `4f2a`).
+    fn taken(head: &[u8], client: Option<&http::HeaderValue>, https: bool) -> Entry {
+        let ids = crate::policy::Client {
+            ip: None,
+            trusted: false,
+            https,
+            request_id: Some(b"4f2a"),
+        };
+        let limits = crate::policy::Limits {
+            max_head: 8192,
+            max_body: 0,
+        };
+        let crate::h1::Request::Simple(s) =
+            crate::h1::request(head, ids, &limits, 0, &mut Vec::new())
+        else {
+            panic!("the narrow path did not take {head:?}");
+        };
+        let head = bytes::Bytes::copy_from_slice(&head[..s.len]);
+        Entry::from_head(head, s.spans, client, https, Some(b"4f2a"))
     }
 
     #[test]

@@ -44,6 +44,60 @@ pub struct Simple {
     pub body: usize,
     /// See [`policy::Admitted::retryable`].
     pub retryable: bool,
+    /// Where the access log's fields are in the head.
+    pub spans: Spans,
+}
+
+/// Where the fields an access log writes are in a request head (ranges of its bytes), found
+/// by the one parse that classified it, so that the log need not parse the head again nor copy
+/// its fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Spans {
+    pub method: Range<usize>,
+    pub target: Range<usize>,
+    /// The first `Host`.
+    pub host: Option<Range<usize>>,
+    /// The last `Referer` and `User-Agent`, as nginx logs them.
+    pub referer: Option<Range<usize>>,
+    pub user_agent: Option<Range<usize>>,
+    /// The client's own `X-Request-Id` when baton passes it on (request ids on, and a valid
+    /// one, [`policy::request_id`]); else the worker got baton's.
+    pub request_id: Option<Range<usize>>,
+}
+
+impl Spans {
+    /// Find the fields of a head parsed out of `buf`. `ids`: request ids are on.
+    fn find(
+        buf: &[u8],
+        method: &str,
+        path: &str,
+        fields: &[httparse::Header<'_>],
+        ids: bool,
+    ) -> Spans {
+        // httparse's slices are of `buf`: their places in it are their pointers' distance.
+        let at = |part: &[u8]| {
+            let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+            start..start.wrapping_add(part.len())
+        };
+        let mut spans = Spans {
+            method: at(method.as_bytes()),
+            target: at(path.as_bytes()),
+            ..Spans::default()
+        };
+        for f in fields {
+            let n = f.name.as_bytes();
+            match n.len() {
+                4 if spans.host.is_none() && eq(n, "host") => spans.host = Some(at(f.value)),
+                7 if eq(n, "referer") => spans.referer = Some(at(f.value)),
+                10 if eq(n, "user-agent") => spans.user_agent = Some(at(f.value)),
+                _ => {}
+            }
+        }
+        if ids {
+            spans.request_id = policy::request_id(fields).map(at);
+        }
+        spans
+    }
 }
 
 fn eq(a: &[u8], b: &str) -> bool {
@@ -116,6 +170,7 @@ pub fn request(
         close: adm.close,
         body,
         retryable: adm.retryable(),
+        spans: Spans::find(buf, method, path, head.fields, client.request_id.is_some()),
     })
 }
 
@@ -529,6 +584,12 @@ mod tests {
                 close: false,
                 body: 0,
                 retryable: true,
+                spans: Spans {
+                    method: 0..3,
+                    target: 4..10,
+                    host: Some(27..38),
+                    ..Spans::default()
+                },
             })
         );
         assert_eq!(

@@ -156,23 +156,32 @@ impl Proxy {
     }
 
     /// A new request id into `buf`, when requests get ids: 128 bits as 32 hex digits (as
-    /// nginx's `$request_id`), a random prefix of this process and a counter, so ids never
-    /// repeat and cost no system call.
+    /// nginx's `$request_id`): a random prefix of this process and thread, and the thread's
+    /// counter, so ids never repeat and cost no system call and no memory shared between the
+    /// proxy's threads (one counter for all of them cost a cache line passed to and fro).
     pub(crate) fn new_request_id<'b>(&self, buf: &'b mut [u8; 32]) -> Option<&'b [u8]> {
+        use std::cell::Cell;
         use std::hash::{BuildHasher, Hasher};
         use std::sync::atomic::{AtomicU64, Ordering};
-        static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-        static NEXT: AtomicU64 = AtomicU64::new(0);
+        static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        static THREADS: AtomicU64 = AtomicU64::new(0);
+        thread_local! {
+            /// This thread's prefix, and the count of ids it made.
+            static NEXT: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
+        }
         if !self.request_ids {
             return None;
         }
-        let prefix = *PREFIX.get_or_init(|| {
-            // RandomState is seeded from the operating system's randomness.
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        let (prefix, n) = NEXT.get().unwrap_or_else(|| {
+            // RandomState is seeded from the operating system's randomness; the pid and the
+            // thread's number make each thread's prefix its own.
+            let mut h = SEED.get_or_init(Default::default).build_hasher();
             h.write_u64(std::process::id().into());
-            h.finish()
+            h.write_u64(THREADS.fetch_add(1, Ordering::Relaxed));
+            (h.finish(), 0)
         });
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        NEXT.set(Some((prefix, n.wrapping_add(1))));
         let hex = b"0123456789abcdef";
         for (i, v) in [prefix, n].into_iter().enumerate() {
             for j in 0..16 {

@@ -157,15 +157,7 @@ impl Proxy {
                 let started = Instant::now();
                 let (method, path, fields) = asset_request(&s.input[..simple.len]);
                 let answer = assets.answer(&method, &path, &fields).await;
-                let entry = self.access_log().map(|_| {
-                    crate::access::Entry::from_head(
-                        &s.input[..simple.len],
-                        peer.ip.as_ref(),
-                        peer.https,
-                        request_id,
-                    )
-                });
-                s.input.advance(simple.len);
+                let entry = self.take_head(&mut s.input, &simple, peer, request_id);
                 let close = simple.close || stop.is_cancelled();
                 let mut sent = 0;
                 let how = Head {
@@ -187,11 +179,12 @@ impl Proxy {
                         )
                     }
                 };
-                self.metrics.request(status, started.elapsed());
+                let took = started.elapsed();
+                self.metrics.request(status, took);
                 if let (Some(log), Some(mut e)) = (self.access_log(), entry) {
                     e.status = status;
                     e.bytes = sent;
-                    e.duration = started.elapsed();
+                    e.duration = took;
                     log.log(e);
                 }
                 if !ok || close {
@@ -202,25 +195,18 @@ impl Proxy {
                 continue;
             }
             let started = Instant::now();
-            let mut entry = self.access_log().map(|_| {
-                crate::access::Entry::from_head(
-                    &s.input[..simple.len],
-                    peer.ip.as_ref(),
-                    peer.https,
-                    request_id,
-                )
-            });
+            let mut entry = self.take_head(&mut s.input, &simple, peer, request_id);
             let mut upstream = None;
             let mut sent = 0u64;
             // The whole request, body included, is here before a worker is leased (request
             // buffering), and the body follows the head in one write to the worker.
-            let answered = match self.receive(io, &simple, &mut s.input).await {
+            let answered = match self.receive(io, simple.body, &mut s.input).await {
                 Err(None) => return Ended::Closed,
                 Err(Some(e)) => Err(e),
                 Ok(()) => {
                     s.grown |= simple.len + simple.body > KEEP;
-                    s.up.extend_from_slice(&s.input[simple.len..simple.len + simple.body]);
-                    s.input.advance(simple.len + simple.body);
+                    s.up.extend_from_slice(&s.input[..simple.body]);
+                    s.input.advance(simple.body);
                     match self.lease_watching(io, &mut s.input).await {
                         Ok(Some(lease)) => {
                             let Scratch {
@@ -302,11 +288,12 @@ impl Proxy {
                     )
                 }
             };
-            self.metrics.request(status, started.elapsed());
+            let took = started.elapsed();
+            self.metrics.request(status, took);
             if let (Some(log), Some(mut e)) = (self.access_log(), entry.take()) {
                 e.status = status;
                 e.bytes = sent;
-                e.duration = started.elapsed();
+                e.duration = took;
                 e.upstream = upstream;
                 log.log(e);
             }
@@ -318,19 +305,41 @@ impl Proxy {
         }
     }
 
-    /// Read the rest of the request's body into `input`, each read within
-    /// `client_body_timeout` (408 beyond, as on hyper's path). `Err(None)`: the client closed
-    /// its connection (or reset it) before its body was all there.
+    /// Take the request's head off the front of `input`: into its access log entry when there
+    /// is a log (the connection's own bytes, not a copy), else dropped.
+    fn take_head(
+        &self,
+        input: &mut BytesMut,
+        req: &h1::Simple,
+        peer: &Peer,
+        request_id: Option<&[u8]>,
+    ) -> Option<crate::access::Entry> {
+        if self.access_log().is_none() {
+            input.advance(req.len);
+            return None;
+        }
+        Some(crate::access::Entry::from_head(
+            input.split_to(req.len).freeze(),
+            req.spans.clone(),
+            peer.ip.as_ref(),
+            peer.https,
+            request_id,
+        ))
+    }
+
+    /// Read the rest of the request's body (`need` bytes at the start of `input`) into
+    /// `input`, each read within `client_body_timeout` (408 beyond, as on hyper's path).
+    /// `Err(None)`: the client closed its connection (or reset it) before its body was all
+    /// there.
     async fn receive<S>(
         &self,
         io: &mut S,
-        req: &h1::Simple,
+        need: usize,
         input: &mut BytesMut,
     ) -> Result<(), Option<ProxyError>>
     where
         S: AsyncRead + Unpin,
     {
-        let need = req.len + req.body;
         if input.len() < need {
             input.reserve(need - input.len());
         }
