@@ -27,10 +27,11 @@
 #    "public", prefixes = ["/assets"]): wrk keep-alive req/s at concurrency 1, 16, 64 for each
 #    file, CPU per request of the proxy process(es) alone, baton/nginx ratios; and the requests
 #    baton's workers served meanwhile (must be 0: no worker is involved). --only static.
-# 8. The access log (issue 26): two baton instances with N demo workers each, up at once and
+# 8. The access log (issue 26): three baton instances with N demo workers each, up at once and
 #    measured in turn, one with [log] access = a file (format combined, request ids on: the
-#    defaults) and one without; wrk at concurrency 16, plain proxying; proxy CPU per request on /
-#    off as a ratio, and the lines written against the requests the workers answered, and
+#    defaults) and two without (the second a control: two equal instances' ratio is the noise);
+#    wrk at concurrency 16, plain proxying; proxy CPU per request on / off as the median of the
+#    rounds' ratios, and the lines written against the requests the workers answered, and
 #    baton_access_log_dropped_total from /metrics. --only log.
 # Prints a table (figures with their targets, PASS/MISS) and writes JSON (bench/results.json or
 # --out). Targets are reported, never enforced: the exit status is 0 whenever every figure was
@@ -890,13 +891,14 @@ fi
 # Section 8 runs in a full run and with --only log.
 if runs log; then
     # --- 8. the access log: what it costs the proxy -------------------------------------------
-    # Two baton instances with N demo workers each, up at once: "on" with [log] access = a file
-    # (format "combined" and request_id, whose default is on with a log: each request gets an
-    # X-Request-Id, passed to the worker: what an operator gets by turning the log on), "off"
-    # without [log]. wrk at LOG_CONC connections to `/` (plain proxying), the two measured in
-    # turn, LOG_ROUNDS rounds; the figure is the median of the rounds' on/off ratios of proxy
-    # CPU per request (the target is about CPU), and the rounds with the median CPU of each are
-    # shown beside it. The log's writer thread is in baton's process, so its CPU
+    # Three baton instances with N demo workers each, up at once: "on" with [log] access = a
+    # file (format "combined" and request_id, whose default is on with a log: each request gets
+    # an X-Request-Id, passed to the worker: what an operator gets by turning the log on), "off"
+    # and "off2" without [log]. wrk at LOG_CONC connections to `/` (plain proxying), the three
+    # measured in turn, LOG_ROUNDS rounds; the figure is the median of the rounds' on/off ratios
+    # of proxy CPU per request (the target is about CPU); off2/off, taken the same way, shows
+    # what the machine's noise alone makes of two equal instances. The rounds with the median
+    # CPU of each are shown beside it. The log's writer thread is in baton's process, so its CPU
     # counts. Honesty: the lines written (counted after baton stopped, which writes every queued
     # line first) against the requests the workers finished (`processed` in the status, read just
     # before), and baton_access_log_dropped_total from /metrics on the control socket.
@@ -904,23 +906,31 @@ if runs log; then
     ACCESS_FILE="$WORK/access.log"
     start_baton log-off 0s
     LOG_OFF_PID=$BATON_PID LOG_OFF_PORT=$BATON_PORT
+    # A second instance without the log, measured like the others: its ratio to "off" is what
+    # this machine's noise alone makes of two equal instances, the figure's error bar.
+    start_baton log-off2 0s
+    LOG_OFF2_PID=$BATON_PID LOG_OFF2_PORT=$BATON_PORT
     start_baton log-on 0s "" "" "
 [log]
 access = \"$ACCESS_FILE\"
 format = \"combined\""
     LOG_ON_PID=$BATON_PID LOG_ON_PORT=$BATON_PORT LOG_ON_SOCK=$BATON_SOCK
-    log_port() { case $1 in on) echo "$LOG_ON_PORT" ;; off) echo "$LOG_OFF_PORT" ;; esac; }
-    log_pid() { case $1 in on) echo "$LOG_ON_PID" ;; off) echo "$LOG_OFF_PID" ;; esac; }
+    log_port() { case $1 in on) echo "$LOG_ON_PORT" ;; off) echo "$LOG_OFF_PORT" ;; off2) echo "$LOG_OFF2_PORT" ;; esac; }
+    log_pid() { case $1 in on) echo "$LOG_ON_PID" ;; off) echo "$LOG_OFF_PID" ;; off2) echo "$LOG_OFF2_PID" ;; esac; }
     LOG_RUNS="$WORK/log-runs.jsonl"
     : >"$LOG_RUNS"
     run_wrk "$LOG_CONC" 1 "http://127.0.0.1:$LOG_OFF_PORT/" >/dev/null # warm-up
+    run_wrk "$LOG_CONC" 1 "http://127.0.0.1:$LOG_OFF2_PORT/" >/dev/null
     LOG_WARMUP=$(run_wrk "$LOG_CONC" 1 "http://127.0.0.1:$LOG_ON_PORT/" | jq .requests)
     for round in $(seq 1 "$LOG_ROUNDS"); do
         # Back to back, the order turned every round: the machine's pace drifts over a
-        # minute (a VM's neighbours), and each round's ratio compares two measurements made
-        # a few seconds apart, the one first as often as the other.
-        order="off on"
-        [ $((round % 2)) -eq 0 ] && order="on off"
+        # minute (a VM's neighbours), and each round's ratio compares measurements made a few
+        # seconds apart, each instance first as often as the others.
+        case $((round % 3)) in
+            1) order="off on off2" ;;
+            2) order="on off2 off" ;;
+            0) order="off2 off on" ;;
+        esac
         for v in $order; do
             p0=$(cpu_ticks "$(log_pid "$v")")
             fig=$(run_wrk "$LOG_CONC" "$LOG_DUR" "http://127.0.0.1:$(log_port "$v")/")
@@ -939,6 +949,7 @@ format = \"combined\""
     [ -n "$LOG_DROPPED" ] || die "no baton_access_log_dropped_total in /metrics"
     stop_pid "$LOG_ON_PID" # writes every queued line before it exits
     stop_pid "$LOG_OFF_PID"
+    stop_pid "$LOG_OFF2_PID"
     LOG_LINES=$(wc -l <"$ACCESS_FILE")
     LOG_BYTES=$(stat -c %s "$ACCESS_FILE")
     log "access log: $LOG_LINES lines written, $LOG_ANSWERED requests answered by the workers, $LOG_DROPPED dropped"
@@ -957,10 +968,13 @@ format = \"combined\""
     median_cpu("off") as $off | median_cpu("on") as $on
     | [range(1; $rounds + 1) as $r | cpu("on"; $r) / cpu("off"; $r)] as $ratios
     | ($ratios | sort | .[(length - 1) / 2 | floor] | r3) as $ratio
+    | [range(1; $rounds + 1) as $r | cpu("off2"; $r) / cpu("off"; $r)] as $noise
+    | ($noise | sort | .[(length - 1) / 2 | floor] | r3) as $noise_ratio
     | {
       access_log: {format: "combined", request_id: true, concurrency: $c, duration_s: $dur,
                    rounds: $rounds, off: $off, on: $on, cpu_ratio: $ratio,
                    round_ratios: [$ratios[] | r3],
+                   control_ratio: $noise_ratio, control_round_ratios: [$noise[] | r3],
                    rps_off: median_rps("off"), rps_on: median_rps("on"),
                    rps_ratio: (median_rps("on") / median_rps("off") | r3),
                    wrk_requests: ([$runs[] | select(.log == "on") | .requests] | add + $warmup),
@@ -1138,6 +1152,7 @@ def failed: .errors_connect + .errors_read + .errors_write + .errors_status + .e
 (.access_log | select(.) |
 "Access log: baton proxying to its workers at c=\(.concurrency), [log] access = a file (\(.format), request ids) vs off; \(.rounds) round(s) of \(.duration_s)s each, back to back",
 "  proxy CPU/req on/off: \(.cpu_ratio) (median of the ratios of the rounds: \(.round_ratios | map(tostring) | join(" ")))",
+"  control, a second instance without the log, on/off the same way: \(.control_ratio) (rounds: \(.control_round_ratios | map(tostring) | join(" ")))",
 "  proxy CPU/req (median round of each): off \(.off.proxy_cpu_us_per_request | num)us, on \(.on.proxy_cpu_us_per_request | num)us",
 "  req/s (median): off \(.rps_off | floor), on \(.rps_on | floor), on/off \(.rps_ratio)",
 "  lines written \(.lines_written) (\(.bytes_written / .lines_written | floor) bytes each), requests answered by the workers \(.requests_answered) (wrk counted \(.wrk_requests), warm-up included; wrk does not count the answers in flight when it stops), dropped \(.dropped)",

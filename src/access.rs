@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
 /// One request, as the log tells it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Entry {
     /// When its head was read.
     pub time: Option<SystemTime>,
@@ -52,12 +52,6 @@ enum Request {
     },
     /// A request hyper parsed (HTTP/2, or hyper's HTTP/1.1 path).
     Parsed(Box<Fields>),
-}
-
-impl Default for Request {
-    fn default() -> Request {
-        Request::Parsed(Box::default())
-    }
 }
 
 /// The request's fields that the log writes.
@@ -120,7 +114,7 @@ impl Entry {
                 client: client.cloned(),
                 generated,
             },
-            ..Entry::default()
+            ..Entry::unfinished()
         }
     }
 
@@ -166,7 +160,26 @@ impl Entry {
             time: Some(SystemTime::now()),
             https,
             request: Request::Parsed(Box::new(fields)),
-            ..Entry::default()
+            ..Entry::unfinished()
+        }
+    }
+
+    /// The answer's part of an entry, before there is an answer. (Not `Default`: a default
+    /// request would be a box made and dropped per request.)
+    fn unfinished() -> Entry {
+        Entry {
+            time: None,
+            https: false,
+            status: 0,
+            bytes: 0,
+            duration: Duration::ZERO,
+            upstream: None,
+            request: Request::Head {
+                head: bytes::Bytes::new(),
+                spans: crate::h1::Spans::default(),
+                client: None,
+                generated: None,
+            },
         }
     }
 
@@ -581,7 +594,17 @@ fn combined(e: &Entry, out: &mut Vec<u8>) {
 /// line cannot be forged or broken by what a client sends.
 fn escaped(s: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let plain = |b: u8| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
+    /// The bytes written as they are: printable ASCII but `"` and `\`.
+    const PLAIN: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0x20;
+        while b < 0x7f {
+            t[b] = b != b'"' as usize && b != b'\\' as usize;
+            b += 1;
+        }
+        t
+    };
+    let plain = |b: u8| PLAIN[usize::from(b)];
     let mut rest = s;
     while !rest.is_empty() {
         // Whole runs of plain bytes at once: most fields have nothing to escape.
