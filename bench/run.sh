@@ -87,7 +87,7 @@ else
     IDLE_CONNS=10000
     TLS_DUR=5; TLS_ROUNDS=3; TLS_CONCS=(1 16 64); TLS_IDLE=2000
     STATIC_DUR=5; STATIC_ROUNDS=3; STATIC_CONCS=(1 16 64)
-    LOG_DUR=4; LOG_ROUNDS=9
+    LOG_DUR=4; LOG_ROUNDS=${BATON_BENCH_LOG_ROUNDS:-9}
 fi
 # The access log's figure: plain proxying at this many connections, as issue 26 asks.
 LOG_CONC=16

@@ -965,3 +965,70 @@ mod tests {
         assert_eq!(lines + dropped.load(Ordering::Relaxed), 10_000);
     }
 }
+
+#[cfg(test)]
+mod cost {
+    //! `cargo test --release --lib access::cost -- --ignored --nocapture`: what the log costs
+    //! a narrow-path request on the proxy's thread, in nanoseconds, without the machine's noise
+    //! of a whole proxy under load.
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn nanoseconds_per_request() {
+        let head = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n";
+        let limits = crate::policy::Limits {
+            max_head: 8192,
+            max_body: 0,
+        };
+        let client = http::HeaderValue::from_static("127.0.0.1");
+        let lines = Lines::new(usize::MAX);
+        let n = 2_000_000u32;
+        for ids in [false, true] {
+            let mut out = Vec::new();
+            let c = crate::policy::Client {
+                ip: Some(b"127.0.0.1"),
+                trusted: false,
+                https: false,
+                request_id: ids.then_some(b"0123456789abcdef0123456789abcdef".as_slice()),
+            };
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                let r = crate::h1::request(head, c, &limits, 0, &mut out);
+                std::hint::black_box(&r);
+            }
+            let parse = t.elapsed() / n;
+            let mut input = bytes::BytesMut::new();
+            let t = std::time::Instant::now();
+            for i in 0..n {
+                if input.capacity() - input.len() < 1024 {
+                    input.reserve(4096);
+                }
+                input.extend_from_slice(head);
+                let crate::h1::Request::Simple(s) =
+                    crate::h1::request(&input, c, &limits, 0, &mut out)
+                else {
+                    panic!()
+                };
+                let mut e = Entry::from_head(
+                    input.split_to(s.len).freeze(),
+                    s.spans,
+                    Some(&client),
+                    false,
+                    c.request_id,
+                );
+                e.status = 200;
+                e.bytes = 13;
+                e.duration = Duration::from_micros(250);
+                lines.push(&e, AccessFormat::Combined);
+                if i % 1000 == 0 {
+                    lines.take(&mut Vec::new(), &mut Vec::new());
+                }
+            }
+            let logged = t.elapsed() / n;
+            println!(
+                "request ids {ids}: h1::request {parse:?}, with the log's entry and line {logged:?}"
+            );
+        }
+    }
+}
