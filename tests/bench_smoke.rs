@@ -231,6 +231,7 @@ fn short_benchmark_measures_every_figure_and_fails_no_request_in_a_roll() {
         "off.requests",
         "on.requests",
         "cpu_ratio",
+        "control_ratio",
         "rps_ratio",
         "wrk_requests",
         "requests_answered",
