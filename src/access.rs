@@ -524,13 +524,18 @@ impl Writer {
     fn journal(&self, e: &Entry) {
         let line = String::from_utf8_lossy(&self.line);
         let up = e.upstream;
+        // The id from the entry's view, not `fields()`: no strings made for the other fields.
+        let id = e.view(|v| {
+            v.request_id
+                .map(|id| String::from_utf8_lossy(id).into_owned())
+        });
         tracing::info!(
             target: "baton::access",
             app = %self.app,
             status = e.status,
             worker = up.map(|u| u.worker),
             generation = up.map(|u| u.generation),
-            request_id = e.fields().request_id.as_deref(),
+            request_id = id.as_deref(),
             "{}",
             line.trim_end()
         );

@@ -764,6 +764,101 @@ fn baton_under_a_user_manager() {
     );
 }
 
+/// `[log] access = "journal"` under a real journald: each request is an entry of the
+/// service's own, with the fields docs/config.md promises an operator filters on
+/// (`journalctl -u NAME STATUS=200 REQUEST_ID=...`).
+#[test]
+fn the_access_log_in_the_journal() {
+    if !can_run() {
+        return;
+    }
+    let _serial = serial();
+    let c = Container::boot("baton-e2e-journal");
+    let port = free_port();
+    c.copy_in(Path::new(BATON), "/usr/bin/baton");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("jdemo.toml"),
+        format!(
+            "name = \"jdemo\"\n[listen]\naddress = \"127.0.0.1:{port}\"\n[app]\ncommand = [\"/usr/bin/baton\", \"demo-app\", \"--port\", \"{{port}}\", \"--boot-time\", \"200ms\"]\n[workers]\ncount = 1\n[spawner]\nbackend = \"process\"\n[log]\naccess = \"journal\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("jdemo.service"),
+        "[Service]\nType=notify\nExecStart=/usr/bin/baton run --config /etc/jdemo.toml\n",
+    )
+    .unwrap();
+    c.copy_in(&tmp.path().join("jdemo.toml"), "/etc/jdemo.toml");
+    c.copy_in(
+        &tmp.path().join("jdemo.service"),
+        "/etc/systemd/system/jdemo.service",
+    );
+    c.sh("systemctl daemon-reload && systemctl start jdemo.service");
+    // One request with its own id, one given baton's.
+    for id in [Some("e2e-journal-42"), None] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let extra = id.map_or(String::new(), |id| format!("X-Request-Id: {id}\r\n"));
+        std::io::Write::write_all(
+            &mut s,
+            format!("GET /journal-test HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: e2e\r\n{extra}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    // The writer takes entries every 20 ms; journald indexes them a moment later.
+    let mut entries = String::new();
+    for _ in 0..50 {
+        entries = c.sh(
+            "journalctl --no-pager -u jdemo.service SYSLOG_IDENTIFIER=baton STATUS=200 -o json",
+        );
+        if entries.contains("/journal-test") && entries.matches("/journal-test").count() >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let lines: Vec<serde_json::Value> = entries
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &serde_json::Value| {
+            e["MESSAGE"]
+                .as_str()
+                .is_some_and(|m| m.contains("/journal-test"))
+        })
+        .collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "two access entries in the journal: {entries}"
+    );
+    let own = &lines[0];
+    assert_eq!(own["REQUEST_ID"], "e2e-journal-42", "{own}");
+    assert_eq!(own["STATUS"], "200", "{own}");
+    assert_eq!(own["GENERATION"], "1", "{own}");
+    assert!(own["WORKER"].as_str().is_some(), "{own}");
+    let message = own["MESSAGE"].as_str().unwrap();
+    assert!(
+        message.contains("\"GET /journal-test HTTP/1.1\" 200")
+            && message.contains("\"e2e\"")
+            && message.ends_with(" e2e-journal-42"),
+        "{message}"
+    );
+    // baton's own id: 32 hex digits, the same in the field and the line.
+    let given = lines[1]["REQUEST_ID"].as_str().unwrap();
+    assert!(
+        given.len() == 32 && given.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{given}"
+    );
+    assert!(lines[1]["MESSAGE"].as_str().unwrap().ends_with(given));
+    // journalctl finds the entry by the id, as docs/config.md says an operator does.
+    let found = c.sh("journalctl --no-pager -u jdemo.service REQUEST_ID=e2e-journal-42 -o cat");
+    assert_eq!(found.lines().count(), 1, "{found}");
+    c.sh("systemctl stop jdemo.service");
+}
+
 /// The .rpm's scriptlets against a real systemd: Debian's `rpm` installs it (with `--nodeps`:
 /// Debian's rpm database knows none of the packages it requires, systemd and glibc, which the
 /// container has), systemd sees the units, an upgrade under load keeps the socket open and
