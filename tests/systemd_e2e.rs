@@ -70,6 +70,13 @@ impl Container {
         );
     }
 
+    /// Write `text` to `path` inside, as an operator's editor would.
+    fn write(&self, path: &str, text: &str) {
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(tmp.path(), text).unwrap();
+        self.copy_in(tmp.path(), path);
+    }
+
     fn journal(&self, unit: &str) -> String {
         self.sh(&format!("journalctl --no-pager -u {unit}"))
     }
@@ -776,23 +783,15 @@ fn the_access_log_in_the_journal() {
     let c = Container::boot("baton-e2e-journal");
     let port = free_port();
     c.copy_in(Path::new(BATON), "/usr/bin/baton");
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(
-        tmp.path().join("jdemo.toml"),
-        format!(
+    c.write(
+        "/etc/jdemo.toml",
+        &format!(
             "name = \"jdemo\"\n[listen]\naddress = \"127.0.0.1:{port}\"\n[app]\ncommand = [\"/usr/bin/baton\", \"demo-app\", \"--port\", \"{{port}}\", \"--boot-time\", \"200ms\"]\n[workers]\ncount = 1\n[spawner]\nbackend = \"process\"\n[log]\naccess = \"journal\"\n"
         ),
-    )
-    .unwrap();
-    std::fs::write(
-        tmp.path().join("jdemo.service"),
-        "[Service]\nType=notify\nExecStart=/usr/bin/baton run --config /etc/jdemo.toml\n",
-    )
-    .unwrap();
-    c.copy_in(&tmp.path().join("jdemo.toml"), "/etc/jdemo.toml");
-    c.copy_in(
-        &tmp.path().join("jdemo.service"),
+    );
+    c.write(
         "/etc/systemd/system/jdemo.service",
+        "[Service]\nType=notify\nExecStart=/usr/bin/baton run --config /etc/jdemo.toml\n",
     );
     c.sh("systemctl daemon-reload && systemctl start jdemo.service");
     // One request with its own id, one given baton's.
