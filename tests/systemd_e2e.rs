@@ -711,24 +711,16 @@ fn baton_under_a_user_manager() {
     let port = free_port();
     c.copy_in(Path::new(BATON), "/usr/bin/baton");
     c.sh("useradd -m app && loginctl enable-linger app");
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(
-        tmp.path().join("udemo.toml"),
-        format!(
+    c.sh("mkdir -p /home/app/.config/systemd/user");
+    c.write(
+        "/home/app/udemo.toml",
+        &format!(
             "name = \"udemo\"\n[listen]\naddress = \"127.0.0.1:{port}\"\n[app]\ncommand = [\"/usr/bin/baton\", \"demo-app\", \"--port\", \"{{port}}\", \"--boot-time\", \"200ms\"]\n[workers]\ncount = 2\n[spawner]\nbackend = \"systemd\"\n"
         ),
-    )
-    .unwrap();
-    std::fs::write(
-        tmp.path().join("udemo.service"),
-        "[Service]\nType=notify\nExecStart=/usr/bin/baton run --config /home/app/udemo.toml\nExecReload=/usr/bin/baton restart --wait --config /home/app/udemo.toml\nRuntimeDirectory=baton/udemo\n",
-    )
-    .unwrap();
-    c.sh("mkdir -p /home/app/.config/systemd/user");
-    c.copy_in(&tmp.path().join("udemo.toml"), "/home/app/udemo.toml");
-    c.copy_in(
-        &tmp.path().join("udemo.service"),
+    );
+    c.write(
         "/home/app/.config/systemd/user/udemo.service",
+        "[Service]\nType=notify\nExecStart=/usr/bin/baton run --config /home/app/udemo.toml\nExecReload=/usr/bin/baton restart --wait --config /home/app/udemo.toml\nRuntimeDirectory=baton/udemo\n",
     );
     c.sh("chown -R app:app /home/app");
     // The user manager starts with the linger; wait for its bus.
