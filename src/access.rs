@@ -1,30 +1,114 @@
 //! The access log (`[log] access`): one line per request, to a file or to the journal, in
 //! nginx's `combined` format (with baton's own fields after it) or as JSON.
 //!
-//! The proxy never waits for it. To a file: the proxy's thread formats the line and appends it
-//! to a bounded buffer, and a thread of the log's own takes the buffer every 20 ms and writes
-//! it, so no request wakes it and no line crosses a channel. To the journal: the entry goes
-//! into a bounded queue (`try_send`) that the same thread empties every 20 ms. When the buffer
-//! or the queue holds `queue` entries (a disk that stalls, a journal that cannot keep up), the
-//! entry is dropped and counted (`baton_access_log_dropped_total`), never waited for. `reopen`
-//! (SIGUSR1, `baton reopen-logs`) makes the writer reopen the file by its path after the lines
-//! before it are written, for logrotate without `copytruncate`: nothing is
+//! A line is written in two steps. When a request's head is read, [`AccessLog::begin`] writes
+//! what the request says (client, time, request line, referer, user agent, request id) into
+//! the request's [`Entry`], in the log's format, from the bytes just parsed: they are in the
+//! processor's cache then, where at the answer's end each field was a cache miss (most of
+//! what the log used to cost the proxy). When the answer ends, [`AccessLog::log`] puts the
+//! answer's fields (status, bytes, times, worker) between those pieces.
+//!
+//! The proxy never waits for it. To a file: the proxy's thread finishes the line straight
+//! into a bounded buffer, and a thread of the log's own takes the buffer every 20 ms and
+//! writes it, so no request wakes it and no line crosses a channel. To the journal: the line
+//! goes into a bounded queue (`try_send`) that the same thread empties every 20 ms. When the
+//! buffer or the queue holds `queue` entries (a disk that stalls, a journal that cannot keep
+//! up), the entry is dropped and counted (`baton_access_log_dropped_total`), never waited
+//! for. `reopen` (SIGUSR1, `baton reopen-logs`) makes the writer reopen the file by its path
+//! after the lines before it are written, for logrotate without `copytruncate`: nothing is
 //! lost, as lines written meanwhile go to the renamed file.
 
 use crate::config::{AccessFormat, AccessTarget, LogConfig};
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
-/// One request, as the log tells it.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    /// When its head was read.
-    pub time: Option<SystemTime>,
+/// A request as the log tells it, borrowed from wherever the request is: a head the narrow
+/// path has just parsed, or hyper's parts.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The client's IP (none on a Unix socket).
+    pub client: Option<&'a [u8]>,
+    pub method: &'a [u8],
+    pub target: &'a [u8],
+    /// `HTTP/1.1`, `HTTP/2.0`...
+    pub version: &'static str,
     pub https: bool,
+    pub host: Option<&'a [u8]>,
+    pub referer: Option<&'a [u8]>,
+    pub user_agent: Option<&'a [u8]>,
+    /// The id the worker was given (the client's own, or baton's).
+    pub request_id: Option<&'a [u8]>,
+}
+
+impl<'a> Request<'a> {
+    /// A head the narrow path took, its fields at `spans`. `generated`: the id baton gave
+    /// the request, unless it had a valid one of its own.
+    pub fn from_head(
+        head: &'a [u8],
+        spans: &crate::h1::Spans,
+        client: Option<&'a [u8]>,
+        https: bool,
+        generated: Option<&'a [u8]>,
+    ) -> Request<'a> {
+        let at = |r: &Range<usize>| head.get(r.clone());
+        Request {
+            client,
+            method: at(&spans.method).unwrap_or(b"-"),
+            target: at(&spans.target).unwrap_or(b"-"),
+            version: "HTTP/1.1",
+            https,
+            host: spans.host.as_ref().and_then(at),
+            referer: spans.referer.as_ref().and_then(at),
+            user_agent: spans.user_agent.as_ref().and_then(at),
+            request_id: spans.request_id.as_ref().and_then(at).or(generated),
+        }
+    }
+
+    /// A request hyper parsed (HTTP/2, or hyper's HTTP/1.1 path); `request_id`: the one the
+    /// worker was given.
+    pub fn from_parts(
+        parts: &'a http::request::Parts,
+        client: Option<&'a [u8]>,
+        https: bool,
+        request_id: Option<&'a [u8]>,
+    ) -> Request<'a> {
+        let header = |n: http::header::HeaderName| parts.headers.get(n).map(|v| v.as_bytes());
+        let authority = parts.uri.authority().map(|a| a.as_str().as_bytes());
+        Request {
+            client,
+            method: parts.method.as_str().as_bytes(),
+            // Origin form's path and query; the authority of CONNECT's.
+            target: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().as_bytes())
+                .or(authority)
+                .unwrap_or(b"-"),
+            version: match parts.version {
+                http::Version::HTTP_2 => "HTTP/2.0",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            https,
+            host: header(http::header::HOST).or(authority),
+            referer: header(http::header::REFERER),
+            user_agent: header(http::header::USER_AGENT),
+            request_id,
+        }
+    }
+}
+
+/// One request's line: what the request said, written when it came ([`AccessLog::begin`]),
+/// and the answer's fields, set as it goes and written by [`AccessLog::log`].
+///
+/// The narrow path keeps one per connection, so its buffer is made once, not per request.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
     pub status: u16,
     /// Bytes of the answer's body sent to the client.
     pub bytes: u64,
@@ -32,53 +116,13 @@ pub struct Entry {
     pub duration: Duration,
     /// The worker that answered, if one did.
     pub upstream: Option<Upstream>,
-    request: Request,
-}
-
-/// What the log says of the request itself.
-#[derive(Debug, Clone)]
-// The narrow path makes a `Head` per request, on the stack: boxing it would be an allocation
-// per request, which is what it avoids.
-#[allow(clippy::large_enum_variant)]
-enum Request {
-    /// An HTTP/1.1 head as the client sent it (the connection's own bytes, not copied) and
-    /// where its fields are, from the parse that took it: the client's address and the id
-    /// baton gave the request beside it.
-    Head {
-        head: bytes::Bytes,
-        spans: crate::h1::Spans,
-        client: Option<http::HeaderValue>,
-        generated: Option<([u8; 32], usize)>,
-    },
-    /// A request hyper parsed (HTTP/2, or hyper's HTTP/1.1 path).
-    Parsed(Box<Fields>),
-}
-
-/// The request's fields that the log writes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Fields {
-    /// The client's IP (none on a Unix socket).
-    pub client: Option<String>,
-    pub method: String,
-    pub target: String,
-    /// `HTTP/1.1`, `HTTP/2.0`...
-    pub version: &'static str,
-    pub host: Option<String>,
-    pub referer: Option<String>,
-    pub user_agent: Option<String>,
-    pub request_id: Option<String>,
-}
-
-/// [`Fields`] borrowed from wherever the entry keeps them.
-struct View<'a> {
-    client: Option<&'a [u8]>,
-    method: &'a [u8],
-    target: &'a [u8],
-    version: &'static str,
-    host: Option<&'a [u8]>,
-    referer: Option<&'a [u8]>,
-    user_agent: Option<&'a [u8]>,
-    request_id: Option<&'a [u8]>,
+    format: AccessFormat,
+    /// The request's part of the line, in the log's format, in three pieces: the answer's
+    /// fields go between them, at `cuts`.
+    written: Vec<u8>,
+    cuts: [usize; 2],
+    /// Where the request id is in `written` (a journal entry's field).
+    request_id: Option<Range<usize>>,
 }
 
 /// Who answered a request, and how long its answer head took from the lease.
@@ -89,170 +133,144 @@ pub struct Upstream {
     pub time: Duration,
 }
 
+/// A request's part of the line held at most between two requests on a connection (a huge
+/// head's line does not keep its room for the connection's life).
+const KEEP: usize = 4096;
+
 impl Entry {
-    /// An entry for a request head the narrow path took, its fields at `spans`.
-    /// `generated`: the id baton gave the request, unless it had a valid one of its own.
-    pub fn from_head(
-        head: bytes::Bytes,
-        spans: crate::h1::Spans,
-        client: Option<&http::HeaderValue>,
-        https: bool,
-        generated: Option<&[u8]>,
-    ) -> Entry {
-        let generated = generated.map(|g| {
-            let mut id = [0u8; 32];
-            let n = g.len().min(32);
-            id[..n].copy_from_slice(&g[..n]);
-            (id, n)
-        });
-        Entry {
-            time: Some(SystemTime::now()),
-            https,
-            request: Request::Head {
-                head,
-                spans,
-                client: client.cloned(),
-                generated,
-            },
-            ..Entry::unfinished()
+    /// Write what `r` says, at `time`, in `format`; the answer's fields are reset.
+    fn begin(&mut self, format: AccessFormat, time: SystemTime, r: &Request<'_>) {
+        if self.written.capacity() > KEEP {
+            self.written = Vec::new();
         }
-    }
-
-    /// An entry for a request hyper parsed; `request_id`: the one the worker was given.
-    pub fn from_parts(
-        method: &http::Method,
-        uri: &http::Uri,
-        version: http::Version,
-        headers: &http::HeaderMap,
-        client: Option<&str>,
-        https: bool,
-        request_id: Option<&[u8]>,
-    ) -> Entry {
-        let text = |n: http::header::HeaderName| {
-            headers
-                .get(n)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        };
-        Entry::new(
-            Fields {
-                client: client.map(str::to_owned),
-                method: method.as_str().to_owned(),
-                target: uri
-                    .path_and_query()
-                    .map_or_else(|| uri.to_string(), |p| p.as_str().to_owned()),
-                version: match version {
-                    http::Version::HTTP_2 => "HTTP/2.0",
-                    http::Version::HTTP_10 => "HTTP/1.0",
-                    _ => "HTTP/1.1",
-                },
-                host: text(http::header::HOST).or_else(|| uri.authority().map(|a| a.to_string())),
-                referer: text(http::header::REFERER),
-                user_agent: text(http::header::USER_AGENT),
-                request_id: request_id.map(|id| String::from_utf8_lossy(id).into_owned()),
-            },
-            https,
-        )
-    }
-
-    /// An entry of these fields, made now.
-    pub fn new(fields: Fields, https: bool) -> Entry {
-        Entry {
-            time: Some(SystemTime::now()),
-            https,
-            request: Request::Parsed(Box::new(fields)),
-            ..Entry::unfinished()
-        }
-    }
-
-    /// The answer's part of an entry, before there is an answer. (Not `Default`: a default
-    /// request would be a box made and dropped per request.)
-    fn unfinished() -> Entry {
-        Entry {
-            time: None,
-            https: false,
-            status: 0,
-            bytes: 0,
-            duration: Duration::ZERO,
-            upstream: None,
-            request: Request::Head {
-                head: bytes::Bytes::new(),
-                spans: crate::h1::Spans::default(),
-                client: None,
-                generated: None,
-            },
-        }
-    }
-
-    /// This entry with its own copy of the head it borrowed from a connection's buffer.
-    fn detached(mut self) -> Entry {
-        if let Request::Head { head, .. } = &mut self.request {
-            *head = bytes::Bytes::copy_from_slice(head);
-        }
-        self
-    }
-
-    /// The request's fields, wherever they are kept.
-    fn view<R>(&self, f: impl FnOnce(&View<'_>) -> R) -> R {
-        fn opt(s: &Option<String>) -> Option<&[u8]> {
-            s.as_deref().map(str::as_bytes)
-        }
-        match &self.request {
-            Request::Parsed(p) => f(&View {
-                client: opt(&p.client),
-                method: p.method.as_bytes(),
-                target: p.target.as_bytes(),
-                version: p.version,
-                host: opt(&p.host),
-                referer: opt(&p.referer),
-                user_agent: opt(&p.user_agent),
-                request_id: opt(&p.request_id),
-            }),
-            Request::Head {
-                head,
-                spans,
-                client,
-                generated,
-            } => {
-                let at = |r: &std::ops::Range<usize>| head.get(r.clone());
-                f(&View {
-                    client: client.as_ref().map(http::HeaderValue::as_bytes),
-                    method: at(&spans.method).unwrap_or(b"-"),
-                    target: at(&spans.target).unwrap_or(b"-"),
-                    version: "HTTP/1.1",
-                    host: spans.host.as_ref().and_then(at),
-                    referer: spans.referer.as_ref().and_then(at),
-                    user_agent: spans.user_agent.as_ref().and_then(at),
-                    request_id: spans
-                        .request_id
-                        .as_ref()
-                        .and_then(at)
-                        .or_else(|| generated.as_ref().map(|(id, n)| &id[..*n])),
-                })
+        self.written.clear();
+        self.status = 0;
+        self.bytes = 0;
+        self.duration = Duration::ZERO;
+        self.upstream = None;
+        self.format = format;
+        let out = &mut self.written;
+        match format {
+            AccessFormat::Combined => {
+                let dash = |b: Option<&[u8]>, out: &mut Vec<u8>| escaped(b.unwrap_or(b"-"), out);
+                dash(r.client, out);
+                out.extend_from_slice(b" - - [");
+                clf_time_cached(time, out);
+                out.extend_from_slice(b"] \"");
+                escaped(r.method, out);
+                out.push(b' ');
+                escaped(r.target, out);
+                out.push(b' ');
+                out.extend_from_slice(r.version.as_bytes());
+                out.extend_from_slice(b"\" ");
+                self.cuts[0] = out.len();
+                out.extend_from_slice(b" \"");
+                dash(r.referer, out);
+                out.extend_from_slice(b"\" \"");
+                dash(r.user_agent, out);
+                out.extend_from_slice(b"\" ");
+                self.cuts[1] = out.len();
+                let id = out.len();
+                dash(r.request_id, out);
+                self.request_id = r.request_id.map(|_| id..out.len());
+                out.push(b'\n');
+            }
+            AccessFormat::Json => {
+                out.extend_from_slice(b"{\"time\":\"");
+                let _ = write!(out, "{}", humantime::format_rfc3339_millis(time));
+                out.extend_from_slice(b"\",\"client\":");
+                json_text(r.client, out);
+                out.extend_from_slice(b",\"method\":");
+                json_text(Some(r.method), out);
+                out.extend_from_slice(b",\"target\":");
+                json_text(Some(r.target), out);
+                out.extend_from_slice(b",\"protocol\":\"");
+                out.extend_from_slice(r.version.as_bytes());
+                out.extend_from_slice(if r.https {
+                    b"\",\"scheme\":\"https\",\"host\":"
+                } else {
+                    b"\",\"scheme\":\"http\",\"host\":"
+                });
+                json_text(r.host, out);
+                out.extend_from_slice(b",\"request_id\":");
+                let id = out.len();
+                json_text(r.request_id, out);
+                // Within its quotes (an id is plain ASCII: nothing in it is escaped).
+                self.request_id = r.request_id.map(|_| id + 1..out.len() - 1);
+                out.extend_from_slice(b",\"referer\":");
+                json_text(r.referer, out);
+                out.extend_from_slice(b",\"user_agent\":");
+                json_text(r.user_agent, out);
+                self.cuts = [out.len(), out.len()];
+                out.extend_from_slice(b"}\n");
             }
         }
     }
 
-    /// The request's fields as the log writes them (for tests and the journal).
-    pub fn fields(&self) -> Fields {
-        let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
-        self.view(|v| Fields {
-            client: text(v.client),
-            method: String::from_utf8_lossy(v.method).into_owned(),
-            target: String::from_utf8_lossy(v.target).into_owned(),
-            version: v.version,
-            host: text(v.host),
-            referer: text(v.referer),
-            user_agent: text(v.user_agent),
-            request_id: text(v.request_id),
-        })
+    /// The whole line, the answer's fields put between the request's pieces.
+    fn finish(&self, out: &mut Vec<u8>) {
+        let [a, b] = self.cuts;
+        let w = &self.written;
+        out.extend_from_slice(&w[..a]);
+        match self.format {
+            AccessFormat::Combined => {
+                status(self.status, out);
+                out.push(b' ');
+                out.extend_from_slice(itoa::Buffer::new().format(self.bytes).as_bytes());
+                out.extend_from_slice(&w[a..b]);
+                seconds(self.duration, out);
+                out.push(b' ');
+                match self.upstream {
+                    Some(u) => {
+                        seconds(u.time, out);
+                        out.push(b' ');
+                        out.extend_from_slice(itoa::Buffer::new().format(u.worker).as_bytes());
+                        out.push(b' ');
+                        out.extend_from_slice(itoa::Buffer::new().format(u.generation).as_bytes());
+                        out.push(b' ');
+                    }
+                    None => out.extend_from_slice(b"- - - "),
+                }
+            }
+            AccessFormat::Json => {
+                let up = self.upstream;
+                out.extend_from_slice(b",\"status\":");
+                status(self.status, out);
+                out.extend_from_slice(b",\"bytes\":");
+                out.extend_from_slice(itoa::Buffer::new().format(self.bytes).as_bytes());
+                out.extend_from_slice(b",\"duration_s\":");
+                json_value(self.duration.as_secs_f64(), out);
+                out.extend_from_slice(b",\"upstream_s\":");
+                json_value(up.map(|u| u.time.as_secs_f64()), out);
+                out.extend_from_slice(b",\"worker\":");
+                json_value(up.map(|u| u.worker), out);
+                out.extend_from_slice(b",\"generation\":");
+                json_value(up.map(|u| u.generation), out);
+                out.extend_from_slice(&w[a..b]);
+            }
+        }
+        out.extend_from_slice(&w[b..]);
+    }
+
+    /// The request id, when it had one.
+    fn request_id(&self) -> Option<&[u8]> {
+        self.request_id.clone().and_then(|r| self.written.get(r))
     }
 }
 
 enum Message {
-    Entry(Box<Entry>),
+    Journal(Box<JournalLine>),
     Reopen,
     /// Write what is queued, then end; the sender is told when it is done.
     Close(mpsc::Sender<()>),
+}
+
+/// A line for the journal, and the fields its entry has beside it.
+struct JournalLine {
+    line: Vec<u8>,
+    status: u16,
+    upstream: Option<Upstream>,
+    request_id: Option<String>,
 }
 
 /// The queue to the writer thread.
@@ -299,9 +317,7 @@ impl AccessLog {
             lines: lines.clone(),
             reopen: reopen.clone(),
             sink,
-            format: config.format,
             app: app.to_owned(),
-            line: Vec::with_capacity(512),
         };
         std::thread::Builder::new()
             .name("access-log".into())
@@ -320,16 +336,37 @@ impl AccessLog {
         }))
     }
 
-    /// Log an entry; when `queue` entries wait already it is dropped (and counted), never
-    /// waited for.
-    pub fn log(&self, entry: Entry) {
+    /// Begin `entry` for a request whose head was read now: what the request says is
+    /// written at once (see the module's doc), the answer's fields are reset.
+    pub fn begin(&self, entry: &mut Entry, request: &Request<'_>) {
+        entry.begin(self.format, SystemTime::now(), request);
+    }
+
+    /// A new entry, begun ([`AccessLog::begin`]).
+    pub fn entry(&self, request: &Request<'_>) -> Entry {
+        let mut e = Entry::default();
+        self.begin(&mut e, request);
+        e
+    }
+
+    /// Log an entry begun by this log, its answer's fields set; when `queue` entries wait
+    /// already it is dropped (and counted), never waited for.
+    pub fn log(&self, entry: &Entry) {
         let kept = match &self.lines {
-            Some(lines) => lines.push(&entry, self.format),
-            // A queued entry keeps a copy of its head, not the connection's buffer.
-            None => self
-                .tx
-                .try_send(Message::Entry(Box::new(entry.detached())))
-                .is_ok(),
+            Some(lines) => lines.push(entry),
+            None => {
+                let mut line = Vec::with_capacity(entry.written.len() + 64);
+                entry.finish(&mut line);
+                let line = JournalLine {
+                    line,
+                    status: entry.status,
+                    upstream: entry.upstream,
+                    request_id: entry
+                        .request_id()
+                        .map(|id| String::from_utf8_lossy(id).into_owned()),
+                };
+                self.tx.try_send(Message::Journal(Box::new(line))).is_ok()
+            }
         };
         if !kept {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -366,7 +403,7 @@ fn open(path: &Path) -> Result<std::fs::File, OpenError> {
         })
 }
 
-/// A file log's lines, formatted by the proxy's threads and waiting for the writer, in the
+/// A file log's lines, finished by the proxy's threads and waiting for the writer, in the
 /// order their answers ended (one buffer: lines of requests made one after the other stay in
 /// that order; the lock is held for one line's copy, or the writer's swap).
 struct Lines {
@@ -389,46 +426,34 @@ impl Lines {
         }
     }
 
-    /// Format the entry and append it; false when `queue` lines wait already.
-    fn push(&self, e: &Entry, format: AccessFormat) -> bool {
-        thread_local! {
-            static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
+    /// Finish the entry's line into the buffer; false when `queue` lines wait already.
+    fn push(&self, e: &Entry) -> bool {
+        // Straight into the buffer, under the lock: the request's part is written already, so
+        // the lock is held for three copies and a few numbers (no copy of the line made first).
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if w.lines >= self.limit {
+            return false;
         }
-        // Formatted before the lock is taken, so the lock is held for a copy of the line:
-        // a proxy thread seldom finds it held by the other, or by the writer.
-        LINE.with_borrow_mut(|line| {
-            line.clear();
-            match format {
-                AccessFormat::Combined => combined(e, line),
-                AccessFormat::Json => json(e, line),
-            }
-            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-            if w.lines >= self.limit {
-                return false;
-            }
-            w.lines += 1;
-            w.buf.extend_from_slice(line);
-            drop(w);
-            // A huge head's line does not keep its room for the thread's life.
-            if line.capacity() > 64 * 1024 {
-                *line = Vec::with_capacity(512);
-            }
-            true
-        })
+        w.lines += 1;
+        e.finish(&mut w.buf);
+        true
     }
 
-    /// Take the lines waiting into `out`; the buffer keeps `spare`'s allocation.
-    fn take(&self, out: &mut Vec<u8>, spare: &mut Vec<u8>) {
-        {
-            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-            if w.lines == 0 {
-                return;
-            }
-            spare.clear();
-            std::mem::swap(&mut w.buf, spare);
-            w.lines = 0;
+    /// Take the lines waiting into `out`: swapped with it when it is empty (as the writer's
+    /// is after each round), so the lines are not copied and the buffer keeps `out`'s
+    /// allocation.
+    fn take(&self, out: &mut Vec<u8>) {
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if w.lines == 0 {
+            return;
         }
-        out.extend_from_slice(spare);
+        if out.is_empty() {
+            std::mem::swap(&mut w.buf, out);
+        } else {
+            out.extend_from_slice(&w.buf);
+            w.buf.clear();
+        }
+        w.lines = 0;
     }
 }
 
@@ -441,12 +466,10 @@ struct Writer {
     lines: Option<Arc<Lines>>,
     reopen: Arc<AtomicBool>,
     sink: Sink,
-    format: AccessFormat,
     app: String,
-    line: Vec<u8>,
 }
 
-/// Bytes kept before a write to the file.
+/// Room the writer's buffer starts with.
 const BATCH: usize = 64 * 1024;
 /// How long the writer sleeps between two rounds of writing what was queued.
 const PERIOD: Duration = Duration::from_millis(20);
@@ -454,42 +477,26 @@ const PERIOD: Duration = Duration::from_millis(20);
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Message>) {
         let mut pending: Vec<u8> = Vec::with_capacity(BATCH);
-        let mut spare: Vec<u8> = Vec::new();
         loop {
             // The lines formatted before this round, before any reopen or close asked since.
             if let Some(lines) = &self.lines {
-                lines.take(&mut pending, &mut spare);
+                lines.take(&mut pending);
             }
             // Take everything queued, write it, then sleep one period: the proxy never wakes
             // this thread (a wake-up per line cost more than the line), and a line is on disk
             // within PERIOD of its answer.
             loop {
                 match rx.try_recv() {
-                    Ok(Message::Entry(e)) => {
-                        self.line.clear();
-                        match self.format {
-                            AccessFormat::Combined => combined(&e, &mut self.line),
-                            AccessFormat::Json => json(&e, &mut self.line),
-                        }
-                        match &self.sink {
-                            Sink::Journal => self.journal(&e),
-                            Sink::File { .. } => {
-                                pending.extend_from_slice(&self.line);
-                                if pending.len() >= BATCH {
-                                    self.flush(&mut pending);
-                                }
-                            }
-                        }
-                    }
+                    Ok(Message::Journal(line)) => self.journal(&line),
                     Ok(Message::Reopen) => {}
                     Ok(Message::Close(done)) => {
-                        self.last(&mut pending, &mut spare);
+                        self.last(&mut pending);
                         let _ = done.send(());
                         return;
                     }
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => {
-                        self.last(&mut pending, &mut spare);
+                        self.last(&mut pending);
                         return;
                     }
                 }
@@ -503,9 +510,9 @@ impl Writer {
     }
 
     /// Write all that is left, the lines formatted since this round began too.
-    fn last(&mut self, pending: &mut Vec<u8>, spare: &mut Vec<u8>) {
+    fn last(&mut self, pending: &mut Vec<u8>) {
         if let Some(lines) = &self.lines {
-            lines.take(pending, spare);
+            lines.take(pending);
         }
         self.flush(pending);
     }
@@ -521,21 +528,16 @@ impl Writer {
         }
     }
 
-    fn journal(&self, e: &Entry) {
-        let line = String::from_utf8_lossy(&self.line);
-        let up = e.upstream;
-        // The id from the entry's view, not `fields()`: no strings made for the other fields.
-        let id = e.view(|v| {
-            v.request_id
-                .map(|id| String::from_utf8_lossy(id).into_owned())
-        });
+    fn journal(&self, l: &JournalLine) {
+        let line = String::from_utf8_lossy(&l.line);
+        let up = l.upstream;
         tracing::info!(
             target: "baton::access",
             app = %self.app,
-            status = e.status,
+            status = l.status,
             worker = up.map(|u| u.worker),
             generation = up.map(|u| u.generation),
-            request_id = id.as_deref(),
+            request_id = l.request_id.as_deref(),
             "{}",
             line.trim_end()
         );
@@ -554,65 +556,20 @@ impl Writer {
     }
 }
 
-/// nginx's `combined`, then baton's own: request time, upstream time (s), worker,
-/// generation, request id, each `-` when there is none.
-fn combined(e: &Entry, out: &mut Vec<u8>) {
-    e.view(|v| {
-        let dash = |b: Option<&[u8]>, out: &mut Vec<u8>| escaped(b.unwrap_or(b"-"), out);
-        dash(v.client, out);
-        out.extend_from_slice(b" - - [");
-        clf_time_cached(e.time.unwrap_or_else(SystemTime::now), out);
-        out.extend_from_slice(b"] \"");
-        escaped(v.method, out);
-        out.push(b' ');
-        escaped(v.target, out);
-        out.push(b' ');
-        out.extend_from_slice(v.version.as_bytes());
-        out.extend_from_slice(b"\" ");
-        out.extend_from_slice(itoa::Buffer::new().format(e.status).as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(itoa::Buffer::new().format(e.bytes).as_bytes());
-        out.extend_from_slice(b" \"");
-        dash(v.referer, out);
-        out.extend_from_slice(b"\" \"");
-        dash(v.user_agent, out);
-        out.extend_from_slice(b"\" ");
-        seconds(e.duration, out);
-        out.push(b' ');
-        match e.upstream {
-            Some(u) => {
-                seconds(u.time, out);
-                out.push(b' ');
-                out.extend_from_slice(itoa::Buffer::new().format(u.worker).as_bytes());
-                out.push(b' ');
-                out.extend_from_slice(itoa::Buffer::new().format(u.generation).as_bytes());
-                out.push(b' ');
-            }
-            None => out.extend_from_slice(b"- - - "),
-        }
-        dash(v.request_id, out);
-        out.push(b'\n');
-    });
-}
-
 /// Printable ASCII as it is; `"`, `\` and anything else as `\xHH` (as nginx does), so a
 /// line cannot be forged or broken by what a client sends.
 fn escaped(s: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    /// The bytes written as they are: printable ASCII but `"` and `\`.
-    const PLAIN: [bool; 256] = {
-        let mut t = [false; 256];
-        let mut b = 0x20;
-        while b < 0x7f {
-            t[b] = b != b'"' as usize && b != b'\\' as usize;
-            b += 1;
-        }
-        t
-    };
-    let plain = |b: u8| PLAIN[usize::from(b)];
+    // Arithmetic, not a table, and no branch per byte: the compiler checks a field many bytes
+    // at a time.
+    let plain = |b: u8| (b.wrapping_sub(0x20) < 0x5f) & (b != b'"') & (b != b'\\');
+    // Most fields have nothing to escape: checked, then copied whole.
+    if s.iter().fold(true, |all, &b| all & plain(b)) {
+        out.extend_from_slice(s);
+        return;
+    }
     let mut rest = s;
     while !rest.is_empty() {
-        // Whole runs of plain bytes at once: most fields have nothing to escape.
         let run = rest.iter().position(|&b| !plain(b)).unwrap_or(rest.len());
         out.extend_from_slice(&rest[..run]);
         let Some((&b, tail)) = rest[run..].split_first() else {
@@ -695,49 +652,29 @@ fn clf_time(t: SystemTime, out: &mut Vec<u8>) {
     );
 }
 
-/// One JSON object per line.
-fn json(e: &Entry, out: &mut Vec<u8>) {
-    #[derive(serde::Serialize)]
-    struct Line<'a> {
-        time: String,
-        client: Option<&'a str>,
-        method: &'a str,
-        target: &'a str,
-        protocol: &'a str,
-        scheme: &'a str,
-        host: Option<&'a str>,
-        status: u16,
-        bytes: u64,
-        duration_s: f64,
-        upstream_s: Option<f64>,
-        worker: Option<u64>,
-        generation: Option<u64>,
-        request_id: Option<&'a str>,
-        referer: Option<&'a str>,
-        user_agent: Option<&'a str>,
+/// A JSON string of `s` (its bytes as UTF-8, any that are not as U+FFFD), or `null`.
+fn json_text(s: Option<&[u8]>, out: &mut Vec<u8>) {
+    json_value(s.map(String::from_utf8_lossy), out);
+}
+
+/// A JSON value (a number, a string, `null` for `None`).
+fn json_value(v: impl serde::Serialize, out: &mut Vec<u8>) {
+    if serde_json::to_writer(&mut *out, &v).is_err() {
+        // Only a float that is not a number fails, and no duration is one.
+        out.extend_from_slice(b"null");
     }
-    let up = e.upstream;
-    let f = e.fields();
-    let line = Line {
-        time: humantime::format_rfc3339_millis(e.time.unwrap_or_else(SystemTime::now)).to_string(),
-        client: f.client.as_deref(),
-        method: &f.method,
-        target: &f.target,
-        protocol: f.version,
-        scheme: if e.https { "https" } else { "http" },
-        host: f.host.as_deref(),
-        status: e.status,
-        bytes: e.bytes,
-        duration_s: e.duration.as_secs_f64(),
-        upstream_s: up.map(|u| u.time.as_secs_f64()),
-        worker: up.map(|u| u.worker),
-        generation: up.map(|u| u.generation),
-        request_id: f.request_id.as_deref(),
-        referer: f.referer.as_deref(),
-        user_agent: f.user_agent.as_deref(),
-    };
-    if serde_json::to_writer(&mut *out, &line).is_ok() {
-        out.push(b'\n');
+}
+
+/// A status as its digits (three, unless baton's own answer was none).
+fn status(s: u16, out: &mut Vec<u8>) {
+    if (100..1000).contains(&s) {
+        out.extend_from_slice(&[
+            b'0' + (s / 100) as u8,
+            b'0' + (s / 10 % 10) as u8,
+            b'0' + (s % 10) as u8,
+        ]);
+    } else {
+        out.extend_from_slice(itoa::Buffer::new().format(s).as_bytes());
     }
 }
 
@@ -745,21 +682,34 @@ fn json(e: &Entry, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
-    fn fields() -> Fields {
-        Fields {
-            client: Some("192.0.2.7".into()),
-            method: "GET".into(),
-            target: "/cart?id=1".into(),
+    /// 2026-12-03T07:01:02Z.
+    const AT: u64 = 1_796_281_262;
+
+    fn request() -> Request<'static> {
+        Request {
+            client: Some(b"192.0.2.7"),
+            method: b"GET",
+            target: b"/cart?id=1",
             version: "HTTP/1.1",
-            host: Some("shop.example".into()),
-            referer: Some("https://shop.example/".into()),
-            user_agent: Some("curl/8 \"quoted\"\n".into()),
-            request_id: Some("4f2a".into()),
+            https: true,
+            host: Some(b"shop.example"),
+            referer: Some(b"https://shop.example/"),
+            user_agent: Some(b"curl/8 \"quoted\"\n"),
+            request_id: Some(b"4f2a"),
         }
     }
 
-    fn finished(mut e: Entry) -> Entry {
-        e.time = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_281_262));
+    /// The line of `r`, answered by worker 3 of generation 2.
+    fn line(format: AccessFormat, r: &Request<'_>) -> String {
+        let mut e = Entry::default();
+        e.begin(format, SystemTime::UNIX_EPOCH + Duration::from_secs(AT), r);
+        answered(&mut e);
+        let mut out = Vec::new();
+        e.finish(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn answered(e: &mut Entry) {
         e.status = 200;
         e.bytes = 1234;
         e.duration = Duration::from_millis(12);
@@ -768,45 +718,14 @@ mod tests {
             generation: 2,
             time: Duration::from_millis(11),
         });
-        e
     }
 
-    fn entry() -> Entry {
-        finished(Entry::new(fields(), true))
-    }
-
-    #[test]
-    fn a_head_s_entry_says_what_its_fields_say() {
-        let head = b"GET /cart?id=1 HTTP/1.1\r\nHost: shop.example\r\nReferer: https://shop.example/\r\nUser-Agent: curl/8 \"quoted\"\xe9\r\n\r\n";
-        let client = http::HeaderValue::from_static("192.0.2.7");
-        let e = finished(taken(head, Some(&client), true));
-        let want = Fields {
-            user_agent: Some("curl/8 \"quoted\"\u{fffd}".into()),
-            ..fields()
-        };
-        assert_eq!(e.fields(), want);
-        // The line has the client's bytes, escaped, not their lossy UTF-8 form.
-        let mut line = Vec::new();
-        combined(&e, &mut line);
-        assert_eq!(
-            String::from_utf8(line).unwrap(),
-            "192.0.2.7 - - [03/Dec/2026:07:01:02 +0000] \"GET /cart?id=1 HTTP/1.1\" 200 1234 \"https://shop.example/\" \"curl/8 \\x22quoted\\x22\\xE9\" 0.012 0.011 3 2 4f2a\n"
-        );
-        // The client's own valid id wins over the one baton made.
-        let head = b"GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: abc-123\r\n\r\n";
-        let f = taken(head, None, false).fields();
-        assert_eq!(
-            (f.request_id.as_deref(), f.version, f.client),
-            (Some("abc-123"), "HTTP/1.1", None)
-        );
-    }
-
-    /// The entry the narrow path makes of a head it took (request ids on, baton's `4f2a`).
-    fn taken(head: &[u8], client: Option<&http::HeaderValue>, https: bool) -> Entry {
+    /// The request the narrow path makes of a head it took (request ids on, baton's `4f2a`).
+    fn taken(head: &[u8], client: Option<&'static [u8]>, f: impl FnOnce(Request<'_>)) {
         let ids = crate::policy::Client {
             ip: None,
             trusted: false,
-            https,
+            https: true,
             request_id: Some(b"4f2a"),
         };
         let limits = crate::policy::Limits {
@@ -818,49 +737,203 @@ mod tests {
         else {
             panic!("the narrow path did not take {head:?}");
         };
-        let head = bytes::Bytes::copy_from_slice(&head[..s.len]);
-        Entry::from_head(head, s.spans, client, https, Some(b"4f2a"))
+        f(Request::from_head(
+            &head[..s.len],
+            &s.spans,
+            client,
+            true,
+            Some(b"4f2a"),
+        ))
     }
 
     #[test]
     fn combined_is_nginx_s_with_baton_s_fields_after_it() {
-        let mut out = Vec::new();
-        combined(&entry(), &mut out);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            line(AccessFormat::Combined, &request()),
             "192.0.2.7 - - [03/Dec/2026:07:01:02 +0000] \"GET /cart?id=1 HTTP/1.1\" 200 1234 \"https://shop.example/\" \"curl/8 \\x22quoted\\x22\\x0A\" 0.012 0.011 3 2 4f2a\n"
         );
+        // Baton's own answer, to a request without a referer or an id.
+        let r = Request {
+            request_id: None,
+            referer: None,
+            ..request()
+        };
+        let mut e = Entry::default();
+        e.begin(AccessFormat::Combined, SystemTime::UNIX_EPOCH, &r);
+        e.status = 503;
+        e.duration = Duration::from_millis(12);
         let mut out = Vec::new();
-        let mut e = finished(Entry::new(
-            Fields {
-                request_id: None,
-                referer: None,
-                ..fields()
-            },
-            true,
-        ));
-        e.upstream = None;
-        combined(&e, &mut out);
+        e.finish(&mut out);
         assert!(
             String::from_utf8(out)
                 .unwrap()
-                .ends_with("\"-\" \"curl/8 \\x22quoted\\x22\\x0A\" 0.012 - - - -\n")
+                .ends_with("\" 503 0 \"-\" \"curl/8 \\x22quoted\\x22\\x0A\" 0.012 - - - -\n")
+        );
+        assert_eq!(e.request_id(), None);
+    }
+
+    #[test]
+    fn a_head_s_line_is_the_line_of_its_fields() {
+        let head = b"GET /cart?id=1 HTTP/1.1\r\nHost: shop.example\r\nReferer: https://shop.example/\r\nUser-Agent: curl/8 \"quoted\"\xe9\r\n\r\n";
+        for format in [AccessFormat::Combined, AccessFormat::Json] {
+            taken(head, Some(b"192.0.2.7"), |r| {
+                let want = Request {
+                    user_agent: Some(b"curl/8 \"quoted\"\xe9"),
+                    ..request()
+                };
+                assert_eq!(line(format, &r), line(format, &want));
+            });
+        }
+        // The client's bytes, escaped, not their lossy UTF-8 form.
+        taken(head, None, |r| {
+            assert!(line(AccessFormat::Combined, &r).contains("\"curl/8 \\x22quoted\\x22\\xE9\""));
+        });
+        // The client's own valid id wins over the one baton made.
+        let head = b"GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: abc-123\r\n\r\n";
+        taken(head, None, |r| {
+            assert_eq!(
+                (r.request_id, r.version, r.client),
+                (Some(&b"abc-123"[..]), "HTTP/1.1", None)
+            );
+        });
+    }
+
+    #[test]
+    fn hyper_s_request_is_logged_as_the_narrow_path_s() {
+        let (parts, ()) = http::Request::get("/cart?id=1")
+            .header("host", "shop.example")
+            .header("referer", "https://shop.example/")
+            .header("user-agent", "curl/8")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let r = Request::from_parts(&parts, Some(b"192.0.2.7"), true, Some(b"4f2a"));
+        let want = Request {
+            user_agent: Some(b"curl/8"),
+            ..request()
+        };
+        assert_eq!(
+            line(AccessFormat::Combined, &r),
+            line(AccessFormat::Combined, &want)
+        );
+        // CONNECT's target is its authority, which is its host too.
+        let (parts, ()) = http::Request::connect("shop.example:443")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let r = Request::from_parts(&parts, None, false, None);
+        assert_eq!(
+            (r.target, r.host),
+            (&b"shop.example:443"[..], Some(&b"shop.example:443"[..]))
         );
     }
 
     #[test]
     fn json_is_one_object_per_line() {
-        let mut out = Vec::new();
-        json(&entry(), &mut out);
-        let text = String::from_utf8(out).unwrap();
+        let text = line(AccessFormat::Json, &request());
         assert_eq!(text.matches('\n').count(), 1);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["time"], "2026-12-03T07:01:02.000Z");
-        assert_eq!(v["status"], 200);
-        assert_eq!(v["worker"], 3);
-        assert_eq!(v["generation"], 2);
-        assert_eq!(v["scheme"], "https");
-        assert_eq!(v["user_agent"], "curl/8 \"quoted\"\n");
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "time": "2026-12-03T07:01:02.000Z",
+                "client": "192.0.2.7",
+                "method": "GET",
+                "target": "/cart?id=1",
+                "protocol": "HTTP/1.1",
+                "scheme": "https",
+                "host": "shop.example",
+                "request_id": "4f2a",
+                "referer": "https://shop.example/",
+                "user_agent": "curl/8 \"quoted\"\n",
+                "status": 200,
+                "bytes": 1234,
+                "duration_s": 0.012,
+                "upstream_s": 0.011,
+                "worker": 3,
+                "generation": 2,
+            })
+        );
+        // No client, no worker, bytes that are not UTF-8.
+        let r = Request {
+            client: None,
+            user_agent: Some(b"\xff"),
+            request_id: None,
+            ..request()
+        };
+        let mut e = Entry::default();
+        e.begin(AccessFormat::Json, SystemTime::UNIX_EPOCH, &r);
+        e.status = 502;
+        let mut out = Vec::new();
+        e.finish(&mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            (
+                &v["client"],
+                &v["user_agent"],
+                &v["worker"],
+                &v["upstream_s"],
+                &v["request_id"],
+                &v["status"]
+            ),
+            (
+                &serde_json::Value::Null,
+                &serde_json::json!("\u{fffd}"),
+                &serde_json::Value::Null,
+                &serde_json::Value::Null,
+                &serde_json::Value::Null,
+                &serde_json::json!(502)
+            )
+        );
+    }
+
+    #[test]
+    fn the_request_id_is_found_in_either_format() {
+        for format in [AccessFormat::Combined, AccessFormat::Json] {
+            let mut e = Entry::default();
+            e.begin(format, SystemTime::UNIX_EPOCH, &request());
+            assert_eq!(e.request_id(), Some(&b"4f2a"[..]), "{format:?}");
+        }
+    }
+
+    #[test]
+    fn an_entry_begun_again_is_a_new_line() {
+        let mut e = Entry::default();
+        let huge = vec![b'a'; 64 * 1024];
+        let r = Request {
+            target: &huge,
+            ..request()
+        };
+        e.begin(AccessFormat::Combined, SystemTime::UNIX_EPOCH, &r);
+        answered(&mut e);
+        e.begin(
+            AccessFormat::Combined,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(AT),
+            &request(),
+        );
+        // The answer's fields are reset, and a huge head's room is not kept.
+        assert_eq!((e.status, e.bytes, e.upstream), (0, 0, None));
+        assert!(e.written.capacity() <= KEEP);
+        answered(&mut e);
+        let mut out = Vec::new();
+        e.finish(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            line(AccessFormat::Combined, &request())
+        );
+    }
+
+    #[test]
+    fn escaping_is_nginx_s() {
+        let at = |s: &[u8]| {
+            let mut out = Vec::new();
+            escaped(s, &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(at(b"plain text/~!"), "plain text/~!");
+        assert_eq!(at(b"a\"b\\c"), "a\\x22b\\x5Cc");
+        assert_eq!(at(b"\x00\x1f\x7f\x80\xff"), "\\x00\\x1F\\x7F\\x80\\xFF");
+        assert_eq!(at(b""), "");
     }
 
     #[test]
@@ -910,14 +983,19 @@ mod tests {
             .map(|t| {
                 let log = log.clone();
                 std::thread::spawn(move || {
+                    // One entry per thread, begun again for each request, as a connection does.
+                    let mut e = Entry::default();
                     for i in 0..5_000 {
-                        log.log(finished(Entry::new(
-                            Fields {
-                                request_id: Some(format!("{t}-{i}")),
-                                ..fields()
+                        let id = format!("{t}-{i}");
+                        log.begin(
+                            &mut e,
+                            &Request {
+                                request_id: Some(id.as_bytes()),
+                                ..request()
                             },
-                            true,
-                        )));
+                        );
+                        answered(&mut e);
+                        log.log(&e);
                         if i == 2_500 {
                             // Across a reopen, as logrotate does.
                             log.reopen();
@@ -935,6 +1013,7 @@ mod tests {
             .lines()
             .map(|l| {
                 assert!(l.starts_with("192.0.2.7 - - ["), "{l}");
+                assert!(l.contains(" 200 1234 \"https://shop.example/\" "), "{l}");
                 l.rsplit(' ').next().unwrap()
             })
             .collect();
@@ -957,9 +1036,11 @@ mod tests {
         let log = AccessLog::start(&config, "t", dropped.clone())
             .unwrap()
             .unwrap();
+        let mut e = log.entry(&request());
+        answered(&mut e);
         let started = std::time::Instant::now();
         for _ in 0..10_000 {
-            log.log(entry());
+            log.log(&e);
         }
         assert!(started.elapsed() < Duration::from_secs(5));
         log.close(Duration::from_secs(10));
@@ -975,7 +1056,8 @@ mod tests {
 mod cost {
     //! `cargo test --release --lib access::cost -- --ignored --nocapture`: what the log costs
     //! a narrow-path request on the proxy's thread, in nanoseconds, without the machine's noise
-    //! of a whole proxy under load.
+    //! of a whole proxy under load (where the head's bytes are in the cache when the entry is
+    //! begun, as here).
     use super::*;
 
     #[test]
@@ -986,7 +1068,6 @@ mod cost {
             max_head: 8192,
             max_body: 0,
         };
-        let client = http::HeaderValue::from_static("127.0.0.1");
         let lines = Lines::new(usize::MAX);
         let n = 2_000_000u32;
         for ids in [false, true] {
@@ -1003,31 +1084,22 @@ mod cost {
                 std::hint::black_box(&r);
             }
             let parse = t.elapsed() / n;
-            let mut input = bytes::BytesMut::new();
+            let mut e = Entry::default();
             let t = std::time::Instant::now();
             for i in 0..n {
-                if input.capacity() - input.len() < 1024 {
-                    input.reserve(4096);
-                }
-                input.extend_from_slice(head);
                 let crate::h1::Request::Simple(s) =
-                    crate::h1::request(&input, c, &limits, 0, &mut out)
+                    crate::h1::request(head, c, &limits, 0, &mut out)
                 else {
                     panic!()
                 };
-                let mut e = Entry::from_head(
-                    input.split_to(s.len).freeze(),
-                    s.spans,
-                    Some(&client),
-                    false,
-                    c.request_id,
-                );
+                let r = Request::from_head(head, &s.spans, c.ip, false, c.request_id);
+                e.begin(AccessFormat::Combined, SystemTime::now(), &r);
                 e.status = 200;
                 e.bytes = 13;
                 e.duration = Duration::from_micros(250);
-                lines.push(&e, AccessFormat::Combined);
+                lines.push(&e);
                 if i % 1000 == 0 {
-                    lines.take(&mut Vec::new(), &mut Vec::new());
+                    lines.take(&mut Vec::new());
                 }
             }
             let logged = t.elapsed() / n;

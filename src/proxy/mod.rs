@@ -454,17 +454,16 @@ impl Proxy {
         let close = !h2 && policy::asks_close(req.headers());
         let mut id = [0u8; 32];
         let request_id = self.new_request_id(&mut id);
-        let entry = self.access.get().map(|_| {
-            crate::access::Entry::from_parts(
-                req.method(),
-                req.uri(),
-                req.version(),
-                req.headers(),
-                peer.ip.as_ref().and_then(|ip| ip.to_str().ok()),
+        let (parts, body) = req.into_parts();
+        let entry = self.access.get().map(|log| {
+            log.entry(&crate::access::Request::from_parts(
+                &parts,
+                peer.ip.as_ref().map(HeaderValue::as_bytes),
                 peer.https,
-                request_id.map(|generated| policy::request_id(req.headers()).unwrap_or(generated)),
-            )
+                request_id.map(|generated| policy::request_id(&parts.headers).unwrap_or(generated)),
+            ))
         });
+        let req = Request::from_parts(parts, body);
         let mut resp = match self.forward(req, &peer, request_id).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
@@ -1060,7 +1059,7 @@ impl<B> Drop for Logged<B> {
     fn drop(&mut self) {
         if let Some(mut e) = self.entry.take() {
             e.duration = self.started.elapsed();
-            self.log.log(e);
+            self.log.log(&e);
         }
     }
 }

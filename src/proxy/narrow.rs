@@ -52,6 +52,9 @@ struct Scratch {
     out: Vec<u8>,
     /// What the worker sent.
     answer: BytesMut,
+    /// The access log's line of the request (when there is a log), begun when its head
+    /// was read.
+    entry: crate::access::Entry,
     /// A buffer grew past `KEEP` for this request.
     grown: bool,
 }
@@ -73,6 +76,7 @@ impl Scratch {
         self.up = Vec::new();
         self.out = Vec::new();
         self.answer = BytesMut::new();
+        self.entry = crate::access::Entry::default();
     }
 }
 
@@ -86,6 +90,7 @@ impl Proxy {
             up: Vec::new(),
             out: Vec::new(),
             answer: BytesMut::new(),
+            entry: crate::access::Entry::default(),
             grown: false,
         };
         let base = peer.client();
@@ -144,6 +149,14 @@ impl Proxy {
                     Ok(_) => {}
                 }
             };
+            // While the head's bytes are in the cache.
+            self.begin_entry(
+                &s.input[..simple.len],
+                &simple,
+                peer,
+                request_id,
+                &mut s.entry,
+            );
             let target = s.input[..simple.len]
                 .split(|b| *b == b' ')
                 .nth(1)
@@ -157,7 +170,7 @@ impl Proxy {
                 let started = Instant::now();
                 let (method, path, fields) = asset_request(&s.input[..simple.len]);
                 let answer = assets.answer(&method, &path, &fields).await;
-                let entry = self.take_head(&mut s.input, &simple, peer, request_id);
+                s.input.advance(simple.len);
                 let close = simple.close || stop.is_cancelled();
                 let mut sent = 0;
                 let how = Head {
@@ -181,7 +194,8 @@ impl Proxy {
                 };
                 let took = started.elapsed();
                 self.metrics.request(status, took);
-                if let (Some(log), Some(mut e)) = (self.access_log(), entry) {
+                if let Some(log) = self.access_log() {
+                    let e = &mut s.entry;
                     e.status = status;
                     e.bytes = sent;
                     e.duration = took;
@@ -195,7 +209,7 @@ impl Proxy {
                 continue;
             }
             let started = Instant::now();
-            let mut entry = self.take_head(&mut s.input, &simple, peer, request_id);
+            s.input.advance(simple.len);
             let mut upstream = None;
             let mut sent = 0u64;
             // The whole request, body included, is here before a worker is leased (request
@@ -290,7 +304,8 @@ impl Proxy {
             };
             let took = started.elapsed();
             self.metrics.request(status, took);
-            if let (Some(log), Some(mut e)) = (self.access_log(), entry.take()) {
+            if let Some(log) = self.access_log() {
+                let e = &mut s.entry;
                 e.status = status;
                 e.bytes = sent;
                 e.duration = took;
@@ -305,26 +320,22 @@ impl Proxy {
         }
     }
 
-    /// Take the request's head off the front of `input`: into its access log entry when there
-    /// is a log (the connection's own bytes, not a copy), else dropped.
-    fn take_head(
+    /// Begin the request's access log entry (when there is a log) from its `head`, just
+    /// parsed.
+    fn begin_entry(
         &self,
-        input: &mut BytesMut,
+        head: &[u8],
         req: &h1::Simple,
         peer: &Peer,
         request_id: Option<&[u8]>,
-    ) -> Option<crate::access::Entry> {
-        if self.access_log().is_none() {
-            input.advance(req.len);
-            return None;
+        entry: &mut crate::access::Entry,
+    ) {
+        if let Some(log) = self.access_log() {
+            let client = peer.ip.as_ref().map(HeaderValue::as_bytes);
+            let r =
+                crate::access::Request::from_head(head, &req.spans, client, peer.https, request_id);
+            log.begin(entry, &r);
         }
-        Some(crate::access::Entry::from_head(
-            input.split_to(req.len).freeze(),
-            req.spans.clone(),
-            peer.ip.as_ref(),
-            peer.https,
-            request_id,
-        ))
     }
 
     /// Read the rest of the request's body (`need` bytes at the start of `input`) into
