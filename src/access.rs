@@ -23,7 +23,7 @@ use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
@@ -140,9 +140,7 @@ const KEEP: usize = 4096;
 impl Entry {
     /// Write what `r` says, at `time`, in `format`; the answer's fields are reset.
     fn begin(&mut self, format: AccessFormat, time: SystemTime, r: &Request<'_>) {
-        if self.written.capacity() > KEEP {
-            self.written = Vec::new();
-        }
+        self.trim();
         self.written.clear();
         self.status = 0;
         self.bytes = 0;
@@ -252,6 +250,14 @@ impl Entry {
         out.extend_from_slice(&w[b..]);
     }
 
+    /// Between two requests: give back the room a huge head's line took (escaped, a line
+    /// can be four times its head), so that an idle connection keeps what a common line needs.
+    pub fn trim(&mut self) {
+        if self.written.capacity() > KEEP {
+            self.written = Vec::new();
+        }
+    }
+
     /// The request id, when it had one.
     fn request_id(&self) -> Option<&[u8]> {
         self.request_id.clone().and_then(|r| self.written.get(r))
@@ -273,11 +279,34 @@ struct JournalLine {
     request_id: Option<String>,
 }
 
+impl JournalLine {
+    fn of(entry: &Entry) -> JournalLine {
+        let mut line = Vec::with_capacity(entry.written.len() + 64);
+        entry.finish(&mut line);
+        JournalLine {
+            line,
+            status: entry.status,
+            upstream: entry.upstream,
+            request_id: entry
+                .request_id()
+                .map(|id| String::from_utf8_lossy(id).into_owned()),
+        }
+    }
+}
+
+/// Bytes the lines waiting for the writer may take, per line of `queue`. A line is a few
+/// hundred bytes, but one of a huge head, escaped, up to four times that head: a flood of them
+/// while the disk or the journal stalls costs at most `queue` KiB, not `queue` huge lines.
+const BYTES_PER_LINE: usize = 1024;
+
 /// The queue to the writer thread.
 pub struct AccessLog {
     tx: mpsc::SyncSender<Message>,
     /// The lines of a file log, formatted by the proxy's threads (`None`: the journal).
     lines: Option<Arc<Lines>>,
+    /// Bytes of the journal's lines in the queue, and how many it may hold.
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
     format: AccessFormat,
     dropped: Arc<AtomicU64>,
     /// Set by `reopen`; the writer looks at it after each batch (a full queue cannot lose it).
@@ -313,8 +342,10 @@ impl AccessLog {
         // A file log's channel carries only reopen and close.
         let (tx, rx) = mpsc::sync_channel(if lines.is_some() { 16 } else { config.queue });
         let reopen = Arc::new(AtomicBool::new(false));
+        let queued = Arc::new(AtomicUsize::new(0));
         let writer = Writer {
             lines: lines.clone(),
+            queued: queued.clone(),
             reopen: reopen.clone(),
             sink,
             app: app.to_owned(),
@@ -329,6 +360,8 @@ impl AccessLog {
         Ok(Some(AccessLog {
             tx,
             lines,
+            queued,
+            max_bytes: config.queue.saturating_mul(BYTES_PER_LINE),
             format: config.format,
             dropped,
             reopen,
@@ -352,20 +385,21 @@ impl AccessLog {
     /// Log an entry begun by this log, its answer's fields set; when `queue` entries wait
     /// already it is dropped (and counted), never waited for.
     pub fn log(&self, entry: &Entry) {
+        if entry.written.is_empty() {
+            // Never begun: no request to tell of (and no line end to keep lines apart).
+            return;
+        }
         let kept = match &self.lines {
             Some(lines) => lines.push(entry),
             None => {
-                let mut line = Vec::with_capacity(entry.written.len() + 64);
-                entry.finish(&mut line);
-                let line = JournalLine {
-                    line,
-                    status: entry.status,
-                    upstream: entry.upstream,
-                    request_id: entry
-                        .request_id()
-                        .map(|id| String::from_utf8_lossy(id).into_owned()),
-                };
-                self.tx.try_send(Message::Journal(Box::new(line))).is_ok()
+                let line = JournalLine::of(entry);
+                let n = line.line.len();
+                let kept = self.queued.fetch_add(n, Ordering::Relaxed) < self.max_bytes
+                    && self.tx.try_send(Message::Journal(Box::new(line))).is_ok();
+                if !kept {
+                    self.queued.fetch_sub(n, Ordering::Relaxed);
+                }
+                kept
             }
         };
         if !kept {
@@ -410,6 +444,8 @@ struct Lines {
     waiting: std::sync::Mutex<Waiting>,
     /// Lines held at most (`queue`).
     limit: usize,
+    /// Bytes held at most (beyond, no line is added).
+    max_bytes: usize,
 }
 
 #[derive(Default)]
@@ -423,15 +459,17 @@ impl Lines {
         Lines {
             waiting: Default::default(),
             limit: queue,
+            max_bytes: queue.saturating_mul(BYTES_PER_LINE),
         }
     }
 
-    /// Finish the entry's line into the buffer; false when `queue` lines wait already.
+    /// Finish the entry's line into the buffer; false when `queue` lines (or `queue` KiB)
+    /// wait already.
     fn push(&self, e: &Entry) -> bool {
         // Straight into the buffer, under the lock: the request's part is written already, so
         // the lock is held for three copies and a few numbers (no copy of the line made first).
         let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        if w.lines >= self.limit {
+        if w.lines >= self.limit || w.buf.len() >= self.max_bytes {
             return false;
         }
         w.lines += 1;
@@ -464,6 +502,8 @@ enum Sink {
 
 struct Writer {
     lines: Option<Arc<Lines>>,
+    /// The journal's bytes in the queue (see [`AccessLog`]).
+    queued: Arc<AtomicUsize>,
     reopen: Arc<AtomicBool>,
     sink: Sink,
     app: String,
@@ -487,7 +527,10 @@ impl Writer {
             // within PERIOD of its answer.
             loop {
                 match rx.try_recv() {
-                    Ok(Message::Journal(line)) => self.journal(&line),
+                    Ok(Message::Journal(line)) => {
+                        self.journal(&line);
+                        self.queued.fetch_sub(line.line.len(), Ordering::Relaxed);
+                    }
                     Ok(Message::Reopen) => {}
                     Ok(Message::Close(done)) => {
                         self.last(&mut pending);
@@ -816,6 +859,29 @@ mod tests {
             line(AccessFormat::Combined, &r),
             line(AccessFormat::Combined, &want)
         );
+        // HTTP/2: no Host, the authority instead; a user agent that is not UTF-8 written as
+        // its bytes, escaped, as the narrow path writes it.
+        let (mut parts, ()) = http::Request::get("https://shop.example/cart?id=1")
+            .version(http::Version::HTTP_2)
+            .header("user-agent", &b"curl/8 \xe9"[..])
+            .body(())
+            .unwrap()
+            .into_parts();
+        parts.headers.remove(http::header::HOST);
+        let r = Request::from_parts(&parts, Some(b"192.0.2.7"), true, None);
+        assert_eq!(
+            line(AccessFormat::Combined, &r),
+            "192.0.2.7 - - [03/Dec/2026:07:01:02 +0000] \"GET /cart?id=1 HTTP/2.0\" 200 1234 \"-\" \"curl/8 \\xE9\" 0.012 0.011 3 2 -\n"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line(AccessFormat::Json, &r)).unwrap();
+        assert_eq!(
+            (&v["protocol"], &v["host"], &v["user_agent"]),
+            (
+                &serde_json::json!("HTTP/2.0"),
+                &serde_json::json!("shop.example"),
+                &serde_json::json!("curl/8 \u{fffd}")
+            )
+        );
         // CONNECT's target is its authority, which is its host too.
         let (parts, ()) = http::Request::connect("shop.example:443")
             .body(())
@@ -831,7 +897,32 @@ mod tests {
     #[test]
     fn json_is_one_object_per_line() {
         let text = line(AccessFormat::Json, &request());
-        assert_eq!(text.matches('\n').count(), 1);
+        // The keys in the order docs/config.md gives.
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"time":"2026-12-03T07:01:02.000Z","client":"192.0.2.7","method":"GET","#,
+                r#""target":"/cart?id=1","protocol":"HTTP/1.1","scheme":"https","host":"shop.example","#,
+                r#""request_id":"4f2a","referer":"https://shop.example/","user_agent":"curl/8 \"quoted\"\n","#,
+                r#""status":200,"bytes":1234,"duration_s":0.012,"upstream_s":0.011,"worker":3,"generation":2}"#,
+                "\n"
+            )
+        );
+        // A client's quote, backslash or tab in any field stays inside its string.
+        let r = Request {
+            target: b"/a\"b\\c\td",
+            host: Some(b"h\"},\"x\":\""),
+            ..request()
+        };
+        let v: serde_json::Value = serde_json::from_str(&line(AccessFormat::Json, &r)).unwrap();
+        assert_eq!(
+            (&v["target"], &v["host"], &v["x"]),
+            (
+                &serde_json::json!("/a\"b\\c\td"),
+                &serde_json::json!("h\"},\"x\":\""),
+                &serde_json::Value::Null
+            )
+        );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             v,
@@ -897,6 +988,47 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_begun_again_forgets_the_last_request_and_answer() {
+        // A request with an id that a worker answered, then one without either, in JSON.
+        let mut e = Entry::default();
+        e.begin(AccessFormat::Combined, SystemTime::UNIX_EPOCH, &request());
+        answered(&mut e);
+        let r = Request {
+            request_id: None,
+            ..request()
+        };
+        e.begin(
+            AccessFormat::Json,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(AT),
+            &r,
+        );
+        e.status = 404;
+        assert_eq!(e.request_id(), None);
+        let mut out = Vec::new();
+        e.finish(&mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            (&v["request_id"], &v["worker"], &v["bytes"], &v["status"]),
+            (
+                &serde_json::Value::Null,
+                &serde_json::Value::Null,
+                &serde_json::json!(0),
+                &serde_json::json!(404)
+            )
+        );
+        // The journal's entry has the line and the fields beside it.
+        answered(&mut e);
+        let j = JournalLine::of(&e);
+        assert_eq!(
+            (j.status, j.upstream.map(|u| u.worker), j.request_id),
+            (200, Some(3), None)
+        );
+        assert_eq!(j.line, line(AccessFormat::Json, &r).into_bytes());
+        e.begin(AccessFormat::Json, SystemTime::UNIX_EPOCH, &request());
+        assert_eq!(JournalLine::of(&e).request_id.as_deref(), Some("4f2a"));
+    }
+
+    #[test]
     fn an_entry_begun_again_is_a_new_line() {
         let mut e = Entry::default();
         let huge = vec![b'a'; 64 * 1024];
@@ -914,6 +1046,16 @@ mod tests {
         // The answer's fields are reset, and a huge head's room is not kept.
         assert_eq!((e.status, e.bytes, e.upstream), (0, 0, None));
         assert!(e.written.capacity() <= KEEP);
+        // Nor between two requests, once trimmed (an idle connection's).
+        e.begin(AccessFormat::Combined, SystemTime::UNIX_EPOCH, &r);
+        assert!(e.written.capacity() > KEEP);
+        e.trim();
+        assert!(e.written.capacity() <= KEEP);
+        e.begin(
+            AccessFormat::Combined,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(AT),
+            &request(),
+        );
         answered(&mut e);
         let mut out = Vec::new();
         e.finish(&mut out);
@@ -1021,6 +1163,68 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), 40_000);
         assert_eq!(dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_writer_takes_the_lines_whole_and_an_entry_never_begun_is_no_line() {
+        let lines = Lines::new(10);
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            access: AccessTarget::File(dir.path().join("access.log")),
+            format: AccessFormat::Combined,
+            queue: 10,
+            request_id: None,
+        };
+        let log = AccessLog::start(&config, "t", Arc::new(AtomicU64::new(0)))
+            .unwrap()
+            .unwrap();
+        let mut e = log.entry(&request());
+        answered(&mut e);
+        assert!(lines.push(&e));
+        // Into a buffer that holds lines already: appended, not swapped.
+        let mut out = b"before\n".to_vec();
+        lines.take(&mut out);
+        assert!(lines.push(&e));
+        lines.take(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        assert!(text.starts_with("before\n192.0.2.7 - - ["));
+        // A default entry (no request begun) writes nothing.
+        log.log(&Entry::default());
+        log.log(&e);
+        log.close(Duration::from_secs(10));
+        let written = std::fs::read_to_string(dir.path().join("access.log")).unwrap();
+        assert_eq!(written.lines().count(), 1, "{written:?}");
+        assert!(written.ends_with("4f2a\n"));
+    }
+
+    #[test]
+    fn huge_lines_are_bounded_in_bytes_too() {
+        // `queue` = 16: 16 KiB. A line of a 64 KiB target is kept when nothing waits; the next
+        // finds 16 KiB or more waiting and is dropped.
+        let lines = Lines::new(16);
+        let huge = vec![b'a'; 64 * 1024];
+        let mut e = Entry::default();
+        e.begin(
+            AccessFormat::Combined,
+            SystemTime::UNIX_EPOCH,
+            &Request {
+                target: &huge,
+                ..request()
+            },
+        );
+        assert!(lines.push(&e));
+        assert!(!lines.push(&e));
+        let mut out = Vec::new();
+        lines.take(&mut out);
+        assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1);
+        // Small lines: `queue` of them.
+        let e = {
+            let mut e = Entry::default();
+            e.begin(AccessFormat::Combined, SystemTime::UNIX_EPOCH, &request());
+            e
+        };
+        assert_eq!((0..20).filter(|_| lines.push(&e)).count(), 16);
     }
 
     #[test]

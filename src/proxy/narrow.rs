@@ -67,6 +67,7 @@ impl Scratch {
     /// Between two requests: give back what a large request or answer made the buffers grow
     /// to (the bytes of a next request already read are kept).
     fn shrink(&mut self) {
+        self.entry.trim();
         // Capacities say little here: a `BytesMut` that was advanced past a large head or
         // body reports only what is left after it, while holding the whole allocation.
         if !std::mem::take(&mut self.grown) {
@@ -76,7 +77,6 @@ impl Scratch {
         self.up = Vec::new();
         self.out = Vec::new();
         self.answer = BytesMut::new();
-        self.entry = crate::access::Entry::default();
     }
 }
 
