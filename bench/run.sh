@@ -25,7 +25,8 @@
 #    a-1m.bin (1 MiB), served by nginx (`location /assets/ { root ...; }`, sendfile, tcp_nopush,
 #    open_file_cache) and by baton ([app] directory = the release, [static] directory =
 #    "public", prefixes = ["/assets"]): wrk keep-alive req/s at concurrency 1, 16, 64 for each
-#    file, CPU per request of the proxy process(es) alone, baton/nginx ratios; and the requests
+#    file, CPU per request of the proxy process(es) alone, baton/nginx ratios (the median of the
+#    rounds' ratios, the two measured back to back); and the requests
 #    baton's workers served meanwhile (must be 0: no worker is involved). --only static.
 # 8. The access log (issue 26): three baton instances with N demo workers each, up at once and
 #    measured in turn, one with [log] access = a file (format combined, request ids on: the
@@ -86,7 +87,7 @@ else
     DUR=5; ROUNDS=3; CONCS=(1 16 64); BOOT=1s; BOOT_MS=1000; SETTLE_MS=200; BOOT_CPU=1s
     IDLE_CONNS=10000
     TLS_DUR=5; TLS_ROUNDS=3; TLS_CONCS=(1 16 64); TLS_IDLE=2000
-    STATIC_DUR=5; STATIC_ROUNDS=3; STATIC_CONCS=(1 16 64)
+    STATIC_DUR=5; STATIC_ROUNDS=${BATON_BENCH_STATIC_ROUNDS:-5}; STATIC_CONCS=(1 16 64)
     LOG_DUR=4; LOG_ROUNDS=${BATON_BENCH_LOG_ROUNDS:-9}
 fi
 # The access log's figure: plain proxying at this many connections, as issue 26 asks.
@@ -743,8 +744,11 @@ if runs static; then
     #          no access log; no gzip (the files are random bytes, .bin).
     #   baton  [app] directory = RELEASE, [static] directory = "public", prefixes = ["/assets"],
     #          N demo workers behind it (which must serve none of these requests).
-    # wrk keep-alive at each of STATIC_CONCS connections, for each file, the two measured in turn,
-    # STATIC_ROUNDS rounds, the round with the median requests/s standing. CPU per request: the
+    # wrk keep-alive at each of STATIC_CONCS connections, for each file, the two measured back to
+    # back, each first in every other round, STATIC_ROUNDS rounds (BATON_BENCH_STATIC_ROUNDS,
+    # default 5); the figures are the medians of the rounds' baton/nginx ratios (this VM's pace
+    # moves by 30 % within a minute: a ratio of two runs seconds apart is what holds), each
+    # one's median round shown beside them. CPU per request: the
     # proxy's processes alone (nginx's master and workers; baton's process): no worker is
     # involved. The requests baton's workers finished during the section (`processed` in its
     # status) are recorded: any would mean a static request reached a worker.
@@ -834,7 +838,10 @@ prefixes = [\"/assets\"]" "directory = \"$RELEASE\""
         bytes=$(stat -c %s "$RELEASE/public/assets/$f")
         for c in "${STATIC_CONCS[@]}"; do
             for round in $(seq 1 "$STATIC_ROUNDS"); do
-                for t in nginx baton; do
+                # Back to back, each first in every other round: the machine's pace drifts,
+                # and a round's ratio compares two runs a few seconds apart.
+                if ((round % 2)); then order="nginx baton"; else order="baton nginx"; fi
+                for t in $order; do
                     # shellcheck disable=SC2046 # word splitting of the pid lists is intended
                     p0=$(cpu_ticks $(static_proxy_pids "$t"))
                     fig=$(run_wrk "$c" "$STATIC_DUR" "$(static_url "$t" "$f")")
@@ -860,6 +867,10 @@ prefixes = [\"/assets\"]" "directory = \"$RELEASE\""
         --argjson dur "$STATIC_DUR" --argjson rounds "$STATIC_ROUNDS" '
     def median_run($f; $t; $c): [$runs[] | select(.file == $f and .target == $t and .concurrency == $c)]
       | sort_by(.rps) | .[(length - 1) / 2 | floor];
+    def run($f; $t; $c; $r): [$runs[] | select(.file == $f and .target == $t and .concurrency == $c and .round == $r)][0];
+    def median: sort | .[(length - 1) / 2 | floor];
+    # baton / nginx of each round (the two measured a few seconds apart) of this figure.
+    def round_ratios($f; $c; k): [range(1; $rounds + 1) as $r | (run($f; "baton"; $c; $r) | k) / (run($f; "nginx"; $c; $r) | k)];
     def r2: . * 100 | round / 100;
     def t($name; $value; $op; $limit; $unit):
       {name: $name, value: $value, op: $op, limit: $limit, unit: $unit, nginx: null,
@@ -868,21 +879,22 @@ prefixes = [\"/assets\"]" "directory = \"$RELEASE\""
     ([$runs[] | [.file, .bytes, .concurrency]] | unique | sort_by(.[1], .[2])) as $keys
     | [ $keys[] | .[0] as $f | .[1] as $b | .[2] as $c
         | median_run($f; "nginx"; $c) as $n | median_run($f; "baton"; $c) as $x
+        | round_ratios($f; $c; .rps) as $rr
+        | round_ratios($f; $c; .proxy_cpu_us_per_request) as $cr
         | {file: $f, bytes: $b, concurrency: $c, nginx: $n, baton: $x,
-           rps_ratio: ($x.rps / $n.rps | r2),
-           cpu_ratio: ($x.proxy_cpu_us_per_request / $n.proxy_cpu_us_per_request | r2)} ] as $figs
+           rps_ratio: ($rr | median | r2), cpu_ratio: ($cr | median | r2),
+           round_rps_ratios: [$rr[] | r2], round_cpu_ratios: [$cr[] | r2]} ] as $figs
     | {
       static: {nginx: "location /assets/ { root ...; }, sendfile on, tcp_nopush on, open_file_cache max=1000 inactive=20s (valid 30s, min_uses 2, errors on), keepalive_requests 1000000, access_log off",
                baton: "[app] directory = the release, [static] directory = \"public\", prefixes = [\"/assets\"]",
                duration_s: $dur, rounds: $rounds, worker_requests: $worker_requests,
                figures: $figs, runs: $runs},
       targets: (
-        [ $figs[] as $f | t("static \($f.bytes | size) (c=\($f.concurrency)): baton req/s >= nginx req/s";
-            $f.baton.rps; ">="; $f.nginx.rps; "req/s") + {ratio: $f.rps_ratio} ]
+        [ $figs[] as $f | t("static \($f.bytes | size) (c=\($f.concurrency)): baton req/s >= nginx'"'"'s";
+            $f.rps_ratio * 100; ">="; 100; "% (baton/nginx)") ]
         + [ $figs[] | select(.concurrency > 1) as $f
             | t("static \($f.bytes | size) (c=\($f.concurrency)): baton CPU/req <= nginx'"'"'s";
-                $f.baton.proxy_cpu_us_per_request; "<="; $f.nginx.proxy_cpu_us_per_request; "us")
-              + {ratio: $f.cpu_ratio} ]
+                $f.cpu_ratio * 100; "<="; 100; "% (baton/nginx)") ]
         + [ t("static: requests that reached baton'"'"'s workers = 0"; $worker_requests; "=="; 0; "") ]
       )
     }' >"$WORK/static.json"
@@ -1143,11 +1155,12 @@ def failed: .errors_connect + .errors_read + .errors_write + .errors_status + .e
 "  ratio: baton / nginx, from the same run. failed: nginx/baton",
 ""),
 (.static | select(.) |
-"Static files: nginx (root, sendfile, tcp_nopush, open_file_cache) and baton ([static]); wrk keep-alive; median of \(.rounds) round(s) of \(.duration_s)s",
+"Static files: nginx (root, sendfile, tcp_nopush, open_file_cache) and baton ([static]); wrk keep-alive; \(.rounds) round(s) of \(.duration_s)s, the two back to back, each first in every other round",
 "  \("figure" | pad(26)) \("nginx" | lpad(8)) \("baton" | lpad(8)) \("ratio" | lpad(6)) \("MiB/s nginx" | lpad(11)) \("baton" | lpad(7)) \("failed" | lpad(7)) \("proxy CPU/req nginx" | lpad(19)) \("baton" | lpad(8)) \("ratio" | lpad(6))",
 (.figures[] |
   "  \("\(if .bytes >= 1048576 then "1 MiB" else "1 KiB" end) req/s, c=\(.concurrency)" | pad(26)) \(.nginx.rps | floor | lpad(8)) \(.baton.rps | floor | lpad(8)) \(.rps_ratio | lpad(6)) \(.nginx.mib_per_s | floor | lpad(11)) \(.baton.mib_per_s | floor | lpad(7)) \("\(.nginx.failed)/\(.baton.failed)" | lpad(7)) \("\(.nginx.proxy_cpu_us_per_request | num)us" | lpad(19)) \("\(.baton.proxy_cpu_us_per_request | num)us" | lpad(8)) \(.cpu_ratio | lpad(6))"),
-"  ratio: baton / nginx, from the same run. failed: nginx/baton. Requests that reached the workers meanwhile: \(.worker_requests)",
+(.figures[] | "  \("\(if .bytes >= 1048576 then "1 MiB" else "1 KiB" end), c=\(.concurrency)" | pad(12)) baton/nginx of each round: req/s \(.round_rps_ratios | map(tostring) | join(" ")); CPU/req \(.round_cpu_ratios | map(tostring) | join(" "))"),
+"  req/s, MiB/s, CPU/req: the median round of each. ratio: the median of the baton/nginx ratios of the rounds. failed: nginx/baton. Requests that reached the workers meanwhile: \(.worker_requests)",
 ""),
 (.access_log | select(.) |
 "Access log: baton proxying to its workers at c=\(.concurrency), [log] access = a file (\(.format), request ids) vs off; \(.rounds) round(s) of \(.duration_s)s each, back to back",

@@ -216,6 +216,9 @@ fn short_benchmark_measures_every_figure_and_fails_no_request_in_a_roll() {
         }
         number(&r, &format!("static.figures.{i}.rps_ratio"));
         number(&r, &format!("static.figures.{i}.cpu_ratio"));
+        // The figures are medians of the rounds' ratios, which are there beside them.
+        number(&r, &format!("static.figures.{i}.round_rps_ratios.0"));
+        number(&r, &format!("static.figures.{i}.round_cpu_ratios.0"));
     }
     assert_eq!(
         number(&r, "static.worker_requests"),
