@@ -1105,22 +1105,27 @@ mod tests {
         assert_eq!(at(4_133_980_799), "31/Dec/2100:23:59:59 +0000");
     }
 
-    #[test]
-    fn lines_from_many_threads_are_written_whole_and_none_is_lost() {
+    /// A combined log to `access.log` in a new directory, `queue` lines, and its drop count.
+    fn file_log(queue: usize) -> (tempfile::TempDir, AccessLog, Arc<AtomicU64>) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("access.log");
         let config = LogConfig {
-            access: AccessTarget::File(path.clone()),
+            access: AccessTarget::File(dir.path().join("access.log")),
             format: AccessFormat::Combined,
-            queue: 1 << 20,
+            queue,
             request_id: None,
         };
         let dropped = Arc::new(AtomicU64::new(0));
-        let log = Arc::new(
-            AccessLog::start(&config, "t", dropped.clone())
-                .unwrap()
-                .unwrap(),
-        );
+        let log = AccessLog::start(&config, "t", dropped.clone())
+            .unwrap()
+            .unwrap();
+        (dir, log, dropped)
+    }
+
+    #[test]
+    fn lines_from_many_threads_are_written_whole_and_none_is_lost() {
+        let (dir, log, dropped) = file_log(1 << 20);
+        let path = dir.path().join("access.log");
+        let log = Arc::new(log);
         let threads: Vec<_> = (0..8)
             .map(|t| {
                 let log = log.clone();
@@ -1168,16 +1173,7 @@ mod tests {
     #[test]
     fn the_writer_takes_the_lines_whole_and_an_entry_never_begun_is_no_line() {
         let lines = Lines::new(10);
-        let dir = tempfile::tempdir().unwrap();
-        let config = LogConfig {
-            access: AccessTarget::File(dir.path().join("access.log")),
-            format: AccessFormat::Combined,
-            queue: 10,
-            request_id: None,
-        };
-        let log = AccessLog::start(&config, "t", Arc::new(AtomicU64::new(0)))
-            .unwrap()
-            .unwrap();
+        let (dir, log, _) = file_log(10);
         let mut e = log.entry(&request());
         answered(&mut e);
         assert!(lines.push(&e));
@@ -1229,17 +1225,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts_never_waits() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = LogConfig {
-            access: AccessTarget::File(dir.path().join("access.log")),
-            format: AccessFormat::Combined,
-            queue: 1,
-            request_id: None,
-        };
-        let dropped = Arc::new(AtomicU64::new(0));
-        let log = AccessLog::start(&config, "t", dropped.clone())
-            .unwrap()
-            .unwrap();
+        let (dir, log, dropped) = file_log(1);
         let mut e = log.entry(&request());
         answered(&mut e);
         let started = std::time::Instant::now();

@@ -193,14 +193,7 @@ impl Proxy {
                     }
                 };
                 let took = started.elapsed();
-                self.metrics.request(status, took);
-                if let Some(log) = self.access_log() {
-                    let e = &mut s.entry;
-                    e.status = status;
-                    e.bytes = sent;
-                    e.duration = took;
-                    log.log(e);
-                }
+                self.answered(&mut s.entry, status, sent, took, None);
                 if !ok || close {
                     let _ = io.shutdown().await;
                     return Ended::Closed;
@@ -303,15 +296,7 @@ impl Proxy {
                 }
             };
             let took = started.elapsed();
-            self.metrics.request(status, took);
-            if let Some(log) = self.access_log() {
-                let e = &mut s.entry;
-                e.status = status;
-                e.bytes = sent;
-                e.duration = took;
-                e.upstream = upstream;
-                log.log(e);
-            }
+            self.answered(&mut s.entry, status, sent, took, upstream);
             if !keep {
                 let _ = io.shutdown().await;
                 return Ended::Closed;
@@ -335,6 +320,26 @@ impl Proxy {
             let r =
                 crate::access::Request::from_head(head, &req.spans, client, peer.https, request_id);
             log.begin(entry, &r);
+        }
+    }
+
+    /// A request answered (by a worker, a static file or baton itself): counted in the
+    /// metrics, and its begun entry finished and logged when there is a log.
+    fn answered(
+        &self,
+        entry: &mut crate::access::Entry,
+        status: u16,
+        sent: u64,
+        took: std::time::Duration,
+        upstream: Option<crate::access::Upstream>,
+    ) {
+        self.metrics.request(status, took);
+        if let Some(log) = self.access_log() {
+            entry.status = status;
+            entry.bytes = sent;
+            entry.duration = took;
+            entry.upstream = upstream;
+            log.log(entry);
         }
     }
 
