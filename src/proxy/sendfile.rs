@@ -10,13 +10,16 @@ use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::{TcpStream, UnixStream};
 
-/// The most one `sendfile` call sends before the task yields (nginx's `sendfile_max_chunk`).
-/// One call for a whole large file kept the runtime thread in the kernel for hundreds of
-/// microseconds a poll (on loopback its softirq delivers the bytes too), and the runtime looks
-/// for new I/O events only every so many polls: at 1 MiB and 16 connections both cores sat
-/// idle 3 % of the time while requests waited. A chunk of 128 KiB, then a yield, measured
-/// 2-9 % more 1 MiB answers a second at the same CPU per answer (bench/README.md).
-const CHUNK: u64 = 128 * 1024;
+/// The most one `sendfile` call sends before the task yields (what nginx's
+/// `sendfile_max_chunk` bounds, at 2 MiB). One call for a whole large file kept a runtime
+/// thread in the kernel for hundreds of microseconds a poll (on loopback its softirq delivers
+/// the bytes to the reader too), and tokio looks for new I/O events only every so many polls:
+/// at 1 MiB and 16 connections both cores sat idle 3 % of the time while requests waited.
+/// Measured on loopback (bench/README.md, "sendfile a chunk at a time"), 1 MiB answers a
+/// second by chunk: whole file 3,850, 128 KiB 4,000, 64 KiB 5,600, 32 KiB 8,600, 16 KiB
+/// 5,000 (nginx 3,700); the CPU per answer fell with them. A slow client's socket fills long
+/// before a chunk ends, so there it changes nothing.
+const CHUNK: u64 = 32 * 1024;
 
 /// A client stream that may say which socket its bytes go to as they are.
 pub(crate) trait RawSocket {
