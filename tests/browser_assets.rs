@@ -254,7 +254,7 @@ fn wait_loads(loads: &Mutex<Vec<Load>>, since: Instant, n: usize, context: impl 
 /// the script first), which says nothing about whether baton served them.
 fn sorted_resources(report: &Value) -> Value {
     let mut resources = report["resources"].as_array().cloned().unwrap_or_default();
-    resources.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+    resources.sort_by_key(|a| a.to_string());
     Value::Array(resources)
 }
 
