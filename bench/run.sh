@@ -30,9 +30,11 @@
 #    baton's workers served meanwhile (must be 0: no worker is involved). --only static.
 # 8. The access log (issue 26): three baton instances with N demo workers each, up at once and
 #    measured in turn, one with [log] access = a file (format combined, request ids on: the
-#    defaults) and two without (the second a control: two equal instances' ratio is the noise);
-#    wrk at concurrency 16, plain proxying; proxy CPU per request on / off as the median of the
-#    rounds' ratios, and the lines written against the requests the workers answered, and
+#    defaults) and two without (the second a control: two equal instances' ratio is the noise),
+#    started afresh for each of LOG_BLOCKS blocks of rounds; 16 connections, plain proxying, at
+#    a fixed rate (h2load --rps, 3/4 of the full speed of off: the figure judged) and at full
+#    speed (wrk); proxy CPU per request of on / the mean of the two off, the median of the
+#    rounds' ratios; the lines written against the requests the workers answered, and
 #    baton_access_log_dropped_total from /metrics. --only log.
 # Prints a table (figures with their targets, PASS/MISS) and writes JSON (bench/results.json or
 # --out). Targets are reported, never enforced: the exit status is 0 whenever every figure was
@@ -82,16 +84,19 @@ if [ "$SHORT" = 1 ]; then
     IDLE_CONNS=2000
     TLS_DUR=1; TLS_ROUNDS=1; TLS_CONCS=(1 16); TLS_IDLE=200
     STATIC_DUR=1; STATIC_ROUNDS=1; STATIC_CONCS=(16)
-    LOG_DUR=1; LOG_ROUNDS=1
+    LOG_DUR=1; LOG_ROUNDS=1; LOG_BLOCKS=1
 else
     DUR=5; ROUNDS=3; CONCS=(1 16 64); BOOT=1s; BOOT_MS=1000; SETTLE_MS=200; BOOT_CPU=1s
     IDLE_CONNS=10000
     TLS_DUR=5; TLS_ROUNDS=3; TLS_CONCS=(1 16 64); TLS_IDLE=2000
     STATIC_DUR=5; STATIC_ROUNDS=${BATON_BENCH_STATIC_ROUNDS:-5}; STATIC_CONCS=(1 16 64)
-    LOG_DUR=4; LOG_ROUNDS=${BATON_BENCH_LOG_ROUNDS:-9}
+    LOG_DUR=4; LOG_ROUNDS=${BATON_BENCH_LOG_ROUNDS:-9}; LOG_BLOCKS=${BATON_BENCH_LOG_BLOCKS:-3}
+    [ "$LOG_BLOCKS" -le "$LOG_ROUNDS" ] || LOG_BLOCKS=$LOG_ROUNDS
 fi
 # The access log's figure: plain proxying at this many connections, as issue 26 asks.
 LOG_CONC=16
+# ...and the rate of its fixed-rate rounds: this share of the rate "off" reaches at full speed.
+LOG_RATE_SHARE=0.75
 # HTTPS: full handshakes at this many connections at once; HTTP/2 as issue 24 asks for it.
 HANDSHAKE_CONC=16
 H2_CONC=16
@@ -906,69 +911,118 @@ if runs log; then
     # Three baton instances with N demo workers each, up at once: "on" with [log] access = a
     # file (format "combined" and request_id, whose default is on with a log: each request gets
     # an X-Request-Id, passed to the worker: what an operator gets by turning the log on), "off"
-    # and "off2" without [log]. wrk at LOG_CONC connections to `/` (plain proxying), the three
-    # measured in turn, LOG_ROUNDS rounds; the figure is the median of the rounds' on/off ratios
-    # of proxy CPU per request (the target is about CPU); off2/off, taken the same way, shows
-    # what the machine's noise alone makes of two equal instances. The rounds with the median
-    # CPU of each are shown beside it. The log's writer thread is in baton's process, so its CPU
-    # counts. Honesty: the lines written (counted after baton stopped, which writes every queued
-    # line first) against the requests the workers finished (`processed` in the status, read just
-    # before), and baton_access_log_dropped_total from /metrics on the control socket.
+    # and "off2" without [log]. LOG_CONC connections to `/` (plain proxying), the three measured
+    # in turn, LOG_ROUNDS rounds in LOG_BLOCKS blocks, each block with fresh instances; each
+    # round at full speed (wrk), then at a fixed rate (h2load). The figure: the median of the
+    # rounds' ratios of on's proxy CPU per request to the mean of the two off's (the target is
+    # about CPU); off2/off, taken the same way, shows what the machine's noise alone makes of two
+    # equal instances. The log's writer thread is in baton's process, so its CPU counts.
+    # Honesty: the lines written (counted after the last block, each "on" having written every
+    # queued line as it stopped) against the requests its workers finished (`processed` in the
+    # status, read before each stop), and baton_access_log_dropped_total from /metrics.
     log "access log: baton with [log] access = a file, and without, $N workers each, c=$LOG_CONC"
     ACCESS_FILE="$WORK/access.log"
-    start_baton log-off 0s
-    LOG_OFF_PID=$BATON_PID LOG_OFF_PORT=$BATON_PORT
-    # A second instance without the log, measured like the others: its ratio to "off" is what
-    # this machine's noise alone makes of two equal instances, the figure's error bar.
-    start_baton log-off2 0s
-    LOG_OFF2_PID=$BATON_PID LOG_OFF2_PORT=$BATON_PORT
-    start_baton log-on 0s "" "" "
+    LOG_RUNS="$WORK/log-runs.jsonl"
+    LOG_RATE_RUNS="$WORK/log-rate-runs.jsonl"
+    : >"$LOG_RUNS"
+    : >"$LOG_RATE_RUNS"
+    log_port() { case $1 in on) echo "$LOG_ON_PORT" ;; off) echo "$LOG_OFF_PORT" ;; off2) echo "$LOG_OFF2_PORT" ;; esac; }
+    log_pid() { case $1 in on) echo "$LOG_ON_PID" ;; off) echo "$LOG_OFF_PID" ;; off2) echo "$LOG_OFF2_PID" ;; esac; }
+    # The order of a round: the machine's pace drifts over a minute (a VM's neighbours), and
+    # each round's ratio compares measurements made a few seconds apart, each instance first as
+    # often as the others.
+    log_order() { case $(($1 % 3)) in 1) echo "off on off2" ;; 2) echo "on off2 off" ;; 0) echo "off2 off on" ;; esac; }
+    # Fresh instances for every block of rounds, started in a turned order: two equal
+    # instances differ by a few per cent for their whole life (where their threads and
+    # workers landed), which no number of rounds of the same three averages out.
+    log_start() {
+        local v w
+        for v in $(log_order "$1"); do
+            case $v in
+                off) start_baton log-off 0s; LOG_OFF_PID=$BATON_PID LOG_OFF_PORT=$BATON_PORT ;;
+                off2) start_baton log-off2 0s; LOG_OFF2_PID=$BATON_PID LOG_OFF2_PORT=$BATON_PORT ;;
+                on)
+                    start_baton log-on 0s "" "" "
 [log]
 access = \"$ACCESS_FILE\"
 format = \"combined\""
-    LOG_ON_PID=$BATON_PID LOG_ON_PORT=$BATON_PORT LOG_ON_SOCK=$BATON_SOCK
-    log_port() { case $1 in on) echo "$LOG_ON_PORT" ;; off) echo "$LOG_OFF_PORT" ;; off2) echo "$LOG_OFF2_PORT" ;; esac; }
-    log_pid() { case $1 in on) echo "$LOG_ON_PID" ;; off) echo "$LOG_OFF_PID" ;; off2) echo "$LOG_OFF2_PID" ;; esac; }
-    LOG_RUNS="$WORK/log-runs.jsonl"
-    : >"$LOG_RUNS"
-    run_wrk "$LOG_CONC" 1 "http://127.0.0.1:$LOG_OFF_PORT/" >/dev/null # warm-up
-    run_wrk "$LOG_CONC" 1 "http://127.0.0.1:$LOG_OFF2_PORT/" >/dev/null
-    LOG_WARMUP=$(run_wrk "$LOG_CONC" 1 "http://127.0.0.1:$LOG_ON_PORT/" | jq .requests)
-    for round in $(seq 1 "$LOG_ROUNDS"); do
-        # Back to back, the order turned every round: the machine's pace drifts over a
-        # minute (a VM's neighbours), and each round's ratio compares measurements made a few
-        # seconds apart, each instance first as often as the others.
-        case $((round % 3)) in
-            1) order="off on off2" ;;
-            2) order="on off2 off" ;;
-            0) order="off2 off on" ;;
-        esac
-        for v in $order; do
-            p0=$(cpu_ticks "$(log_pid "$v")")
-            fig=$(run_wrk "$LOG_CONC" "$LOG_DUR" "http://127.0.0.1:$(log_port "$v")/")
-            p1=$(cpu_ticks "$(log_pid "$v")")
-            jq -c --arg v "$v" --argjson c "$LOG_CONC" --argjson r "$round" --argjson pus "$(((p1 - p0) * TICK_US))" '
-                {log: $v, concurrency: $c, round: $r} + .
-                + {failed: (.errors_connect + .errors_read + .errors_write + .errors_status + .errors_timeout),
-                   proxy_cpu_us_per_request: ($pus / .requests * 10 | round / 10)}' <<<"$fig" >>"$LOG_RUNS"
-            log "$(tail -n1 "$LOG_RUNS" | jq -r '"access log \(.log) c=\(.concurrency) round \(.round): \(.rps | floor) req/s, failed \(.failed), proxy CPU \(.proxy_cpu_us_per_request)us/req"')"
+                    LOG_ON_PID=$BATON_PID LOG_ON_PORT=$BATON_PORT LOG_ON_SOCK=$BATON_SOCK ;;
+            esac
+            w=$(run_wrk "$LOG_CONC" 1 "http://127.0.0.1:$(log_port "$v")/" | jq .requests) # warm-up
+            [ "$v" != on ] || LOG_WARMUP=$((LOG_WARMUP + w))
         done
+    }
+    # Stop a block's instances; what "on" answered and dropped is added up first, and its
+    # stop writes every line it queued (the next "on" appends to the same file).
+    LOG_ANSWERED=0 LOG_DROPPED=0
+    log_stop() {
+        local answered dropped
+        BATON_SOCK=$LOG_ON_SOCK
+        answered=$(status_json | jq '[.workers[].processed] | add // 0')
+        dropped=$(curl -fsS --max-time 2 --unix-socket "$LOG_ON_SOCK" http://baton/metrics |
+            awk '$1 ~ /^baton_access_log_dropped_total/ { print $2 }')
+        [ -n "$dropped" ] || die "no baton_access_log_dropped_total in /metrics"
+        LOG_ANSWERED=$((LOG_ANSWERED + answered)) LOG_DROPPED=$((LOG_DROPPED + dropped))
+        stop_pid "$LOG_ON_PID"
+        stop_pid "$LOG_OFF_PID"
+        stop_pid "$LOG_OFF2_PID"
+    }
+    # One round of INSTANCE at full speed (wrk), into LOG_RUNS.
+    log_full_speed() {
+        local v=$1 round=$2 p0 p1 fig
+        p0=$(cpu_ticks "$(log_pid "$v")")
+        fig=$(run_wrk "$LOG_CONC" "$LOG_DUR" "http://127.0.0.1:$(log_port "$v")/")
+        p1=$(cpu_ticks "$(log_pid "$v")")
+        jq -c --arg v "$v" --argjson c "$LOG_CONC" --argjson r "$round" --argjson pus "$(((p1 - p0) * TICK_US))" '
+            {log: $v, concurrency: $c, round: $r} + .
+            + {failed: (.errors_connect + .errors_read + .errors_write + .errors_status + .errors_timeout),
+               proxy_cpu_us_per_request: ($pus / .requests * 10 | round / 10)}' <<<"$fig" >>"$LOG_RUNS"
+        log "$(tail -n1 "$LOG_RUNS" | jq -r '"access log \(.log) c=\(.concurrency) round \(.round): \(.rps | floor) req/s, failed \(.failed), proxy CPU \(.proxy_cpu_us_per_request)us/req"')"
+    }
+    # One round of INSTANCE at the fixed rate LOG_RATE (h2load --h1 --rps, LOG_CONC
+    # connections, each at its share), into LOG_RATE_RUNS: all three do the same work, so CPU
+    # per request compares the log's cost alone. At full speed "on" answers a few per cent
+    # fewer requests a second than "off", and a proxy's CPU per request grows as its rate
+    # falls (fewer answers per wake-up), which the full-speed ratio counts as the log's too.
+    log_fixed_rate() {
+        local v=$1 round=$2 p0 p1 out
+        p0=$(cpu_ticks "$(log_pid "$v")")
+        out=$(h2load --h1 -t2 -c"$LOG_CONC" --rps="$(((LOG_RATE + LOG_CONC - 1) / LOG_CONC))" -D"$LOG_DUR" \
+            "http://127.0.0.1:$(log_port "$v")/" 2>&1) || die "h2load --rps failed: $out"
+        p1=$(cpu_ticks "$(log_pid "$v")")
+        printf '%s\n' "$out" >>"$WORK/h2load-log.out"
+        jq -nc --arg v "$v" --argjson r "$round" --argjson pus "$(((p1 - p0) * TICK_US))" \
+            --argjson dur "$LOG_DUR" --arg out "$out" '
+            ($out | capture("requests: (?<total>[0-9]+) total, [0-9]+ started, [0-9]+ done, (?<ok>[0-9]+) succeeded, (?<failed>[0-9]+) failed, (?<errored>[0-9]+) errored, (?<timeout>[0-9]+) timeout")
+             | map_values(tonumber)) as $n
+            | {log: $v, round: $r, requests: $n.ok, rps: ($n.ok / $dur | floor),
+               failed: ($n.failed + $n.errored + $n.timeout),
+               proxy_cpu_us_per_request: ($pus / $n.ok * 10 | round / 10)}' >>"$LOG_RATE_RUNS"
+        log "$(tail -n1 "$LOG_RATE_RUNS" | jq -r '"access log \(.log) at a fixed rate, round \(.round): \(.rps) req/s, failed \(.failed), proxy CPU \(.proxy_cpu_us_per_request)us/req"')"
+    }
+    LOG_RATE="" LOG_WARMUP=0
+    for block in $(seq 1 "$LOG_BLOCKS"); do
+        first=$(((block - 1) * LOG_ROUNDS / LOG_BLOCKS + 1)) last=$((block * LOG_ROUNDS / LOG_BLOCKS))
+        log_start "$block"
+        for round in $(seq "$first" "$last"); do
+            for v in $(log_order "$round"); do log_full_speed "$v" "$round"; done
+        done
+        # The fixed rate: LOG_RATE_SHARE of the median rate "off" reached in the first block.
+        [ -n "$LOG_RATE" ] || LOG_RATE=$(jq -s --argjson share "$LOG_RATE_SHARE" \
+            '[.[] | select(.log == "off") | .rps] | sort | .[(length - 1) / 2 | floor] * $share | floor' "$LOG_RUNS")
+        for round in $(seq "$first" "$last"); do
+            for v in $(log_order "$round"); do log_fixed_rate "$v" "$round"; done
+        done
+        log_stop
     done
-    BATON_SOCK=$LOG_ON_SOCK
-    LOG_ANSWERED=$(status_json | jq '[.workers[].processed] | add // 0')
-    LOG_DROPPED=$(curl -fsS --max-time 2 --unix-socket "$LOG_ON_SOCK" http://baton/metrics |
-        awk '$1 ~ /^baton_access_log_dropped_total/ { print $2 }')
-    [ -n "$LOG_DROPPED" ] || die "no baton_access_log_dropped_total in /metrics"
-    stop_pid "$LOG_ON_PID" # writes every queued line before it exits
-    stop_pid "$LOG_OFF_PID"
-    stop_pid "$LOG_OFF2_PID"
     LOG_LINES=$(wc -l <"$ACCESS_FILE")
     LOG_BYTES=$(stat -c %s "$ACCESS_FILE")
     log "access log: $LOG_LINES lines written, $LOG_ANSWERED requests answered by the workers, $LOG_DROPPED dropped"
 
-    jq -n --slurpfile runs "$LOG_RUNS" --argjson lines "$LOG_LINES" --argjson bytes "$LOG_BYTES" \
+    jq -n --slurpfile runs "$LOG_RUNS" --slurpfile rate_runs "$LOG_RATE_RUNS" --argjson rate "$LOG_RATE" \
+        --argjson share "$LOG_RATE_SHARE" --argjson lines "$LOG_LINES" --argjson bytes "$LOG_BYTES" \
         --argjson answered "$LOG_ANSWERED" --argjson dropped "$LOG_DROPPED" --argjson warmup "$LOG_WARMUP" \
-        --argjson c "$LOG_CONC" --argjson dur "$LOG_DUR" --argjson rounds "$LOG_ROUNDS" '
+        --argjson c "$LOG_CONC" --argjson dur "$LOG_DUR" --argjson rounds "$LOG_ROUNDS" --argjson blocks "$LOG_BLOCKS" '
     def median_cpu($v): [$runs[] | select(.log == $v)] | sort_by(.proxy_cpu_us_per_request)
       | .[(length - 1) / 2 | floor];
     def median_rps($v): [$runs[] | select(.log == $v) | .rps] | sort | .[(length - 1) / 2 | floor];
@@ -976,12 +1030,22 @@ format = \"combined\""
     def t($name; $value; $op; $limit; $unit):
       {name: $name, value: $value, op: $op, limit: $limit, unit: $unit, nginx: null,
        pass: (if $op == "<=" then $value <= $limit else $value == $limit end)};
-    def cpu($v; $r): [$runs[] | select(.log == $v and .round == $r)][0].proxy_cpu_us_per_request;
+    def cpu_of($set; $v; $r): [$set[] | select(.log == $v and .round == $r)][0].proxy_cpu_us_per_request;
+    def cpu($v; $r): cpu_of($runs; $v; $r);
+    def median: sort | .[(length - 1) / 2 | floor];
+    # "on" against the mean of the two instances without the log (the figure), and the
+    # second of those against the first (the control: what the noise alone makes).
+    def ratios($set): [range(1; $rounds + 1) as $r
+      | cpu_of($set; "on"; $r) / ((cpu_of($set; "off"; $r) + cpu_of($set; "off2"; $r)) / 2)];
+    def noise($set): [range(1; $rounds + 1) as $r | cpu_of($set; "off2"; $r) / cpu_of($set; "off"; $r)];
     median_cpu("off") as $off | median_cpu("on") as $on
-    | [range(1; $rounds + 1) as $r | cpu("on"; $r) / cpu("off"; $r)] as $ratios
-    | ($ratios | sort | .[(length - 1) / 2 | floor] | r3) as $ratio
-    | [range(1; $rounds + 1) as $r | cpu("off2"; $r) / cpu("off"; $r)] as $noise
-    | ($noise | sort | .[(length - 1) / 2 | floor] | r3) as $noise_ratio
+    | ratios($runs) as $ratios
+    | ($ratios | median | r3) as $ratio
+    | noise($runs) as $noise
+    | ($noise | median | r3) as $noise_ratio
+    | ratios($rate_runs) as $rate_ratios
+    | noise($rate_runs) as $rate_noise
+    | ($rate_ratios | median | r3) as $rate_ratio
     | {
       access_log: {format: "combined", request_id: true, concurrency: $c, duration_s: $dur,
                    rounds: $rounds, off: $off, on: $on, cpu_ratio: $ratio,
@@ -990,10 +1054,20 @@ format = \"combined\""
                    rps_off: median_rps("off"), rps_on: median_rps("on"),
                    rps_ratio: (median_rps("on") / median_rps("off") | r3),
                    wrk_requests: ([$runs[] | select(.log == "on") | .requests] | add + $warmup),
+                   h2load_requests: ([$rate_runs[] | select(.log == "on") | .requests] | add),
+                   blocks: $blocks,
                    requests_answered: $answered, lines_written: $lines, bytes_written: $bytes,
-                   dropped: $dropped, runs: $runs},
+                   dropped: $dropped, runs: $runs,
+                   fixed_rate: {share: $share, rps: $rate, cpu_ratio: $rate_ratio,
+                                round_ratios: [$rate_ratios[] | r3],
+                                control_ratio: ($rate_noise | median | r3),
+                                control_round_ratios: [$rate_noise[] | r3],
+                                off: ([$rate_runs[] | select(.log == "off") | .proxy_cpu_us_per_request] | median),
+                                on: ([$rate_runs[] | select(.log == "on") | .proxy_cpu_us_per_request] | median),
+                                failed: ([$rate_runs[] | .failed] | add),
+                                runs: $rate_runs}},
       targets: [
-        t("access log on: proxy CPU/req <= 105 % of off (c=\($c))"; $ratio * 100; "<="; 105; "%"),
+        t("access log on: proxy CPU/req <= 105 % of off (at \($rate) req/s, c=\($c))"; $rate_ratio * 100; "<="; 105; "%"),
         t("access log: lines written = requests answered"; $lines; "=="; $answered; ""),
         t("access log: entries dropped = 0"; $dropped; "=="; 0; "")
       ]
@@ -1163,12 +1237,16 @@ def failed: .errors_connect + .errors_read + .errors_write + .errors_status + .e
 "  req/s, MiB/s, CPU/req: the median round of each. ratio: the median of the baton/nginx ratios of the rounds. failed: nginx/baton. Requests that reached the workers meanwhile: \(.worker_requests)",
 ""),
 (.access_log | select(.) |
-"Access log: baton proxying to its workers at c=\(.concurrency), [log] access = a file (\(.format), request ids) vs off; \(.rounds) round(s) of \(.duration_s)s each, back to back",
-"  proxy CPU/req on/off: \(.cpu_ratio) (median of the ratios of the rounds: \(.round_ratios | map(tostring) | join(" ")))",
-"  control, a second instance without the log, on/off the same way: \(.control_ratio) (rounds: \(.control_round_ratios | map(tostring) | join(" ")))",
-"  proxy CPU/req (median round of each): off \(.off.proxy_cpu_us_per_request | num)us, on \(.on.proxy_cpu_us_per_request | num)us",
-"  req/s (median): off \(.rps_off | floor), on \(.rps_on | floor), on/off \(.rps_ratio)",
-"  lines written \(.lines_written) (\(.bytes_written / .lines_written | floor) bytes each), requests answered by the workers \(.requests_answered) (wrk counted \(.wrk_requests), warm-up included; wrk does not count the answers in flight when it stops), dropped \(.dropped)",
+"Access log: baton proxying to its workers at c=\(.concurrency), [log] access = a file (\(.format), request ids) vs off; \(.rounds) round(s) of \(.duration_s)s each, back to back, in \(.blocks // 1) block(s) of fresh instances",
+(.fixed_rate | select(.) |
+"  at a fixed \(.rps) req/s (\(.share) of the full speed of off; h2load --rps; the figure judged): proxy CPU/req on / mean of the two off: \(.cpu_ratio)",
+"    rounds: \(.round_ratios | map(tostring) | join(" "))",
+"    control, off2/off the same way: \(.control_ratio) (rounds: \(.control_round_ratios | map(tostring) | join(" "))); CPU/req (median) off \(.off | num)us, on \(.on | num)us; failed \(.failed)"),
+"  at full speed (wrk; on answers fewer requests a second than off): proxy CPU/req on / mean of the two off: \(.cpu_ratio)",
+"    rounds: \(.round_ratios | map(tostring) | join(" "))",
+"    control, off2/off the same way: \(.control_ratio) (rounds: \(.control_round_ratios | map(tostring) | join(" ")))",
+"    proxy CPU/req (median round of each): off \(.off.proxy_cpu_us_per_request | num)us, on \(.on.proxy_cpu_us_per_request | num)us; req/s (median): off \(.rps_off | floor), on \(.rps_on | floor), on/off \(.rps_ratio)",
+"  lines written \(.lines_written) (\(.bytes_written / .lines_written | floor) bytes each), requests answered by the workers \(.requests_answered) (the clients counted \(.wrk_requests + (.h2load_requests // 0)): wrk \(.wrk_requests), warm-ups included, h2load \(.h2load_requests // 0); wrk does not count the answers in flight when it stops), dropped \(.dropped)",
 ""),
 "Targets (reported, not enforced)",
 (.targets[] | "  \(if .pass then "PASS" else "MISS" end)  \(.name | pad(52)) \(.value | num) \(.op) \(.limit | num)\(if .unit == "" then "" else " " + .unit end)\(if .nginx then "  (nginx: \(.nginx | num))" else "" end)\(if .ratio then "  (baton/nginx: \(.ratio))" else "" end)")
