@@ -31,9 +31,8 @@
 # 8. The access log (issue 26): three baton instances with N demo workers each, up at once and
 #    measured in turn, one with [log] access = a file (format combined, request ids on: the
 #    defaults) and two without (the second a control: two equal instances' ratio is the noise),
-#    started afresh for each of LOG_BLOCKS blocks of rounds; 16 connections, plain proxying, at
-#    a fixed rate (h2load --rps, 3/4 of the full speed of off: the figure judged) and at full
-#    speed (wrk); proxy CPU per request of on / the mean of the two off, the median of the
+#    started afresh for each of LOG_BLOCKS blocks of rounds; wrk at concurrency 16, plain
+#    proxying; proxy CPU per request of on / the mean of the two off, the median of the
 #    rounds' ratios; the lines written against the requests the workers answered, and
 #    baton_access_log_dropped_total from /metrics. --only log.
 # Prints a table (figures with their targets, PASS/MISS) and writes JSON (bench/results.json or
@@ -95,8 +94,6 @@ else
 fi
 # The access log's figure: plain proxying at this many connections, as issue 26 asks.
 LOG_CONC=16
-# ...and the rate of its fixed-rate rounds: this share of the rate "off" reaches at full speed.
-LOG_RATE_SHARE=0.75
 # HTTPS: full handshakes at this many connections at once; HTTP/2 as issue 24 asks for it.
 HANDSHAKE_CONC=16
 H2_CONC=16
@@ -912,20 +909,17 @@ if runs log; then
     # file (format "combined" and request_id, whose default is on with a log: each request gets
     # an X-Request-Id, passed to the worker: what an operator gets by turning the log on), "off"
     # and "off2" without [log]. LOG_CONC connections to `/` (plain proxying), the three measured
-    # in turn, LOG_ROUNDS rounds in LOG_BLOCKS blocks, each block with fresh instances; each
-    # round at full speed (wrk), then at a fixed rate (h2load). The figure: the median of the
-    # rounds' ratios of on's proxy CPU per request to the mean of the two off's (the target is
-    # about CPU); off2/off, taken the same way, shows what the machine's noise alone makes of two
-    # equal instances. The log's writer thread is in baton's process, so its CPU counts.
+    # in turn (wrk), LOG_ROUNDS rounds in LOG_BLOCKS blocks, each block with fresh instances.
+    # The figure: the median of the rounds' ratios of on's proxy CPU per request to the mean of
+    # the two off's (the target is about CPU); off2/off, taken the same way, shows what the
+    # machine's noise alone makes of two equal instances. The log's writer thread is in baton's process, so its CPU counts.
     # Honesty: the lines written (counted after the last block, each "on" having written every
     # queued line as it stopped) against the requests its workers finished (`processed` in the
     # status, read before each stop), and baton_access_log_dropped_total from /metrics.
     log "access log: baton with [log] access = a file, and without, $N workers each, c=$LOG_CONC"
     ACCESS_FILE="$WORK/access.log"
     LOG_RUNS="$WORK/log-runs.jsonl"
-    LOG_RATE_RUNS="$WORK/log-rate-runs.jsonl"
     : >"$LOG_RUNS"
-    : >"$LOG_RATE_RUNS"
     log_port() { case $1 in on) echo "$LOG_ON_PORT" ;; off) echo "$LOG_OFF_PORT" ;; off2) echo "$LOG_OFF2_PORT" ;; esac; }
     log_pid() { case $1 in on) echo "$LOG_ON_PID" ;; off) echo "$LOG_OFF_PID" ;; off2) echo "$LOG_OFF2_PID" ;; esac; }
     # The order of a round: the machine's pace drifts over a minute (a VM's neighbours), and
@@ -979,39 +973,12 @@ format = \"combined\""
                proxy_cpu_us_per_request: ($pus / .requests * 10 | round / 10)}' <<<"$fig" >>"$LOG_RUNS"
         log "$(tail -n1 "$LOG_RUNS" | jq -r '"access log \(.log) c=\(.concurrency) round \(.round): \(.rps | floor) req/s, failed \(.failed), proxy CPU \(.proxy_cpu_us_per_request)us/req"')"
     }
-    # One round of INSTANCE at the fixed rate LOG_RATE (h2load --h1 --rps, LOG_CONC
-    # connections, each at its share), into LOG_RATE_RUNS: all three do the same work, so CPU
-    # per request compares the log's cost alone. At full speed "on" answers a few per cent
-    # fewer requests a second than "off", and a proxy's CPU per request grows as its rate
-    # falls (fewer answers per wake-up), which the full-speed ratio counts as the log's too.
-    log_fixed_rate() {
-        local v=$1 round=$2 p0 p1 out
-        p0=$(cpu_ticks "$(log_pid "$v")")
-        out=$(h2load --h1 -t2 -c"$LOG_CONC" --rps="$(((LOG_RATE + LOG_CONC - 1) / LOG_CONC))" -D"$LOG_DUR" \
-            "http://127.0.0.1:$(log_port "$v")/" 2>&1) || die "h2load --rps failed: $out"
-        p1=$(cpu_ticks "$(log_pid "$v")")
-        printf '%s\n' "$out" >>"$WORK/h2load-log.out"
-        jq -nc --arg v "$v" --argjson r "$round" --argjson pus "$(((p1 - p0) * TICK_US))" \
-            --argjson dur "$LOG_DUR" --arg out "$out" '
-            ($out | capture("requests: (?<total>[0-9]+) total, [0-9]+ started, [0-9]+ done, (?<ok>[0-9]+) succeeded, (?<failed>[0-9]+) failed, (?<errored>[0-9]+) errored, (?<timeout>[0-9]+) timeout")
-             | map_values(tonumber)) as $n
-            | {log: $v, round: $r, requests: $n.ok, rps: ($n.ok / $dur | floor),
-               failed: ($n.failed + $n.errored + $n.timeout),
-               proxy_cpu_us_per_request: ($pus / $n.ok * 10 | round / 10)}' >>"$LOG_RATE_RUNS"
-        log "$(tail -n1 "$LOG_RATE_RUNS" | jq -r '"access log \(.log) at a fixed rate, round \(.round): \(.rps) req/s, failed \(.failed), proxy CPU \(.proxy_cpu_us_per_request)us/req"')"
-    }
-    LOG_RATE="" LOG_WARMUP=0
+    LOG_WARMUP=0
     for block in $(seq 1 "$LOG_BLOCKS"); do
         first=$(((block - 1) * LOG_ROUNDS / LOG_BLOCKS + 1)) last=$((block * LOG_ROUNDS / LOG_BLOCKS))
         log_start "$block"
         for round in $(seq "$first" "$last"); do
             for v in $(log_order "$round"); do log_full_speed "$v" "$round"; done
-        done
-        # The fixed rate: LOG_RATE_SHARE of the median rate "off" reached in the first block.
-        [ -n "$LOG_RATE" ] || LOG_RATE=$(jq -s --argjson share "$LOG_RATE_SHARE" \
-            '[.[] | select(.log == "off") | .rps] | sort | .[(length - 1) / 2 | floor] * $share | floor' "$LOG_RUNS")
-        for round in $(seq "$first" "$last"); do
-            for v in $(log_order "$round"); do log_fixed_rate "$v" "$round"; done
         done
         log_stop
     done
@@ -1019,8 +986,7 @@ format = \"combined\""
     LOG_BYTES=$(stat -c %s "$ACCESS_FILE")
     log "access log: $LOG_LINES lines written, $LOG_ANSWERED requests answered by the workers, $LOG_DROPPED dropped"
 
-    jq -n --slurpfile runs "$LOG_RUNS" --slurpfile rate_runs "$LOG_RATE_RUNS" --argjson rate "$LOG_RATE" \
-        --argjson share "$LOG_RATE_SHARE" --argjson lines "$LOG_LINES" --argjson bytes "$LOG_BYTES" \
+    jq -n --slurpfile runs "$LOG_RUNS" --argjson lines "$LOG_LINES" --argjson bytes "$LOG_BYTES" \
         --argjson answered "$LOG_ANSWERED" --argjson dropped "$LOG_DROPPED" --argjson warmup "$LOG_WARMUP" \
         --argjson c "$LOG_CONC" --argjson dur "$LOG_DUR" --argjson rounds "$LOG_ROUNDS" --argjson blocks "$LOG_BLOCKS" '
     def median_cpu($v): [$runs[] | select(.log == $v)] | sort_by(.proxy_cpu_us_per_request)
@@ -1043,9 +1009,6 @@ format = \"combined\""
     | ($ratios | median | r3) as $ratio
     | noise($runs) as $noise
     | ($noise | median | r3) as $noise_ratio
-    | ratios($rate_runs) as $rate_ratios
-    | noise($rate_runs) as $rate_noise
-    | ($rate_ratios | median | r3) as $rate_ratio
     | {
       access_log: {format: "combined", request_id: true, concurrency: $c, duration_s: $dur,
                    rounds: $rounds, off: $off, on: $on, cpu_ratio: $ratio,
@@ -1054,20 +1017,11 @@ format = \"combined\""
                    rps_off: median_rps("off"), rps_on: median_rps("on"),
                    rps_ratio: (median_rps("on") / median_rps("off") | r3),
                    wrk_requests: ([$runs[] | select(.log == "on") | .requests] | add + $warmup),
-                   h2load_requests: ([$rate_runs[] | select(.log == "on") | .requests] | add),
                    blocks: $blocks,
                    requests_answered: $answered, lines_written: $lines, bytes_written: $bytes,
-                   dropped: $dropped, runs: $runs,
-                   fixed_rate: {share: $share, rps: $rate, cpu_ratio: $rate_ratio,
-                                round_ratios: [$rate_ratios[] | r3],
-                                control_ratio: ($rate_noise | median | r3),
-                                control_round_ratios: [$rate_noise[] | r3],
-                                off: ([$rate_runs[] | select(.log == "off") | .proxy_cpu_us_per_request] | median),
-                                on: ([$rate_runs[] | select(.log == "on") | .proxy_cpu_us_per_request] | median),
-                                failed: ([$rate_runs[] | .failed] | add),
-                                runs: $rate_runs}},
+                   dropped: $dropped, runs: $runs},
       targets: [
-        t("access log on: proxy CPU/req <= 105 % of off (at \($rate) req/s, c=\($c))"; $rate_ratio * 100; "<="; 105; "%"),
+        t("access log on: proxy CPU/req <= 105 % of off (c=\($c))"; $ratio * 100; "<="; 105; "%"),
         t("access log: lines written = requests answered"; $lines; "=="; $answered; ""),
         t("access log: entries dropped = 0"; $dropped; "=="; 0; "")
       ]
@@ -1238,15 +1192,11 @@ def failed: .errors_connect + .errors_read + .errors_write + .errors_status + .e
 ""),
 (.access_log | select(.) |
 "Access log: baton proxying to its workers at c=\(.concurrency), [log] access = a file (\(.format), request ids) vs off; \(.rounds) round(s) of \(.duration_s)s each, back to back, in \(.blocks // 1) block(s) of fresh instances",
-(.fixed_rate | select(.) |
-"  at a fixed \(.rps) req/s (\(.share) of the full speed of off; h2load --rps; the figure judged): proxy CPU/req on / mean of the two off: \(.cpu_ratio)",
-"    rounds: \(.round_ratios | map(tostring) | join(" "))",
-"    control, off2/off the same way: \(.control_ratio) (rounds: \(.control_round_ratios | map(tostring) | join(" "))); CPU/req (median) off \(.off | num)us, on \(.on | num)us; failed \(.failed)"),
-"  at full speed (wrk; on answers fewer requests a second than off): proxy CPU/req on / mean of the two off: \(.cpu_ratio)",
+"  proxy CPU/req on / the mean of the two off: \(.cpu_ratio) (median of the ratios of the rounds)",
 "    rounds: \(.round_ratios | map(tostring) | join(" "))",
 "    control, off2/off the same way: \(.control_ratio) (rounds: \(.control_round_ratios | map(tostring) | join(" ")))",
 "    proxy CPU/req (median round of each): off \(.off.proxy_cpu_us_per_request | num)us, on \(.on.proxy_cpu_us_per_request | num)us; req/s (median): off \(.rps_off | floor), on \(.rps_on | floor), on/off \(.rps_ratio)",
-"  lines written \(.lines_written) (\(.bytes_written / .lines_written | floor) bytes each), requests answered by the workers \(.requests_answered) (the clients counted \(.wrk_requests + (.h2load_requests // 0)): wrk \(.wrk_requests), warm-ups included, h2load \(.h2load_requests // 0); wrk does not count the answers in flight when it stops), dropped \(.dropped)",
+"  lines written \(.lines_written) (\(.bytes_written / .lines_written | floor) bytes each), requests answered by the workers \(.requests_answered) (wrk counted \(.wrk_requests), warm-ups included; wrk does not count the answers in flight when it stops), dropped \(.dropped)",
 ""),
 "Targets (reported, not enforced)",
 (.targets[] | "  \(if .pass then "PASS" else "MISS" end)  \(.name | pad(52)) \(.value | num) \(.op) \(.limit | num)\(if .unit == "" then "" else " " + .unit end)\(if .nginx then "  (nginx: \(.nginx | num))" else "" end)\(if .ratio then "  (baton/nginx: \(.ratio))" else "" end)")

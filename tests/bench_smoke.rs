@@ -240,12 +240,6 @@ fn short_benchmark_measures_every_figure_and_fails_no_request_in_a_roll() {
         "requests_answered",
         "lines_written",
         "dropped",
-        "fixed_rate.rps",
-        "fixed_rate.cpu_ratio",
-        "fixed_rate.control_ratio",
-        "fixed_rate.off",
-        "fixed_rate.on",
-        "fixed_rate.failed",
     ] {
         number(&r, &format!("access_log.{f}"));
     }
