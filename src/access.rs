@@ -30,6 +30,11 @@ use std::time::{Duration, SystemTime};
 /// A request as the log tells it, borrowed from wherever the request is: a head the narrow
 /// path has just parsed, or hyper's parts.
 #[derive(Debug, Clone, Copy)]
+///
+/// The client, the method and the request id are plain by construction (an address baton
+/// formatted, an HTTP token its parser checked, an id baton made or checked: [`all_plain`]),
+/// so a combined line takes them as they are; the target, referer and user agent are the
+/// client's own bytes and are escaped.
 pub struct Request<'a> {
     /// The client's IP (none on a Unix socket).
     pub client: Option<&'a [u8]>,
@@ -138,8 +143,9 @@ pub struct Upstream {
 const KEEP: usize = 4096;
 
 impl Entry {
-    /// Write what `r` says, at `time`, in `format`; the answer's fields are reset.
-    fn begin(&mut self, format: AccessFormat, time: SystemTime, r: &Request<'_>) {
+    /// Write what `r` says, at `time` (since the epoch), in `format`; the answer's fields are
+    /// reset.
+    fn begin(&mut self, format: AccessFormat, time: Duration, r: &Request<'_>) {
         self.trim();
         self.written.clear();
         self.status = 0;
@@ -150,12 +156,22 @@ impl Entry {
         let out = &mut self.written;
         match format {
             AccessFormat::Combined => {
-                let dash = |b: Option<&[u8]>, out: &mut Vec<u8>| escaped(b.unwrap_or(b"-"), out);
-                dash(r.client, out);
+                // A field that is plain by construction (see `Request`) as it is; a client's
+                // own bytes escaped; `-` for none.
+                let plain = |b: Option<&[u8]>, out: &mut Vec<u8>| {
+                    let b = b.unwrap_or(b"-");
+                    debug_assert!(all_plain(b), "{b:?} is not plain");
+                    out.extend_from_slice(b);
+                };
+                let dash = |b: Option<&[u8]>, out: &mut Vec<u8>| match b {
+                    Some(b) => escaped(b, out),
+                    None => out.push(b'-'),
+                };
+                plain(r.client, out);
                 out.extend_from_slice(b" - - [");
-                clf_time_cached(time, out);
+                clf_time_cached(time.as_secs(), out);
                 out.extend_from_slice(b"] \"");
-                escaped(r.method, out);
+                plain(Some(r.method), out);
                 out.push(b' ');
                 escaped(r.target, out);
                 out.push(b' ');
@@ -169,13 +185,14 @@ impl Entry {
                 out.extend_from_slice(b"\" ");
                 self.cuts[1] = out.len();
                 let id = out.len();
-                dash(r.request_id, out);
+                plain(r.request_id, out);
                 self.request_id = r.request_id.map(|_| id..out.len());
                 out.push(b'\n');
             }
             AccessFormat::Json => {
                 out.extend_from_slice(b"{\"time\":\"");
-                let _ = write!(out, "{}", humantime::format_rfc3339_millis(time));
+                let at = SystemTime::UNIX_EPOCH + time;
+                let _ = write!(out, "{}", humantime::format_rfc3339_millis(at));
                 out.extend_from_slice(b"\",\"client\":");
                 json_text(r.client, out);
                 out.extend_from_slice(b",\"method\":");
@@ -209,33 +226,37 @@ impl Entry {
     fn finish(&self, out: &mut Vec<u8>) {
         let [a, b] = self.cuts;
         let w = &self.written;
-        out.extend_from_slice(&w[..a]);
         match self.format {
             AccessFormat::Combined => {
+                // The answer's fields take at most 26 + 96 bytes: one reservation, then
+                // pushes and copies of a few bytes each (the common numbers have short forms).
+                out.reserve(w.len() + 128);
+                out.extend_from_slice(&w[..a]);
                 status(self.status, out);
                 out.push(b' ');
-                out.extend_from_slice(itoa::Buffer::new().format(self.bytes).as_bytes());
+                num(self.bytes, out);
                 out.extend_from_slice(&w[a..b]);
                 seconds(self.duration, out);
-                out.push(b' ');
                 match self.upstream {
                     Some(u) => {
+                        out.push(b' ');
                         seconds(u.time, out);
                         out.push(b' ');
-                        out.extend_from_slice(itoa::Buffer::new().format(u.worker).as_bytes());
+                        num(u.worker, out);
                         out.push(b' ');
-                        out.extend_from_slice(itoa::Buffer::new().format(u.generation).as_bytes());
+                        num(u.generation, out);
                         out.push(b' ');
                     }
-                    None => out.extend_from_slice(b"- - - "),
+                    None => out.extend_from_slice(b" - - - "),
                 }
             }
             AccessFormat::Json => {
+                out.extend_from_slice(&w[..a]);
                 let up = self.upstream;
                 out.extend_from_slice(b",\"status\":");
                 status(self.status, out);
                 out.extend_from_slice(b",\"bytes\":");
-                out.extend_from_slice(itoa::Buffer::new().format(self.bytes).as_bytes());
+                num(self.bytes, out);
                 out.extend_from_slice(b",\"duration_s\":");
                 json_value(self.duration.as_secs_f64(), out);
                 out.extend_from_slice(b",\"upstream_s\":");
@@ -372,7 +393,7 @@ impl AccessLog {
     /// Begin `entry` for a request whose head was read now: what the request says is
     /// written at once (see the module's doc), the answer's fields are reset.
     pub fn begin(&self, entry: &mut Entry, request: &Request<'_>) {
-        entry.begin(self.format, SystemTime::now(), request);
+        entry.begin(self.format, now(self.format), request);
     }
 
     /// A new entry, begun ([`AccessLog::begin`]).
@@ -599,15 +620,36 @@ impl Writer {
     }
 }
 
+/// A byte written as it is: printable ASCII but `"` and `\`.
+fn plain(b: u8) -> bool {
+    (b.wrapping_sub(0x20) < 0x5f) & (b != b'"') & (b != b'\\')
+}
+
+/// Whether every byte of `s` is [`plain`]: eight bytes at a time (most of a line's fields are
+/// short, and a byte-at-a-time check of them was a quarter of what the log cost the proxy).
+fn all_plain(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Whether any byte of `v` is zero (exact for the word, whichever byte it flags).
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let mut words = s.chunks_exact(8);
+    let mut bad = 0;
+    for w in &mut words {
+        let w = w.try_into().map(u64::from_le_bytes).unwrap_or(0);
+        bad |= (w.wrapping_sub(ONES * 0x20) & !w & HIGH) // a byte below 0x20
+            | ((w.wrapping_add(ONES) | w) & HIGH) // 0x7f and above
+            | zero(w ^ (ONES * u64::from(b'"')))
+            | zero(w ^ (ONES * u64::from(b'\\')));
+    }
+    bad == 0 && words.remainder().iter().all(|&b| plain(b))
+}
+
 /// Printable ASCII as it is; `"`, `\` and anything else as `\xHH` (as nginx does), so a
 /// line cannot be forged or broken by what a client sends.
 fn escaped(s: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    // Arithmetic, not a table, and no branch per byte: the compiler checks a field many bytes
-    // at a time.
-    let plain = |b: u8| (b.wrapping_sub(0x20) < 0x5f) & (b != b'"') & (b != b'\\');
     // Most fields have nothing to escape: checked, then copied whole.
-    if s.iter().fold(true, |all, &b| all & plain(b)) {
+    if all_plain(s) {
         out.extend_from_slice(s);
         return;
     }
@@ -628,52 +670,107 @@ fn escaped(s: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// Now, since the epoch, as precisely as `format` tells it: a combined line's date is to the
+/// second, so it reads the kernel's coarse clock (the time of the last tick, no clock source
+/// read per request, as nginx's cached time); JSON's is to the millisecond.
+fn now(format: AccessFormat) -> Duration {
+    use nix::time::{ClockId, clock_gettime};
+    let coarse = match format {
+        AccessFormat::Combined => {
+            clock_gettime(ClockId::CLOCK_REALTIME_COARSE)
+                .ok()
+                .and_then(|t| {
+                    let (s, ns) = (
+                        u64::try_from(t.tv_sec()).ok()?,
+                        u32::try_from(t.tv_nsec()).ok()?,
+                    );
+                    Some(Duration::new(s, ns))
+                })
+        }
+        AccessFormat::Json => None,
+    };
+    coarse.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+    })
+}
+
+/// `v`'s decimal digits (one digit, a worker's or a generation's number, without `itoa`).
+fn num(v: u64, out: &mut Vec<u8>) {
+    if v < 10 {
+        out.push(b'0' + v as u8);
+    } else {
+        out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    }
+}
+
+/// The three digits of every number below 1000: a status, or the milliseconds of a duration,
+/// in one load (they were three divisions each).
+const THREE: [[u8; 3]; 1000] = {
+    let mut t = [[0; 3]; 1000];
+    let mut i = 0;
+    while i < 1000 {
+        t[i] = [
+            b'0' + (i / 100) as u8,
+            b'0' + (i / 10 % 10) as u8,
+            b'0' + (i % 10) as u8,
+        ];
+        i += 1;
+    }
+    t
+};
+
 /// A duration in seconds with milliseconds, `12.345` (nginx's `$request_time`), rounded to
 /// the nearest millisecond.
 fn seconds(d: Duration, out: &mut Vec<u8>) {
     // u64 arithmetic: a u128 division per line showed in the profile.
     let ms = d.as_secs() * 1000 + u64::from((d.subsec_nanos() + 500_000) / 1_000_000);
-    out.extend_from_slice(itoa::Buffer::new().format(ms / 1000).as_bytes());
-    let frac = (ms % 1000) as u16;
-    out.extend_from_slice(&[
-        b'.',
-        b'0' + (frac / 100) as u8,
-        b'0' + (frac / 10 % 10) as u8,
-        b'0' + (frac % 10) as u8,
-    ]);
+    let (s, [a, b, c]) = (ms / 1000, THREE[(ms % 1000) as usize]);
+    if s < 10 {
+        // Most answers take less than ten seconds: five bytes, one copy.
+        out.extend_from_slice(&[b'0' + s as u8, b'.', a, b, c]);
+    } else {
+        num(s, out);
+        out.extend_from_slice(&[b'.', a, b, c]);
+    }
 }
 
-/// [`clf_time`], remembered per thread for the second it was last asked for: a busy log
-/// asks for the same second thousands of times.
-fn clf_time_cached(t: SystemTime, out: &mut Vec<u8>) {
-    thread_local! {
-        static LAST: std::cell::RefCell<(u64, Vec<u8>)> =
-            const { std::cell::RefCell::new((u64::MAX, Vec::new())) };
+/// A status as its digits (three, unless baton's own answer was none).
+fn status(s: u16, out: &mut Vec<u8>) {
+    match THREE.get(usize::from(s)) {
+        Some(digits) if s >= 100 => out.extend_from_slice(digits),
+        _ => num(s.into(), out),
     }
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if last.0 != secs {
-            last.1.clear();
-            clf_time(t, &mut last.1);
-            last.0 = secs;
-        }
-        out.extend_from_slice(&last.1);
-    });
+}
+
+/// [`clf_time`] of `secs` since the epoch, remembered per thread for the second it was last
+/// asked for: a busy log asks for the same second thousands of times.
+fn clf_time_cached(secs: u64, out: &mut Vec<u8>) {
+    /// `dd/Mon/yyyy:hh:mm:ss +0000`.
+    const LEN: usize = 26;
+    thread_local! {
+        static LAST: std::cell::Cell<(u64, [u8; LEN])> =
+            const { std::cell::Cell::new((u64::MAX, [0; LEN])) };
+    }
+    let (at, date) = LAST.get();
+    if at == secs {
+        out.extend_from_slice(&date);
+        return;
+    }
+    let start = out.len();
+    clf_time(secs, out);
+    // A year of five digits is not remembered (nor met before the year 10000).
+    if let Some(Ok(date)) = out.get(start..).map(<[u8; LEN]>::try_from) {
+        LAST.set((secs, date));
+    }
 }
 
 /// `03/Dec/2026:07:01:02 +0000` (UTC).
-fn clf_time(t: SystemTime, out: &mut Vec<u8>) {
+fn clf_time(secs: u64, out: &mut Vec<u8>) {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     let (days, rem) = ((secs / 86400) as i64, secs % 86400);
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
@@ -708,19 +805,6 @@ fn json_value(v: impl serde::Serialize, out: &mut Vec<u8>) {
     }
 }
 
-/// A status as its digits (three, unless baton's own answer was none).
-fn status(s: u16, out: &mut Vec<u8>) {
-    if (100..1000).contains(&s) {
-        out.extend_from_slice(&[
-            b'0' + (s / 100) as u8,
-            b'0' + (s / 10 % 10) as u8,
-            b'0' + (s % 10) as u8,
-        ]);
-    } else {
-        out.extend_from_slice(itoa::Buffer::new().format(s).as_bytes());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -745,7 +829,7 @@ mod tests {
     /// The line of `r`, answered by worker 3 of generation 2.
     fn line(format: AccessFormat, r: &Request<'_>) -> String {
         let mut e = Entry::default();
-        e.begin(format, SystemTime::UNIX_EPOCH + Duration::from_secs(AT), r);
+        e.begin(format, Duration::from_secs(AT), r);
         answered(&mut e);
         let mut out = Vec::new();
         e.finish(&mut out);
@@ -802,7 +886,7 @@ mod tests {
             ..request()
         };
         let mut e = Entry::default();
-        e.begin(AccessFormat::Combined, SystemTime::UNIX_EPOCH, &r);
+        e.begin(AccessFormat::Combined, Duration::ZERO, &r);
         e.status = 503;
         e.duration = Duration::from_millis(12);
         let mut out = Vec::new();
@@ -953,7 +1037,7 @@ mod tests {
             ..request()
         };
         let mut e = Entry::default();
-        e.begin(AccessFormat::Json, SystemTime::UNIX_EPOCH, &r);
+        e.begin(AccessFormat::Json, Duration::ZERO, &r);
         e.status = 502;
         let mut out = Vec::new();
         e.finish(&mut out);
@@ -982,7 +1066,7 @@ mod tests {
     fn the_request_id_is_found_in_either_format() {
         for format in [AccessFormat::Combined, AccessFormat::Json] {
             let mut e = Entry::default();
-            e.begin(format, SystemTime::UNIX_EPOCH, &request());
+            e.begin(format, Duration::ZERO, &request());
             assert_eq!(e.request_id(), Some(&b"4f2a"[..]), "{format:?}");
         }
     }
@@ -991,17 +1075,13 @@ mod tests {
     fn an_entry_begun_again_forgets_the_last_request_and_answer() {
         // A request with an id that a worker answered, then one without either, in JSON.
         let mut e = Entry::default();
-        e.begin(AccessFormat::Combined, SystemTime::UNIX_EPOCH, &request());
+        e.begin(AccessFormat::Combined, Duration::ZERO, &request());
         answered(&mut e);
         let r = Request {
             request_id: None,
             ..request()
         };
-        e.begin(
-            AccessFormat::Json,
-            SystemTime::UNIX_EPOCH + Duration::from_secs(AT),
-            &r,
-        );
+        e.begin(AccessFormat::Json, Duration::from_secs(AT), &r);
         e.status = 404;
         assert_eq!(e.request_id(), None);
         let mut out = Vec::new();
@@ -1024,7 +1104,7 @@ mod tests {
             (200, Some(3), None)
         );
         assert_eq!(j.line, line(AccessFormat::Json, &r).into_bytes());
-        e.begin(AccessFormat::Json, SystemTime::UNIX_EPOCH, &request());
+        e.begin(AccessFormat::Json, Duration::ZERO, &request());
         assert_eq!(JournalLine::of(&e).request_id.as_deref(), Some("4f2a"));
     }
 
@@ -1036,26 +1116,18 @@ mod tests {
             target: &huge,
             ..request()
         };
-        e.begin(AccessFormat::Combined, SystemTime::UNIX_EPOCH, &r);
+        e.begin(AccessFormat::Combined, Duration::ZERO, &r);
         answered(&mut e);
-        e.begin(
-            AccessFormat::Combined,
-            SystemTime::UNIX_EPOCH + Duration::from_secs(AT),
-            &request(),
-        );
+        e.begin(AccessFormat::Combined, Duration::from_secs(AT), &request());
         // The answer's fields are reset, and a huge head's room is not kept.
         assert_eq!((e.status, e.bytes, e.upstream), (0, 0, None));
         assert!(e.written.capacity() <= KEEP);
         // Nor between two requests, once trimmed (an idle connection's).
-        e.begin(AccessFormat::Combined, SystemTime::UNIX_EPOCH, &r);
+        e.begin(AccessFormat::Combined, Duration::ZERO, &r);
         assert!(e.written.capacity() > KEEP);
         e.trim();
         assert!(e.written.capacity() <= KEEP);
-        e.begin(
-            AccessFormat::Combined,
-            SystemTime::UNIX_EPOCH + Duration::from_secs(AT),
-            &request(),
-        );
+        e.begin(AccessFormat::Combined, Duration::from_secs(AT), &request());
         answered(&mut e);
         let mut out = Vec::new();
         e.finish(&mut out);
@@ -1063,6 +1135,32 @@ mod tests {
             String::from_utf8(out).unwrap(),
             line(AccessFormat::Combined, &request())
         );
+    }
+
+    #[test]
+    fn the_word_check_finds_what_the_byte_check_finds() {
+        // Every byte at every place of a field of plain bytes, the word's places and the tail's.
+        for len in [1, 7, 8, 9, 16, 23] {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut s = vec![b'a'; len];
+                    s[at] = b;
+                    assert_eq!(all_plain(&s), plain(b), "{b:#x} at {at} of {len}");
+                }
+            }
+        }
+        // Two bytes that might hide each other (a borrow or a carry between them).
+        for x in [0x00, 0x1f, 0x20, 0x21, 0x22, 0x5c, 0x7e, 0x7f, 0x80, 0xff] {
+            for y in [0x00, 0x1f, 0x20, 0x21, 0x22, 0x5c, 0x7e, 0x7f, 0x80, 0xff] {
+                for at in 0..7 {
+                    let mut s = [b'a'; 8];
+                    s[at] = x;
+                    s[at + 1] = y;
+                    assert_eq!(all_plain(&s), plain(x) && plain(y), "{x:#x} {y:#x} at {at}");
+                }
+            }
+        }
+        assert!(all_plain(b""));
     }
 
     #[test]
@@ -1090,13 +1188,16 @@ mod tests {
         assert_eq!(at(Duration::from_micros(1_500)), "0.002");
         assert_eq!(at(Duration::from_millis(12_345)), "12.345");
         assert_eq!(at(Duration::from_micros(999_600)), "1.000");
+        assert_eq!(at(Duration::from_micros(9_999_400)), "9.999");
+        assert_eq!(at(Duration::from_micros(9_999_600)), "10.000");
+        assert_eq!(at(Duration::from_secs(86_400 * 400)), "34560000.000");
     }
 
     #[test]
     fn dates_of_the_common_log_format() {
         let at = |s: u64| {
             let mut out = Vec::new();
-            clf_time(SystemTime::UNIX_EPOCH + Duration::from_secs(s), &mut out);
+            clf_time(s, &mut out);
             String::from_utf8(out).unwrap()
         };
         assert_eq!(at(0), "01/Jan/1970:00:00:00 +0000");
@@ -1203,7 +1304,7 @@ mod tests {
         let mut e = Entry::default();
         e.begin(
             AccessFormat::Combined,
-            SystemTime::UNIX_EPOCH,
+            Duration::ZERO,
             &Request {
                 target: &huge,
                 ..request()
@@ -1217,7 +1318,7 @@ mod tests {
         // Small lines: `queue` of them.
         let e = {
             let mut e = Entry::default();
-            e.begin(AccessFormat::Combined, SystemTime::UNIX_EPOCH, &request());
+            e.begin(AccessFormat::Combined, Duration::ZERO, &request());
             e
         };
         assert_eq!((0..20).filter(|_| lines.push(&e)).count(), 16);
@@ -1283,7 +1384,7 @@ mod cost {
                     panic!()
                 };
                 let r = Request::from_head(head, &s.spans, c.ip, false, c.request_id);
-                e.begin(AccessFormat::Combined, SystemTime::now(), &r);
+                e.begin(AccessFormat::Combined, now(AccessFormat::Combined), &r);
                 e.status = 200;
                 e.bytes = 13;
                 e.duration = Duration::from_micros(250);

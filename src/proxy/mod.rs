@@ -167,8 +167,8 @@ impl Proxy {
             std::sync::OnceLock::new();
         static THREADS: AtomicU64 = AtomicU64::new(0);
         thread_local! {
-            /// This thread's prefix, and the count of ids it made.
-            static NEXT: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
+            /// This thread's prefix, its digits made once, and the count of ids it made.
+            static NEXT: Cell<Option<([u8; 16], u64)>> = const { Cell::new(None) };
         }
         if !self.request_ids {
             return None;
@@ -179,15 +179,12 @@ impl Proxy {
             let mut h = SEED.get_or_init(Default::default).build_hasher();
             h.write_u64(std::process::id().into());
             h.write_u64(THREADS.fetch_add(1, Ordering::Relaxed));
-            (h.finish(), 0)
+            (hex16(h.finish()), 0)
         });
         NEXT.set(Some((prefix, n.wrapping_add(1))));
-        let hex = b"0123456789abcdef";
-        for (i, v) in [prefix, n].into_iter().enumerate() {
-            for j in 0..16 {
-                buf[i * 16 + j] = hex[((v >> (60 - 4 * j)) & 0xf) as usize];
-            }
-        }
+        let (head, tail) = buf.split_at_mut(16);
+        head.copy_from_slice(&prefix);
+        tail.copy_from_slice(&hex16(n));
         Some(&buf[..])
     }
 
@@ -1177,5 +1174,34 @@ impl Body for LeasedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// `v`'s 16 lowercase hex digits, a byte's two digits at a time.
+fn hex16(v: u64) -> [u8; 16] {
+    const PAIRS: [[u8; 2]; 256] = {
+        let hex = b"0123456789abcdef";
+        let mut t = [[0; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = [hex[i >> 4], hex[i & 15]];
+            i += 1;
+        }
+        t
+    };
+    let mut out = [0; 16];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(v.to_be_bytes()) {
+        pair.copy_from_slice(&PAIRS[usize::from(byte)]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex16_is_the_lowercase_hex_of_the_number() {
+        for v in [0, 1, 0xab, 0x0123_4567_89ab_cdef, u64::MAX] {
+            assert_eq!(super::hex16(v), *format!("{v:016x}").as_bytes());
+        }
     }
 }
