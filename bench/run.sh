@@ -1041,8 +1041,13 @@ META=$(jq -nc \
     --argjson n "$N" --argjson dur "$DUR" --argjson rounds "$ROUNDS" --argjson boot_ms "$BOOT_MS" \
     --argjson rconc "$RESTART_CONC" \
     --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-    --arg commit "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(
-        [ -z "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ] || echo "+changes")" \
+    --arg commit "$(if [ -n "$BATON_BIN" ]; then
+        # Another binary than this tree's: the checkout's commit would name the wrong code.
+        echo "binary $BATON_BIN, sha256 $(sha256sum "$BATON_BIN" | cut -c1-12)"
+    else
+        git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown
+        [ -z "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ] || echo "+changes"
+    fi | paste -sd '' -)" \
     --arg cpu "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" \
     --argjson cpus "$(nproc)" \
     --argjson other_cpu "$OTHER_CPU" \
