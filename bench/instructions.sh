@@ -34,6 +34,8 @@ if [ "$BATON" = target/release/baton ]; then
     cargo build --release --locked >&2
     BATON=$(realpath "$BATON")
 fi
+# shellcheck source=bench/common.sh
+. bench/common.sh
 WORK=$(mktemp -d /tmp/baton-instructions.XXXXXX)
 trap 'pkill -f "$WORK/" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
@@ -43,25 +45,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 count() {
     local name=$1 more=${2:-} port pid ready before after total
     port=$(free_port)
-    cat >"$WORK/$name.toml" <<EOF
-name = "$name"
-[listen]
-address = "127.0.0.1:$port"
-[app]
-command = ["$BATON", "demo-app", "--port", "{port}", "--boot-time", "0s"]
-[workers]
-count = 4
-concurrency = 0
-[readiness]
-http_path = "/"
-[canary]
-workers = 0
-[spawner]
-backend = "process"
-[control]
-socket = "$WORK/$name.sock"
-$more
-EOF
+    demo_config "$WORK/$name.toml" "$name" "$port" "$WORK/$name.sock" "$BATON" "$more"
     RUST_LOG=warn valgrind --tool=callgrind --collect-atstart=yes \
         --callgrind-out-file="$WORK/$name.%p.out" \
         "$BATON" run --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
@@ -83,6 +67,7 @@ EOF
     kill "$pid"
     wait "$pid" || true
     # The dump made on request (the one whose trigger is "load").
+    # shellcheck disable=SC2016 # awk's own $2
     total=$(grep -l '^desc: Trigger: dump load' "$WORK/$name".*.out* | xargs awk '/^totals:/ { print $2 }')
     echo "$name $((after - before)) $total"
 }

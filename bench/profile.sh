@@ -34,6 +34,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 
+# shellcheck source=bench/common.sh
+. "$ROOT/bench/common.sh"
 log() { printf '[profile %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'bench/profile.sh: %s\n' "$*" >&2; exit 1; }
 apt_install() {
@@ -71,27 +73,7 @@ mkdir -p "$OUT"
 rm -f "$OUT"/*.txt "$OUT"/*.csv
 PORT=$((20000 + RANDOM % 12000))
 SOCK="$OUT/control.sock"
-cat >"$OUT/baton.toml" <<EOF
-name = "profile"
-[listen]
-address = "127.0.0.1:$PORT"
-[app]
-command = ["$BATON", "demo-app", "--port", "{port}", "--boot-time", "0s"]
-[workers]
-count = 4
-concurrency = 0
-[readiness]
-http_path = "/"
-# The roll figures measure a roll's own mechanics: the canary phase (a deliberate pause of
-# canary.duration while the judge compares generations) is left out.
-[canary]
-workers = 0
-
-[spawner]
-backend = "process"
-[control]
-socket = "$SOCK"
-EOF
+demo_config "$OUT/baton.toml" profile "$PORT" "$SOCK" "$BATON"
 
 PIDS=()
 cleanup() {

@@ -29,12 +29,12 @@ use std::time::{Duration, SystemTime};
 
 /// A request as the log tells it, borrowed from wherever the request is: a head the narrow
 /// path has just parsed, or hyper's parts.
-#[derive(Debug, Clone, Copy)]
 ///
 /// The client, the method and the request id are plain by construction (an address baton
 /// formatted, an HTTP token its parser checked, an id baton made or checked: [`all_plain`]),
 /// so a combined line takes them as they are; the target, referer and user agent are the
 /// client's own bytes and are escaped.
+#[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
     /// The client's IP (none on a Unix socket).
     pub client: Option<&'a [u8]>,
