@@ -175,10 +175,7 @@ pub async fn run_announcing(
     let control_path = config.control_socket();
     let control = crate::control::bind(&control_path, config.control.group.as_deref())?;
     let spawner = spawner(&config, &control_path).await?;
-    let pool = Pool::new(Limits {
-        concurrency: config.workers.concurrency,
-        max_queue: config.workers.max_queue,
-    });
+    let pool = Pool::new(Limits::from_config(&config.workers));
     let notifier = Arc::new(Notifier::default());
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let (supervisor, handle) = Supervisor::new(

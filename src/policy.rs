@@ -496,7 +496,6 @@ pub fn admit<F: Fields + ?Sized>(
         Target::Asterisk if req.method == "OPTIONS" => return Err(OwnAnswer::Options),
         Target::Asterisk | Target::Invalid => return Err(OwnAnswer::BadTarget),
     }
-    adm.upgrade = asks_upgrade && adm.upgrade_field;
     adm.body = match (te, lengths, length) {
         (true, _, _) => Body::Chunked,
         // An HTTP/2 body without a length: its end is the stream's.
@@ -517,6 +516,12 @@ pub fn admit<F: Fields + ?Sized>(
     {
         return Err(OwnAnswer::BodyTooLarge(limits.max_body));
     }
+    // A request that carries a body is never switched: what follows its head is its body, and
+    // a worker that answers it without switching (or without reading it) must not take the
+    // body for its next request on a stream kept open for the new protocol. It goes as an
+    // ordinary request, without `Upgrade`, on a stream of its own with `Connection: close`
+    // (RFC 9110 7.8 lets a server ignore `Upgrade`; nginx forwards the body and closes too).
+    adm.upgrade = asks_upgrade && adm.upgrade_field && !adm.has_body();
     Ok(adm)
 }
 
@@ -908,6 +913,93 @@ mod tests {
         let out = String::from_utf8(out).unwrap();
         assert!(out.contains("Upgrade: websocket\r\n"), "{out}");
         assert!(out.ends_with("connection: upgrade\r\n\r\n"), "{out}");
+    }
+
+    #[test]
+    fn an_upgrade_that_carries_a_body_goes_as_an_ordinary_request_and_closes() {
+        for (framing, value) in [("Content-Length", "52"), ("Transfer-Encoding", "chunked")] {
+            for token in ["websocket", "h2c", "anything"] {
+                let out = rewrite(
+                    "POST",
+                    &[
+                        h("Host", "h"),
+                        h("Connection", "Upgrade"),
+                        h("Upgrade", token),
+                        h(framing, value),
+                    ],
+                    CLIENT,
+                );
+                assert!(!out.contains("Upgrade"), "{out}");
+                assert!(!out.contains("upgrade"), "{out}");
+                assert!(out.ends_with("connection: close\r\n\r\n"), "{out}");
+            }
+        }
+    }
+
+    /// The property behind "no body is ever run as a request": over every combination of
+    /// method, framing, `Connection` tokens and `Upgrade`, a request that has a body or cannot
+    /// be sent again leaves `worker_head` with `Connection: close` as its last field, and only
+    /// a body-less upgrade keeps `Connection: upgrade`.
+    #[test]
+    fn every_request_with_a_body_or_not_retryable_closes_its_stream() {
+        let methods = [
+            "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "get",
+        ];
+        let framings: [&[(&str, &str)]; 6] = [
+            &[],
+            &[("Content-Length", "0")],
+            &[("Content-Length", "5")],
+            &[("Transfer-Encoding", "chunked")],
+            &[("Transfer-Encoding", "gzip, chunked")],
+            &[("Content-Length", "5"), ("Transfer-Encoding", "chunked")],
+        ];
+        let connections = [
+            None,
+            Some("upgrade"),
+            Some("keep-alive, Upgrade"),
+            Some("close"),
+        ];
+        let upgrades = [None, Some("websocket"), Some("h2c")];
+        let mut seen = 0;
+        for method in methods {
+            for framing in framings {
+                for connection in connections {
+                    for upgrade in upgrades {
+                        let mut fields = vec![h("Host", "h")];
+                        fields.extend(framing.iter().map(|(n, v)| h(n, v)));
+                        fields.extend(connection.map(|v| h("Connection", v)));
+                        fields.extend(upgrade.map(|v| h("Upgrade", v)));
+                        let req = head(method, "/", &fields);
+                        let Ok(adm) = admit(&req, &LIMITS) else {
+                            continue;
+                        };
+                        let sent = match adm.body {
+                            Body::Length(n) => Sent::Length(n),
+                            Body::Chunked => Sent::Chunked,
+                            Body::None | Body::Unclear => Sent::None,
+                        };
+                        let mut out = Vec::new();
+                        worker_head(&req, &adm, CLIENT, sent, &mut out);
+                        let out = String::from_utf8(out).unwrap();
+                        let what = format!("{method} {framing:?} {connection:?} {upgrade:?}");
+                        if adm.has_body() || !adm.retryable() && !adm.upgrade {
+                            assert!(out.ends_with("connection: close\r\n\r\n"), "{what}: {out}");
+                        }
+                        if adm.upgrade {
+                            assert!(!adm.has_body(), "{what}");
+                            assert!(out.ends_with("connection: upgrade\r\n\r\n"), "{what}");
+                        } else {
+                            assert!(
+                                !out.to_ascii_lowercase().contains("upgrade"),
+                                "{what}: {out}"
+                            );
+                        }
+                        seen += 1;
+                    }
+                }
+            }
+        }
+        assert!(seen > 400, "{seen}");
     }
 
     #[test]

@@ -33,6 +33,8 @@ const MAX_IDLE: usize = 64;
 /// Bounds of the rest a stream gets between two requests (see [`Conns::answered`]).
 const MIN_QUIET: Duration = Duration::from_millis(1);
 const MAX_QUIET: Duration = Duration::from_millis(100);
+/// Answers on reused streams learned from before one can be found out of turn.
+const LEARN: u32 = 8;
 
 /// Why a worker could not be sent a request, or its answer not read.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +46,7 @@ pub enum UpstreamError {
     },
     #[error("cannot connect to {0}: timed out")]
     ConnectTimeout(SocketAddr),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("the worker closed the connection before it answered")]
     Closed,
@@ -52,7 +54,16 @@ pub enum UpstreamError {
     EndedEarly,
     #[error("{0}")]
     Answer(&'static str),
-    #[error("{0}")]
+    #[error(
+        "it answered {took:?} after the request on a reused connection, sooner than it ever answers \
+         ({floor:?} at least): a stray answer, not this one; the connection is closed"
+    )]
+    OutOfTurn { took: Duration, floor: Duration },
+    #[error("no answer within request_timeout ({})", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("its answer stopped for request_timeout ({})", humantime::format_duration(*.0))]
+    Stalled(Duration),
+    #[error(transparent)]
     Chunked(#[from] crate::h1::ChunkError),
     #[error("the request body failed: {0}")]
     RequestBody(crate::buffer::BodyError),
@@ -83,6 +94,11 @@ pub struct Conns {
     distrusted: AtomicBool,
     /// The worker's usual answer time, in µs (see [`Conns::answered`]).
     usual: AtomicU64,
+    /// The shortest time it takes to answer, in µs, a low quantile of its answer times:
+    /// down at once to a faster answer, up by a sixteenth of the way to a slower one.
+    floor: AtomicU64,
+    /// Answers on reused streams the floor was learned from, up to [`LEARN`].
+    learned: std::sync::atomic::AtomicU32,
     /// What its answers came to, for the canary judge.
     pub outcomes: std::sync::Arc<crate::canary::Counter>,
 }
@@ -164,6 +180,8 @@ impl Conns {
             idle: Idle::default(),
             distrusted: AtomicBool::new(false),
             usual: AtomicU64::new(0),
+            floor: AtomicU64::new(0),
+            learned: std::sync::atomic::AtomicU32::new(0),
             outcomes,
         }
     }
@@ -204,15 +222,46 @@ impl Conns {
         }
     }
 
-    /// A worker answered a request `latency` after it was written. A stream rests for twice
-    /// the worker's usual answer time before it is reused: a worker that answered out of turn
-    /// (bytes beyond an answer, taken for the answer to the next request) is still working on
-    /// that request, and its real answer then arrives while the stream rests, where the check
-    /// before reuse sees it, rather than as the answer to whoever is next. The usual time is a
-    /// moving average (an eighth of each new answer), not the slowest: under load the slowest
-    /// answers are the machine's, and a rest that long would leave no stream to reuse.
-    pub fn answered(&self, latency: Duration) {
-        let us = latency.as_micros().min(u128::from(u64::MAX)) as u64;
+    /// A worker answered a request `latency` after it was written, on a stream it had
+    /// answered on before when `reused`. `Err` when that answer came out of turn: sooner than
+    /// half the fastest the worker answers, on a reused stream. Such an answer was on its way
+    /// before the request was (a stray answer, or the worker's answer to the stream's previous
+    /// request when a stray one was taken for it): it is not the client's, the stream is not
+    /// used again (the answer to this request, coming later, goes with it), and the request,
+    /// which a reused stream only carries when it may be sent again, is sent again on a new
+    /// stream. That is what stops a chain: without it, every answer on the stream would be
+    /// the previous request's, each arriving as soon as its request left.
+    ///
+    /// Otherwise the time is learned from. A stream rests for twice the worker's usual answer
+    /// time before it is reused: a worker that answered out of turn later than the floor
+    /// allows is still working on the request whose answer was taken, and its real answer
+    /// then arrives while the stream rests, where the check before reuse sees it, rather than
+    /// as the answer to whoever is next. The usual time is a moving average (an eighth of each
+    /// new answer), not the slowest: under load the slowest answers are the machine's, and a
+    /// rest that long would leave no stream to reuse.
+    pub fn answered(&self, latency: Duration, reused: bool) -> Result<(), UpstreamError> {
+        let us = (latency.as_micros().min(u128::from(u64::MAX)) as u64).max(1);
+        let floor = self.floor.load(Ordering::Relaxed);
+        let learned = self.learned.load(Ordering::Relaxed);
+        if reused && learned >= LEARN && us < floor / 2 {
+            return Err(UpstreamError::OutOfTurn {
+                took: latency,
+                floor: Duration::from_micros(floor),
+            });
+        }
+        // The floor is a reused stream's: the first answer on a new one can be slower (an
+        // app server that starts a thread per connection), so those only lower it.
+        let new_floor = if floor == 0 || us < floor {
+            us
+        } else if reused {
+            floor + ((us - floor) / 16).clamp(1, floor / 16 + 1)
+        } else {
+            floor
+        };
+        self.floor.store(new_floor, Ordering::Relaxed);
+        if reused && learned < LEARN {
+            self.learned.store(learned + 1, Ordering::Relaxed);
+        }
         let old = self.usual.load(Ordering::Relaxed);
         let new = if old == 0 {
             us
@@ -220,6 +269,7 @@ impl Conns {
             (old - old / 8).saturating_add(us / 8)
         };
         self.usual.store(new, Ordering::Relaxed);
+        Ok(())
     }
 
     /// How long a stream rests before it is reused (see [`Conns::answered`]).
@@ -362,6 +412,11 @@ pub struct RawBody {
     conns: std::sync::Arc<Conns>,
     keep: bool,
     done: bool,
+    /// `request_timeout`: the longest the worker may pause between two pieces of its answer
+    /// (a stream, a long download, is bounded between bytes, not in total).
+    stall: Option<Duration>,
+    /// Armed when a read waits, reset by every piece that comes.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 enum RawFraming {
@@ -392,7 +447,16 @@ impl RawBody {
             conns,
             keep,
             done: false,
+            stall: None,
+            timer: None,
         }
+    }
+
+    /// Fail the body when the worker sends nothing for `limit` (`None`: wait as long as it
+    /// takes).
+    pub fn stalled_after(mut self, limit: Option<Duration>) -> RawBody {
+        self.stall = limit;
+        self
     }
 
     fn finish(&mut self) {
@@ -484,7 +548,18 @@ impl hyper::body::Body for RawBody {
                 this.buf.reserve(16 * 1024);
             }
             match tokio_util::io::poll_read_buf(Pin::new(stream), cx, &mut this.buf) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    let Some(limit) = this.stall else {
+                        return Poll::Pending;
+                    };
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return this.fail(UpstreamError::Stalled(limit));
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Err(e)) => return this.fail(e.into()),
                 Poll::Ready(Ok(0)) => {
                     if matches!(this.framing, RawFraming::UntilClose) {
@@ -494,7 +569,11 @@ impl hyper::body::Body for RawBody {
                     }
                     return this.fail(UpstreamError::EndedEarly);
                 }
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(_)) => {
+                    if let (Some(timer), Some(limit)) = (this.timer.as_mut(), this.stall) {
+                        timer.as_mut().reset(tokio::time::Instant::now() + limit);
+                    }
+                }
             }
         }
     }
@@ -618,21 +697,55 @@ mod tests {
         assert!(!reused, "a distrusted worker's stream was kept");
     }
 
+    #[test]
+    fn an_answer_sooner_than_the_worker_ever_answers_is_out_of_turn_on_a_reused_stream() {
+        let conns = Conns::new(WorkerId(1), Generation(1), Default::default());
+        // New streams answered slowly (a thread started per connection): the floor is not
+        // raised by them, and nothing is judged until reused streams were learned from.
+        conns.answered(Duration::from_millis(30), false).unwrap();
+        for _ in 0..LEARN {
+            conns.answered(Duration::from_millis(1), true).unwrap();
+        }
+        for _ in 0..50 {
+            conns.answered(Duration::from_millis(1), true).unwrap();
+        }
+        // A stray answer that was waiting when the request left, or one that came a tenth of
+        // the way into the worker's usual time: not this request's.
+        for us in [3, 100, 499] {
+            let e = conns.answered(Duration::from_micros(us), true).unwrap_err();
+            assert!(matches!(e, UpstreamError::OutOfTurn { .. }), "{us}: {e}");
+        }
+        // Not learned from: the floor is where it was.
+        assert!(conns.answered(Duration::from_micros(499), true).is_err());
+        // Half the floor or more: an honest, fast answer, which lowers it.
+        conns.answered(Duration::from_micros(600), true).unwrap();
+        conns.answered(Duration::from_micros(310), true).unwrap();
+        // A new stream cannot carry a stray answer: its time is always the worker's, and
+        // lowers the floor at once (the app became faster).
+        conns.answered(Duration::from_micros(100), false).unwrap();
+        conns.answered(Duration::from_micros(60), true).unwrap();
+        // Slower answers raise it slowly: a few slow ones do not make fast ones suspect.
+        for _ in 0..5 {
+            conns.answered(Duration::from_secs(1), true).unwrap();
+        }
+        conns.answered(Duration::from_micros(60), true).unwrap();
+    }
+
     #[tokio::test]
     async fn a_stream_rests_twice_the_workers_usual_answer_time() {
         let conns = Conns::new(WorkerId(1), Generation(1), Default::default());
         assert_eq!(conns.quiet(), MIN_QUIET);
-        conns.answered(Duration::from_millis(4));
+        conns.answered(Duration::from_millis(4), false).unwrap();
         assert_eq!(conns.quiet(), Duration::from_millis(8));
         // One slow answer moves it by an eighth, not to itself.
-        conns.answered(Duration::from_millis(68));
+        conns.answered(Duration::from_millis(68), false).unwrap();
         assert_eq!(conns.quiet(), Duration::from_millis(8 * 7 / 8 + 2 * 68 / 8));
         for _ in 0..100 {
-            conns.answered(Duration::from_micros(100));
+            conns.answered(Duration::from_micros(100), false).unwrap();
         }
         assert_eq!(conns.quiet(), MIN_QUIET, "at least a millisecond");
         for _ in 0..100 {
-            conns.answered(Duration::from_secs(10));
+            conns.answered(Duration::from_secs(10), false).unwrap();
         }
         assert_eq!(conns.quiet(), MAX_QUIET);
     }

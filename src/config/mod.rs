@@ -227,6 +227,11 @@ pub struct WorkersConfig {
     pub idle_timeout: Duration,
     pub max_requests: u64,
     pub memory_limit: ByteSize,
+    /// A worker that has not begun its answer this long after it got the whole request: 504
+    /// (and, for a streamed answer, the longest pause between two of its reads). 0: no limit.
+    pub request_timeout: Duration,
+    /// A request that waited this long for a free worker: 503 with `Retry-After`. 0: no limit.
+    pub max_queue_time: Duration,
 }
 
 impl Default for WorkersConfig {
@@ -240,6 +245,8 @@ impl Default for WorkersConfig {
             idle_timeout: Duration::from_secs(300),
             max_requests: 0,
             memory_limit: ByteSize(0),
+            request_timeout: Duration::from_secs(60),
+            max_queue_time: Duration::from_secs(30),
         }
     }
 }

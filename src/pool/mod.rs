@@ -133,6 +133,8 @@ pub struct WorkerView {
 pub enum Rejected {
     #[error("all workers are busy and the queue is full ({0} waiting)")]
     QueueFull(usize),
+    #[error("no worker was free within max_queue_time ({})", humantime::format_duration(*.0))]
+    QueueTimeout(Duration),
     #[error("the manager is shutting down")]
     ShuttingDown,
 }
@@ -144,6 +146,7 @@ struct Grant {
     outcomes: Arc<Counter>,
     attached: Attached,
     cut: CancellationToken,
+    request_timeout: Option<Duration>,
 }
 
 struct Waiter {
@@ -165,13 +168,30 @@ struct Inner {
 /// Generations whose figures are kept (the newest ones).
 const KEPT_GENERATIONS: usize = 8;
 
-/// How requests are spread over workers.
+/// How requests are spread over workers, and how long they may take.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// In-flight requests per worker; 0 = unlimited.
     pub concurrency: usize,
     /// Requests that may wait for a free worker.
     pub max_queue: usize,
+    /// How long a request may wait for one (`None`: as long as it takes).
+    pub max_queue_time: Option<Duration>,
+    /// How long a worker may take to begin its answer (`None`: no limit).
+    pub request_timeout: Option<Duration>,
+}
+
+impl Limits {
+    /// The one place `[workers]` becomes the pool's limits: at start and at every reload.
+    pub fn from_config(workers: &crate::config::WorkersConfig) -> Limits {
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        Limits {
+            concurrency: workers.concurrency,
+            max_queue: workers.max_queue,
+            max_queue_time: nonzero(workers.max_queue_time.get()),
+            request_timeout: nonzero(workers.request_timeout.get()),
+        }
+    }
 }
 
 pub struct Pool {
@@ -190,6 +210,8 @@ pub struct Lease {
     pub addr: SocketAddr,
     /// What the worker's answers came to, for the canary judge.
     pub outcomes: Arc<Counter>,
+    /// `[workers] request_timeout` when the lease was granted.
+    pub request_timeout: Option<Duration>,
     attached: Attached,
     cut: CancellationToken,
 }
@@ -283,20 +305,32 @@ impl Pool {
             if inner.waiters.len() >= inner.limits.max_queue {
                 return Err(Rejected::QueueFull(inner.waiters.len()));
             }
+            let max_queue_time = inner.limits.max_queue_time;
             let (tx, rx) = oneshot::channel();
             inner.waiters.push_back(Waiter { tx, avoid });
             // Whatever capacity is free goes to the queue now, in order: a request never
             // waits beside an idle worker for the next release to look at the queue.
             inner.dispatch();
             self.demand.notify_one();
-            rx
+            (rx, max_queue_time)
         };
+        let (rx, max_queue_time) = rx;
         let mut queued = QueuedRequest {
             pool: self.clone(),
             rx: Some(rx),
         };
         let rx = queued.rx.as_mut().ok_or(Rejected::ShuttingDown)?;
-        match rx.await {
+        // Beyond max_queue_time the visitor is told to come back (503 + Retry-After) rather
+        // than wait on: with every worker stuck, the queue sheds instead of growing. A grant
+        // that races the deadline is given back by `QueuedRequest`'s drop.
+        let granted = match max_queue_time {
+            Some(limit) => match tokio::time::timeout(limit, rx).await {
+                Ok(r) => r,
+                Err(_) => return Err(Rejected::QueueTimeout(limit)),
+            },
+            None => rx.await,
+        };
+        match granted {
             Ok(g) => {
                 queued.rx = None;
                 Ok(self.lease(g))
@@ -312,6 +346,7 @@ impl Pool {
             generation: g.generation,
             addr: g.addr,
             outcomes: g.outcomes,
+            request_timeout: g.request_timeout,
             attached: g.attached,
             cut: g.cut,
         }
@@ -563,6 +598,7 @@ impl Inner {
             outcomes: w.outcomes.clone(),
             attached: w.attached.clone(),
             cut: w.cut.clone(),
+            request_timeout: self.limits.request_timeout,
         })
     }
 
@@ -643,6 +679,8 @@ mod tests {
         let pool = Pool::new(Limits {
             concurrency: 2,
             max_queue: 1,
+            max_queue_time: None,
+            request_timeout: None,
         });
         pool.insert(worker(1, 1, WorkerState::Ready));
         pool.insert(worker(2, 2, WorkerState::Ready));
@@ -676,6 +714,8 @@ mod tests {
         let pool = Pool::new(Limits {
             concurrency: 1,
             max_queue: 5,
+            max_queue_time: None,
+            request_timeout: None,
         });
         pool.insert(worker(1, 1, WorkerState::Ready));
         let held = pool.acquire(None).await.unwrap();
@@ -693,6 +733,8 @@ mod tests {
         let pool = Pool::new(Limits {
             concurrency: 1,
             max_queue: 5,
+            max_queue_time: None,
+            request_timeout: None,
         });
         pool.insert(worker(1, 1, WorkerState::Ready));
         // The only worker failed a request: its retry gets it again rather than waiting for
@@ -747,6 +789,8 @@ mod tests {
             let pool = Pool::new(Limits {
                 concurrency: 1 + rng.below(3),
                 max_queue: 1 + rng.below(8),
+                max_queue_time: None,
+                request_timeout: None,
             });
             let mut next_id = 1;
             let mut held: Vec<Lease> = Vec::new();
@@ -787,6 +831,8 @@ mod tests {
                     8 => pool.set_limits(Limits {
                         concurrency: rng.below(3),
                         max_queue: 1 + rng.below(8),
+                        max_queue_time: None,
+                        request_timeout: None,
                     }),
                     _ => {}
                 }

@@ -15,6 +15,7 @@ use crate::h1::{self, Answer, Final};
 use crate::upstream::{Upstream, UpstreamError};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// A request as it goes to a worker.
@@ -104,6 +105,12 @@ impl Proxy {
             match result {
                 Ok((stream, fin)) => return Ok(Answered { lease, stream, fin }),
                 Err(_) if lease.was_cut() => return Err(ProxyError::Cut(lease.worker)),
+                // The worker has the request and is still at it: sent again, it would wait
+                // as long again, and a worker that hangs would get every retry.
+                Err(Failed {
+                    error: UpstreamError::Timeout(limit),
+                    ..
+                }) => return Err(ProxyError::timed_out(&lease, req.bytes, limit)),
                 Err(_) if req.fault.as_ref().is_some_and(Fault::is_set) => {
                     let fault = req.fault.take().map(|f| f.take());
                     if let Some(failure) = fault {
@@ -145,10 +152,14 @@ async fn ask(
             sent: false,
             stale: false,
         })?;
-    send(lease, req, stream, answer, out)
+    send(lease, req, stream, reused, answer, out)
         .await
         .map_err(|mut f| {
-            f.stale = reused && matches!(f.error, UpstreamError::Closed | UpstreamError::Io(_));
+            f.stale = reused
+                && matches!(
+                    f.error,
+                    UpstreamError::Closed | UpstreamError::Io(_) | UpstreamError::OutOfTurn { .. }
+                );
             f
         })
 }
@@ -158,10 +169,12 @@ async fn send(
     lease: &Leased,
     req: &mut Outgoing<'_>,
     mut stream: tokio::net::TcpStream,
+    reused: bool,
     answer: &mut BytesMut,
     out: &mut Vec<u8>,
 ) -> Result<(Upstream, Final), Failed> {
     let asked = std::time::Instant::now();
+    let limit = lease.request_timeout;
     let (stream, (mut fin, interim)) = if req.body.is_none() && req.bytes.len() <= AT_ONCE {
         // Fits the socket buffers: written at once, then the answer is read.
         // A worker may answer a body before it has read it all (a 413) and close its end: the
@@ -171,7 +184,9 @@ async fn send(
         {
             return Err(e.into());
         }
-        let answered = read_answer(&mut stream, req.head, req.upgrade, answer, out).await?;
+        // The request is the worker's from here: its time runs.
+        let read = read_answer(&mut stream, req.head, req.upgrade, answer, out);
+        let answered = within(limit, read).await?;
         (Upstream::Whole(stream), answered)
     } else {
         // A larger request, or one whose body comes as the client sends it, is written by a
@@ -195,11 +210,19 @@ async fn send(
             (wr, written)
         });
         let mut written = None;
+        // The worker's time runs once it has the whole request: a slow upload is the
+        // client's (bounded by client_body_timeout), not the worker's.
+        let deadline = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(deadline);
         let answered = {
             let read = read_answer(&mut rd, req.head, req.upgrade, answer, out);
             tokio::pin!(read);
             loop {
                 tokio::select! {
+                    () = &mut deadline, if written.is_some() && limit.is_some() => {
+                        let limit = limit.unwrap_or_default();
+                        return Err(UpstreamError::Timeout(limit).into());
+                    }
                     w = &mut writer, if written.is_none() => {
                         let (wr, result) = w.map_err(std::io::Error::other)?;
                         match result {
@@ -209,6 +232,9 @@ async fn send(
                             _ => {}
                         }
                         written = Some(wr);
+                        if let Some(limit) = limit {
+                            deadline.as_mut().reset(tokio::time::Instant::now() + limit);
+                        }
                     }
                     fin = &mut read => break fin?,
                 }
@@ -226,7 +252,7 @@ async fn send(
         };
         (stream, (fin, interim))
     };
-    lease.conns.answered(asked.elapsed());
+    lease.conns.answered(asked.elapsed(), reused)?;
     fin.close |= !crate::upstream::reusable(req.retryable, req.head, interim, &fin);
     Ok((stream, fin))
 }
@@ -234,6 +260,20 @@ async fn send(
 /// Requests up to this long (without a body to stream) are written before the answer is
 /// read; others while it is.
 const AT_ONCE: usize = 16 * 1024;
+
+/// `read` within `limit` (`request_timeout`; `None`: no limit).
+async fn within<T>(
+    limit: Option<Duration>,
+    read: impl std::future::Future<Output = Result<T, Failed>>,
+) -> Result<T, Failed> {
+    match limit {
+        None => read.await,
+        Some(limit) => match tokio::time::timeout(limit, read).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout(limit).into()),
+        },
+    }
+}
 
 /// Read a worker's answer head (interim answers skipped, and reported): the client's head is
 /// left in `out`, the rest of what was read in `answer`.

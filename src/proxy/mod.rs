@@ -649,7 +649,8 @@ impl Proxy {
                 Full::new(body).map_err(|n| match n {}).boxed_unsync(),
             ));
         }
-        let body = RawBody::new(stream, answer, fin.body, lease.conns.clone(), !fin.close);
+        let body = RawBody::new(stream, answer, fin.body, lease.conns.clone(), !fin.close)
+            .stalled_after(lease.request_timeout);
         if self.response_buffering {
             // The rest of the worker's answer is read as fast as it comes; its lease goes back
             // when it ends, whatever the client's pace.
@@ -786,6 +787,8 @@ enum ProxyError {
     Own(policy::OwnAnswer),
     #[error("baton: worker {worker} failed to answer: {cause}")]
     BadGateway { worker: WorkerId, cause: String },
+    #[error("baton: worker {worker} did not answer within request_timeout ({})", humantime::format_duration(*.limit))]
+    GatewayTimeout { worker: WorkerId, limit: Duration },
     #[error(
         "baton: worker {0} was stopped by a restart after drain_timeout while this request was in flight"
     )]
@@ -798,8 +801,13 @@ impl ProxyError {
     fn bad_gateway(lease: &crate::pool::Lease, e: &UpstreamError) -> ProxyError {
         let mut cause = e.to_string();
         let mut src = std::error::Error::source(e);
+        // Each cause once: an error whose text already says its source's is not followed by
+        // it again ("Connection reset by peer: Connection reset by peer").
         while let Some(s) = src {
-            cause = format!("{cause}: {s}");
+            let text = s.to_string();
+            if !cause.contains(&text) {
+                cause = format!("{cause}: {text}");
+            }
             src = s.source();
         }
         tracing::warn!(
@@ -813,6 +821,25 @@ impl ProxyError {
         }
     }
 
+    /// A worker that had the whole request for `limit` without beginning its answer: the
+    /// visitor gets a 504, and the journal says which request it was (its request line).
+    fn timed_out(lease: &crate::pool::Lease, request: &[u8], limit: Duration) -> ProxyError {
+        let line = request.split(|b| *b == b'\r').next().unwrap_or_default();
+        let line = String::from_utf8_lossy(&line[..line.len().min(200)]);
+        tracing::warn!(
+            worker = lease.worker.0,
+            generation = lease.generation.0,
+            "worker {} (generation {}) did not answer \"{line}\" within request_timeout ({}): 504",
+            lease.worker,
+            lease.generation.0,
+            humantime::format_duration(limit)
+        );
+        ProxyError::GatewayTimeout {
+            worker: lease.worker,
+            limit,
+        }
+    }
+
     fn into_response(self) -> Response<ProxyBody> {
         let status = match &self {
             ProxyError::NoWorker(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -820,6 +847,7 @@ impl ProxyError {
                 StatusCode::from_u16(own.status()).unwrap_or(StatusCode::BAD_REQUEST)
             }
             ProxyError::BadGateway { .. } | ProxyError::Cut(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Body(BodyFailure::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Body(BodyFailure::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Body(BodyFailure::Malformed(_)) => StatusCode::BAD_REQUEST,
@@ -827,7 +855,7 @@ impl ProxyError {
         };
         let mut r = error_response(status, &self.to_string());
         match self {
-            ProxyError::NoWorker(Rejected::QueueFull(_)) => {
+            ProxyError::NoWorker(Rejected::QueueFull(_) | Rejected::QueueTimeout(_)) => {
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }

@@ -217,7 +217,11 @@ impl Proxy {
                     match self.lease_watching(io, &mut s.input).await {
                         Ok(Some(lease)) => {
                             let Scratch {
-                                up, answer, out, ..
+                                up,
+                                answer,
+                                out,
+                                input,
+                                ..
                             } = &mut s;
                             let mut req = Outgoing {
                                 bytes: up,
@@ -230,7 +234,17 @@ impl Proxy {
                             };
                             let (leased, worker, generation) =
                                 (Instant::now(), lease.worker.0, lease.generation.0);
-                            let answered = self.exchange(lease, &mut req, answer, out).await;
+                            let exchange = self.exchange(lease, &mut req, answer, out);
+                            let Some(answered) = self.watching(io, input, exchange).await else {
+                                // Nobody would read the answer: the worker's stream is closed
+                                // and its slot given back now (as nginx does, 499 in the log).
+                                tracing::debug!(
+                                    "a client closed its connection while a worker had its request"
+                                );
+                                let took = started.elapsed();
+                                self.answered(&mut s.entry, 499, 0, took, None);
+                                return Ended::Closed;
+                            };
                             if answered.is_ok() {
                                 upstream = Some(crate::access::Upstream {
                                     worker,
@@ -244,6 +258,7 @@ impl Proxy {
                             tracing::debug!(
                                 "a client closed its connection while its request waited for a worker"
                             );
+                            self.answered(&mut s.entry, 499, 0, started.elapsed(), None);
                             return Ended::Closed;
                         }
                         Err(e) => Err(e),
@@ -384,19 +399,34 @@ impl Proxy {
     where
         S: AsyncRead + Unpin,
     {
-        let acquire = self.lease(None);
-        tokio::pin!(acquire);
+        // The pool first: when a worker is free, the client is not even looked at.
+        self.watching(io, input, self.lease(None)).await.transpose()
+    }
+
+    /// `work` (a lease, a worker's exchange), or `None` when the client closed its connection
+    /// (or reset it) first, `work` polled first: dropping `work` closes the worker's stream and gives its lease back at once,
+    /// so a visitor who gave up on a hanging page does not hold a worker for ever. Bytes the
+    /// client pipelines meanwhile are kept for its next request, up to `max_header_size`.
+    async fn watching<S, T>(
+        &self,
+        io: &mut S,
+        input: &mut BytesMut,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T>
+    where
+        S: AsyncRead + Unpin,
+    {
+        tokio::pin!(work);
         loop {
             let watch = input.len() < self.max_header_size;
             if watch && input.capacity() - input.len() < 1024 {
                 input.reserve(4096);
             }
-            // The pool first: when a worker is free, the client is not even looked at.
             tokio::select! {
                 biased;
-                lease = &mut acquire => return lease.map(Some),
+                done = &mut work => return Some(done),
                 read = io.read_buf(input), if watch => match read {
-                    Ok(0) | Err(_) => return Ok(None),
+                    Ok(0) | Err(_) => return None,
                     Ok(_) => {}
                 },
             }
@@ -442,7 +472,8 @@ impl Proxy {
             fin.body,
             lease.conns.clone(),
             !fin.close,
-        );
+        )
+        .stalled_after(lease.request_timeout);
         let chunked = !matches!(fin.body, Framing::Length(_));
         if io.write_all(&s.out).await.is_err() {
             return false;

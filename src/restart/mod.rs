@@ -816,10 +816,9 @@ impl Supervisor {
                 changed.join(", "),
                 path.display()
             ));
-            self.ctx.pool.set_limits(crate::pool::Limits {
-                concurrency: new.workers.concurrency,
-                max_queue: new.workers.max_queue,
-            });
+            self.ctx
+                .pool
+                .set_limits(crate::pool::Limits::from_config(&new.workers));
             *self.ctx.config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
             self.ctx.update(|s| s.config_generation += 1);
             tracing::info!(app = %app, "config reloaded: {}", notes.join("; "));
@@ -891,10 +890,9 @@ impl Supervisor {
         let rollback = rollback.map(|(rb, pinned)| {
             // The release and the config the earlier generation ran with.
             let changed = !Arc::ptr_eq(&pinned.config, &self.ctx.config());
-            self.ctx.pool.set_limits(crate::pool::Limits {
-                concurrency: pinned.config.workers.concurrency,
-                max_queue: pinned.config.workers.max_queue,
-            });
+            self.ctx
+                .pool
+                .set_limits(crate::pool::Limits::from_config(&pinned.config.workers));
             *self.ctx.config.lock().unwrap_or_else(|e| e.into_inner()) = pinned.config.clone();
             if changed {
                 self.ctx.update(|s| s.config_generation += 1);

@@ -291,10 +291,7 @@ async fn start_with(fake: Fake, workers: &str, restart: &str, from_file: bool) -
         std::fs::write(f.path(), &text).unwrap();
         f
     });
-    let pool = Pool::new(crate::pool::Limits {
-        concurrency: config.workers.concurrency,
-        max_queue: config.workers.max_queue,
-    });
+    let pool = Pool::new(crate::pool::Limits::from_config(&config.workers));
     let fake = Arc::new(fake);
     let (sup, handle) = Supervisor::new(
         config,
@@ -513,6 +510,8 @@ async fn the_phase_is_starting_until_min_workers_are_ready() {
         Pool::new(crate::pool::Limits {
             concurrency: 0,
             max_queue: 10,
+            max_queue_time: None,
+            request_timeout: None,
         }),
         fake.clone(),
         Arc::new(FakeProbe(fake.clone())),
