@@ -34,11 +34,16 @@ struct Rogue {
 
 impl Rogue {
     fn start(workers: usize) -> Rogue {
+        Rogue::start_with(workers, "")
+    }
+
+    /// [`Rogue::start`], with more `[workers]` keys (lines).
+    fn start_with(workers: usize, more: &str) -> Rogue {
         let logs = tempfile::tempdir().unwrap();
         let log = logs.path().join("worker.log");
         let command = format!(r#"["python3", "{ROGUE_WORKER}", "{{port}}"]"#);
         let extra = format!(
-            "[workers]\ncount = {workers}\nconcurrency = 1\n\
+            "[workers]\ncount = {workers}\nconcurrency = 1\n{more}\n\
              [app]\nenvironment = {{ ROGUE_LOG = \"{}\" }}\n",
             log.display()
         );
@@ -370,16 +375,28 @@ fn a_request_body_never_runs_as_a_request() {
     let chunked = format!("{:x}\r\n{SMUGGLED}\r\n0\r\n\r\n", SMUGGLED.len());
     let length = format!("Content-Length: {}", SMUGGLED.len());
     let mut ran = Vec::new();
-    for method in ["POST", "PUT", "PATCH", "DELETE", "OPTIONS", "GET"] {
+    // An upgrade asked for beside a body (the red team's way in): the body is a body all the
+    // same, and the worker's stream is closed after it.
+    let upgrades = [
+        "",
+        "Connection: Upgrade\r\nUpgrade: websocket\r\n",
+        "Connection: keep-alive, Upgrade\r\nUpgrade: h2c\r\n",
+        "Connection: upgrade\r\nUpgrade: anything\r\n",
+    ];
+    for (method, upgrade) in ["POST", "PUT", "PATCH", "DELETE", "OPTIONS", "GET"]
+        .into_iter()
+        .flat_map(|m| upgrades.iter().map(move |u| (m, *u)))
+    {
         for (framing, body) in [
             (length.as_str(), SMUGGLED),
             ("Transfer-Encoding: chunked", chunked.as_str()),
         ] {
-            let what = format!("{method} with {framing}");
+            let what = format!("{method} with {framing} and {upgrade:?}");
             let before = rogue.executed("/admin/delete-user");
             let mut s = rogue.connect();
-            let request =
-                format!("{method} /victim HTTP/1.1\r\nHost: app\r\n{framing}\r\n\r\n{body}");
+            let request = format!(
+                "{method} /victim HTTP/1.1\r\nHost: app\r\n{upgrade}{framing}\r\n\r\n{body}"
+            );
             let answer = exchange(&mut s, &request, quick);
             assert_eq!(
                 answer,
@@ -387,7 +404,11 @@ fn a_request_body_never_runs_as_a_request() {
                 "{what}\n{}",
                 rogue.log_tail()
             );
-            let path = format!("/after-{method}-{}", framing.split(':').next().unwrap());
+            let path = format!(
+                "/after-{method}-{}-{}",
+                framing.split(':').next().unwrap(),
+                upgrade.len()
+            );
             let answer = exchange(&mut s, &get_request(&path, Via::Narrow), quick);
             assert_eq!(
                 answer,
@@ -634,4 +655,232 @@ fn a_workers_framing_is_judged_the_same_on_both_paths() {
             rogue.log_tail()
         );
     }
+}
+
+/// A worker that follows an answer with a whole second answer any time later (1 ms to 1 s,
+/// issue 37), written while it goes on serving the connection, costs at most one wrong answer, on both paths, under 16 keep-alive clients:
+/// the stray answer may be taken for one request's answer, but that request's own answer,
+/// coming later, never becomes the next client's (the chain the stray answer would start is
+/// cut where an answer comes sooner than the worker ever answers, or while the stream rests).
+#[test]
+fn late_answers_never_cascade_at_any_delay() {
+    for via in [Via::Narrow, Via::Hyper] {
+        for delay_ms in [1u64, 20, 100, 1000] {
+            // A worker that takes a millisecond per answer, and one whose times are heavy
+            // tailed (a real answer later than the rest before reuse).
+            for jitter in [false, true] {
+                late_answer(via, delay_ms, jitter);
+            }
+        }
+    }
+}
+
+fn late_answer(via: Via, delay_ms: u64, jitter: bool) {
+    let _serial = serial();
+    let rogue = Rogue::start(2);
+    let addr = rogue.baton.addr;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let attack_at = Duration::from_millis(300);
+    let until =
+        Instant::now() + attack_at + Duration::from_millis(delay_ms) + Duration::from_secs(1);
+    let clients: Vec<_> = (0..16)
+        .map(|v| {
+            let sent = sent.clone();
+            thread::spawn(move || {
+                let mut wrong = Vec::new();
+                let mut s = connect(addr);
+                let mut n = 0usize;
+                while Instant::now() < until {
+                    n += 1;
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    let path = if jitter {
+                        format!("/c{v}-{n}?jitter")
+                    } else {
+                        format!("/c{v}-{n}")
+                    };
+                    match exchange(&mut s, &get_request(&path, via), Duration::from_secs(5)) {
+                        Ok((200, body)) if body == path => {}
+                        Ok(other) => wrong.push(format!("asked {path}, got {other:?}")),
+                        Err(e) => {
+                            wrong.push(format!("asked {path}: {e}"));
+                            s = connect(addr);
+                        }
+                    }
+                }
+                (n, wrong)
+            })
+        })
+        .collect();
+    thread::sleep(attack_at);
+    let overlong = exchange(
+        &mut connect(addr),
+        &get_request(&format!("/late?ms={delay_ms}"), via),
+        Duration::from_secs(5),
+    );
+    let (mut asked, mut wrong) = (0, Vec::new());
+    for c in clients {
+        let (n, w) = c.join().unwrap();
+        asked += n;
+        wrong.extend(w);
+    }
+    println!(
+        "{via:?} path, stray answer {delay_ms} ms late (jitter: {jitter}): {} wrong of {asked} ({:?}); the attacker got {overlong:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    assert!(
+        wrong.len() <= 1,
+        "{via:?} path, stray answer {delay_ms} ms late (jitter: {jitter}): {} wrong answers of {asked}: {:?}\n{}",
+        wrong.len(),
+        &wrong[..wrong.len().min(10)],
+        rogue.log_tail()
+    );
+    assert!(asked >= 200, "{via:?}: only {asked} requests");
+}
+
+/// A worker stuck on a request (issue 36): its client gets a 504 from baton at
+/// `request_timeout`, naming it, while every other client is served by the other worker;
+/// the stuck worker's slot is given back with the 504.
+#[test]
+fn a_stuck_worker_s_client_gets_a_504_at_request_timeout() {
+    let _serial = serial();
+    let rogue = Rogue::start_with(2, "request_timeout = \"1s\"");
+    for via in [Via::Narrow, Via::Hyper] {
+        let started = Instant::now();
+        let stuck = {
+            let addr = rogue.baton.addr;
+            thread::spawn(move || {
+                exchange(
+                    &mut connect(addr),
+                    &get_request("/hang", via),
+                    Duration::from_secs(10),
+                )
+            })
+        };
+        // Others are served meanwhile, at once.
+        let mut s = rogue.connect();
+        while !stuck.is_finished() {
+            let answer = exchange(&mut s, &get_request("/other", via), Duration::from_secs(2));
+            assert_eq!(answer, Ok((200, "/other".into())), "{via:?}");
+            thread::sleep(Duration::from_millis(20));
+        }
+        let took = started.elapsed();
+        let (status, body) = stuck.join().unwrap().unwrap();
+        assert_eq!(status, 504, "{via:?}: {body}");
+        assert!(body.contains("request_timeout (1s)"), "{via:?}: {body}");
+        assert!(
+            took >= Duration::from_millis(950) && took < Duration::from_secs(4),
+            "{via:?}: the 504 came after {took:?}"
+        );
+    }
+    // Both stuck requests' slots are free again: two requests at once are both answered.
+    let both: Vec<_> = (0..2)
+        .map(|i| {
+            let addr = rogue.baton.addr;
+            thread::spawn(move || {
+                let path = format!("/after-{i}");
+                exchange(
+                    &mut connect(addr),
+                    &get_request(&path, Via::Narrow),
+                    Duration::from_secs(3),
+                )
+            })
+        })
+        .collect();
+    for b in both {
+        assert!(matches!(b.join().unwrap(), Ok((200, _))));
+    }
+    assert!(
+        rogue
+            .baton
+            .log()
+            .contains("did not answer \"GET /hang HTTP/1.1\" within request_timeout"),
+        "{}",
+        rogue.log_tail()
+    );
+}
+
+/// `request_timeout` bounds the pause between two pieces of a streamed answer, not the
+/// whole answer: a stream that sends something every 400 ms runs for 2.4 s under a 1 s
+/// limit, and one that pauses longer than the limit is cut there.
+#[test]
+fn a_stream_longer_than_request_timeout_still_flows() {
+    let _serial = serial();
+    let rogue = Rogue::start_with(1, "request_timeout = \"1s\"");
+    for via in [Via::Narrow, Via::Hyper] {
+        let mut s = rogue.connect();
+        let answer = exchange(
+            &mut s,
+            &get_request("/drip?n=6&ms=400", via),
+            Duration::from_secs(10),
+        );
+        let body: String = (0..6).map(|k| format!("tick {k}\n")).collect();
+        assert_eq!(answer, Ok((200, body)), "{via:?}");
+        // A pause of 2.5 s after the first piece: the client gets the first piece, then the
+        // answer is cut (it never ends).
+        let mut s = rogue.connect();
+        let cut = exchange(
+            &mut s,
+            &get_request("/drip?n=2&ms=2500", via),
+            Duration::from_secs(10),
+        );
+        assert!(cut.is_err(), "{via:?}: {cut:?}");
+    }
+}
+
+/// A client that gives up on a hanging request frees its worker at once (issue 36): with one
+/// worker taking one request at a time, the next client is answered at once, on both paths.
+#[test]
+fn a_client_that_leaves_frees_its_worker() {
+    let _serial = serial();
+    let rogue = Rogue::start(1);
+    for via in [Via::Narrow, Via::Hyper] {
+        let mut gone = rogue.connect();
+        gone.write_all(get_request("/hang", via).as_bytes())
+            .unwrap();
+        thread::sleep(Duration::from_millis(300));
+        drop(gone);
+        let answer = exchange(
+            &mut rogue.connect(),
+            &get_request("/next", via),
+            Duration::from_secs(2),
+        );
+        assert_eq!(
+            answer,
+            Ok((200, "/next".into())),
+            "{via:?}\n{}",
+            rogue.log_tail()
+        );
+    }
+}
+
+/// With every worker stuck, requests are not kept for ever: beyond `max_queue_time` they get
+/// a 503 with `Retry-After`, and the queue sheds instead of growing.
+#[test]
+fn a_request_that_waits_longer_than_max_queue_time_gets_a_503() {
+    let _serial = serial();
+    let rogue = Rogue::start_with(1, "max_queue_time = \"1s\"\nrequest_timeout = \"30s\"");
+    let mut stuck = rogue.connect();
+    stuck
+        .write_all(get_request("/hang", Via::Narrow).as_bytes())
+        .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    for via in [Via::Narrow, Via::Hyper] {
+        let started = Instant::now();
+        let mut s = rogue.connect();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(get_request("/queued", via).as_bytes()).unwrap();
+        let head = read_head(&mut s).unwrap();
+        let took = started.elapsed();
+        assert!(head.starts_with("HTTP/1.1 503"), "{via:?}: {head}");
+        assert!(
+            head.to_ascii_lowercase().contains("retry-after: "),
+            "{via:?}: {head}"
+        );
+        assert!(
+            took >= Duration::from_millis(950) && took < Duration::from_secs(3),
+            "{via:?}: the 503 came after {took:?}"
+        );
+    }
+    drop(stuck);
 }
