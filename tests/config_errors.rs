@@ -267,3 +267,31 @@ fn acme_keys_are_checked() {
         assert!(stderr.ends_with(message), "{acme}: {stderr}");
     }
 }
+
+#[test]
+fn a_shell_variable_in_the_command_is_refused() {
+    const WHY: &str = "is not expanded (baton runs the command without a shell); write \"{port}\" for the worker's port, or let the app read the PORT environment variable, which baton always sets";
+    assert_error(
+        "name = \"app\"\n[app]\ncommand = [\"sh\", \"main.sh\", \"--port\", \"$PORT\"]\n",
+        &format!("baton: FILE:3:1: key `app.command`: \"$PORT\" {WHY}"),
+    );
+    // Written over several lines: the key's line.
+    assert_error(
+        "name = \"app\"\n\n[app]\ndirectory = \"/\"\ncommand = [\n  \"sh\",\n  \"main.sh\",\n  \"--bind=127.0.0.1:${PORT}\",\n]\n",
+        &format!(
+            "baton: FILE:5:1: key `app.command`: \"${{PORT}}\" in \"--bind=127.0.0.1:${{PORT}}\" {WHY}"
+        ),
+    );
+}
+
+#[test]
+fn a_shell_script_may_use_port() {
+    for command in [
+        r#"["sh", "-c", "exec app --port $PORT"]"#,
+        r#"["env", "NODE_ENV=production", "bash", "-ec", "exec node main.js --port=${PORT}"]"#,
+        r#"["sh", "main.sh", "--port", "{port}"]"#,
+    ] {
+        let (ok, stderr, _) = check(&format!("name = \"app\"\n[app]\ncommand = {command}\n"));
+        assert!(ok, "{command}: {stderr}");
+    }
+}

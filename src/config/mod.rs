@@ -145,6 +145,72 @@ impl AppCommand {
         let p = port.to_string();
         self.0.iter().map(|a| a.replace("{port}", &p)).collect()
     }
+
+    /// The first argument with `$PORT` or `${PORT}` (a shell's habit) that no shell will
+    /// expand, and that spelling as written. A shell's `-c` script expands it (baton always
+    /// sets `PORT`), so what follows a shell and its `-c` option is left alone.
+    pub fn unexpanded_port(&self) -> Option<(&str, &str)> {
+        let argv = &self.0;
+        let expanded_from = (0..argv.len())
+            .filter(|&i| is_shell(&argv[i]))
+            .find_map(|shell| script_after(&argv[shell + 1..]).map(|c| shell + 1 + c + 1))
+            .unwrap_or(argv.len());
+        argv[..expanded_from]
+            .iter()
+            .find_map(|a| port_variable(a).map(|v| (a.as_str(), v)))
+    }
+}
+
+/// Shells that take a script with `-c`, by the program's file name.
+fn is_shell(program: &str) -> bool {
+    let name = program.rsplit('/').next().unwrap_or(program);
+    matches!(
+        name,
+        "sh" | "bash" | "dash" | "zsh" | "ksh" | "mksh" | "ash" | "fish"
+    )
+}
+
+/// Where among a shell's arguments its `-c` option is (alone or in a cluster such as `-ec`),
+/// looking only at its options: `sh script.sh -c` hands `-c` to the script.
+fn script_after(args: &[String]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(a) = args.get(i) {
+        let flags = a.strip_prefix(['-', '+'])?;
+        if a == "--" || a == "-" {
+            return None;
+        }
+        let cluster = !a.starts_with("--") && flags.chars().all(|c| c.is_ascii_alphabetic());
+        if cluster && a.starts_with('-') && flags.contains('c') {
+            return Some(i);
+        }
+        // `-o pipefail`, `-O extglob`: the option's value is not a script.
+        if cluster && flags.ends_with(['o', 'O']) {
+            i += 1;
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The first `$PORT` or `${PORT...}` in `arg`, as written; not `$PORTS` or `${PORTS}`.
+fn port_variable(arg: &str) -> Option<&str> {
+    let mut from = 0;
+    while let Some(i) = arg[from..].find('$') {
+        let at = from + i;
+        let rest = &arg[at + 1..];
+        if let Some(after) = rest.strip_prefix("PORT") {
+            if !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                return Some(&arg[at..at + 5]);
+            }
+        } else if let Some(after) = rest.strip_prefix("{PORT")
+            && after.starts_with(['}', ':', '-', '=', '+', '?', '#', '%', '/'])
+        {
+            let end = after.find('}').map_or(arg.len(), |j| at + 6 + j + 1);
+            return Some(&arg[at..end]);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -1021,6 +1087,19 @@ impl Config {
                 format!("argument {arg:?} contains a NUL byte"),
             ));
         }
+        if let Some((arg, variable)) = self.app.command.unexpanded_port() {
+            let which = if arg == variable {
+                format!("{variable:?}")
+            } else {
+                format!("{variable:?} in {arg:?}")
+            };
+            return Err((
+                "app.command".into(),
+                format!(
+                    "{which} is not expanded (baton runs the command without a shell); write \"{{port}}\" for the worker's port, or let the app read the PORT environment variable, which baton always sets"
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -1249,6 +1328,75 @@ mod tests {
             std::time::Duration::from_secs(60)
         );
         assert_eq!(c.control_socket(), PathBuf::from("/run/baton/app.sock"));
+    }
+
+    fn unexpanded(argv: &[&str]) -> Option<(String, String)> {
+        AppCommand::new(argv.iter().map(|a| (*a).to_owned()).collect())
+            .unwrap()
+            .unexpanded_port()
+            .map(|(a, v)| (a.to_owned(), v.to_owned()))
+    }
+
+    #[test]
+    fn a_shell_variable_no_shell_expands_is_found() {
+        let found = |arg: &str, var: &str| Some((arg.to_owned(), var.to_owned()));
+        assert_eq!(
+            unexpanded(&["uvicorn", "app:app", "--port", "$PORT"]),
+            found("$PORT", "$PORT")
+        );
+        assert_eq!(
+            unexpanded(&["gunicorn", "-b", "127.0.0.1:${PORT}"]),
+            found("127.0.0.1:${PORT}", "${PORT}")
+        );
+        assert_eq!(
+            unexpanded(&["app", "--port=${PORT:-8080}", "x"]),
+            found("--port=${PORT:-8080}", "${PORT:-8080}")
+        );
+        assert_eq!(
+            unexpanded(&["app", "--port=$PORT/x"]),
+            found("--port=$PORT/x", "$PORT")
+        );
+        // Other variables, and the placeholder, are not it.
+        assert_eq!(
+            unexpanded(&["app", "$PORTS", "${PORTAL}", "{port}", "$"]),
+            None
+        );
+        // After a script's name, `-c` is the script's.
+        assert_eq!(
+            unexpanded(&["sh", "main.sh", "-c", "$PORT"]),
+            found("$PORT", "$PORT")
+        );
+        // A shell's option value is not its script.
+        assert_eq!(
+            unexpanded(&["bash", "-o", "pipefail", "$PORT"]),
+            found("$PORT", "$PORT")
+        );
+    }
+
+    #[test]
+    fn a_shell_script_may_use_port() {
+        for argv in [
+            &["sh", "-c", "exec app --port $PORT"][..],
+            &["/bin/bash", "-euc", "exec app --port \"${PORT}\""],
+            &[
+                "bash",
+                "-o",
+                "pipefail",
+                "-lc",
+                "app --port $PORT | tee log",
+            ],
+            &[
+                "/usr/bin/env",
+                "FOO=1",
+                "dash",
+                "-c",
+                "exec app --port=$PORT",
+            ],
+            &["nice", "zsh", "+x", "-c", "app $PORT"],
+            &["sh", "wrapper.sh", "bash", "-c", "app $PORT"],
+        ] {
+            assert_eq!(unexpanded(argv), None, "{argv:?}");
+        }
     }
 
     #[test]

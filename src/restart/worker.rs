@@ -225,8 +225,7 @@ async fn check_port(
 }
 
 fn last_line_suffix(output: &[String]) -> String {
-    output
-        .last()
+    crate::spawn::OutputTail::summary(output)
         .map(|l| format!("; its last output: {l}"))
         .unwrap_or_default()
 }

@@ -88,8 +88,21 @@ pub struct OutputTail(Arc<Mutex<VecDeque<String>>>);
 
 impl OutputTail {
     const LINES: usize = 20;
+    /// The most characters [`OutputTail::summary`] gives, so that a journal entry stays one
+    /// readable line whatever the worker wrote.
+    const SUMMARY_CHARS: usize = 300;
+    /// A last line shorter than this rarely says what went wrong alone (`Error: boom`,
+    /// `KeyError: 'PORT'`): the summary gives it the lines before it as context.
+    const SHORT_LINE: usize = 40;
 
+    /// Keep a line of output. Blank lines are dropped: they would take the place of lines
+    /// that say something, and a failure's report would end in nothing.
     pub fn push(&self, line: String) {
+        let line = match line.trim_end() {
+            "" => return,
+            kept if kept.len() == line.len() => line,
+            kept => kept.to_owned(),
+        };
         if let Ok(mut q) = self.0.lock() {
             if q.len() == Self::LINES {
                 q.pop_front();
@@ -104,6 +117,62 @@ impl OutputTail {
             .map(|q| q.iter().cloned().collect())
             .unwrap_or_default()
     }
+
+    /// What a one-line report of a failure quotes of the worker's output: the last line that
+    /// says something, trimmed, and when it is short the one or two lines before it, joined by
+    /// `" | "`, at most [`Self::SUMMARY_CHARS`] characters; `None` when it wrote nothing.
+    ///
+    /// Node, Ruby and Java print an uncaught exception's message first and its indented stack
+    /// frames after it (`    at f (main.js:3:9)`, `\tfrom app.rb:3`), Node then its version
+    /// (`Node.js v20.11.0`): those are passed over for the last unindented line, the message.
+    /// (Python's traceback ends in its message.) Output that is all indented gives its last line.
+    pub fn summary(lines: &[String]) -> Option<String> {
+        let said: Vec<&str> = lines
+            .iter()
+            .map(|l| l.trim_end())
+            .filter(|l| !l.trim_start().is_empty())
+            .collect();
+        let frame = |l: &str| {
+            let t = l.trim_start();
+            t.len() != l.len()
+                || t.strip_prefix("Node.js v")
+                    .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+        };
+        let last = said
+            .iter()
+            .rposition(|l| !frame(l))
+            .or(said.len().checked_sub(1))?;
+        let mut summary = clip(said[last].trim(), Self::SUMMARY_CHARS);
+        if summary.chars().count() < Self::SHORT_LINE {
+            // Lines of punctuation alone (a caret under the failing code) carry no words.
+            let before = said[..last]
+                .iter()
+                .rev()
+                .map(|l| l.trim())
+                .filter(|l| l.chars().any(char::is_alphanumeric))
+                .take(2);
+            for line in before {
+                let longer = format!("{line} | {summary}");
+                if longer.chars().count() > Self::SUMMARY_CHARS {
+                    break;
+                }
+                summary = longer;
+            }
+        }
+        Some(summary)
+    }
+}
+
+/// `s` cut to at most `max` characters, the cut marked with `…`.
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let end = s
+        .char_indices()
+        .nth(max.saturating_sub(1))
+        .map_or(s.len(), |(i, _)| i);
+    format!("{}…", &s[..end])
 }
 
 /// A worker that a backend started.
@@ -326,4 +395,117 @@ pub fn free_port(taken: &[u16]) -> std::io::Result<u16> {
         std::io::ErrorKind::AddrInUse,
         format!("the kernel kept handing out ports baton's workers hold (last {last})"),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OutputTail;
+
+    fn summary(lines: &[&str]) -> Option<String> {
+        let tail = OutputTail::default();
+        for l in lines {
+            tail.push((*l).to_owned());
+        }
+        OutputTail::summary(&tail.lines())
+    }
+
+    #[test]
+    fn blank_lines_are_not_kept_and_trailing_blanks_are_cut() {
+        let tail = OutputTail::default();
+        for l in ["a\r", "", "  \t", "  b  "] {
+            tail.push(l.to_owned());
+        }
+        assert_eq!(tail.lines(), ["a", "  b"]);
+    }
+
+    #[test]
+    fn the_last_line_that_says_something_is_quoted() {
+        // Click (uvicorn) ends its usage error in a blank line.
+        assert_eq!(
+            summary(&[
+                "Usage: uvicorn [OPTIONS] APP",
+                "Try 'uvicorn --help' for help.",
+                "",
+                "Error: '$PORT' is not a valid port number.",
+                "",
+                "   ",
+            ])
+            .as_deref(),
+            Some("Error: '$PORT' is not a valid port number.")
+        );
+        // Also from lines a backend did not filter.
+        assert_eq!(
+            OutputTail::summary(&[
+                "Error: '$PORT' is not a valid port number.".into(),
+                "".into()
+            ])
+            .as_deref(),
+            Some("Error: '$PORT' is not a valid port number.")
+        );
+        assert_eq!(summary(&[]), None);
+        assert_eq!(summary(&["", " "]), None);
+    }
+
+    #[test]
+    fn a_short_last_line_gets_the_lines_before_it() {
+        assert_eq!(
+            summary(&[
+                "Traceback (most recent call last):",
+                "  File \"/srv/app/main.py\", line 3, in <module>",
+                "    port = os.environ['PORT']",
+                "KeyError: 'PORT'",
+            ])
+            .as_deref(),
+            Some(
+                "File \"/srv/app/main.py\", line 3, in <module> | port = os.environ['PORT'] | KeyError: 'PORT'"
+            )
+        );
+    }
+
+    #[test]
+    fn stack_frames_after_the_message_are_passed_over() {
+        assert_eq!(
+            summary(&[
+                "/srv/app/main.js:3",
+                "    throw new Error('boom');",
+                "    ^",
+                "",
+                "Error: boom",
+                "    at Object.<anonymous> (/srv/app/main.js:3:11)",
+                "    at Module._compile (node:internal/modules/cjs/loader:1256:14)",
+                "",
+                "Node.js v20.11.0",
+            ])
+            .as_deref(),
+            Some("/srv/app/main.js:3 | throw new Error('boom'); | Error: boom")
+        );
+        assert_eq!(
+            summary(&[
+                "/srv/app/config.ru:1:in `<main>': uninitialized constant Sinatra (NameError)",
+                "\tfrom /usr/lib/ruby/rack/builder.rb:105:in `eval'",
+            ])
+            .as_deref(),
+            Some("/srv/app/config.ru:1:in `<main>': uninitialized constant Sinatra (NameError)")
+        );
+        // Output that is all indented: its last line.
+        assert_eq!(
+            summary(&[
+                "  started",
+                "  could not bind 127.0.0.1:8080: address already in use"
+            ])
+            .as_deref(),
+            Some("could not bind 127.0.0.1:8080: address already in use")
+        );
+    }
+
+    #[test]
+    fn the_quote_is_bounded() {
+        let long = "é".repeat(1000);
+        let s = summary(&[&long]).unwrap_or_default();
+        assert_eq!(s.chars().count(), 300);
+        assert!(s.ends_with('…'));
+        // Context that would not fit is left out, the line itself kept.
+        let s = summary(&[&"x".repeat(296), "short"]).unwrap_or_default();
+        assert_eq!(s, "short");
+    }
 }

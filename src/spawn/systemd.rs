@@ -301,7 +301,6 @@ async fn journal_tail(unit: &str) -> Vec<String> {
     match out {
         Ok(Ok(o)) if o.status.success() => String::from_utf8_lossy(&o.stdout)
             .lines()
-            .filter(|l| !l.is_empty())
             .map(str::to_owned)
             .collect(),
         _ => Vec::new(),
