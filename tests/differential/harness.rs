@@ -532,6 +532,8 @@ pub fn two_ready_workers(addr: SocketAddr) -> (Arc<Pool>, watch::Sender<Option<E
     let pool = Pool::new(Limits {
         concurrency: 0,
         max_queue: 4,
+        max_queue_time: None,
+        request_timeout: None,
     });
     let (exit, exited) = watch::channel(None);
     for id in 1..=2 {
