@@ -253,7 +253,8 @@ pub struct RequestHead<'a, F: Fields + ?Sized> {
     pub target_len: usize,
     /// HTTP/1.0 (which may go without a Host).
     pub http10: bool,
-    /// HTTP/2's `:authority`, which stands for a Host the request does not carry.
+    /// HTTP/2's `:authority`, or the authority of an HTTP/1.1 absolute-form target (not in
+    /// `target_len`): the Host the worker gets, whatever Host field the client sent.
     pub authority: Option<&'a str>,
     /// HTTP/2: whether a body follows its HEADERS (a stream that did not end with them), which
     /// needs no `Content-Length`. `None` on HTTP/1, where the headers frame the body.
@@ -470,10 +471,19 @@ pub fn admit<F: Fields + ?Sized>(
     // HTTP/1.1.
     if let Some(authority) = req.authority {
         size += authority.len();
-        if hosts == 0 {
+        let h2 = req.body_follows.is_some();
+        if hosts == 0 && h2 {
             hosts = 1;
             host = authority.as_bytes();
             size += "host".len() + 4;
+        } else if hosts == 1 && h2 && !host.eq_ignore_ascii_case(authority.as_bytes()) {
+            // RFC 9113 8.3.1: a Host that names another server than `:authority` is malformed;
+            // a worker routing by Host would be told one thing and baton's log another.
+            return Err(OwnAnswer::BadHost);
+        } else if hosts == 1 {
+            // RFC 9112 3.2.2: the authority of an absolute-form target wins over Host (which
+            // HTTP/1.1 still requires).
+            host = authority.as_bytes();
         }
     }
     if size > limits.max_head {
@@ -599,6 +609,9 @@ pub fn worker_head<F: Fields + ?Sized>(
         }
         let kind = classify(n);
         let dropped = match kind {
+            // The request's authority (an absolute-form target's, HTTP/2's) is the Host the
+            // worker gets, written below.
+            Name::Host if req.authority.is_some() => true,
             Name::Host => {
                 host = host.or(Some(v));
                 false
@@ -913,6 +926,48 @@ mod tests {
         let out = String::from_utf8(out).unwrap();
         assert!(out.contains("Upgrade: websocket\r\n"), "{out}");
         assert!(out.ends_with("connection: upgrade\r\n\r\n"), "{out}");
+    }
+
+    #[test]
+    fn the_authority_of_the_request_is_the_host_the_worker_gets() {
+        // HTTP/1.1 absolute-form: the target's authority wins over Host (RFC 9112 3.2.2),
+        // which is still required.
+        let fields = [h("Host", "b.example"), h("X-Other", "1")];
+        let mut req = head("GET", "/x", &fields);
+        req.authority = Some("a.example");
+        let adm = admit(&req, &LIMITS).unwrap();
+        let mut out = Vec::new();
+        worker_head(&req, &adm, CLIENT, Sent::None, &mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("host: a.example\r\n"), "{out}");
+        assert!(out.contains("x-forwarded-host: a.example\r\n"), "{out}");
+        assert!(!out.contains("b.example"), "{out}");
+        let none: [httparse::Header<'_>; 0] = [];
+        let mut req = head("GET", "/x", &none);
+        req.authority = Some("a.example");
+        assert_eq!(admit(&req, &LIMITS), Err(OwnAnswer::NoHost));
+        // HTTP/2: `:authority` and a Host that agree are one; that differ, malformed (RFC
+        // 9113 8.3.1).
+        for (host, ok) in [("A.example", true), ("b.example", false)] {
+            let fields = [h("host", host)];
+            let mut req = head("GET", "/x", &fields);
+            req.authority = Some("a.example");
+            req.body_follows = Some(false);
+            match admit(&req, &LIMITS) {
+                Ok(adm) => {
+                    assert!(ok, "{host}");
+                    let mut out = Vec::new();
+                    worker_head(&req, &adm, CLIENT, Sent::None, &mut out);
+                    let out = String::from_utf8(out).unwrap();
+                    assert_eq!(out.matches("host: ").count(), 1, "{out}");
+                    assert!(out.contains("host: a.example\r\n"), "{out}");
+                }
+                Err(e) => {
+                    assert!(!ok, "{host}");
+                    assert_eq!(e, OwnAnswer::BadHost);
+                }
+            }
+        }
     }
 
     #[test]

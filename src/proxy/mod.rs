@@ -738,18 +738,12 @@ fn head_of<'a>(
     policy::RequestHead {
         method: method.as_str(),
         target,
-        // HTTP/2 has no request line: its `:authority` is counted by the policy, as the
-        // Host field it stands for.
-        target_len: uri.path_and_query().map_or(1, |p| p.as_str().len())
-            + match version {
-                http::Version::HTTP_2 => 0,
-                _ => uri.authority().map_or(0, |a| a.as_str().len()),
-            },
+        // The authority (HTTP/2's `:authority`, an absolute-form target's) is counted by the
+        // policy, as the Host field it stands for.
+        target_len: uri.path_and_query().map_or(1, |p| p.as_str().len()),
         http10: version == http::Version::HTTP_10,
         body_follows: None,
-        authority: (version == http::Version::HTTP_2)
-            .then(|| uri.authority().map(|a| a.as_str()))
-            .flatten(),
+        authority: uri.authority().map(|a| a.as_str()),
         fields: headers,
     }
 }
@@ -944,11 +938,11 @@ async fn tunnel(
 
 /// `[tls] redirect_http`: a `301` to the same host and target on HTTPS.
 fn redirect(head: &policy::RequestHead<'_, HeaderMap>, port: u16) -> Response<ProxyBody> {
+    // The request's authority wins over its Host, as for the worker.
     let host = head
-        .fields
-        .get(header::HOST)
-        .map(HeaderValue::as_bytes)
-        .or(head.authority.map(str::as_bytes))
+        .authority
+        .map(str::as_bytes)
+        .or(head.fields.get(header::HOST).map(HeaderValue::as_bytes))
         .unwrap_or_default();
     let path = match head.target {
         policy::Target::Path(p) => p,
