@@ -108,6 +108,61 @@ impl<'a> Request<'a> {
     }
 }
 
+/// The most of a request line kept to tell of a head that no codec took ([`request_line`]).
+pub const REFUSED_LINE: usize = 4096;
+
+/// The request line at the start of `input`, the bytes a client sent: empty lines before it
+/// skipped (as parsers do), up to its line feed (a CR before it left out), at most
+/// [`REFUSED_LINE`] bytes of it.
+pub fn request_line(input: &[u8]) -> &[u8] {
+    let start = input
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(input.len());
+    let input = &input[start..];
+    let input = &input[..input.len().min(REFUSED_LINE)];
+    let line = match input.iter().position(|&b| b == b'\n') {
+        Some(n) => &input[..n],
+        None => input,
+    };
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// An HTTP token's byte (RFC 9110 5.6.2): a method is made of them.
+fn tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+impl<'a> Request<'a> {
+    /// A request that no codec took (hyper's own 400, 414 or 431 to a head it could not
+    /// parse), told by what its request line's bytes say (`line`, see [`request_line`]; empty
+    /// when they are not known): its first word as the method when it is a token, its last as
+    /// the version when it is `HTTP/1.1` or `HTTP/1.0`, the rest as the target, `-` for what
+    /// is not there. The method is plain (a token), as [`Request`] requires.
+    pub fn refused(line: &'a [u8], client: Option<&'a [u8]>, https: bool) -> Request<'a> {
+        let (method, rest): (&[u8], &[u8]) = match line.iter().position(|&b| b == b' ') {
+            Some(n) if n > 0 && line[..n].iter().all(|&b| tchar(b)) => (&line[..n], &line[n + 1..]),
+            _ => (b"-", line),
+        };
+        let (target, version) = match rest.len().checked_sub(9).map(|n| rest.split_at(n)) {
+            Some((t, b" HTTP/1.1")) => (t, "HTTP/1.1"),
+            Some((t, b" HTTP/1.0")) => (t, "HTTP/1.0"),
+            _ => (rest, "-"),
+        };
+        Request {
+            client,
+            method,
+            target: if target.is_empty() { b"-" } else { target },
+            version,
+            https,
+            host: None,
+            referer: None,
+            user_agent: None,
+            request_id: None,
+        }
+    }
+}
+
 /// One request's line: what the request said, written when it came ([`AccessLog::begin`]),
 /// and the answer's fields, set as it goes and written by [`AccessLog::log`].
 ///
@@ -621,7 +676,7 @@ impl Writer {
 }
 
 /// A byte written as it is: printable ASCII but `"` and `\`.
-fn plain(b: u8) -> bool {
+const fn plain(b: u8) -> bool {
     (b.wrapping_sub(0x20) < 0x5f) & (b != b'"') & (b != b'\\')
 }
 
@@ -792,9 +847,105 @@ fn clf_time(secs: u64, out: &mut Vec<u8>) {
     );
 }
 
-/// A JSON string of `s` (its bytes as UTF-8, any that are not as U+FFFD), or `null`.
+/// A JSON string of `s` (its bytes as UTF-8, each sequence that is not as one U+FFFD, as
+/// `String::from_utf8_lossy` does), or `null`. Beyond what JSON requires, every other control
+/// character (DEL, C1: U+0085 NEL is one) and U+2028/U+2029 are escaped as well: a reader that
+/// splits lines on any Unicode line end (a JavaScript one, Python's `str.splitlines`) must see
+/// one line per entry, as a combined line gives it.
 fn json_text(s: Option<&[u8]>, out: &mut Vec<u8>) {
-    json_value(s.map(String::from_utf8_lossy), out);
+    let Some(s) = s else {
+        out.extend_from_slice(b"null");
+        return;
+    };
+    out.push(b'"');
+    // Most fields are printable ASCII: checked eight bytes at a time, then copied whole.
+    if all_plain(s) {
+        out.extend_from_slice(s);
+    } else {
+        json_escaped(s, out);
+    }
+    out.push(b'"');
+}
+
+/// The bytes [`json_escaped`] copies as they are from valid UTF-8: [`plain`] ones, and those
+/// of characters beyond ASCII but the lead bytes of the ones it escapes (`C2` begins U+0080 to
+/// U+00BF, `E2` U+2000 to U+2FFF); a lead byte is never a continuation byte, so a run of these
+/// bytes is whole characters.
+const JSON_PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        t[b] = plain(byte) || (byte >= 0x80 && byte != 0xc2 && byte != 0xe2);
+        b += 1;
+    }
+    t
+};
+
+/// [`json_text`]'s string, without its quotes, of a field that is not all [`plain`].
+fn json_escaped(s: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let unicode = |c: u32, out: &mut Vec<u8>| {
+        let d = |shift: u32| HEX[((c >> shift) & 15) as usize];
+        out.extend_from_slice(&[b'\\', b'u', d(12), d(8), d(4), d(0)]);
+    };
+    for chunk in s.utf8_chunks() {
+        let text = chunk.valid().as_bytes();
+        let mut at = 0;
+        while let Some(skip) = text[at..].iter().position(|&b| !JSON_PLAIN[usize::from(b)]) {
+            out.extend_from_slice(&text[at..at + skip]);
+            at += skip;
+            // Bytes taken here; valid UTF-8, so a lead byte has its continuation bytes.
+            let took = match text[at..] {
+                [] => break,
+                [b'"', ..] => {
+                    out.extend_from_slice(b"\\\"");
+                    1
+                }
+                [b'\\', ..] => {
+                    out.extend_from_slice(b"\\\\");
+                    1
+                }
+                [b'\n', ..] => {
+                    out.extend_from_slice(b"\\n");
+                    1
+                }
+                [b'\r', ..] => {
+                    out.extend_from_slice(b"\\r");
+                    1
+                }
+                [b'\t', ..] => {
+                    out.extend_from_slice(b"\\t");
+                    1
+                }
+                // C1 controls (U+0085 NEL is one): C2 80 to C2 9F.
+                [0xc2, c @ 0x80..=0x9f, ..] => {
+                    unicode(c.into(), out);
+                    2
+                }
+                // U+2028, U+2029: E2 80 A8, E2 80 A9.
+                [0xe2, 0x80, c @ (0xa8 | 0xa9), ..] => {
+                    unicode(0x2000 + u32::from(c - 0x80), out);
+                    3
+                }
+                // Another character's lead byte: its continuation bytes follow in the next run.
+                [lead @ (0xc2 | 0xe2), ..] => {
+                    out.push(lead);
+                    1
+                }
+                // The rest of C0, and DEL.
+                [c, ..] => {
+                    unicode(c.into(), out);
+                    1
+                }
+            };
+            at += took;
+        }
+        out.extend_from_slice(&text[at..]);
+        if !chunk.invalid().is_empty() {
+            out.extend_from_slice("\u{fffd}".as_bytes());
+        }
+    }
 }
 
 /// A JSON value (a number, a string, `null` for `None`).
@@ -1058,6 +1209,178 @@ mod tests {
                 &serde_json::Value::Null,
                 &serde_json::Value::Null,
                 &serde_json::json!(502)
+            )
+        );
+    }
+
+    /// Every control character (C0, DEL, C1) and U+2028, U+2029.
+    fn specials() -> impl Iterator<Item = char> {
+        (0..0x20)
+            .chain(0x7f..0xa0)
+            .chain([0x2028, 0x2029])
+            .filter_map(char::from_u32)
+    }
+
+    /// Where a reader splits lines that knows Unicode's line ends (Python's `splitlines`).
+    const LINE_ENDS: [char; 10] = [
+        '\n', '\r', '\u{b}', '\u{c}', '\u{1c}', '\u{1d}', '\u{1e}', '\u{85}', '\u{2028}',
+        '\u{2029}',
+    ];
+
+    #[test]
+    fn json_escapes_every_control_character_and_line_end_in_every_field() {
+        type Field = fn(&mut Request<'static>, &'static [u8]);
+        let fields: [(&str, Field); 7] = [
+            ("client", |r, v| r.client = Some(v)),
+            ("method", |r, v| r.method = v),
+            ("target", |r, v| r.target = v),
+            ("host", |r, v| r.host = Some(v)),
+            ("request_id", |r, v| r.request_id = Some(v)),
+            ("referer", |r, v| r.referer = Some(v)),
+            ("user_agent", |r, v| r.user_agent = Some(v)),
+        ];
+        for c in specials() {
+            // Amid a word's worth of plain bytes, and alone.
+            for text in [format!("/a{c}b/cdefgh"), c.to_string()] {
+                let bytes: &'static [u8] = text.clone().into_bytes().leak();
+                let want = match c {
+                    '\n' => "\\n".to_owned(),
+                    '\r' => "\\r".to_owned(),
+                    '\t' => "\\t".to_owned(),
+                    _ => format!("\\u{:04x}", u32::from(c)),
+                };
+                for (name, set) in fields {
+                    let mut r = request();
+                    set(&mut r, bytes);
+                    let l = line(AccessFormat::Json, &r);
+                    let body = l.strip_suffix('\n').unwrap();
+                    assert!(
+                        !body.contains(|ch: char| specials().any(|s| s == ch)),
+                        "{c:?} in {name}: {l:?}"
+                    );
+                    assert_eq!(l.split(LINE_ENDS).count(), 2, "{c:?} in {name}: {l:?}");
+                    assert!(l.contains(&want), "{c:?} in {name}: {l:?}");
+                    let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+                    assert_eq!(v[name], serde_json::json!(text), "{c:?} in {name}");
+                }
+                // A combined line escapes every byte of them (`\xC2\x85`...).
+                for set in [fields[2].1, fields[5].1, fields[6].1] {
+                    let mut r = request();
+                    set(&mut r, bytes);
+                    let l = line(AccessFormat::Combined, &r);
+                    assert_eq!(l.split(LINE_ENDS).count(), 2, "{c:?}: {l:?}");
+                    assert!(l.is_ascii(), "{c:?}: {l:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn json_strings_are_the_bytes_lossy_utf_8() {
+        // Bytes that make (or break) the characters escaped and the sequences replaced.
+        const BYTES: &[u8] =
+            b"a~ \"\\\x00\x0b\x0c\x1f\x7f\x80\x85\x9f\xa8\xa9\xbf\xc2\xe2\xe9\xf0\x9f\xff";
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..50_000 {
+            let len = (next() % 24) as usize;
+            let s: Vec<u8> = (0..len)
+                .map(|_| match next() % 8 {
+                    0 => next() as u8,
+                    _ => BYTES[(next() % BYTES.len() as u64) as usize],
+                })
+                .collect();
+            let mut out = Vec::new();
+            json_text(Some(&s), &mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert!(
+                !text.contains(|ch: char| specials().any(|s| s == ch)),
+                "{s:?}: {text:?}"
+            );
+            let back: String = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, String::from_utf8_lossy(&s), "{s:?}: {text:?}");
+        }
+        let mut out = Vec::new();
+        json_text(None, &mut out);
+        assert_eq!(out, b"null");
+    }
+
+    #[test]
+    fn a_refused_head_is_told_by_its_request_line() {
+        let told = |input: &'static [u8]| {
+            let r = Request::refused(request_line(input), Some(b"192.0.2.7"), false);
+            (
+                String::from_utf8_lossy(r.method).into_owned(),
+                String::from_utf8_lossy(r.target).into_owned(),
+                r.version,
+            )
+        };
+        let t = |m: &str, t: &str, v: &'static str| (m.to_owned(), t.to_owned(), v);
+        assert_eq!(
+            told(b"POST /a HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n"),
+            t("POST", "/a", "HTTP/1.1")
+        );
+        assert_eq!(
+            told(b"\r\nGET /a HTTP/1.0\nHost: x\n\n"),
+            t("GET", "/a", "HTTP/1.0")
+        );
+        // What a malformed line says, as it is.
+        assert_eq!(told(b"GET  /a HTTP/1.1\r\n"), t("GET", " /a", "HTTP/1.1"));
+        assert_eq!(
+            told(b"GET /a\rb HTTP/1.1\r\n"),
+            t("GET", "/a\rb", "HTTP/1.1")
+        );
+        assert_eq!(
+            told(b"GET /\xff HTTP/1.1\r\n"),
+            t("GET", "/\u{fffd}", "HTTP/1.1")
+        );
+        assert_eq!(told(b"GET / HTTP/2.0\r\n"), t("GET", "/ HTTP/2.0", "-"));
+        // A first word that is no method is the target's.
+        assert_eq!(
+            told(b"\x16\x03\x01 /a HTTP/1.1\r\n"),
+            t("-", "\u{16}\u{3}\u{1} /a", "HTTP/1.1")
+        );
+        assert_eq!(told(b"GET"), t("-", "GET", "-"));
+        assert_eq!(told(b"GET "), t("GET", "-", "-"));
+        assert_eq!(told(b""), t("-", "-", "-"));
+        assert_eq!(told(b"\r\n\r\n"), t("-", "-", "-"));
+        // A line cut at its first 4 KiB (a 414's target).
+        let long: &'static [u8] = format!("GET /{} HTTP/1.1\r\n", "a".repeat(70_000))
+            .into_bytes()
+            .leak();
+        let (m, target, v) = told(long);
+        assert_eq!(
+            (m.as_str(), target.len(), v),
+            ("GET", REFUSED_LINE - 4, "-")
+        );
+        // In either format, every field a line has, the unknown ones `-` or null.
+        let r = Request::refused(b"GET  /a HTTP/1.1", Some(b"192.0.2.7"), false);
+        let l = line(AccessFormat::Combined, &r);
+        assert!(
+            l.ends_with("] \"GET  /a HTTP/1.1\" 200 1234 \"-\" \"-\" 0.012 0.011 3 2 -\n"),
+            "{l}"
+        );
+        let r = Request::refused(b"", None, true);
+        let v: serde_json::Value = serde_json::from_str(&line(AccessFormat::Json, &r)).unwrap();
+        assert_eq!(
+            (
+                &v["method"],
+                &v["target"],
+                &v["protocol"],
+                &v["scheme"],
+                &v["host"]
+            ),
+            (
+                &serde_json::json!("-"),
+                &serde_json::json!("-"),
+                &serde_json::json!("-"),
+                &serde_json::json!("https"),
+                &serde_json::Value::Null
             )
         );
     }
@@ -1361,7 +1684,11 @@ mod cost {
         };
         let lines = Lines::new(usize::MAX);
         let n = 2_000_000u32;
-        for ids in [false, true] {
+        for (format, ids) in [
+            (AccessFormat::Combined, false),
+            (AccessFormat::Combined, true),
+            (AccessFormat::Json, true),
+        ] {
             let mut out = Vec::new();
             let c = crate::policy::Client {
                 ip: Some(b"127.0.0.1"),
@@ -1384,7 +1711,7 @@ mod cost {
                     panic!()
                 };
                 let r = Request::from_head(head, &s.spans, c.ip, false, c.request_id);
-                e.begin(AccessFormat::Combined, now(AccessFormat::Combined), &r);
+                e.begin(format, now(format), &r);
                 e.status = 200;
                 e.bytes = 13;
                 e.duration = Duration::from_micros(250);
@@ -1395,7 +1722,7 @@ mod cost {
             }
             let logged = t.elapsed() / n;
             println!(
-                "request ids {ids}: h1::request {parse:?}, with the log's entry and line {logged:?}"
+                "{format:?}, request ids {ids}: h1::request {parse:?}, with the log's entry and line {logged:?}"
             );
         }
     }

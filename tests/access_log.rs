@@ -135,6 +135,103 @@ fn every_request_is_logged_with_its_worker_status_and_bytes() {
     }
 }
 
+/// What a client got on a connection of its own for `request`, read to its end.
+fn raw_bytes(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn heads_the_parser_refuses_are_logged_with_the_status_the_client_got() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let b = Baton::start(1, "0s", &format!("[log]\naccess = \"{}\"\n", log.display()));
+    // hyper's 414 is for a target over 65,534 bytes (the default max_header_size, 64 KiB, lets
+    // hyper read it); its 431 for a head beyond its buffer, twice max_header_size (sent whole,
+    // so that the client reads the answer rather than a reset).
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let mut huge = b"GET /huge HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    huge.resize(2 * 64 * 1024, b'b');
+    let refused: [(&[u8], u16, &str); 7] = [
+        (
+            b"POST /cl HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 2\r\n\r\nab",
+            400,
+            "\"POST /cl HTTP/1.1\"",
+        ),
+        (
+            b"POST /te HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            400,
+            "\"POST /te HTTP/1.1\"",
+        ),
+        (
+            b"GET  /double HTTP/1.1\r\nHost: x\r\n\r\n",
+            400,
+            "\"GET  /double HTTP/1.1\"",
+        ),
+        (
+            b"GET /bare\rcr HTTP/1.1\r\nHost: x\r\n\r\n",
+            400,
+            "\"GET /bare\\x0Dcr HTTP/1.1\"",
+        ),
+        (
+            b"GET /\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+            400,
+            "\"GET /\\xFF HTTP/1.1\"",
+        ),
+        // The target cut at the line's first 4 KiB, so no version.
+        (
+            long_target.as_bytes(),
+            414,
+            &format!("\"GET /{} -\"", "a".repeat(4091)),
+        ),
+        (&huge, 431, "\"GET /huge HTTP/1.1\""),
+    ];
+    for (request, status, _) in &refused {
+        let answer = raw_bytes(b.addr, request);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{status}: {answer}"
+        );
+    }
+    // A head hyper refuses after a request it served on the same connection: baton never saw
+    // its bytes, so only its status.
+    let answer = raw(
+        b.addr,
+        "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 2\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 400 ").count(), 1, "{answer}");
+
+    let l = wait_lines(&log, refused.len() + 2);
+    assert_eq!(l.len(), refused.len() + 2, "{l:#?}");
+    // One line each (in the order their connections ended, which the client does not see).
+    for (_, status, request) in &refused {
+        let found: Vec<&String> = l.iter().filter(|l| l.contains(request)).collect();
+        assert_eq!(found.len(), 1, "{request}: {l:#?}");
+        let line = found[0];
+        assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+        assert!(
+            line.ends_with(&format!("{request} {status} 0 \"-\" \"-\" 0.000 - - - -")),
+            "{line}"
+        );
+    }
+    assert!(
+        l.iter()
+            .any(|l| l.contains("\"POST /echo HTTP/1.1\" 200 2 ")),
+        "{l:#?}"
+    );
+    assert!(
+        l.iter()
+            .any(|l| l.ends_with("\"- - -\" 400 0 \"-\" \"-\" 0.000 - - - -")),
+        "{l:#?}"
+    );
+}
+
 #[test]
 fn json_lines() {
     let _serial = serial();
@@ -156,6 +253,32 @@ fn json_lines() {
     assert_eq!(v["generation"], 1);
     assert_eq!(v["scheme"], "http");
     assert!(v["upstream_s"].as_f64().is_some());
+
+    // Unicode's line ends (U+2028, U+2029, NEL) stay inside their line, escaped (a field
+    // cannot have C0's: the parser refuses them).
+    let answer = raw_bytes(
+        b.addr,
+        b"GET /json HTTP/1.1\r\nHost: shop.test\r\nUser-Agent: a\xe2\x80\xa8b\xe2\x80\xa9c\xc2\x85d\r\nReferer: \xc2\x85\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let l = wait_lines(&log, 2);
+    assert_eq!(l.len(), 2, "{l:#?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.split([
+            '\n', '\r', '\u{b}', '\u{c}', '\u{85}', '\u{2028}', '\u{2029}'
+        ])
+        .count(),
+        3,
+        "{text:?}"
+    );
+    assert!(
+        l[1].contains(r#""referer":"\u0085","user_agent":"a\u2028b\u2029c\u0085d""#),
+        "{}",
+        l[1]
+    );
+    let v: serde_json::Value = serde_json::from_str(&l[1]).unwrap();
+    assert_eq!(v["user_agent"], "a\u{2028}b\u{2029}c\u{85}d");
 }
 
 #[test]

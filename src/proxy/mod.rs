@@ -7,6 +7,7 @@
 
 mod exchange;
 mod narrow;
+mod refused;
 mod sendfile;
 
 use crate::buffer::{self, BodyError, BodyFailure};
@@ -410,11 +411,18 @@ impl Proxy {
             Codecs::NarrowThenHyper if !redirected => self.narrow(&mut io, &peer, &stop).await,
             _ => narrow::Ended::Hyper(Bytes::new()),
         };
-        let io = match ended {
+        let (io, refusals) = match ended {
             narrow::Ended::Closed => return,
-            narrow::Ended::Hyper(prefix) => narrow::Rewound::new(prefix, io),
+            narrow::Ended::Hyper(prefix) => {
+                let refusals = refused::Refusals::new(self.access.get(), &prefix, &peer);
+                (narrow::Rewound::new(prefix, io), refusals)
+            }
         };
-        let svc = service_fn(move |req| proxy.clone().handle(req, peer.clone()));
+        let served = refused::Refusals::served(refusals.as_ref());
+        let svc = service_fn(move |req| {
+            served.mark();
+            proxy.clone().handle(req, peer.clone())
+        });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_timeout)
@@ -432,6 +440,9 @@ impl Proxy {
             }
         };
         if let Err(e) = result {
+            if let Some(r) = &refusals {
+                r.ended(&e);
+            }
             tracing::debug!("client connection ended: {e}");
         }
     }
