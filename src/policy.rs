@@ -959,7 +959,7 @@ mod tests {
                     let mut out = Vec::new();
                     worker_head(&req, &adm, CLIENT, Sent::None, &mut out);
                     let out = String::from_utf8(out).unwrap();
-                    assert_eq!(out.matches("host: ").count(), 1, "{out}");
+                    assert_eq!(out.matches("\nhost: ").count(), 1, "{out}");
                     assert!(out.contains("host: a.example\r\n"), "{out}");
                 }
                 Err(e) => {
