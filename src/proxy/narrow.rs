@@ -237,12 +237,11 @@ impl Proxy {
                             let exchange = self.exchange(lease, &mut req, answer, out);
                             let Some(answered) = self.watching(io, input, exchange).await else {
                                 // Nobody would read the answer: the worker's stream is closed
-                                // and its slot given back now (as nginx does, 499 in the log).
+                                // and its slot given back now. No answer, so no log line: as
+                                // on hyper's path.
                                 tracing::debug!(
                                     "a client closed its connection while a worker had its request"
                                 );
-                                let took = started.elapsed();
-                                self.answered(&mut s.entry, 499, 0, took, None);
                                 return Ended::Closed;
                             };
                             if answered.is_ok() {
@@ -258,7 +257,6 @@ impl Proxy {
                             tracing::debug!(
                                 "a client closed its connection while its request waited for a worker"
                             );
-                            self.answered(&mut s.entry, 499, 0, started.elapsed(), None);
                             return Ended::Closed;
                         }
                         Err(e) => Err(e),
