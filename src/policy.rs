@@ -480,9 +480,9 @@ pub fn admit<F: Fields + ?Sized>(
             // RFC 9113 8.3.1: a Host that names another server than `:authority` is malformed;
             // a worker routing by Host would be told one thing and baton's log another.
             return Err(OwnAnswer::BadHost);
-        } else if hosts == 1 {
+        } else if !h2 {
             // RFC 9112 3.2.2: the authority of an absolute-form target wins over Host (which
-            // HTTP/1.1 still requires).
+            // HTTP/1.1 still requires below; HTTP/1.0 may go without), and is checked as one.
             host = authority.as_bytes();
         }
     }
@@ -946,6 +946,11 @@ mod tests {
         let mut req = head("GET", "/x", &none);
         req.authority = Some("a.example");
         assert_eq!(admit(&req, &LIMITS), Err(OwnAnswer::NoHost));
+        // HTTP/1.0 may go without Host; its target's authority is checked as a Host is.
+        req.http10 = true;
+        assert!(admit(&req, &LIMITS).is_ok());
+        req.authority = Some("victim@evil.example");
+        assert_eq!(admit(&req, &LIMITS), Err(OwnAnswer::BadHost));
         // HTTP/2: `:authority` and a Host that agree are one; that differ, malformed (RFC
         // 9113 8.3.1).
         for (host, ok) in [("A.example", true), ("b.example", false)] {

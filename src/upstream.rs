@@ -35,6 +35,11 @@ const MIN_QUIET: Duration = Duration::from_millis(1);
 const MAX_QUIET: Duration = Duration::from_millis(100);
 /// Answers on reused streams learned from before one can be found out of turn.
 const LEARN: u32 = 8;
+/// The floor is the fastest of the last `WINDOW` to `2 * WINDOW` answers: a page type that
+/// is much faster than the others (a redirect, a 304) keeps it low as long as it is served
+/// one time in a hundred, and an app that became slower for good moves it within 256
+/// answers.
+const WINDOW: u32 = 128;
 
 /// Why a worker could not be sent a request, or its answer not read.
 #[derive(Debug, thiserror::Error)]
@@ -94,9 +99,11 @@ pub struct Conns {
     distrusted: AtomicBool,
     /// The worker's usual answer time, in µs (see [`Conns::answered`]).
     usual: AtomicU64,
-    /// The shortest time it takes to answer, in µs, a low quantile of its answer times:
-    /// down at once to a faster answer, up by a sixteenth of the way to a slower one.
-    floor: AtomicU64,
+    /// The fastest answer, in µs, of the current window of [`WINDOW`] answers and of the one
+    /// before (which is which: the count in `seen`); `u64::MAX` for none yet.
+    mins: [AtomicU64; 2],
+    /// Answers learned from.
+    seen: std::sync::atomic::AtomicU32,
     /// Answers on reused streams the floor was learned from, up to [`LEARN`].
     learned: std::sync::atomic::AtomicU32,
     /// What its answers came to, for the canary judge.
@@ -180,7 +187,8 @@ impl Conns {
             idle: Idle::default(),
             distrusted: AtomicBool::new(false),
             usual: AtomicU64::new(0),
-            floor: AtomicU64::new(0),
+            mins: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
+            seen: std::sync::atomic::AtomicU32::new(0),
             learned: std::sync::atomic::AtomicU32::new(0),
             outcomes,
         }
@@ -224,7 +232,8 @@ impl Conns {
 
     /// A worker answered a request `latency` after it was written, on a stream it had
     /// answered on before when `reused`. `Err` when that answer came out of turn: sooner than
-    /// half the fastest the worker answers, on a reused stream. Such an answer was on its way
+    /// half the fastest the worker answered lately (of its last 128 to 256 answers), on a
+    /// reused stream. Such an answer was on its way
     /// before the request was (a stray answer, or the worker's answer to the stream's previous
     /// request when a stray one was taken for it): it is not the client's, the stream is not
     /// used again (the answer to this request, coming later, goes with it), and the request,
@@ -241,7 +250,7 @@ impl Conns {
     /// rest that long would leave no stream to reuse.
     pub fn answered(&self, latency: Duration, reused: bool) -> Result<(), UpstreamError> {
         let us = (latency.as_micros().min(u128::from(u64::MAX)) as u64).max(1);
-        let floor = self.floor.load(Ordering::Relaxed);
+        let floor = self.floor();
         let learned = self.learned.load(Ordering::Relaxed);
         if reused && learned >= LEARN && us < floor / 2 {
             return Err(UpstreamError::OutOfTurn {
@@ -249,16 +258,15 @@ impl Conns {
                 floor: Duration::from_micros(floor),
             });
         }
-        // The floor is a reused stream's: the first answer on a new one can be slower (an
-        // app server that starts a thread per connection), so those only lower it.
-        let new_floor = if floor == 0 || us < floor {
-            us
-        } else if reused {
-            floor + ((us - floor) / 16).clamp(1, floor / 16 + 1)
+        // Every answer the worker gave in turn counts, a new stream's too: a minimum can only
+        // be lowered by an honest answer.
+        let seen = self.seen.fetch_add(1, Ordering::Relaxed);
+        let current = &self.mins[((seen / WINDOW) % 2) as usize];
+        if seen % WINDOW == 0 {
+            current.store(us, Ordering::Relaxed);
         } else {
-            floor
-        };
-        self.floor.store(new_floor, Ordering::Relaxed);
+            current.fetch_min(us, Ordering::Relaxed);
+        }
         if reused && learned < LEARN {
             self.learned.store(learned + 1, Ordering::Relaxed);
         }
@@ -270,6 +278,13 @@ impl Conns {
         };
         self.usual.store(new, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The fastest the worker answered lately, in µs (`u64::MAX`: not known).
+    fn floor(&self) -> u64 {
+        self.mins[0]
+            .load(Ordering::Relaxed)
+            .min(self.mins[1].load(Ordering::Relaxed))
     }
 
     /// How long a stream rests before it is reused (see [`Conns::answered`]).
@@ -700,13 +715,12 @@ mod tests {
     #[test]
     fn an_answer_sooner_than_the_worker_ever_answers_is_out_of_turn_on_a_reused_stream() {
         let conns = Conns::new(WorkerId(1), Generation(1), Default::default());
-        // New streams answered slowly (a thread started per connection): the floor is not
-        // raised by them, and nothing is judged until reused streams were learned from.
+        // New streams answered slowly (a thread started per connection), and nothing is
+        // judged until reused streams were learned from.
         conns.answered(Duration::from_millis(30), false).unwrap();
-        for _ in 0..LEARN {
-            conns.answered(Duration::from_millis(1), true).unwrap();
-        }
-        for _ in 0..50 {
+        conns.answered(Duration::from_micros(3), true).unwrap();
+        let conns = Conns::new(WorkerId(1), Generation(1), Default::default());
+        for _ in 0..LEARN + 50 {
             conns.answered(Duration::from_millis(1), true).unwrap();
         }
         // A stray answer that was waiting when the request left, or one that came a tenth of
@@ -720,15 +734,20 @@ mod tests {
         // Half the floor or more: an honest, fast answer, which lowers it.
         conns.answered(Duration::from_micros(600), true).unwrap();
         conns.answered(Duration::from_micros(310), true).unwrap();
-        // A new stream cannot carry a stray answer: its time is always the worker's, and
-        // lowers the floor at once (the app became faster).
+        // A new stream cannot carry a stray answer: its time is always the worker's.
         conns.answered(Duration::from_micros(100), false).unwrap();
         conns.answered(Duration::from_micros(60), true).unwrap();
-        // Slower answers raise it slowly: a few slow ones do not make fast ones suspect.
-        for _ in 0..5 {
+        // A cheap page among slow ones (one in a hundred) keeps the floor low: its next
+        // answers are never taken for stray ones.
+        for i in 0..1000 {
+            let us = if i % 100 == 0 { 2_000 } else { 40_000 };
+            conns.answered(Duration::from_micros(us), true).unwrap();
+        }
+        // An app that became slower for good moves the floor within two windows.
+        for _ in 0..2 * WINDOW {
             conns.answered(Duration::from_secs(1), true).unwrap();
         }
-        conns.answered(Duration::from_micros(60), true).unwrap();
+        assert!(conns.answered(Duration::from_millis(100), true).is_err());
     }
 
     #[tokio::test]

@@ -145,7 +145,7 @@ async fn ask(
 ) -> Result<(Upstream, Final), Failed> {
     let (stream, reused) = lease
         .conns
-        .stream(lease.addr, req.retryable && !retry)
+        .stream(lease.addr, req.retryable && safe(req.bytes) && !retry)
         .await
         .map_err(|error| Failed {
             error,
@@ -198,7 +198,9 @@ async fn send(
         let bytes = Bytes::copy_from_slice(req.bytes);
         let chunked = req.chunked;
         let mut body = req.body.take();
-        let mut writer = tokio::spawn(async move {
+        // Aborted when dropped: a client that leaves (or a 504) must not leave a task blocked
+        // on a worker that reads nothing, holding the body and the stream.
+        let mut writer = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             let written = async {
                 wr.write_all(&bytes).await?;
                 if let Some(body) = body.as_mut() {
@@ -208,7 +210,7 @@ async fn send(
             }
             .await;
             (wr, written)
-        });
+        }));
         let mut written = None;
         // The worker's time runs once it has the whole request: a slow upload is the
         // client's (bounded by client_body_timeout), not the worker's.
@@ -247,7 +249,7 @@ async fn send(
                 // Answered before the request was all written: the stream ends with this
                 // answer.
                 fin.close = true;
-                Upstream::split(rd, tokio_util::task::AbortOnDropHandle::new(writer))
+                Upstream::split(rd, writer)
             }
         };
         (stream, (fin, interim))
@@ -260,6 +262,14 @@ async fn send(
 /// Requests up to this long (without a body to stream) are written before the answer is
 /// read; others while it is.
 const AT_ONCE: usize = 16 * 1024;
+
+/// The worker head `bytes` asks with a safe method (GET, HEAD, OPTIONS). Only those ride a
+/// reused stream: an answer found out of turn there is not relayed and the request is sent
+/// again, which must never run a PUT or a DELETE twice (they are idempotent, but their second
+/// answer, a 404, would not be the first one's).
+fn safe(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"GET ") || bytes.starts_with(b"HEAD ") || bytes.starts_with(b"OPTIONS ")
+}
 
 /// `read` within `limit` (`request_timeout`; `None`: no limit).
 async fn within<T>(
