@@ -67,6 +67,25 @@ impl Tally {
         }
     }
 
+    /// This window's figures, with processes ending inside workers taken from `life`, the
+    /// same generations' whole life: crashes behind an app server's master are rare, and a
+    /// window of a few worker-minutes of the old release says little of how often it had
+    /// them. A life shorter than [`PRIOR_EXPOSURE_MS`] gets one more exit in that much more
+    /// time: an app with no history is taken to end about one process per worker-hour, so a
+    /// release whose processes die every few seconds is still told apart from it.
+    pub fn lived(self, life: Tally) -> Tally {
+        let (exits, exposure_ms) = if life.exposure_ms < PRIOR_EXPOSURE_MS {
+            (life.exits + 1, life.exposure_ms + PRIOR_EXPOSURE_MS)
+        } else {
+            (life.exits, life.exposure_ms)
+        };
+        Tally {
+            exits,
+            exposure_ms,
+            ..self
+        }
+    }
+
     pub fn plus(self, other: Tally) -> Tally {
         Tally {
             requests: self.requests + other.requests,
@@ -336,6 +355,54 @@ impl Looks {
 
 /// Process exits inside the new workers before churn can be called worse.
 pub const MIN_EXITS: u64 = 3;
+
+/// The prior of [`Tally::lived`]: one worker-hour.
+pub const PRIOR_EXPOSURE_MS: u64 = 3_600_000;
+
+#[cfg(test)]
+mod lived_tests {
+    use super::*;
+
+    fn churn(exits: u64, exposure_s: u64) -> Tally {
+        Tally {
+            requests: 1000,
+            exits,
+            exposure_ms: exposure_s * 1000,
+            ..Tally::default()
+        }
+    }
+
+    /// Issue 36: a release whose app process dies every 5 s behind its master is refused in
+    /// a 30 s canary of one worker even when the old workers ran only seconds (the prior),
+    /// and one dying every 40 s is rolled back within a 5-minute watch of three workers;
+    /// a release as good as the old one is not.
+    #[test]
+    fn exits_are_judged_against_the_old_generations_whole_life() {
+        let window = churn(0, 20);
+        for life in [churn(0, 20), churn(0, 3_600), churn(2, 7_200)] {
+            let old = window.lived(life);
+            assert!(
+                Comparison::of(churn(6, 30), old).worse_by_churn(),
+                "{life:?}"
+            );
+            assert!(
+                Comparison::of(churn(22, 900), old).worse_by_churn(),
+                "{life:?}"
+            );
+            assert!(
+                !Comparison::of(churn(0, 30), old).worse_by_churn(),
+                "{life:?}"
+            );
+            assert!(
+                !Comparison::of(churn(1, 900), old).worse_by_churn(),
+                "{life:?}"
+            );
+        }
+        // The same old generation watched only during a 20 s roll, as before: every 40 s
+        // passed.
+        assert!(!Comparison::of(churn(2, 60), churn(0, 20)).worse_by_churn());
+    }
+}
 
 /// The churn test's significance (one-sided), as strict as the answers' test.
 pub const CHURN_ALPHA: f64 = 0.0002;

@@ -1273,7 +1273,11 @@ impl Supervisor {
             until: Instant::now() + watch,
             until_wall: SystemTime::now() + watch,
             base: self.ctx.pool.tally(generation),
-            baseline: self.ctx.pool.tally_before(generation).since(old_base),
+            // Exits inside workers against the older generations' whole life.
+            baseline: {
+                let life = self.ctx.pool.tally_before(generation);
+                life.since(old_base).lived(life)
+            },
             looks: crate::canary::Looks::default(),
         };
         let progress = WatchProgress {

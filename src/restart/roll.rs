@@ -150,6 +150,11 @@ async fn rolling(
                 generation,
             },
         );
+        // The canary's judging begins with the new generation's first request, not after its
+        // settle period: a release that fails outright has served its share of visitors by
+        // then (issue 36). Its window opens as the first batch is spawned.
+        let mut early = (with_canary && judged.is_none() && canary.workers > 0)
+            .then(|| Judged::start(ctx, generation, batch));
         let results = futures_util::future::join_all(
             (0..batch).map(|_| worker::spawn(ctx, generation, cancel)),
         )
@@ -177,7 +182,15 @@ async fn rolling(
                     settle: ctx.config().readiness.settle.get(),
                 },
             );
-            match worker::settle(ctx, &ready_ids, cancel).await {
+            let settled = worker::settle(ctx, &ready_ids, cancel);
+            let settled = match early.as_mut() {
+                Some(j) => match j.during(ctx, settled).await {
+                    Ok(settled) => settled,
+                    Err(failure) => return reject(ctx, generation, target, failure, cancel).await,
+                },
+                None => settled.await,
+            };
+            match settled {
                 Err(BootError::Cancelled) => return abandon(ctx, &ready_ids).await,
                 Err(BootError::Failed(f)) => {
                     ready_ids.retain(|id| {
@@ -209,7 +222,10 @@ async fn rolling(
             && canary.workers > 0
             && new_ready >= canary.workers.min(target)
         {
-            let mut j = Judged::start(ctx, generation, new_ready);
+            let mut j = early
+                .take()
+                .unwrap_or_else(|| Judged::start(ctx, generation, new_ready));
+            j.workers = new_ready;
             match j.canary(ctx, &canary, cancel, deaths, &failures).await {
                 Phase::Passed => judged = Some(j),
                 Phase::Rejected(failure) => {
@@ -301,24 +317,49 @@ struct Judged {
 }
 
 impl Judged {
+    /// The judging of `generation` from its first request (its counters begin at zero: a
+    /// generation is new to its roll) against the old one's from now.
     fn start(ctx: &Context, generation: Generation, workers: usize) -> Judged {
         Judged {
             generation,
             old: ctx.state().generation,
             workers,
             began: Instant::now(),
-            new_base: ctx.pool.tally(generation),
+            new_base: Tally::default(),
             old_base: ctx.pool.tally_before(generation),
             looks: Looks::default(),
         }
     }
 
-    /// Both generations' figures since the canary began.
+    /// Both generations' figures since the canary began; processes ending inside workers
+    /// are judged against the old generations' whole life (see [`Tally::lived`]).
     fn now(&self, ctx: &Context) -> Comparison {
+        let old = ctx.pool.tally_before(self.generation);
         Comparison::of(
             ctx.pool.tally(self.generation).since(self.new_base),
-            ctx.pool.tally_before(self.generation).since(self.old_base),
+            old.since(self.old_base).lived(old),
         )
+    }
+
+    /// Judge while `work` (the first new workers' settle period) runs: the failure to report
+    /// as soon as a look finds the new generation worse.
+    async fn during<T>(
+        &mut self,
+        ctx: &Context,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, SpawnFailure> {
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval(CANARY_TICK);
+        loop {
+            tokio::select! {
+                done = &mut work => return Ok(done),
+                _ = tick.tick() => {
+                    if let Some(failure) = self.look(ctx, false) {
+                        return Err(failure);
+                    }
+                }
+            }
+        }
     }
 
     /// A look, when one is due (`last`: the roll's end, always one): the failure to report
