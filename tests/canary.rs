@@ -85,6 +85,42 @@ fn a_release_that_fails_a_tenth_of_its_requests_is_stopped_at_the_canary() {
     );
 }
 
+/// A release that answers 500 on every page (issue 36) is judged from its first request,
+/// through its 2 s settle period: visitors see about the first look's evidence (20 requests,
+/// and what is in flight when the judge looks), not the whole settle window's share of the
+/// traffic, and no old worker was stopped.
+#[test]
+fn a_release_that_fails_every_page_costs_only_the_first_look() {
+    let _serial = serial();
+    // The default settle period (2 s), the default canary.
+    let health = "[readiness]\nhttp_path = \"/health\"\n";
+    let mut baton = Baton::start(3, "200ms", health);
+    let old_pids: Vec<_> = baton.status().workers.iter().map(|w| w.pid).collect();
+    let load = Load::start(baton.addr, 8, "/", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    baton.deploy(Release::Errors(100));
+    let out = baton.cli(&["restart", "--wait"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let total = report.ok + report.failed;
+    println!(
+        "restart --wait exited {:?}; visitors saw {} of {total} requests fail\n{stderr}",
+        out.status.code(),
+        report.failed
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}\n{}", baton.log());
+    assert!(stderr.contains("canary judge"), "{stderr}");
+    assert!(report.failed <= 60, "{} of {total} failed", report.failed);
+    let pids: Vec<_> = baton.status().workers.iter().map(|w| w.pid).collect();
+    for pid in &old_pids {
+        assert!(
+            pids.contains(pid),
+            "old worker {pid:?} was stopped: {pids:?}"
+        );
+    }
+}
+
 #[test]
 fn a_release_as_flaky_as_the_old_one_rolls_through_every_time() {
     let _serial = serial();

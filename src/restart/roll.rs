@@ -349,7 +349,7 @@ impl Judged {
         work: impl std::future::Future<Output = T>,
     ) -> Result<T, SpawnFailure> {
         tokio::pin!(work);
-        let mut tick = tokio::time::interval(CANARY_TICK);
+        let mut tick = tokio::time::interval(LOOK_TICK);
         loop {
             tokio::select! {
                 done = &mut work => return Ok(done),
@@ -377,10 +377,10 @@ impl Judged {
         SpawnFailure {
             worker: None,
             reason: format!(
-                "generation {} {} in the same {}s: worse beyond chance (canary judge)",
+                "generation {} {} in the same {:.1}s: worse beyond chance (canary judge)",
                 self.generation,
                 c.against(&format!("generation {}", self.old)),
-                self.began.elapsed().as_secs()
+                self.began.elapsed().as_secs_f64()
             ),
             output: Vec::new(),
         }
@@ -403,7 +403,8 @@ impl Judged {
             humantime::format_duration(config.duration.get())
         );
         let end = self.began + config.duration.get();
-        let mut tick = tokio::time::interval(CANARY_TICK);
+        let mut tick = tokio::time::interval(LOOK_TICK);
+        let mut shown = None::<Instant>;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Phase::Cancelled,
@@ -414,6 +415,14 @@ impl Judged {
             }
             let now = Instant::now();
             let c = self.now(ctx);
+            if self.looks.due(c.new) && c.worse() {
+                ctx.metrics.canary(Verdict::Worse);
+                return Phase::Rejected(self.worse(&c));
+            }
+            if now < end && shown.is_some_and(|t| now.duration_since(t) < CANARY_TICK) {
+                continue;
+            }
+            shown = Some(now);
             progress(
                 ctx,
                 self.generation,
@@ -425,10 +434,6 @@ impl Judged {
                     left: end.saturating_duration_since(now),
                 }),
             );
-            if self.looks.due(c.new) && c.worse() {
-                ctx.metrics.canary(Verdict::Worse);
-                return Phase::Rejected(self.worse(&c));
-            }
             if now < end {
                 continue;
             }
@@ -462,6 +467,10 @@ impl Judged {
 /// How often a canary's figures are read (and shown): a look itself is due only as the
 /// requests grow ([`Looks`]), so this sets how soon a due look comes, not how many.
 const CANARY_TICK: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often the judge looks at the counters while a canary is judged: a look is a sum of a
+/// few counters, and a release that fails every request serves ~50 more of them per 100 ms
+/// of looking late at a few hundred requests a second.
+const LOOK_TICK: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The judge rejected the new generation: its workers get no new requests and are stopped
 /// once their requests ended (at most `drain_timeout`); the old generation serves on. When the
