@@ -32,12 +32,36 @@ pub struct Metrics {
     restarts: [AtomicU64; 5],
     /// Requests whose client left while they waited for a worker.
     abandoned: AtomicU64,
+    /// Time limits: requests answered 504 at request_timeout, 503 at max_queue_time, and
+    /// workers replaced for a request in flight past max_request_time.
+    timed_out: [AtomicU64; 3],
     /// Access log entries dropped because its queue was full (shared with `access`).
     pub access_log_dropped: std::sync::Arc<AtomicU64>,
     /// Canary verdicts: worse, fine, inconclusive.
     canaries: [AtomicU64; 3],
     /// Rollbacks, by trigger: judge, death, operator.
     rollbacks: [AtomicU64; 3],
+}
+
+/// Which time limit was reached, for `baton_time_limits_total{limit=...}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// A worker had not begun its answer within `request_timeout` (a 504).
+    RequestTimeout,
+    /// A request waited `max_queue_time` for a worker (a 503).
+    MaxQueueTime,
+    /// A worker was replaced for a request in flight past `max_request_time`.
+    MaxRequestTime,
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::RequestTimeout => "request_timeout",
+            Limit::MaxQueueTime => "max_queue_time",
+            Limit::MaxRequestTime => "max_request_time",
+        }
+    }
 }
 
 /// What started a rollback, for `baton_rollbacks_total{trigger=...}`.
@@ -79,6 +103,11 @@ impl Metrics {
     /// saw it.
     pub fn abandoned(&self) {
         self.abandoned.fetch_add(1, Relaxed);
+    }
+
+    /// A time limit was reached (see [`Limit`]).
+    pub fn limit(&self, limit: Limit) {
+        self.timed_out[limit as usize].fetch_add(1, Relaxed);
     }
 
     /// A canary judged (a "worse" found while the roll went on after its canary counts too).
@@ -196,6 +225,22 @@ impl Metrics {
             "# HELP baton_requests_abandoned_total Requests whose client closed its connection while they waited for a worker; no worker saw them.\n# TYPE baton_requests_abandoned_total counter\nbaton_requests_abandoned_total{{app=\"{app}\"}} {}",
             self.abandoned.load(Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP baton_time_limits_total Time limits reached: 504s at request_timeout, 503s at max_queue_time, workers replaced past max_request_time.\n# TYPE baton_time_limits_total counter"
+        );
+        for limit in [
+            Limit::RequestTimeout,
+            Limit::MaxQueueTime,
+            Limit::MaxRequestTime,
+        ] {
+            let _ = writeln!(
+                out,
+                "baton_time_limits_total{{app=\"{app}\",limit=\"{}\"}} {}",
+                limit.as_str(),
+                self.timed_out[limit as usize].load(Relaxed)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP baton_access_log_dropped_total Access log entries dropped because the writer could not keep up (its queue was full); the proxy never waits for the log.\n# TYPE baton_access_log_dropped_total counter\nbaton_access_log_dropped_total{{app=\"{app}\"}} {}",

@@ -79,6 +79,9 @@ pub struct WorkerJson {
     /// Age of its oldest request in flight.
     #[serde(default)]
     pub oldest_request_s: Option<u64>,
+    /// It left a request unanswered past `max_request_time`: it is being replaced.
+    #[serde(default)]
+    pub stuck: bool,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -137,6 +140,7 @@ impl Snapshot {
                     unit: w.unit.clone(),
                     address: w.addr.to_string(),
                     oldest_request_s: w.busy_for.map(|d| d.as_secs()),
+                    stuck: w.stuck,
                 })
                 .collect(),
             status_line: status_line(state, workers, target),
@@ -234,6 +238,15 @@ impl Snapshot {
             );
             if let Some(unit) = &w.unit {
                 let _ = writeln!(out, "{:>14} unit {unit}", "");
+            }
+            if w.stuck {
+                let _ = writeln!(
+                    out,
+                    "{:>14} {red}stuck{reset}: left a request unanswered past max_request_time; being replaced",
+                    ""
+                );
+            } else if let Some(age) = w.oldest_request_s.filter(|s| *s >= 10) {
+                let _ = writeln!(out, "{:>14} oldest request in flight: {age} s", "");
             }
         }
         out

@@ -298,6 +298,9 @@ pub struct WorkersConfig {
     pub request_timeout: Duration,
     /// A request that waited this long for a free worker: 503 with `Retry-After`. 0: no limit.
     pub max_queue_time: Duration,
+    /// A worker with a request in flight this long is replaced (Passenger's key); default:
+    /// `request_timeout`. 0: never.
+    pub max_request_time: Option<Duration>,
 }
 
 impl Default for WorkersConfig {
@@ -313,6 +316,7 @@ impl Default for WorkersConfig {
             memory_limit: ByteSize(0),
             request_timeout: Duration::from_secs(60),
             max_queue_time: Duration::from_secs(30),
+            max_request_time: None,
         }
     }
 }
@@ -405,6 +409,11 @@ impl WorkersConfig {
             (None, Some(min), None) => min.max(DEFAULT_WORKER_COUNT),
             (None, None, None) => DEFAULT_WORKER_COUNT,
         }
+    }
+
+    /// How long a request may be in flight on a worker before it is replaced (zero: never).
+    pub fn max_request_time(&self) -> std::time::Duration {
+        self.max_request_time.unwrap_or(self.request_timeout).get()
     }
 
     /// The request count after which a worker is recycled: `max_requests` plus up to 10 %,

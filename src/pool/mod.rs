@@ -57,8 +57,11 @@ pub struct Worker {
     pub processed: u64,
     pub spawned_at: Instant,
     pub last_used: Option<Instant>,
-    /// Since when the oldest request still in flight has run, for drain reports.
-    pub busy_since: Option<Instant>,
+    /// When each request in flight was given to it (its oldest: drain reports, status, and
+    /// `max_request_time`).
+    requests: Vec<Instant>,
+    /// Left a request unanswered past `max_request_time`: to be replaced.
+    pub stuck: bool,
     /// When it became ready (the start of its settle period).
     pub ready_at: Option<Instant>,
     pub cpu_percent: f64,
@@ -99,7 +102,8 @@ impl Worker {
             processed: 0,
             spawned_at: Instant::now(),
             last_used: None,
-            busy_since: None,
+            requests: Vec::new(),
+            stuck: false,
             ready_at: None,
             cpu_percent: 0.0,
             memory_bytes: 0,
@@ -107,6 +111,25 @@ impl Worker {
             outcomes: Arc::default(),
             attached: Attached::default(),
         }
+    }
+
+    /// A request given to it at `now`.
+    fn begin(&mut self, now: Instant) {
+        self.in_flight += 1;
+        self.requests.push(now);
+    }
+
+    /// The request given to it at `since` ended.
+    fn end(&mut self, since: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(i) = self.requests.iter().position(|t| *t == since) {
+            self.requests.swap_remove(i);
+        }
+    }
+
+    /// When its oldest request in flight was given to it.
+    fn oldest(&self) -> Option<Instant> {
+        self.requests.iter().min().copied()
     }
 }
 
@@ -123,7 +146,9 @@ pub struct WorkerView {
     pub processed: u64,
     pub uptime: Duration,
     pub last_used: Option<Duration>,
+    /// How long its oldest request in flight has run.
     pub busy_for: Option<Duration>,
+    pub stuck: bool,
     pub cpu_percent: f64,
     pub memory_bytes: u64,
 }
@@ -147,6 +172,8 @@ struct Grant {
     attached: Attached,
     cut: CancellationToken,
     request_timeout: Option<Duration>,
+    max_request_time: Option<Duration>,
+    since: Instant,
 }
 
 struct Waiter {
@@ -179,6 +206,8 @@ pub struct Limits {
     pub max_queue_time: Option<Duration>,
     /// How long a worker may take to begin its answer (`None`: no limit).
     pub request_timeout: Option<Duration>,
+    /// A worker with a request in flight this long is replaced (`None`: never).
+    pub max_request_time: Option<Duration>,
 }
 
 impl Limits {
@@ -190,6 +219,7 @@ impl Limits {
             max_queue: workers.max_queue,
             max_queue_time: nonzero(workers.max_queue_time.get()),
             request_timeout: nonzero(workers.request_timeout.get()),
+            max_request_time: nonzero(workers.max_request_time()),
         }
     }
 }
@@ -212,6 +242,10 @@ pub struct Lease {
     pub outcomes: Arc<Counter>,
     /// `[workers] request_timeout` when the lease was granted.
     pub request_timeout: Option<Duration>,
+    /// `[workers] max_request_time` when the lease was granted.
+    pub max_request_time: Option<Duration>,
+    /// When it was granted.
+    pub since: Instant,
     attached: Attached,
     cut: CancellationToken,
 }
@@ -238,9 +272,17 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// The worker left this request unanswered past `max_request_time`: the supervisor
+    /// replaces it.
+    pub fn stuck(&self) {
+        self.pool.mark_stuck(self.worker);
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.pool.release(self.worker);
+        self.pool.release(self.worker, self.since);
     }
 }
 
@@ -255,7 +297,7 @@ impl Drop for QueuedRequest {
         if let Some(mut rx) = self.rx.take() {
             rx.close();
             if let Ok(g) = rx.try_recv() {
-                self.pool.release(g.worker);
+                self.pool.release(g.worker, g.since);
             }
         }
     }
@@ -347,20 +389,28 @@ impl Pool {
             addr: g.addr,
             outcomes: g.outcomes,
             request_timeout: g.request_timeout,
+            max_request_time: g.max_request_time,
+            since: g.since,
             attached: g.attached,
             cut: g.cut,
         }
     }
 
-    fn release(&self, id: WorkerId) {
+    /// Mark a worker stuck (see [`Lease::stuck`]).
+    pub fn mark_stuck(&self, id: WorkerId) {
+        if let Some(w) = self.lock().workers.get_mut(&id) {
+            w.stuck = true;
+        }
+    }
+
+    fn release(&self, id: WorkerId, since: Instant) {
         let mut inner = self.lock();
         let mut notify = false;
         if let Some(w) = inner.workers.get_mut(&id) {
-            w.in_flight = w.in_flight.saturating_sub(1);
+            w.end(since);
             w.processed += 1;
             let now = Instant::now();
             w.last_used = Some(now);
-            w.busy_since = if w.in_flight == 0 { None } else { w.busy_since };
             notify = w.state != WorkerState::Ready && w.in_flight == 0;
         }
         inner.dispatch();
@@ -586,11 +636,9 @@ impl Inner {
     fn grant(&mut self, concurrency: usize, avoid: Option<WorkerId>) -> Option<Grant> {
         let id = self.pick(concurrency, avoid)?;
         let w = self.workers.get_mut(&id)?;
-        w.in_flight += 1;
-        if w.in_flight == 1 {
-            w.busy_since = Some(Instant::now());
-        }
-        w.last_used = Some(Instant::now());
+        let now = Instant::now();
+        w.begin(now);
+        w.last_used = Some(now);
         Some(Grant {
             worker: id,
             generation: w.generation,
@@ -599,6 +647,8 @@ impl Inner {
             attached: w.attached.clone(),
             cut: w.cut.clone(),
             request_timeout: self.limits.request_timeout,
+            max_request_time: self.limits.max_request_time,
+            since: now,
         })
     }
 
@@ -619,10 +669,7 @@ impl Inner {
             if let Err(g) = waiter.tx.send(g) {
                 // The client left between the check and the send: give the slot back.
                 if let Some(w) = self.workers.get_mut(&g.worker) {
-                    w.in_flight -= 1;
-                    if w.in_flight == 0 {
-                        w.busy_since = None;
-                    }
+                    w.end(g.since);
                 }
             }
         }
@@ -648,7 +695,8 @@ fn view(w: &Worker, now: Instant) -> WorkerView {
         processed: w.processed,
         uptime: now.saturating_duration_since(w.spawned_at),
         last_used: w.last_used.map(|t| now.saturating_duration_since(t)),
-        busy_for: w.busy_since.map(|t| now.saturating_duration_since(t)),
+        busy_for: w.oldest().map(|t| now.saturating_duration_since(t)),
+        stuck: w.stuck,
         cpu_percent: w.cpu_percent,
         memory_bytes: w.memory_bytes,
     }
@@ -681,6 +729,7 @@ mod tests {
             max_queue: 1,
             max_queue_time: None,
             request_timeout: None,
+            max_request_time: None,
         });
         pool.insert(worker(1, 1, WorkerState::Ready));
         pool.insert(worker(2, 2, WorkerState::Ready));
@@ -716,6 +765,7 @@ mod tests {
             max_queue: 5,
             max_queue_time: None,
             request_timeout: None,
+            max_request_time: None,
         });
         pool.insert(worker(1, 1, WorkerState::Ready));
         let held = pool.acquire(None).await.unwrap();
@@ -735,6 +785,7 @@ mod tests {
             max_queue: 5,
             max_queue_time: None,
             request_timeout: None,
+            max_request_time: None,
         });
         pool.insert(worker(1, 1, WorkerState::Ready));
         // The only worker failed a request: its retry gets it again rather than waiting for
@@ -791,6 +842,7 @@ mod tests {
                 max_queue: 1 + rng.below(8),
                 max_queue_time: None,
                 request_timeout: None,
+                max_request_time: None,
             });
             let mut next_id = 1;
             let mut held: Vec<Lease> = Vec::new();
@@ -833,6 +885,7 @@ mod tests {
                         max_queue: 1 + rng.below(8),
                         max_queue_time: None,
                         request_timeout: None,
+                        max_request_time: None,
                     }),
                     _ => {}
                 }

@@ -110,7 +110,12 @@ impl Proxy {
                 Err(Failed {
                     error: UpstreamError::Timeout(limit),
                     ..
-                }) => return Err(ProxyError::timed_out(&lease, req.bytes, limit)),
+                }) => {
+                    self.metrics.limit(crate::metrics::Limit::RequestTimeout);
+                    let e = ProxyError::timed_out(&lease, req.bytes, limit);
+                    stuck(lease);
+                    return Err(e);
+                }
                 Err(_) if req.fault.as_ref().is_some_and(Fault::is_set) => {
                     let fault = req.fault.take().map(|f| f.take());
                     if let Some(failure) = fault {
@@ -262,6 +267,25 @@ async fn send(
 /// Requests up to this long (without a body to stream) are written before the answer is
 /// read; others while it is.
 const AT_ONCE: usize = 16 * 1024;
+
+/// A worker that left a request unanswered: at `max_request_time` from the request's start
+/// it is marked stuck (the supervisor replaces it). Until then the lease is held, since the
+/// worker is most likely still at the request (a single-threaded one takes no other).
+fn stuck(lease: Leased) {
+    let Some(limit) = lease.max_request_time else {
+        return;
+    };
+    let left = limit.saturating_sub(lease.since.elapsed());
+    if left.is_zero() {
+        lease.stuck();
+        return;
+    }
+    // Not tracked with the connections: baton's shutdown does not wait for it.
+    tokio::spawn(async move {
+        tokio::time::sleep(left).await;
+        lease.stuck();
+    });
+}
 
 /// The worker head `bytes` asks with a safe method (GET, HEAD, OPTIONS). Only those ride a
 /// reused stream: an answer found out of turn there is not relayed and the request is sent

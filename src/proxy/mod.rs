@@ -697,6 +697,9 @@ impl Proxy {
         let mut waiting = Waiting(Some(&self.metrics));
         let lease = self.pool.acquire(exclude).await;
         waiting.0 = None;
+        if let Err(Rejected::QueueTimeout(_)) = lease {
+            self.metrics.limit(crate::metrics::Limit::MaxQueueTime);
+        }
         let lease = lease.map_err(ProxyError::NoWorker)?;
         // The worker's connections live with it in the pool, made at its first lease.
         let conns = lease

@@ -1400,23 +1400,47 @@ impl Supervisor {
             return;
         }
         let memory_limit = w.memory_limit.0;
-        let candidate = ready.iter().find_map(|v| {
-            if let Some(limit) = w.request_limit(v.id.0)
-                && v.processed >= limit
-            {
-                return Some((v, format!("served {} requests (max_requests)", v.processed)));
-            }
-            if memory_limit > 0 && v.memory_bytes > memory_limit {
-                return Some((
+        let max_request_time = Some(w.max_request_time()).filter(|d| !d.is_zero());
+        // A stuck worker first: it holds visitors (or held them until their 504).
+        let stuck = ready.iter().find_map(|v| {
+            let late = v
+                .busy_for
+                .zip(max_request_time)
+                .is_some_and(|(busy, limit)| busy >= limit);
+            (v.stuck || late).then(|| {
+                (
                     v,
                     format!(
-                        "uses {} MiB (memory_limit {} MiB)",
-                        v.memory_bytes >> 20,
-                        memory_limit >> 20
+                        "left a request unanswered for max_request_time ({})",
+                        humantime::format_duration(max_request_time.unwrap_or_default())
                     ),
-                ));
-            }
-            None
+                )
+            })
+        });
+        if stuck.is_some() {
+            self.ctx
+                .metrics
+                .limit(crate::metrics::Limit::MaxRequestTime);
+        }
+        let candidate = stuck.or_else(|| {
+            ready.iter().find_map(|v| {
+                if let Some(limit) = w.request_limit(v.id.0)
+                    && v.processed >= limit
+                {
+                    return Some((v, format!("served {} requests (max_requests)", v.processed)));
+                }
+                if memory_limit > 0 && v.memory_bytes > memory_limit {
+                    return Some((
+                        v,
+                        format!(
+                            "uses {} MiB (memory_limit {} MiB)",
+                            v.memory_bytes >> 20,
+                            memory_limit >> 20
+                        ),
+                    ));
+                }
+                None
+            })
         });
         let Some((old, why)) = candidate else { return };
         tracing::info!(

@@ -512,6 +512,7 @@ async fn the_phase_is_starting_until_min_workers_are_ready() {
             max_queue: 10,
             max_queue_time: None,
             request_timeout: None,
+            max_request_time: None,
         }),
         fake.clone(),
         Arc::new(FakeProbe(fake.clone())),
@@ -1166,6 +1167,40 @@ async fn a_worker_past_max_requests_is_recycled_replacement_first() {
     assert_eq!(pool.fewest_ready(), 2, "capacity kept while recycling");
     assert_eq!(pool.most_alive(), 3, "one at a time");
     assert_eq!(r.ready_generations(), [1, 1], "from the current release");
+}
+
+/// A worker with a request in flight past `max_request_time` is replaced, replacement first
+/// (issue 36); one marked stuck at its 504 (the lease gone) is too; a worker whose request
+/// has run for less is left alone.
+#[tokio::test(start_paused = true)]
+async fn a_worker_stuck_on_a_request_is_replaced() {
+    let r = start(
+        "count = 2\nrequest_timeout = \"10s\"\nmax_request_time = \"5s\"",
+        "",
+    )
+    .await;
+    let pool = r.watch_pool();
+    let held = r.lease().await;
+    let stuck = held.worker;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(r.ready().iter().any(|w| w.id == stuck), "replaced too soon");
+    r.until("the stuck worker replaced", |r| {
+        let w = r.ready();
+        w.len() == 2 && w.iter().all(|w| w.id != stuck)
+    })
+    .await;
+    assert_eq!(pool.fewest_ready(), 2, "capacity kept while replacing");
+    drop(held);
+    // Marked stuck by the proxy (its 504 came and went): replaced too.
+    let lease = r.lease().await;
+    let marked = lease.worker;
+    lease.stuck();
+    drop(lease);
+    r.until("the marked worker replaced", |r| {
+        let w = r.ready();
+        w.len() == 2 && w.iter().all(|w| w.id != marked)
+    })
+    .await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -534,6 +534,7 @@ pub fn two_ready_workers(addr: SocketAddr) -> (Arc<Pool>, watch::Sender<Option<E
         max_queue: 4,
         max_queue_time: None,
         request_timeout: None,
+        max_request_time: None,
     });
     let (exit, exited) = watch::channel(None);
     for id in 1..=2 {
