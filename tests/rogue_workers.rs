@@ -745,7 +745,17 @@ fn late_answer(via: Via, delay_ms: u64, jitter: bool) {
 fn a_stuck_worker_s_client_gets_a_504_at_request_timeout() {
     let _serial = serial();
     let rogue = Rogue::start_with(2, "request_timeout = \"1s\"");
+    let pids = |r: &Rogue| -> Vec<u32> {
+        r.baton
+            .status()
+            .workers
+            .iter()
+            .filter(|w| w.state == "ready")
+            .filter_map(|w| w.pid)
+            .collect()
+    };
     for via in [Via::Narrow, Via::Hyper] {
+        let before = pids(&rogue);
         let started = Instant::now();
         let stuck = {
             let addr = rogue.baton.addr;
@@ -772,6 +782,12 @@ fn a_stuck_worker_s_client_gets_a_504_at_request_timeout() {
             took >= Duration::from_millis(950) && took < Duration::from_secs(4),
             "{via:?}: the 504 came after {took:?}"
         );
+        // The stuck worker is replaced (max_request_time defaults to request_timeout), the
+        // other kept.
+        wait_for(Duration::from_secs(15), "the stuck worker replaced", || {
+            let now = pids(&rogue);
+            now.len() == 2 && before.iter().filter(|p| now.contains(p)).count() == 1
+        });
     }
     // Both stuck requests' slots are free again: two requests at once are both answered.
     let both: Vec<_> = (0..2)
@@ -883,4 +899,61 @@ fn a_request_that_waits_longer_than_max_queue_time_gets_a_503() {
         );
     }
     drop(stuck);
+}
+
+/// Every worker stuck (issue 36): requests beyond `max_queue_time` get 503 at once instead of
+/// waiting, the stuck ones 504 at `request_timeout`, and the app serves again by itself once
+/// the stuck workers were replaced, about `max_request_time` plus a boot later.
+#[test]
+fn with_every_worker_stuck_the_queue_sheds_and_the_app_recovers() {
+    let _serial = serial();
+    let rogue = Rogue::start_with(2, "request_timeout = \"2s\"\nmax_queue_time = \"500ms\"");
+    let hangs: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = rogue.baton.addr;
+            thread::spawn(move || {
+                exchange(
+                    &mut connect(addr),
+                    &get_request("/hang", Via::Narrow),
+                    Duration::from_secs(10),
+                )
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    let recovered = loop {
+        let asked = Instant::now();
+        let answer = exchange(
+            &mut rogue.connect(),
+            &get_request("/x", Via::Narrow),
+            Duration::from_secs(3),
+        );
+        let took = asked.elapsed();
+        match answer {
+            Ok((200, _)) => break started.elapsed(),
+            Ok((status, _)) => statuses.push((status, took)),
+            Err(e) => panic!("a request got no answer: {e}\n{}", rogue.log_tail()),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not recovered: {statuses:?}\n{}",
+            rogue.log_tail()
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    println!("recovered after {recovered:?}; meanwhile {statuses:?}");
+    for h in hangs {
+        assert!(matches!(h.join().unwrap(), Ok((504, _))));
+    }
+    assert!(!statuses.is_empty(), "the workers were not stuck");
+    for (status, took) in &statuses {
+        assert_eq!(*status, 503, "{statuses:?}");
+        assert!(*took < Duration::from_millis(1500), "{statuses:?}");
+    }
+    assert!(
+        recovered < Duration::from_secs(12),
+        "recovered after {recovered:?}"
+    );
 }
