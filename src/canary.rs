@@ -359,6 +359,32 @@ pub const MIN_EXITS: u64 = 3;
 /// The prior of [`Tally::lived`]: one worker-hour.
 pub const PRIOR_EXPOSURE_MS: u64 = 3_600_000;
 
+/// The least time a request must have gone unanswered before a generation can be said to hang.
+pub const HANG_FLOOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a request of the new generation may go unanswered before it counts as a hang:
+/// four times the slowest answer the old generation gave lately (`old_slowest`, when known),
+/// at least [`HANG_FLOOR`], and never past `request_timeout` (which answers it with a 504).
+pub fn hang_bound(
+    request_timeout: Option<std::time::Duration>,
+    old_slowest: Option<std::time::Duration>,
+) -> std::time::Duration {
+    let bound = old_slowest.map_or(HANG_FLOOR, |s| (s * 4).max(HANG_FLOOR));
+    request_timeout.map_or(bound, |t| bound.min(t))
+}
+
+/// Whether the new generation hangs: a request of it has gone unanswered for `bound`, while
+/// the old one has none unanswered for half as long (an app whose requests are long by
+/// design, long polls, has them in both generations). A request that hangs never ends, so no
+/// count of answers can show it: the judge looks at what is in flight.
+pub fn hangs(
+    new_oldest: Option<std::time::Duration>,
+    old_oldest: Option<std::time::Duration>,
+    bound: std::time::Duration,
+) -> bool {
+    new_oldest.is_some_and(|n| n >= bound) && old_oldest.is_none_or(|o| o < bound / 2)
+}
+
 #[cfg(test)]
 mod lived_tests {
     use super::*;

@@ -109,6 +109,12 @@ enum Mode {
     /// at random, from this long after it started listening: a release with a database
     /// configuration error, a flaky one, or one that turns bad later (`errors 30% after 10s`).
     Errors(f64, Duration),
+    /// Boot and answer `/health`, but leave every other request unanswered from this long
+    /// after it started listening (`hangs`, `hangs after 20s`): a release waiting on a
+    /// database host that drops packets.
+    Hangs(Duration),
+    /// Answer every request but `/health` this much later (`slow 20ms`).
+    Slow(Duration),
 }
 
 fn read_mode() -> Mode {
@@ -126,6 +132,15 @@ fn read_mode() -> Mode {
                 .unwrap_or(Duration::from_millis(500)),
         ),
         Ok(m) if m == "stray" => Mode::StrayOnPort,
+        Ok(m) if m == "hangs" || m.starts_with("hangs after ") => Mode::Hangs(
+            m["hangs".len()..]
+                .trim_start_matches(" after ")
+                .parse::<crate::config::Duration>()
+                .map_or(Duration::ZERO, |d| d.get()),
+        ),
+        Ok(m) if m.starts_with("slow ") => m["slow ".len()..]
+            .parse::<crate::config::Duration>()
+            .map_or(Mode::Serve, |d| Mode::Slow(d.get())),
         Ok(m) if m.starts_with("errors ") => {
             let rest = &m["errors ".len()..];
             let (share, after) = rest.split_once(" after ").unwrap_or((rest, "0s"));
@@ -197,7 +212,7 @@ pub async fn run_app(port: u16, boot_time: Duration, boot_cpu: Duration) -> anyh
                 .spawn()?;
             std::future::pending::<()>().await;
         }
-        Mode::Serve | Mode::Errors(..) => {}
+        Mode::Serve | Mode::Errors(..) | Mode::Hangs(_) | Mode::Slow(_) => {}
     }
     if let Some(after) = std::env::var("BATON_DEMO_EXIT_AFTER")
         .ok()
@@ -224,7 +239,20 @@ pub async fn run_app(port: u16, boot_time: Duration, boot_cpu: Duration) -> anyh
                     }
                     _ => false,
                 };
+                let health = req.uri().path() == "/health";
+                let hang =
+                    matches!(mode, Mode::Hangs(after) if !health && listening.elapsed() >= after);
+                let slow = match mode {
+                    Mode::Slow(by) if !health => by,
+                    _ => Duration::ZERO,
+                };
                 async move {
+                    if hang {
+                        std::future::pending::<()>().await;
+                    }
+                    if !slow.is_zero() {
+                        tokio::time::sleep(slow).await;
+                    }
                     if fail {
                         return Ok::<_, Infallible>(text(
                             StatusCode::INTERNAL_SERVER_ERROR,

@@ -121,6 +121,51 @@ fn a_release_that_fails_every_page_costs_only_the_first_look() {
     }
 }
 
+/// A release whose pages hang (all but its readiness path, issue 36) fails its canary within
+/// its duration, before any old worker was drained: a request that never ends is seen in
+/// flight (5 s, the hang bound's floor), not waited for; the requests it held are sent again
+/// to the old workers, so under load at most 1 % of requests fail.
+#[test]
+fn a_release_whose_pages_hang_fails_its_canary() {
+    let _serial = serial();
+    let extra = format!("{HEALTH}[canary]\nduration = \"10s\"\n");
+    let mut baton = Baton::start(3, "200ms", &extra);
+    let old_pids: Vec<_> = baton.status().workers.iter().map(|w| w.pid).collect();
+    let load = Load::start(baton.addr, 8, "/", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    baton.deploy(Release::HangsAfter(0));
+    let began = Instant::now();
+    let out = baton.cli(&["restart", "--wait"]);
+    let took = began.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let total = report.ok + report.failed;
+    println!(
+        "restart --wait exited {:?} after {:.1}s; {} of {total} requests failed: {:?}\n{stderr}",
+        out.status.code(),
+        took.as_secs_f64(),
+        report.failed,
+        &report.errors[..report.errors.len().min(5)]
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}\n{}", baton.log());
+    assert!(stderr.contains("its pages hang"), "{stderr}");
+    assert!(took < Duration::from_secs(13), "judged late: {took:?}");
+    assert!(
+        (report.failed as f64) <= 0.01 * total as f64,
+        "{} of {total} failed: {:?}",
+        report.failed,
+        &report.errors[..report.errors.len().min(5)]
+    );
+    let pids: Vec<_> = baton.status().workers.iter().map(|w| w.pid).collect();
+    for pid in &old_pids {
+        assert!(
+            pids.contains(pid),
+            "old worker {pid:?} was stopped: {pids:?}"
+        );
+    }
+}
+
 #[test]
 fn a_release_as_flaky_as_the_old_one_rolls_through_every_time() {
     let _serial = serial();

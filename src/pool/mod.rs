@@ -396,6 +396,20 @@ impl Pool {
         }
     }
 
+    /// How long the oldest request in flight on a worker of the generations `of` picks has
+    /// run (`None`: none in flight), for the judge: a release whose pages hang shows here
+    /// long before any of its requests ends.
+    pub fn oldest_request(&self, of: impl Fn(Generation) -> bool) -> Option<Duration> {
+        let now = Instant::now();
+        self.lock()
+            .workers
+            .values()
+            .filter(|w| of(w.generation))
+            .filter_map(Worker::oldest)
+            .min()
+            .map(|t| now.saturating_duration_since(t))
+    }
+
     /// Mark a worker stuck (see [`Lease::stuck`]).
     pub fn mark_stuck(&self, id: WorkerId) {
         if let Some(w) = self.lock().workers.get_mut(&id) {

@@ -104,7 +104,12 @@ impl Proxy {
             }
             match result {
                 Ok((stream, fin)) => return Ok(Answered { lease, stream, fin }),
-                Err(_) if lease.was_cut() => return Err(ProxyError::Cut(lease.worker)),
+                // Cut by baton: a worker stopped after drain_timeout, or one whose pages hang
+                // (its canary refused); a request that may be sent again goes to another
+                // worker, as after any other failure.
+                Err(_) if lease.was_cut() && !(req.retryable && failed.is_none()) => {
+                    return Err(ProxyError::Cut(lease.worker));
+                }
                 // The worker has the request and is still at it: sent again, it would wait
                 // as long again, and a worker that hangs would get every retry.
                 Err(Failed {

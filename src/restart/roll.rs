@@ -363,14 +363,39 @@ impl Judged {
     }
 
     /// A look, when one is due (`last`: the roll's end, always one): the failure to report
-    /// when the new generation is worse.
+    /// when the new generation is worse. Whether it hangs is checked at every look.
     fn look(&mut self, ctx: &Context, last: bool) -> Option<SpawnFailure> {
+        if let Some(hung) = self.hang(ctx) {
+            return Some(hung);
+        }
         let c = self.now(ctx);
         if !(self.looks.due(c.new) || last) || !c.worse() {
             return None;
         }
         ctx.metrics.canary(Verdict::Worse);
         Some(self.worse(&c))
+    }
+
+    /// The failure to report when the new generation's pages hang (see [`crate::canary::hangs`]).
+    fn hang(&self, ctx: &Context) -> Option<SpawnFailure> {
+        let bound = hang_bound(ctx);
+        let new = ctx.pool.oldest_request(|g| g == self.generation);
+        let old = ctx.pool.oldest_request(|g| g < self.generation);
+        if !crate::canary::hangs(new, old, bound) {
+            return None;
+        }
+        ctx.metrics.canary(Verdict::Worse);
+        Some(SpawnFailure {
+            worker: None,
+            reason: format!(
+                "generation {} left a request unanswered for {:.1}s (its pages hang), generation {} none for {:.1}s: worse (canary judge)",
+                self.generation,
+                new.unwrap_or_default().as_secs_f64(),
+                self.old,
+                (bound / 2).as_secs_f64()
+            ),
+            output: Vec::new(),
+        })
     }
 
     fn worse(&self, c: &Comparison) -> SpawnFailure {
@@ -414,6 +439,9 @@ impl Judged {
                 return Phase::Died(death);
             }
             let now = Instant::now();
+            if let Some(hung) = self.hang(ctx) {
+                return Phase::Rejected(hung);
+            }
             let c = self.now(ctx);
             if self.looks.due(c.new) && c.worse() {
                 ctx.metrics.canary(Verdict::Worse);
@@ -467,6 +495,12 @@ impl Judged {
 /// How often a canary's figures are read (and shown): a look itself is due only as the
 /// requests grow ([`Looks`]), so this sets how soon a due look comes, not how many.
 const CANARY_TICK: std::time::Duration = std::time::Duration::from_millis(250);
+/// The hang bound of the app's config (see [`crate::canary::hang_bound`]).
+fn hang_bound(ctx: &Context) -> std::time::Duration {
+    let timeout = ctx.config().workers.request_timeout.get();
+    crate::canary::hang_bound((!timeout.is_zero()).then_some(timeout), None)
+}
+
 /// How often the judge looks at the counters while a canary is judged: a look is a sum of a
 /// few counters, and a release that fails every request serves ~50 more of them per 100 ms
 /// of looking late at a few hundred requests a second.
@@ -532,7 +566,25 @@ async fn reject(
         }
     }
     progress(ctx, generation, WaitingOn::StoppingAll(ids.len()));
-    futures_util::future::join_all(ids.iter().map(|id| worker::drain_and_stop(ctx, *id))).await;
+    // A worker holding a request past the hang bound would hold it until drain_timeout: it
+    // is stopped at once, its requests cut (those that may be sent again go to the old
+    // workers, as a retry does).
+    let bound = hang_bound(ctx);
+    futures_util::future::join_all(ids.iter().map(|id| async move {
+        let id = *id;
+        if ctx
+            .pool
+            .get(id)
+            .and_then(|w| w.busy_for)
+            .is_some_and(|b| b >= bound)
+        {
+            ctx.pool.mark_cut(id);
+            worker::stop(ctx, id).await;
+        } else {
+            worker::drain_and_stop(ctx, id).await;
+        }
+    }))
+    .await;
     RollResult::Rejected(failure)
 }
 

@@ -49,6 +49,11 @@ pub enum Release {
     Errors(u32),
     /// Like `Errors`, from this many milliseconds after it started listening.
     ErrorsAfter(u32, u64),
+    /// Boots and answers /health, but leaves every other request unanswered, from this many
+    /// milliseconds after it started listening.
+    HangsAfter(u64),
+    /// Answers every request but /health this many milliseconds later.
+    Slow(u64),
 }
 
 /// A tokio runtime for a test's own clients, beside the harness (which blocks on its own).
@@ -199,6 +204,12 @@ impl Baton {
             }
             Release::Errors(percent) => {
                 std::fs::write(rel.join("demo-mode"), format!("errors {percent}%")).unwrap()
+            }
+            Release::HangsAfter(ms) => {
+                std::fs::write(rel.join("demo-mode"), format!("hangs after {ms}ms")).unwrap()
+            }
+            Release::Slow(ms) => {
+                std::fs::write(rel.join("demo-mode"), format!("slow {ms}ms")).unwrap()
             }
             Release::ErrorsAfter(percent, ms) => std::fs::write(
                 rel.join("demo-mode"),
