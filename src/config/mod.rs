@@ -550,6 +550,9 @@ pub struct CanaryConfig {
     /// How long a generation is still judged after its roll ended; worse, or a death of one
     /// of its workers, rolls it back by itself. `0s`: no watch.
     pub watch: Duration,
+    /// How much slower (median or 90th percentile) the new generation may be than the old
+    /// one, beyond chance, before it is worse.
+    pub latency_tolerance: f64,
 }
 
 impl Default for CanaryConfig {
@@ -560,6 +563,7 @@ impl Default for CanaryConfig {
             min_requests: 200,
             on_inconclusive: OnInconclusive::Proceed,
             watch: Duration::from_secs(300),
+            latency_tolerance: crate::canary::LATENCY_TOLERANCE,
         }
     }
 }
@@ -1135,6 +1139,13 @@ impl Config {
         at_most("workers.concurrency", w.concurrency as u64, 100_000)?;
         at_most("workers.max_queue", w.max_queue as u64, 1_000_000)?;
         at_most("canary.workers", self.canary.workers as u64, MAX_WORKERS)?;
+        let tolerance = self.canary.latency_tolerance;
+        if !(1.0..=1000.0).contains(&tolerance) {
+            return Err((
+                "canary.latency_tolerance".into(),
+                format!("{tolerance} is not a slowdown between 1.0 (none tolerated) and 1000"),
+            ));
+        }
         at_most(
             "canary.min_requests",
             self.canary.min_requests,

@@ -410,6 +410,26 @@ impl Pool {
             .map(|t| now.saturating_duration_since(t))
     }
 
+    /// How many workers of the generations `of` picks have a request in flight for `bound` or
+    /// longer, and how many they are.
+    pub fn hung_workers(&self, of: impl Fn(Generation) -> bool, bound: Duration) -> (usize, usize) {
+        let now = Instant::now();
+        let inner = self.lock();
+        let of: Vec<&Worker> = inner
+            .workers
+            .values()
+            .filter(|w| of(w.generation) && w.state == WorkerState::Ready)
+            .collect();
+        let hung = of
+            .iter()
+            .filter(|w| {
+                w.oldest()
+                    .is_some_and(|t| now.saturating_duration_since(t) >= bound)
+            })
+            .count();
+        (hung, of.len())
+    }
+
     /// Mark a worker stuck (see [`Lease::stuck`]).
     pub fn mark_stuck(&self, id: WorkerId) {
         if let Some(w) = self.lock().workers.get_mut(&id) {
@@ -586,6 +606,30 @@ impl Pool {
             .range(..generation)
             .flat_map(|(_, c)| c.iter())
             .fold(Tally::default(), |t, c| t.plus(c.read()))
+    }
+
+    /// The answer times of a generation's workers, gone ones too (see [`Pool::tally`]).
+    pub fn latencies(&self, generation: Generation) -> crate::canary::Latencies {
+        self.lock()
+            .counters
+            .get(&generation)
+            .map_or_else(Default::default, |c| {
+                c.iter()
+                    .fold(Default::default(), |l: crate::canary::Latencies, c| {
+                        l.plus(&c.latencies())
+                    })
+            })
+    }
+
+    /// The same, summed over every generation before `generation`.
+    pub fn latencies_before(&self, generation: Generation) -> crate::canary::Latencies {
+        self.lock()
+            .counters
+            .range(..generation)
+            .flat_map(|(_, c)| c.iter())
+            .fold(Default::default(), |l: crate::canary::Latencies, c| {
+                l.plus(&c.latencies())
+            })
     }
 
     /// `ended` processes ended inside a worker over `watched` (see [`Counter::churn`]).

