@@ -424,3 +424,83 @@ fn baton_rollback_goes_back_to_the_pinned_release_and_says_when_it_is_gone() {
     );
     assert!(get(&baton.url("/")).1.contains("release r3"));
 }
+
+/// The watch sees hangs too (issue 36): a release that starts hanging 8 s after it listens,
+/// after its roll went through, is rolled back by itself once two of its workers have held a
+/// request past the hang bound (5 s), and the old release serves again.
+#[test]
+fn a_generation_that_starts_hanging_after_its_roll_is_rolled_back() {
+    let _serial = serial();
+    let extra =
+        format!("{HEALTH}[canary]\nduration = \"2s\"\nwatch = \"60s\"\n[workers]\ncount = 2\n");
+    let mut baton = Baton::start(2, "100ms", &extra);
+    let load = Load::start(baton.addr, 8, "/", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(300));
+    baton.deploy(Release::HangsAfter(8000));
+    let out = baton.cli(&["restart", "--wait"]);
+    let rolled = Instant::now();
+    assert!(
+        out.status.success(),
+        "the roll itself went through: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = baton.wait_until(Duration::from_secs(40), |s| {
+        s.resisting_deployment_error.is_some()
+            && s.workers.iter().filter(|w| w.state == "ready").count() == 2
+            && s.workers.iter().all(|w| w.generation == 3)
+    });
+    let took = rolled.elapsed();
+    let report = load.stop();
+    let reason = &s.resisting_deployment_error.as_ref().unwrap().reason;
+    println!(
+        "rolled back {:.1}s after the roll ended: {reason}\n{} of {} requests failed",
+        took.as_secs_f64(),
+        report.failed,
+        report.ok + report.failed
+    );
+    assert!(reason.contains("its pages hang"), "{reason}");
+    // Hanging from 8 s after it listened, judged 5 s later, its workers cut at once: not
+    // after drain_timeout (30 s).
+    assert!(took < Duration::from_secs(25), "rolled back after {took:?}");
+    let (status, body) = get(&baton.url("/"));
+    assert_eq!(status, 200);
+    assert!(body.contains("release r1"), "{body}");
+}
+
+/// Latency is judged (issue 36): from a release that answers in 10 ms, one 1.2 times slower
+/// rolls (within `latency_tolerance`), and one three times slower than that is resisted,
+/// with both generations' figures in the reason.
+#[test]
+fn a_release_three_times_slower_is_resisted_and_one_a_fifth_slower_rolls() {
+    let _serial = serial();
+    let extra = format!("{HEALTH}[canary]\nduration = \"10s\"\n");
+    let mut baton = Baton::start_release(3, "100ms", &extra, Release::Slow(10), true);
+    let load = Load::start(baton.addr, 8, "/", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    baton.deploy(Release::Slow(12));
+    let out = baton.cli(&["restart", "--wait"]);
+    assert!(
+        out.status.success(),
+        "1.2x slower: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    baton.deploy(Release::Slow(36));
+    let began = Instant::now();
+    let out = baton.cli(&["restart", "--wait"]);
+    let took = began.elapsed();
+    let report = load.stop();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    println!(
+        "3x slower: exit {:?} after {:.1}s; {} of {} requests failed\n{stderr}",
+        out.status.code(),
+        took.as_secs_f64(),
+        report.failed,
+        report.ok + report.failed
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("slower beyond canary.latency_tolerance") && stderr.contains("p50"),
+        "{stderr}"
+    );
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+}

@@ -139,7 +139,12 @@ async fn rolling(
         if batch == 0 {
             let Some(w) = old.first() else { break };
             progress(ctx, generation, WaitingOn::Draining(w.id));
-            worker::drain_and_stop(ctx, w.id).await;
+            if with_canary {
+                worker::drain_and_stop(ctx, w.id).await;
+            } else {
+                // A rollback (no canary): what it replaces is the release that failed.
+                retire(ctx, w.id).await;
+            }
             continue;
         }
         progress(
@@ -245,7 +250,12 @@ async fn rolling(
                 return RollResult::Cancelled;
             }
             progress(ctx, generation, WaitingOn::Draining(w.id));
-            worker::drain_and_stop(ctx, w.id).await;
+            if with_canary {
+                worker::drain_and_stop(ctx, w.id).await;
+            } else {
+                // A rollback (no canary): what it replaces is the release that failed.
+                retire(ctx, w.id).await;
+            }
         }
         if old.is_empty() && failed_now > 0 {
             // Nothing left to keep in its place: the supervisor retries it with backoff.
@@ -612,26 +622,33 @@ async fn reject(
         }
     }
     progress(ctx, generation, WaitingOn::StoppingAll(ids.len()));
-    // A worker holding a request past the hang bound would hold it until drain_timeout: it
-    // is stopped at once, its requests cut (those that may be sent again go to the old
-    // workers, as a retry does).
-    let bound = hang_bound(ctx, &ctx.pool.latencies_before(generation));
-    futures_util::future::join_all(ids.iter().map(|id| async move {
-        let id = *id;
-        if ctx
-            .pool
-            .get(id)
-            .and_then(|w| w.busy_for)
-            .is_some_and(|b| b >= bound)
-        {
-            ctx.pool.mark_cut(id);
-            worker::stop(ctx, id).await;
-        } else {
-            worker::drain_and_stop(ctx, id).await;
-        }
-    }))
-    .await;
+    futures_util::future::join_all(ids.iter().map(|id| retire(ctx, *id))).await;
     RollResult::Rejected(failure)
+}
+
+/// Drain and stop a worker of a release that failed (rejected, or rolled back); one holding a
+/// request past the hang bound (see
+/// [`crate::canary::hang_bound`], against every generation's answers) would hold it until
+/// drain_timeout: it is stopped at once, its requests cut, and those that may be sent again go
+/// to the other workers, as a retry does (a rollback from a release whose pages hang).
+async fn retire(ctx: &Arc<Context>, id: WorkerId) {
+    let bound = hang_bound(ctx, &ctx.pool.latencies_before(Generation(u64::MAX)));
+    let hung = ctx
+        .pool
+        .get(id)
+        .and_then(|w| w.busy_for)
+        .is_some_and(|b| b >= bound);
+    if hung {
+        tracing::warn!(
+            app = %ctx.config().name, worker = id.0,
+            "worker {id} has held a request for over {:.1}s (its pages hang): stopping it without waiting for drain_timeout",
+            bound.as_secs_f64()
+        );
+        ctx.pool.mark_cut(id);
+        worker::stop(ctx, id).await;
+    } else {
+        worker::drain_and_stop(ctx, id).await;
+    }
 }
 
 /// The roll was cancelled while new workers had not yet proven themselves (within
