@@ -799,24 +799,36 @@ pub struct LatencyComparison {
     /// The same for the 90th percentile: the pages that were already slow, which a release
     /// often makes slower first (a query that lost its index), the median unchanged.
     pub p90_ratio: f64,
+    /// By how much, in µs, the new generation's median is at least slower (the same bounds).
+    pub p50_excess: f64,
+    pub p90_excess: f64,
 }
+
+/// How much slower, besides `latency_tolerance` times, the new generation must be at a
+/// quantile before it is worse: a fresh worker on a busy machine answers a 150 µs page in
+/// 600 µs (cold caches, a scheduler that favours the warm ones), four times slower and of no
+/// matter to a visitor; 20 ms more per page is.
+pub const LATENCY_SLACK_US: f64 = 2_000.0;
 
 impl LatencyComparison {
     /// `tolerance` is a ratio ([`LATENCY_TOLERANCE`] by default); below 1 it counts as 1.
     pub fn of(new: &Latencies, old: &Latencies, tolerance: f64) -> LatencyComparison {
-        let ratio = |p: f64| {
-            let (slow, fast) = (
+        let bounds = |p: f64| {
+            (
                 new.lower_bound(p, LATENCY_ALPHA),
                 old.upper_bound(p, LATENCY_ALPHA),
-            );
-            if fast.is_finite() { slow / fast } else { 0.0 }
+            )
         };
+        let ratio = |(slow, fast): (f64, f64)| if fast.is_finite() { slow / fast } else { 0.0 };
+        let excess = |(slow, fast): (f64, f64)| if fast.is_finite() { slow - fast } else { 0.0 };
         LatencyComparison {
             new: new.quantiles(),
             old: old.quantiles(),
             tolerance: tolerance.max(1.0),
-            p50_ratio: ratio(0.5),
-            p90_ratio: ratio(0.9),
+            p50_ratio: ratio(bounds(0.5)),
+            p90_ratio: ratio(bounds(0.9)),
+            p50_excess: excess(bounds(0.5)),
+            p90_excess: excess(bounds(0.9)),
         }
     }
 
@@ -826,7 +838,8 @@ impl LatencyComparison {
     pub fn worse(&self) -> bool {
         self.new.count >= MIN_LATENCIES
             && self.old.count >= MIN_LATENCIES
-            && (self.p50_ratio > self.tolerance || self.p90_ratio > self.tolerance)
+            && ((self.p50_ratio > self.tolerance && self.p50_excess > LATENCY_SLACK_US)
+                || (self.p90_ratio > self.tolerance && self.p90_excess > LATENCY_SLACK_US))
     }
 
     /// "generation 7 p50 61 ms / p90 140 ms vs generation 6 19 ms / 45 ms", with the

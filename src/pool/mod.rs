@@ -68,6 +68,8 @@ pub struct Worker {
     pub memory_bytes: u64,
     /// Set when baton stops the worker with requests still in flight (drain_timeout passed).
     pub cut: CancellationToken,
+    /// The cut was of a worker whose pages hang (see [`Pool::mark_hung`]).
+    hung: Arc<std::sync::atomic::AtomicBool>,
     /// What its answers came to, for the canary judge (added to by the data plane).
     pub outcomes: Arc<Counter>,
     /// The data plane's state for it (its idle connections), made on its first lease.
@@ -108,6 +110,7 @@ impl Worker {
             cpu_percent: 0.0,
             memory_bytes: 0,
             cut: CancellationToken::new(),
+            hung: Arc::default(),
             outcomes: Arc::default(),
             attached: Attached::default(),
         }
@@ -171,6 +174,7 @@ struct Grant {
     outcomes: Arc<Counter>,
     attached: Attached,
     cut: CancellationToken,
+    hung: Arc<std::sync::atomic::AtomicBool>,
     request_timeout: Option<Duration>,
     max_request_time: Option<Duration>,
     since: Instant,
@@ -248,6 +252,7 @@ pub struct Lease {
     pub since: Instant,
     attached: Attached,
     cut: CancellationToken,
+    hung: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Lease {
@@ -263,6 +268,12 @@ impl Lease {
     /// such a request was deliberately cut and is not retried elsewhere.
     pub fn was_cut(&self) -> bool {
         self.cut.is_cancelled()
+    }
+
+    /// Cut because the worker's pages hang: a request that may be sent again goes to
+    /// another worker (see [`Pool::mark_hung`]).
+    pub fn cut_as_hung(&self) -> bool {
+        self.was_cut() && self.hung.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Resolves when baton is about to stop this worker with the request in flight: a tunnel
@@ -393,6 +404,7 @@ impl Pool {
             since: g.since,
             attached: g.attached,
             cut: g.cut,
+            hung: g.hung,
         }
     }
 
@@ -467,6 +479,15 @@ impl Pool {
     /// Mark a worker whose in-flight requests baton is about to cut.
     pub fn mark_cut(&self, id: WorkerId) {
         if let Some(w) = self.lock().workers.get(&id) {
+            w.cut.cancel();
+        }
+    }
+
+    /// Cut a worker whose pages hang (its release was refused or rolled back): unlike a cut
+    /// after drain_timeout, a request it held that may be sent again is sent to another worker.
+    pub fn mark_hung(&self, id: WorkerId) {
+        if let Some(w) = self.lock().workers.get(&id) {
+            w.hung.store(true, std::sync::atomic::Ordering::Relaxed);
             w.cut.cancel();
         }
     }
@@ -704,6 +725,7 @@ impl Inner {
             outcomes: w.outcomes.clone(),
             attached: w.attached.clone(),
             cut: w.cut.clone(),
+            hung: w.hung.clone(),
             request_timeout: self.limits.request_timeout,
             max_request_time: self.limits.max_request_time,
             since: now,

@@ -107,7 +107,10 @@ impl Proxy {
                 // Cut by baton: a worker stopped after drain_timeout, or one whose pages hang
                 // (its canary refused); a request that may be sent again goes to another
                 // worker, as after any other failure.
-                Err(_) if lease.was_cut() && !(req.retryable && failed.is_none()) => {
+                Err(_)
+                    if lease.was_cut()
+                        && !(lease.cut_as_hung() && req.retryable && failed.is_none()) =>
+                {
                     return Err(ProxyError::Cut(lease.worker));
                 }
                 // The worker has the request and is still at it: sent again, it would wait

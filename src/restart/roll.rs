@@ -644,7 +644,7 @@ async fn retire(ctx: &Arc<Context>, id: WorkerId) {
             "worker {id} has held a request for over {:.1}s (its pages hang): stopping it without waiting for drain_timeout",
             bound.as_secs_f64()
         );
-        ctx.pool.mark_cut(id);
+        ctx.pool.mark_hung(id);
         worker::stop(ctx, id).await;
     } else {
         worker::drain_and_stop(ctx, id).await;
