@@ -264,7 +264,7 @@ impl Conns {
         // be lowered by an honest answer.
         let seen = self.seen.fetch_add(1, Ordering::Relaxed);
         let current = &self.mins[((seen / WINDOW) % 2) as usize];
-        if seen % WINDOW == 0 {
+        if seen.is_multiple_of(WINDOW) {
             current.store(us, Ordering::Relaxed);
         } else {
             current.fetch_min(us, Ordering::Relaxed);

@@ -31,7 +31,7 @@ fn assert_error(text: &str, expected: &str) {
 fn unknown_key_names_key_and_line() {
     assert_error(
         &format!("{BASE}[workers]\ncont = 4\n"),
-        "baton: FILE:7:1: key `workers.cont`: unknown field `cont`, expected one of `count`, `min`, `max`, `concurrency`, `max_queue`, `idle_timeout`, `max_requests`, `memory_limit`, `request_timeout`, `max_queue_time`",
+        "baton: FILE:7:1: key `workers.cont`: unknown field `cont`, expected one of `count`, `min`, `max`, `concurrency`, `max_queue`, `idle_timeout`, `max_requests`, `memory_limit`, `request_timeout`, `max_queue_time`, `max_request_time`",
     );
 }
 
