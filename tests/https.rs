@@ -564,3 +564,57 @@ fn an_upgrade_works_over_tls() {
     tls.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"ping over tls and the tunnel");
 }
+
+/// A client that gives up on a hanging request frees its worker at once over TLS too, on
+/// HTTP/1.1 (the narrow path behind TLS) and HTTP/2 (issue 36): with one worker taking one
+/// request at a time, the next request is answered at once.
+#[test]
+fn a_client_that_leaves_frees_its_worker_over_tls_and_http2() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path(), "a", &["localhost"], false);
+    let port = free_port();
+    // One worker, one request at a time (the default concurrency).
+    let _b = Baton::start(1, "0s", &tls_section(port, &cert, &key));
+    // HTTP/1.1 over TLS: the client sends its request and closes.
+    let config = Arc::new(client_config(&[&cert], &[b"http/1.1"]));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(b"GET /hang HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    tls.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(tls);
+    for version in ["--http1.1", "--http2"] {
+        let started = std::time::Instant::now();
+        let (body, tail) = curl(port, &cert, version, "/", &[]);
+        assert!(body.contains("hello"), "{version}: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{version}: answered after {:?} ({tail})",
+            started.elapsed()
+        );
+    }
+    // HTTP/2: a stream whose client gives up (curl's --max-time) is reset, and its worker
+    // is free again.
+    let out = Command::new("curl")
+        .args(["-sS", "--http2", "--max-time", "0.5", "--cacert"])
+        .arg(&cert)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(format!("https://localhost:{port}/hang"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "/hang answered");
+    for version in ["--http2", "--http1.1"] {
+        let started = std::time::Instant::now();
+        let (body, _) = curl(port, &cert, version, "/", &[]);
+        assert!(body.contains("hello"), "{version}: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{version} after an HTTP/2 client gave up: answered after {:?}",
+            started.elapsed()
+        );
+    }
+}
