@@ -48,6 +48,10 @@ const REQUESTS: &[&str] = &[
     "GET example.org:80 HTTP/1.1\r\nHost: app\r\n\r\n",
     "GET http://app/abs?x=1 HTTP/1.1\r\nHost: app\r\n\r\n",
     "GET http://app HTTP/1.1\r\nHost: app\r\n\r\n",
+    // The target's authority is the Host (issue 37; one that differs from its Host is
+    // decided differently over HTTP/2 by design, RFC 9113 8.3.1: policy's unit tests).
+    "GET http://APP/x HTTP/1.1\r\nHost: app\r\n\r\n",
+    "GET http://victim@evil.example/ HTTP/1.0\r\n\r\n",
     "OPTIONS * HTTP/1.1\r\nHost: app\r\n\r\n",
     "GET * HTTP/1.1\r\nHost: app\r\n\r\n",
     "GET / HTTP/1.1\r\n\r\n",
@@ -78,6 +82,9 @@ const REQUESTS: &[&str] = &[
     "GET / HTTP/1.1\r\nHost: app\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X-T\r\nProxy-Authorization: Basic eA==\r\n\r\n",
     "GET / HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\n\r\n",
     "GET /ws HTTP/1.1\r\nHost: app\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    // An upgrade beside a body: an ordinary request with Connection: close (issue 37).
+    "POST /up HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\nhi",
+    "POST /h2c HTTP/1.1\r\nHost: app\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
     // Forwarding headers and lookalikes (tests/isolation.rs, h1's and policy's tests).
     "POST /headers HTTP/1.1\r\nHost: app\r\nConnection: close\r\nX-Forwarded-Ssl: on\r\nX-Forwarded-Port: 443\r\nX_Forwarded_For: 10.9.9.9\r\nX-Forwarded_Proto: https\r\nTransfer_Encoding: chunked\r\nX_Api_Key: k\r\nContent-Length: 2\r\n\r\nhi",
     "GET /headers HTTP/1.1\r\nHost: app\r\nConnection: close\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 198.51.100.1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Ssl: on\r\n\r\n",
@@ -214,6 +221,18 @@ const NO_H2: &[(&str, &str)] = &[
     (
         "GET /ws HTTP/1.1\r\nHost: app\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
         no_h2::UPGRADE,
+    ),
+    (
+        "POST /up HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\nhi",
+        no_h2::UPGRADE,
+    ),
+    (
+        "POST /h2c HTTP/1.1\r\nHost: app\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        no_h2::UPGRADE,
+    ),
+    (
+        "GET http://victim@evil.example/ HTTP/1.0\r\n\r\n",
+        no_h2::HTTP10,
     ),
     ("GET abc HTTP/1.1\r\nHost: app\r\n\r\n", no_h2::TARGET_FORM),
     (
