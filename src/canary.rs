@@ -304,7 +304,7 @@ impl Comparison {
         if self.worse_by_churn() && !self.worse_by_answers() {
             let secs = |t: Tally| thousands(t.exposure_ms / 1000);
             format!(
-                "had {} process{} end inside its workers in {} worker-seconds (an app server's master restarting what crashed), {old} {} in {}",
+                "had {} process{} end inside its workers in {} worker-seconds (an app server's master restarting what crashed), {old} {} in {} over its whole life (a short life counts one more in a worker-hour)",
                 thousands(self.new.exits),
                 if self.new.exits == 1 { "" } else { "es" },
                 secs(self.new),

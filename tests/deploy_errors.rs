@@ -421,6 +421,13 @@ fn a_release_that_crashes_behind_its_gunicorn_master_is_never_left_serving() {
             report.ok + report.failed
         );
         assert!(reason.contains("canary judge"), "{reason}\n{stderr}");
+        if after < 6.0 {
+            // Judged against the old generation's whole life (issue 36): refused in its
+            // canary, before any old worker was drained, even though the old workers had run
+            // only seconds when the roll began.
+            assert!(!out.status.success(), "a crash every {after} s rolled out: {reason}");
+            assert!(took < Duration::from_secs(40), "refused after {took:?}: {reason}");
+        }
         if out.status.success() {
             // Not enough crashes to tell from chance before the roll ended: the watch rolled
             // it back.
