@@ -425,8 +425,14 @@ fn a_release_that_crashes_behind_its_gunicorn_master_is_never_left_serving() {
             // Judged against the old generation's whole life (issue 36): refused in its
             // canary, before any old worker was drained, even though the old workers had run
             // only seconds when the roll began.
-            assert!(!out.status.success(), "a crash every {after} s rolled out: {reason}");
-            assert!(took < Duration::from_secs(40), "refused after {took:?}: {reason}");
+            assert!(
+                !out.status.success(),
+                "a crash every {after} s rolled out: {reason}"
+            );
+            assert!(
+                took < Duration::from_secs(40),
+                "refused after {took:?}: {reason}"
+            );
         }
         if out.status.success() {
             // Not enough crashes to tell from chance before the roll ended: the watch rolled
