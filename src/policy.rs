@@ -469,6 +469,8 @@ pub fn admit<F: Fields + ?Sized>(
     // HTTP/2's `:authority` counts as the Host field it stands for, or beside a Host field
     // as the authority of an absolute-form target: a head is as large over HTTP/2 as over
     // HTTP/1.1.
+    // Refused below, after the checks every way in makes first (the head's size, CONNECT).
+    let mut other_host = false;
     if let Some(authority) = req.authority {
         size += authority.len();
         let h2 = req.body_follows.is_some();
@@ -479,7 +481,7 @@ pub fn admit<F: Fields + ?Sized>(
         } else if hosts == 1 && h2 && !host.eq_ignore_ascii_case(authority.as_bytes()) {
             // RFC 9113 8.3.1: a Host that names another server than `:authority` is malformed;
             // a worker routing by Host would be told one thing and baton's log another.
-            return Err(OwnAnswer::BadHost);
+            other_host = true;
         } else if !h2 {
             // RFC 9112 3.2.2: the authority of an absolute-form target wins over Host (which
             // HTTP/1.1 still requires below; HTTP/1.0 may go without), and is checked as one.
@@ -493,6 +495,9 @@ pub fn admit<F: Fields + ?Sized>(
         "CONNECT" => return Err(OwnAnswer::Connect),
         "TRACE" => return Err(OwnAnswer::Trace),
         _ => {}
+    }
+    if other_host {
+        return Err(OwnAnswer::BadHost);
     }
     // HTTP/1.1 needs exactly one Host (RFC 9112 3.2); HTTP/1.0 may go without.
     if hosts > 1 || (hosts == 0 && !req.http10) {
@@ -973,6 +978,12 @@ mod tests {
                 }
             }
         }
+        // Refused as HTTP/1.1 refuses it first: a CONNECT is a CONNECT whatever its Host.
+        let fields = [h("host", "b.example")];
+        let mut req = head("CONNECT", "/", &fields);
+        req.authority = Some("a.example:443");
+        req.body_follows = Some(false);
+        assert_eq!(admit(&req, &LIMITS), Err(OwnAnswer::Connect));
     }
 
     #[test]
