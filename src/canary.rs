@@ -1001,7 +1001,7 @@ mod tests {
         assert!(!Comparison::of(c(6, 30), c(18, 90)).worse());
         assert_eq!(
             Comparison::of(c(7, 30), c(0, 90)).against("generation 6"),
-            "had 7 processes end inside its workers in 30 worker-seconds (an app server's master restarting what crashed), generation 6 0 in 90"
+            "had 7 processes end inside its workers in 30 worker-seconds (an app server's master restarting what crashed), generation 6 0 in 90 over its whole life (a short life counts one more in a worker-hour)"
         );
         let mut rng = Rng(17);
         for rate in [0.01, 0.05, 0.2] {
