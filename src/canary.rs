@@ -290,6 +290,12 @@ impl Comparison {
         self.worse_by_answers() && self.lower <= TOLERANCE
     }
 
+    /// Whether every failure of the new generation was a request it dropped (no answer, a cut
+    /// answer): what a dying worker leaves a moment before its death is seen.
+    pub fn only_drops(&self) -> bool {
+        self.new.dropped > 0 && self.new.dropped >= self.new.errors
+    }
+
     /// Processes inside the new workers keep ending, far more often than inside the old
     /// ones: a release that crashes behind its app server's master, which starts a new
     /// process at once (so the worker lives on, and few requests fail).

@@ -354,22 +354,28 @@ impl Judged {
         )
     }
 
-    /// Judge while `work` (the first new workers' settle period) runs: the failure to report
-    /// as soon as a look finds the new generation worse.
-    async fn during<T>(
+    /// Judge while `settled` (the first new workers' settle period) runs: the failure to
+    /// report as soon as a look finds the new generation worse. A verdict on dropped requests
+    /// alone waits up to [`DEATH_GRACE`] for the settle period to report a death, the cause
+    /// of such drops, which tells the operator more.
+    async fn during(
         &mut self,
         ctx: &Context,
-        work: impl std::future::Future<Output = T>,
-    ) -> Result<T, SpawnFailure> {
-        tokio::pin!(work);
+        settled: impl std::future::Future<Output = Result<(), BootError>>,
+    ) -> Result<Result<(), BootError>, SpawnFailure> {
+        tokio::pin!(settled);
         let mut tick = tokio::time::interval(LOOK_TICK);
         loop {
             tokio::select! {
-                done = &mut work => return Ok(done),
+                done = &mut settled => return Ok(done),
                 _ = tick.tick() => {
-                    if let Some(failure) = self.look(ctx, false) {
-                        return Err(failure);
+                    let Some(failure) = self.look(ctx, false) else { continue };
+                    if self.now(ctx).only_drops()
+                        && let Ok(Err(death)) = tokio::time::timeout(DEATH_GRACE, &mut settled).await
+                    {
+                        return Ok(Err(death));
                     }
+                    return Err(failure);
                 }
             }
         }
@@ -497,7 +503,7 @@ impl Judged {
             if self.looks.due(c.new)
                 && let Some(failure) = self.judge(ctx, &c)
             {
-                return Phase::Rejected(failure);
+                return rejected(failure, &c, deaths, failures).await;
             }
             if now < end && shown.is_some_and(|t| now.duration_since(t) < CANARY_TICK) {
                 continue;
@@ -519,7 +525,7 @@ impl Judged {
             }
             let verdict = c.verdict(config.min_requests);
             if let Some(failure) = self.judge(ctx, &c) {
-                return Phase::Rejected(failure);
+                return rejected(failure, &c, deaths, failures).await;
             }
             ctx.metrics.canary(verdict);
             tracing::info!(
@@ -546,6 +552,39 @@ impl Judged {
         }
     }
 }
+
+/// A canary rejected by `failure`: when the new generation only dropped requests, a worker
+/// that died a moment before its death was seen, if one is reported within [`DEATH_GRACE`].
+async fn rejected(
+    failure: SpawnFailure,
+    c: &Comparison,
+    deaths: &mut Deaths,
+    failures: &[SpawnFailure],
+) -> Phase {
+    if !c.only_drops() {
+        return Phase::Rejected(failure);
+    }
+    let death = tokio::time::timeout(DEATH_GRACE, async {
+        loop {
+            match deaths.recv().await {
+                Some(d) if failures.iter().any(|f| f.worker == d.worker) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    match death {
+        Ok(Some(death)) => Phase::Died(death),
+        _ => Phase::Rejected(failure),
+    }
+}
+
+/// How long a verdict on dropped requests alone waits for the death of the worker that
+/// dropped them: its connections break the moment it dies, while its exit is seen a little
+/// later (over D-Bus, later still), and "worker 9 exited with status 1" is what the operator
+/// needs to read. Dropped idempotent requests are sent again, so the wait costs visitors
+/// little.
+const DEATH_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// How often a canary's figures are read (and shown): a look itself is due only as the
 /// requests grow ([`Looks`]), so this sets how soon a due look comes, not how many.

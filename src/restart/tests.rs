@@ -1713,3 +1713,27 @@ async fn baton_rollback_brings_back_the_previous_release_and_not_further() {
         "{back:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_whose_drops_come_from_its_death_is_refused_for_the_death() {
+    use crate::canary::Outcome::{Answered, NoAnswer};
+    let r = start("count = 3", CANARY).await;
+    // Generation 2 resets every connection, then dies: its drops are seen before its death,
+    // and the death is what the operator is told.
+    r.fake.release(
+        2,
+        Release::DiesAfter {
+            boot: BOOT,
+            lived: Duration::from_millis(1200),
+        },
+    );
+    let load = traffic(&r, |g, _| if g == 2 { NoAnswer } else { Answered(200) });
+    let outcome = r.restart().await;
+    assert!(!outcome.ok, "{outcome:?}");
+    assert!(
+        outcome.message.contains("exited with status 2")
+            && outcome.message.contains("after it became ready"),
+        "{outcome:?}"
+    );
+    load.abort();
+}
