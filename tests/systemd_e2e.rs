@@ -465,9 +465,10 @@ fn baton_under_systemd_from_its_deb() {
     );
 
     // 2b'. A release that boots and answers its probe but fails a tenth of its visitors (a
-    // database configuration error, from 2.5 s after it listens: after its readiness probe):
-    // the canary judge stops it, the reload fails, the old workers keep serving.
-    deploy(&c, "dberror", Some("errors 10% after 2500ms"));
+    // database configuration error, from 1.5 s after it listens: after its readiness probe,
+    // within the canary's 3 s from its first request): the canary judge stops it, the reload
+    // fails, the old workers keep serving.
+    deploy(&c, "dberror", Some("errors 10% after 1500ms"));
     let load = Load::start(addr, 16, "/", Duration::from_secs(20));
     let reload = c.exec(&["systemctl", "reload", &unit]);
     let report = load.stop();

@@ -176,6 +176,9 @@ async fn rolling(
         if cancelled {
             return abandon(ctx, &ready_ids).await;
         }
+        if let Some(j) = early.as_mut().filter(|_| !ready_ids.is_empty()) {
+            j.serving = Some(Instant::now());
+        }
         // No old worker is drained before its replacement has proven itself: a new worker
         // that dies within the settle period is a deployment error like one that never came up.
         if !ready_ids.is_empty() {
@@ -321,6 +324,9 @@ struct Judged {
     /// New workers in the canary.
     workers: usize,
     began: Instant,
+    /// When its first workers became ready (served their first request): `duration` counts
+    /// from here, so a release that boots slowly is judged as long as a quick one.
+    serving: Option<Instant>,
     new_base: Tally,
     old_base: Tally,
     /// The old generations' answer times when the window opened (the new one's begin at 0).
@@ -337,6 +343,7 @@ impl Judged {
             old: ctx.state().generation,
             workers,
             began: Instant::now(),
+            serving: None,
             new_base: Tally::default(),
             old_base: ctx.pool.tally_before(generation),
             old_latencies: ctx.pool.latencies_before(generation),
@@ -484,7 +491,7 @@ impl Judged {
             self.workers, if self.workers == 1 { "" } else { "s" }, self.generation,
             humantime::format_duration(config.duration.get())
         );
-        let end = self.began + config.duration.get();
+        let end = self.serving.unwrap_or(self.began) + config.duration.get();
         let mut tick = tokio::time::interval(LOOK_TICK);
         let mut shown = None::<Instant>;
         loop {

@@ -1737,3 +1737,25 @@ async fn a_canary_whose_drops_come_from_its_death_is_refused_for_the_death() {
     );
     load.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_booting_release_is_judged_for_the_whole_canary_duration() {
+    let r = start("count = 1", CANARY).await;
+    // Boots for 1.5 s (readiness.timeout is 2 s here), then lives on: the canary's 30 s
+    // count from its first request.
+    r.fake.release(
+        2,
+        Release::DiesAfter {
+            boot: Duration::from_millis(1500),
+            lived: Duration::from_secs(3600),
+        },
+    );
+    let began = Instant::now();
+    let outcome = r.restart().await;
+    assert!(outcome.ok, "{outcome:?}");
+    assert!(
+        began.elapsed() >= Duration::from_millis(31_500),
+        "the canary served for its whole duration after its boot: {:?}",
+        began.elapsed()
+    );
+}
