@@ -28,11 +28,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// connections after a few seconds (gunicorn 2 s, Node 5 s), and one closed under a request is
 /// a retry. Idempotent body-less requests are retried anyway; this keeps that rare.
 const IDLE_REUSE: Duration = Duration::from_secs(2);
-/// Idle connections kept per worker.
+/// Idle connections kept per worker (with `concurrency = 0`; see [`Conns::new`] otherwise).
 const MAX_IDLE: usize = 64;
 /// Bounds of the rest a stream gets between two requests (see [`Conns::answered`]).
-const MIN_QUIET: Duration = Duration::from_millis(1);
+const MIN_QUIET: Duration = Duration::from_micros(100);
 const MAX_QUIET: Duration = Duration::from_millis(100);
+/// An answer on a new stream this late, later than 20 times the fastest the worker answered
+/// lately and 8 times its usual time, is taken for a worker that keeps a thread waiting on each kept-alive
+/// connection: Puma waits 200 ms for the next request on the connection it answered, so with
+/// fewer threads than connections a request on another one waits until a thread gives up.
+/// Such a worker gets a connection per request from then on (see `Conns::holds`); a false
+/// alarm (a slow page on a new stream) costs a connect per request, as nginx's default.
+const HELD: Duration = Duration::from_millis(50);
 /// Answers on reused streams learned from before one can be found out of turn.
 const LEARN: u32 = 8;
 /// The floor is the fastest of the last `WINDOW` to `2 * WINDOW` answers: a page type that
@@ -95,6 +102,14 @@ pub struct Conns {
     worker: WorkerId,
     generation: Generation,
     idle: Idle<TcpStream>,
+    /// Idle streams beyond which a new stream replaces the longest idle one (see
+    /// [`Conns::stream`]).
+    keep: usize,
+    /// The app's server holds a thread on each kept-alive connection (see
+    /// [`Conns::answered`]; found out by one worker, shared by all of the app's, as they run
+    /// the same server): each request gets a connection of its own, closed after its answer,
+    /// which frees the thread at once (what nginx does without `keepalive`).
+    holds: std::sync::Arc<AtomicBool>,
     /// Set once the worker sent bytes beyond an answer: one request per connection since.
     distrusted: AtomicBool,
     /// The worker's usual answer time, in µs (see [`Conns::answered`]).
@@ -151,6 +166,14 @@ impl<T> Idle<T> {
         }
     }
 
+    /// Close the longest idle ones until at most `keep` are left (see [`Conns::stream`]).
+    fn trim(&self, keep: usize) {
+        let mut idle = self.lock();
+        while idle.len() > keep {
+            idle.pop_front();
+        }
+    }
+
     fn clear(&self) {
         self.lock().clear();
     }
@@ -176,15 +199,23 @@ fn has_input(stream: &TcpStream) -> bool {
 }
 
 impl Conns {
+    /// The connections of a worker that takes `concurrency` requests at once (0: any number).
     pub fn new(
         worker: WorkerId,
         generation: Generation,
         outcomes: std::sync::Arc<crate::canary::Counter>,
+        concurrency: usize,
+        holds: std::sync::Arc<AtomicBool>,
     ) -> Conns {
         Conns {
             worker,
             generation,
             idle: Idle::default(),
+            keep: match concurrency {
+                0 => MAX_IDLE,
+                c => c.saturating_mul(2).min(MAX_IDLE),
+            },
+            holds,
             distrusted: AtomicBool::new(false),
             usual: AtomicU64::new(0),
             mins: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
@@ -202,6 +233,7 @@ impl Conns {
         reuse: bool,
     ) -> Result<(TcpStream, bool), UpstreamError> {
         let quiet = self.quiet();
+        let reuse = reuse && !self.holds.load(Ordering::Relaxed);
         while reuse && let Some(stream) = self.idle.pop(quiet) {
             // Taken only when there is nothing to read on it: not the worker's close of an
             // idle connection, and not bytes it sent beyond its last answer, which would be
@@ -213,6 +245,14 @@ impl Conns {
                 self.distrust("sent bytes on an idle connection, beyond its last answer");
             }
         }
+        // A threaded app server holds a thread on each kept-alive connection for a while
+        // after its answer (Puma 5 and 6: up to 200 ms, waiting for the next request there),
+        // so a worker must not be spread over more connections than it has threads: with
+        // every thread waiting on an idle one, a request on a new connection waits until one
+        // gives up. Streams rest about one and a half answers, so each request slot needs
+        // three in turn; beyond two idle ones per slot, the longest idle is closed first
+        // (which frees its thread at once) rather than kept beside a new one.
+        self.idle.trim(self.keep);
         connect_stream(addr).await.map(|s| (s, false))
     }
 
@@ -225,7 +265,7 @@ impl Conns {
             self.distrust("sent more than its answer");
             return;
         }
-        if !self.distrusted.load(Ordering::Relaxed) {
+        if !self.distrusted.load(Ordering::Relaxed) && !self.holds.load(Ordering::Relaxed) {
             self.idle.push(stream);
         }
     }
@@ -243,13 +283,16 @@ impl Conns {
     /// stream. That is what stops a chain: without it, every answer on the stream would be
     /// the previous request's, each arriving as soon as its request left.
     ///
-    /// Otherwise the time is learned from. A stream rests for twice the worker's usual answer
-    /// time before it is reused: a worker that answered out of turn later than the floor
+    /// Otherwise the time is learned from. A stream rests for one and a half times the
+    /// worker's usual answer time before it is reused (no less than 100 µs): a worker that answered out of turn later than the floor
     /// allows is still working on the request whose answer was taken, and its real answer
     /// then arrives while the stream rests, where the check before reuse sees it, rather than
     /// as the answer to whoever is next. The usual time is a moving average (an eighth of each
     /// new answer), not the slowest: under load the slowest answers are the machine's, and a
-    /// rest that long would leave no stream to reuse.
+    /// rest that long would leave no stream to reuse. The real answer comes sooner than the
+    /// usual time after the stray one (which came later than a quarter of the floor), so one
+    /// and a half covers it with room to spare, while a slot of a worker that answers back to
+    /// back turns over three streams, no more (see [`Conns::stream`]).
     pub fn answered(&self, latency: Duration, reused: bool) -> Result<(), UpstreamError> {
         let us = (latency.as_micros().min(u128::from(u64::MAX)) as u64).max(1);
         let floor = self.floor();
@@ -259,6 +302,26 @@ impl Conns {
                 took: latency,
                 floor: Duration::from_micros(floor),
             });
+        }
+        if !reused
+            && floor != u64::MAX
+            && latency >= HELD
+            && us > floor.saturating_mul(20)
+            && us > self.usual.load(Ordering::Relaxed).saturating_mul(8)
+            && !self.holds.swap(true, Ordering::Relaxed)
+        {
+            self.idle.clear();
+            tracing::info!(
+                worker = self.worker.0,
+                generation = self.generation.0,
+                "worker {} (generation {}) answered on a new connection {} ms late, as an app \
+                 server that keeps a thread waiting on each kept-alive connection does (Puma); \
+                 from now on each request to the app's workers gets a connection of its own, \
+                 closed after its answer",
+                self.worker,
+                self.generation.0,
+                latency.as_millis()
+            );
         }
         // Every answer the worker gave in turn counts, a new stream's too: a minimum can only
         // be lowered by an honest answer.
@@ -291,7 +354,7 @@ impl Conns {
 
     /// How long a stream rests before it is reused (see [`Conns::answered`]).
     fn quiet(&self) -> Duration {
-        Duration::from_micros(self.usual.load(Ordering::Relaxed).saturating_mul(2))
+        Duration::from_micros(self.usual.load(Ordering::Relaxed).saturating_mul(3) / 2)
             .clamp(MIN_QUIET, MAX_QUIET)
     }
 
@@ -684,7 +747,13 @@ mod tests {
     #[tokio::test]
     async fn a_stream_rests_before_reuse_and_bytes_on_it_distrust_the_worker() {
         let (addr, mut accepted) = worker().await;
-        let conns = Conns::new(WorkerId(1), Generation(1), Default::default());
+        let conns = Conns::new(
+            WorkerId(1),
+            Generation(1),
+            Default::default(),
+            1,
+            Default::default(),
+        );
         let (a, reused) = conns.stream(addr, true).await.unwrap();
         assert!(!reused);
         let mut a_worker = accepted.recv().await.unwrap();
@@ -716,12 +785,24 @@ mod tests {
 
     #[test]
     fn an_answer_sooner_than_the_worker_ever_answers_is_out_of_turn_on_a_reused_stream() {
-        let conns = Conns::new(WorkerId(1), Generation(1), Default::default());
+        let conns = Conns::new(
+            WorkerId(1),
+            Generation(1),
+            Default::default(),
+            1,
+            Default::default(),
+        );
         // New streams answered slowly (a thread started per connection), and nothing is
         // judged until reused streams were learned from.
         conns.answered(Duration::from_millis(30), false).unwrap();
         conns.answered(Duration::from_micros(3), true).unwrap();
-        let conns = Conns::new(WorkerId(1), Generation(1), Default::default());
+        let conns = Conns::new(
+            WorkerId(1),
+            Generation(1),
+            Default::default(),
+            1,
+            Default::default(),
+        );
         for _ in 0..LEARN + 50 {
             conns.answered(Duration::from_millis(1), true).unwrap();
         }
@@ -753,18 +834,53 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stream_rests_twice_the_workers_usual_answer_time() {
-        let conns = Conns::new(WorkerId(1), Generation(1), Default::default());
+    async fn a_worker_that_holds_a_thread_per_connection_gets_a_connection_per_request() {
+        let conns = Conns::new(
+            WorkerId(1),
+            Generation(1),
+            Default::default(),
+            1,
+            Default::default(),
+        );
+        for _ in 0..20 {
+            conns.answered(Duration::from_micros(300), true).unwrap();
+        }
+        // A slow answer on a kept stream is a slow page, not a thread held elsewhere.
+        conns.answered(Duration::from_millis(200), true).unwrap();
+        assert!(!conns.holds.load(Ordering::Relaxed));
+        for _ in 0..30 {
+            conns.answered(Duration::from_micros(300), true).unwrap();
+        }
+        // A new stream's answer 40 ms late: a slow page still (below HELD).
+        conns.answered(Duration::from_millis(40), false).unwrap();
+        assert!(!conns.holds.load(Ordering::Relaxed));
+        // Puma with every thread waiting on a kept connection: the new one waited ~200 ms.
+        conns.answered(Duration::from_millis(190), false).unwrap();
+        assert!(conns.holds.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_stream_rests_one_and_a_half_times_the_workers_usual_answer_time() {
+        let conns = Conns::new(
+            WorkerId(1),
+            Generation(1),
+            Default::default(),
+            1,
+            Default::default(),
+        );
         assert_eq!(conns.quiet(), MIN_QUIET);
         conns.answered(Duration::from_millis(4), false).unwrap();
-        assert_eq!(conns.quiet(), Duration::from_millis(8));
+        assert_eq!(conns.quiet(), Duration::from_millis(6));
         // One slow answer moves it by an eighth, not to itself.
         conns.answered(Duration::from_millis(68), false).unwrap();
-        assert_eq!(conns.quiet(), Duration::from_millis(8 * 7 / 8 + 2 * 68 / 8));
+        assert_eq!(
+            conns.quiet(),
+            Duration::from_micros((4000 * 7 / 8 + 68_000 / 8) * 3 / 2)
+        );
         for _ in 0..100 {
-            conns.answered(Duration::from_micros(100), false).unwrap();
+            conns.answered(Duration::from_micros(20), false).unwrap();
         }
-        assert_eq!(conns.quiet(), MIN_QUIET, "at least a millisecond");
+        assert_eq!(conns.quiet(), MIN_QUIET, "at least 100 µs");
         for _ in 0..100 {
             conns.answered(Duration::from_secs(10), false).unwrap();
         }

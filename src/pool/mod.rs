@@ -408,6 +408,11 @@ impl Pool {
         }
     }
 
+    /// Requests a worker takes at once (0: any number), as the config says now.
+    pub fn concurrency(&self) -> usize {
+        self.lock().limits.concurrency
+    }
+
     /// How long the oldest request in flight on a worker of the generations `of` picks has
     /// run (`None`: none in flight), for the judge: a release whose pages hang shows here
     /// long before any of its requests ends.

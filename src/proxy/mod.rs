@@ -66,6 +66,9 @@ pub struct Proxy {
     access: std::sync::OnceLock<Arc<crate::access::AccessLog>>,
     /// `[log] request_id`: requests without a valid `X-Request-Id` get one.
     request_ids: bool,
+    /// The app's server keeps a thread waiting on each kept-alive connection (found out by
+    /// one worker, true of them all: see [`crate::upstream::Conns`]).
+    holds: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Which codecs serve a client connection's requests. Both make the same decisions (one
@@ -130,6 +133,7 @@ impl Proxy {
             assets: std::sync::OnceLock::new(),
             access: std::sync::OnceLock::new(),
             request_ids: config.log.request_ids(),
+            holds: Arc::default(),
             hsts: Some(config.tls.hsts.get().as_secs())
                 .filter(|s| *s > 0)
                 .and_then(|s| HeaderValue::try_from(format!("max-age={s}")).ok()),
@@ -703,7 +707,15 @@ impl Proxy {
         let lease = lease.map_err(ProxyError::NoWorker)?;
         // The worker's connections live with it in the pool, made at its first lease.
         let conns = lease
-            .attached(|| Conns::new(lease.worker, lease.generation, lease.outcomes.clone()))
+            .attached(|| {
+                Conns::new(
+                    lease.worker,
+                    lease.generation,
+                    lease.outcomes.clone(),
+                    self.pool.concurrency(),
+                    self.holds.clone(),
+                )
+            })
             .ok_or(ProxyError::NoWorker(Rejected::ShuttingDown))?;
         Ok(Leased { lease, conns })
     }

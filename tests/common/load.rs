@@ -50,12 +50,36 @@ impl Load {
         Self::start_with(addr, connections, path, timeout, true)
     }
 
+    /// Like `start`, but each connection rests `gap` after every answer: a light, steady
+    /// traffic (`connections` / `gap` requests a second at most) rather than as much as the
+    /// server takes.
+    pub fn paced(
+        addr: SocketAddr,
+        connections: usize,
+        path: &str,
+        timeout: Duration,
+        gap: Duration,
+    ) -> Load {
+        Self::spawn(addr, connections, path, timeout, false, gap)
+    }
+
     fn start_with(
         addr: SocketAddr,
         connections: usize,
         path: &str,
         timeout: Duration,
         resend: bool,
+    ) -> Load {
+        Self::spawn(addr, connections, path, timeout, resend, Duration::ZERO)
+    }
+
+    fn spawn(
+        addr: SocketAddr,
+        connections: usize,
+        path: &str,
+        timeout: Duration,
+        resend: bool,
+        gap: Duration,
     ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let handles = (0..connections)
@@ -67,7 +91,7 @@ impl Load {
                         .enable_all()
                         .build()
                         .unwrap();
-                    rt.block_on(connection_loop(addr, path, stop, timeout, resend))
+                    rt.block_on(connection_loop(addr, path, stop, timeout, resend, gap))
                 })
             })
             .collect();
@@ -101,6 +125,7 @@ async fn connection_loop(
     stop: Arc<AtomicBool>,
     timeout: Duration,
     resend_allowed: bool,
+    gap: Duration,
 ) -> LoadReport {
     let mut report = LoadReport::default();
     let mut sender: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> = None;
@@ -168,6 +193,9 @@ async fn connection_loop(
             Ok(Ok(())) => {
                 report.ok += 1;
                 answered += 1;
+                if !gap.is_zero() {
+                    tokio::time::sleep(gap).await;
+                }
             }
             Ok(Err(Resend::Closed(_))) if resend_allowed && answered > 0 => {
                 report.resent += 1;
