@@ -134,7 +134,9 @@ fn is_lookalike(n: &[u8]) -> bool {
 }
 
 /// A `Content-Length` value: digits only (no sign, no list, no more than 19), as RFC 9110
-/// 8.6 has it; anything else is not a length.
+/// 8.6 has it; anything else is not a length. The one rule for a client's request and a
+/// worker's answer: 19 digits always fit a u64, so no value is cut or wrapped, and a length
+/// padded with zeros past that is refused by both rather than by one only.
 pub fn content_length(v: &[u8]) -> Option<u64> {
     let v = trim(v);
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
@@ -854,14 +856,28 @@ mod tests {
     #[test]
     fn content_length_is_digits_only() {
         assert_eq!(content_length(b" 42 "), Some(42));
+        assert_eq!(content_length(b"\t7\t"), Some(7));
         assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b"0000000000000000042"), Some(42));
+        assert_eq!(
+            content_length(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
         for bad in [
             &b""[..],
+            b"   ",
             b"+1",
             b"-1",
             b"1,1",
+            b"1, 1",
             b"1 1",
             b"0x1",
+            b"1.0",
+            b"\xd9\xa1",
+            // 20 digits: refused even when the value would fit (u64::MAX has 20).
+            b"00000000000000000001",
+            b"18446744073709551615",
+            b"18446744073709551616",
             b"99999999999999999999",
         ] {
             assert_eq!(content_length(bad), None, "{bad:?}");
