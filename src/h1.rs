@@ -247,7 +247,7 @@ pub fn answer(buf: &[u8], head: bool, date: &[u8], close: bool, out: &mut Vec<u8
     let mut said_close = false;
     let mut has_date = false;
     // Names the worker's `Connection:` lists are hop-by-hop too; at most a few.
-    let mut listed: [&[u8]; 8] = [b""; 8];
+    let mut listed = [policy::Token::default(); 8];
     let mut nlisted = 0;
     for h in resp.headers.iter() {
         let n = h.name.as_bytes();
@@ -267,13 +267,13 @@ pub fn answer(buf: &[u8], head: bool, date: &[u8], close: bool, out: &mut Vec<u8
             }
             chunked = true;
         } else if eq(n, "connection") {
-            for t in h.value.split(|b| *b == b',').map(trim) {
-                if eq(t, "close") {
+            for t in policy::connection_tokens(h.value) {
+                if t.is(b"close") {
                     worker_close = true;
                     said_close = true;
-                } else if eq(t, "keep-alive") {
+                } else if t.is(b"keep-alive") {
                     keep_alive_1_0 = true;
-                } else if !t.is_empty() {
+                } else {
                     if nlisted == listed.len() {
                         return Answer::Bad("its Connection header lists too many names");
                     }
@@ -332,7 +332,7 @@ pub fn answer(buf: &[u8], head: bool, date: &[u8], close: bool, out: &mut Vec<u8
         let n = h.name.as_bytes();
         let kind = classify(n);
         if kind.is_hop_by_hop()
-            || (listed[..nlisted].iter().any(|l| n.eq_ignore_ascii_case(l)) && !kind.is_protected())
+            || (listed[..nlisted].iter().any(|l| l.is(n)) && !kind.is_protected())
         {
             continue;
         }

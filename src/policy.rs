@@ -201,19 +201,39 @@ pub(crate) fn trim(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
-/// The tokens of every `Connection:` field in `fields`.
-fn connection_options<F: Fields + ?Sized>(fields: &F) -> impl Iterator<Item = &[u8]> {
+/// One option of a `Connection:` field: a token, or a header name it lists. Options are
+/// compared without case (RFC 9110 7.6.1), so the bytes are only reached through [`Token::is`],
+/// and a request and an answer read `Close` and `close` alike.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Token<'a>(&'a [u8]);
+
+impl<'a> Token<'a> {
+    /// This option is `name` (in any case).
+    pub fn is(self, name: &[u8]) -> bool {
+        self.0.eq_ignore_ascii_case(name)
+    }
+}
+
+/// The options of one `Connection:` field value: comma-separated, white space trimmed, empty
+/// ones (`close, , x`) skipped. The one reading of the field for requests and answers alike.
+pub fn connection_tokens(v: &[u8]) -> impl Iterator<Item = Token<'_>> {
+    v.split(|b| *b == b',')
+        .map(trim)
+        .filter(|t| !t.is_empty())
+        .map(Token)
+}
+
+/// The options of every `Connection:` field in `fields`.
+fn connection_options<F: Fields + ?Sized>(fields: &F) -> impl Iterator<Item = Token<'_>> {
     fields
         .each()
         .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
-        .flat_map(|(_, v)| v.split(|b| *b == b','))
-        .map(trim)
-        .filter(|t| !t.is_empty())
+        .flat_map(|(_, v)| connection_tokens(v))
 }
 
 /// The client's `Connection:` says `close` (on any of its lines).
 pub fn asks_close<F: Fields + ?Sized>(fields: &F) -> bool {
-    connection_options(fields).any(|t| t.eq_ignore_ascii_case(b"close"))
+    connection_options(fields).any(|t| t.is(b"close"))
 }
 
 /// The header fields of a head, in the order they came, as each codec holds them.
@@ -449,13 +469,13 @@ pub fn admit<F: Fields + ?Sized>(
             }
             Name::TransferEncoding => te = true,
             Name::Connection => {
-                for t in v.split(|b| *b == b',').map(trim) {
-                    if t.eq_ignore_ascii_case(b"close") {
+                for t in connection_tokens(v) {
+                    if t.is(b"close") {
                         // What `asks_close` says too.
                         adm.close = true;
-                    } else if t.eq_ignore_ascii_case(b"upgrade") {
+                    } else if t.is(b"upgrade") {
                         asks_upgrade = true;
-                    } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
+                    } else if !t.is(b"keep-alive") {
                         adm.lists_names = true;
                     }
                 }
@@ -638,9 +658,7 @@ pub fn worker_head<F: Fields + ?Sized>(
             Name::Upgrade => !adm.upgrade,
             Name::ForwardedHost | Name::ForwardedProto | Name::Forwarding => !client.trusted,
             Name::Expect | Name::Protected => false,
-            Name::Other => {
-                adm.lists_names && connection_options(req.fields).any(|t| n.eq_ignore_ascii_case(t))
-            }
+            Name::Other => adm.lists_names && connection_options(req.fields).any(|t| t.is(n)),
         };
         if !dropped {
             header(out, n, v);
@@ -851,6 +869,22 @@ mod tests {
         for n in ["X_Api_Key", "Content_Type", "my_header", "_"] {
             assert_eq!(classify(n.as_bytes()), Name::Other, "{n}");
         }
+    }
+
+    #[test]
+    fn connection_options_are_trimmed_tokens_of_any_case() {
+        let seen = |v: &[u8]| {
+            connection_tokens(v)
+                .map(|t| String::from_utf8_lossy(t.0).into_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            seen(b" Close ,, x-Hop,\tkeep-alive "),
+            ["Close", "x-Hop", "keep-alive"]
+        );
+        assert!(seen(b"").is_empty() && seen(b" , ,").is_empty());
+        let first = connection_tokens(b"UPGRADE, close").next();
+        assert!(first.is_some_and(|t| t.is(b"upgrade") && !t.is(b"upgrad")));
     }
 
     #[test]
