@@ -151,10 +151,7 @@ pub fn content_length(v: &[u8]) -> Option<u64> {
 /// white space, control bytes): applications build links and redirects from it, and nginx
 /// refuses the same.
 pub fn is_valid_host(v: &[u8]) -> bool {
-    let (host, port) = match v.iter().rposition(|b| *b == b':') {
-        Some(i) if !v.starts_with(b"[") || v[..i].ends_with(b"]") => (&v[..i], &v[i + 1..]),
-        _ => (v, &b""[..]),
-    };
+    let (host, port) = host_and_port(v);
     let port_ok = port.len() <= 5 && port.iter().all(u8::is_ascii_digit);
     let host_ok = if let Some(literal) = host.strip_prefix(b"[") {
         literal.strip_suffix(b"]").is_some_and(|l| {
@@ -747,14 +744,21 @@ pub fn worker_head<F: Fields + ?Sized>(
     out.extend_from_slice(b"\r\n");
 }
 
+/// A Host value's name and port (empty when it has none). A bracketed IPv6 literal keeps its
+/// colons: the port is what follows the last `]:`, or the last `:` of any other name. The
+/// check of a Host and the redirect to HTTPS split it here, so the redirect never keeps a part
+/// the check took for a port.
+fn host_and_port(v: &[u8]) -> (&[u8], &[u8]) {
+    match v.iter().rposition(|b| *b == b':') {
+        Some(i) if !v.starts_with(b"[") || v[..i].ends_with(b"]") => (&v[..i], &v[i + 1..]),
+        _ => (v, &b""[..]),
+    }
+}
+
 /// Where plain HTTP is sent when `[tls] redirect_http` is on: the same host (its port
 /// replaced by HTTPS's, none for 443) and target, on `https://`.
 pub fn https_location(host: &[u8], path: &str, port: u16, out: &mut Vec<u8>) {
-    // A bracketed IPv6 literal keeps its colons; a port is what follows the last `]:`/`:`.
-    let name = match host.iter().rposition(|b| *b == b':') {
-        Some(i) if !host.starts_with(b"[") || host[..i].ends_with(b"]") => &host[..i],
-        _ => host,
-    };
+    let (name, _) = host_and_port(host);
     out.extend_from_slice(b"https://");
     out.extend_from_slice(name);
     if port != 443 {
@@ -885,6 +889,22 @@ mod tests {
         assert!(seen(b"").is_empty() && seen(b" , ,").is_empty());
         let first = connection_tokens(b"UPGRADE, close").next();
         assert!(first.is_some_and(|t| t.is(b"upgrade") && !t.is(b"upgrad")));
+    }
+
+    #[test]
+    fn a_host_splits_at_its_last_colon_outside_brackets() {
+        for (v, host, port) in [
+            (&b"example.com"[..], &b"example.com"[..], &b""[..]),
+            (b"example.com:8080", b"example.com", b"8080"),
+            (b"example.com:", b"example.com", b""),
+            (b"[::1]", b"[::1]", b""),
+            (b"[::1]:443", b"[::1]", b"443"),
+            (b"[::1", b"[::1", b""),
+            (b"a:b:c", b"a:b", b"c"),
+            (b"", b"", b""),
+        ] {
+            assert_eq!(host_and_port(v), (host, port), "{v:?}");
+        }
     }
 
     #[test]
