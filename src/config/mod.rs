@@ -348,43 +348,55 @@ pub fn not_a_foreign_file(path: &Path) -> Result<(), ForeignFile> {
 )]
 pub struct ForeignFile(pub PathBuf);
 
-/// Whether `program` can be run: a path that is an executable file, or a name found on the
-/// PATH (the config's, else baton's).
-fn find_program(
+/// A program that cannot be run, as [`find_program`] finds it.
+#[derive(Debug, thiserror::Error)]
+pub enum NoProgram {
+    #[error("{} is not an executable file", .0.display())]
+    NotExecutable(PathBuf),
+    #[error("{program:?} was not found on the PATH ({path})")]
+    NotOnPath { program: String, path: String },
+}
+
+/// The file `program` names, found as execvp finds it: a name with a `/` relative to
+/// `directory` (else the current one), any other on `path_var` (the app's PATH, else baton's),
+/// and only a regular file with an exec bit, so a non-executable file of that name earlier on
+/// the PATH does not hide the program. The config check and the systemd backend (whose
+/// `ExecStart` wants an absolute path) both ask here, so a command that passed the check is the
+/// one a unit runs. Empty PATH entries are skipped: a unit has no current directory to search.
+pub fn find_program(
     program: &str,
     directory: Option<&Path>,
-    environment: &BTreeMap<String, String>,
-) -> Result<(), String> {
+    path_var: Option<&str>,
+) -> Result<PathBuf, NoProgram> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
     if program.contains('/') {
         let path = match directory {
-            Some(d) if !program.starts_with('/') => d.join(program),
-            _ => PathBuf::from(program),
+            _ if program.starts_with('/') => PathBuf::from(program),
+            Some(d) => d.join(program),
+            None => std::env::current_dir().map_or_else(|_| program.into(), |d| d.join(program)),
         };
         return if executable(&path) {
-            Ok(())
+            Ok(path)
         } else {
-            Err(format!("{} is not an executable file", path.display()))
+            Err(NoProgram::NotExecutable(path))
         };
     }
-    let path_var = environment
-        .get("PATH")
-        .cloned()
+    let path_var = path_var
+        .map(str::to_owned)
         .or_else(|| std::env::var("PATH").ok())
         .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    if path_var
+    path_var
         .split(':')
-        .any(|d| !d.is_empty() && executable(&Path::new(d).join(program)))
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "{program:?} was not found on the PATH ({path_var})"
-        ))
-    }
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(program))
+        .find(|p| executable(p))
+        .ok_or_else(|| NoProgram::NotOnPath {
+            program: program.to_owned(),
+            path: path_var.clone(),
+        })
 }
 
 /// Workers kept when neither `count` nor `min`/`max` is given.
@@ -1226,9 +1238,9 @@ impl Config {
         if let Err(why) = find_program(
             &program,
             self.app.directory.as_deref(),
-            &self.app.environment,
+            self.app.environment.get("PATH").map(String::as_str),
         ) {
-            return Err(("app.command".into(), why));
+            return Err(("app.command".into(), why.to_string()));
         }
         // A user or group typed wrong would fail every worker's start (or the control
         // socket's bind): better said once, here, than as a deployment error.
@@ -1335,6 +1347,50 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = "name = \"app\"\n[listen]\naddress = \"127.0.0.1:8080\"\n[app]\ncommand = [\"node\", \"main.js\"]\n";
+
+    #[test]
+    fn a_program_is_an_executable_file_found_as_execvp_finds_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (early, late) = (dir.path().join("early"), dir.path().join("late"));
+        for (d, mode) in [(&early, 0o644), (&late, 0o755)] {
+            std::fs::create_dir(d).unwrap();
+            let file = d.join("serve");
+            std::fs::write(&file, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        // A directory of the name, earlier still, is no program either.
+        std::fs::create_dir_all(dir.path().join("dirs/serve")).unwrap();
+        let path = format!(
+            "{}::{}:{}",
+            dir.path().join("dirs").display(),
+            early.display(),
+            late.display()
+        );
+        assert_eq!(
+            find_program("serve", None, Some(&path)).unwrap(),
+            late.join("serve")
+        );
+        let only_early = early.display().to_string();
+        assert!(matches!(
+            find_program("serve", None, Some(&only_early)),
+            Err(NoProgram::NotOnPath { .. })
+        ));
+        // A name with a `/` is the release directory's, not the PATH's.
+        assert_eq!(
+            find_program("late/serve", Some(dir.path()), Some("")).unwrap(),
+            late.join("serve")
+        );
+        assert!(matches!(
+            find_program("early/serve", Some(dir.path()), None),
+            Err(NoProgram::NotExecutable(p)) if p == early.join("serve")
+        ));
+        let absolute = late.join("serve").display().to_string();
+        assert_eq!(
+            find_program(&absolute, Some(&early), None).unwrap(),
+            late.join("serve")
+        );
+    }
 
     #[test]
     fn minimal_config_gets_defaults() {

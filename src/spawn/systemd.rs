@@ -13,7 +13,7 @@ use super::{
     Adopted, ExitReason, OutputTail, SpawnError, Spawner, StartedWorker, Usage, WorkerId,
     WorkerSpec,
 };
-use crate::config::{AppName, Config};
+use crate::config::{AppName, Config, find_program};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -315,31 +315,6 @@ async fn own_service(conn: &Connection, manager: &ManagerProxy<'static>) -> Opti
     id.ends_with(".service").then_some(id)
 }
 
-/// Resolve the program like a shell would: systemd wants an absolute path in ExecStart.
-fn resolve_program(
-    program: &str,
-    directory: Option<&Path>,
-    path_var: Option<&str>,
-) -> Option<PathBuf> {
-    if program.starts_with('/') {
-        return Some(PathBuf::from(program));
-    }
-    if program.contains('/') {
-        let base = directory
-            .map(Path::to_path_buf)
-            .or_else(|| std::env::current_dir().ok())?;
-        return Some(base.join(program));
-    }
-    let path_var = path_var
-        .map(str::to_owned)
-        .or_else(|| std::env::var("PATH").ok())
-        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    path_var
-        .split(':')
-        .map(|d| Path::new(d).join(program))
-        .find(|p| p.is_file())
-}
-
 fn prop<'a, T>(name: &str, value: T) -> Result<(String, OwnedVariant), String>
 where
     T: Into<Variant<'a>>,
@@ -430,12 +405,13 @@ impl Spawner for SystemdSpawner {
             message: format!("unit {unit}: {message}"),
         };
         let program = spec.argv.first().map(String::as_str).unwrap_or_default();
-        let program = resolve_program(
+        // systemd wants an absolute path in ExecStart.
+        let program = find_program(
             program,
             spec.directory.as_deref(),
             spec.environment.get("PATH").map(String::as_str),
         )
-        .ok_or_else(|| fail(format!("cannot find {program:?} in PATH")))?;
+        .map_err(|e| fail(e.to_string()))?;
         let props = self.unit_properties(spec, &program).map_err(&fail)?;
         let path = OwnedObjectPath::try_from(unit_path(&unit))
             .map_err(|e| fail(format!("bad object path: {e}")))?;
