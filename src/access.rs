@@ -19,6 +19,7 @@
 //! lost, as lines written meanwhile go to the renamed file.
 
 use crate::config::{AccessFormat, AccessTarget, LogConfig};
+use crate::util::{HEX, HEX_UPPER};
 use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -702,7 +703,6 @@ fn all_plain(s: &[u8]) -> bool {
 /// Printable ASCII as it is; `"`, `\` and anything else as `\xHH` (as nginx does), so a
 /// line cannot be forged or broken by what a client sends.
 fn escaped(s: &[u8], out: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     // Most fields have nothing to escape: checked, then copied whole.
     if all_plain(s) {
         out.extend_from_slice(s);
@@ -719,8 +719,8 @@ fn escaped(s: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(&[
             b'\\',
             b'x',
-            HEX[usize::from(b >> 4)],
-            HEX[usize::from(b & 15)],
+            HEX_UPPER[usize::from(b >> 4)],
+            HEX_UPPER[usize::from(b & 15)],
         ]);
     }
 }
@@ -884,7 +884,6 @@ const JSON_PLAIN: [bool; 256] = {
 
 /// [`json_text`]'s string, without its quotes, of a field that is not all [`plain`].
 fn json_escaped(s: &[u8], out: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let unicode = |c: u32, out: &mut Vec<u8>| {
         let d = |shift: u32| HEX[((c >> shift) & 15) as usize];
         out.extend_from_slice(&[b'\\', b'u', d(12), d(8), d(4), d(0)]);
@@ -1280,13 +1279,8 @@ mod tests {
         // Bytes that make (or break) the characters escaped and the sequences replaced.
         const BYTES: &[u8] =
             b"a~ \"\\\x00\x0b\x0c\x1f\x7f\x80\x85\x9f\xa8\xa9\xbf\xc2\xe2\xe9\xf0\x9f\xff";
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::util::Rng(0x2545_f491_4f6c_dd1d);
+        let mut next = move || rng.next();
         for _ in 0..50_000 {
             let len = (next() % 24) as usize;
             let s: Vec<u8> = (0..len)

@@ -281,9 +281,7 @@ fn chance(p: f64) -> bool {
             .map_or(1, |d| d.as_nanos() as u64);
         x = nanos ^ (u64::from(std::process::id()) << 32) | 1;
     }
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
+    x = crate::util::xorshift(x);
     STATE.store(x, Relaxed);
     ((x >> 11) as f64 / (1u64 << 53) as f64) < p
 }

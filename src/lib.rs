@@ -30,6 +30,7 @@ pub mod status;
 pub mod tls;
 pub(crate) mod unit_files;
 pub(crate) mod upstream;
+pub(crate) mod util;
 
 /// The module layout shows the architecture only if imports go one way: every module of
 /// `src/` sits in a declared layer and may use only modules of lower layers.
@@ -49,6 +50,7 @@ mod layering {
             "manpage",
             "unit_files",
             "admin",
+            "util",
         ],
         &["h1", "config"],
         &[

@@ -791,6 +791,7 @@ fn view(w: &Worker, now: Instant) -> WorkerView {
 mod tests {
     use super::*;
     use crate::spawn::OutputTail;
+    use crate::util::Rng;
     use tokio::sync::watch;
 
     fn worker(id: u64, generation: u64, state: WorkerState) -> Worker {
@@ -897,17 +898,6 @@ mod tests {
         drop(busy);
     }
 
-    /// A small deterministic generator, so a failing case can be replayed from its seed.
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 % n as u64) as usize
-        }
-    }
-
     /// Random requests, retries that avoid a worker, releases, clients that leave, workers
     /// that come, go and change state, limits that change: after every step, nobody waits
     /// while a ready worker has room, and every worker's in-flight count is the number of
@@ -923,8 +913,8 @@ mod tests {
         for seed in 1..=200u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let pool = Pool::new(Limits {
-                concurrency: 1 + rng.below(3),
-                max_queue: 1 + rng.below(8),
+                concurrency: 1 + rng.index(3),
+                max_queue: 1 + rng.index(8),
                 max_queue_time: None,
                 request_timeout: None,
                 max_request_time: None,
@@ -934,28 +924,28 @@ mod tests {
             let mut waiting: Vec<Waiting> = Vec::new();
             for step in 0..400 {
                 let ids: Vec<u64> = pool.workers().iter().map(|w| w.id.0).collect();
-                match rng.below(10) {
+                match rng.index(10) {
                     0 | 1 => waiting.push(Box::pin({
                         let p = pool.clone();
                         async move { p.acquire(None).await }
                     })),
                     2 if !ids.is_empty() => {
-                        let avoid = WorkerId(ids[rng.below(ids.len())]);
+                        let avoid = WorkerId(ids[rng.index(ids.len())]);
                         waiting.push(Box::pin({
                             let p = pool.clone();
                             async move { p.acquire(Some(avoid)).await }
                         }))
                     }
-                    3 | 4 if !held.is_empty() => drop(held.swap_remove(rng.below(held.len()))),
-                    5 if !waiting.is_empty() => drop(waiting.swap_remove(rng.below(waiting.len()))),
+                    3 | 4 if !held.is_empty() => drop(held.swap_remove(rng.index(held.len()))),
+                    5 if !waiting.is_empty() => drop(waiting.swap_remove(rng.index(waiting.len()))),
                     6 => {
-                        let state = [WorkerState::Spawning, WorkerState::Ready][rng.below(2)];
+                        let state = [WorkerState::Spawning, WorkerState::Ready][rng.index(2)];
                         pool.insert(worker(next_id, next_id / 4, state));
                         next_id += 1;
                     }
                     7 if !ids.is_empty() => {
-                        let id = WorkerId(ids[rng.below(ids.len())]);
-                        match rng.below(3) {
+                        let id = WorkerId(ids[rng.index(ids.len())]);
+                        match rng.index(3) {
                             0 => {
                                 pool.mark_ready(id);
                             }
@@ -966,8 +956,8 @@ mod tests {
                         }
                     }
                     8 => pool.set_limits(Limits {
-                        concurrency: rng.below(3),
-                        max_queue: 1 + rng.below(8),
+                        concurrency: rng.index(3),
+                        max_queue: 1 + rng.index(8),
                         max_queue_time: None,
                         request_timeout: None,
                         max_request_time: None,

@@ -17,6 +17,7 @@ use crate::policy;
 use crate::pool::{Lease, Pool, Rejected};
 use crate::spawn::WorkerId;
 use crate::upstream::{Conns, RawBody, UpstreamError};
+use crate::util::hex16;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -1222,34 +1223,5 @@ impl Body for LeasedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-/// `v`'s 16 lowercase hex digits, a byte's two digits at a time.
-fn hex16(v: u64) -> [u8; 16] {
-    const PAIRS: [[u8; 2]; 256] = {
-        let hex = b"0123456789abcdef";
-        let mut t = [[0; 2]; 256];
-        let mut i = 0;
-        while i < 256 {
-            t[i] = [hex[i >> 4], hex[i & 15]];
-            i += 1;
-        }
-        t
-    };
-    let mut out = [0; 16];
-    for (pair, byte) in out.chunks_exact_mut(2).zip(v.to_be_bytes()) {
-        pair.copy_from_slice(&PAIRS[usize::from(byte)]);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn hex16_is_the_lowercase_hex_of_the_number() {
-        for v in [0, 1, 0xab, 0x0123_4567_89ab_cdef, u64::MAX] {
-            assert_eq!(super::hex16(v), *format!("{v:016x}").as_bytes());
-        }
     }
 }

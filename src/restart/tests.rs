@@ -7,6 +7,7 @@ use super::*;
 use crate::pool::{Lease, WorkerView};
 use crate::readiness::{NotReady, Probe};
 use crate::spawn::{ExitReason, OutputTail, SpawnError, StartedWorker, WorkerSpec};
+use crate::util::Rng;
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -1348,21 +1349,6 @@ async fn shutdown_while_resisting_stops_every_worker() {
 }
 
 // ---- a property: random restarts, crashes and boot failures ---------------------------------
-
-/// xorshift64: a reproducible sequence per seed, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 #[tokio::test(start_paused = true)]
 async fn random_restarts_crashes_and_boot_failures_keep_the_invariants() {
