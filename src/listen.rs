@@ -4,7 +4,7 @@
 //! queueing them on the socket that systemd holds while baton starts again.
 
 use crate::config::{Config, ListenAddress};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +17,15 @@ pub enum ListenError {
         "no socket was passed by systemd (LISTEN_FDS) and the config has no [listen] address (nor [tls] address)"
     )]
     NoAddress,
+    /// A passed socket left inheritable would keep the app's port open in every worker after
+    /// baton let it go: better not to start.
+    #[error("cannot make socket {index} ({name}) passed by systemd close-on-exec")]
+    Inheritable {
+        index: usize,
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
     #[error("cannot listen on {address}: {error}")]
     Bind {
         address: String,
@@ -139,13 +148,18 @@ fn from_systemd() -> Result<Vec<(Listener, String)>, ListenError> {
             index,
             name: name.clone(),
         };
+        let inheritable = |source| ListenError::Inheritable {
+            index,
+            name: name.clone(),
+            source,
+        };
         let listener = if let Ok(Some(l)) = fds.take_tcp_listener(index) {
             l.set_nonblocking(true).map_err(|_| bad())?;
-            no_inherit(&l);
+            no_inherit(&l).map_err(inheritable)?;
             Listener::Tcp(tokio::net::TcpListener::from_std(l).map_err(|_| bad())?)
         } else if let Ok(Some(l)) = fds.take_unix_listener(index) {
             l.set_nonblocking(true).map_err(|_| bad())?;
-            no_inherit(&l);
+            no_inherit(&l).map_err(inheritable)?;
             Listener::Unix(tokio::net::UnixListener::from_std(l).map_err(|_| bad())?)
         } else {
             return Err(bad());
@@ -161,9 +175,35 @@ fn from_systemd() -> Result<Vec<(Listener, String)>, ListenError> {
 
 /// systemd passes sockets without close-on-exec; workers must not inherit them, or a worker
 /// would keep the app's port open after baton let it go.
-fn no_inherit(fd: &impl AsRawFd) {
+fn no_inherit(fd: &impl AsFd) -> nix::Result<()> {
     use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-    // SAFETY: the fd is owned by the listener passed in and stays open for this call.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd.as_raw_fd()) };
-    let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+
+    #[test]
+    fn a_passed_socket_is_made_close_on_exec() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // As systemd passes it: inheritable.
+        fcntl(&l, FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
+        no_inherit(&l).unwrap();
+        let flags = FdFlag::from_bits_truncate(fcntl(&l, FcntlArg::F_GETFD).unwrap());
+        assert!(flags.contains(FdFlag::FD_CLOEXEC));
+    }
+
+    #[test]
+    fn a_socket_that_stays_inheritable_is_an_error_with_its_cause() {
+        let e = ListenError::Inheritable {
+            index: 0,
+            name: "http".into(),
+            source: nix::Error::EBADF,
+        };
+        let cause = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(cause, Some(nix::Error::EBADF.to_string()));
+        assert!(e.to_string().contains("close-on-exec"), "{e}");
+    }
 }
