@@ -45,6 +45,8 @@ impl Drop for DataPlane {
 /// stayed, after 2,000 idle connections). Each time the open connections have fallen by a
 /// burst's worth since the peak after the last trim, `malloc_trim` returns the free pages: a
 /// burst that closes over several seconds is trimmed until its last connection is gone.
+/// glibc's only: other C libraries (musl) have no `malloc_trim`, and no such arenas to trim.
+#[cfg(target_env = "gnu")]
 async fn trim_after_bursts(proxy: Arc<Proxy>) {
     const BURST: usize = 1000;
     let mut peak = 0;
@@ -278,6 +280,7 @@ pub async fn run_announcing(
     if let Some(log) = &access {
         proxy.serve_access(log.clone());
     }
+    #[cfg(target_env = "gnu")]
     tokio::spawn(trim_after_bursts(proxy.clone()));
     let stop_accepting = CancellationToken::new();
     let connections = proxy.tasks().clone();
