@@ -371,6 +371,142 @@ struct Watch {
     looks: crate::canary::Looks,
 }
 
+/// What a reload does with a change to one part of the config.
+enum Reload {
+    /// Put in force by the reload.
+    Applied,
+    /// Only a new baton can take it (its sockets, its backend, its name): the old value is
+    /// put back into the new config, and the operator is told.
+    Kept(fn(&mut Config, &Config)),
+}
+
+/// One part of the config, as a reload's notes name it.
+struct Section {
+    name: &'static str,
+    differs: fn(&Config, &Config) -> bool,
+    reload: Reload,
+}
+
+/// What differs from `old` in `new`, by [`SECTIONS`]: the parts a reload applies, and those
+/// only a new baton takes, whose old values are put back into `new`. `tls_running`: baton
+/// serves HTTPS already.
+fn sort_changes(
+    old: &Config,
+    new: &mut Config,
+    tls_running: bool,
+) -> (Vec<&'static str>, Vec<&'static str>) {
+    let (mut applied, mut kept) = (Vec::new(), Vec::new());
+    for section in SECTIONS {
+        let differs = (section.differs)(old, new);
+        match section.reload {
+            Reload::Applied if differs => applied.push(section.name),
+            Reload::Applied => {}
+            Reload::Kept(keep) => {
+                // A first certificate would need the HTTPS listener, which only a new baton
+                // opens.
+                let tls_begins = section.name == TLS_FIXED && !tls_running && new.tls.enabled();
+                if differs || tls_begins {
+                    kept.push(section.name);
+                }
+                keep(new, old);
+            }
+        }
+    }
+    (applied, kept)
+}
+
+/// The keys of `[tls]` that only a new baton can take; the rest of `[tls]` (the certificates)
+/// is applied.
+const TLS_FIXED: &str = "[tls] address, redirect_http, hsts, acme";
+
+/// Every part of the config, once, and what a reload does with it: the one list both what a
+/// reload applies and what it keeps are read from (a part in neither was silently dropped by a
+/// reload, as `[canary]` was). The kept ones come first: `[tls]` applied is what is left of
+/// `[tls]` once its fixed keys are kept. A new field of `Config` fails to build the reload's
+/// test until it has its place here.
+const SECTIONS: &[Section] = &[
+    Section {
+        name: "name",
+        differs: |o, n| o.name != n.name,
+        reload: Reload::Kept(|n, o| n.name = o.name.clone()),
+    },
+    Section {
+        name: "[listen]",
+        differs: |o, n| o.listen != n.listen,
+        reload: Reload::Kept(|n, o| n.listen = o.listen.clone()),
+    },
+    Section {
+        name: "[control]",
+        differs: |o, n| o.control != n.control,
+        reload: Reload::Kept(|n, o| n.control = o.control.clone()),
+    },
+    Section {
+        name: "[spawner]",
+        differs: |o, n| o.spawner != n.spawner,
+        reload: Reload::Kept(|n, o| n.spawner = o.spawner.clone()),
+    },
+    Section {
+        name: "[metrics]",
+        differs: |o, n| o.metrics != n.metrics,
+        reload: Reload::Kept(|n, o| n.metrics = o.metrics.clone()),
+    },
+    Section {
+        name: "[static]",
+        differs: |o, n| o.static_files != n.static_files,
+        reload: Reload::Kept(|n, o| n.static_files = o.static_files.clone()),
+    },
+    Section {
+        name: "[log]",
+        differs: |o, n| o.log != n.log,
+        reload: Reload::Kept(|n, o| n.log = o.log.clone()),
+    },
+    Section {
+        name: TLS_FIXED,
+        differs: |o, n| {
+            o.tls.address != n.tls.address
+                || o.tls.redirect_http != n.tls.redirect_http
+                || o.tls.hsts != n.tls.hsts
+                || o.tls.acme != n.tls.acme
+        },
+        reload: Reload::Kept(|n, o| {
+            n.tls.address = o.tls.address;
+            n.tls.redirect_http = o.tls.redirect_http;
+            n.tls.hsts = o.tls.hsts;
+            n.tls.acme = o.tls.acme.clone();
+        }),
+    },
+    Section {
+        name: "[app]",
+        differs: |o, n| o.app != n.app,
+        reload: Reload::Applied,
+    },
+    Section {
+        name: "[workers]",
+        differs: |o, n| o.workers != n.workers,
+        reload: Reload::Applied,
+    },
+    Section {
+        name: "[readiness]",
+        differs: |o, n| o.readiness != n.readiness,
+        reload: Reload::Applied,
+    },
+    Section {
+        name: "[restart]",
+        differs: |o, n| o.restart != n.restart,
+        reload: Reload::Applied,
+    },
+    Section {
+        name: "[canary]",
+        differs: |o, n| o.canary != n.canary,
+        reload: Reload::Applied,
+    },
+    Section {
+        name: "[tls]",
+        differs: |o, n| o.tls != n.tls,
+        reload: Reload::Applied,
+    },
+];
+
 pub struct Supervisor {
     ctx: Arc<Context>,
     commands: mpsc::Receiver<Command>,
@@ -738,70 +874,7 @@ impl Supervisor {
             }
             None => None,
         };
-        // What only a new baton can take: its sockets, its backend, its name.
-        let mut fixed = Vec::new();
-        if old.name != new.name {
-            fixed.push("name");
-        }
-        if old.listen != new.listen {
-            fixed.push("[listen]");
-        }
-        if old.control != new.control {
-            fixed.push("[control]");
-        }
-        if old.spawner != new.spawner {
-            fixed.push("[spawner]");
-        }
-        if old.metrics != new.metrics {
-            fixed.push("[metrics]");
-        }
-        if old.static_files != new.static_files {
-            fixed.push("[static]");
-        }
-        if old.log != new.log {
-            fixed.push("[log]");
-        }
-        if old.tls.address != new.tls.address
-            || old.tls.redirect_http != new.tls.redirect_http
-            || old.tls.hsts != new.tls.hsts
-            || old.tls.acme != new.tls.acme
-            || (self.ctx.tls.get().is_none() && new.tls.enabled())
-        {
-            fixed.push("[tls] address, redirect_http, hsts, acme");
-        }
-        new.name = old.name.clone();
-        new.listen = old.listen.clone();
-        new.control = old.control.clone();
-        new.spawner = old.spawner.clone();
-        new.metrics = old.metrics.clone();
-        new.static_files = old.static_files.clone();
-        new.log = old.log.clone();
-        new.tls.address = old.tls.address;
-        new.tls.redirect_http = old.tls.redirect_http;
-        new.tls.hsts = old.tls.hsts;
-        new.tls.acme = old.tls.acme.clone();
-        let mut changed = Vec::new();
-        if old.app != new.app {
-            changed.push("[app]");
-        }
-        if old.workers != new.workers {
-            changed.push("[workers]");
-        }
-        if old.readiness != new.readiness {
-            changed.push("[readiness]");
-        }
-        if old.restart != new.restart {
-            changed.push("[restart]");
-        }
-        if old.canary != new.canary {
-            changed.push("[canary]");
-        }
-        if old.tls != new.tls {
-            changed.push("[tls]");
-        }
-        // Every section is one of the two lists above: a new one that is in neither would
-        // be silently dropped by a reload (as [canary] was, when this compared Debug text).
-        debug_assert!(*old == new || !changed.is_empty());
+        let (changed, fixed) = sort_changes(&old, &mut new, self.ctx.tls.get().is_some());
         let mut notes = Vec::new();
         let app = old.name.clone();
         if let Some(loaded) = certificates {

@@ -1745,3 +1745,100 @@ async fn a_slow_booting_release_is_judged_for_the_whole_canary_duration() {
         began.elapsed()
     );
 }
+
+/// A change to any one part of the config is either applied by a reload or kept and told,
+/// never dropped: the reload's one table ([`SECTIONS`]) covers every field of `Config`.
+#[test]
+fn every_part_of_the_config_is_applied_or_kept_by_a_reload() {
+    // Fails to build when `Config` gains a field: give it its place in `SECTIONS`, then a
+    // case below.
+    let Config {
+        name: _,
+        listen: _,
+        app: _,
+        workers: _,
+        readiness: _,
+        restart: _,
+        canary: _,
+        spawner: _,
+        control: _,
+        metrics: _,
+        tls: _,
+        static_files: _,
+        log: _,
+    } = Config::parse(&config_text("", ""), std::path::Path::new("t.toml")).unwrap();
+    let base = config_text("count = 2", "");
+    let tls = "[tls]\naddress = \"127.0.0.1:8443\"\ncertificates = [{ cert = \"/a.pem\", key = \"/a.key\" }]\n";
+    let cases: &[(&str, &str, &str)] = &[
+        ("name = \"t\"", "name = \"u\"", "name"),
+        (
+            "[app]",
+            "[listen]\naddress = \"127.0.0.1:9\"\n[app]",
+            "[listen]",
+        ),
+        (
+            "[app]",
+            "[control]\nsocket = \"/run/x.sock\"\n[app]",
+            "[control]",
+        ),
+        (
+            "[app]",
+            "[spawner]\nbackend = \"process\"\n[app]",
+            "[spawner]",
+        ),
+        (
+            "[app]",
+            "[metrics]\naddress = \"127.0.0.1:9090\"\n[app]",
+            "[metrics]",
+        ),
+        ("[app]", "[static]\nmax_open_files = 10\n[app]", "[static]"),
+        ("[app]", "[log]\nqueue = 100\n[app]", "[log]"),
+        ("command = [\"true\"]", "command = [\"false\"]", "[app]"),
+        ("count = 2", "count = 3", "[workers]"),
+        ("timeout = \"2s\"", "timeout = \"3s\"", "[readiness]"),
+        (
+            "stop_timeout = \"1s\"",
+            "stop_timeout = \"2s\"",
+            "[restart]",
+        ),
+        ("workers = 0", "workers = 1", "[canary]"),
+    ];
+    let parse = |text: &str| {
+        Config::parse(text, std::path::Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let mut seen = Vec::new();
+    for (from, to, section) in cases {
+        let old = parse(&base);
+        let edited = base.replacen(from, to, 1);
+        assert_ne!(edited, base, "{section}");
+        let mut new = parse(&edited);
+        assert_ne!(old, new, "{section}");
+        let (applied, kept) = sort_changes(&old, &mut new, false);
+        if kept.is_empty() {
+            assert_eq!(applied, [*section]);
+        } else {
+            assert_eq!((&applied[..], &kept[..]), (&[][..], &[*section][..]));
+            assert_eq!(old, new, "{section} is kept whole");
+        }
+        seen.push(*section);
+    }
+    // [tls]: its certificates are applied, its address only by a new baton.
+    let old = parse(&format!("{base}{tls}"));
+    let mut new = parse(&format!("{base}{}", tls.replace("/a.", "/b.")));
+    assert_eq!(sort_changes(&old, &mut new, true), (vec!["[tls]"], vec![]));
+    let mut new = parse(&format!("{base}{}", tls.replace("8443", "9443")));
+    assert_eq!(
+        sort_changes(&old, &mut new, true),
+        (vec![], vec![TLS_FIXED])
+    );
+    assert_eq!(old, new);
+    // A first certificate needs the HTTPS listener a running baton does not have.
+    let mut new = parse(&format!("{base}{tls}"));
+    let (applied, kept) = sort_changes(&parse(&base), &mut new, false);
+    assert_eq!((applied, kept), (vec!["[tls]"], vec![TLS_FIXED]));
+    seen.extend(["[tls]", TLS_FIXED]);
+    let mut all: Vec<&str> = SECTIONS.iter().map(|s| s.name).collect();
+    all.sort_unstable();
+    seen.sort_unstable();
+    assert_eq!(all, seen, "a case for every part");
+}
