@@ -137,7 +137,10 @@ fn nice(pid: u32) -> i32 {
 #[test]
 fn a_booting_worker_runs_at_low_cpu_priority_until_it_is_ready() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: only a privileged baton can raise a worker's priority back");
+        skip(
+            "boot CPU priority",
+            "only a privileged baton can raise a worker's priority back",
+        );
         return;
     }
     let _serial = serial();

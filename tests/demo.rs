@@ -117,7 +117,10 @@ fn a_taken_port_fails_before_any_banner() {
 fn without_a_runtime_directory_the_control_socket_is_private() {
     if !nix::unistd::geteuid().is_root() || Command::new("runuser").arg("--help").output().is_err()
     {
-        eprintln!("SKIP: needs root and runuser to run the demo as another user");
+        skip(
+            "private control socket",
+            "needs root and runuser to run the demo as another user",
+        );
         return;
     }
     let _serial = serial();

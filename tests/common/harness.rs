@@ -19,6 +19,19 @@ use std::time::{Duration, Instant};
 
 pub const BATON: &str = env!("CARGO_BIN_EXE_baton");
 
+/// A test that cannot run on this machine (`why`): it says so loudly and passes, or fails
+/// when BATON_E2E_REQUIRED is set, as `.ci/run` does: CI runs as root with everything a test
+/// needs, so a skip there is a bug. The one way every test skips.
+pub fn skip(what: &str, why: &str) {
+    assert!(
+        std::env::var_os("BATON_E2E_REQUIRED").is_none(),
+        "the {what} test must run here but cannot: {why}"
+    );
+    eprintln!(
+        "\n!!!!! SKIPPING the {what} test: {why} !!!!! (set BATON_E2E_REQUIRED=1 to make this an error)\n"
+    );
+}
+
 /// Tests that put load on the machine run one at a time, so timings stay meaningful on 2 cores.
 pub fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
