@@ -738,6 +738,37 @@ fn late_answer(via: Via, delay_ms: u64, jitter: bool) {
     assert!(asked >= 200, "{via:?}: only {asked} requests");
 }
 
+/// A worker that reads none of an upload baton holds whole (a buffered body larger than the
+/// sockets between them take): the write of the body is the worker's time, so its client gets
+/// a 504 at `request_timeout`, not a wait until the stuck worker is replaced.
+#[test]
+fn a_worker_that_reads_none_of_a_buffered_upload_gets_its_client_a_504() {
+    let _serial = serial();
+    let rogue = Rogue::start_with(2, "request_timeout = \"1s\"\nmax_request_time = \"60s\"");
+    let body = vec![b'x'; 16 << 20];
+    let mut s = rogue.connect();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    s.write_all(
+        format!(
+            "POST /hang HTTP/1.1\r\nHost: rogue\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.write_all(&body).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let (status, text) = read_answer(&mut s).unwrap();
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{text}");
+    assert!(text.contains("request_timeout (1s)"), "{text}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the 504 came after {took:?}"
+    );
+}
+
 /// A worker stuck on a request (issue 36): its client gets a 504 from baton at
 /// `request_timeout`, naming it, while every other client is served by the other worker;
 /// the stuck worker's slot is given back with the 504.

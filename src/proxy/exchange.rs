@@ -215,9 +215,9 @@ async fn send(
         // on a worker that reads nothing, holding the body and the stream.
         let mut writer = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             let written = async {
-                wr.write_all(&bytes).await?;
+                write_within(&mut wr, &bytes, limit).await?;
                 if let Some(body) = body.as_mut() {
-                    write_body(&mut wr, body, chunked).await?;
+                    write_body(&mut wr, body, chunked, limit).await?;
                 }
                 Ok::<(), UpstreamError>(())
             }
@@ -243,6 +243,9 @@ async fn send(
                         match result {
                             // The client's body failed: nothing the worker says counts.
                             Err(e @ UpstreamError::RequestBody(_)) => return Err(e.into()),
+                            // The worker took none of what baton had for it in
+                            // request_timeout, and has not answered either: its time is up.
+                            Err(e @ UpstreamError::Timeout(_)) => return Err(e.into()),
                             Err(e) if req.retryable => return Err(e.into()),
                             _ => {}
                         }
@@ -367,7 +370,10 @@ async fn write_body<W: tokio::io::AsyncWrite + Unpin>(
     wr: &mut W,
     body: &mut ProxyBody,
     chunked: bool,
+    limit: Option<Duration>,
 ) -> Result<(), UpstreamError> {
+    // Waiting for the client's next piece is the client's time (client_body_timeout);
+    // each write is the worker's.
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(UpstreamError::RequestBody)?;
         let Ok(data) = frame.into_data() else {
@@ -377,18 +383,34 @@ async fn write_body<W: tokio::io::AsyncWrite + Unpin>(
             continue;
         }
         if chunked {
-            wr.write_all(format!("{:x}\r\n", data.len()).as_bytes())
-                .await?;
-            wr.write_all(&data).await?;
-            wr.write_all(b"\r\n").await?;
+            write_within(wr, format!("{:x}\r\n", data.len()).as_bytes(), limit).await?;
+            write_within(wr, &data, limit).await?;
+            write_within(wr, b"\r\n", limit).await?;
         } else {
-            wr.write_all(&data).await?;
+            write_within(wr, &data, limit).await?;
         }
     }
     if chunked {
-        wr.write_all(b"0\r\n\r\n").await?;
+        write_within(wr, b"0\r\n\r\n", limit).await?;
     }
     Ok(())
+}
+
+/// Write `data` to a worker, which must take it within `limit` (`request_timeout`; `None`: no
+/// limit): a worker that reads nothing of a request baton holds whole (a buffered upload)
+/// would otherwise hold the request, and its client, until `max_request_time` replaced it.
+async fn write_within<W: tokio::io::AsyncWrite + Unpin>(
+    wr: &mut W,
+    data: &[u8],
+    limit: Option<Duration>,
+) -> Result<(), UpstreamError> {
+    match limit {
+        None => Ok(wr.write_all(data).await?),
+        Some(limit) => match tokio::time::timeout(limit, wr.write_all(data)).await {
+            Ok(written) => Ok(written?),
+            Err(_) => Err(UpstreamError::Timeout(limit)),
+        },
+    }
 }
 
 /// `Date:` for answers whose worker gave none, formatted once a second per thread.
