@@ -70,16 +70,179 @@ mod layering {
     ];
 
     /// The code of one file that counts: up to its inline test module (`mod tests {`, at the
-    /// end by convention; a `mod tests;` declaration is not one), without comment lines (doc
-    /// links name modules without importing them).
-    fn code(text: &str) -> String {
-        text.split("#[cfg(test)]\nmod tests {")
-            .next()
-            .unwrap_or("")
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("//"))
-            .collect::<Vec<_>>()
-            .join("\n")
+    /// end by convention; a `mod tests;` declaration is not one).
+    fn code(text: &str) -> &str {
+        text.split("#[cfg(test)]\nmod tests {").next().unwrap_or("")
+    }
+
+    fn is_ident(c: char) -> bool {
+        c.is_alphanumeric() || c == '_'
+    }
+
+    /// `text` with its comments removed and its string and character literals emptied, so
+    /// that what remains names only what the code uses: a doc link or a trailing comment
+    /// names a module without importing it, and a string may hold any text. A token scan,
+    /// not a parser: enough for code that compiles.
+    fn strip(text: &str) -> String {
+        let chars: Vec<char> = text.chars().collect();
+        let at = |i: usize| chars.get(i).copied().unwrap_or('\0');
+        let mut out = String::with_capacity(text.len());
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i];
+            if c == '/' && at(i + 1) == '/' {
+                while i < chars.len() && chars[i] != '\n' {
+                    i += 1;
+                }
+            } else if c == '/' && at(i + 1) == '*' {
+                // Block comments nest in Rust.
+                let mut depth = 0;
+                while i < chars.len() {
+                    if chars[i] == '/' && at(i + 1) == '*' {
+                        depth += 1;
+                        i += 2;
+                    } else if chars[i] == '*' && at(i + 1) == '/' {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                out.push(' ');
+            } else if c == '"' {
+                i += 1;
+                while i < chars.len() && chars[i] != '"' {
+                    i += if chars[i] == '\\' { 2 } else { 1 };
+                }
+                i += 1;
+                out.push_str("\"\"");
+            } else if c == '\'' && (at(i + 1) == '\\' || at(i + 2) == '\'') {
+                // A character literal; anything else after a quote is a lifetime or a label.
+                i += if at(i + 1) == '\\' { 3 } else { 2 };
+                while i < chars.len() && chars[i] != '\'' {
+                    i += 1;
+                }
+                i += 1;
+                out.push_str("' '");
+            } else if is_ident(c) {
+                let start = i;
+                while i < chars.len() && is_ident(chars[i]) {
+                    i += 1;
+                }
+                let word: String = chars[start..i].iter().collect();
+                let hashes = chars[i..].iter().take_while(|&&h| h == '#').count();
+                if matches!(word.as_str(), "r" | "br" | "cr") && at(i + hashes) == '"' {
+                    // A raw string: it ends at a quote followed by as many hashes.
+                    i += hashes + 1;
+                    while i < chars.len()
+                        && !(chars[i] == '"'
+                            && chars[i + 1..]
+                                .iter()
+                                .take(hashes)
+                                .filter(|&&h| h == '#')
+                                .count()
+                                == hashes)
+                    {
+                        i += 1;
+                    }
+                    i += 1 + hashes;
+                    out.push_str("\"\"");
+                } else {
+                    out.push_str(&word);
+                }
+            } else {
+                out.push(c);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// The top-level modules one file of `module` names through `crate::` paths, tests
+    /// aside: `use crate::a::…`, each item of a group (`use crate::{a, b::c, d::{e, f}}`
+    /// names `a`, `b` and `d`), and a path in the code (`crate::a::f()`, `$crate::a`). A
+    /// group's items count as much as a plain import: skipping them would let any upward
+    /// import through in braces. `crate::{self, …}` names the crate, not a module.
+    fn imports(module: &str, text: &str) -> BTreeSet<String> {
+        let code = strip(code(text));
+        let chars: Vec<char> = code.chars().collect();
+        let word = |from: usize| -> (String, usize) {
+            let end = from + chars[from..].iter().take_while(|&&c| is_ident(c)).count();
+            (chars[from..end].iter().collect(), end)
+        };
+        let skip_space = |mut i: usize| {
+            while chars.get(i).is_some_and(|c| c.is_whitespace()) {
+                i += 1;
+            }
+            i
+        };
+        let mut names = BTreeSet::new();
+        let mut i = 0;
+        while i < chars.len() {
+            if !is_ident(chars[i]) {
+                i += 1;
+                continue;
+            }
+            // Whole words only (`my_crate::x` is another crate's path), followed by `::`
+            // (`pub(crate)` is not a path).
+            let (w, end) = word(i);
+            i = end;
+            if w != "crate" {
+                continue;
+            }
+            let j = skip_space(end);
+            if chars.get(j) != Some(&':') || chars.get(j + 1) != Some(&':') {
+                continue;
+            }
+            let j = skip_space(j + 2);
+            if chars.get(j) == Some(&'{') {
+                // A group: the first segment of each item at its top level.
+                let mut depth = 0usize;
+                let mut item_start = true;
+                let mut k = j;
+                while k < chars.len() {
+                    let c = chars[k];
+                    match c {
+                        '{' => {
+                            depth += 1;
+                            item_start = depth == 1;
+                        }
+                        '}' => {
+                            depth = depth.saturating_sub(1);
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        ',' if depth == 1 => item_start = true,
+                        c if c.is_whitespace() => {}
+                        c if item_start && depth == 1 && (is_ident(c) || c == '*') => {
+                            let (name, end) = if c == '*' {
+                                ("*".to_owned(), k + 1)
+                            } else {
+                                word(k)
+                            };
+                            names.insert(name);
+                            item_start = false;
+                            k = end;
+                            continue;
+                        }
+                        _ => item_start = false,
+                    }
+                    k += 1;
+                }
+                i = k;
+            } else if chars.get(j) == Some(&'*') {
+                // A glob of the crate root hides what it uses: reported as no layer.
+                names.insert("*".to_owned());
+            } else {
+                names.insert(word(j).0);
+            }
+        }
+        names.retain(|n| !n.is_empty() && n != "self" && n != module);
+        names
     }
 
     /// Top-level module -> the top-level modules its code (tests aside) names, from
@@ -103,17 +266,8 @@ mod layering {
             if module == "lib" || module == "main" {
                 continue;
             }
-            let code = code(text);
-            let uses = graph.entry(module.clone()).or_default();
-            for (i, _) in code.match_indices("crate::") {
-                let name: String = code[i + 7..]
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() && name != module {
-                    uses.insert(name);
-                }
-            }
+            let uses = imports(&module, text);
+            graph.entry(module).or_default().extend(uses);
         }
         graph
     }
@@ -199,6 +353,67 @@ mod layering {
         assert!(reach(&graph(&planted), "restart").contains("upstream"));
     }
 
+    /// The parse on its own: every form a `crate::` path takes is read, and nothing in a
+    /// comment or a literal is.
+    #[test]
+    fn every_form_of_a_crate_path_is_read() {
+        let text = r##"
+use crate::{config, pool::Lease, proxy::{Proxy, narrow::{self, Rewound}}};
+use crate::{
+    // a comment in a group: crate::manager, cli
+    self,
+    h1::{self as http},
+    restart, /* control, */
+};
+use crate :: { metrics, upstream as up };
+fn f<'a>(x: &'a str) -> char {
+    let _ = crate::status::Snapshot::new(); // crate::acme
+    let _ = ("crate::cli", r"crate::control", br#"crate::{manager}"#, b"crate::demo");
+    /* crate::journal /* nested: crate::notify */ crate::admin */
+    let _ = ['{', '\'', '"'];
+    'x'
+}
+macro_rules! m { () => { $crate::tls::Certificates } }
+pub(crate) fn g() {}
+#[cfg(test)]
+mod tests {
+    use crate::manpage;
+}
+"##;
+        let found: Vec<String> = imports("assets", text).into_iter().collect();
+        assert_eq!(
+            found,
+            [
+                "config", "h1", "metrics", "pool", "proxy", "restart", "status", "tls", "upstream"
+            ]
+        );
+        // A module's paths to itself are no import, and a glob of the crate root is one
+        // nobody can place.
+        let found: Vec<String> = imports("pool", "use crate::pool::x; use crate::*;")
+            .into_iter()
+            .collect();
+        assert_eq!(found, ["*"]);
+    }
+
+    /// An upward import in a group is reported, as the same import alone is.
+    #[test]
+    fn a_planted_upward_grouped_import_is_reported() {
+        let files = [
+            (
+                "pool/mod.rs",
+                "use crate::{\n    config::WorkersConfig,\n    proxy::{Proxy, narrow},\n};\n",
+            ),
+            ("h1.rs", "use crate::{policy, util::{self}};\n"),
+            ("proxy/mod.rs", "use crate::{pool::Lease, upstream};\n"),
+        ]
+        .map(|(rel, text)| (rel.to_owned(), text.to_owned()));
+        // Only the files given are in the graph: `config`, used but not given, is no entry.
+        assert_eq!(
+            violations(&graph(&files)),
+            ["pool uses proxy, which is not below it"]
+        );
+    }
+
     /// The test of the test: an upward import planted in any file, anywhere before its test
     /// module (in `restart/mod.rs`, whose `mod tests;` line comes first), fails it.
     #[test]
@@ -209,6 +424,16 @@ mod layering {
             ("pool/mod.rs", "use crate::proxy::Proxy;"),
             ("config/mod.rs", "use crate::restart;"),
             ("h1.rs", "use crate::pool;"),
+            // Grouped imports, on one line or several.
+            (
+                "pool/mod.rs",
+                "use crate::{config::Config, proxy::{Proxy, narrow}};",
+            ),
+            ("h1.rs", "use crate::{\n    policy,\n    pool::Lease,\n};"),
+            (
+                "state.rs",
+                "fn f() { let _ = crate::restart::Context::state; }",
+            ),
         ] {
             let mut changed = files.clone();
             let (_, text) = changed
