@@ -117,6 +117,29 @@ enum Mode {
     Slow(Duration),
 }
 
+/// A median answer time drawn anew for every request but `/health` (`demo-latency` in the
+/// release directory, or `BATON_DEMO_LATENCY`: `varied 2ms`), besides the mode: the heavy
+/// tail of a real app (a Pareto of shape 2: a tenth of the answers over 3 times the median, a
+/// hundredth over 10 times, none beyond 50), so the canary's latency judge is tried on the
+/// spread it meets in production.
+fn read_latency() -> Option<Duration> {
+    let text = std::env::var("BATON_DEMO_LATENCY")
+        .or_else(|_| std::fs::read_to_string("demo-latency"))
+        .ok()?;
+    text.trim()
+        .strip_prefix("varied ")?
+        .parse::<crate::config::Duration>()
+        .ok()
+        .map(|d| d.get())
+}
+
+/// One answer time of [`read_latency`]'s distribution around `median`.
+fn varied(median: Duration) -> Duration {
+    // Pareto(x_m, 2): median x_m * sqrt(2); x = x_m / sqrt(u) for u uniform in (0, 1].
+    let u = uniform().max(1.0 / 2500.0);
+    median.mul_f64((1.0 / u).sqrt() / std::f64::consts::SQRT_2)
+}
+
 fn read_mode() -> Mode {
     let mode = std::env::var("BATON_DEMO_MODE")
         .or_else(|_| std::fs::read_to_string("demo-mode"))
@@ -178,6 +201,7 @@ fn burn_cpu(cpu: Duration) {
 /// (POST), and `/upgrade` (101, then echo bytes).
 pub async fn run_app(port: u16, boot_time: Duration, boot_cpu: Duration) -> anyhow::Result<()> {
     let mode = read_mode();
+    let latency = read_latency();
     let release = std::env::current_dir()
         .ok()
         .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -242,8 +266,9 @@ pub async fn run_app(port: u16, boot_time: Duration, boot_cpu: Duration) -> anyh
                 let health = req.uri().path() == "/health";
                 let hang =
                     matches!(mode, Mode::Hangs(after) if !health && listening.elapsed() >= after);
-                let slow = match mode {
-                    Mode::Slow(by) if !health => by,
+                let slow = match (mode, latency) {
+                    (Mode::Slow(by), _) if !health => by,
+                    (_, Some(median)) if !health => varied(median),
                     _ => Duration::ZERO,
                 };
                 async move {
@@ -270,8 +295,13 @@ pub async fn run_app(port: u16, boot_time: Duration, boot_cpu: Duration) -> anyh
     }
 }
 
-/// True with probability `p` (xorshift, seeded by the pid and the clock).
+/// True with probability `p`.
 fn chance(p: f64) -> bool {
+    uniform() < p
+}
+
+/// Uniform in [0, 1) (xorshift, seeded by the pid and the clock).
+fn uniform() -> f64 {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     static STATE: AtomicU64 = AtomicU64::new(0);
     let mut x = STATE.load(Relaxed);
@@ -283,7 +313,7 @@ fn chance(p: f64) -> bool {
     }
     x = crate::util::xorshift(x);
     STATE.store(x, Relaxed);
-    ((x >> 11) as f64 / (1u64 << 53) as f64) < p
+    (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;

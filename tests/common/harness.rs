@@ -67,6 +67,9 @@ pub enum Release {
     HangsAfter(u64),
     /// Answers every request but /health this many milliseconds later.
     Slow(u64),
+    /// Fails this share (in %) of its requests, and answers them after a heavy-tailed time
+    /// around this median, in milliseconds (the demo's `varied`): a real app's spread.
+    FlakyAndVaried(u32, u64),
 }
 
 /// A tokio runtime for a test's own clients, beside the harness (which blocks on its own).
@@ -220,6 +223,10 @@ impl Baton {
             }
             Release::HangsAfter(ms) => {
                 std::fs::write(rel.join("demo-mode"), format!("hangs after {ms}ms")).unwrap()
+            }
+            Release::FlakyAndVaried(percent, ms) => {
+                std::fs::write(rel.join("demo-mode"), format!("errors {percent}%")).unwrap();
+                std::fs::write(rel.join("demo-latency"), format!("varied {ms}ms")).unwrap()
             }
             Release::Slow(ms) => {
                 std::fs::write(rel.join("demo-mode"), format!("slow {ms}ms")).unwrap()
