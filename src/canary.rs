@@ -174,6 +174,8 @@ pub struct Counter {
     exits: AtomicU64,
     exposure_ms: AtomicU64,
     latencies: Histogram,
+    /// Answer times count from here on (see [`Counter::warm_up`]); unset: from the first.
+    warm_from: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 impl Counter {
@@ -210,9 +212,25 @@ impl Counter {
     }
 
     /// A worker's answer head came `latency` after it had the request: one atomic add, on
-    /// every answer, whatever its status.
+    /// every answer past the worker's warm-up, whatever its status.
     pub fn record_latency(&self, latency: Duration) {
+        if self
+            .warm_from
+            .get()
+            .is_some_and(|from| tokio::time::Instant::now() < *from)
+        {
+            return;
+        }
         self.latencies.0[bucket(micros(latency))].fetch_add(1, Relaxed);
+    }
+
+    /// The worker became ready and warms up for `settle` (`readiness.settle`): its answer
+    /// times count only after it. A new process is slower at first (cold caches, page faults,
+    /// lazy imports, a JIT), the more so on a busy machine, and a latency judge that counts
+    /// that against a release refuses good ones: Kayenta and Flagger users learnt to give a
+    /// canary a warm-up. Its errors count from its first request all the same.
+    pub fn warm_up(&self, settle: Duration) {
+        let _ = self.warm_from.set(tokio::time::Instant::now() + settle);
     }
 
     /// Every latency recorded so far: take one reading from another with [`Latencies::since`].
@@ -1186,6 +1204,23 @@ mod tests {
             Comparison::of(t(212, 37), t(3104, 2)).against("generation 6"),
             "failed 37 of 212 requests (17.5 %) (5xx, no answer or a cut answer), generation 6 2 of 3,104 requests (0.06 %)"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_is_timed_after_its_warm_up_and_counted_from_its_first_answer() {
+        let c = Counter::default();
+        c.warm_up(Duration::from_secs(2));
+        c.record(Outcome::Answered(500));
+        c.record_latency(Duration::from_millis(40));
+        assert_eq!(
+            c.latencies().count(),
+            0,
+            "a cold worker's answer is not timed"
+        );
+        assert_eq!(c.read().errors, 1, "its errors count at once");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        c.record_latency(Duration::from_millis(4));
+        assert_eq!(c.latencies().count(), 1);
     }
 
     #[test]

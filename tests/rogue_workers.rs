@@ -736,6 +736,13 @@ fn late_answer(via: Via, delay_ms: u64, jitter: bool) {
         rogue.log_tail()
     );
     assert!(asked >= 200, "{via:?}: only {asked} requests");
+    // Kept connections were reused all along (the rule under test is theirs), not given up
+    // for a connection per request (baton's answer to an app server that holds threads).
+    assert!(
+        !rogue.baton.log().contains("keeps a thread waiting"),
+        "{}",
+        rogue.log_tail()
+    );
 }
 
 /// A worker that reads none of an upload baton holds whole (a buffered body larger than the

@@ -555,6 +555,14 @@ impl Pool {
     /// pool's lock, so an exit is either seen here (and the worker never routed to) or seen
     /// afterwards by its exit watcher, which then finds it `Ready` and removes it. No dead
     /// process is ever listed as ready.
+    /// The worker's answer times count for the judge from `settle` on (see
+    /// [`Counter::warm_up`]).
+    pub fn warm_up(&self, id: WorkerId, settle: Duration) {
+        if let Some(w) = self.lock().workers.get(&id) {
+            w.outcomes.warm_up(settle);
+        }
+    }
+
     pub fn mark_ready(&self, id: WorkerId) -> bool {
         let mut inner = self.lock();
         let marked = match inner.workers.get_mut(&id) {

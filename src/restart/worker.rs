@@ -118,6 +118,7 @@ pub async fn spawn(
     };
     match ready {
         Some(Ok(())) => {
+            ctx.pool.warm_up(id, config.readiness.settle.get());
             if spec.boot_cpu != crate::config::BootCpuWeight::Normal {
                 ctx.spawner.booted(&process).await;
             }
