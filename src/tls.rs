@@ -446,7 +446,10 @@ mod tests {
 
     #[test]
     fn a_credential_is_read_from_the_credentials_directory() {
-        // SAFETY (test): no other test of this binary reads or writes this variable.
+        // SAFETY: changing the environment races only with a read of it outside std's lock (a C
+        // library's getenv on another thread). The other tests of this binary read it only
+        // through std (env::var, Command::spawn), which takes the same lock, and none reads
+        // this variable, so none sees it change.
         unsafe { std::env::remove_var("CREDENTIALS_DIRECTORY") };
         assert!(matches!(
             resolve(Path::new("%d/shop.key")),
@@ -456,6 +459,7 @@ mod tests {
             resolve(Path::new("/etc/ssl/shop.key")).unwrap(),
             PathBuf::from("/etc/ssl/shop.key")
         );
+        // SAFETY: as for the remove_var above.
         unsafe {
             std::env::set_var(
                 "CREDENTIALS_DIRECTORY",
@@ -466,6 +470,7 @@ mod tests {
             resolve(Path::new("%d/shop.key")).unwrap(),
             PathBuf::from("/run/credentials/baton@shop.service/shop.key")
         );
+        // SAFETY: as for the first remove_var.
         unsafe { std::env::remove_var("CREDENTIALS_DIRECTORY") };
     }
 }
