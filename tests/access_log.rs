@@ -3,6 +3,14 @@
 //! `combined`; and logrotate's rename-then-reopen (`baton reopen-logs`) under load loses no
 //! line: the lines of both files add up to the requests answered.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

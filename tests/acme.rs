@@ -7,6 +7,14 @@
 //! renewal, obtains again once pebble is back (a new pebble forgets every account: baton makes
 //! a new one), and after a restart serves the certificate it kept, with pebble down.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

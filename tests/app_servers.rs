@@ -10,6 +10,14 @@
 //! needs. Each app reads a `mode` file in its release directory ("errors 20", "slow 30"), which
 //! touches every path but the readiness path `/`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

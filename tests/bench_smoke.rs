@@ -6,6 +6,14 @@
 //! with apt-get when root; without root and without them the test says so loudly and passes,
 //! unless BATON_E2E_REQUIRED is set (as `.ci/run` does), when it fails.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 use serde_json::Value;
 use std::process::Command;
 

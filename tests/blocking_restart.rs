@@ -1,6 +1,14 @@
 //! Blocking restarts: requests wait in the queue while the workers are replaced; a full queue
 //! answers 503.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

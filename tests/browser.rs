@@ -5,6 +5,14 @@
 //! The page's script writes the protocol the browser used for it (`nextHopProtocol`) into the
 //! DOM, which `--dump-dom` prints: the app's answer arrived, over HTTP/2.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

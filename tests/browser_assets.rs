@@ -18,6 +18,14 @@
 //! 600 loads) and a roll could lose a file unseen. baton's JSON access log shows that every
 //! load's assets were asked for and that baton, not a worker, answered each.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

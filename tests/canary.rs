@@ -4,6 +4,14 @@
 //! flaky as the old one rolls through, roll after roll; and an inconclusive canary does what
 //! `on_inconclusive` says.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

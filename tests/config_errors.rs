@@ -1,5 +1,13 @@
 //! Bad configs: `baton check-config` and `baton run` name the file, line, column and key.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::BATON;

@@ -2,6 +2,14 @@
 //! within a small margin of a worker answering, and `readiness.timeout` fires on time.
 //! Margins are generous (a noisy 2-core machine): what they catch is seconds of starvation.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

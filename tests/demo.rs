@@ -1,6 +1,14 @@
 //! `baton demo` as a newcomer meets it: the banner only once it serves, commands that work as
 //! printed, no panic when its output goes away, a private control socket.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

@@ -2,6 +2,14 @@
 //! it loads the app (gunicorn) and a release that answers and then exits are both resisted with
 //! the default readiness, no dead process is ever listed as ready, and nobody sees an error.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

@@ -10,6 +10,14 @@
 //! arbitrary bytes; `BATON_WRITE_CORPUS=DIR cargo test --test differential` writes these
 //! cases there as its seed corpus.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 #[path = "differential/harness.rs"]
 mod harness;
 

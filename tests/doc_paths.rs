@@ -2,6 +2,14 @@
 //! use: the config file, the control socket, the example config, the man pages. Read from the
 //! unit files and Cargo.toml's package metadata, not restated here.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 use std::path::Path;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");

@@ -20,6 +20,14 @@
 //! the test says so loudly and passes; with BATON_E2E_REQUIRED=1 (set by .ci/run) it fails.
 //! Its figures go to stderr and to target/tmp/fleet_e2e/figures.txt, with the plays' output.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

@@ -9,6 +9,14 @@
 //! cannot be installed, no C++ compiler for libFuzzer, an unsupported platform) does the test say
 //! so loudly and pass, unless BATON_E2E_REQUIRED is set (as `.ci/run` does), when it fails.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;

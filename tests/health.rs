@@ -1,6 +1,14 @@
 //! Health for load balancers and the lame duck on stop: `GET /health` says 503 as soon as baton
 //! is told to stop, while it keeps serving for `shutdown_delay`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

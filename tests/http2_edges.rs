@@ -3,6 +3,14 @@
 //! connection and leave everyone else served; `testssl.sh` (Debian's package) finds nothing
 //! rated medium or worse in baton's TLS, beyond what a self-signed test certificate is.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

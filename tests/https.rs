@@ -4,6 +4,14 @@
 //! reload leaves open connections alone; a broken one fails the reload and the old one keeps
 //! serving; one that cannot be used keeps baton from starting.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

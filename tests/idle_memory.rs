@@ -6,6 +6,14 @@
 //! docs/config.md (`max_connections`) states. nginx in front of the same demo app, measured the
 //! same way, is a comparison rather than a promise: `--ignored` runs it.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use bytes::Bytes;

@@ -1,6 +1,14 @@
 //! The pool between restarts: spawning on demand up to max, idle cleaning down to min,
 //! recycling after max_requests and above memory_limit, the freeze while resisting, metrics.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

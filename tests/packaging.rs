@@ -2,6 +2,14 @@
 //! (file lists, scriptlets, dependencies, a scratch-root rpm install). The .deb is installed into
 //! a real systemd by `systemd_e2e.rs`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 use std::process::Command;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");

@@ -1,6 +1,14 @@
 //! The proxy path: streamed bodies, protocol upgrades, forwarding headers, and a worker that
 //! dies under load.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use bytes::Bytes;

@@ -1,6 +1,14 @@
 //! A restart re-reads the config file: an edit is applied to the new generation, a broken
 //! edit fails the restart and changes nothing, and what needs a new baton is named.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

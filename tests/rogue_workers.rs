@@ -4,6 +4,14 @@
 //! becomes another client's answer, an idle connection gives back what a large request or answer
 //! took, and a chunked answer whose last chunk ends in a bare LF ends (process backend).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

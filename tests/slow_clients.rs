@@ -2,6 +2,14 @@
 //! and clients that never read cost baton memory or a temporary file; streams keep their
 //! latency; idle tunnels are closed with a close frame; bad bodies get their 4xx.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

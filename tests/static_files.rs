@@ -3,6 +3,14 @@
 //! caching for fingerprinted names), never a byte from outside the directory, and the files of
 //! both releases during a roll (and of the old one for `keep_old` after it).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

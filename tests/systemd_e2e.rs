@@ -5,6 +5,14 @@
 //! Needs root and systemd-nspawn (tests/e2e/container.sh installs it). Where the machine cannot
 //! run it the test says so loudly and passes; with BATON_E2E_REQUIRED=1 (set by .ci/run) it fails.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "a test crate: a panic is the test failing, with its message, and a scenario reads \
+              as one story from setup to the last check"
+)]
+
 mod common;
 
 use common::*;

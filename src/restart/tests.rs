@@ -3,6 +3,11 @@
 //! probe, and tokio's clock jumps from one timer to the next, so a scenario that takes minutes
 //! of a real roll runs in milliseconds.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a scenario reads as one story from setup to the last check"
+)]
+
 use super::*;
 use crate::pool::{Lease, WorkerView};
 use crate::readiness::{NotReady, Probe};
