@@ -564,6 +564,11 @@ impl hyper::body::Body for RawBody {
     type Data = Bytes;
     type Error = UpstreamError;
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one poll loop over the answer's framing and the socket read that refills it: a \
+                  body's state machine, read whole"
+    )]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -526,6 +526,12 @@ impl Proxy {
         Ok(resp)
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "hyper's request path in the order a request takes it (admit, the body's \
+                  framing, exchange, upgrade or answer body): each step uses what the one before \
+                  made"
+    )]
     async fn forward(
         &self,
         mut req: Request<Incoming>,

@@ -81,6 +81,13 @@ impl Scratch {
 }
 
 impl Proxy {
+    #[allow(
+        clippy::too_many_lines,
+        reason = "the narrow path's one loop over a keep-alive connection (read a head, answer a \
+                  static file or lease a worker, exchange, relay): its scratch buffers and \
+                  deadlines live across the loop, and this hot path reads in the order a request \
+                  takes it"
+    )]
     pub(super) async fn narrow<S>(&self, io: &mut S, peer: &Peer, stop: &CancellationToken) -> Ended
     where
         S: AsyncRead + AsyncWrite + Unpin + super::sendfile::RawSocket,

@@ -710,6 +710,11 @@ impl Supervisor {
         self.ctx.enter(Phase::Stopping);
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one match over the supervisor's events: each arm decides on the supervisor's \
+                  state, and side by side they show what every death and every spawn leads to"
+    )]
     fn event(&mut self, ev: Event) {
         match ev {
             Event::WorkerDied {
@@ -1178,6 +1183,11 @@ impl Supervisor {
         }
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one match over how a roll ended: side by side, the arms show every outcome a \
+                  waiter can be told and the phase each leaves"
+    )]
     fn finish_roll(&mut self, result: RollResult) {
         let Some(roll) = self.roll.take() else { return };
         let app = &self.ctx.config().name;
@@ -1455,6 +1465,11 @@ impl Supervisor {
     /// Between restarts: stop workers idle beyond `idle_timeout` (down to `min`, never while
     /// resisting), and recycle one worker at a time that passed `max_requests` or
     /// `memory_limit`: its replacement first, then drain it.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "the between-restarts tick: its idle stops and its recycling share the ready \
+                  list and the one-at-a-time guard, in the supervisor's own state"
+    )]
     fn lifecycle(&mut self) {
         if self.stopping || self.roll.is_some() {
             return;

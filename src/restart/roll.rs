@@ -85,6 +85,12 @@ fn progress(ctx: &Context, generation: Generation, waiting_on: WaitingOn) {
     });
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one loop of the roll, batch by batch: the workers kept, the failures and the \
+              canary's judge carry from one batch to the next, and split they would be passed \
+              around"
+)]
 async fn rolling(
     ctx: &Arc<Context>,
     generation: Generation,
