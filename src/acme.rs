@@ -272,31 +272,7 @@ impl Acme {
             }
             o => o.map_err(self.protocol("cannot place an order"))?,
         };
-        let mut authorizations = order.authorizations();
-        while let Some(authz) = authorizations.next().await {
-            let mut authz = authz.map_err(self.protocol("cannot read an authorization"))?;
-            match authz.status {
-                AuthorizationStatus::Pending => {}
-                AuthorizationStatus::Valid => continue,
-                status => {
-                    return Err(AcmeError::NotValidated {
-                        names: authz.identifier().to_string(),
-                        status: OrderStatus::Invalid,
-                        detail: format!(" (authorization {status:?})"),
-                    });
-                }
-            }
-            let name = authz.identifier().to_string();
-            let mut challenge = authz
-                .challenge(ChallengeType::TlsAlpn01)
-                .ok_or_else(|| AcmeError::NoChallenge(name.clone()))?;
-            let answer = answer(&name, challenge.key_authorization().digest().as_ref())?;
-            self.certs.set_challenge(&name, Some(answer))?;
-            challenge
-                .set_ready()
-                .await
-                .map_err(self.protocol("cannot answer the challenge"))?;
-        }
+        self.answer_challenges(&mut order).await?;
         let retries = RetryPolicy::new().timeout(Duration::from_secs(90));
         let status = order
             .poll_ready(&retries)
@@ -331,6 +307,36 @@ impl Acme {
         self.write_private(&self.key_path(), key.as_bytes())?;
         self.write_private(&path, chain.as_bytes())?;
         Ok(loaded)
+    }
+
+    /// Each pending authorization of the order answered by TLS-ALPN-01 on baton's own socket.
+    async fn answer_challenges(&self, order: &mut instant_acme::Order) -> Result<(), AcmeError> {
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(self.protocol("cannot read an authorization"))?;
+            match authz.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                status => {
+                    return Err(AcmeError::NotValidated {
+                        names: authz.identifier().to_string(),
+                        status: OrderStatus::Invalid,
+                        detail: format!(" (authorization {status:?})"),
+                    });
+                }
+            }
+            let name = authz.identifier().to_string();
+            let mut challenge = authz
+                .challenge(ChallengeType::TlsAlpn01)
+                .ok_or_else(|| AcmeError::NoChallenge(name.clone()))?;
+            let answer = answer(&name, challenge.key_authorization().digest().as_ref())?;
+            self.certs.set_challenge(&name, Some(answer))?;
+            challenge
+                .set_ready()
+                .await
+                .map_err(self.protocol("cannot answer the challenge"))?;
+        }
+        Ok(())
     }
 
     fn prepare_storage(&self) -> Result<(), AcmeError> {

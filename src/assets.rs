@@ -436,23 +436,11 @@ impl Assets {
         add(&mut validators, header::LAST_MODIFIED, &last_modified);
         add(&mut validators, header::CACHE_CONTROL, cache_control);
         add(&mut validators, header::VARY, "Accept-Encoding");
-        // By the file's own name: not the URL's, which may carry a query.
-        let mime = mime_guess::from_path(&name)
-            .first_raw()
-            .unwrap_or("application/octet-stream");
-        let text = mime.starts_with("text/")
-            || mime == "application/javascript"
-            || mime == "application/json"
-            || mime == "image/svg+xml";
         let mut representation = Vec::with_capacity(3);
         add(
             &mut representation,
             header::CONTENT_TYPE,
-            &if text {
-                format!("{mime}; charset=utf-8")
-            } else {
-                mime.to_owned()
-            },
+            &content_type(&name),
         );
         if let Some(e) = encoding {
             add(&mut representation, header::CONTENT_ENCODING, e);
@@ -487,6 +475,22 @@ impl Assets {
             representation,
             held,
         }
+    }
+}
+
+/// By the file's own name: not the URL's, which may carry a query.
+fn content_type(name: &str) -> String {
+    let mime = mime_guess::from_path(name)
+        .first_raw()
+        .unwrap_or("application/octet-stream");
+    let text = mime.starts_with("text/")
+        || mime == "application/javascript"
+        || mime == "application/json"
+        || mime == "image/svg+xml";
+    if text {
+        format!("{mime}; charset=utf-8")
+    } else {
+        mime.to_owned()
     }
 }
 
