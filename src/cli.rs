@@ -201,39 +201,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             crate::manager::run(config, Some(path)).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::CheckConfig { config, file_only } => {
-            let c = if file_only {
-                Config::load(&config)?
-            } else {
-                Config::load_checking_host(&config)?
-            };
-            // The certificates as baton would read them (not with --file-only: they are
-            // the machine's files, or credentials only the service sees).
-            if !file_only && c.tls.enabled() {
-                let certs = crate::tls::Certificates::load(&c.tls)
-                    .with_context(|| format!("{}: [tls]", config.display()))?;
-                for l in certs.loaded() {
-                    say!("certificate: {l}");
-                }
-            }
-            let (min, max) = (c.workers.min(), c.workers.max());
-            let workers = if min == max {
-                format!("{min} workers")
-            } else {
-                format!("{min} to {max} workers")
-            };
-            say!(
-                "{}: OK (app {:?}, {workers}, {} restarts)",
-                config.display(),
-                c.name.as_str(),
-                if c.restart.rolling {
-                    "rolling"
-                } else {
-                    "blocking"
-                }
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::CheckConfig { config, file_only } => check_config(config, file_only),
         Cmd::Status { json, target } => {
             let socket = socket_of(&target)?;
             let reply = client::request(&socket, Method::GET, "/status").await?;
@@ -252,106 +220,17 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             blocking,
             wait,
             target,
-        } => {
-            let socket = socket_of(&target)?;
-            let mode = if rolling {
-                "rolling"
-            } else if blocking {
-                "blocking"
-            } else {
-                "default"
-            };
-            let path = format!("/restart?mode={mode}&wait={}", u8::from(wait));
-            let mut reply = client::request(&socket, Method::POST, &path).await?;
-            if !reply.status.is_success() {
-                let status = reply.status;
-                let body = reply.text().await.unwrap_or_default();
-                bail!("restart refused ({status}): {}", body.trim());
-            }
-            if !wait {
-                say!("restart started; `baton status` shows its progress");
-                return Ok(ExitCode::SUCCESS);
-            }
-            follow_restart(&mut reply, "restart").await
-        }
-        Cmd::Rollback { wait, target } => {
-            let socket = socket_of(&target)?;
-            let path = format!("/rollback?wait={}", u8::from(wait));
-            let mut reply = client::request(&socket, Method::POST, &path).await?;
-            if !reply.status.is_success() {
-                let status = reply.status;
-                let body = reply.text().await.unwrap_or_default();
-                bail!("rollback refused ({status}): {}", body.trim());
-            }
-            if !wait {
-                say!("rollback started; `baton status` shows its progress");
-                return Ok(ExitCode::SUCCESS);
-            }
-            follow_restart(&mut reply, "rollback").await
-        }
+        } => restart(rolling, blocking, wait, target).await,
+        Cmd::Rollback { wait, target } => rollback(wait, target).await,
         Cmd::Resume { target } | Cmd::ReopenLogs { target } => {
-            let path = if cmd_is_reopen {
-                "/reopen-logs"
-            } else {
-                "/resume"
-            };
-            let socket = socket_of(&target)?;
-            let reply = client::request(&socket, Method::POST, path).await?;
-            let ok = reply.status.is_success();
-            let body = reply.text().await?;
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            match (ok, v["message"].as_str(), v["error"].as_str()) {
-                (true, Some(m), _) => say!("{m}"),
-                (false, _, Some(e)) => eprintln!("baton: {e}"),
-                _ => say!("{}", body.trim()),
-            }
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            resume_or_reopen_logs(cmd_is_reopen, target).await
         }
         Cmd::Demo {
             listen,
             workers,
             boot_time,
-        } => {
-            crate::journal::init();
-            let (control, _private_dir) = crate::demo::demo_control_socket()
-                .context("cannot make a private directory for the demo's control socket")?;
-            let text = crate::demo::demo_config(&listen, workers, &boot_time, &control);
-            let config = Config::parse(&text, std::path::Path::new("<demo>"))?;
-            // The commands to try, as they can be pasted: baton by its full path (after
-            // `cargo run` it is not on the PATH).
-            let exe = std::env::current_exe()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "baton".into());
-            let banner = format!(
-                "baton demo: {workers} workers behind http://{listen}/\n  try:  curl http://{listen}/\n        {exe} status --control {c}\n        {exe} restart --wait --control {c}\n  Ctrl-C stops it.",
-                c = control.display()
-            );
-            crate::manager::run_announcing(config, None, Some(banner)).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Unit { name, install } => {
-            crate::config::AppName::try_from(name.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
-            if install {
-                let dir = std::path::Path::new("/etc/systemd/system");
-                let written = crate::unit_files::install(&name, dir)
-                    .with_context(|| format!("writing units to {}", dir.display()))?;
-                for p in written {
-                    say!("wrote {}", p.display());
-                }
-                say!(
-                    "next: put the config in /etc/baton/{name}.toml, set ListenStream= in {name}.socket, then\n  systemctl daemon-reload && systemctl enable --now {name}.socket"
-                );
-            } else {
-                for (file, text) in crate::unit_files::render(&name) {
-                    say!("# {file}\n{text}");
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => demo(listen, workers, boot_time).await,
+        Cmd::Unit { name, install } => unit(name, install),
         Cmd::GenerateAssets { out } => {
             generate_assets(&out)?;
             Ok(ExitCode::SUCCESS)
@@ -371,6 +250,153 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `baton check-config`: the file as `baton run` would read it, and unless --file-only the
+/// host and the certificates too.
+fn check_config(config: PathBuf, file_only: bool) -> anyhow::Result<ExitCode> {
+    let c = if file_only {
+        Config::load(&config)?
+    } else {
+        Config::load_checking_host(&config)?
+    };
+    // The certificates as baton would read them (not with --file-only: they are
+    // the machine's files, or credentials only the service sees).
+    if !file_only && c.tls.enabled() {
+        let certs = crate::tls::Certificates::load(&c.tls)
+            .with_context(|| format!("{}: [tls]", config.display()))?;
+        for l in certs.loaded() {
+            say!("certificate: {l}");
+        }
+    }
+    let (min, max) = (c.workers.min(), c.workers.max());
+    let workers = if min == max {
+        format!("{min} workers")
+    } else {
+        format!("{min} to {max} workers")
+    };
+    say!(
+        "{}: OK (app {:?}, {workers}, {} restarts)",
+        config.display(),
+        c.name.as_str(),
+        if c.restart.rolling {
+            "rolling"
+        } else {
+            "blocking"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton restart`: asks the control socket, and with --wait follows the roll to its end.
+async fn restart(
+    rolling: bool,
+    blocking: bool,
+    wait: bool,
+    target: Target,
+) -> anyhow::Result<ExitCode> {
+    let socket = socket_of(&target)?;
+    let mode = if rolling {
+        "rolling"
+    } else if blocking {
+        "blocking"
+    } else {
+        "default"
+    };
+    let path = format!("/restart?mode={mode}&wait={}", u8::from(wait));
+    let mut reply = client::request(&socket, Method::POST, &path).await?;
+    if !reply.status.is_success() {
+        let status = reply.status;
+        let body = reply.text().await.unwrap_or_default();
+        bail!("restart refused ({status}): {}", body.trim());
+    }
+    if !wait {
+        say!("restart started; `baton status` shows its progress");
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow_restart(&mut reply, "restart").await
+}
+
+/// `baton rollback`: as `restart`, back to the release before.
+async fn rollback(wait: bool, target: Target) -> anyhow::Result<ExitCode> {
+    let socket = socket_of(&target)?;
+    let path = format!("/rollback?wait={}", u8::from(wait));
+    let mut reply = client::request(&socket, Method::POST, &path).await?;
+    if !reply.status.is_success() {
+        let status = reply.status;
+        let body = reply.text().await.unwrap_or_default();
+        bail!("rollback refused ({status}): {}", body.trim());
+    }
+    if !wait {
+        say!("rollback started; `baton status` shows its progress");
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow_restart(&mut reply, "rollback").await
+}
+
+/// `baton resume` and `baton reopen-logs`: one POST, its message or error printed.
+async fn resume_or_reopen_logs(cmd_is_reopen: bool, target: Target) -> anyhow::Result<ExitCode> {
+    let path = if cmd_is_reopen {
+        "/reopen-logs"
+    } else {
+        "/resume"
+    };
+    let socket = socket_of(&target)?;
+    let reply = client::request(&socket, Method::POST, path).await?;
+    let ok = reply.status.is_success();
+    let body = reply.text().await?;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    match (ok, v["message"].as_str(), v["error"].as_str()) {
+        (true, Some(m), _) => say!("{m}"),
+        (false, _, Some(e)) => eprintln!("baton: {e}"),
+        _ => say!("{}", body.trim()),
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `baton demo`: the demo app behind baton, with the commands to try next.
+async fn demo(listen: String, workers: usize, boot_time: String) -> anyhow::Result<ExitCode> {
+    crate::journal::init();
+    let (control, _private_dir) = crate::demo::demo_control_socket()
+        .context("cannot make a private directory for the demo's control socket")?;
+    let text = crate::demo::demo_config(&listen, workers, &boot_time, &control);
+    let config = Config::parse(&text, std::path::Path::new("<demo>"))?;
+    // The commands to try, as they can be pasted: baton by its full path (after
+    // `cargo run` it is not on the PATH).
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "baton".into());
+    let banner = format!(
+        "baton demo: {workers} workers behind http://{listen}/\n  try:  curl http://{listen}/\n        {exe} status --control {c}\n        {exe} restart --wait --control {c}\n  Ctrl-C stops it.",
+        c = control.display()
+    );
+    crate::manager::run_announcing(config, None, Some(banner)).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton unit`: the unit files for an app, printed or installed.
+fn unit(name: String, install: bool) -> anyhow::Result<ExitCode> {
+    crate::config::AppName::try_from(name.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if install {
+        let dir = std::path::Path::new("/etc/systemd/system");
+        let written = crate::unit_files::install(&name, dir)
+            .with_context(|| format!("writing units to {}", dir.display()))?;
+        for p in written {
+            say!("wrote {}", p.display());
+        }
+        say!(
+            "next: put the config in /etc/baton/{name}.toml, set ListenStream= in {name}.socket, then\n  systemctl daemon-reload && systemctl enable --now {name}.socket"
+        );
+    } else {
+        for (file, text) in crate::unit_files::render(&name) {
+            say!("# {file}\n{text}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Print a waiting restart's progress; the exit code tells its outcome.
