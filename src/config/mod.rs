@@ -988,49 +988,8 @@ impl Config {
                 "HTTPS needs at least one certificate: set tls.certificates = [{ cert = \"...\", key = \"...\" }] or tls.acme = { domains = [\"...\"] }".into(),
             ));
         }
+        self.check_static()?;
         let st = &self.static_files;
-        if let Some(dir) = &st.directory {
-            if dir.is_absolute()
-                || dir
-                    .components()
-                    .any(|c| c == std::path::Component::ParentDir)
-            {
-                return Err((
-                    "static.directory".into(),
-                    format!(
-                        "{dir:?} must be a path within the release, such as \"public\" (each generation serves its own release's files)"
-                    ),
-                ));
-            }
-            if self.app.directory.is_none() {
-                return Err((
-                    "static.directory".into(),
-                    "static files come from the release: set [app] directory".into(),
-                ));
-            }
-            if st.prefixes.is_empty() {
-                return Err((
-                    "static.prefixes".into(),
-                    "name the URL prefixes served from static.directory, e.g. [\"/assets\"]".into(),
-                ));
-            }
-        }
-        if let Some(p) = st.prefixes.iter().find(|p| {
-            !p.starts_with('/')
-                || p.contains(['?', '#', '%', '\\'])
-                || p.split('/').any(|s| s == ".." || s == ".")
-        }) {
-            return Err((
-                "static.prefixes".into(),
-                format!("{p:?} is not a URL path prefix such as \"/assets\""),
-            ));
-        }
-        if let Err(e) = regex_lite::Regex::new(&st.immutable) {
-            return Err((
-                "static.immutable".into(),
-                format!("not a regular expression: {e}"),
-            ));
-        }
         if self.log.queue == 0 || self.log.queue > 1 << 20 {
             return Err((
                 "log.queue".into(),
@@ -1043,38 +1002,7 @@ impl Config {
                 format!("{} is out of range (1 to 1048576)", st.max_open_files),
             ));
         }
-        if let Some(acme) = &self.tls.acme {
-            if acme.domains.is_empty() {
-                return Err((
-                    "tls.acme.domains".into(),
-                    "name at least one domain the certificate is for".into(),
-                ));
-            }
-            if let Some(bad) = acme
-                .domains
-                .iter()
-                .find(|d| !is_dns_name(d) || d.parse::<std::net::Ipv4Addr>().is_ok())
-            {
-                return Err((
-                    "tls.acme.domains".into(),
-                    format!(
-                        "{bad:?} is not a DNS name a certificate can be obtained for by TLS-ALPN-01 (no wildcards, no ports)"
-                    ),
-                ));
-            }
-            if !acme.directory.starts_with("https://") {
-                return Err((
-                    "tls.acme.directory".into(),
-                    format!("{:?} is not an https:// URL", acme.directory),
-                ));
-            }
-            if let Some(c) = acme.contact.iter().find(|c| !c.starts_with("mailto:")) {
-                return Err((
-                    "tls.acme.contact".into(),
-                    format!("{c:?}: write a contact as \"mailto:ops@example.com\""),
-                ));
-            }
-        }
+        self.check_acme()?;
         let p = &self.readiness.http_path;
         if !p.starts_with('/') {
             return Err((
@@ -1092,40 +1020,7 @@ impl Config {
             return Err(("readiness.timeout".into(), "must be longer than 0s".into()));
         }
         self.check_limits()?;
-        for (key, value) in &self.app.environment {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err((
-                    format!("app.environment.{key}"),
-                    format!("invalid environment variable name {key:?}"),
-                ));
-            }
-            if value.contains('\0') {
-                return Err((
-                    format!("app.environment.{key}"),
-                    format!("the value of {key} contains a NUL byte"),
-                ));
-            }
-        }
-        if let Some(arg) = self.app.command.argv().iter().find(|a| a.contains('\0')) {
-            return Err((
-                "app.command".into(),
-                format!("argument {arg:?} contains a NUL byte"),
-            ));
-        }
-        if let Some((arg, variable)) = self.app.command.unexpanded_port() {
-            let which = if arg == variable {
-                format!("{variable:?}")
-            } else {
-                format!("{variable:?} in {arg:?}")
-            };
-            return Err((
-                "app.command".into(),
-                format!(
-                    "{which} is not expanded (baton runs the command without a shell); write \"{{port}}\" for the worker's port, or let the app read the PORT environment variable, which baton always sets"
-                ),
-            ));
-        }
-        Ok(())
+        self.check_app()
     }
 
     /// Every number has a ceiling, so that no configured value can exhaust memory or overflow.
@@ -1173,6 +1068,11 @@ impl Config {
             self.listen.max_connections.get() as u64,
             MAX_CONNECTIONS as u64,
         )?;
+        self.check_listen_limits()
+    }
+
+    /// The `[listen]` sizes and timeouts: each bounded, none zero.
+    fn check_listen_limits(&self) -> Result<(), (String, String)> {
         for (key, value) in [
             ("listen.buffer_memory", self.listen.buffer_memory.0),
             ("listen.max_body_size", self.listen.max_body_size.0),
@@ -1216,6 +1116,129 @@ impl Config {
                 format!(
                     "{} bytes is above the maximum, 1MiB",
                     self.listen.max_header_size.0
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[static]`: a directory within the release, and the URL prefixes served from it.
+    fn check_static(&self) -> Result<(), (String, String)> {
+        let st = &self.static_files;
+        if let Some(dir) = &st.directory {
+            if dir.is_absolute()
+                || dir
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err((
+                    "static.directory".into(),
+                    format!(
+                        "{dir:?} must be a path within the release, such as \"public\" (each generation serves its own release's files)"
+                    ),
+                ));
+            }
+            if self.app.directory.is_none() {
+                return Err((
+                    "static.directory".into(),
+                    "static files come from the release: set [app] directory".into(),
+                ));
+            }
+            if st.prefixes.is_empty() {
+                return Err((
+                    "static.prefixes".into(),
+                    "name the URL prefixes served from static.directory, e.g. [\"/assets\"]".into(),
+                ));
+            }
+        }
+        if let Some(p) = st.prefixes.iter().find(|p| {
+            !p.starts_with('/')
+                || p.contains(['?', '#', '%', '\\'])
+                || p.split('/').any(|s| s == ".." || s == ".")
+        }) {
+            return Err((
+                "static.prefixes".into(),
+                format!("{p:?} is not a URL path prefix such as \"/assets\""),
+            ));
+        }
+        if let Err(e) = regex_lite::Regex::new(&st.immutable) {
+            return Err((
+                "static.immutable".into(),
+                format!("not a regular expression: {e}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `tls.acme`: names, a directory and contacts a CA can take.
+    fn check_acme(&self) -> Result<(), (String, String)> {
+        if let Some(acme) = &self.tls.acme {
+            if acme.domains.is_empty() {
+                return Err((
+                    "tls.acme.domains".into(),
+                    "name at least one domain the certificate is for".into(),
+                ));
+            }
+            if let Some(bad) = acme
+                .domains
+                .iter()
+                .find(|d| !is_dns_name(d) || d.parse::<std::net::Ipv4Addr>().is_ok())
+            {
+                return Err((
+                    "tls.acme.domains".into(),
+                    format!(
+                        "{bad:?} is not a DNS name a certificate can be obtained for by TLS-ALPN-01 (no wildcards, no ports)"
+                    ),
+                ));
+            }
+            if !acme.directory.starts_with("https://") {
+                return Err((
+                    "tls.acme.directory".into(),
+                    format!("{:?} is not an https:// URL", acme.directory),
+                ));
+            }
+            if let Some(c) = acme.contact.iter().find(|c| !c.starts_with("mailto:")) {
+                return Err((
+                    "tls.acme.contact".into(),
+                    format!("{c:?}: write a contact as \"mailto:ops@example.com\""),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[app]`: an environment and a command that can be passed to a process as written.
+    fn check_app(&self) -> Result<(), (String, String)> {
+        for (key, value) in &self.app.environment {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err((
+                    format!("app.environment.{key}"),
+                    format!("invalid environment variable name {key:?}"),
+                ));
+            }
+            if value.contains('\0') {
+                return Err((
+                    format!("app.environment.{key}"),
+                    format!("the value of {key} contains a NUL byte"),
+                ));
+            }
+        }
+        if let Some(arg) = self.app.command.argv().iter().find(|a| a.contains('\0')) {
+            return Err((
+                "app.command".into(),
+                format!("argument {arg:?} contains a NUL byte"),
+            ));
+        }
+        if let Some((arg, variable)) = self.app.command.unexpanded_port() {
+            let which = if arg == variable {
+                format!("{variable:?}")
+            } else {
+                format!("{variable:?} in {arg:?}")
+            };
+            return Err((
+                "app.command".into(),
+                format!(
+                    "{which} is not expanded (baton runs the command without a shell); write \"{{port}}\" for the worker's port, or let the app read the PORT environment variable, which baton always sets"
                 ),
             ));
         }
