@@ -158,19 +158,7 @@ async fn route(
             let status = StatusCode::from_u16(h.http_status()).unwrap_or(StatusCode::OK);
             json(status, &h)
         }
-        (&Method::GET, "/metrics") => {
-            let mut r = Response::new(
-                Full::new(Bytes::from(
-                    handle.context.metrics.render(&snapshot(&handle)),
-                ))
-                .boxed(),
-            );
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            r
-        }
+        (&Method::GET, "/metrics") => metrics(&handle),
         (&Method::POST, "/restart") => {
             let mode = match query(&req, "mode") {
                 None | Some("") | Some("default") => None,
@@ -197,25 +185,7 @@ async fn route(
             })
             .await
         }
-        (&Method::POST, "/resume") => {
-            let (tx, rx) = oneshot::channel();
-            if !handle.send(Command::Resume(tx)).await {
-                error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the manager is shutting down",
-                )
-            } else {
-                let was = rx.await.unwrap_or(false);
-                json(
-                    StatusCode::OK,
-                    &serde_json::json!({ "resumed": was, "message": if was {
-                        "left resistance mode: spawning and idle cleaning resume; the old workers keep serving"
-                    } else {
-                        "not in resistance mode"
-                    }}),
-                )
-            }
-        }
+        (&Method::POST, "/resume") => resume(&handle).await,
         (&Method::POST, "/reopen-logs") => match access {
             Some(log) => {
                 log.reopen();
@@ -240,6 +210,42 @@ async fn route(
         ),
     };
     Ok(resp)
+}
+
+/// `GET /metrics`: Prometheus' text format.
+fn metrics(handle: &Handle) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(
+            handle.context.metrics.render(&snapshot(handle)),
+        ))
+        .boxed(),
+    );
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+/// `POST /resume`: out of resistance mode, if in it.
+async fn resume(handle: &Handle) -> Response<Body> {
+    let (tx, rx) = oneshot::channel();
+    if !handle.send(Command::Resume(tx)).await {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the manager is shutting down",
+        )
+    } else {
+        let was = rx.await.unwrap_or(false);
+        json(
+            StatusCode::OK,
+            &serde_json::json!({ "resumed": was, "message": if was {
+                "left resistance mode: spawning and idle cleaning resume; the old workers keep serving"
+            } else {
+                "not in resistance mode"
+            }}),
+        )
+    }
 }
 
 /// How long an answer without `wait=1` waits for an immediate refusal.
@@ -290,55 +296,7 @@ async fn restart(
     // Every step as it happens, plus a refresh each second (a drain's "oldest N s").
     let mut steps = handle.context.subscribe();
     steps.mark_unchanged();
-    tokio::spawn(async move {
-        let mut last: Option<RollingJson> = None;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut open = true;
-        loop {
-            tokio::select! {
-                outcome = &mut rx => {
-                    let outcome = outcome.unwrap_or(Outcome {
-                        ok: false,
-                        generation: 0,
-                        message: "the manager stopped before the restart ended".into(),
-                        output: Vec::new(),
-                    });
-                    let _ = lines.send(line(&RestartEvent::Outcome(outcome))).await;
-                    return;
-                }
-                changed = steps.changed(), if open => {
-                    if changed.is_err() {
-                        open = false;
-                        continue;
-                    }
-                    let Some(p) = steps.borrow_and_update().phase.rolling().cloned() else {
-                        continue;
-                    };
-                    let now = Some(RollingJson::new(&p, &handle.context.pool.workers()));
-                    if now != last {
-                        last = now.clone();
-                        if let Some(p) = now
-                            && lines.send(line(&RestartEvent::Progress(p))).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-                _ = tick.tick() => {
-                    let now = snapshot(&handle).rolling_restart;
-                    if now.is_some() && now != last {
-                        last = now.clone();
-                        if let Some(p) = now
-                            && lines.send(line(&RestartEvent::Progress(p))).await.is_err()
-                        {
-                            // The client left; the restart goes on.
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-    });
+    tokio::spawn(send_progress(handle, rx, steps, lines));
     let stream = futures_util::stream::unfold(body_rx, |mut rx| async move {
         rx.recv()
             .await
@@ -350,6 +308,63 @@ async fn restart(
         header::HeaderValue::from_static("application/x-ndjson"),
     );
     r
+}
+
+/// A waiting restart's lines: its progress as it changes, then its outcome. Ends early when the
+/// client leaves; the restart goes on.
+async fn send_progress(
+    handle: Handle,
+    mut rx: oneshot::Receiver<Outcome>,
+    mut steps: tokio::sync::watch::Receiver<crate::restart::RestartState>,
+    lines: mpsc::Sender<Bytes>,
+) {
+    let mut last: Option<RollingJson> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut open = true;
+    loop {
+        tokio::select! {
+            outcome = &mut rx => {
+                let outcome = outcome.unwrap_or(Outcome {
+                    ok: false,
+                    generation: 0,
+                    message: "the manager stopped before the restart ended".into(),
+                    output: Vec::new(),
+                });
+                let _ = lines.send(line(&RestartEvent::Outcome(outcome))).await;
+                return;
+            }
+            changed = steps.changed(), if open => {
+                if changed.is_err() {
+                    open = false;
+                    continue;
+                }
+                let Some(p) = steps.borrow_and_update().phase.rolling().cloned() else {
+                    continue;
+                };
+                let now = Some(RollingJson::new(&p, &handle.context.pool.workers()));
+                if now != last {
+                    last = now.clone();
+                    if let Some(p) = now
+                        && lines.send(line(&RestartEvent::Progress(p))).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let now = snapshot(&handle).rolling_restart;
+                if now.is_some() && now != last {
+                    last = now.clone();
+                    if let Some(p) = now
+                        && lines.send(line(&RestartEvent::Progress(p))).await.is_err()
+                    {
+                        // The client left; the restart goes on.
+                        return;
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn line(ev: &RestartEvent) -> Bytes {
