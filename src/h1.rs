@@ -216,6 +216,12 @@ pub enum Framing {
 /// write the client's head to `out` (cleared first): the worker's headers without the hop-by-hop
 /// ones, a `Date` when the worker gave none (`date`: the current one), `Transfer-Encoding:
 /// chunked` when the client's body is chunked, and `Connection: close` when `close`.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one pass over the worker's answer head, on every answer's path: each header is \
+              classified and copied in the same loop, and the framing rules (RFC 9112 6.3) read \
+              together"
+)]
 pub fn answer(buf: &[u8], head: bool, date: &[u8], close: bool, out: &mut Vec<u8>) -> Answer {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
@@ -429,6 +435,11 @@ const MAX_FRAMING: usize = 16 * 1024;
 impl Chunked {
     /// Read from `input`: how many bytes were used, and which of them (a range of `input`)
     /// are data. Call again with the rest until [`Chunked::is_done`].
+    #[allow(
+        clippy::too_many_lines,
+        reason = "the chunked decoder's one loop over the input, byte by byte through its states: \
+                  a state machine reads whole"
+    )]
     pub fn decode(&mut self, input: &[u8]) -> Result<(usize, Option<Range<usize>>), ChunkError> {
         let mut i = 0;
         while i < input.len() {

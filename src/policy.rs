@@ -421,6 +421,12 @@ impl OwnAnswer {
 }
 
 /// Decide on a request head: forwarded (how), or answered by baton (why).
+#[allow(
+    clippy::too_many_lines,
+    reason = "one pass over the request's headers, each rule (framing, Host, hop-by-hop, upgrade) \
+              decided from the counts the pass keeps: the policy every way in shares, read whole \
+              when it is audited"
+)]
 pub fn admit<F: Fields + ?Sized>(
     req: &RequestHead<'_, F>,
     limits: &Limits,
@@ -607,6 +613,12 @@ pub enum Sent {
 /// `-Host` and `-Proto` as baton saw them; the body's framing; and `Connection: close` for a
 /// request whose stream must carry nothing else (a worker that does not read a body must not
 /// take it for a next request), or `Connection: upgrade`.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one pass over the client's headers writing the worker's head, each decision beside \
+              the header it is about: the policy every way in shares, read whole when it is \
+              audited"
+)]
 pub fn worker_head<F: Fields + ?Sized>(
     req: &RequestHead<'_, F>,
     adm: &Admitted,

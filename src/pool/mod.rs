@@ -910,6 +910,11 @@ mod tests {
     /// that come, go and change state, limits that change: after every step, nobody waits
     /// while a ready worker has room, and every worker's in-flight count is the number of
     /// leases held on it.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "a property test's one loop of random steps, each checked against the invariants \
+                  right after it"
+    )]
     #[test]
     fn no_request_waits_while_a_worker_is_free() {
         use futures_util::FutureExt;
