@@ -132,82 +132,15 @@ impl Metrics {
     /// The whole exposition: these counters plus the gauges of `s`.
     pub fn render(&self, s: &Snapshot) -> String {
         let mut out = String::new();
-        let app = &s.app;
-        let mut gauge = |name: &str, help: &str, lines: Vec<(String, String)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            for (labels, value) in lines {
-                let _ = writeln!(out, "{name}{{app=\"{app}\"{labels}}} {value}");
-            }
-        };
-        gauge(
-            "baton_generation",
-            "The generation new workers come from.",
-            vec![(String::new(), s.generation.to_string())],
-        );
-        gauge(
-            "baton_queue",
-            "Requests waiting for a free worker.",
-            vec![(String::new(), s.queue.to_string())],
-        );
-        gauge(
-            "baton_resisting",
-            "1 while resisting a deployment error.",
-            vec![(
-                String::new(),
-                u8::from(s.resisting_deployment_error.is_some()).to_string(),
-            )],
-        );
-        gauge(
-            "baton_rolling",
-            "1 while a restart is in progress.",
-            vec![(
-                String::new(),
-                u8::from(s.rolling_restart.is_some()).to_string(),
-            )],
-        );
-        let mut by_state = Vec::new();
-        let mut gens: Vec<u64> = s.workers.iter().map(|w| w.generation).collect();
-        gens.sort_unstable();
-        gens.dedup();
-        for state in ["spawning", "ready", "draining", "stopping"] {
-            for g in &gens {
-                let n = s
-                    .workers
-                    .iter()
-                    .filter(|w| w.state == state && w.generation == *g)
-                    .count();
-                if n > 0 {
-                    by_state.push((
-                        format!(",state=\"{state}\",generation=\"{g}\""),
-                        n.to_string(),
-                    ));
-                }
-            }
-        }
-        gauge(
-            "baton_workers",
-            "Workers by state and generation.",
-            by_state,
-        );
-        let in_flight: usize = s.workers.iter().map(|w| w.sessions).sum();
-        gauge(
-            "baton_in_flight",
-            "Requests being served by workers.",
-            vec![(String::new(), in_flight.to_string())],
-        );
-        let drain_age = s
-            .workers
-            .iter()
-            .filter(|w| w.state == "draining")
-            .filter_map(|w| w.oldest_request_s)
-            .max()
-            .unwrap_or(0);
-        gauge(
-            "baton_drain_oldest_request_seconds",
-            "Age of the oldest request a draining worker still serves.",
-            vec![(String::new(), drain_age.to_string())],
-        );
+        gauges(&mut out, s);
+        self.requests(&mut out, s);
+        self.restarts(&mut out, s);
+        out
+    }
 
+    /// The request counters and the answer-time histogram.
+    fn requests(&self, out: &mut String, s: &Snapshot) {
+        let app = &s.app;
         let _ = writeln!(
             out,
             "# HELP baton_requests_total Requests answered, by status class.\n# TYPE baton_requests_total counter"
@@ -272,6 +205,11 @@ impl Metrics {
             out,
             "baton_request_duration_seconds_count{{app=\"{app}\"}} {count}"
         );
+    }
+
+    /// The restart, canary and rollback counters.
+    fn restarts(&self, out: &mut String, s: &Snapshot) {
+        let app = &s.app;
         let _ = writeln!(
             out,
             "# HELP baton_restarts_total Restarts, by outcome.\n# TYPE baton_restarts_total counter"
@@ -316,6 +254,84 @@ impl Metrics {
                 self.rollbacks[t as usize].load(Relaxed)
             );
         }
-        out
     }
+}
+
+/// The gauges: what `s` says now.
+fn gauges(out: &mut String, s: &Snapshot) {
+    let app = &s.app;
+    let mut gauge = |name: &str, help: &str, lines: Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, value) in lines {
+            let _ = writeln!(out, "{name}{{app=\"{app}\"{labels}}} {value}");
+        }
+    };
+    gauge(
+        "baton_generation",
+        "The generation new workers come from.",
+        vec![(String::new(), s.generation.to_string())],
+    );
+    gauge(
+        "baton_queue",
+        "Requests waiting for a free worker.",
+        vec![(String::new(), s.queue.to_string())],
+    );
+    gauge(
+        "baton_resisting",
+        "1 while resisting a deployment error.",
+        vec![(
+            String::new(),
+            u8::from(s.resisting_deployment_error.is_some()).to_string(),
+        )],
+    );
+    gauge(
+        "baton_rolling",
+        "1 while a restart is in progress.",
+        vec![(
+            String::new(),
+            u8::from(s.rolling_restart.is_some()).to_string(),
+        )],
+    );
+    let mut by_state = Vec::new();
+    let mut gens: Vec<u64> = s.workers.iter().map(|w| w.generation).collect();
+    gens.sort_unstable();
+    gens.dedup();
+    for state in ["spawning", "ready", "draining", "stopping"] {
+        for g in &gens {
+            let n = s
+                .workers
+                .iter()
+                .filter(|w| w.state == state && w.generation == *g)
+                .count();
+            if n > 0 {
+                by_state.push((
+                    format!(",state=\"{state}\",generation=\"{g}\""),
+                    n.to_string(),
+                ));
+            }
+        }
+    }
+    gauge(
+        "baton_workers",
+        "Workers by state and generation.",
+        by_state,
+    );
+    let in_flight: usize = s.workers.iter().map(|w| w.sessions).sum();
+    gauge(
+        "baton_in_flight",
+        "Requests being served by workers.",
+        vec![(String::new(), in_flight.to_string())],
+    );
+    let drain_age = s
+        .workers
+        .iter()
+        .filter(|w| w.state == "draining")
+        .filter_map(|w| w.oldest_request_s)
+        .max()
+        .unwrap_or(0);
+    gauge(
+        "baton_drain_oldest_request_seconds",
+        "Age of the oldest request a draining worker still serves.",
+        vec![(String::new(), drain_age.to_string())],
+    );
 }
