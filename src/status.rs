@@ -149,11 +149,7 @@ impl Snapshot {
 
     /// The table `baton status` prints.
     pub fn render(&self, colour: bool) -> String {
-        let (bold, red, yellow, green, reset) = if colour {
-            ("\x1b[1m", "\x1b[31m", "\x1b[33m", "\x1b[32m", "\x1b[0m")
-        } else {
-            ("", "", "", "", "")
-        };
+        let [bold, red, yellow, _, reset] = palette(colour);
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -200,6 +196,13 @@ impl Snapshot {
         if let Some(f) = &self.last_spawn_failure {
             let _ = writeln!(out, "{yellow}Last spawn failure:{reset} {f}");
         }
+        self.table(&mut out, colour);
+        out
+    }
+
+    /// A line per worker, under a blank line.
+    fn table(&self, out: &mut String, colour: bool) {
+        let [bold, red, yellow, green, reset] = palette(colour);
         let _ = writeln!(out);
         let _ = writeln!(
             out,
@@ -249,7 +252,15 @@ impl Snapshot {
                 let _ = writeln!(out, "{:>14} oldest request in flight: {age} s", "");
             }
         }
-        out
+    }
+}
+
+/// Bold, red, yellow, green and reset: ANSI colours, or nothing.
+fn palette(colour: bool) -> [&'static str; 5] {
+    if colour {
+        ["\x1b[1m", "\x1b[31m", "\x1b[33m", "\x1b[32m", "\x1b[0m"]
+    } else {
+        [""; 5]
     }
 }
 
