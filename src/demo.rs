@@ -210,34 +210,7 @@ pub async fn run_app(port: u16, boot_time: Duration, boot_cpu: Duration) -> anyh
     if !boot_cpu.is_zero() {
         tokio::task::spawn_blocking(move || burn_cpu(boot_cpu)).await?;
     }
-    match mode {
-        Mode::Exit => {
-            eprintln!("demo-app: cannot start: this release is broken (demo-mode = exit)");
-            std::process::exit(1);
-        }
-        Mode::Hang => {
-            eprintln!("demo-app: hanging at boot (demo-mode = hang)");
-            std::future::pending::<()>().await;
-        }
-        Mode::CrashAfterReady(after) => {
-            tokio::spawn(async move {
-                tokio::time::sleep(after).await;
-                eprintln!("demo-app: crashing (demo-mode = crash)");
-                std::process::exit(2);
-            });
-        }
-        Mode::StrayOnPort => {
-            let exe = std::env::current_exe()?;
-            std::process::Command::new(exe)
-                .args(["demo-app", "--port", &port.to_string(), "--boot-time", "0s"])
-                .env("BATON_DEMO_MODE", "serve")
-                .env("BATON_DEMO_EXIT_AFTER", "20s")
-                .process_group(0)
-                .spawn()?;
-            std::future::pending::<()>().await;
-        }
-        Mode::Serve | Mode::Errors(..) | Mode::Hangs(_) | Mode::Slow(_) => {}
-    }
+    boot_as(mode, port).await?;
     if let Some(after) = std::env::var("BATON_DEMO_EXIT_AFTER")
         .ok()
         .and_then(|v| v.parse::<crate::config::Duration>().ok())
@@ -293,6 +266,39 @@ pub async fn run_app(port: u16, boot_time: Duration, boot_cpu: Duration) -> anyh
                 .await;
         });
     }
+}
+
+/// What a broken release does at boot, by `BATON_DEMO_MODE`; the modes that serve go on.
+async fn boot_as(mode: Mode, port: u16) -> anyhow::Result<()> {
+    match mode {
+        Mode::Exit => {
+            eprintln!("demo-app: cannot start: this release is broken (demo-mode = exit)");
+            std::process::exit(1);
+        }
+        Mode::Hang => {
+            eprintln!("demo-app: hanging at boot (demo-mode = hang)");
+            std::future::pending::<()>().await;
+        }
+        Mode::CrashAfterReady(after) => {
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                eprintln!("demo-app: crashing (demo-mode = crash)");
+                std::process::exit(2);
+            });
+        }
+        Mode::StrayOnPort => {
+            let exe = std::env::current_exe()?;
+            std::process::Command::new(exe)
+                .args(["demo-app", "--port", &port.to_string(), "--boot-time", "0s"])
+                .env("BATON_DEMO_MODE", "serve")
+                .env("BATON_DEMO_EXIT_AFTER", "20s")
+                .process_group(0)
+                .spawn()?;
+            std::future::pending::<()>().await;
+        }
+        Mode::Serve | Mode::Errors(..) | Mode::Hangs(_) | Mode::Slow(_) => {}
+    }
+    Ok(())
 }
 
 /// True with probability `p`.
@@ -352,61 +358,17 @@ async fn app(
     } else if let Some(mb) = path.strip_prefix("/alloc/") {
         // Grow (and keep) this much memory, touched so that it counts in RSS: for memory_limit.
         let mb: usize = mb.parse().unwrap_or(1);
-        let block = vec![1u8; mb << 20];
-        let total = {
-            static HELD: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
-            let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
-            held.push(block);
-            held.iter().map(Vec::len).sum::<usize>() >> 20
-        };
+        let total = hold(mb);
         text(
             StatusCode::OK,
             format!("holding {total} MiB in pid {pid}\n"),
         )
     } else if let Some(n) = path.strip_prefix("/bytes/") {
-        // N bytes, produced as fast as they are taken: for response buffering.
         let n: u64 = n.parse().unwrap_or(0);
-        let chunk = Bytes::from(vec![b'x'; 64 << 10]);
-        let stream = futures_util::stream::unfold(n, move |left| {
-            let chunk = chunk.clone();
-            async move {
-                (left > 0).then(|| {
-                    let take = left.min(chunk.len() as u64);
-                    (
-                        Ok::<_, hyper::Error>(Frame::data(chunk.slice(..take as usize))),
-                        left - take,
-                    )
-                })
-            }
-        });
-        let mut r = Response::new(StreamBody::new(stream).boxed());
-        r.headers_mut()
-            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
-        r
+        bytes(n)
     } else if let Some(n) = path.strip_prefix("/events/") {
-        // N server-sent events, 100 ms apart, each carrying when it was written (µs since the
-        // epoch): for stream latency through the proxy.
         let n: u32 = n.parse().unwrap_or(10);
-        let stream = futures_util::stream::unfold(0u32, move |i| async move {
-            if i >= n {
-                return None;
-            }
-            if i > 0 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_micros();
-            let event = Bytes::from(format!("data: {now}\n\n"));
-            Some((Ok::<_, hyper::Error>(Frame::data(event)), i + 1))
-        });
-        let mut r = Response::new(StreamBody::new(stream).boxed());
-        r.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/event-stream"),
-        );
-        r
+        events(n)
     } else if path == "/hang" {
         std::future::pending::<()>().await;
         text(StatusCode::OK, String::new())
@@ -420,58 +382,9 @@ async fn app(
         }
         text(StatusCode::OK, out)
     } else if path == "/page" {
-        let proto = req
-            .headers()
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_owned();
-        let mut r = text(
-            StatusCode::OK,
-            format!(
-                "<!doctype html><html><head><title>baton demo</title></head><body>\n\
-                 <p id=\"release\">hello from release {release}</p>\n\
-                 <p id=\"forwarded\">x-forwarded-proto: {proto}</p>\n\
-                 <p id=\"protocol\"></p>\n\
-                 <script>document.getElementById(\"protocol\").textContent = \"protocol: \" + \
-                 performance.getEntriesByType(\"navigation\")[0].nextHopProtocol;</script>\n\
-                 </body></html>\n"
-            ),
-        );
-        r.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/html; charset=utf-8"),
-        );
-        r
+        page(&req, release)
     } else if path == "/shop" {
-        let mut head = String::new();
-        let mut scripts = String::new();
-        for name in std::fs::read_to_string("shop-assets")
-            .unwrap_or_default()
-            .lines()
-            .map(str::trim)
-        {
-            if name.ends_with(".css") {
-                head.push_str(&format!(
-                    "<link rel=\"stylesheet\" href=\"/assets/{name}\">\n"
-                ));
-            } else if name.ends_with(".js") {
-                scripts.push_str(&format!("<script src=\"/assets/{name}\"></script>\n"));
-            }
-        }
-        let mut r = text(
-            StatusCode::OK,
-            format!(
-                "<!doctype html><html><head><title>shop</title>\n{head}</head><body>\n\
-                 <p id=\"release\">release {release}</p>\n<p id=\"script\"></p>\n\
-                 {scripts}</body></html>\n"
-            ),
-        );
-        r.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/html; charset=utf-8"),
-        );
-        r
+        shop(release)
     } else if path.starts_with("/assets/") {
         eprintln!("demo-app: asset request {path} reached the worker (pid {pid})");
         text(
@@ -483,25 +396,7 @@ async fn app(
         let _ = parts;
         Response::new(body.boxed())
     } else if path == "/upgrade" {
-        let on = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            if let Ok(up) = on.await {
-                let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            }
-        });
-        let protocol = req
-            .headers()
-            .get(http::header::UPGRADE)
-            .cloned()
-            .unwrap_or(http::HeaderValue::from_static("echo"));
-        let mut r = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
-        r.headers_mut().insert(http::header::UPGRADE, protocol);
-        r.headers_mut().insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("upgrade"),
-        );
-        r
+        upgrade(&mut req)
     } else {
         let fwd = req
             .headers()
@@ -515,4 +410,141 @@ async fn app(
         )
     };
     Ok(resp)
+}
+
+/// Keeps `mb` MiB more for the life of the process; how many it holds in all.
+fn hold(mb: usize) -> usize {
+    static HELD: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+    let block = vec![1u8; mb << 20];
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    held.push(block);
+    held.iter().map(Vec::len).sum::<usize>() >> 20
+}
+
+/// `n` bytes, produced as fast as they are taken: for response buffering.
+fn bytes(n: u64) -> Response<Body> {
+    let chunk = Bytes::from(vec![b'x'; 64 << 10]);
+    let stream = futures_util::stream::unfold(n, move |left| {
+        let chunk = chunk.clone();
+        async move {
+            (left > 0).then(|| {
+                let take = left.min(chunk.len() as u64);
+                (
+                    Ok::<_, hyper::Error>(Frame::data(chunk.slice(..take as usize))),
+                    left - take,
+                )
+            })
+        }
+    });
+    let mut r = Response::new(StreamBody::new(stream).boxed());
+    r.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+    r
+}
+
+/// `n` server-sent events, 100 ms apart, each carrying when it was written (µs since the
+/// epoch): for stream latency through the proxy.
+fn events(n: u32) -> Response<Body> {
+    let stream = futures_util::stream::unfold(0u32, move |i| async move {
+        if i >= n {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros();
+        let event = Bytes::from(format!("data: {now}\n\n"));
+        Some((Ok::<_, hyper::Error>(Frame::data(event)), i + 1))
+    });
+    let mut r = Response::new(StreamBody::new(stream).boxed());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}
+
+/// A page that shows its release and how it came (for the browser tests).
+fn page(req: &Request<Incoming>, release: &str) -> Response<Body> {
+    let proto = req
+        .headers()
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let mut r = text(
+        StatusCode::OK,
+        format!(
+            "<!doctype html><html><head><title>baton demo</title></head><body>\n\
+             <p id=\"release\">hello from release {release}</p>\n\
+             <p id=\"forwarded\">x-forwarded-proto: {proto}</p>\n\
+             <p id=\"protocol\"></p>\n\
+             <script>document.getElementById(\"protocol\").textContent = \"protocol: \" + \
+             performance.getEntriesByType(\"navigation\")[0].nextHopProtocol;</script>\n\
+             </body></html>\n"
+        ),
+    );
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+/// A page linking the release's fingerprinted assets, as listed in its `shop-assets` file.
+fn shop(release: &str) -> Response<Body> {
+    let mut head = String::new();
+    let mut scripts = String::new();
+    for name in std::fs::read_to_string("shop-assets")
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+    {
+        if name.ends_with(".css") {
+            head.push_str(&format!(
+                "<link rel=\"stylesheet\" href=\"/assets/{name}\">\n"
+            ));
+        } else if name.ends_with(".js") {
+            scripts.push_str(&format!("<script src=\"/assets/{name}\"></script>\n"));
+        }
+    }
+    let mut r = text(
+        StatusCode::OK,
+        format!(
+            "<!doctype html><html><head><title>shop</title>\n{head}</head><body>\n\
+             <p id=\"release\">release {release}</p>\n<p id=\"script\"></p>\n\
+             {scripts}</body></html>\n"
+        ),
+    );
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+/// 101, then the connection echoes its bytes.
+fn upgrade(req: &mut Request<Incoming>) -> Response<Body> {
+    let on = hyper::upgrade::on(&mut *req);
+    tokio::spawn(async move {
+        if let Ok(up) = on.await {
+            let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        }
+    });
+    let protocol = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .cloned()
+        .unwrap_or(http::HeaderValue::from_static("echo"));
+    let mut r = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
+    r.headers_mut().insert(http::header::UPGRADE, protocol);
+    r.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    r
 }
