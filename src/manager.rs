@@ -20,6 +20,22 @@ use tokio_util::sync::CancellationToken;
 struct DataPlane(Option<tokio::runtime::Runtime>);
 
 impl DataPlane {
+    /// The data plane gets its own runtime, one thread per core; the caller's (a single
+    /// thread) keeps the control plane. Under a load that saturates the machine, the
+    /// supervisor's timers, readiness probes and the control socket then never queue behind
+    /// client connections (they did: readiness seen seconds late, timeouts firing late).
+    fn start() -> anyhow::Result<DataPlane> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(DataPlane(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(cores)
+                .thread_name("baton-proxy")
+                .enable_all()
+                .build()
+                .context("cannot start the proxy's runtime")?,
+        )))
+    }
+
     fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
     where
         F: std::future::Future + Send + 'static,
@@ -155,19 +171,7 @@ pub async fn run_announcing(
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let app = config.name.clone();
-    // The data plane gets its own runtime, one thread per core; this one (the caller's, a
-    // single thread) keeps the control plane. Under a load that saturates the machine, the
-    // supervisor's timers, readiness probes and the control socket then never queue behind
-    // client connections (they did: readiness seen seconds late, timeouts firing late).
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let data_plane = DataPlane(Some(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cores)
-            .thread_name("baton-proxy")
-            .enable_all()
-            .build()
-            .context("cannot start the proxy's runtime")?,
-    ));
+    let data_plane = DataPlane::start()?;
     // Opened on the data plane's runtime, so that its I/O driver, not this one, serves them.
     let listen_config = config.clone();
     let listeners = data_plane
@@ -189,50 +193,10 @@ pub async fn run_announcing(
         notifier.clone(),
         metrics.clone(),
     );
-    if let Some(addr) = config.metrics.address {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on [metrics] address {addr}"))?;
-        tokio::spawn(crate::control::serve_metrics(l, handle.clone()));
-    }
-    // HTTPS: the certificates are read before anything is served; one that cannot be used
-    // stops baton here, with the reason.
+    serve_metrics(&config, &handle).await?;
     let acme_stop = CancellationToken::new();
     let _acme_stops = acme_stop.clone().drop_guard();
-    let certificates = if config.tls.enabled() || !listeners.tls.is_empty() {
-        if listeners.tls.is_empty() {
-            tracing::warn!(app = %config.name, "[tls] has certificates but no socket to serve them on: set [tls] address, or pass a socket named \"https\" (FileDescriptorName=https)");
-        }
-        let certs = Arc::new(
-            crate::tls::Certificates::load(&config.tls).with_context(|| {
-                format!(
-                    "cannot serve HTTPS on {}",
-                    listeners
-                        .tls
-                        .iter()
-                        .map(|l| l.describe())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })?,
-        );
-        if let Some(acme) = &config.tls.acme {
-            let acme = crate::acme::Acme::new(acme.clone(), config.name.clone(), certs.clone());
-            // A certificate kept from an earlier run serves at once; else (or when it cannot
-            // be used) the task obtains one, and HTTPS handshakes wait for it.
-            if let Err(e) = acme.restore() {
-                tracing::warn!(app = %config.name, "the certificate kept by ACME is not used: {e}; a new one is obtained");
-            }
-            tokio::spawn(acme.run(acme_stop.clone()));
-        }
-        let list: Vec<String> = certs.loaded().iter().map(ToString::to_string).collect();
-        tracing::info!(app = %config.name, message_id = crate::journal::MSG_CERTIFICATES, "certificates in force: {}",
-            if list.is_empty() { "none yet (ACME obtains one)".to_owned() } else { list.join("; ") });
-        supervisor.serve_tls(certs.clone());
-        Some(certs)
-    } else {
-        None
-    };
+    let certificates = https(&config, &listeners, &supervisor, &acme_stop)?;
     // [static]: the supervisor pins each generation's directory, the proxy serves from them.
     let assets =
         crate::assets::Assets::new(&config.static_files, config.listen.header_timeout.get())
@@ -253,33 +217,9 @@ pub async fn run_announcing(
         handle.clone(),
         access.clone(),
     ));
-    if let Some(every) = sd_notify::watchdog_enabled() {
-        let n = notifier.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every / 2);
-            loop {
-                tick.tick().await;
-                n.watchdog();
-            }
-        });
-    }
+    keep_watchdog_fed(&notifier);
 
-    let max_connections = connection_budget(config.listen.max_connections.get(), &config);
-    let proxy = Proxy::new(pool.clone(), &config, max_connections, metrics);
-    if config.tls.redirect_http
-        && let Some(port) = listeners.tls.iter().find_map(|l| match l {
-            crate::listen::Listener::Tcp(t) => t.local_addr().ok().map(|a| a.port()),
-            crate::listen::Listener::Unix(_) => None,
-        })
-    {
-        proxy.redirect_http_to(port);
-    }
-    if let Some(assets) = assets {
-        proxy.serve_assets(assets);
-    }
-    if let Some(log) = &access {
-        proxy.serve_access(log.clone());
-    }
+    let proxy = proxy(&config, &pool, metrics, &listeners, assets, access.as_ref());
     #[cfg(target_env = "gnu")]
     tokio::spawn(trim_after_bursts(proxy.clone()));
     let stop_accepting = CancellationToken::new();
@@ -300,6 +240,156 @@ pub async fn run_announcing(
         use std::io::Write as _;
         let _ = writeln!(std::io::stderr(), "{b}");
     }
+    until_stopped(&config, &handle, access.as_ref()).await?;
+    finish_in_flight(&config, &stop_accepting, &connections).await;
+    pool.close();
+    handle.shutdown().await;
+    let _ = supervisor.await;
+    leave(&control_path, access).await;
+    tracing::info!(app = %app, "stopped");
+    Ok(())
+}
+
+/// HTTPS: the certificates, read before anything is served (one that cannot be used stops
+/// `[metrics] address`: /metrics on a TCP socket of its own.
+async fn serve_metrics(config: &Config, handle: &crate::restart::Handle) -> anyhow::Result<()> {
+    if let Some(addr) = config.metrics.address {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on [metrics] address {addr}"))?;
+        tokio::spawn(crate::control::serve_metrics(l, handle.clone()));
+    }
+    Ok(())
+}
+
+/// No new connection, and the requests in flight finish within drain_timeout (then they are
+/// cut).
+async fn finish_in_flight(
+    config: &Config,
+    stop_accepting: &CancellationToken,
+    connections: &tokio_util::task::TaskTracker,
+) {
+    let app = &config.name;
+    tracing::info!(app = %app, "stopping: finishing requests in flight");
+    stop_accepting.cancel();
+    connections.close();
+    let drain = config.restart.drain_timeout.get() + Duration::from_secs(1);
+    if tokio::time::timeout(drain, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(app = %app, "requests still in flight after drain_timeout; cutting them");
+    }
+}
+
+/// What baton leaves behind when it exits: not its control socket, and no access log line
+/// unwritten.
+async fn leave(control_path: &std::path::Path, access: Option<Arc<crate::access::AccessLog>>) {
+    // Only our own socket: never whatever might have been put there since.
+    if crate::config::not_a_foreign_file(control_path).is_ok() {
+        let _ = std::fs::remove_file(control_path);
+    }
+    if let Some(log) = &access {
+        // Every line of the requests served is written before baton exits.
+        let log = log.clone();
+        let _ = tokio::task::spawn_blocking(move || log.close(Duration::from_secs(10))).await;
+    }
+}
+
+/// The proxy, with what it serves besides the workers: the redirect to HTTPS, the static
+/// files and the access log.
+fn proxy(
+    config: &Config,
+    pool: &Arc<Pool>,
+    metrics: Arc<crate::metrics::Metrics>,
+    listeners: &crate::listen::Listeners,
+    assets: Option<Arc<crate::assets::Assets>>,
+    access: Option<&Arc<crate::access::AccessLog>>,
+) -> Arc<Proxy> {
+    let max_connections = connection_budget(config.listen.max_connections.get(), config);
+    let proxy = Proxy::new(pool.clone(), config, max_connections, metrics);
+    if config.tls.redirect_http
+        && let Some(port) = listeners.tls.iter().find_map(|l| match l {
+            crate::listen::Listener::Tcp(t) => t.local_addr().ok().map(|a| a.port()),
+            crate::listen::Listener::Unix(_) => None,
+        })
+    {
+        proxy.redirect_http_to(port);
+    }
+    if let Some(assets) = assets {
+        proxy.serve_assets(assets);
+    }
+    if let Some(log) = access {
+        proxy.serve_access(log.clone());
+    }
+    proxy
+}
+
+/// baton, with the reason), and the ACME task that renews them.
+fn https(
+    config: &Config,
+    listeners: &crate::listen::Listeners,
+    supervisor: &Supervisor,
+    acme_stop: &CancellationToken,
+) -> anyhow::Result<Option<Arc<crate::tls::Certificates>>> {
+    if !config.tls.enabled() && listeners.tls.is_empty() {
+        return Ok(None);
+    }
+    if listeners.tls.is_empty() {
+        tracing::warn!(app = %config.name, "[tls] has certificates but no socket to serve them on: set [tls] address, or pass a socket named \"https\" (FileDescriptorName=https)");
+    }
+    let certs = Arc::new(
+        crate::tls::Certificates::load(&config.tls).with_context(|| {
+            format!(
+                "cannot serve HTTPS on {}",
+                listeners
+                    .tls
+                    .iter()
+                    .map(|l| l.describe())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?,
+    );
+    if let Some(acme) = &config.tls.acme {
+        let acme = crate::acme::Acme::new(acme.clone(), config.name.clone(), certs.clone());
+        // A certificate kept from an earlier run serves at once; else (or when it cannot
+        // be used) the task obtains one, and HTTPS handshakes wait for it.
+        if let Err(e) = acme.restore() {
+            tracing::warn!(app = %config.name, "the certificate kept by ACME is not used: {e}; a new one is obtained");
+        }
+        tokio::spawn(acme.run(acme_stop.clone()));
+    }
+    let list: Vec<String> = certs.loaded().iter().map(ToString::to_string).collect();
+    tracing::info!(app = %config.name, message_id = crate::journal::MSG_CERTIFICATES, "certificates in force: {}",
+        if list.is_empty() { "none yet (ACME obtains one)".to_owned() } else { list.join("; ") });
+    supervisor.serve_tls(certs.clone());
+    Ok(Some(certs))
+}
+
+/// systemd's watchdog, when the unit has one, is told at twice the rate it asks for.
+fn keep_watchdog_fed(notifier: &Arc<Notifier>) {
+    if let Some(every) = sd_notify::watchdog_enabled() {
+        let n = notifier.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every / 2);
+            loop {
+                tick.tick().await;
+                n.watchdog();
+            }
+        });
+    }
+}
+
+/// Signals until SIGTERM or SIGINT (SIGHUP restarts, SIGUSR1 reopens the access log), then
+/// the lame duck: the health check says 503 at once, so load balancers take this host out
+/// before a single connection is refused, and serving goes on for `shutdown_delay`.
+async fn until_stopped(
+    config: &Config,
+    handle: &crate::restart::Handle,
+    access: Option<&Arc<crate::access::AccessLog>>,
+) -> anyhow::Result<()> {
+    let app = &config.name;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -307,7 +397,7 @@ pub async fn run_announcing(
     loop {
         tokio::select! {
             _ = usr1.recv() => {
-                if let Some(log) = &access {
+                if let Some(log) = access {
                     log.reopen();
                 }
             }
@@ -320,8 +410,6 @@ pub async fn run_announcing(
         }
     }
 
-    // Lame duck: the health check says 503 at once, so load balancers take this host out
-    // before a single connection is refused; serving goes on for `shutdown_delay`.
     handle.begin_stop().await;
     let delay = config.listen.shutdown_delay.get();
     if !delay.is_zero() {
@@ -332,28 +420,5 @@ pub async fn run_announcing(
             _ = int.recv() => {}
         }
     }
-    tracing::info!(app = %app, "stopping: finishing requests in flight");
-    stop_accepting.cancel();
-    connections.close();
-    let drain = config.restart.drain_timeout.get() + Duration::from_secs(1);
-    if tokio::time::timeout(drain, connections.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(app = %app, "requests still in flight after drain_timeout; cutting them");
-    }
-    pool.close();
-    handle.shutdown().await;
-    let _ = supervisor.await;
-    // Only our own socket: never whatever might have been put there since.
-    if crate::config::not_a_foreign_file(&control_path).is_ok() {
-        let _ = std::fs::remove_file(&control_path);
-    }
-    if let Some(log) = &access {
-        // Every line of the requests served is written before baton exits.
-        let log = log.clone();
-        let _ = tokio::task::spawn_blocking(move || log.close(Duration::from_secs(10))).await;
-    }
-    tracing::info!(app = %app, "stopped");
     Ok(())
 }
