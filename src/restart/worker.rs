@@ -94,28 +94,7 @@ pub async fn spawn(
     ctx.pool.insert(w);
     watch_exit(ctx, id, generation, process.clone());
 
-    let ready = tokio::select! {
-        _ = cancel.cancelled() => None,
-        r = ctx.probe.ready(
-            addr,
-            config.readiness.http_path(),
-            &process,
-            config.readiness.timeout.get(),
-        ) => Some(r),
-    };
-    // What answers must be the worker, not a stray that holds its port.
-    let ready = match ready {
-        Some(Ok(())) => Some(check_port(ctx, &process, port).await),
-        other => other,
-    };
-    // Marked ready only if its process still lives, checked under the pool's lock.
-    let ready = match ready {
-        Some(Ok(())) if !ctx.pool.mark_ready(id) => Some(Err(match process.exit_reason() {
-            Some(reason) => readiness::NotReady::Exited(reason),
-            None => readiness::NotReady::DiedAfterProbe,
-        })),
-        other => other,
-    };
+    let ready = wait_ready(ctx, &config, id, addr, &process, cancel).await;
     match ready {
         Some(Ok(())) => {
             ctx.pool.warm_up(id, config.readiness.settle.get());
@@ -147,6 +126,41 @@ pub async fn spawn(
             );
             Err(fail(why.to_string(), output))
         }
+    }
+}
+
+/// Wait until the worker is ready as the pool will believe it: its probe answered, by the
+/// worker itself and not a stray on its port, and marked ready while its process lives.
+/// `None`: cancelled first.
+async fn wait_ready(
+    ctx: &Arc<Context>,
+    config: &crate::config::Config,
+    id: WorkerId,
+    addr: SocketAddr,
+    process: &crate::spawn::StartedWorker,
+    cancel: &CancellationToken,
+) -> Option<Result<(), readiness::NotReady>> {
+    let ready = tokio::select! {
+        _ = cancel.cancelled() => None,
+        r = ctx.probe.ready(
+            addr,
+            config.readiness.http_path(),
+            process,
+            config.readiness.timeout.get(),
+        ) => Some(r),
+    };
+    // What answers must be the worker, not a stray that holds its port.
+    let ready = match ready {
+        Some(Ok(())) => Some(check_port(ctx, process, addr.port()).await),
+        other => other,
+    };
+    // Marked ready only if its process still lives, checked under the pool's lock.
+    match ready {
+        Some(Ok(())) if !ctx.pool.mark_ready(id) => Some(Err(match process.exit_reason() {
+            Some(reason) => readiness::NotReady::Exited(reason),
+            None => readiness::NotReady::DiedAfterProbe,
+        })),
+        other => other,
     }
 }
 
