@@ -90,26 +90,7 @@ impl Spawner for ProcessSpawner {
         if let Some(dir) = &spec.directory {
             cmd.current_dir(dir);
         }
-        if let Some(user) = &spec.user {
-            let u = nix::unistd::User::from_name(user)
-                .ok()
-                .flatten()
-                .ok_or_else(|| SpawnError::UnknownUser {
-                    worker: spec.id,
-                    name: user.clone(),
-                })?;
-            cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
-        }
-        if let Some(group) = &spec.group {
-            let g = nix::unistd::Group::from_name(group)
-                .ok()
-                .flatten()
-                .ok_or_else(|| SpawnError::UnknownUser {
-                    worker: spec.id,
-                    name: group.clone(),
-                })?;
-            cmd.gid(g.gid.as_raw());
-        }
+        run_as(&mut cmd, spec)?;
         // A booting worker runs at low priority; only a privileged baton can give it the normal
         // priority back once it is ready (lowering a nice value needs CAP_SYS_NICE), so an
         // unprivileged one leaves the priority alone.
@@ -206,6 +187,32 @@ impl Spawner for ProcessSpawner {
             let _ = killpg(group, Signal::SIGKILL);
         }
     }
+}
+
+/// The worker's `user` and `group`, by name, looked up now: a name the machine does not know
+/// fails this spawn, not the exec.
+fn run_as(cmd: &mut tokio::process::Command, spec: &WorkerSpec) -> Result<(), SpawnError> {
+    if let Some(user) = &spec.user {
+        let u = nix::unistd::User::from_name(user)
+            .ok()
+            .flatten()
+            .ok_or_else(|| SpawnError::UnknownUser {
+                worker: spec.id,
+                name: user.clone(),
+            })?;
+        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    }
+    if let Some(group) = &spec.group {
+        let g = nix::unistd::Group::from_name(group)
+            .ok()
+            .flatten()
+            .ok_or_else(|| SpawnError::UnknownUser {
+                worker: spec.id,
+                name: group.clone(),
+            })?;
+        cmd.gid(g.gid.as_raw());
+    }
+    Ok(())
 }
 
 /// The longest output line kept whole; the rest of a longer one is dropped.
