@@ -33,13 +33,15 @@ const MAX_IDLE: usize = 64;
 /// Bounds of the rest a stream gets between two requests (see [`Conns::answered`]).
 const MIN_QUIET: Duration = Duration::from_micros(100);
 const MAX_QUIET: Duration = Duration::from_millis(100);
-/// An answer on a new stream this late, later than 20 times the fastest the worker answered
-/// lately and 8 times its usual time, is taken for a worker that keeps a thread waiting on each kept-alive
-/// connection: Puma waits 200 ms for the next request on the connection it answered, so with
+/// Two answers on new streams this late, and later than 20 times the fastest the worker
+/// answered lately, within [`HELD_AGAIN`], are taken for a worker that keeps a thread waiting
+/// on each kept-alive connection: Puma waits 200 ms for the next request on the connection it answered, so with
 /// fewer threads than connections a request on another one waits until a thread gives up.
 /// Such a worker gets a connection per request from then on (see `Conns::holds`); a false
 /// alarm (a slow page on a new stream) costs a connect per request, as nginx's default.
 const HELD: Duration = Duration::from_millis(50);
+/// A second late answer on a new stream within this of the first is what finds it out.
+const HELD_AGAIN: Duration = Duration::from_secs(10);
 /// Answers on reused streams learned from before one can be found out of turn.
 const LEARN: u32 = 8;
 /// The floor is the fastest of the last `WINDOW` to `2 * WINDOW` answers: a page type that
@@ -110,6 +112,8 @@ pub struct Conns {
     /// the same server): each request gets a connection of its own, closed after its answer,
     /// which frees the thread at once (what nginx does without `keepalive`).
     holds: std::sync::Arc<AtomicBool>,
+    /// When the worker last answered late on a new stream (see [`Conns::late_again`]).
+    late: Mutex<Option<std::time::Instant>>,
     /// Set once the worker sent bytes beyond an answer: one request per connection since.
     distrusted: AtomicBool,
     /// The worker's usual answer time, in µs (see [`Conns::answered`]).
@@ -216,6 +220,7 @@ impl Conns {
                 c => c.saturating_mul(2).min(MAX_IDLE),
             },
             holds,
+            late: Mutex::new(None),
             distrusted: AtomicBool::new(false),
             usual: AtomicU64::new(0),
             mins: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
@@ -307,7 +312,7 @@ impl Conns {
             && floor != u64::MAX
             && latency >= HELD
             && us > floor.saturating_mul(20)
-            && us > self.usual.load(Ordering::Relaxed).saturating_mul(8)
+            && self.late_again()
             && !self.holds.swap(true, Ordering::Relaxed)
         {
             self.idle.clear();
@@ -343,6 +348,21 @@ impl Conns {
         };
         self.usual.store(new, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Whether a late answer on a new stream (see [`HELD`]) is the second within
+    /// [`HELD_AGAIN`]: a worker that holds threads does it again at once, a machine that
+    /// stalled for a moment (a burst of CPU, swapping) does not.
+    fn late_again(&self) -> bool {
+        let mut first = self.late.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match *first {
+            Some(at) if now.duration_since(at) <= HELD_AGAIN => true,
+            _ => {
+                *first = Some(now);
+                false
+            }
+        }
     }
 
     /// The fastest the worker answered lately, in µs (`u64::MAX`: not known).
@@ -859,8 +879,11 @@ mod tests {
         // A new stream's answer 40 ms late: a slow page still (below HELD).
         conns.answered(Duration::from_millis(40), false).unwrap();
         assert!(!conns.holds.load(Ordering::Relaxed));
-        // Puma with every thread waiting on a kept connection: the new one waited ~200 ms.
+        // Puma with every thread waiting on a kept connection: the new one waited ~200 ms;
+        // once may be the machine, twice in a row is the worker.
         conns.answered(Duration::from_millis(190), false).unwrap();
+        assert!(!conns.holds.load(Ordering::Relaxed));
+        conns.answered(Duration::from_millis(170), false).unwrap();
         assert!(conns.holds.load(Ordering::Relaxed));
     }
 
