@@ -4,7 +4,7 @@
 //!
 //! It installs cargo-fuzz (`cargo install --locked cargo-fuzz`) when it is missing, and builds
 //! with `RUSTC_BOOTSTRAP=1`, since cargo-fuzz passes nightly-only flags and the project is on
-//! stable Rust. `BATON_FUZZ_SECONDS` sets the time per target (default 30). A build failure or
+//! stable Rust. `BATON_FUZZ_SECONDS` sets the time per target (default 20). A build failure or
 //! a finding always fails. Only when the fuzz toolchain cannot work on this machine (cargo-fuzz
 //! cannot be installed, no C++ compiler for libFuzzer, an unsupported platform) does the test say
 //! so loudly and pass, unless BATON_E2E_REQUIRED is set (as `.ci/run` does), when it fails.
@@ -156,7 +156,7 @@ fn fuzz_targets_survive_a_bounded_run() {
     let seconds: u64 = std::env::var("BATON_FUZZ_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(20);
 
     // A smoke run, not a fuzzing campaign (fuzz/README.md has those): the targets are built
     // without optimisation and without AddressSanitizer. The release build with ASan took
