@@ -195,11 +195,17 @@ impl Baton {
             .spawn()
             .unwrap();
         if wait {
-            b.wait_until(Duration::from_secs(30), |s| {
-                s.workers.iter().filter(|w| w.state == "ready").count() == workers
-            });
+            b.wait_status(
+                Duration::from_secs(30),
+                &format!("{workers} workers ready after baton's start"),
+                |s| s.workers.iter().filter(|w| w.state == "ready").count() == workers,
+            );
         } else {
-            b.wait_until(Duration::from_secs(30), |_| true);
+            b.wait_status(
+                Duration::from_secs(30),
+                "baton's control socket answering after its start",
+                |_| true,
+            );
         }
         b
     }
@@ -279,7 +285,18 @@ impl Baton {
             .unwrap_or_else(|e| panic!("status: {e}\nbaton log:\n{}", self.log()))
     }
 
-    pub fn wait_until(&self, limit: Duration, mut f: impl FnMut(&Snapshot) -> bool) -> Snapshot {
+    pub fn wait_until(&self, limit: Duration, f: impl FnMut(&Snapshot) -> bool) -> Snapshot {
+        self.wait_status(limit, "the condition", f)
+    }
+
+    /// Poll the status until `f` holds; past `limit`, fail saying `what` never happened, with
+    /// the last status and baton's log.
+    pub fn wait_status(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut f: impl FnMut(&Snapshot) -> bool,
+    ) -> Snapshot {
         let start = Instant::now();
         loop {
             if let Ok(Some(code)) = self.child_status() {
@@ -292,7 +309,7 @@ impl Baton {
             }
             if start.elapsed() > limit {
                 panic!(
-                    "condition not met within {limit:?}; last status: {:#?}\nlog:\n{}",
+                    "{what}: not within {limit:?}; last status: {:#?}\nlog:\n{}",
                     self.try_status().ok(),
                     self.log()
                 );
@@ -362,6 +379,17 @@ pub async fn status_async(control: &Path) -> Result<Snapshot, String> {
         .map_err(|e| e.to_string())?;
     let text = reply.text().await.map_err(|e| e.to_string())?;
     serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))
+}
+
+/// Poll `f` every 10 ms until it holds; past `limit`, fail saying `what` never happened. The
+/// wait a test uses for anything it cannot read from baton's status (a file, a socket, a
+/// process).
+pub fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// One GET, returning status and body.
