@@ -219,24 +219,6 @@ fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// baton's resident memory, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// With one worker, a request the worker leaves without a good answer (it closes, it writes
 /// something that is not HTTP, it sends more headers than the narrow path reads, it closes a
 /// pooled connection just as a request arrives on it) gets an answer of its own, and the app
@@ -570,20 +552,37 @@ fn an_idle_connection_gives_back_what_a_large_request_or_answer_took() {
         large(&big_header, "big", &mut warm);
     }
     drop(warm);
-    thread::sleep(Duration::from_millis(500));
-    let before = rss_kib(pid);
+    // baton's ends of the warm-up connections closed: what they held is given back.
+    let server = rogue.baton.addr;
+    let clients = || {
+        tcp_sockets()
+            .into_iter()
+            .filter(|s| s.local == server && matches!(s.state, TCP_ESTABLISHED | TCP_CLOSE_WAIT))
+            .count()
+    };
+    wait_for(
+        Duration::from_secs(10),
+        "baton closed the ten warm-up connections their clients closed",
+        || clients() == 0,
+    );
+    // Each reading once baton's memory has settled (nothing more allocated or given back).
+    let settled = || settled_rss_kib(pid, 64, Duration::from_secs(10));
+    let before = settled();
 
     let mut idle = Vec::new();
     for _ in 0..CONNECTIONS {
         large(&post, "/", &mut idle);
     }
-    thread::sleep(Duration::from_millis(500));
-    let after_requests = rss_kib(pid);
+    let after_requests = settled();
     for _ in 0..CONNECTIONS {
         large(&big_header, "big", &mut idle);
     }
-    thread::sleep(Duration::from_millis(500));
-    let after_answers = rss_kib(pid);
+    assert_eq!(
+        clients() as u64,
+        2 * CONNECTIONS,
+        "every idle connection still open at baton's end"
+    );
+    let after_answers = settled();
 
     let per = |from: u64, to: u64| to.saturating_sub(from) as f64 / CONNECTIONS as f64;
     let per_request = per(before, after_requests);
