@@ -27,14 +27,26 @@ fn spawns_on_demand_up_to_max_and_idle_cleans_down_to_min() {
         "[workers]\nmin = 1\nmax = 3\nconcurrency = 1\nidle_timeout = \"2s\"\n",
     );
     let load = Load::start(baton.addr, 3, "/sleep/300", Duration::from_secs(10));
-    let grown = baton.wait_until(Duration::from_secs(10), |s| ready(s) == 3);
+    let grown = baton.wait_status(Duration::from_secs(10), "3 workers ready under load", |s| {
+        ready(s) == 3
+    });
     assert!(
         grown.workers.len() <= 3,
         "never beyond max: {:?}",
         grown.workers
     );
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(baton.status().workers.len() <= 3);
+    // The load goes on with every worker busy, three more answers each (a second of
+    // /sleep/300): the pool stays at max all the while.
+    let served = |s: &baton::status::Snapshot| s.workers.iter().map(|w| w.processed).sum::<u64>();
+    let before = served(&grown);
+    baton.wait_status(
+        Duration::from_secs(10),
+        "nine more answers under load",
+        |s| {
+            assert!(s.workers.len() <= 3, "never beyond max: {:?}", s.workers);
+            served(s) >= before + 9
+        },
+    );
     let report = load.stop();
     assert_eq!(report.failed, 0, "{:?}", report.errors);
     // Idle beyond idle_timeout: back to min.
@@ -62,14 +74,19 @@ fn resistance_freezes_idle_cleaning_until_resume() {
     assert!(before.resisting_deployment_error.is_some());
     let count = before.workers.len();
     assert!(count >= 2, "{:?}", before.workers);
-    // Well past idle_timeout, nothing is cleaned while resisting.
-    std::thread::sleep(Duration::from_secs(3));
-    let frozen = baton.status();
-    assert_eq!(
-        frozen.workers.len(),
-        count,
-        "idle cleaning is frozen while resisting"
-    );
+    // Every worker idle for well past idle_timeout (1 s), over several of the supervisor's
+    // half-second ticks: nothing is cleaned while resisting.
+    baton.wait_status(Duration::from_secs(15), "every worker idle for 3 s", |s| {
+        assert_eq!(
+            s.workers.len(),
+            count,
+            "idle cleaning is frozen while resisting: {:?}",
+            s.workers
+        );
+        s.workers
+            .iter()
+            .all(|w| w.last_used_s.unwrap_or(w.uptime_s) >= 3)
+    });
     assert!(baton.cli(&["resume"]).status.success());
     baton.wait_until(Duration::from_secs(10), |s| s.workers.len() == 1);
 }
