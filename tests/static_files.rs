@@ -94,15 +94,45 @@ fn release_one() -> Vec<(&'static str, String)> {
     ]
 }
 
-fn start(extra: &str, files: Vec<(&'static str, String)>) -> Baton {
+/// A file every release of these tests has, asked for to see that its release is served.
+const MARK: (&str, &str) = ("public/assets/release-mark.txt", "served");
+
+fn start(extra: &str, mut files: Vec<(&'static str, String)>) -> Baton {
+    files.push((MARK.0, MARK.1.to_owned()));
     let command = format!(r#"["{BATON}", "demo-app", "--port", "{{port}}"]"#);
     let b = Baton::start_command(2, &command, extra, true, |b| {
         let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
         b.deploy_files(&refs);
     });
-    // A file is served once a worker of its generation is ready (the next supervisor tick).
-    std::thread::sleep(Duration::from_millis(700));
+    // A release's files are served once a worker of its generation is ready (the next
+    // supervisor tick); until then baton answers 404 itself.
+    served(
+        &b,
+        "/assets/release-mark.txt",
+        b"served",
+        "the first release's files served",
+    );
     b
+}
+
+/// Wait until GET `path` answers 200 with `body`, failing with `what` after 10 s.
+fn served(b: &Baton, path: &str, body: &[u8], what: &str) {
+    let mut last = (0, Vec::new());
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let (status, _, got) = fetch(b.addr, "GET", path, &[]);
+        if (status, got.as_slice()) == (200, body) {
+            return;
+        }
+        last = (status, got);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "{what}: not within 10 s; GET {path} last answered {} {:?}\n{}",
+        last.0,
+        String::from_utf8_lossy(&last.1),
+        b.log()
+    );
 }
 
 #[test]
@@ -324,10 +354,14 @@ fn the_assets_of_both_releases_are_served_through_a_roll() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::thread::sleep(Duration::from_millis(700));
-    // The new release's files, and its version of a file both have.
-    let (status, _, body) = fetch(b.addr, "GET", "/assets/app-bbbbbbbb.css", &[]);
-    assert_eq!((status, body.as_slice()), (200, &b"new"[..]));
+    // The new release's files (served from the supervisor's next tick), and its version of a
+    // file both have.
+    served(
+        &b,
+        "/assets/app-bbbbbbbb.css",
+        b"new",
+        "the new release's stylesheet served after the roll",
+    );
     let (_, _, body) = fetch(b.addr, "GET", "/assets/logo.txt", &[]);
     assert_eq!(body, b"logo of r2");
     // The old release's files outlive its workers.
@@ -337,10 +371,17 @@ fn the_assets_of_both_releases_are_served_through_a_roll() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (asked, failed) = asking.join().unwrap();
     assert!(asked > 20 && failed.is_empty(), "{asked} asked: {failed:?}");
-    // keep_old later, they are gone.
-    std::thread::sleep(Duration::from_secs(4));
-    let (status, _, _) = fetch(b.addr, "GET", "/assets/app-aaaaaaaa.css", &[]);
-    assert_eq!(status, 404);
+    // keep_old (3 s) after the old generation's last worker stopped, they are gone.
+    let gone = std::time::Instant::now();
+    wait_for(
+        Duration::from_secs(10),
+        "the old release's files gone keep_old (3 s) after its workers",
+        || fetch(b.addr, "GET", "/assets/app-aaaaaaaa.css", &[]).0 == 404,
+    );
+    println!(
+        "the old release's files were gone {:.1} s after the check that they outlived its workers",
+        gone.elapsed().as_secs_f64()
+    );
 }
 
 #[test]
@@ -357,9 +398,24 @@ fn a_file_edited_in_place_is_served_anew_within_five_seconds() {
     // Small files are kept in memory; a look at the file again comes within 5 s.
     let file = b.dir.path().join("releases/r1/public/assets/logo.txt");
     std::fs::write(&file, "logo two").unwrap();
-    std::thread::sleep(Duration::from_millis(5500));
-    let (_, _, body) = fetch(b.addr, "GET", "/assets/logo.txt", &[]);
-    assert_eq!(body, b"logo two");
+    let edited = std::time::Instant::now();
+    loop {
+        let (_, _, body) = fetch(b.addr, "GET", "/assets/logo.txt", &[]);
+        if body == b"logo two" {
+            break;
+        }
+        assert_eq!(body, b"logo one", "neither the old nor the new file");
+        // 5 s, and a moment for the request that sees it.
+        assert!(
+            edited.elapsed() < Duration::from_millis(5500),
+            "the edited file was not served within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "the edited file was served {:.1} s after the edit",
+        edited.elapsed().as_secs_f64()
+    );
 }
 
 /// 3 MiB of letters in no short cycle, so a byte sent from the wrong offset shows.
