@@ -296,9 +296,21 @@ fn rotation_by_rename_and_reopen_loses_no_line_under_load() {
     let log = dir.path().join("access.log");
     let mut b = Baton::start(2, "0s", &format!("[log]\naccess = \"{}\"\n", log.display()));
     let load = Load::start(b.addr, 8, "/", Duration::from_secs(10));
+    // Under load, the file in use gets a hundred lines before each rotation: the writer has
+    // (re)opened it and writes there.
+    let written = |what: String| {
+        wait_for(Duration::from_secs(10), &what, || lines(&log).len() >= 100);
+    };
     let mut rotated = Vec::new();
     for i in 1..=5 {
-        std::thread::sleep(Duration::from_millis(400));
+        written(if i == 1 {
+            "a hundred lines in the access log under load".into()
+        } else {
+            format!(
+                "a hundred lines in the access log reopened after rotation {}",
+                i - 1
+            )
+        });
         // What logrotate does without copytruncate: rename, then tell the writer.
         let to = dir.path().join(format!("access.log.{i}"));
         std::fs::rename(&log, &to).unwrap();
@@ -319,7 +331,7 @@ fn rotation_by_rename_and_reopen_loses_no_line_under_load() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    std::thread::sleep(Duration::from_millis(400));
+    written("a hundred lines in the access log reopened after rotation 5".into());
     let report = load.stop();
     assert_eq!(report.failed, 0, "{:?}", report.errors);
     // baton writes every queued line before it exits.
