@@ -514,13 +514,35 @@ fn large_files_go_whole_over_http_and_https_and_a_client_that_reads_nothing_is_l
     // A client that asks and never reads: baton gives up on it after send_timeout (its
     // socket buffers full), and serves everyone else meanwhile.
     let mut stuck = TcpStream::connect(b.addr).unwrap();
+    let client = stuck.local_addr().unwrap();
     for _ in 0..20 {
         ask(&mut stuck, "GET", None);
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // baton is answering it: bytes sent and not taken wait at baton's end.
+    wait_for(
+        Duration::from_secs(10),
+        "baton answering the client that reads nothing",
+        || server_end(b.addr, client).is_some_and(|s| s.tx_queue > 0),
+    );
+    let held = std::time::Instant::now();
     let (status, _, body) = fetch(b.addr, "GET", "/assets/big.bin", &[]);
     assert!(status == 200 && body == big.as_bytes());
-    std::thread::sleep(Duration::from_secs(4));
+    // Let go: baton closes its end while the client has still read nothing, at send_timeout
+    // (2 s) and not before.
+    wait_for(
+        Duration::from_secs(12),
+        "baton letting go of the client that reads nothing (send_timeout 2s)",
+        || server_end(b.addr, client).is_none_or(|s| s.state != TCP_ESTABLISHED),
+    );
+    let let_go = held.elapsed();
+    // What the client can still get is what the kernel holds: its own unread bytes and what
+    // baton's closed end has yet to deliver. Nothing more comes from baton.
+    let in_kernel = server_end(b.addr, client).map_or(0, |s| s.tx_queue)
+        + server_end(client, b.addr).map_or(0, |s| s.rx_queue);
+    assert!(
+        let_go >= Duration::from_millis(1500),
+        "let go {let_go:?} after its buffers filled, before send_timeout (2s)"
+    );
     stuck
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -534,6 +556,16 @@ fn large_files_go_whole_over_http_and_https_and_a_client_that_reads_nothing_is_l
             Err(e) => panic!("after {got} bytes: {e}"),
         }
     };
-    assert!(got < 20 * big.len(), "{ended} after {got} bytes");
+    println!(
+        "let go {:.1} s after its buffers filled; then {ended} after {got} bytes of {} asked \
+         ({in_kernel} in the kernel's buffers)",
+        let_go.as_secs_f64(),
+        20 * big.len()
+    );
+    assert!(
+        got as u64 <= in_kernel,
+        "{ended} after {got} bytes: baton sent more than the {in_kernel} bytes the kernel held \
+         when it let go"
+    );
     assert_eq!(processed(&b), before);
 }
