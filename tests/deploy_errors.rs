@@ -235,12 +235,14 @@ fn a_release_that_dies_after_its_settle_period_is_resisted_not_rolled_out() {
     let report = load.stop();
     stop.store(true, Ordering::SeqCst);
     let live = sampling.join().unwrap();
+    let deaths = baton.log().matches("demo-app: crashing").count();
     println!(
-        "restart --wait exited {:?} after {:.1}s; {} of {} requests failed; live ready workers every 100 ms: {live:?}",
+        "restart --wait exited {:?} after {:.1}s; {} of {} requests failed ({} cut short), {deaths} workers died; live ready workers every 100 ms: {live:?}",
         out.status.code(),
         took.as_secs_f64(),
         report.failed,
-        report.ok + report.failed
+        report.ok + report.failed,
+        report.cut
     );
     assert_eq!(out.status.code(), Some(1), "{stderr}\n{}", baton.log());
     assert!(
@@ -253,7 +255,8 @@ fn a_release_that_dies_after_its_settle_period_is_resisted_not_rolled_out() {
         "the app ran out of live workers: {live:?}"
     );
     assert!(baton.status().resisting_deployment_error.is_some());
-    assert!(report.failed <= 8, "{:?}\n{}", report.errors, baton.log());
+    // Nobody sees an error but an answer its worker died in the middle of.
+    report.assert_only_answers_cut_by(deaths, &baton.log());
     assert_old_release_serves(&baton, 3);
 }
 
@@ -357,7 +360,7 @@ fn status_measures_a_gunicorn_worker_as_a_whole() {
 /// gunicorn's master (baton's worker) starts a new one at once, so the worker lives on.
 fn crashing_app(after: f64) -> String {
     format!(
-        "import os, threading\nthreading.Timer({after}, lambda: os._exit(1)).start()\n\n{GOOD_APP}"
+        "import os, sys, threading\n\ndef crash():\n    sys.stderr.write('app.py: crashing\\n')\n    sys.stderr.flush()\n    os._exit(1)\n\nthreading.Timer({after}, crash).start()\n\n{GOOD_APP}"
     )
 }
 
@@ -430,6 +433,7 @@ fn crashing_release_is_refused_or_rolled_back(after: f64) {
         let report = load.stop();
         stop.store(true, Ordering::SeqCst);
         let live = sampling.join().unwrap();
+        let deaths = baton.log().matches("app.py: crashing").count();
         let reason = s
             .resisting_deployment_error
             .as_ref()
@@ -437,12 +441,13 @@ fn crashing_release_is_refused_or_rolled_back(after: f64) {
             .reason
             .clone();
         println!(
-            "gunicorn worker crashing {after} s after it loads: restart --wait exited {:?} after {:.1}s; resisting after {:.1}s: {reason}\n{} of {} requests failed; live ready workers every 100 ms: {} to {}",
+            "gunicorn worker crashing {after} s after it loads: restart --wait exited {:?} after {:.1}s; resisting after {:.1}s: {reason}\n{} of {} requests failed ({} cut short), {deaths} gunicorn worker processes crashed; live ready workers every 100 ms: {} to {}",
             out.status.code(),
             took.as_secs_f64(),
             settled.as_secs_f64(),
             report.failed,
             report.ok + report.failed,
+            report.cut,
             live.iter().min().unwrap_or(&0),
             live.iter().max().unwrap_or(&0),
         );
@@ -471,7 +476,9 @@ fn crashing_release_is_refused_or_rolled_back(after: f64) {
             assert!(stderr.contains("canary judge"), "{stderr}");
         }
         assert!(live.iter().all(|n| *n >= 1), "{live:?}");
-        assert!(report.failed <= 10, "{:?}", report.errors);
+        // A crash behind the master drops the request in flight, which is sent again: nobody
+        // sees an error but an answer the process died in the middle of.
+        report.assert_only_answers_cut_by(deaths, &baton.log());
         let (status, body) = get(&baton.url("/"));
         assert_eq!(status, 200);
         assert!(body.contains("release r1"), "{body}");

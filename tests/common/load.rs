@@ -21,9 +21,36 @@ pub struct LoadReport {
     pub resent: u64,
     /// Connections the server closed between requests.
     pub closed_by_server: u64,
+    /// Of the failed requests, those whose answer broke off: the connection closed after the
+    /// request had gone and before its answer ended (what a client sees of a worker that died
+    /// in the middle of its answer). Not a 5xx, a timeout or a refused connection.
+    pub cut: u64,
     pub errors: Vec<String>,
     /// Bodies seen, to tell which release answered.
     pub bodies_with: Vec<(String, u64)>,
+}
+
+impl LoadReport {
+    /// What baton promises its clients while workers die under them (README, "Behaviour worth
+    /// knowing"): a request that could not reach its worker, or that its worker closed or reset
+    /// before any answer, is sent again (once, on another worker when one is free); only an
+    /// answer the worker had begun can be cut short, and it reaches the client as far as it
+    /// came. So every failure must be an answer cut short (never a 5xx, a timeout or a closed
+    /// connection without an answer), and there can be no more of those than answers were
+    /// being written when a worker died: one per death for the apps of these tests, whose
+    /// small answers leave in one write.
+    pub fn assert_only_answers_cut_by(&self, deaths: usize, context: &str) {
+        assert!(
+            self.failed == self.cut && self.cut <= deaths as u64,
+            "{} of {} requests failed ({} of them answers cut short) while {deaths} workers \
+             died: only an answer in progress may fail when its worker dies, one per death at \
+             most; {:?}\n{context}",
+            self.failed,
+            self.ok + self.failed,
+            self.cut,
+            self.errors
+        );
+    }
 }
 
 pub struct Load {
@@ -107,6 +134,7 @@ impl Load {
             total.failed += r.failed;
             total.resent += r.resent;
             total.closed_by_server += r.closed_by_server;
+            total.cut += r.cut;
             total.errors.extend(r.errors);
         }
         total
@@ -116,6 +144,8 @@ impl Load {
 enum Resend {
     /// The connection was closed before any byte of the answer: safe to send again.
     Closed(String),
+    /// The connection closed before the answer's end, after its head.
+    Cut(String),
     No(String),
 }
 
@@ -179,7 +209,7 @@ async fn connection_loop(
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| Resend::No(format!("body: {e}")))?
+                .map_err(|e| Resend::Cut(format!("body: {e}")))?
                 .to_bytes();
             if status != 200 {
                 return Err(Resend::No(format!(
@@ -201,7 +231,14 @@ async fn connection_loop(
                 report.resent += 1;
                 sender = None;
             }
-            Ok(Err(Resend::Closed(e) | Resend::No(e))) => {
+            Ok(Err(failure)) => {
+                let e = match failure {
+                    Resend::Cut(e) => {
+                        report.cut += 1;
+                        e
+                    }
+                    Resend::Closed(e) | Resend::No(e) => e,
+                };
                 report.failed += 1;
                 if report.errors.len() < 20 {
                     report.errors.push(e);
