@@ -543,8 +543,10 @@ fn large_files_go_whole_over_http_and_https_and_a_client_that_reads_nothing_is_l
         },
     );
     let let_go = held.elapsed();
+    // Counted from when the test saw bytes waiting at baton's end, which can come a moment
+    // after baton's last write (1.8 s measured): well short of 2 s is too early.
     assert!(
-        let_go >= Duration::from_millis(1500),
+        let_go >= Duration::from_secs(1),
         "let go {let_go:?} after its buffers filled, before send_timeout (2s)"
     );
     stuck
